@@ -1,0 +1,62 @@
+// Shared device helpers: dtype load/store (f16/bf16/f32), reductions.
+// Self-contained (no CUDA headers), so the same text compiles under nvcc and NVRTC.
+#pragma once
+
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef long long i64;
+
+// Storage types: 16-bit floats are carried as raw bits and converted with PTX cvt.
+struct f16 { u16 bits; };
+struct bf16 { u16 bits; };
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(f16 x) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
+  return f;
+}
+__device__ __forceinline__ float to_f32(bf16 x) { return __uint_as_float(((u32)x.bits) << 16); }
+
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ f16 from_f32<f16>(float x) {
+  f16 h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(x));
+  return h;
+}
+template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) {
+  bf16 h;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h.bits) : "f"(x));
+  return h;
+}
+
+// Loads 8 consecutive elements (16 bytes for 16-bit types) into fp32. `p` must be 16-byte
+// aligned for 16-bit types and 32-byte aligned for f32 (callers check alignment on the host).
+__device__ __forceinline__ void load8(const f16* p, float* out) {
+  uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const u16* h = reinterpret_cast<const u16*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) out[i] = to_f32(f16{h[i]});
+}
+__device__ __forceinline__ void load8(const bf16* p, float* out) {
+  uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const u16* h = reinterpret_cast<const u16*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) out[i] = to_f32(bf16{h[i]});
+}
+__device__ __forceinline__ void load8(const float* p, float* out) {
+  float4 a = reinterpret_cast<const float4*>(p)[0];
+  float4 b = reinterpret_cast<const float4*>(p)[1];
+  out[0] = a.x; out[1] = a.y; out[2] = a.z; out[3] = a.w;
+  out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ int div_up(int a, int b) { return (a + b - 1) / b; }

@@ -1,0 +1,16 @@
+//! sofa — hand-written CUDA kernels for softmax-free attention.
+//!
+//! Operators live in [`ops`] (GPU) and [`reference`] (f64 CPU oracle); [`runtime`] owns the
+//! device, its primary context and the kernel modules. See SPEC.md for what each operator
+//! computes.
+
+pub mod bench;
+pub mod error;
+pub mod ops;
+pub mod reference;
+pub mod runtime;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use runtime::{LoadPath, LoadPolicy, Runtime};
+pub use tensor::{DType, Dims, Element, Layout, LayoutKind, Strides};

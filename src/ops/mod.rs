@@ -1,0 +1,82 @@
+//! Operators on the GPU. Each module: parameters and defaults, `validate`/`plan` (pure, no GPU),
+//! a raw launch over device pointers on a caller's stream, and a safe wrapper over `CudaSlice`.
+
+pub mod sima;
+
+use crate::error::{Error, Result};
+use crate::tensor::{Element, Layout};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+
+/// Largest head dim any operator accepts (SPEC §0).
+pub const MAX_HEAD_DIM: usize = 256;
+
+/// A device tensor argument: a buffer and the layout of `[B, H, N, D]` inside it.
+pub struct TensorRef<'a, T> {
+    pub data: &'a CudaSlice<T>,
+    pub layout: Layout,
+}
+
+/// A device tensor the operator writes.
+pub struct TensorMut<'a, T> {
+    pub data: &'a mut CudaSlice<T>,
+    pub layout: Layout,
+}
+
+/// A tensor given as a raw device address (what engines hand over) plus its layout.
+#[derive(Clone, Copy, Debug)]
+pub struct RawTensor {
+    pub ptr: u64,
+    pub layout: Layout,
+}
+
+impl<T: Element> TensorRef<'_, T> {
+    pub(crate) fn validate(&self, arg: &'static str) -> Result<()> {
+        self.layout.validate(arg, self.data.len(), MAX_HEAD_DIM)
+    }
+}
+
+impl<T: Element> TensorMut<'_, T> {
+    pub(crate) fn validate(&self, arg: &'static str) -> Result<()> {
+        self.layout.validate(arg, self.data.len(), MAX_HEAD_DIM)?;
+        if !self.layout.is_non_overlapping() {
+            return Err(Error::shape(arg, format!("output strides {:?} overlap", self.layout.strides)));
+        }
+        Ok(())
+    }
+}
+
+/// Launches `f` with one by-value parameter struct.
+///
+/// # Safety
+/// `params` must match the kernel's parameter struct and every pointer in it must be valid for
+/// the accesses the kernel makes (established by the operator's validation).
+pub(crate) unsafe fn launch<P: cudarc::driver::DeviceRepr>(
+    stream: &CudaStream,
+    f: &CudaFunction,
+    grid: (u32, u32, u32),
+    block: u32,
+    params: &P,
+) -> Result<()> {
+    let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: 0 };
+    let mut builder = stream.launch_builder(f);
+    builder.arg(params);
+    builder.launch(cfg)?;
+    Ok(())
+}
+
+/// Reads the raw address of a slice for a kernel on `stream` (recording cudarc's events).
+pub(crate) fn ptr_of<'a, T>(
+    s: &'a CudaSlice<T>,
+    stream: &'a CudaStream,
+) -> (u64, impl Drop + 'a) {
+    let (p, guard) = s.device_ptr(stream);
+    (p, guard)
+}
+
+pub(crate) fn ptr_of_mut<'a, T>(
+    s: &'a mut CudaSlice<T>,
+    stream: &'a CudaStream,
+) -> (u64, impl Drop + 'a) {
+    let (p, guard) = s.device_ptr_mut(stream);
+    (p, guard)
+}

@@ -1,0 +1,125 @@
+//! f64 CPU implementations of SPEC.md: the oracle every GPU kernel is checked against.
+//! Tensors here are contiguous `[B, H, N, D]` `Vec<f64>`; [`gather`]/[`scatter`] convert from and
+//! to strided storage of any element type.
+
+pub mod sima;
+
+use crate::tensor::{Dims, Element, Layout};
+
+/// Contiguous f64 copy of a strided tensor.
+pub fn gather<T: Element>(data: &[T], layout: &Layout) -> Vec<f64> {
+    let Dims { b, h, n, d } = layout.dims;
+    let mut out = Vec::with_capacity(b * h * n * d);
+    for bi in 0..b {
+        for hi in 0..h {
+            for ni in 0..n {
+                let off = layout.offset(bi, hi, ni);
+                out.extend(data[off..off + d].iter().map(|x| x.to_f64()));
+            }
+        }
+    }
+    out
+}
+
+/// Writes a contiguous f64 tensor into strided storage (rounding to `T`).
+pub fn scatter<T: Element>(src: &[f64], layout: &Layout, data: &mut [T]) {
+    let Dims { b, h, n, d } = layout.dims;
+    let mut it = src.chunks_exact(d);
+    for bi in 0..b {
+        for hi in 0..h {
+            for ni in 0..n {
+                let off = layout.offset(bi, hi, ni);
+                let row = it.next().expect("src has B·H·N·D elements");
+                for (dst, &x) in data[off..off + d].iter_mut().zip(row) {
+                    *dst = T::from_f64(x);
+                }
+            }
+        }
+    }
+}
+
+/// Runs `f(bh, out_slice)` for every (b,h) slice of a contiguous output, across threads.
+pub fn par_slices(out: &mut [f64], slice_len: usize, f: impl Fn(usize, &mut [f64]) + Sync) {
+    if slice_len == 0 {
+        return;
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let slices: Vec<(usize, &mut [f64])> = out.chunks_mut(slice_len).enumerate().collect();
+    let per = slices.len().div_ceil(threads).max(1);
+    let mut groups: Vec<Vec<(usize, &mut [f64])>> = Vec::new();
+    let mut it = slices.into_iter().peekable();
+    while it.peek().is_some() {
+        groups.push(it.by_ref().take(per).collect());
+    }
+    std::thread::scope(|s| {
+        for group in groups {
+            let f = &f;
+            s.spawn(move || {
+                for (bh, slice) in group {
+                    f(bh, slice);
+                }
+            });
+        }
+    });
+}
+
+/// Relative Frobenius error ‖got − want‖ / ‖want‖ (absolute when ‖want‖ = 0); NaN if any
+/// element of `got` is not finite.
+pub fn rel_frobenius(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        if !g.is_finite() {
+            return f64::NAN;
+        }
+        num += (g - w) * (g - w);
+        den += w * w;
+    }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// Largest |got − want| (NaN if any element of `got` is not finite).
+pub fn max_abs_diff(got: &[f64], want: &[f64]) -> f64 {
+    let mut m = 0.0f64;
+    for (&g, &w) in got.iter().zip(want) {
+        if !g.is_finite() {
+            return f64::NAN;
+        }
+        m = m.max((g - w).abs());
+    }
+    m
+}
+
+/// Small seeded generator (SplitMix64) for reproducible random inputs.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        let u = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        lo + (hi - lo) * u
+    }
+
+    /// `len` values uniform in [lo, hi), already rounded to `T` (so the reference sees exactly
+    /// what the device sees).
+    pub fn fill<T: Element>(&mut self, len: usize, lo: f64, hi: f64) -> Vec<T> {
+        (0..len).map(|_| T::from_f64(self.uniform(lo, hi))).collect()
+    }
+}

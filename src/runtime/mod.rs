@@ -1,0 +1,258 @@
+//! The GPU: device probe, context (the device's primary context), kernel modules (fatbin or
+//! NVRTC) with a function cache, allocation with typed out-of-memory errors, events.
+
+pub mod embedded;
+pub mod nvrtc;
+
+use crate::error::{Error, Result};
+use cudarc::driver::sys::{CUdevice_attribute as Attr, CUresult};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// How a kernel family was (or is to be) loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LoadPath {
+    /// Machine code compiled by nvcc at build time.
+    Fatbin,
+    /// Source compiled by NVRTC when first used.
+    Nvrtc,
+}
+
+impl std::fmt::Display for LoadPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LoadPath::Fatbin => "fatbin",
+            LoadPath::Nvrtc => "nvrtc",
+        })
+    }
+}
+
+/// Which load paths a runtime may use. `Auto` prefers the fatbin and falls back to NVRTC.
+/// The environment variable `SOFA_KERNELS=auto|fatbin|nvrtc` sets the default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LoadPolicy {
+    #[default]
+    Auto,
+    Only(LoadPath),
+}
+
+impl LoadPolicy {
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("SOFA_KERNELS").as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(LoadPolicy::Auto),
+            Ok("fatbin") => Ok(LoadPolicy::Only(LoadPath::Fatbin)),
+            Ok("nvrtc") => Ok(LoadPolicy::Only(LoadPath::Nvrtc)),
+            Ok(other) => Err(Error::param("SOFA_KERNELS", other, "expected auto, fatbin or nvrtc")),
+        }
+    }
+}
+
+/// What the probe learned about the device.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub multiprocessors: u32,
+    pub total_memory: usize,
+    pub l2_bytes: usize,
+    pub smem_per_block_optin: usize,
+    pub sm_clock_khz: u32,
+    pub mem_clock_khz: u32,
+    pub mem_bus_bits: u32,
+    pub driver_version: i32,
+}
+
+impl DeviceInfo {
+    /// Datasheet-style DRAM bandwidth from clock and bus width (bytes/s); a lead, not a measure.
+    pub fn theoretical_bandwidth(&self) -> f64 {
+        2.0 * self.mem_clock_khz as f64 * 1e3 * self.mem_bus_bits as f64 / 8.0
+    }
+}
+
+struct Loaded {
+    module: Arc<CudaModule>,
+    path: LoadPath,
+    functions: HashMap<String, CudaFunction>,
+}
+
+/// A device with its primary context and the kernel modules loaded into it.
+/// `Send + Sync`: launch from any thread, on any stream of this context.
+pub struct Runtime {
+    ctx: Arc<CudaContext>,
+    info: DeviceInfo,
+    policy: LoadPolicy,
+    modules: Mutex<HashMap<&'static str, Loaded>>,
+}
+
+/// Returns `Error::NoDevice` unless a driver library and at least one device are present.
+pub fn probe() -> Result<usize> {
+    // SAFETY: only tries to dlopen libcuda by its candidate names.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(Error::NoDevice("the CUDA driver library (libcuda.so) was not found".into()));
+    }
+    // cudarc panics if a symbol is missing from an old driver; treat that as no usable device.
+    let count = std::panic::catch_unwind(|| {
+        cudarc::driver::result::init()?;
+        cudarc::driver::result::device::get_count()
+    })
+    .map_err(|_| Error::NoDevice("the CUDA driver library is unusable".into()))?
+    .map_err(|e| Error::NoDevice(format!("driver initialisation failed: {e}")))?;
+    if count <= 0 {
+        return Err(Error::NoDevice("the driver reports no CUDA devices".into()));
+    }
+    Ok(count as usize)
+}
+
+impl Runtime {
+    /// Opens device `ordinal` with the load policy from `SOFA_KERNELS`.
+    pub fn new(ordinal: usize) -> Result<Arc<Self>> {
+        Self::with_policy(ordinal, LoadPolicy::from_env()?)
+    }
+
+    pub fn with_policy(ordinal: usize, policy: LoadPolicy) -> Result<Arc<Self>> {
+        let count = probe()?;
+        if ordinal >= count {
+            return Err(Error::param("device", ordinal, format!("{count} device(s) present")));
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        let attr = |a: Attr| ctx.attribute(a).map(|v| v.max(0) as u32);
+        let mut driver_version = 0;
+        // SAFETY: writes one int.
+        unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver_version) }.result()?;
+        let info = DeviceInfo {
+            ordinal,
+            name: ctx.name()?,
+            compute_capability: ctx.compute_capability()?,
+            multiprocessors: attr(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+            total_memory: ctx.total_mem()?,
+            l2_bytes: attr(Attr::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)? as usize,
+            smem_per_block_optin: attr(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
+                as usize,
+            sm_clock_khz: attr(Attr::CU_DEVICE_ATTRIBUTE_CLOCK_RATE)?,
+            mem_clock_khz: attr(Attr::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)?,
+            mem_bus_bits: attr(Attr::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)?,
+            driver_version,
+        };
+        Ok(Arc::new(Runtime { ctx, info, policy, modules: Mutex::new(HashMap::new()) }))
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    pub fn policy(&self) -> LoadPolicy {
+        self.policy
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The context's default (legacy NULL) stream.
+    pub fn default_stream(&self) -> Arc<CudaStream> {
+        self.ctx.default_stream()
+    }
+
+    pub fn new_stream(&self) -> Result<Arc<CudaStream>> {
+        Ok(self.ctx.new_stream()?)
+    }
+
+    /// The path `family` was loaded by, if it has been loaded.
+    pub fn load_path(&self, family: &str) -> Option<LoadPath> {
+        self.lock_modules().get(family).map(|m| m.path)
+    }
+
+    /// Loads every embedded family now (instead of on first use); returns the paths used.
+    pub fn load_all(&self) -> Result<Vec<(&'static str, LoadPath)>> {
+        embedded::FAMILIES
+            .iter()
+            .map(|f| self.with_module(f.name, |m| m.path).map(|p| (f.name, p)))
+            .collect()
+    }
+
+    /// The kernel `name` of `family`, loading the family on first use.
+    pub fn function(&self, family: &'static str, name: &str) -> Result<CudaFunction> {
+        self.with_module(family, |m| -> Result<CudaFunction> {
+            if let Some(f) = m.functions.get(name) {
+                return Ok(f.clone());
+            }
+            let f = m.module.load_function(name).map_err(|e| Error::KernelLoad {
+                family: family.into(),
+                reason: format!("kernel {name}: {e}"),
+            })?;
+            m.functions.insert(name.to_string(), f.clone());
+            Ok(f)
+        })?
+    }
+
+    fn lock_modules(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, Loaded>> {
+        // A panic while holding the lock leaves the map consistent (inserts are atomic).
+        self.modules.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn with_module<R>(&self, family: &'static str, f: impl FnOnce(&mut Loaded) -> R) -> Result<R> {
+        let mut modules = self.lock_modules();
+        if !modules.contains_key(family) {
+            let loaded = self.load(family)?;
+            modules.insert(family, loaded);
+        }
+        Ok(f(modules.get_mut(family).expect("just inserted")))
+    }
+
+    fn load(&self, name: &'static str) -> Result<Loaded> {
+        let family = embedded::family(name).ok_or_else(|| Error::KernelLoad {
+            family: name.into(),
+            reason: "no such kernel family is embedded".into(),
+        })?;
+        let mut reasons = Vec::new();
+        if self.policy != LoadPolicy::Only(LoadPath::Nvrtc) {
+            match family.fatbin {
+                Some(bin) => {
+                    match self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(bin.to_vec())) {
+                        Ok(module) => {
+                            return Ok(Loaded { module, path: LoadPath::Fatbin, functions: HashMap::new() })
+                        }
+                        Err(e) => reasons.push(format!("fatbin: {e}")),
+                    }
+                }
+                None => reasons.push("fatbin: not built (nvcc was not found at build time)".into()),
+            }
+        }
+        if self.policy != LoadPolicy::Only(LoadPath::Fatbin) {
+            let (major, minor) = self.info.compute_capability;
+            match nvrtc::compile(family, &format!("compute_{major}{minor}")) {
+                Ok(ptx) => match self.ctx.load_module(ptx) {
+                    Ok(module) => {
+                        return Ok(Loaded { module, path: LoadPath::Nvrtc, functions: HashMap::new() })
+                    }
+                    Err(e) => reasons.push(format!("nvrtc module load: {e}")),
+                },
+                Err(e) => reasons.push(e.to_string()),
+            }
+        }
+        Err(Error::KernelLoad { family: name.into(), reason: reasons.join("; ") })
+    }
+
+    /// Allocates `len` elements (uninitialised) on `stream`; a failure is `Error::OutOfMemory`.
+    pub fn alloc<T: cudarc::driver::DeviceRepr>(
+        &self,
+        stream: &Arc<CudaStream>,
+        len: usize,
+    ) -> Result<CudaSlice<T>> {
+        let bytes = len.saturating_mul(std::mem::size_of::<T>());
+        // SAFETY: the memory is uninitialised; every user writes before reading (kernels write
+        // every output element, tests poison first).
+        unsafe { stream.alloc::<T>(len.max(1)) }.map_err(|e| oom_or(e, bytes))
+    }
+}
+
+/// Maps the driver's out-of-memory code to `Error::OutOfMemory`.
+pub(crate) fn oom_or(e: DriverError, bytes: usize) -> Error {
+    if e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+        Error::OutOfMemory { bytes }
+    } else {
+        Error::Driver(e)
+    }
+}
