@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds (with nvcc) the release `sofa` binary, the test executables and the benches, and copies
+# them with run-gpu-checks.sh into gpu-bundle/ (ignored by git), so a GPU machine with the CUDA
+# driver but no Rust toolchain can run the GPU tests, compute-sanitizer and benchmarks from that
+# folder alone:   (cd gpu-bundle && ./run-gpu-checks.sh [OUT_DIR])
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+eval "$(scripts/install-cuda-toolchain.sh --env)"
+export SOFA_REQUIRE_NVCC=1
+bundle="${SOFA_BUNDLE_DIR:-$root/gpu-bundle}"
+rm -rf "$bundle" && mkdir -p "$bundle/tests" "$bundle/benches"
+
+cargo build --release --bin sofa
+cp target/release/sofa "$bundle/"
+# Test and bench executables: ask cargo where it put them.
+for kind in tests benches; do
+  if [[ $kind == tests ]]; then args=(test --release --no-run --tests); else args=(bench --no-run); fi
+  cargo "${args[@]}" --message-format=json 2>/dev/null |
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] != ["bin"]:
+        print(m["target"]["name"], m["executable"])
+' | while read -r name exe; do cp "$exe" "$bundle/$kind/$name"; done
+done
+strip "$bundle/sofa" "$bundle"/tests/* "$bundle"/benches/* 2>/dev/null || true
+cp scripts/run-gpu-checks.sh "$bundle/"
+git rev-parse --short HEAD >"$bundle/COMMIT" 2>/dev/null || echo unknown >"$bundle/COMMIT"
+du -sh "$bundle"
+ls "$bundle" "$bundle/tests" "$bundle/benches"

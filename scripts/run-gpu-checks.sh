@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Runs from a gpu-bundle/ folder on a machine with a GPU and the CUDA driver (no Rust needed):
+# device info, the GPU test suite (a missing device fails instead of skipping), the same under
+# compute-sanitizer memcheck and racecheck, fatbin-vs-NVRTC runs, and a few timed runs.
+# Logs go to $1 (default: $OUT, else ./gpu-out). Exit status: non-zero if any step failed.
+set -uo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+out="${1:-${OUT:-$here/gpu-out}}"
+mkdir -p "$out"
+cd "$here"
+
+# NVRTC and its builtins: the toolkit's lib dir, or the pip wheel beside a Python install.
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+  $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
+  [[ -d "$d" ]] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
+sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
+export SOFA_REQUIRE_GPU=1
+failed=()
+step() { # step NAME CMD...: runs CMD, logs to $out/NAME.log, records failure
+  local name=$1; shift
+  echo "=== $name: $*" | tee -a "$out/summary.log"
+  local t0=$SECONDS
+  "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  echo "    rc=$rc ($((SECONDS - t0)) s)" | tee -a "$out/summary.log"
+  [[ $rc -eq 0 ]] || failed+=("$name")
+  return $rc
+}
+
+echo "commit $(cat COMMIT 2>/dev/null), $(date -u +%FT%TZ)" | tee "$out/summary.log"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee -a "$out/summary.log"
+step info ./sofa info
+for t in tests/*; do
+  step "test-$(basename "$t")" "$t" --test-threads=4 --nocapture
+done
+if [[ -n "$sanitizer" ]]; then
+  for t in tests/gpu_*; do
+    n=$(basename "$t")
+    step "memcheck-$n" "$sanitizer" --tool memcheck --error-exitcode 99 --leak-check full "$t" --test-threads=1 ${SANITIZE_FILTER:-}
+    step "racecheck-$n" "$sanitizer" --tool racecheck --error-exitcode 99 "$t" --test-threads=1 ${RACECHECK_FILTER:-short}
+  done
+else
+  echo "compute-sanitizer not found" | tee -a "$out/summary.log"; failed+=(sanitizer-missing)
+fi
+for path in fatbin nvrtc; do
+  step "run-sima-$path" env SOFA_KERNELS=$path ./sofa run --op sima --shape 1,16,4k,64 --dtype f16 --check always
+done
+for dt in f16 bf16 f32; do
+  step "run-sima-64k-$dt" ./sofa run --op sima --shape 1,16,64k,64 --dtype $dt --check always
+done
+step run-sima-1M ./sofa run --op sima --shape 1,16,1M,64 --dtype f16 --check never
+
+echo "=== failed: ${failed[*]:-none}" | tee -a "$out/summary.log"
+[[ ${#failed[@]} -eq 0 ]]
