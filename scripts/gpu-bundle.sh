@@ -12,7 +12,7 @@ bundle="${SOFA_BUNDLE_DIR:-$root/gpu-bundle}"
 rm -rf "$bundle" && mkdir -p "$bundle/tests" "$bundle/benches"
 
 cargo build --release --bin sofa
-cp target/release/sofa "$bundle/"
+cp "${CARGO_TARGET_DIR:-target}/release/sofa" "$bundle/"
 # Test and bench executables: ask cargo where it put them.
 for kind in tests benches; do
   if [[ $kind == tests ]]; then args=(test --release --no-run --tests); else args=(bench --no-run); fi
