@@ -6,10 +6,12 @@
 
 pub mod bench;
 pub mod error;
+pub mod io;
 pub mod ops;
 pub mod reference;
 pub mod runtime;
 pub mod tensor;
+pub mod verify;
 
 pub use error::{Error, Result};
 pub use runtime::{LoadPath, LoadPolicy, Runtime};

@@ -7,6 +7,7 @@ use half::{bf16, f16};
 use sofa::ops::sima::{self, Order, Plan};
 use sofa::ops::{TensorMut, TensorRef};
 use sofa::reference::{self, gather, Rng};
+use sofa::verify::compare;
 use sofa::{Dims, Element, Error, Layout, LayoutKind, LoadPath, LoadPolicy, Runtime};
 
 /// Runs SimA once on fresh random inputs; returns (GPU output, f64 reference), both contiguous.
@@ -36,12 +37,9 @@ fn run_case<T: Element>(rt: &Runtime, dims: Dims, dv: usize, kind: LayoutKind, s
 
 fn check<T: Element>(rt: &Runtime, dims: Dims, dv: usize, kind: LayoutKind, seed: u64) {
     let (got, want) = run_case::<T>(rt, dims, dv, kind, seed);
-    let nan = got.iter().filter(|x| !x.is_finite()).count();
-    let rel = reference::rel_frobenius(&got, &want);
-    let tol = T::DTYPE.tolerance();
-    println!("sima {} {dims} dv={dv} {kind:?}: rel {rel:.3e} (tol {tol:.0e}), non-finite {nan}", T::DTYPE);
-    assert_eq!(nan, 0, "{} {dims} dv={dv} {kind:?}: {nan} elements not finite (unwritten?)", T::DTYPE);
-    assert!(rel <= tol, "{} {dims} dv={dv} {kind:?}: rel {rel:.3e} > {tol:.0e}", T::DTYPE);
+    let c = compare::<T>(&got, &want);
+    println!("sima {} {dims} dv={dv} {kind:?}: {c}", T::DTYPE);
+    assert!(c.pass(), "{} {dims} dv={dv} {kind:?}: {c}", T::DTYPE);
 }
 
 fn sweep(ns: &[usize], ds: &[usize]) {

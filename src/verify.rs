@@ -1,0 +1,50 @@
+//! Comparing a kernel's output with the f64 reference, fairly for its storage type.
+//!
+//! An output stored as `T` cannot be closer to the exact answer than the exact answer rounded to
+//! `T`. Usually that floor is far below the dtype tolerance, but SimA's outputs scale like 1/N and
+//! fall into f16's subnormal range at long sequences, where the floor alone exceeds 2e-3. The
+//! bound used is therefore `max(dtype tolerance, 2 × floor)`, and both numbers are reported.
+
+use crate::reference::rel_frobenius;
+use crate::tensor::Element;
+
+/// Outcome of one comparison.
+#[derive(Clone, Copy, Debug)]
+pub struct Comparison {
+    /// ‖got − want‖ / ‖want‖ (NaN if `got` has a non-finite element).
+    pub rel: f64,
+    /// The same error for the reference rounded to the output dtype (the best attainable).
+    pub floor: f64,
+    /// The bound `rel` must meet.
+    pub bound: f64,
+    /// Elements of `got` that are NaN or infinite.
+    pub non_finite: usize,
+}
+
+impl Comparison {
+    pub fn pass(&self) -> bool {
+        self.non_finite == 0 && self.rel <= self.bound
+    }
+}
+
+/// Compares `got` (already widened to f64) with the f64 reference `want` for storage type `T`.
+pub fn compare<T: Element>(got: &[f64], want: &[f64]) -> Comparison {
+    let rounded: Vec<f64> = want.iter().map(|&x| T::from_f64(x).to_f64()).collect();
+    let floor = rel_frobenius(&rounded, want);
+    Comparison {
+        rel: rel_frobenius(got, want),
+        floor,
+        bound: T::DTYPE.tolerance().max(2.0 * floor),
+        non_finite: got.iter().filter(|x| !x.is_finite()).count(),
+    }
+}
+
+impl std::fmt::Display for Comparison {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rel. Frobenius {:.3e} (bound {:.1e}; output-dtype rounding floor {:.1e}), non-finite {}",
+            self.rel, self.bound, self.floor, self.non_finite
+        )
+    }
+}

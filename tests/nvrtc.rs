@@ -1,0 +1,40 @@
+//! Every embedded kernel source compiles with NVRTC (no GPU needed). Skips with a SKIP line when
+//! libnvrtc cannot be loaded, unless `SOFA_REQUIRE_NVRTC=1` (set by CI), which makes that a failure.
+
+use sofa::runtime::{embedded, nvrtc};
+use std::io::Write;
+
+#[test]
+fn every_embedded_source_compiles_with_nvrtc() {
+    if !nvrtc::available() {
+        if std::env::var("SOFA_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
+            panic!("SOFA_REQUIRE_NVRTC=1 but libnvrtc was not found (LD_LIBRARY_PATH)");
+        }
+        let _ = writeln!(std::io::stderr(), "SKIP nvrtc: libnvrtc not found");
+        return;
+    }
+    assert!(!embedded::FAMILIES.is_empty());
+    for family in embedded::FAMILIES {
+        for arch in ["compute_80", "compute_90a"] {
+            let ptx = nvrtc::compile(family, arch).unwrap_or_else(|e| panic!("{e}"));
+            let text = ptx.to_src();
+            assert!(text.contains(".entry"), "{}: no kernel entry in the PTX for {arch}", family.name);
+            println!("{} ({arch}): {} bytes of PTX", family.name, text.len());
+        }
+    }
+}
+
+#[test]
+fn fatbins_are_embedded_when_built_with_nvcc() {
+    for family in embedded::FAMILIES {
+        assert!(family.source.contains("extern \"C\""), "{}: empty amalgamated source", family.name);
+        assert!(!family.source.contains("#include \""), "{}: a local include was not inlined", family.name);
+        if let Some(bin) = family.fatbin {
+            assert!(!bin.is_empty());
+            assert!(!family.resources.is_empty(), "{}: fatbin without a ptxas report", family.name);
+        }
+    }
+    if std::env::var("SOFA_REQUIRE_NVCC").is_ok_and(|v| v == "1") {
+        assert!(embedded::FAMILIES.iter().all(|f| f.fatbin.is_some()));
+    }
+}
