@@ -28,7 +28,9 @@ fn bench_sima(c: &mut Criterion) {
         let k = stream.clone_htod(&rng.fill::<f16>(len, -1.0, 1.0)).unwrap();
         let v = stream.clone_htod(&rng.fill::<f16>(len, -1.0, 1.0)).unwrap();
         let mut o = rt.alloc::<f16>(&stream, len).unwrap();
-        let mut ws = rt.alloc::<u8>(&stream, sima::workspace_bytes(dims, 64).unwrap()).unwrap();
+        let mut ws = rt
+            .alloc::<u8>(&stream, sima::workspace_bytes(dims, 64).unwrap())
+            .unwrap();
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter_custom(|iters| {
@@ -36,10 +38,22 @@ fn bench_sima(c: &mut Criterion) {
                     sima::forward(
                         &rt,
                         &stream,
-                        TensorRef { data: &q, layout: l },
-                        TensorRef { data: &k, layout: l },
-                        TensorRef { data: &v, layout: l },
-                        TensorMut { data: &mut o, layout: l },
+                        TensorRef {
+                            data: &q,
+                            layout: l,
+                        },
+                        TensorRef {
+                            data: &k,
+                            layout: l,
+                        },
+                        TensorRef {
+                            data: &v,
+                            layout: l,
+                        },
+                        TensorMut {
+                            data: &mut o,
+                            layout: l,
+                        },
                         Some(&mut ws),
                     )
                 };

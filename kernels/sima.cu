@@ -4,8 +4,10 @@
 //   sima_finalize per (bh, c): fixed-order sum over chunks, G = (k^T v) / (‖q_c‖₁ ‖k_c‖₁)
 //   sima_map      per (bh, row block, e tile): O = q · G
 // Quadratic order (N < D): sima_colnorms, then sima_quadratic computes (q̂ k̂ᵀ) v row by row.
+// f16/bf16 with D == Dv ∈ {32, 48, 64}: sima_reduce_tc / sima_map_tc (tensor cores, sima_tc.cuh).
 // Every reduction runs in a fixed order, so outputs are bit-identical run to run.
 #include "sima.cuh"
+#include "sima_tc.cuh"
 
 static_assert(sizeof(SimaParams) == SIMA_PARAMS_SIZE, "SimaParams layout changed: update Rust");
 
@@ -283,6 +285,8 @@ __device__ void sima_quadratic(const SimaParams& p) {
 SIMA_DTYPE(f16, f16)
 SIMA_DTYPE(bf16, bf16)
 SIMA_DTYPE(float, f32)
+SIMA_TC_DTYPE(f16, f16)
+SIMA_TC_DTYPE(bf16, bf16)
 
 extern "C" __global__ void __launch_bounds__(128)
     sima_finalize_f32(const __grid_constant__ SimaParams p) {

@@ -13,11 +13,19 @@ pub enum Error {
 
     /// A scalar parameter (dtype, head dim, window, …) is out of its range.
     #[error("invalid value for `{arg}`: {value} ({reason})")]
-    InvalidParam { arg: &'static str, value: String, reason: String },
+    InvalidParam {
+        arg: &'static str,
+        value: String,
+        reason: String,
+    },
 
     /// A buffer holds fewer elements (or bytes) than its shape and strides reach.
     #[error("buffer `{arg}` too small: needs {needed} elements, has {len}")]
-    BufferTooSmall { arg: &'static str, needed: usize, len: usize },
+    BufferTooSmall {
+        arg: &'static str,
+        needed: usize,
+        len: usize,
+    },
 
     /// An allocation on the device failed.
     #[error("out of device memory: requested {bytes} bytes")]
@@ -33,7 +41,10 @@ pub enum Error {
 
     /// File input/output (tensor files, result files).
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }
 
 /// `Result` with sofa's [`Error`].
@@ -41,7 +52,10 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn shape(arg: &'static str, reason: impl Into<String>) -> Self {
-        Error::InvalidShape { arg, reason: reason.into() }
+        Error::InvalidShape {
+            arg,
+            reason: reason.into(),
+        }
     }
 
     pub fn param(
@@ -49,7 +63,11 @@ impl Error {
         value: impl std::fmt::Display,
         reason: impl Into<String>,
     ) -> Self {
-        Error::InvalidParam { arg, value: value.to_string(), reason: reason.into() }
+        Error::InvalidParam {
+            arg,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
     }
 
     /// The argument an input-validation error names, if any.

@@ -114,7 +114,10 @@ impl Dims {
 
     /// Number of elements, or `None` on overflow.
     pub fn numel(&self) -> Option<usize> {
-        self.b.checked_mul(self.h)?.checked_mul(self.n)?.checked_mul(self.d)
+        self.b
+            .checked_mul(self.h)?
+            .checked_mul(self.n)?
+            .checked_mul(self.d)
     }
 
     /// Same batch, heads and length with another last dim (the shape of V or O).
@@ -200,8 +203,16 @@ impl Layout {
     pub fn of_kind(dims: Dims, kind: LayoutKind) -> Self {
         let Dims { h, n, d, .. } = dims;
         let strides = match kind {
-            LayoutKind::Bhnd => Strides { batch: h * n * d, head: n * d, seq: d },
-            LayoutKind::Bnhd => Strides { batch: n * h * d, head: d, seq: h * d },
+            LayoutKind::Bhnd => Strides {
+                batch: h * n * d,
+                head: n * d,
+                seq: d,
+            },
+            LayoutKind::Bnhd => Strides {
+                batch: n * h * d,
+                head: d,
+                seq: h * d,
+            },
         };
         Layout { dims, strides }
     }
@@ -227,7 +238,11 @@ impl Layout {
     /// True when no two indices map to the same element (required of outputs).
     pub fn is_non_overlapping(&self) -> bool {
         let Dims { b, h, n, d } = self.dims;
-        let mut axes = [(self.strides.batch, b), (self.strides.head, h), (self.strides.seq, n)];
+        let mut axes = [
+            (self.strides.batch, b),
+            (self.strides.head, h),
+            (self.strides.seq, n),
+        ];
         axes.sort_unstable();
         let mut reach = d; // elements covered by the dims inside the current one
         for (stride, extent) in axes {
@@ -237,7 +252,10 @@ impl Layout {
             if stride < reach {
                 return false;
             }
-            match stride.checked_mul(extent - 1).and_then(|x| x.checked_add(reach)) {
+            match stride
+                .checked_mul(extent - 1)
+                .and_then(|x| x.checked_add(reach))
+            {
                 Some(r) => reach = r,
                 None => return false,
             }
@@ -251,7 +269,10 @@ impl Layout {
         let Dims { b, h, n, d } = self.dims;
         for (name, v) in [("B", b), ("H", h), ("N", n)] {
             if v == 0 {
-                return Err(Error::shape(arg, format!("{name} = 0 in {}; must be >= 1", self.dims)));
+                return Err(Error::shape(
+                    arg,
+                    format!("{name} = 0 in {}; must be >= 1", self.dims),
+                ));
             }
         }
         if d == 0 || d > max_d {
@@ -263,9 +284,18 @@ impl Layout {
         let span = self
             .span()
             .filter(|&s| s <= i64::MAX as usize / 2)
-            .ok_or_else(|| Error::shape(arg, format!("{} with {:?} overflows", self.dims, self.strides)))?;
+            .ok_or_else(|| {
+                Error::shape(
+                    arg,
+                    format!("{} with {:?} overflows", self.dims, self.strides),
+                )
+            })?;
         if span > len {
-            return Err(Error::BufferTooSmall { arg, needed: span, len });
+            return Err(Error::BufferTooSmall {
+                arg,
+                needed: span,
+                len,
+            });
         }
         Ok(())
     }

@@ -18,7 +18,11 @@ fn every_embedded_source_compiles_with_nvrtc() {
         for arch in ["compute_80", "compute_90a"] {
             let ptx = nvrtc::compile(family, arch).unwrap_or_else(|e| panic!("{e}"));
             let text = ptx.to_src();
-            assert!(text.contains(".entry"), "{}: no kernel entry in the PTX for {arch}", family.name);
+            assert!(
+                text.contains(".entry"),
+                "{}: no kernel entry in the PTX for {arch}",
+                family.name
+            );
             println!("{} ({arch}): {} bytes of PTX", family.name, text.len());
         }
     }
@@ -27,11 +31,23 @@ fn every_embedded_source_compiles_with_nvrtc() {
 #[test]
 fn fatbins_are_embedded_when_built_with_nvcc() {
     for family in embedded::FAMILIES {
-        assert!(family.source.contains("extern \"C\""), "{}: empty amalgamated source", family.name);
-        assert!(!family.source.contains("#include \""), "{}: a local include was not inlined", family.name);
+        assert!(
+            family.source.contains("extern \"C\""),
+            "{}: empty amalgamated source",
+            family.name
+        );
+        assert!(
+            !family.source.contains("#include \""),
+            "{}: a local include was not inlined",
+            family.name
+        );
         if let Some(bin) = family.fatbin {
             assert!(!bin.is_empty());
-            assert!(!family.resources.is_empty(), "{}: fatbin without a ptxas report", family.name);
+            assert!(
+                !family.resources.is_empty(),
+                "{}: fatbin without a ptxas report",
+                family.name
+            );
         }
     }
     if std::env::var("SOFA_REQUIRE_NVCC").is_ok_and(|v| v == "1") {

@@ -22,7 +22,12 @@ impl Timing {
         let mut s = samples.to_vec();
         s.sort_by(|a, b| a.total_cmp(b));
         let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
-        Some(Timing { median_ms: at(0.5), p10_ms: at(0.1), p90_ms: at(0.9), runs: s.len() })
+        Some(Timing {
+            median_ms: at(0.5),
+            p10_ms: at(0.1),
+            p90_ms: at(0.9),
+            runs: s.len(),
+        })
     }
 }
 

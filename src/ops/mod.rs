@@ -5,7 +5,9 @@ pub mod sima;
 
 use crate::error::{Error, Result};
 use crate::tensor::{Element, Layout};
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
 
 /// Largest head dim any operator accepts (SPEC §0).
 pub const MAX_HEAD_DIM: usize = 256;
@@ -39,7 +41,10 @@ impl<T: Element> TensorMut<'_, T> {
     pub(crate) fn validate(&self, arg: &'static str) -> Result<()> {
         self.layout.validate(arg, self.data.len(), MAX_HEAD_DIM)?;
         if !self.layout.is_non_overlapping() {
-            return Err(Error::shape(arg, format!("output strides {:?} overlap", self.layout.strides)));
+            return Err(Error::shape(
+                arg,
+                format!("output strides {:?} overlap", self.layout.strides),
+            ));
         }
         Ok(())
     }
@@ -57,7 +62,11 @@ pub(crate) unsafe fn launch<P: cudarc::driver::DeviceRepr>(
     block: u32,
     params: &P,
 ) -> Result<()> {
-    let cfg = LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: 0 };
+    let cfg = LaunchConfig {
+        grid_dim: grid,
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    };
     let mut builder = stream.launch_builder(f);
     builder.arg(params);
     builder.launch(cfg)?;
@@ -65,10 +74,7 @@ pub(crate) unsafe fn launch<P: cudarc::driver::DeviceRepr>(
 }
 
 /// Reads the raw address of a slice for a kernel on `stream` (recording cudarc's events).
-pub(crate) fn ptr_of<'a, T>(
-    s: &'a CudaSlice<T>,
-    stream: &'a CudaStream,
-) -> (u64, impl Drop + 'a) {
+pub(crate) fn ptr_of<'a, T>(s: &'a CudaSlice<T>, stream: &'a CudaStream) -> (u64, impl Drop + 'a) {
     let (p, guard) = s.device_ptr(stream);
     (p, guard)
 }

@@ -2,6 +2,8 @@
 //!
 //! N ≥ D: fused linear order, three launches (reduce k^T v and the column norms per row chunk;
 //! finalize G in a fixed order; map O = q·G). N < D: the quadratic order (q̂ k̂ᵀ) v, two launches.
+//! f16/bf16 with D == Dv ∈ {32, 48, 64} and 16-byte-aligned rows run both products on tensor
+//! cores; everything else (f32, other head dims, odd strides) on the CUDA-core kernels.
 
 use super::{launch, ptr_of, ptr_of_mut, RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM};
 use crate::error::{Error, Result};
@@ -17,6 +19,9 @@ const MAP_ROWS: usize = 64; // SIMA_MAP_ROWS
 const MAX_CHUNKS: usize = 256;
 const TARGET_CTAS: usize = 1024; // enough to fill any current GPU several times over
 const MAX_GRID_YZ: usize = 65535;
+/// Head dims with a tensor-core path (f16/bf16, D == Dv, 16-byte-aligned rows).
+const TC_DIMS: [usize; 3] = [32, 48, 64];
+const TC_MAP_THREADS: u32 = 128; // SIMA_TC_MAP_WARPS · 32
 
 /// Mirror of `SimaParams` in kernels/sima.cuh.
 #[repr(C)]
@@ -66,7 +71,11 @@ const _: () = {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Order {
     /// `q̂ (k̂ᵀ v)`, for N ≥ D.
-    Linear { tile: usize, chunks: usize, rows_per_chunk: usize },
+    Linear {
+        tile: usize,
+        chunks: usize,
+        rows_per_chunk: usize,
+    },
     /// `(q̂ k̂ᵀ) v`, for N < D.
     Quadratic,
 }
@@ -84,9 +93,16 @@ impl Plan {
     pub fn new(q: &Layout, k: &Layout, v: &Layout, o: &Layout) -> Result<Self> {
         let dims = q.dims;
         let dv = v.dims.d;
-        for (arg, l, want) in [("k", k, dims), ("v", v, dims.with_d(dv)), ("o", o, dims.with_d(dv))] {
+        for (arg, l, want) in [
+            ("k", k, dims),
+            ("v", v, dims.with_d(dv)),
+            ("o", o, dims.with_d(dv)),
+        ] {
             if l.dims != want {
-                return Err(Error::shape(arg, format!("{} does not match q {} (expected {want})", l.dims, dims)));
+                return Err(Error::shape(
+                    arg,
+                    format!("{} does not match q {} (expected {want})", l.dims, dims),
+                ));
             }
         }
         for (arg, l) in [("q", q), ("k", k), ("v", v), ("o", o)] {
@@ -100,7 +116,11 @@ impl Plan {
         if n > i32::MAX as usize {
             return Err(Error::shape("q", format!("N = {n} exceeds 2^31 - 1")));
         }
-        Ok(Plan { dims, dv, order: Self::order(dims, dv) })
+        Ok(Plan {
+            dims,
+            dv,
+            order: Self::order(dims, dv),
+        })
     }
 
     fn order(dims: Dims, dv: usize) -> Order {
@@ -108,12 +128,19 @@ impl Plan {
         if n < d {
             return Order::Quadratic;
         }
-        let tile = [32, 48, 64].into_iter().find(|&t| d.max(dv) <= t).unwrap_or(64);
+        let tile = [32, 48, 64]
+            .into_iter()
+            .find(|&t| d.max(dv) <= t)
+            .unwrap_or(64);
         let tiles = d.div_ceil(tile) * dv.div_ceil(tile);
         let want = TARGET_CTAS.div_ceil(b * h * tiles);
         let chunks = want.clamp(1, MAX_CHUNKS.min(n.div_ceil(4 * ROW_TILE)).max(1));
         let rows_per_chunk = n.div_ceil(chunks).div_ceil(ROW_TILE) * ROW_TILE;
-        Order::Linear { tile, chunks: n.div_ceil(rows_per_chunk), rows_per_chunk }
+        Order::Linear {
+            tile,
+            chunks: n.div_ceil(rows_per_chunk),
+            rows_per_chunk,
+        }
     }
 
     /// Scratch bytes this plan needs (fp32 partials and G, or the column norms).
@@ -160,40 +187,74 @@ pub unsafe fn forward_raw(
 ) -> Result<()> {
     let plan = Plan::new(&q.layout, &k.layout, &v.layout, &o.layout)?;
     if !o.layout.is_non_overlapping() {
-        return Err(Error::shape("o", format!("output strides {:?} overlap", o.layout.strides)));
+        return Err(Error::shape(
+            "o",
+            format!("output strides {:?} overlap", o.layout.strides),
+        ));
     }
     for (arg, t) in [("q", &q), ("k", &k), ("v", &v), ("o", &o)] {
         if t.ptr == 0 {
             return Err(Error::param(arg, "null", "device pointer is null"));
         }
         if t.ptr % dtype.size() as u64 != 0 {
-            return Err(Error::param(arg, format!("{:#x}", t.ptr), format!("not aligned to {dtype}")));
+            return Err(Error::param(
+                arg,
+                format!("{:#x}", t.ptr),
+                format!("not aligned to {dtype}"),
+            ));
         }
     }
     let need = plan.workspace_bytes();
     if workspace_len < need {
-        return Err(Error::BufferTooSmall { arg: "workspace", needed: need, len: workspace_len });
+        return Err(Error::BufferTooSmall {
+            arg: "workspace",
+            needed: need,
+            len: workspace_len,
+        });
     }
     if need > 0 && (workspace == 0 || workspace % 4 != 0) {
-        return Err(Error::param("workspace", format!("{workspace:#x}"), "must be non-null and 4-byte aligned"));
+        return Err(Error::param(
+            "workspace",
+            format!("{workspace:#x}"),
+            "must be non-null and 4-byte aligned",
+        ));
     }
 
     let Dims { b, h, n, d } = plan.dims;
     let dv = plan.dv;
-    let st = |l: &Layout| [l.strides.batch as i64, l.strides.head as i64, l.strides.seq as i64];
+    let st = |l: &Layout| {
+        [
+            l.strides.batch as i64,
+            l.strides.head as i64,
+            l.strides.seq as i64,
+        ]
+    };
     let [q_sb, q_sh, q_sn] = st(&q.layout);
     let [k_sb, k_sh, k_sn] = st(&k.layout);
     let [v_sb, v_sh, v_sn] = st(&v.layout);
     let [o_sb, o_sh, o_sn] = st(&o.layout);
     let aligned = [q.ptr, k.ptr, v.ptr].iter().all(|p| p % 16 == 0);
-    let strides8 = [q_sb, q_sh, q_sn, k_sb, k_sh, k_sn, v_sb, v_sh, v_sn].iter().all(|s| s % 8 == 0);
+    let strides8 = [q_sb, q_sh, q_sn, k_sb, k_sh, k_sn, v_sb, v_sh, v_sn]
+        .iter()
+        .all(|s| s % 8 == 0);
     let vec = aligned && strides8 && d % 8 == 0 && dv % 8 == 0;
     let mut p = SimaParams {
         q: q.ptr,
         k: k.ptr,
         v: v.ptr,
         o: o.ptr,
-        q_sb, q_sh, q_sn, k_sb, k_sh, k_sn, v_sb, v_sh, v_sn, o_sb, o_sh, o_sn,
+        q_sb,
+        q_sh,
+        q_sn,
+        k_sb,
+        k_sh,
+        k_sn,
+        v_sb,
+        v_sh,
+        v_sn,
+        o_sb,
+        o_sh,
+        o_sn,
         b: b as i32,
         h: h as i32,
         n: n as i32,
@@ -205,22 +266,60 @@ pub unsafe fn forward_raw(
     let bh = b * h;
     let dt = dtype.name();
     match plan.order {
-        Order::Linear { tile, chunks, rows_per_chunk } => {
+        Order::Linear {
+            tile,
+            chunks,
+            rows_per_chunk,
+        } => {
             let partial_bytes = bh * chunks * (d * dv + 2 * d) * 4;
             p.partial = workspace;
             p.g = workspace + partial_bytes as u64;
             p.chunks = chunks as i32;
             p.rows_per_chunk = rows_per_chunk as i32;
+            let o_vec = o.ptr % 16 == 0 && [o_sb, o_sh, o_sn].iter().all(|s| s % 8 == 0);
+            let tensor_cores =
+                dtype != DType::F32 && vec && o_vec && d == dv && TC_DIMS.contains(&d);
+            let finalize = rt.function(FAMILY, "sima_finalize_f32")?;
+            if tensor_cores {
+                let reduce = rt.function(FAMILY, &format!("sima_reduce_tc{d}_{dt}"))?;
+                let map = rt.function(FAMILY, &format!("sima_map_tc{d}_{dt}"))?;
+                let tiles = n.div_ceil(MAP_ROWS);
+                let per_bh = (8 * rt.info().multiprocessors as usize).div_ceil(bh).max(1);
+                let map_grid = (tiles.min(per_bh) as u32, bh.min(MAX_GRID_YZ) as u32, 1);
+                // SAFETY: as below; the tensor-core kernels additionally need 16-byte-aligned
+                // rows of q, k, v and o (checked: `vec`, `o_vec`) and d == dv (checked).
+                unsafe {
+                    launch(
+                        stream,
+                        &reduce,
+                        (grid_dim(bh), chunks as u32, 1),
+                        (d / 16 * 32) as u32,
+                        &p,
+                    )?;
+                    launch(stream, &finalize, (grid_dim(bh), d as u32, 1), 128, &p)?;
+                    launch(stream, &map, map_grid, TC_MAP_THREADS, &p)?;
+                }
+                return Ok(());
+            }
             let tiles = d.div_ceil(tile) * dv.div_ceil(tile);
             let reduce = rt.function(FAMILY, &format!("sima_reduce_t{tile}_{dt}"))?;
-            let finalize = rt.function(FAMILY, "sima_finalize_f32")?;
             let map = rt.function(FAMILY, &format!("sima_map_t{tile}_{dt}"))?;
             // SAFETY: pointers and spans validated above and by the caller's contract; the
             // workspace holds partials and G as sized by `workspace_bytes`.
             unsafe {
-                launch(stream, &reduce, (grid_dim(bh), chunks as u32, tiles as u32), THREADS, &p)?;
+                launch(
+                    stream,
+                    &reduce,
+                    (grid_dim(bh), chunks as u32, tiles as u32),
+                    THREADS,
+                    &p,
+                )?;
                 launch(stream, &finalize, (grid_dim(bh), d as u32, 1), 128, &p)?;
-                let map_grid = (grid_dim(n.div_ceil(MAP_ROWS)), bh.min(MAX_GRID_YZ) as u32, dv.div_ceil(tile) as u32);
+                let map_grid = (
+                    grid_dim(n.div_ceil(MAP_ROWS)),
+                    bh.min(MAX_GRID_YZ) as u32,
+                    dv.div_ceil(tile) as u32,
+                );
                 launch(stream, &map, map_grid, THREADS, &p)?;
             }
         }
@@ -231,7 +330,13 @@ pub unsafe fn forward_raw(
             // SAFETY: as above; N < D ≤ 256 fits the kernel's shared rows.
             unsafe {
                 launch(stream, &norms, (grid_dim(bh), 1, 1), THREADS, &p)?;
-                launch(stream, &quad, (n as u32, bh.min(MAX_GRID_YZ) as u32, 1), THREADS, &p)?;
+                launch(
+                    stream,
+                    &quad,
+                    (n as u32, bh.min(MAX_GRID_YZ) as u32, 1),
+                    THREADS,
+                    &p,
+                )?;
             }
         }
     }

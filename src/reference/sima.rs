@@ -55,7 +55,11 @@ pub fn linear(q: &[f64], k: &[f64], v: &[f64], dims: Dims, dv: usize) -> Vec<f64
         let (mut qn, mut kn) = (vec![0.0f64; d], vec![0.0f64; d]);
         let mut g = vec![0.0f64; d * dv];
         for i in 0..n {
-            let (qr, kr, vr) = (&qs[i * d..(i + 1) * d], &ks[i * d..(i + 1) * d], &vs[i * dv..(i + 1) * dv]);
+            let (qr, kr, vr) = (
+                &qs[i * d..(i + 1) * d],
+                &ks[i * d..(i + 1) * d],
+                &vs[i * dv..(i + 1) * dv],
+            );
             for c in 0..d {
                 qn[c] += qr[c].abs();
                 kn[c] += kr[c].abs();

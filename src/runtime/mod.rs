@@ -43,7 +43,11 @@ impl LoadPolicy {
             Err(_) | Ok("") | Ok("auto") => Ok(LoadPolicy::Auto),
             Ok("fatbin") => Ok(LoadPolicy::Only(LoadPath::Fatbin)),
             Ok("nvrtc") => Ok(LoadPolicy::Only(LoadPath::Nvrtc)),
-            Ok(other) => Err(Error::param("SOFA_KERNELS", other, "expected auto, fatbin or nvrtc")),
+            Ok(other) => Err(Error::param(
+                "SOFA_KERNELS",
+                other,
+                "expected auto, fatbin or nvrtc",
+            )),
         }
     }
 }
@@ -90,7 +94,9 @@ pub struct Runtime {
 pub fn probe() -> Result<usize> {
     // SAFETY: only tries to dlopen libcuda by its candidate names.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err(Error::NoDevice("the CUDA driver library (libcuda.so) was not found".into()));
+        return Err(Error::NoDevice(
+            "the CUDA driver library (libcuda.so) was not found".into(),
+        ));
     }
     // cudarc panics if a symbol is missing from an old driver; treat that as no usable device.
     let count = std::panic::catch_unwind(|| {
@@ -114,7 +120,11 @@ impl Runtime {
     pub fn with_policy(ordinal: usize, policy: LoadPolicy) -> Result<Arc<Self>> {
         let count = probe()?;
         if ordinal >= count {
-            return Err(Error::param("device", ordinal, format!("{count} device(s) present")));
+            return Err(Error::param(
+                "device",
+                ordinal,
+                format!("{count} device(s) present"),
+            ));
         }
         let ctx = CudaContext::new(ordinal)?;
         let attr = |a: Attr| ctx.attribute(a).map(|v| v.max(0) as u32);
@@ -135,7 +145,12 @@ impl Runtime {
             mem_bus_bits: attr(Attr::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)?,
             driver_version,
         };
-        Ok(Arc::new(Runtime { ctx, info, policy, modules: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Runtime {
+            ctx,
+            info,
+            policy,
+            modules: Mutex::new(HashMap::new()),
+        }))
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -178,10 +193,13 @@ impl Runtime {
             if let Some(f) = m.functions.get(name) {
                 return Ok(f.clone());
             }
-            let f = m.module.load_function(name).map_err(|e| Error::KernelLoad {
-                family: family.into(),
-                reason: format!("kernel {name}: {e}"),
-            })?;
+            let f = m
+                .module
+                .load_function(name)
+                .map_err(|e| Error::KernelLoad {
+                    family: family.into(),
+                    reason: format!("kernel {name}: {e}"),
+                })?;
             m.functions.insert(name.to_string(), f.clone());
             Ok(f)
         })?
@@ -210,9 +228,16 @@ impl Runtime {
         if self.policy != LoadPolicy::Only(LoadPath::Nvrtc) {
             match family.fatbin {
                 Some(bin) => {
-                    match self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(bin.to_vec())) {
+                    match self
+                        .ctx
+                        .load_module(cudarc::nvrtc::Ptx::from_binary(bin.to_vec()))
+                    {
                         Ok(module) => {
-                            return Ok(Loaded { module, path: LoadPath::Fatbin, functions: HashMap::new() })
+                            return Ok(Loaded {
+                                module,
+                                path: LoadPath::Fatbin,
+                                functions: HashMap::new(),
+                            })
                         }
                         Err(e) => reasons.push(format!("fatbin: {e}")),
                     }
@@ -225,14 +250,21 @@ impl Runtime {
             match nvrtc::compile(family, &format!("compute_{major}{minor}")) {
                 Ok(ptx) => match self.ctx.load_module(ptx) {
                     Ok(module) => {
-                        return Ok(Loaded { module, path: LoadPath::Nvrtc, functions: HashMap::new() })
+                        return Ok(Loaded {
+                            module,
+                            path: LoadPath::Nvrtc,
+                            functions: HashMap::new(),
+                        })
                     }
                     Err(e) => reasons.push(format!("nvrtc module load: {e}")),
                 },
                 Err(e) => reasons.push(e.to_string()),
             }
         }
-        Err(Error::KernelLoad { family: name.into(), reason: reasons.join("; ") })
+        Err(Error::KernelLoad {
+            family: name.into(),
+            reason: reasons.join("; "),
+        })
     }
 
     /// Allocates `len` elements (uninitialised) on `stream`; a failure is `Error::OutOfMemory`.

@@ -26,7 +26,8 @@ pub fn compile(family: &KernelFamily, arch: &str) -> Result<Ptx> {
         ..Default::default()
     };
     // cudarc unwraps a few NVRTC calls; keep a panic there from escaping as a panic.
-    let res = std::panic::catch_unwind(|| cudarc::nvrtc::compile_ptx_with_opts(family.source, opts));
+    let res =
+        std::panic::catch_unwind(|| cudarc::nvrtc::compile_ptx_with_opts(family.source, opts));
     match res {
         Ok(Ok(ptx)) => Ok(ptx),
         Ok(Err(e)) => Err(Error::KernelLoad {

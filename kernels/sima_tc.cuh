@@ -1,0 +1,228 @@
+// SimA tensor-core path (SPEC §4) for f16/bf16 with D == Dv ∈ {32, 48, 64} and 16-byte-aligned
+// rows: the two products on mma.sync (fp32 accumulation), tiles streamed with cp.async in two
+// stages. Writes the same workspace as the CUDA-core kernels, so sima_finalize is shared.
+#pragma once
+#include "mma.cuh"
+#include "sima.cuh"
+
+#define SIMA_TC_ROWS 32      // rows of K, V, Q per pipeline stage of the reduce pass
+#define SIMA_TC_MAP_WARPS 4  // warps per CTA of the map pass, 16 rows each per tile
+
+// Copies rows [row0, row0 + ROWS) × D of one (b,h) slice into padded shared rows; rows at or
+// past row_end become zeros. Every thread issues its share of 16-byte copies.
+template <int D, int LD, int ROWS, int THREADS>
+__device__ __forceinline__ void tc_stage(u16 (*dst)[LD], const u16* src, i64 sn, int row0, int row_end) {
+  constexpr int VPR = D / 8;  // 16-byte vectors per row
+#pragma unroll
+  for (int i = threadIdx.x; i < ROWS * VPR; i += THREADS) {
+    int r = i / VPR, c = (i % VPR) * 8;
+    bool ok = row0 + r < row_end;
+    cp_async16(&dst[r][c], ok ? src + (i64)(row0 + r) * sn + c : src, ok);
+  }
+}
+
+// Reduce pass. Grid: x = bh (grid-stride), y = row chunk. D/16 warps; warp w owns rows
+// c ∈ [16w, 16w+16) of k^T v (all Dv columns). Σ|q|, Σ|k| from the same shared tiles.
+// Traffic: Q, K, V of the chunk read once; (D·Dv + 2D) floats written per chunk.
+template <typename T, int D>
+__device__ void sima_reduce_tc(const SimaParams& p) {
+  constexpr int THREADS = D / 16 * 32, LD = D + 8, NT = D / 8, VPR = D / 8;
+  constexpr int ROWS = SIMA_TC_ROWS;
+  __shared__ __align__(16) u16 ks[2][ROWS][LD];
+  __shared__ __align__(16) u16 vs[2][ROWS][LD];
+  __shared__ __align__(16) u16 qs[2][ROWS][LD];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int chunk = blockIdx.y;
+  const int row_begin = chunk * p.rows_per_chunk;
+  const int row_end = min(p.n, row_begin + p.rows_per_chunk);
+  // Norm ownership: thread reads 16-byte column block `cb` of rows r0, r0 + THREADS/VPR, …
+  const int cb = threadIdx.x % VPR, r0 = threadIdx.x / VPR;
+
+  for (int bh = blockIdx.x; bh < p.b * p.h; bh += gridDim.x) {
+    const int b = bh / p.h, h = bh % p.h;
+    const u16* q = reinterpret_cast<const u16*>(p.q) + (b * p.q_sb + h * p.q_sh);
+    const u16* k = reinterpret_cast<const u16*>(p.k) + (b * p.k_sb + h * p.k_sh);
+    const u16* v = reinterpret_cast<const u16*>(p.v) + (b * p.v_sb + h * p.v_sh);
+    float acc[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    float qn[8] = {0, 0, 0, 0, 0, 0, 0, 0}, kn[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+
+    __syncthreads();  // the previous (b,h) iteration's reads of the buffers are done
+    tc_stage<D, LD, ROWS, THREADS>(ks[0], k, p.k_sn, row_begin, row_end);
+    tc_stage<D, LD, ROWS, THREADS>(vs[0], v, p.v_sn, row_begin, row_end);
+    tc_stage<D, LD, ROWS, THREADS>(qs[0], q, p.q_sn, row_begin, row_end);
+    cp_async_commit();
+    int buf = 0;
+    for (int row0 = row_begin; row0 < row_end; row0 += ROWS, buf ^= 1) {
+      if (row0 + ROWS < row_end) {
+        tc_stage<D, LD, ROWS, THREADS>(ks[buf ^ 1], k, p.k_sn, row0 + ROWS, row_end);
+        tc_stage<D, LD, ROWS, THREADS>(vs[buf ^ 1], v, p.v_sn, row0 + ROWS, row_end);
+        tc_stage<D, LD, ROWS, THREADS>(qs[buf ^ 1], q, p.q_sn, row0 + ROWS, row_end);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+
+#pragma unroll
+      for (int r = r0; r < ROWS; r += THREADS / VPR) {
+        float x[8], y[8];
+        unpack8<T>(&qs[buf][r][cb * 8], x);
+        unpack8<T>(&ks[buf][r][cb * 8], y);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          qn[i] += fabsf(x[i]);
+          kn[i] += fabsf(y[i]);
+        }
+      }
+#pragma unroll
+      for (int n0 = 0; n0 < ROWS; n0 += 16) {
+        u32 a[4];
+        {  // A = K^T: rows c of the warp's m-tile, columns n; stored as ks[n][c], so transposed
+          int mat = lane / 8, r = lane % 8;
+          ldmatrix_x4_trans(a, &ks[buf][n0 + r + (mat / 2) * 8][warp * 16 + (mat % 2) * 8]);
+        }
+#pragma unroll
+        for (int e0 = 0; e0 < D; e0 += 16) {
+          u32 bf[4];  // B = V: k = n rows, columns e; two n-tiles (e0, e0 + 8)
+          int mat = lane / 8, r = lane % 8;
+          ldmatrix_x4_trans(bf, &vs[buf][n0 + r + (mat % 2) * 8][e0 + (mat / 2) * 8]);
+          mma16816<T>(acc[e0 / 8], a, bf[0], bf[1]);
+          mma16816<T>(acc[e0 / 8 + 1], a, bf[2], bf[3]);
+        }
+      }
+      __syncthreads();  // buffer `buf` is refilled two iterations from now
+    }
+    cp_async_wait<0>();
+
+    const i64 stride = (i64)p.d * p.dv + 2 * p.d;
+    float* out = reinterpret_cast<float*>(p.partial) + ((i64)bh * p.chunks + chunk) * stride;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      int c = warp * 16 + g, e = j * 8 + 2 * t;
+      *reinterpret_cast<float2*>(&out[(i64)c * p.dv + e]) = make_float2(acc[j][0], acc[j][1]);
+      *reinterpret_cast<float2*>(&out[(i64)(c + 8) * p.dv + e]) = make_float2(acc[j][2], acc[j][3]);
+    }
+    // Column norms: THREADS / VPR threads share each column block; sum them in a fixed order.
+    float* red = reinterpret_cast<float*>(&ks[0][0][0]);  // 2·THREADS·8 floats fit in ks
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      red[threadIdx.x * 8 + i] = qn[i];
+      red[(THREADS + threadIdx.x) * 8 + i] = kn[i];
+    }
+    __syncthreads();
+    if (threadIdx.x < D) {
+      int c = threadIdx.x, blk = c / 8, i = c % 8;
+      float sq = 0.f, sk = 0.f;
+      for (int s = blk; s < THREADS; s += VPR) {
+        sq += red[s * 8 + i];
+        sk += red[(THREADS + s) * 8 + i];
+      }
+      out[(i64)p.d * p.dv + c] = sq;
+      out[(i64)p.d * p.dv + p.d + c] = sk;
+    }
+  }
+}
+
+// Map pass. Grid: x = CTAs striding over 64-row tiles, y = bh (grid-stride). G (fp32) is scaled
+// by a power of two α so that max|αG| ∈ [1, 2) — G ~ 1/N² would underflow f16 otherwise — then
+// held as B fragments in registers; O = (Q · αG) / α. Traffic: Q read once, O written once.
+template <typename T, int D>
+__device__ void sima_map_tc(const SimaParams& p) {
+  constexpr int WARPS = SIMA_TC_MAP_WARPS, THREADS = WARPS * 32, ROWS = WARPS * 16;
+  constexpr int LD = D + 8, NT = D / 8, KT = D / 16;
+  __shared__ __align__(16) u16 gs[D][LD];
+  __shared__ __align__(16) u16 qs[2][ROWS][LD];
+  __shared__ float wmax[WARPS];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int tiles = div_up(p.n, ROWS);
+
+  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
+    const int b = bh / p.h, h = bh % p.h;
+    const u16* q = reinterpret_cast<const u16*>(p.q) + (b * p.q_sb + h * p.q_sh);
+    T* o = reinterpret_cast<T*>(p.o) + (b * p.o_sb + h * p.o_sh);
+    const float* gm = reinterpret_cast<const float*>(p.g) + (i64)bh * D * D;
+
+    __syncthreads();  // previous bh done with gs, qs, wmax
+    if (blockIdx.x < tiles) {
+      tc_stage<D, LD, ROWS, THREADS>(qs[0], q, p.q_sn, blockIdx.x * ROWS, p.n);
+    }
+    cp_async_commit();
+    float mx = 0.f;
+    for (int i = threadIdx.x; i < D * D; i += THREADS) mx = fmaxf(mx, fabsf(gm[i]));
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    if (lane == 0) wmax[warp] = mx;
+    __syncthreads();
+    mx = wmax[0];
+#pragma unroll
+    for (int w = 1; w < WARPS; ++w) mx = fmaxf(mx, wmax[w]);
+    int ex = 0;
+    frexpf(mx, &ex);  // mx = m·2^ex, m ∈ [0.5, 1)
+    ex = max(-120, min(120, ex));
+    const float alpha = mx > 0.f ? ldexpf(1.f, 1 - ex) : 1.f, inv_alpha = 1.f / alpha;
+    for (int i = threadIdx.x; i < D * D; i += THREADS) gs[i / D][i % D] = from_f32<T>(gm[i] * alpha).bits;
+    __syncthreads();
+    u32 bfr[KT][NT][2];
+#pragma unroll
+    for (int kt = 0; kt < KT; ++kt)
+#pragma unroll
+      for (int e0 = 0; e0 < D; e0 += 16) {
+        u32 r4[4];
+        int mat = lane / 8, r = lane % 8;
+        ldmatrix_x4_trans(r4, &gs[kt * 16 + r + (mat % 2) * 8][e0 + (mat / 2) * 8]);
+        bfr[kt][e0 / 8][0] = r4[0];
+        bfr[kt][e0 / 8][1] = r4[1];
+        bfr[kt][e0 / 8 + 1][0] = r4[2];
+        bfr[kt][e0 / 8 + 1][1] = r4[3];
+      }
+
+    int buf = 0;
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, buf ^= 1) {
+      if (tile + gridDim.x < tiles) {
+        tc_stage<D, LD, ROWS, THREADS>(qs[buf ^ 1], q, p.q_sn, (tile + gridDim.x) * ROWS, p.n);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+      float acc[NT][4];
+#pragma unroll
+      for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll
+      for (int kt = 0; kt < KT; ++kt) {
+        u32 a[4];
+        ldmatrix_x4(a, &qs[buf][warp * 16 + lane % 16][kt * 16 + (lane / 16) * 8]);
+#pragma unroll
+        for (int j = 0; j < NT; ++j) mma16816<T>(acc[j], a, bfr[kt][j][0], bfr[kt][j][1]);
+      }
+      const int row = tile * ROWS + warp * 16 + g;
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        int e = j * 8 + 2 * t;
+        if (row < p.n)
+          *reinterpret_cast<u32*>(&o[(i64)row * p.o_sn + e]) =
+              pack2<T>(acc[j][0] * inv_alpha, acc[j][1] * inv_alpha);
+        if (row + 8 < p.n)
+          *reinterpret_cast<u32*>(&o[(i64)(row + 8) * p.o_sn + e]) =
+              pack2<T>(acc[j][2] * inv_alpha, acc[j][3] * inv_alpha);
+      }
+      __syncthreads();  // buffer `buf` is refilled next iteration
+    }
+    cp_async_wait<0>();
+  }
+}
+
+#define SIMA_TC(DIM, T, NAME)                                                                   \
+  extern "C" __global__ void __launch_bounds__(DIM / 16 * 32)                                   \
+      sima_reduce_tc##DIM##_##NAME(const __grid_constant__ SimaParams p) {                      \
+    sima_reduce_tc<T, DIM>(p);                                                                  \
+  }                                                                                             \
+  extern "C" __global__ void __launch_bounds__(SIMA_TC_MAP_WARPS * 32)                          \
+      sima_map_tc##DIM##_##NAME(const __grid_constant__ SimaParams p) {                         \
+    sima_map_tc<T, DIM>(p);                                                                     \
+  }
+
+#define SIMA_TC_DTYPE(T, NAME) SIMA_TC(32, T, NAME) SIMA_TC(48, T, NAME) SIMA_TC(64, T, NAME)
