@@ -6,7 +6,6 @@
 
 pub mod bench;
 pub mod error;
-pub mod io;
 pub mod ops;
 pub mod reference;
 pub mod runtime;
