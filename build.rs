@@ -19,6 +19,9 @@ const GENCODE: &[&str] = &[
     "-gencode=arch=compute_80,code=compute_80",
 ];
 
+/// A compiled family: its fatbin and ptxas's report.
+type Compiled = (PathBuf, Vec<Resources>);
+
 struct Resources {
     kernel: String,
     arch: String,
@@ -70,7 +73,7 @@ fn main() {
     }
 
     // Compile families in parallel: nvcc is single-threaded per file.
-    let results: Vec<(String, String, Option<(PathBuf, Vec<Resources>)>)> =
+    let results: Vec<(String, String, Option<Compiled>)> =
         std::thread::scope(|s| {
             let handles: Vec<_> = sources
                 .iter()
@@ -196,7 +199,7 @@ fn compile(
     out: &Path,
     family: &str,
     require: bool,
-) -> Option<(PathBuf, Vec<Resources>)> {
+) -> Option<Compiled> {
     let fatbin = out.join(format!("{family}.fatbin"));
     let mut cmd = Command::new(nvcc);
     cmd.args(["-fatbin", "-O3", "-std=c++17", "-Xptxas", "-v", "-lineinfo"])

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod error;
+pub mod io;
 pub mod ops;
 pub mod reference;
 pub mod runtime;

@@ -1,5 +1,6 @@
-//! Command-line interface: `sofa info`, `sofa run`.
+//! Command-line interface: `sofa info`, `sofa run`, `sofa check`.
 
+mod check;
 mod info;
 mod run;
 
@@ -19,11 +20,14 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once; RunArgs carries every op's flags
 enum Command {
     /// Device, kernel load paths and per-kernel registers/spills/shared memory.
     Info(info::InfoArgs),
-    /// Run one operator on random inputs; print time and the error against the CPU reference.
+    /// Run one operator on a safetensors file or random inputs (GPU or the CPU reference).
     Run(run::RunArgs),
+    /// Cross-check the f64 CPU reference against itself (literal vs linear forms, identities).
+    Check(check::CheckArgs),
 }
 
 pub fn main() -> i32 {
@@ -31,6 +35,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Info(a) => info::info(&a),
         Command::Run(a) => run::run(&a),
+        Command::Check(a) => check::check(&a),
     };
     match result {
         Ok(code) => code,

@@ -2,9 +2,152 @@
 //! Tensors here are contiguous `[B, H, N, D]` `Vec<f64>`; [`gather`]/[`scatter`] convert from and
 //! to strided storage of any element type.
 
+pub mod aft;
+pub mod cosformer;
 pub mod sima;
+pub mod soft;
+pub mod softmax;
 
+use crate::error::{Error, Result};
 use crate::tensor::{Dims, Element, Layout};
+
+/// The three inputs of one attention call, contiguous f64: `q [B,H,N,D]`, `k [B,H,S,D]`,
+/// `v [B,H,S,Dv]`. Built by [`Qkv::new`], which checks every length.
+#[derive(Clone, Copy, Debug)]
+pub struct Qkv<'a> {
+    pub q: &'a [f64],
+    pub k: &'a [f64],
+    pub v: &'a [f64],
+    /// Extents of q.
+    pub dims: Dims,
+    /// Key/value length S.
+    pub s: usize,
+    /// Head dim of v.
+    pub dv: usize,
+}
+
+impl<'a> Qkv<'a> {
+    /// Validates that every extent is ≥ 1 and that each buffer holds exactly its shape.
+    pub fn new(
+        q: &'a [f64],
+        k: &'a [f64],
+        v: &'a [f64],
+        dims: Dims,
+        s: usize,
+        dv: usize,
+    ) -> Result<Self> {
+        let Dims { b, h, n, d } = dims;
+        check_len("q", q.len(), Dims::new(b, h, n, d))?;
+        check_len("k", k.len(), Dims::new(b, h, s, d))?;
+        check_len("v", v.len(), Dims::new(b, h, s, dv))?;
+        Ok(Qkv {
+            q,
+            k,
+            v,
+            dims,
+            s,
+            dv,
+        })
+    }
+
+    /// Self-attention inputs (S = N).
+    pub fn self_attn(
+        q: &'a [f64],
+        k: &'a [f64],
+        v: &'a [f64],
+        dims: Dims,
+        dv: usize,
+    ) -> Result<Self> {
+        Self::new(q, k, v, dims, dims.n, dv)
+    }
+
+    /// Number of (b, h) slices.
+    pub fn heads(&self) -> usize {
+        self.dims.b * self.dims.h
+    }
+
+    /// The `[N, D]` slice of q for head `bh`.
+    pub fn q_of(&self, bh: usize) -> &'a [f64] {
+        let len = self.dims.n * self.dims.d;
+        &self.q[bh * len..(bh + 1) * len]
+    }
+
+    /// The `[S, D]` slice of k for head `bh`.
+    pub fn k_of(&self, bh: usize) -> &'a [f64] {
+        let len = self.s * self.dims.d;
+        &self.k[bh * len..(bh + 1) * len]
+    }
+
+    /// The `[S, Dv]` slice of v for head `bh`.
+    pub fn v_of(&self, bh: usize) -> &'a [f64] {
+        let len = self.s * self.dv;
+        &self.v[bh * len..(bh + 1) * len]
+    }
+
+    /// A zeroed output `[B, H, N, Dv]`.
+    pub fn new_output(&self) -> Vec<f64> {
+        vec![0.0; self.heads() * self.dims.n * self.dv]
+    }
+}
+
+/// Checks that a buffer named `arg` holds exactly the elements of `dims` (all extents ≥ 1).
+pub fn check_len(arg: &'static str, len: usize, dims: Dims) -> Result<()> {
+    let Dims { b, h, n, d } = dims;
+    for (name, v) in [("B", b), ("H", h), ("N", n), ("D", d)] {
+        if v == 0 {
+            return Err(Error::shape(
+                arg,
+                format!("{name} = 0 in {dims}; every extent must be >= 1"),
+            ));
+        }
+    }
+    match dims.numel() {
+        Some(want) if want == len => Ok(()),
+        Some(want) => Err(Error::shape(
+            arg,
+            format!("{dims} needs {want} elements, buffer has {len}"),
+        )),
+        None => Err(Error::shape(arg, format!("{dims} overflows"))),
+    }
+}
+
+/// Like [`par_slices`], with one mutable per-slice state (`states.len()` slices).
+pub fn par_states<S: Send>(
+    out: &mut [f64],
+    slice_len: usize,
+    states: &mut [S],
+    f: impl Fn(usize, &mut S, &mut [f64]) + Sync,
+) {
+    if slice_len == 0 || states.is_empty() {
+        return;
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = states.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        for (g, (sts, outs)) in states
+            .chunks_mut(per)
+            .zip(out.chunks_mut(per * slice_len))
+            .enumerate()
+        {
+            let f = &f;
+            s.spawn(move || {
+                for (i, (st, o)) in sts.iter_mut().zip(outs.chunks_mut(slice_len)).enumerate() {
+                    f(g * per + i, st, o);
+                }
+            });
+        }
+    });
+}
+
+/// Logistic sigmoid.
+pub fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
 
 /// Contiguous f64 copy of a strided tensor.
 pub fn gather<T: Element>(data: &[T], layout: &Layout) -> Vec<f64> {
@@ -120,6 +263,8 @@ impl Rng {
     /// `len` values uniform in [lo, hi), already rounded to `T` (so the reference sees exactly
     /// what the device sees).
     pub fn fill<T: Element>(&mut self, len: usize, lo: f64, hi: f64) -> Vec<T> {
-        (0..len).map(|_| T::from_f64(self.uniform(lo, hi))).collect()
+        (0..len)
+            .map(|_| T::from_f64(self.uniform(lo, hi)))
+            .collect()
     }
 }
