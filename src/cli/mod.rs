@@ -13,7 +13,11 @@ pub const EXIT_NO_DEVICE: i32 = 3;
 pub const EXIT_CHECK_FAILED: i32 = 4;
 
 #[derive(Parser)]
-#[command(name = "sofa", version, about = "Softmax-free attention kernels: run, check, inspect")]
+#[command(
+    name = "sofa",
+    version,
+    about = "Softmax-free attention kernels: run, check, inspect"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

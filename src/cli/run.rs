@@ -744,7 +744,11 @@ fn run_gpu<T: Element>(rt: &Runtime, args: &RunArgs, p: &Problem) -> Result<i32>
         "check   {cmp}, max abs {max_abs:.3e} vs f64 reference: {}",
         verdict(cmp.pass())
     );
-    Ok(if cmp.pass() { 0 } else { super::EXIT_CHECK_FAILED })
+    Ok(if cmp.pass() {
+        0
+    } else {
+        super::EXIT_CHECK_FAILED
+    })
 }
 
 fn print_timing(t: &Timing, dims: Dims, dv: usize, dtype: DType) {
