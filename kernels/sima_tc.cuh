@@ -7,6 +7,7 @@
 
 #define SIMA_TC_ROWS 32      // rows of K, V, Q per pipeline stage of the reduce pass
 #define SIMA_TC_MAP_WARPS 4  // warps per CTA of the map pass, 16 rows each per tile
+#define SIMA_TC_MIN_CTAS 6      // register cap: six CTAs of either pass share an SM
 
 // Copies rows [row0, row0 + ROWS) × D of one (b,h) slice into padded shared rows; rows at or
 // past row_end become zeros. Every thread issues its share of 16-byte copies.
@@ -128,7 +129,7 @@ __device__ void sima_reduce_tc(const SimaParams& p) {
 
 // Map pass. Grid: x = CTAs striding over 64-row tiles, y = bh (grid-stride). G (fp32) is scaled
 // by a power of two α so that max|αG| ∈ [1, 2) — G ~ 1/N² would underflow f16 otherwise — then
-// held as B fragments in registers; O = (Q · αG) / α. Traffic: Q read once, O written once.
+// kept in shared memory as the B operand; O = (Q · αG) / α. Traffic: Q read once, O written once.
 template <typename T, int D>
 __device__ void sima_map_tc(const SimaParams& p) {
   constexpr int WARPS = SIMA_TC_MAP_WARPS, THREADS = WARPS * 32, ROWS = WARPS * 16;
@@ -166,19 +167,6 @@ __device__ void sima_map_tc(const SimaParams& p) {
     const float alpha = mx > 0.f ? ldexpf(1.f, 1 - ex) : 1.f, inv_alpha = 1.f / alpha;
     for (int i = threadIdx.x; i < D * D; i += THREADS) gs[i / D][i % D] = from_f32<T>(gm[i] * alpha).bits;
     __syncthreads();
-    u32 bfr[KT][NT][2];
-#pragma unroll
-    for (int kt = 0; kt < KT; ++kt)
-#pragma unroll
-      for (int e0 = 0; e0 < D; e0 += 16) {
-        u32 r4[4];
-        int mat = lane / 8, r = lane % 8;
-        ldmatrix_x4_trans(r4, &gs[kt * 16 + r + (mat % 2) * 8][e0 + (mat / 2) * 8]);
-        bfr[kt][e0 / 8][0] = r4[0];
-        bfr[kt][e0 / 8][1] = r4[1];
-        bfr[kt][e0 / 8 + 1][0] = r4[2];
-        bfr[kt][e0 / 8 + 1][1] = r4[3];
-      }
 
     int buf = 0;
     for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, buf ^= 1) {
@@ -196,7 +184,13 @@ __device__ void sima_map_tc(const SimaParams& p) {
         u32 a[4];
         ldmatrix_x4(a, &qs[buf][warp * 16 + lane % 16][kt * 16 + (lane / 16) * 8]);
 #pragma unroll
-        for (int j = 0; j < NT; ++j) mma16816<T>(acc[j], a, bfr[kt][j][0], bfr[kt][j][1]);
+        for (int e0 = 0; e0 < D; e0 += 16) {
+          u32 bf[4];  // B = αG: k = c rows, columns e; two n-tiles (e0, e0 + 8)
+          int mat = lane / 8, r = lane % 8;
+          ldmatrix_x4_trans(bf, &gs[kt * 16 + r + (mat % 2) * 8][e0 + (mat / 2) * 8]);
+          mma16816<T>(acc[e0 / 8], a, bf[0], bf[1]);
+          mma16816<T>(acc[e0 / 8 + 1], a, bf[2], bf[3]);
+        }
       }
       const int row = tile * ROWS + warp * 16 + g;
 #pragma unroll
@@ -216,11 +210,11 @@ __device__ void sima_map_tc(const SimaParams& p) {
 }
 
 #define SIMA_TC(DIM, T, NAME)                                                                   \
-  extern "C" __global__ void __launch_bounds__(DIM / 16 * 32)                                   \
+  extern "C" __global__ void __launch_bounds__(DIM / 16 * 32, SIMA_TC_MIN_CTAS)            \
       sima_reduce_tc##DIM##_##NAME(const __grid_constant__ SimaParams p) {                      \
     sima_reduce_tc<T, DIM>(p);                                                                  \
   }                                                                                             \
-  extern "C" __global__ void __launch_bounds__(SIMA_TC_MAP_WARPS * 32)                          \
+  extern "C" __global__ void __launch_bounds__(SIMA_TC_MAP_WARPS * 32, SIMA_TC_MIN_CTAS)    \
       sima_map_tc##DIM##_##NAME(const __grid_constant__ SimaParams p) {                         \
     sima_map_tc<T, DIM>(p);                                                                     \
   }

@@ -17,7 +17,8 @@ const THREADS: u32 = 256;
 const ROW_TILE: usize = 32; // SIMA_ROW_TILE
 const MAP_ROWS: usize = 64; // SIMA_MAP_ROWS
 const MAX_CHUNKS: usize = 256;
-const TARGET_CTAS: usize = 1024; // enough to fill any current GPU several times over
+/// Reduce-pass CTAs aimed for: one full wave on a 128+ SM GPU at six CTAs per SM.
+const TARGET_CTAS: usize = 768;
 const MAX_GRID_YZ: usize = 65535;
 /// Head dims with a tensor-core path (f16/bf16, D == Dv, 16-byte-aligned rows).
 const TC_DIMS: [usize; 3] = [32, 48, 64];
@@ -283,9 +284,14 @@ pub unsafe fn forward_raw(
             if tensor_cores {
                 let reduce = rt.function(FAMILY, &format!("sima_reduce_tc{d}_{dt}"))?;
                 let map = rt.function(FAMILY, &format!("sima_map_tc{d}_{dt}"))?;
-                let tiles = n.div_ceil(MAP_ROWS);
-                let per_bh = (8 * rt.info().multiprocessors as usize).div_ceil(bh).max(1);
-                let map_grid = (tiles.min(per_bh) as u32, bh.min(MAX_GRID_YZ) as u32, 1);
+                // Persistent map CTAs: one wave, shared among the (b,h) slices.
+                let slots = rt.resident_ctas(&map, TC_MAP_THREADS)?;
+                let per_bh = slots.div_ceil(bh).max(1);
+                let map_grid = (
+                    n.div_ceil(MAP_ROWS).min(per_bh) as u32,
+                    bh.min(MAX_GRID_YZ) as u32,
+                    1,
+                );
                 // SAFETY: as below; the tensor-core kernels additionally need 16-byte-aligned
                 // rows of q, k, v and o (checked: `vec`, `o_vec`) and d == dv (checked).
                 unsafe {

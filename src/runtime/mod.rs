@@ -5,7 +5,7 @@ pub mod embedded;
 pub mod nvrtc;
 
 use crate::error::{Error, Result};
-use cudarc::driver::sys::{CUdevice_attribute as Attr, CUresult};
+use cudarc::driver::sys::{CUdevice_attribute as Attr, CUfunction_attribute, CUresult};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -200,9 +200,21 @@ impl Runtime {
                     family: family.into(),
                     reason: format!("kernel {name}: {e}"),
                 })?;
+            // Streaming kernels want shared memory (tiles) over L1: ask for the largest carveout
+            // so that occupancy is limited by registers, not by the default split.
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                100,
+            )?;
             m.functions.insert(name.to_string(), f.clone());
             Ok(f)
         })?
+    }
+
+    /// CTAs of `f` with `threads` threads that fit on the whole device at once.
+    pub fn resident_ctas(&self, f: &CudaFunction, threads: u32) -> Result<usize> {
+        let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)?;
+        Ok(per_sm.max(1) as usize * self.info.multiprocessors as usize)
     }
 
     fn lock_modules(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, Loaded>> {
