@@ -46,6 +46,17 @@ fn main() {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let require = std::env::var("SOFA_REQUIRE_NVCC").is_ok_and(|v| v == "1");
+    // The commit measurements are recorded against (`unknown` outside a git checkout).
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=SOFA_GIT_COMMIT={commit}");
+    println!("cargo:rerun-if-changed=.git/HEAD");
+    println!("cargo:rerun-if-changed=.git/refs/heads");
 
     let mut sources: Vec<PathBuf> = std::fs::read_dir(kdir)
         .expect("kernels/ directory")

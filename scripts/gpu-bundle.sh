@@ -26,7 +26,7 @@ for line in sys.stdin:
 ' | while read -r name exe; do cp "$exe" "$bundle/$kind/$name"; done
 done
 strip "$bundle/sofa" "$bundle"/tests/* "$bundle"/benches/* 2>/dev/null || true
-cp scripts/run-gpu-checks.sh "$bundle/"
+cp scripts/run-gpu-checks.sh scripts/torch_reference.py "$bundle/"
 git rev-parse --short HEAD >"$bundle/COMMIT" 2>/dev/null || echo unknown >"$bundle/COMMIT"
 du -sh "$bundle"
 ls "$bundle" "$bundle/tests" "$bundle/benches"

@@ -46,10 +46,20 @@ fi
 for path in fatbin nvrtc; do
   step "run-sima-$path" env SOFA_KERNELS=$path ./sofa run --op sima --shape 1,16,4k,64 --dtype f16 --check always
 done
-for dt in f16 bf16 f32; do
-  step "run-sima-64k-$dt" ./sofa run --op sima --shape 1,16,64k,64 --dtype $dt --check always
+# Benchmarks: JSON lines (one per shape × dtype) in $out/sima.jsonl. Inputs of N ≥ 16k exceed
+# the 50 MB L2 of an H100; smaller ones are warm-cache numbers.
+bench() { step "bench-$1-$2-$3" ./sofa run --op sima --shape "$1" --dtype "$2" --check "$3" --json "$out/sima.jsonl"; }
+for n in 1k 4k 16k 64k 256k; do
+  for dt in f16 bf16; do bench 1,16,$n,64 $dt auto; bench 1,8,$n,128 $dt auto; done
 done
-step run-sima-1M ./sofa run --op sima --shape 1,16,1M,64 --dtype f16 --check never
+bench 1,16,64k,64 f32 always
+bench 1,16,64k,32 f16 always
+bench 1,16,64k,48 f16 always
+bench 1,16,1M,64 f16 never
+bench 1,16,1M,64 bf16 never
+if [[ -f torch_reference.py ]] && python3 -c 'import torch' 2>/dev/null; then
+  step torch python3 torch_reference.py --out "$out/torch.jsonl"
+fi
 
 echo "=== failed: ${failed[*]:-none}" | tee -a "$out/summary.log"
 [[ ${#failed[@]} -eq 0 ]]
