@@ -23,7 +23,10 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] != ["bin"]:
         print(m["target"]["name"], m["executable"])
-' | while read -r name exe; do cp "$exe" "$bundle/$kind/$name"; done
+' | while read -r name exe; do
+    # tests/cli runs the sofa binary at its build path: a CPU test for CI, not for the bundle.
+    [[ $kind == tests && $name == cli ]] || cp "$exe" "$bundle/$kind/$name"
+  done
 done
 strip "$bundle/sofa" "$bundle"/tests/* "$bundle"/benches/* 2>/dev/null || true
 cp scripts/run-gpu-checks.sh scripts/torch_reference.py "$bundle/"
