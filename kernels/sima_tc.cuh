@@ -1,13 +1,21 @@
-// SimA tensor-core path (SPEC §4) for f16/bf16 with D == Dv ∈ {32, 48, 64} and 16-byte-aligned
+// SimA tensor-core path (SPEC §4) for f16/bf16 with D == Dv ∈ {32, 48, 64, 128} and 16-byte-aligned
 // rows: the two products on mma.sync (fp32 accumulation), tiles streamed with cp.async in two
-// stages. Writes the same workspace as the CUDA-core kernels, so sima_finalize is shared.
+// stages through dynamic shared memory (sizes: sima_tc_*_smem, mirrored in Rust). Writes the same
+// workspace as the CUDA-core kernels, so sima_finalize is shared.
 #pragma once
 #include "mma.cuh"
 #include "sima.cuh"
 
 #define SIMA_TC_ROWS 32      // rows of K, V, Q per pipeline stage of the reduce pass
 #define SIMA_TC_MAP_WARPS 4  // warps per CTA of the map pass, 16 rows each per tile
-#define SIMA_TC_MIN_CTAS 6      // register cap: six CTAs of either pass share an SM
+
+extern __shared__ __align__(16) u16 sima_tc_smem[];
+
+// Dynamic shared memory of each pass, in bytes (rows padded by 8 elements against bank conflicts).
+__host__ __device__ constexpr int sima_tc_reduce_smem(int d) { return 6 * SIMA_TC_ROWS * (d + 8) * 2; }
+__host__ __device__ constexpr int sima_tc_map_smem(int d) {
+  return (d + 2 * SIMA_TC_MAP_WARPS * 16) * (d + 8) * 2;
+}
 
 // Copies rows [row0, row0 + ROWS) × D of one (b,h) slice into padded shared rows; rows at or
 // past row_end become zeros. Every thread issues its share of 16-byte copies.
@@ -29,9 +37,9 @@ template <typename T, int D>
 __device__ void sima_reduce_tc(const SimaParams& p) {
   constexpr int THREADS = D / 16 * 32, LD = D + 8, NT = D / 8, VPR = D / 8;
   constexpr int ROWS = SIMA_TC_ROWS;
-  __shared__ __align__(16) u16 ks[2][ROWS][LD];
-  __shared__ __align__(16) u16 vs[2][ROWS][LD];
-  __shared__ __align__(16) u16 qs[2][ROWS][LD];
+  auto ks = reinterpret_cast<u16(*)[ROWS][LD]>(sima_tc_smem);
+  auto vs = ks + 2;
+  auto qs = ks + 4;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int chunk = blockIdx.y;
@@ -106,7 +114,7 @@ __device__ void sima_reduce_tc(const SimaParams& p) {
       *reinterpret_cast<float2*>(&out[(i64)(c + 8) * p.dv + e]) = make_float2(acc[j][2], acc[j][3]);
     }
     // Column norms: THREADS / VPR threads share each column block; sum them in a fixed order.
-    float* red = reinterpret_cast<float*>(&ks[0][0][0]);  // 2·THREADS·8 floats fit in ks
+    float* red = reinterpret_cast<float*>(sima_tc_smem);  // 2·THREADS·8 floats ≤ the tiles
     __syncthreads();
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
@@ -134,8 +142,8 @@ template <typename T, int D>
 __device__ void sima_map_tc(const SimaParams& p) {
   constexpr int WARPS = SIMA_TC_MAP_WARPS, THREADS = WARPS * 32, ROWS = WARPS * 16;
   constexpr int LD = D + 8, NT = D / 8, KT = D / 16;
-  __shared__ __align__(16) u16 gs[D][LD];
-  __shared__ __align__(16) u16 qs[2][ROWS][LD];
+  auto gs = reinterpret_cast<u16(*)[LD]>(sima_tc_smem);
+  auto qs = reinterpret_cast<u16(*)[ROWS][LD]>(sima_tc_smem + D * LD);
   __shared__ float wmax[WARPS];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -209,14 +217,19 @@ __device__ void sima_map_tc(const SimaParams& p) {
   }
 }
 
-#define SIMA_TC(DIM, T, NAME)                                                                   \
-  extern "C" __global__ void __launch_bounds__(DIM / 16 * 32, SIMA_TC_MIN_CTAS)            \
+// RMIN / MMIN: CTAs per SM the register allocation must allow for the reduce / map pass.
+#define SIMA_TC(DIM, RMIN, MMIN, T, NAME)                                                       \
+  extern "C" __global__ void __launch_bounds__(DIM / 16 * 32, RMIN)                             \
       sima_reduce_tc##DIM##_##NAME(const __grid_constant__ SimaParams p) {                      \
     sima_reduce_tc<T, DIM>(p);                                                                  \
   }                                                                                             \
-  extern "C" __global__ void __launch_bounds__(SIMA_TC_MAP_WARPS * 32, SIMA_TC_MIN_CTAS)    \
+  extern "C" __global__ void __launch_bounds__(SIMA_TC_MAP_WARPS * 32, MMIN)                    \
       sima_map_tc##DIM##_##NAME(const __grid_constant__ SimaParams p) {                         \
     sima_map_tc<T, DIM>(p);                                                                     \
   }
 
-#define SIMA_TC_DTYPE(T, NAME) SIMA_TC(32, T, NAME) SIMA_TC(48, T, NAME) SIMA_TC(64, T, NAME)
+#define SIMA_TC_DTYPE(T, NAME)                                                                  \
+  SIMA_TC(32, 6, 6, T, NAME)                                                                    \
+  SIMA_TC(48, 6, 6, T, NAME)                                                                    \
+  SIMA_TC(64, 6, 6, T, NAME)                                                                    \
+  SIMA_TC(128, 2, 3, T, NAME)

@@ -62,10 +62,26 @@ pub(crate) unsafe fn launch<P: cudarc::driver::DeviceRepr>(
     block: u32,
     params: &P,
 ) -> Result<()> {
+    // SAFETY: forwarded from the caller.
+    unsafe { launch_smem(stream, f, grid, block, 0, params) }
+}
+
+/// [`launch`] with `smem` bytes of dynamic shared memory (see `Runtime::allow_dynamic_smem`).
+///
+/// # Safety
+/// As for [`launch`].
+pub(crate) unsafe fn launch_smem<P: cudarc::driver::DeviceRepr>(
+    stream: &CudaStream,
+    f: &CudaFunction,
+    grid: (u32, u32, u32),
+    block: u32,
+    smem: u32,
+    params: &P,
+) -> Result<()> {
     let cfg = LaunchConfig {
         grid_dim: grid,
         block_dim: (block, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes: smem,
     };
     let mut builder = stream.launch_builder(f);
     builder.arg(params);

@@ -2,10 +2,12 @@
 //!
 //! N ≥ D: fused linear order, three launches (reduce k^T v and the column norms per row chunk;
 //! finalize G in a fixed order; map O = q·G). N < D: the quadratic order (q̂ k̂ᵀ) v, two launches.
-//! f16/bf16 with D == Dv ∈ {32, 48, 64} and 16-byte-aligned rows run both products on tensor
+//! f16/bf16 with D == Dv ∈ {32, 48, 64, 128} and 16-byte-aligned rows run both products on tensor
 //! cores; everything else (f32, other head dims, odd strides) on the CUDA-core kernels.
 
-use super::{launch, ptr_of, ptr_of_mut, RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM};
+use super::{
+    launch, launch_smem, ptr_of, ptr_of_mut, RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM,
+};
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use crate::tensor::{DType, Dims, Element, Layout};
@@ -21,7 +23,16 @@ const MAX_CHUNKS: usize = 256;
 const TARGET_CTAS: usize = 768;
 const MAX_GRID_YZ: usize = 65535;
 /// Head dims with a tensor-core path (f16/bf16, D == Dv, 16-byte-aligned rows).
-const TC_DIMS: [usize; 3] = [32, 48, 64];
+const TC_DIMS: [usize; 4] = [32, 48, 64, 128];
+const TC_ROWS: usize = 32; // SIMA_TC_ROWS
+
+/// Dynamic shared memory of the tensor-core passes (`sima_tc_*_smem` in sima_tc.cuh).
+fn tc_reduce_smem(d: usize) -> u32 {
+    (6 * TC_ROWS * (d + 8) * 2) as u32
+}
+fn tc_map_smem(d: usize) -> u32 {
+    ((d + 2 * MAP_ROWS) * (d + 8) * 2) as u32
+}
 const TC_MAP_THREADS: u32 = 128; // SIMA_TC_MAP_WARPS · 32
 
 /// Mirror of `SimaParams` in kernels/sima.cuh.
@@ -285,7 +296,10 @@ pub unsafe fn forward_raw(
                 let reduce = rt.function(FAMILY, &format!("sima_reduce_tc{d}_{dt}"))?;
                 let map = rt.function(FAMILY, &format!("sima_map_tc{d}_{dt}"))?;
                 // Persistent map CTAs: one wave, shared among the (b,h) slices.
-                let slots = rt.resident_ctas(&map, TC_MAP_THREADS)?;
+                let (rsmem, msmem) = (tc_reduce_smem(d), tc_map_smem(d));
+                rt.allow_dynamic_smem(&reduce, rsmem)?;
+                rt.allow_dynamic_smem(&map, msmem)?;
+                let slots = rt.resident_ctas(&map, TC_MAP_THREADS, msmem)?;
                 let per_bh = slots.div_ceil(bh).max(1);
                 let map_grid = (
                     n.div_ceil(MAP_ROWS).min(per_bh) as u32,
@@ -295,15 +309,17 @@ pub unsafe fn forward_raw(
                 // SAFETY: as below; the tensor-core kernels additionally need 16-byte-aligned
                 // rows of q, k, v and o (checked: `vec`, `o_vec`) and d == dv (checked).
                 unsafe {
-                    launch(
+                    let reduce_grid = (grid_dim(bh), chunks as u32, 1);
+                    launch_smem(
                         stream,
                         &reduce,
-                        (grid_dim(bh), chunks as u32, 1),
+                        reduce_grid,
                         (d / 16 * 32) as u32,
+                        rsmem,
                         &p,
                     )?;
                     launch(stream, &finalize, (grid_dim(bh), d as u32, 1), 128, &p)?;
-                    launch(stream, &map, map_grid, TC_MAP_THREADS, &p)?;
+                    launch_smem(stream, &map, map_grid, TC_MAP_THREADS, msmem, &p)?;
                 }
                 return Ok(());
             }

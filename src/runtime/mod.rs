@@ -211,10 +211,33 @@ impl Runtime {
         })?
     }
 
-    /// CTAs of `f` with `threads` threads that fit on the whole device at once.
-    pub fn resident_ctas(&self, f: &CudaFunction, threads: u32) -> Result<usize> {
-        let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)?;
+    /// CTAs of `f` (`threads` threads, `smem` bytes of dynamic shared memory) that fit on the
+    /// whole device at once.
+    pub fn resident_ctas(&self, f: &CudaFunction, threads: u32, smem: u32) -> Result<usize> {
+        let per_sm =
+            f.occupancy_max_active_blocks_per_multiprocessor(threads, smem as usize, None)?;
         Ok(per_sm.max(1) as usize * self.info.multiprocessors as usize)
+    }
+
+    /// Lets `f` launch with `bytes` of dynamic shared memory (above 48 KiB needs an opt-in).
+    pub fn allow_dynamic_smem(&self, f: &CudaFunction, bytes: u32) -> Result<()> {
+        if bytes as usize > self.info.smem_per_block_optin {
+            return Err(Error::param(
+                "shared memory",
+                bytes,
+                format!(
+                    "device allows {} bytes per block",
+                    self.info.smem_per_block_optin
+                ),
+            ));
+        }
+        if bytes > 48 * 1024 {
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )?;
+        }
+        Ok(())
     }
 
     fn lock_modules(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, Loaded>> {
