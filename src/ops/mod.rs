@@ -1,6 +1,7 @@
 //! Operators on the GPU. Each module: parameters and defaults, `validate`/`plan` (pure, no GPU),
 //! a raw launch over device pointers on a caller's stream, and a safe wrapper over `CudaSlice`.
 
+pub mod cosformer;
 pub mod sima;
 
 use crate::error::{Error, Result};

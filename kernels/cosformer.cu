@@ -1,0 +1,495 @@
+// cosFormer — ReLU features with cos(θ_i − θ_j) re-weighting (SPEC §2), CUDA-core fp32 kernels.
+// Non-causal, three launches:
+//   cosformer_reduce   per (chunk, bh, c×e tile): partial states of the chunk's keys
+//   cosformer_finalize per (element block, bh): fixed-order sum over chunks into `state`
+//   cosformer_map      per (row block, bh, e tile): O_i from q_i and the summed state
+// Causal (N = S), three launches over chunks of `rows_per_chunk` rows:
+//   cosformer_reduce   the same kernel: each chunk's own state contribution
+//   cosformer_scan     exclusive prefix over chunks in place (fixed order); total into `state`
+//   cosformer_causal   per (query block, bh, e tile): prefix state + masked intra-chunk products
+// Decode: cosformer_step adds one token per (b,h) to `state` and reads its output.
+// Features sin/cos are never stored in global memory; every reduction runs in a fixed order.
+#include "cosformer.cuh"
+
+static_assert(sizeof(CosformerParams) == COSFORMER_PARAMS_SIZE,
+              "CosformerParams layout changed: update Rust");
+
+template <typename T>
+__device__ __forceinline__ const T* cptr(u64 p) { return reinterpret_cast<const T*>(p); }
+
+__device__ __forceinline__ i64 cos_state_len(const CosformerParams& p) {
+  return 2 * (i64)p.d * p.dv + 2 * (i64)p.d;
+}
+
+// sin θ and cos θ of sequence row `row`: θ = (π/2)·pos/M with pos = pos0 + row + 1.
+__device__ __forceinline__ void cos_angle(const CosformerParams& p, int row, float* sn, float* cs) {
+  float x = (float)((i64)p.pos0 + row + 1) / (2.0f * (float)p.m);
+  sincospif(x, sn, cs);
+}
+
+__device__ __forceinline__ float cos_feat(float x, int relu) { return relu ? fmaxf(x, 0.f) : x; }
+
+// Reduce pass: partial[bh][chunk] = Σ_{j in chunk} (k_j sinθ_j) v_jᵀ, (k_j cosθ_j) v_jᵀ, k_j sinθ_j,
+// k_j cosθ_j, restricted to one 64×64 (c, e) tile. Grid: x = chunk, y = bh (grid-stride),
+// z = c-tile × e-tile. Traffic: K, V rows of the chunk once per tile; one state tile written.
+template <typename T>
+__device__ void cos_reduce(const CosformerParams& p) {
+  constexpr int MT = COS_TILE / 16;
+  __shared__ float ks[COS_ROWS][COS_TILE + 1];
+  __shared__ float kc[COS_ROWS][COS_TILE + 1];
+  __shared__ float vs[COS_ROWS][COS_TILE + 1];
+  __shared__ float rs[COS_ROWS], rc[COS_ROWS];
+  const int e_tiles = div_up(p.dv, COS_TILE);
+  const int c0 = (blockIdx.z / e_tiles) * COS_TILE, e0 = (blockIdx.z % e_tiles) * COS_TILE;
+  const bool zcols = (blockIdx.z % e_tiles) == 0;  // one e-tile per c-tile also sums zs, zc
+  const int chunk = blockIdx.x;
+  const int row_begin = chunk * p.rows_per_chunk;
+  const int row_end = min(p.s, row_begin + p.rows_per_chunk);
+  const int tc = threadIdx.x / 16, te = threadIdx.x % 16;
+  const i64 slen = cos_state_len(p);
+
+  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
+    const int b = bh / p.h, h = bh % p.h;
+    const T* k = cptr<T>(p.k) + b * p.k_sb + h * p.k_sh;
+    const T* v = cptr<T>(p.v) + b * p.v_sb + h * p.v_sh;
+    float as[MT][MT], ac[MT][MT];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < MT; ++j) as[i][j] = ac[i][j] = 0.f;
+    float zs = 0.f, zc = 0.f;  // thread t < COS_TILE owns column c0 + t
+
+    for (int row0 = row_begin; row0 < row_end; row0 += COS_ROWS) {
+      __syncthreads();  // previous stage fully consumed
+      if (threadIdx.x < COS_ROWS) {
+        float sn = 0.f, cs = 0.f;
+        if (row0 + (int)threadIdx.x < row_end) cos_angle(p, row0 + threadIdx.x, &sn, &cs);
+        rs[threadIdx.x] = sn;
+        rc[threadIdx.x] = cs;
+      }
+      __syncthreads();
+      for (int i = threadIdx.x; i < COS_ROWS * COS_TILE; i += COS_THREADS) {
+        const int r = i / COS_TILE, c = i % COS_TILE, row = row0 + r;
+        float kx = 0.f, vx = 0.f;
+        if (row < row_end) {
+          if (c0 + c < p.d) kx = cos_feat(to_f32(k[(i64)row * p.k_sn + c0 + c]), p.relu);
+          if (e0 + c < p.dv) vx = to_f32(v[(i64)row * p.v_sn + e0 + c]);
+        }
+        ks[r][c] = kx * rs[r];
+        kc[r][c] = kx * rc[r];
+        vs[r][c] = vx;
+      }
+      __syncthreads();
+      if (zcols && threadIdx.x < COS_TILE) {
+        for (int r = 0; r < COS_ROWS; ++r) {
+          zs += ks[r][threadIdx.x];
+          zc += kc[r][threadIdx.x];
+        }
+      }
+#pragma unroll 4
+      for (int r = 0; r < COS_ROWS; ++r) {
+        float ksr[MT], kcr[MT], vr[MT];
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+          ksr[i] = ks[r][tc + 16 * i];
+          kcr[i] = kc[r][tc + 16 * i];
+          vr[i] = vs[r][te + 16 * i];
+        }
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+          for (int j = 0; j < MT; ++j) {
+            as[i][j] = fmaf(ksr[i], vr[j], as[i][j]);
+            ac[i][j] = fmaf(kcr[i], vr[j], ac[i][j]);
+          }
+      }
+    }
+
+    float* out = reinterpret_cast<float*>(p.partial) + ((i64)bh * p.chunks + chunk) * slen;
+    const i64 ddv = (i64)p.d * p.dv;
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < MT; ++j) {
+        const int c = c0 + tc + 16 * i, e = e0 + te + 16 * j;
+        if (c < p.d && e < p.dv) {
+          out[(i64)c * p.dv + e] = as[i][j];
+          out[ddv + (i64)c * p.dv + e] = ac[i][j];
+        }
+      }
+    if (zcols && threadIdx.x < COS_TILE && c0 + (int)threadIdx.x < p.d) {
+      out[2 * ddv + c0 + threadIdx.x] = zs;
+      out[2 * ddv + p.d + c0 + threadIdx.x] = zc;
+    }
+  }
+}
+
+// Finalize (non-causal): state[bh][x] = Σ_chunk partial[bh][chunk][x], chunks in order.
+// Grid: x = block of COS_THREADS state elements, y = bh (grid-stride).
+// Traffic: the partials read once, one state written.
+__device__ void cos_finalize(const CosformerParams& p) {
+  const i64 slen = cos_state_len(p);
+  const i64 x = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (x >= slen) return;
+  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
+    const float* part = reinterpret_cast<const float*>(p.partial) + (i64)bh * p.chunks * slen;
+    float acc = 0.f;
+    for (int ch = 0; ch < p.chunks; ++ch) acc += part[ch * slen + x];
+    reinterpret_cast<float*>(p.state)[(i64)bh * slen + x] = acc;
+  }
+}
+
+// Scan (causal): partial[bh][chunk] becomes the state of all rows before the chunk (plus the
+// incoming `state` when state_in); the total is written to `state` when it is non-null.
+// Grid: x = block of COS_THREADS state elements, y = bh (grid-stride). Traffic: partials read
+// and written once.
+__device__ void cos_scan(const CosformerParams& p) {
+  const i64 slen = cos_state_len(p);
+  const i64 x = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (x >= slen) return;
+  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
+    float* part = reinterpret_cast<float*>(p.partial) + (i64)bh * p.chunks * slen;
+    float* st = reinterpret_cast<float*>(p.state);
+    float run = (st != nullptr && p.state_in) ? st[(i64)bh * slen + x] : 0.f;
+    for (int ch = 0; ch < p.chunks; ++ch) {
+      const float t = part[ch * slen + x];
+      part[ch * slen + x] = run;
+      run += t;
+    }
+    if (st != nullptr) st[(i64)bh * slen + x] = run;
+  }
+}
+
+// Stages rows [row0, row0 + COS_BLOCK) × columns [c0, c0 + COS_KC) of q or k as fp32 features,
+// zero outside the tensor (rows ≥ nrows, columns ≥ d).
+template <typename T>
+__device__ __forceinline__ void cos_stage_feat(float (*dst)[COS_KC + 1], const T* base, i64 sn,
+                                               int row0, int nrows, int c0, int d, int relu) {
+  for (int i = threadIdx.x; i < COS_BLOCK * COS_KC; i += COS_THREADS) {
+    const int r = i / COS_KC, c = i % COS_KC;
+    const bool in = row0 + r < nrows && c0 + c < d;
+    dst[r][c] = in ? cos_feat(to_f32(base[(i64)(row0 + r) * sn + c0 + c]), relu) : 0.f;
+  }
+}
+
+// Stages state rows [c0, c0 + COS_KC) × columns [e0, e0 + COS_TILE) of KVs and KVc plus zs, zc.
+__device__ __forceinline__ void cos_stage_state(float (*kvs)[COS_TILE + 1], float (*kvc)[COS_TILE + 1],
+                                                float* zs, float* zc, const float* st,
+                                                const CosformerParams& p, int c0, int e0) {
+  const i64 ddv = (i64)p.d * p.dv;
+  for (int i = threadIdx.x; i < COS_KC * COS_TILE; i += COS_THREADS) {
+    const int c = i / COS_TILE, e = i % COS_TILE;
+    const bool in = c0 + c < p.d && e0 + e < p.dv;
+    const i64 at = (i64)(c0 + c) * p.dv + e0 + e;
+    kvs[c][e] = in ? st[at] : 0.f;
+    kvc[c][e] = in ? st[ddv + at] : 0.f;
+  }
+  if (threadIdx.x < COS_KC) {
+    const int c = c0 + threadIdx.x;
+    zs[threadIdx.x] = c < p.d ? st[2 * ddv + c] : 0.f;
+    zc[threadIdx.x] = c < p.d ? st[2 * ddv + p.d + c] : 0.f;
+  }
+}
+
+// Accumulates the state part for the thread's rows: aS += q·KVs, aC += q·KVc, dS += q·zs,
+// dC += q·zc over all d columns (sin/cos of the query applied by the caller).
+// Uses shared: qf[COS_BLOCK][COS_KC+1], kvs/kvc[COS_KC][COS_TILE+1], zs/zc[COS_KC].
+template <typename T>
+__device__ __forceinline__ void cos_state_product(const CosformerParams& p, const T* q,
+                                                  const float* st, int row0, int e0,
+                                                  float (*qf)[COS_KC + 1],
+                                                  float (*kvs)[COS_TILE + 1],
+                                                  float (*kvc)[COS_TILE + 1], float* zs, float* zc,
+                                                  float (&aS)[4][4], float (&aC)[4][4],
+                                                  float (&dS)[4], float (&dC)[4]) {
+  const int tr = threadIdx.x / 16, te = threadIdx.x % 16;
+  for (int c0 = 0; c0 < p.d; c0 += COS_KC) {
+    __syncthreads();
+    cos_stage_feat<T>(qf, q, p.q_sn, row0, p.n, c0, p.d, p.relu);
+    cos_stage_state(kvs, kvc, zs, zc, st, p, c0, e0);
+    __syncthreads();
+#pragma unroll 4
+    for (int c = 0; c < COS_KC; ++c) {
+      float qv[4], sv[4], cv[4];
+      const float zsc = zs[c], zcc = zc[c];
+#pragma unroll
+      for (int a = 0; a < 4; ++a) qv[a] = qf[tr + 16 * a][c];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        sv[j] = kvs[c][te + 16 * j];
+        cv[j] = kvc[c][te + 16 * j];
+      }
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {
+        dS[a] = fmaf(qv[a], zsc, dS[a]);
+        dC[a] = fmaf(qv[a], zcc, dC[a]);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          aS[a][j] = fmaf(qv[a], sv[j], aS[a][j]);
+          aC[a][j] = fmaf(qv[a], cv[j], aC[a][j]);
+        }
+      }
+    }
+  }
+}
+
+// Map pass (non-causal): O_i = (sinθ_i q_i·KVs + cosθ_i q_i·KVc) / max(sinθ_i q_i·zs + cosθ_i q_i·zc, ε).
+// Grid: x = block of COS_BLOCK query rows, y = bh (grid-stride), z = e-tile of COS_TILE.
+// Traffic: Q rows once per e-tile, the state from L2, each O element written once.
+template <typename T>
+__device__ void cos_map(const CosformerParams& p) {
+  __shared__ float qf[COS_BLOCK][COS_KC + 1];
+  __shared__ float kvs[COS_KC][COS_TILE + 1], kvc[COS_KC][COS_TILE + 1];
+  __shared__ float zs[COS_KC], zc[COS_KC];
+  const int row0 = blockIdx.x * COS_BLOCK, e0 = blockIdx.z * COS_TILE;
+  const int tr = threadIdx.x / 16, te = threadIdx.x % 16;
+  const i64 slen = cos_state_len(p);
+
+  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
+    const int b = bh / p.h, h = bh % p.h;
+    const T* q = cptr<T>(p.q) + b * p.q_sb + h * p.q_sh;
+    const float* st = reinterpret_cast<const float*>(p.state) + (i64)bh * slen;
+    float aS[4][4], aC[4][4], dS[4], dC[4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      dS[a] = dC[a] = 0.f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) aS[a][j] = aC[a][j] = 0.f;
+    }
+    cos_state_product<T>(p, q, st, row0, e0, qf, kvs, kvc, zs, zc, aS, aC, dS, dC);
+
+    T* o = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh;
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      const int row = row0 + tr + 16 * a;
+      if (row >= p.n) continue;
+      float sn, cs;
+      cos_angle(p, row, &sn, &cs);
+      const float inv = 1.f / fmaxf(sn * dS[a] + cs * dC[a], p.eps);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int e = e0 + te + 16 * j;
+        if (e < p.dv) o[(i64)row * p.o_sn + e] = from_f32<T>((sn * aS[a][j] + cs * aC[a][j]) * inv);
+      }
+    }
+  }
+}
+
+// Causal output: for query rows i of one block, with P the exclusive prefix state of its chunk,
+// O_i = (sinθ_i q_i·P_s + cosθ_i q_i·P_c + Σ_{chunk start ≤ j ≤ i} (q_i·k_j) cos(θ_i−θ_j) v_j) / max(den, ε),
+// cos(θ_i−θ_j) = sinθ_i sinθ_j + cosθ_i cosθ_j. Grid: x = block of COS_BLOCK query rows,
+// y = bh (grid-stride), z = e-tile. Traffic: Q, K, V rows of the chunk up to the block once per
+// e-tile, the prefix state from L2, each O element written once.
+template <typename T>
+__device__ void cos_causal(const CosformerParams& p) {
+  // Shared memory is one buffer reused by phase: the state product (qf, kvs, kvc, zs, zc), the
+  // intra-chunk scores (qf, kf, then vt), and the masked weight block `wa` throughout phase 2.
+  constexpr int QF = COS_BLOCK * (COS_KC + 1), KV = COS_KC * (COS_TILE + 1);
+  constexpr int VT = COS_BLOCK * (COS_TILE + 1), WA = COS_BLOCK * (COS_BLOCK + 1);
+  constexpr int PHASE1 = QF + 2 * KV + 2 * COS_KC;
+  constexpr int PHASE2 = (2 * QF > VT ? 2 * QF : VT);
+  constexpr int UNION = PHASE1 > PHASE2 ? PHASE1 : PHASE2;
+  __shared__ float sm[UNION + WA];
+  __shared__ float qsn[COS_BLOCK], qcs[COS_BLOCK], ksn[COS_BLOCK], kcs[COS_BLOCK];
+  __shared__ float dint[COS_BLOCK];
+  auto qf = reinterpret_cast<float(*)[COS_KC + 1]>(sm);
+  auto kvs = reinterpret_cast<float(*)[COS_TILE + 1]>(sm + QF);
+  auto kvc = reinterpret_cast<float(*)[COS_TILE + 1]>(sm + QF + KV);
+  float* zs = sm + QF + 2 * KV;
+  float* zc = zs + COS_KC;
+  auto kf = reinterpret_cast<float(*)[COS_KC + 1]>(sm + QF);
+  auto vt = reinterpret_cast<float(*)[COS_TILE + 1]>(sm);
+  auto wa = reinterpret_cast<float(*)[COS_BLOCK + 1]>(sm + UNION);
+
+  const int row0 = blockIdx.x * COS_BLOCK, e0 = blockIdx.z * COS_TILE;
+  const int chunk = row0 / p.rows_per_chunk;
+  const int chunk_row0 = chunk * p.rows_per_chunk;
+  const int tr = threadIdx.x / 16, te = threadIdx.x % 16;
+  const i64 slen = cos_state_len(p);
+
+  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
+    const int b = bh / p.h, h = bh % p.h;
+    const T* q = cptr<T>(p.q) + b * p.q_sb + h * p.q_sh;
+    const T* k = cptr<T>(p.k) + b * p.k_sb + h * p.k_sh;
+    const T* v = cptr<T>(p.v) + b * p.v_sb + h * p.v_sh;
+    const float* st =
+        reinterpret_cast<const float*>(p.partial) + ((i64)bh * p.chunks + chunk) * slen;
+
+    // Phase 1: the prefix state of the chunk.
+    float aS[4][4], aC[4][4], dS[4], dC[4], acc[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      dS[a] = dC[a] = 0.f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) aS[a][j] = aC[a][j] = acc[a][j] = 0.f;
+    }
+    __syncthreads();  // the previous bh's readers of qsn/qcs/dint are done
+    if (threadIdx.x < COS_BLOCK) {
+      cos_angle(p, row0 + threadIdx.x, &qsn[threadIdx.x], &qcs[threadIdx.x]);
+      dint[threadIdx.x] = 0.f;
+    }
+    cos_state_product<T>(p, q, st, row0, e0, qf, kvs, kvc, zs, zc, aS, aC, dS, dC);
+
+    // Phase 2: key blocks of the chunk up to and including the diagonal block.
+    float drow = 0.f;  // thread t < COS_BLOCK: Σ_j w_tj of query row row0 + t
+    for (int kb0 = chunk_row0; kb0 <= row0; kb0 += COS_BLOCK) {
+      float sc[4][4];
+#pragma unroll
+      for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) sc[a][j] = 0.f;
+      for (int c0 = 0; c0 < p.d; c0 += COS_KC) {
+        __syncthreads();
+        if (c0 == 0 && threadIdx.x < COS_BLOCK)
+          cos_angle(p, kb0 + threadIdx.x, &ksn[threadIdx.x], &kcs[threadIdx.x]);
+        cos_stage_feat<T>(qf, q, p.q_sn, row0, p.n, c0, p.d, p.relu);
+        cos_stage_feat<T>(kf, k, p.k_sn, kb0, p.s, c0, p.d, p.relu);
+        __syncthreads();
+#pragma unroll 4
+        for (int c = 0; c < COS_KC; ++c) {
+          float qv[4], kv[4];
+#pragma unroll
+          for (int a = 0; a < 4; ++a) {
+            qv[a] = qf[tr + 16 * a][c];
+            kv[a] = kf[te + 16 * a][c];
+          }
+#pragma unroll
+          for (int a = 0; a < 4; ++a)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) sc[a][j] = fmaf(qv[a], kv[j], sc[a][j]);
+        }
+      }
+      // Masked, re-weighted scores; rows past N and keys past S or after the query are zero.
+#pragma unroll
+      for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int i = tr + 16 * a, jj = te + 16 * j;
+          const bool keep = kb0 + jj < p.s && kb0 + jj <= row0 + i;
+          wa[i][jj] = keep ? sc[a][j] * (qsn[i] * ksn[jj] + qcs[i] * kcs[jj]) : 0.f;
+        }
+      __syncthreads();  // wa complete; qf/kf no longer read
+      if (threadIdx.x < COS_BLOCK)
+        for (int j = 0; j < COS_BLOCK; ++j) drow += wa[threadIdx.x][j];
+      for (int i = threadIdx.x; i < COS_BLOCK * COS_TILE; i += COS_THREADS) {
+        const int r = i / COS_TILE, e = i % COS_TILE;
+        const bool in = kb0 + r < p.s && e0 + e < p.dv;
+        vt[r][e] = in ? to_f32(v[(i64)(kb0 + r) * p.v_sn + e0 + e]) : 0.f;
+      }
+      __syncthreads();
+#pragma unroll 4
+      for (int j = 0; j < COS_BLOCK; ++j) {
+        float wv[4], vv[4];
+#pragma unroll
+        for (int a = 0; a < 4; ++a) {
+          wv[a] = wa[tr + 16 * a][j];
+          vv[a] = vt[j][te + 16 * a];
+        }
+#pragma unroll
+        for (int a = 0; a < 4; ++a)
+#pragma unroll
+          for (int jj = 0; jj < 4; ++jj) acc[a][jj] = fmaf(wv[a], vv[jj], acc[a][jj]);
+      }
+    }
+    if (threadIdx.x < COS_BLOCK) dint[threadIdx.x] = drow;
+    __syncthreads();
+
+    T* o = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh;
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      const int i = tr + 16 * a, row = row0 + i;
+      if (row >= p.n) continue;
+      const float sn = qsn[i], cs = qcs[i];
+      const float inv = 1.f / fmaxf(sn * dS[a] + cs * dC[a] + dint[i], p.eps);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int e = e0 + te + 16 * j;
+        if (e < p.dv)
+          o[(i64)row * p.o_sn + e] = from_f32<T>((sn * aS[a][j] + cs * aC[a][j] + acc[a][j]) * inv);
+      }
+    }
+  }
+}
+
+// Decode step: adds token pos0 + 1 (row 0 of q, k, v) of each (b,h) to `state`, then writes its
+// output from the updated state. Grid: x = bh, one CTA of COS_THREADS (d, dv ≤ 256).
+// Traffic: the state read and written once, one q, k, v row read, one O row written.
+template <typename T>
+__device__ void cos_step(const CosformerParams& p) {
+  __shared__ float qf[256], kf[256], vr[256];
+  __shared__ float den;
+  const int bh = blockIdx.x;
+  const int b = bh / p.h, h = bh % p.h;
+  const int t = threadIdx.x;
+  const i64 slen = cos_state_len(p), ddv = (i64)p.d * p.dv;
+  float* st = reinterpret_cast<float*>(p.state) + (i64)bh * slen;
+  float sn, cs;
+  cos_angle(p, 0, &sn, &cs);
+  if (t < p.d) {
+    qf[t] = cos_feat(to_f32(cptr<T>(p.q)[b * p.q_sb + h * p.q_sh + t]), p.relu);
+    const float kx = cos_feat(to_f32(cptr<T>(p.k)[b * p.k_sb + h * p.k_sh + t]), p.relu);
+    kf[t] = kx;
+    st[2 * ddv + t] += kx * sn;
+    st[2 * ddv + p.d + t] += kx * cs;
+  }
+  if (t < p.dv) vr[t] = to_f32(cptr<T>(p.v)[b * p.v_sb + h * p.v_sh + t]);
+  __syncthreads();  // features staged; z updated (each element by its owner thread)
+  if (t < 32) {
+    float ds = 0.f, dc = 0.f;
+    for (int c = t; c < p.d; c += 32) {
+      ds = fmaf(qf[c], st[2 * ddv + c], ds);
+      dc = fmaf(qf[c], st[2 * ddv + p.d + c], dc);
+    }
+    ds = warp_sum(ds);
+    dc = warp_sum(dc);
+    if (t == 0) den = fmaxf(sn * ds + cs * dc, p.eps);
+  }
+  float ns = 0.f, nc = 0.f;
+  if (t < p.dv) {
+    const float ve = vr[t];
+    for (int c = 0; c < p.d; ++c) {
+      const i64 at = (i64)c * p.dv + t;
+      const float s1 = fmaf(kf[c] * sn, ve, st[at]);
+      const float c1 = fmaf(kf[c] * cs, ve, st[ddv + at]);
+      st[at] = s1;
+      st[ddv + at] = c1;
+      ns = fmaf(qf[c], s1, ns);
+      nc = fmaf(qf[c], c1, nc);
+    }
+  }
+  __syncthreads();
+  if (t < p.dv)
+    reinterpret_cast<T*>(p.o)[b * p.o_sb + h * p.o_sh + t] = from_f32<T>((sn * ns + cs * nc) / den);
+}
+
+// Entry points: cosformer_<step>_<dtype>.
+#define COS_DTYPE(T, NAME)                                                                       \
+  extern "C" __global__ void __launch_bounds__(COS_THREADS, 1)                                    \
+      cosformer_reduce_##NAME(const __grid_constant__ CosformerParams p) {                     \
+    cos_reduce<T>(p);                                                                          \
+  }                                                                                            \
+  extern "C" __global__ void __launch_bounds__(COS_THREADS, 1)                                    \
+      cosformer_map_##NAME(const __grid_constant__ CosformerParams p) {                        \
+    cos_map<T>(p);                                                                             \
+  }                                                                                            \
+  extern "C" __global__ void __launch_bounds__(COS_THREADS, 1)                                    \
+      cosformer_causal_##NAME(const __grid_constant__ CosformerParams p) {                     \
+    cos_causal<T>(p);                                                                          \
+  }                                                                                            \
+  extern "C" __global__ void __launch_bounds__(COS_THREADS, 1)                                    \
+      cosformer_step_##NAME(const __grid_constant__ CosformerParams p) {                       \
+    cos_step<T>(p);                                                                            \
+  }
+
+COS_DTYPE(f16, f16)
+COS_DTYPE(bf16, bf16)
+COS_DTYPE(float, f32)
+
+extern "C" __global__ void __launch_bounds__(COS_THREADS, 1)
+    cosformer_finalize_f32(const __grid_constant__ CosformerParams p) {
+  cos_finalize(p);
+}
+extern "C" __global__ void __launch_bounds__(COS_THREADS, 1)
+    cosformer_scan_f32(const __grid_constant__ CosformerParams p) {
+  cos_scan(p);
+}

@@ -1,0 +1,899 @@
+//! cosFormer (SPEC §2): ReLU features re-weighted by `cos(θ_i − θ_j)`, `θ_i = (π/2)·i/M`,
+//! 1-based positions, `O_i = Σ_j w_ij v_j / max(Σ_j w_ij, ε)`.
+//!
+//! Non-causal (any N, S): reduce the per-(b,h) states `KVs, KVc, zs, zc` over row chunks of K/V,
+//! sum the chunks in a fixed order, map every query row. Causal (N = S): a chunked scan — each
+//! chunk's own state, an exclusive prefix over chunks, then per block of 64 query rows the prefix
+//! state plus the masked intra-chunk products. Decode: [`State`] keeps the running fp32 state of
+//! B·H sequences on the device; [`State::prefill`] runs the causal scan from it and
+//! [`State::step`] adds one token per sequence. All kernels are CUDA-core fp32; any D, Dv ≤ 256,
+//! any strides with a unit last dim.
+
+use super::{launch, ptr_of, ptr_of_mut, RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM};
+use crate::error::{Error, Result};
+use crate::runtime::{oom_or, Runtime};
+use crate::tensor::{DType, Dims, Element, Layout};
+use cudarc::driver::{CudaSlice, CudaStream};
+use std::mem::{offset_of, size_of};
+use std::sync::Arc;
+
+pub use crate::reference::cosformer::CosformerParams;
+
+const FAMILY: &str = "cosformer";
+const THREADS: u32 = 256; // COS_THREADS
+const TILE: usize = 64; // COS_TILE
+const ROWS: usize = 32; // COS_ROWS
+/// Query rows per CTA of the causal pass; causal chunks are multiples of it (COS_BLOCK).
+pub const BLOCK: usize = 64;
+const MAX_CHUNKS: usize = 256; // non-causal row chunks
+/// Causal chunks per (b,h) before chunks grow past [`BLOCK`] rows (bounds the workspace).
+pub const MAX_CAUSAL_CHUNKS: usize = 1024;
+const TARGET_CTAS: usize = 1024;
+const MAX_GRID_YZ: usize = 65535;
+/// Largest N, S and M accepted (the kernels index rows with 32-bit ints).
+const MAX_LEN: usize = (i32::MAX / 2) as usize;
+
+/// Mirror of `CosformerParams` in kernels/cosformer.cuh.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelParams {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub o: u64,
+    pub partial: u64,
+    pub state: u64,
+    pub q_sb: i64,
+    pub q_sh: i64,
+    pub q_sn: i64,
+    pub k_sb: i64,
+    pub k_sh: i64,
+    pub k_sn: i64,
+    pub v_sb: i64,
+    pub v_sh: i64,
+    pub v_sn: i64,
+    pub o_sb: i64,
+    pub o_sh: i64,
+    pub o_sn: i64,
+    pub b: i32,
+    pub h: i32,
+    pub n: i32,
+    pub s: i32,
+    pub d: i32,
+    pub dv: i32,
+    pub chunks: i32,
+    pub rows_per_chunk: i32,
+    pub m: i32,
+    pub pos0: i32,
+    pub relu: i32,
+    pub state_in: i32,
+    pub eps: f32,
+    pub pad_: i32,
+}
+
+// SAFETY: plain old data with the C layout asserted below.
+unsafe impl cudarc::driver::DeviceRepr for KernelParams {}
+
+const _: () = {
+    assert!(size_of::<KernelParams>() == 200); // COSFORMER_PARAMS_SIZE
+    assert!(offset_of!(KernelParams, partial) == 32);
+    assert!(offset_of!(KernelParams, state) == 40);
+    assert!(offset_of!(KernelParams, q_sb) == 48);
+    assert!(offset_of!(KernelParams, o_sn) == 136);
+    assert!(offset_of!(KernelParams, b) == 144);
+    assert!(offset_of!(KernelParams, m) == 176);
+    assert!(offset_of!(KernelParams, eps) == 192);
+};
+
+/// fp32 values in the state of one (b,h): `KVs, KVc` (`D×Dv`), `zs, zc` (`D`).
+pub fn state_len(d: usize, dv: usize) -> usize {
+    2 * d * dv + 2 * d
+}
+
+/// A validated launch plan for one call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Plan {
+    pub b: usize,
+    pub h: usize,
+    /// Query rows.
+    pub n: usize,
+    /// Key/value rows.
+    pub s: usize,
+    pub d: usize,
+    pub dv: usize,
+    /// The angle denominator in use.
+    pub m: usize,
+    pub causal: bool,
+    pub relu: bool,
+    pub eps: f32,
+    /// Row chunks of K/V (causal: of the sequence) and their length.
+    pub chunks: usize,
+    pub rows_per_chunk: usize,
+    layouts: [Layout; 4],
+}
+
+impl Plan {
+    /// Checks q `[B,H,N,D]`, k `[B,H,S,D]`, v `[B,H,S,Dv]`, o `[B,H,N,Dv]` and the parameters.
+    pub fn new(
+        q: &Layout,
+        k: &Layout,
+        v: &Layout,
+        o: &Layout,
+        params: &CosformerParams,
+    ) -> Result<Self> {
+        let qd = q.dims;
+        let s = k.dims.n;
+        let dv = v.dims.d;
+        for (arg, l, want) in [
+            ("k", k, Dims::new(qd.b, qd.h, s, qd.d)),
+            ("v", v, Dims::new(qd.b, qd.h, s, dv)),
+            ("o", o, qd.with_d(dv)),
+        ] {
+            if l.dims != want {
+                return Err(Error::shape(
+                    arg,
+                    format!(
+                        "{} does not match q {qd} and k {} (expected {want})",
+                        l.dims, k.dims
+                    ),
+                ));
+            }
+        }
+        for (arg, l) in [("q", q), ("k", k), ("v", v), ("o", o)] {
+            let span = l.span().unwrap_or(usize::MAX);
+            l.validate(arg, span, MAX_HEAD_DIM)?;
+        }
+        let Dims { b, h, n, d } = qd;
+        if b.checked_mul(h).is_none_or(|bh| bh > i32::MAX as usize) {
+            return Err(Error::shape("q", format!("B·H = {b}·{h} exceeds 2^31 - 1")));
+        }
+        for (arg, len) in [("q", n), ("k", s)] {
+            if len > MAX_LEN {
+                return Err(Error::shape(arg, format!("length {len} exceeds {MAX_LEN}")));
+            }
+        }
+        let m = params.resolve_m(n, s)?;
+        if m > MAX_LEN {
+            return Err(Error::param("M", m, format!("must be <= {MAX_LEN}")));
+        }
+        let eps = params.eps as f32;
+        if !(eps > 0.0 && eps.is_finite()) {
+            return Err(Error::param(
+                "eps",
+                params.eps,
+                "must be a positive, finite fp32 value",
+            ));
+        }
+        let (chunks, rows_per_chunk) = if params.causal {
+            let blocks = n.div_ceil(BLOCK);
+            let rows = blocks.div_ceil(MAX_CAUSAL_CHUNKS) * BLOCK;
+            (n.div_ceil(rows), rows)
+        } else {
+            let tiles = d.div_ceil(TILE) * dv.div_ceil(TILE);
+            let want = TARGET_CTAS.div_ceil(b * h * tiles);
+            let chunks = want.clamp(1, MAX_CHUNKS.min(s.div_ceil(4 * ROWS)).max(1));
+            let rows = s.div_ceil(chunks).div_ceil(ROWS) * ROWS;
+            (s.div_ceil(rows), rows)
+        };
+        Ok(Plan {
+            b,
+            h,
+            n,
+            s,
+            d,
+            dv,
+            m,
+            causal: params.causal,
+            relu: params.relu,
+            eps,
+            chunks,
+            rows_per_chunk,
+            layouts: [*q, *k, *v, *o],
+        })
+    }
+
+    /// The same plan with causal chunks of `rows` rows (a multiple of [`BLOCK`]): fewer chunks
+    /// (less workspace) for more intra-chunk work. Non-causal plans are returned unchanged.
+    pub fn with_rows_per_chunk(mut self, rows: usize) -> Result<Self> {
+        if !self.causal {
+            return Ok(self);
+        }
+        if rows == 0 || rows % BLOCK != 0 || rows > MAX_LEN {
+            return Err(Error::param(
+                "rows_per_chunk",
+                rows,
+                format!("must be a positive multiple of {BLOCK}"),
+            ));
+        }
+        self.rows_per_chunk = rows;
+        self.chunks = self.n.div_ceil(rows);
+        Ok(self)
+    }
+
+    /// Scratch bytes: the per-chunk states, plus the summed state when non-causal.
+    pub fn workspace_bytes(&self) -> usize {
+        let per = state_len(self.d, self.dv);
+        let bh = self.b * self.h;
+        let total = if self.causal { 0 } else { bh * per };
+        (bh * self.chunks * per + total) * 4
+    }
+
+    fn check_layouts(&self, q: &Layout, k: &Layout, v: &Layout, o: &Layout) -> Result<()> {
+        for (i, (arg, l)) in [("q", q), ("k", k), ("v", v), ("o", o)]
+            .into_iter()
+            .enumerate()
+        {
+            if *l != self.layouts[i] {
+                return Err(Error::shape(
+                    arg,
+                    format!(
+                        "{} {:?} is not the layout the plan was made for",
+                        l.dims, l.strides
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Scratch bytes for q `[B,H,N,D]`, k `[B,H,S,D]`, v `[B,H,S,Dv]` (independent of strides and
+/// dtype).
+pub fn workspace_bytes(q: Dims, s: usize, dv: usize, params: &CosformerParams) -> Result<usize> {
+    let c = Layout::contiguous;
+    let kd = Dims::new(q.b, q.h, s, q.d);
+    Ok(Plan::new(&c(q), &c(kd), &c(kd.with_d(dv)), &c(q.with_d(dv)), params)?.workspace_bytes())
+}
+
+fn grid_dim(x: usize) -> u32 {
+    x.min(i32::MAX as usize) as u32
+}
+
+fn strides(l: &Layout) -> [i64; 3] {
+    [
+        l.strides.batch as i64,
+        l.strides.head as i64,
+        l.strides.seq as i64,
+    ]
+}
+
+/// Null and dtype-alignment checks of raw pointers, and the output must not overlap itself.
+fn check_raw(dtype: DType, ts: [(&'static str, &RawTensor); 4]) -> Result<()> {
+    let o = ts[3].1;
+    if !o.layout.is_non_overlapping() {
+        return Err(Error::shape(
+            "o",
+            format!("output strides {:?} overlap", o.layout.strides),
+        ));
+    }
+    for (arg, t) in ts {
+        if t.ptr == 0 {
+            return Err(Error::param(arg, "null", "device pointer is null"));
+        }
+        if t.ptr % dtype.size() as u64 != 0 {
+            return Err(Error::param(
+                arg,
+                format!("{:#x}", t.ptr),
+                format!("not aligned to {dtype}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_workspace(need: usize, workspace: u64, len: usize) -> Result<()> {
+    if len < need {
+        return Err(Error::BufferTooSmall {
+            arg: "workspace",
+            needed: need,
+            len,
+        });
+    }
+    if need > 0 && (workspace == 0 || workspace % 4 != 0) {
+        return Err(Error::param(
+            "workspace",
+            format!("{workspace:#x}"),
+            "must be non-null and 4-byte aligned",
+        ));
+    }
+    Ok(())
+}
+
+/// Kernel parameters for a plan over raw tensors.
+fn kernel_params(
+    plan: &Plan,
+    q: &RawTensor,
+    k: &RawTensor,
+    v: &RawTensor,
+    o: &RawTensor,
+) -> KernelParams {
+    let [q_sb, q_sh, q_sn] = strides(&q.layout);
+    let [k_sb, k_sh, k_sn] = strides(&k.layout);
+    let [v_sb, v_sh, v_sn] = strides(&v.layout);
+    let [o_sb, o_sh, o_sn] = strides(&o.layout);
+    KernelParams {
+        q: q.ptr,
+        k: k.ptr,
+        v: v.ptr,
+        o: o.ptr,
+        q_sb,
+        q_sh,
+        q_sn,
+        k_sb,
+        k_sh,
+        k_sn,
+        v_sb,
+        v_sh,
+        v_sn,
+        o_sb,
+        o_sh,
+        o_sn,
+        b: plan.b as i32,
+        h: plan.h as i32,
+        n: plan.n as i32,
+        s: plan.s as i32,
+        d: plan.d as i32,
+        dv: plan.dv as i32,
+        chunks: plan.chunks as i32,
+        rows_per_chunk: plan.rows_per_chunk as i32,
+        m: plan.m as i32,
+        relu: plan.relu as i32,
+        eps: plan.eps,
+        ..Default::default()
+    }
+}
+
+/// Queues the kernels of `plan` (validated) with `p` filled by [`kernel_params`].
+/// Causal plans read `state` (when `state_in`) and write the total back to it when non-null.
+///
+/// # Safety
+/// Every pointer in `p` addresses memory that holds what the plan reads or writes; the workspace
+/// holds `plan.workspace_bytes()`; `state`, when non-null, holds `B·H·state_len` floats.
+unsafe fn queue(
+    rt: &Runtime,
+    stream: &CudaStream,
+    plan: &Plan,
+    dtype: DType,
+    mut p: KernelParams,
+    workspace: u64,
+) -> Result<()> {
+    let bh = plan.b * plan.h;
+    let per = state_len(plan.d, plan.dv);
+    let dt = dtype.name();
+    let bh_y = bh.min(MAX_GRID_YZ) as u32;
+    let tiles = (plan.d.div_ceil(TILE) * plan.dv.div_ceil(TILE)) as u32;
+    let e_tiles = plan.dv.div_ceil(TILE) as u32;
+    let elem_blocks = grid_dim(per.div_ceil(THREADS as usize));
+    let reduce = rt.function(FAMILY, &format!("cosformer_reduce_{dt}"))?;
+    p.partial = workspace;
+    if plan.causal {
+        let scan = rt.function(FAMILY, "cosformer_scan_f32")?;
+        let out = rt.function(FAMILY, &format!("cosformer_causal_{dt}"))?;
+        // SAFETY: the caller's contract; grids cover every chunk, state element and query block.
+        unsafe {
+            launch(
+                stream,
+                &reduce,
+                (grid_dim(plan.chunks), bh_y, tiles),
+                THREADS,
+                &p,
+            )?;
+            launch(stream, &scan, (elem_blocks, bh_y, 1), THREADS, &p)?;
+            launch(
+                stream,
+                &out,
+                (grid_dim(plan.n.div_ceil(BLOCK)), bh_y, e_tiles),
+                THREADS,
+                &p,
+            )?;
+        }
+    } else {
+        p.state = workspace + (bh * plan.chunks * per * 4) as u64;
+        let finalize = rt.function(FAMILY, "cosformer_finalize_f32")?;
+        let map = rt.function(FAMILY, &format!("cosformer_map_{dt}"))?;
+        // SAFETY: as above; the summed state lives in the workspace after the partials.
+        unsafe {
+            launch(
+                stream,
+                &reduce,
+                (grid_dim(plan.chunks), bh_y, tiles),
+                THREADS,
+                &p,
+            )?;
+            launch(stream, &finalize, (elem_blocks, bh_y, 1), THREADS, &p)?;
+            launch(
+                stream,
+                &map,
+                (grid_dim(plan.n.div_ceil(BLOCK)), bh_y, e_tiles),
+                THREADS,
+                &p,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Launches cosFormer on raw device pointers.
+///
+/// # Safety
+/// Each pointer must address device memory of this runtime's context that holds its layout's
+/// span in elements of `dtype` (q, k, v readable; o writable and not aliasing the inputs), and
+/// `workspace` must hold `workspace_len ≥ Plan::workspace_bytes` bytes, 4-byte aligned. They must
+/// stay valid until the work queued on `stream` completes.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn forward_raw(
+    rt: &Runtime,
+    stream: &CudaStream,
+    params: &CosformerParams,
+    dtype: DType,
+    q: RawTensor,
+    k: RawTensor,
+    v: RawTensor,
+    o: RawTensor,
+    workspace: u64,
+    workspace_len: usize,
+) -> Result<()> {
+    let plan = Plan::new(&q.layout, &k.layout, &v.layout, &o.layout, params)?;
+    // SAFETY: forwarded contract.
+    unsafe {
+        forward_raw_with_plan(
+            rt,
+            stream,
+            &plan,
+            dtype,
+            q,
+            k,
+            v,
+            o,
+            workspace,
+            workspace_len,
+        )
+    }
+}
+
+/// [`forward_raw`] with a plan made (and possibly adjusted) by the caller for these layouts.
+///
+/// # Safety
+/// As [`forward_raw`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn forward_raw_with_plan(
+    rt: &Runtime,
+    stream: &CudaStream,
+    plan: &Plan,
+    dtype: DType,
+    q: RawTensor,
+    k: RawTensor,
+    v: RawTensor,
+    o: RawTensor,
+    workspace: u64,
+    workspace_len: usize,
+) -> Result<()> {
+    plan.check_layouts(&q.layout, &k.layout, &v.layout, &o.layout)?;
+    check_raw(dtype, [("q", &q), ("k", &k), ("v", &v), ("o", &o)])?;
+    check_workspace(plan.workspace_bytes(), workspace, workspace_len)?;
+    let p = kernel_params(plan, &q, &k, &v, &o);
+    // SAFETY: layouts match the validated plan; pointers, spans and workspace per the contract.
+    unsafe { queue(rt, stream, plan, dtype, p, workspace) }
+}
+
+/// cosFormer on device buffers. `workspace` may be `None` (then it is allocated for this call).
+#[allow(clippy::too_many_arguments)]
+pub fn forward<T: Element>(
+    rt: &Runtime,
+    stream: &Arc<CudaStream>,
+    params: &CosformerParams,
+    q: TensorRef<'_, T>,
+    k: TensorRef<'_, T>,
+    v: TensorRef<'_, T>,
+    o: TensorMut<'_, T>,
+    workspace: Option<&mut CudaSlice<u8>>,
+) -> Result<()> {
+    let plan = Plan::new(&q.layout, &k.layout, &v.layout, &o.layout, params)?;
+    forward_with_plan(rt, stream, &plan, q, k, v, o, workspace)
+}
+
+/// [`forward`] with a caller-made plan (e.g. [`Plan::with_rows_per_chunk`]).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_with_plan<T: Element>(
+    rt: &Runtime,
+    stream: &Arc<CudaStream>,
+    plan: &Plan,
+    q: TensorRef<'_, T>,
+    k: TensorRef<'_, T>,
+    v: TensorRef<'_, T>,
+    o: TensorMut<'_, T>,
+    workspace: Option<&mut CudaSlice<u8>>,
+) -> Result<()> {
+    q.validate("q")?;
+    k.validate("k")?;
+    v.validate("v")?;
+    o.validate("o")?;
+    plan.check_layouts(&q.layout, &k.layout, &v.layout, &o.layout)?;
+    let mut owned;
+    let ws = match workspace {
+        Some(ws) => ws,
+        None => {
+            owned = rt.alloc::<u8>(stream, plan.workspace_bytes())?;
+            &mut owned
+        }
+    };
+    let ws_len = ws.len();
+    let (qp, _gq) = ptr_of(q.data, stream);
+    let (kp, _gk) = ptr_of(k.data, stream);
+    let (vp, _gv) = ptr_of(v.data, stream);
+    let (op, _go) = ptr_of_mut(o.data, stream);
+    let (wp, _gw) = ptr_of_mut(ws, stream);
+    let raw = |ptr, layout| RawTensor { ptr, layout };
+    // SAFETY: every buffer is a live allocation of this context whose length was checked against
+    // its layout above; `o` is borrowed mutably, so it cannot alias the inputs.
+    unsafe {
+        forward_raw_with_plan(
+            rt,
+            stream,
+            plan,
+            T::DTYPE,
+            raw(qp, q.layout),
+            raw(kp, k.layout),
+            raw(vp, v.layout),
+            raw(op, o.layout),
+            wp,
+            ws_len,
+        )
+    }
+}
+
+/// The shape of a decode state and the checks of calls against it (pure, no GPU).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StateShape {
+    pub b: usize,
+    pub h: usize,
+    pub d: usize,
+    pub dv: usize,
+    /// The fixed angle denominator.
+    pub m: usize,
+    pub relu: bool,
+    pub eps: f64,
+}
+
+impl StateShape {
+    /// Validates a state for B·H sequences; `params.m` must be given (decode needs a fixed M).
+    pub fn new(b: usize, h: usize, d: usize, dv: usize, params: &CosformerParams) -> Result<Self> {
+        let m = params
+            .m
+            .ok_or_else(|| Error::param("M", "None", "decode needs a fixed M"))?;
+        params.resolve_m(1, 1)?;
+        if m > MAX_LEN {
+            return Err(Error::param("M", m, format!("must be <= {MAX_LEN}")));
+        }
+        if !((params.eps as f32) > 0.0 && (params.eps as f32).is_finite()) {
+            return Err(Error::param(
+                "eps",
+                params.eps,
+                "must be a positive, finite fp32 value",
+            ));
+        }
+        for (arg, x) in [("B", b), ("H", h)] {
+            if x == 0 {
+                return Err(Error::param(arg, x, "must be >= 1"));
+            }
+        }
+        for (arg, x) in [("D", d), ("Dv", dv)] {
+            if x == 0 || x > MAX_HEAD_DIM {
+                return Err(Error::param(
+                    arg,
+                    x,
+                    format!("must be in 1..={MAX_HEAD_DIM}"),
+                ));
+            }
+        }
+        if b.checked_mul(h).is_none_or(|bh| bh > i32::MAX as usize) {
+            return Err(Error::param("B·H", b.saturating_mul(h), "exceeds 2^31 - 1"));
+        }
+        Ok(StateShape {
+            b,
+            h,
+            d,
+            dv,
+            m,
+            relu: params.relu,
+            eps: params.eps,
+        })
+    }
+
+    /// fp32 elements of the whole state.
+    pub fn len(&self) -> usize {
+        self.b * self.h * state_len(self.d, self.dv)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn params(&self) -> CosformerParams {
+        CosformerParams {
+            m: Some(self.m),
+            causal: true,
+            relu: self.relu,
+            eps: self.eps,
+        }
+    }
+
+    /// Checks that q, k, v, o describe `n` new tokens of every sequence of this state.
+    fn check_tensors(&self, q: &Layout, k: &Layout, v: &Layout, o: &Layout) -> Result<()> {
+        let n = q.dims.n;
+        for (arg, l, d) in [
+            ("q", q, self.d),
+            ("k", k, self.d),
+            ("v", v, self.dv),
+            ("o", o, self.dv),
+        ] {
+            let want = Dims::new(self.b, self.h, n, d);
+            if l.dims != want {
+                return Err(Error::shape(
+                    "state",
+                    format!(
+                        "state is for B={}, H={}, D={}, Dv={}, but `{arg}` is {} (expected {want})",
+                        self.b, self.h, self.d, self.dv, l.dims
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_room(&self, pos: usize, n: usize) -> Result<()> {
+        if pos.checked_add(n).is_none_or(|end| end > self.m) {
+            return Err(Error::param(
+                "M",
+                self.m,
+                format!("{pos} tokens seen + {n} new would pass M"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The causal plan of a prefill of `q.dims.n` tokens after `pos` tokens.
+    pub fn prefill_plan(
+        &self,
+        pos: usize,
+        q: &Layout,
+        k: &Layout,
+        v: &Layout,
+        o: &Layout,
+    ) -> Result<Plan> {
+        self.check_tensors(q, k, v, o)?;
+        self.check_room(pos, q.dims.n)?;
+        Plan::new(q, k, v, o, &self.params())
+    }
+
+    /// Checks a decode step after `pos` tokens: one token (`[B,H,1,D]`, `[B,H,1,Dv]`).
+    pub fn check_step(
+        &self,
+        pos: usize,
+        q: &Layout,
+        k: &Layout,
+        v: &Layout,
+        o: &Layout,
+    ) -> Result<()> {
+        if q.dims.n != 1 {
+            return Err(Error::shape(
+                "q",
+                format!("a step takes one token per sequence, got {}", q.dims),
+            ));
+        }
+        self.check_tensors(q, k, v, o)?;
+        self.check_room(pos, 1)?;
+        for (arg, l) in [("q", q), ("k", k), ("v", v), ("o", o)] {
+            let span = l.span().unwrap_or(usize::MAX);
+            l.validate(arg, span, MAX_HEAD_DIM)?;
+        }
+        Ok(())
+    }
+}
+
+/// Causal decode state of B·H sequences at a fixed M: fp32 `KVs, KVc, zs, zc` per (b,h) on the
+/// device, and the number of tokens seen so far (on the host).
+pub struct State {
+    shape: StateShape,
+    pos: usize,
+    buf: CudaSlice<f32>,
+}
+
+impl State {
+    /// A zeroed state (queued on `stream`).
+    pub fn new(
+        rt: &Runtime,
+        stream: &Arc<CudaStream>,
+        b: usize,
+        h: usize,
+        d: usize,
+        dv: usize,
+        params: &CosformerParams,
+    ) -> Result<Self> {
+        let _ = rt;
+        let shape = StateShape::new(b, h, d, dv, params)?;
+        let buf = stream
+            .alloc_zeros::<f32>(shape.len())
+            .map_err(|e| oom_or(e, shape.len() * 4))?;
+        Ok(State { shape, pos: 0, buf })
+    }
+
+    pub fn shape(&self) -> &StateShape {
+        &self.shape
+    }
+
+    /// Tokens consumed so far; the next token sits at position `pos() + 1`.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// The device buffer `[B·H][state_len(D, Dv)]`.
+    pub fn buffer(&self) -> &CudaSlice<f32> {
+        &self.buf
+    }
+
+    /// Copies the state to the host (synchronizes `stream`).
+    pub fn to_host(&self, stream: &Arc<CudaStream>) -> Result<Vec<f32>> {
+        Ok(stream.clone_dtoh(&self.buf)?)
+    }
+
+    /// Workspace bytes of a prefill of `n` tokens.
+    pub fn workspace_bytes(&self, n: usize) -> Result<usize> {
+        let s = &self.shape;
+        let q = Layout::contiguous(Dims::new(s.b, s.h, n, s.d));
+        let v = Layout::contiguous(Dims::new(s.b, s.h, n, s.dv));
+        Ok(Plan::new(&q, &q, &v, &v, &s.params())?.workspace_bytes())
+    }
+
+    /// Consumes `n` tokens (`q, k [B,H,n,D]`, `v, o [B,H,n,Dv]`), writing their causal outputs;
+    /// positions continue from [`State::pos`].
+    ///
+    /// # Safety
+    /// As [`forward_raw`]; the state must not be in use by work on another stream.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn prefill_raw(
+        &mut self,
+        rt: &Runtime,
+        stream: &CudaStream,
+        dtype: DType,
+        q: RawTensor,
+        k: RawTensor,
+        v: RawTensor,
+        o: RawTensor,
+        workspace: u64,
+        workspace_len: usize,
+    ) -> Result<()> {
+        let plan = self
+            .shape
+            .prefill_plan(self.pos, &q.layout, &k.layout, &v.layout, &o.layout)?;
+        check_raw(dtype, [("q", &q), ("k", &k), ("v", &v), ("o", &o)])?;
+        check_workspace(plan.workspace_bytes(), workspace, workspace_len)?;
+        let mut p = kernel_params(&plan, &q, &k, &v, &o);
+        let (sp, _gs) = ptr_of_mut(&mut self.buf, stream);
+        p.state = sp;
+        p.state_in = 1;
+        p.pos0 = self.pos as i32;
+        p.m = self.shape.m as i32;
+        // SAFETY: validated plan; the state buffer holds B·H·state_len floats (made by `new`).
+        unsafe { queue(rt, stream, &plan, dtype, p, workspace)? };
+        self.pos += plan.n;
+        Ok(())
+    }
+
+    /// One decode step: `q, k [B,H,1,D]`, `v, o [B,H,1,Dv]` at position `pos() + 1`.
+    ///
+    /// # Safety
+    /// As [`forward_raw`] (no workspace); the state must not be in use by work on another stream.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn step_raw(
+        &mut self,
+        rt: &Runtime,
+        stream: &CudaStream,
+        dtype: DType,
+        q: RawTensor,
+        k: RawTensor,
+        v: RawTensor,
+        o: RawTensor,
+    ) -> Result<()> {
+        self.shape
+            .check_step(self.pos, &q.layout, &k.layout, &v.layout, &o.layout)?;
+        check_raw(dtype, [("q", &q), ("k", &k), ("v", &v), ("o", &o)])?;
+        let s = self.shape;
+        let plan = Plan::new(&q.layout, &k.layout, &v.layout, &o.layout, &s.params())?;
+        let mut p = kernel_params(&plan, &q, &k, &v, &o);
+        let (sp, _gs) = ptr_of_mut(&mut self.buf, stream);
+        p.state = sp;
+        p.pos0 = self.pos as i32;
+        p.m = s.m as i32;
+        let f = rt.function(FAMILY, &format!("cosformer_step_{}", dtype.name()))?;
+        // SAFETY: one CTA per (b,h) reads one row of q, k, v and writes one row of o (validated
+        // layouts) and updates its own state slice; D, Dv ≤ 256 = threads per CTA.
+        unsafe { launch(stream, &f, (grid_dim(s.b * s.h), 1, 1), THREADS, &p)? };
+        self.pos += 1;
+        Ok(())
+    }
+
+    /// Safe [`State::prefill_raw`] over device buffers (`workspace` allocated when `None`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn prefill<T: Element>(
+        &mut self,
+        rt: &Runtime,
+        stream: &Arc<CudaStream>,
+        q: TensorRef<'_, T>,
+        k: TensorRef<'_, T>,
+        v: TensorRef<'_, T>,
+        o: TensorMut<'_, T>,
+        workspace: Option<&mut CudaSlice<u8>>,
+    ) -> Result<()> {
+        q.validate("q")?;
+        k.validate("k")?;
+        v.validate("v")?;
+        o.validate("o")?;
+        let plan = self
+            .shape
+            .prefill_plan(self.pos, &q.layout, &k.layout, &v.layout, &o.layout)?;
+        let mut owned;
+        let ws = match workspace {
+            Some(ws) => ws,
+            None => {
+                owned = rt.alloc::<u8>(stream, plan.workspace_bytes())?;
+                &mut owned
+            }
+        };
+        let ws_len = ws.len();
+        let (qp, _gq) = ptr_of(q.data, stream);
+        let (kp, _gk) = ptr_of(k.data, stream);
+        let (vp, _gv) = ptr_of(v.data, stream);
+        let (op, _go) = ptr_of_mut(o.data, stream);
+        let (wp, _gw) = ptr_of_mut(ws, stream);
+        let raw = |ptr, layout| RawTensor { ptr, layout };
+        // SAFETY: live allocations of this context, lengths checked against their layouts; `o`
+        // is borrowed mutably, so it cannot alias the inputs; the state is borrowed mutably.
+        unsafe {
+            self.prefill_raw(
+                rt,
+                stream,
+                T::DTYPE,
+                raw(qp, q.layout),
+                raw(kp, k.layout),
+                raw(vp, v.layout),
+                raw(op, o.layout),
+                wp,
+                ws_len,
+            )
+        }
+    }
+
+    /// Safe [`State::step_raw`] over device buffers.
+    pub fn step<T: Element>(
+        &mut self,
+        rt: &Runtime,
+        stream: &Arc<CudaStream>,
+        q: TensorRef<'_, T>,
+        k: TensorRef<'_, T>,
+        v: TensorRef<'_, T>,
+        o: TensorMut<'_, T>,
+    ) -> Result<()> {
+        q.validate("q")?;
+        k.validate("k")?;
+        v.validate("v")?;
+        o.validate("o")?;
+        let (qp, _gq) = ptr_of(q.data, stream);
+        let (kp, _gk) = ptr_of(k.data, stream);
+        let (vp, _gv) = ptr_of(v.data, stream);
+        let (op, _go) = ptr_of_mut(o.data, stream);
+        let raw = |ptr, layout| RawTensor { ptr, layout };
+        // SAFETY: as in `prefill`.
+        unsafe {
+            self.step_raw(
+                rt,
+                stream,
+                T::DTYPE,
+                raw(qp, q.layout),
+                raw(kp, k.layout),
+                raw(vp, v.layout),
+                raw(op, o.layout),
+            )
+        }
+    }
+}

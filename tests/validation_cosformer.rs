@@ -1,0 +1,246 @@
+//! cosFormer input validation needs no GPU: every refusal is a typed error naming the argument.
+
+use sofa::ops::cosformer::{
+    state_len, workspace_bytes, CosformerParams, Plan, StateShape, BLOCK, MAX_CAUSAL_CHUNKS,
+};
+use sofa::{Dims, Error, Layout};
+
+fn arg_of(e: Error) -> &'static str {
+    e.argument().unwrap_or_else(|| panic!("untyped error: {e}"))
+}
+
+/// Plan for q [B,H,N,D], k [B,H,S,D], v [B,H,S,Dv], o [B,H,N,Dv], all contiguous.
+fn plan(q: Dims, s: usize, dv: usize, p: &CosformerParams) -> Result<Plan, Error> {
+    let c = Layout::contiguous;
+    let k = Dims::new(q.b, q.h, s, q.d);
+    Plan::new(&c(q), &c(k), &c(k.with_d(dv)), &c(q.with_d(dv)), p)
+}
+
+fn causal() -> CosformerParams {
+    CosformerParams {
+        causal: true,
+        ..Default::default()
+    }
+}
+
+fn with_m(m: usize, causal: bool) -> CosformerParams {
+    CosformerParams {
+        m: Some(m),
+        causal,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn m_below_the_longest_sequence_is_refused() {
+    let q = Dims::new(1, 2, 100, 32);
+    let e = plan(q, 150, 32, &with_m(149, false)).unwrap_err();
+    assert_eq!(arg_of(e), "M");
+    assert_eq!(plan(q, 150, 32, &with_m(150, false)).unwrap().m, 150);
+    assert_eq!(
+        plan(q, 150, 32, &CosformerParams::default()).unwrap().m,
+        150
+    );
+    assert_eq!(
+        arg_of(plan(q, 100, 32, &with_m(99, true)).unwrap_err()),
+        "M"
+    );
+    assert_eq!(plan(q, 100, 32, &with_m(1000, true)).unwrap().m, 1000);
+}
+
+#[test]
+fn causal_needs_equal_lengths() {
+    let q = Dims::new(1, 2, 100, 32);
+    assert_eq!(arg_of(plan(q, 101, 32, &causal()).unwrap_err()), "causal");
+    assert!(
+        plan(q, 101, 32, &CosformerParams::default()).is_ok(),
+        "cross-attention is fine non-causal"
+    );
+    assert!(plan(q, 100, 48, &causal()).is_ok());
+}
+
+#[test]
+fn shapes_that_disagree_name_the_tensor() {
+    let c = Layout::contiguous;
+    let p = CosformerParams::default();
+    let q = Dims::new(2, 3, 50, 64);
+    let k = Dims::new(2, 3, 70, 64);
+    let v = Dims::new(2, 3, 70, 40);
+    let o = Dims::new(2, 3, 50, 40);
+    assert!(Plan::new(&c(q), &c(k), &c(v), &c(o), &p).is_ok());
+    let bad_k = [
+        Dims::new(2, 3, 70, 63),
+        Dims::new(1, 3, 70, 64),
+        Dims::new(2, 4, 70, 64),
+    ];
+    for k2 in bad_k {
+        let e = Plan::new(&c(q), &c(k2), &c(v), &c(o), &p).unwrap_err();
+        assert_eq!(arg_of(e), "k", "{k2}");
+    }
+    let bad_v = [Dims::new(2, 3, 69, 40), Dims::new(2, 2, 70, 40)];
+    for v2 in bad_v {
+        let e = Plan::new(&c(q), &c(k), &c(v2), &c(o), &p).unwrap_err();
+        assert_eq!(arg_of(e), "v", "{v2}");
+    }
+    let bad_o = [Dims::new(2, 3, 70, 40), Dims::new(2, 3, 50, 64)];
+    for o2 in bad_o {
+        let e = Plan::new(&c(q), &c(k), &c(v), &c(o2), &p).unwrap_err();
+        assert_eq!(arg_of(e), "o", "{o2}");
+    }
+}
+
+#[test]
+fn head_dims_and_empty_extents() {
+    let p = CosformerParams::default();
+    for bad in [
+        Dims::new(1, 1, 10, 0),
+        Dims::new(1, 1, 10, 257),
+        Dims::new(1, 1, 0, 8),
+        Dims::new(0, 1, 10, 8),
+    ] {
+        let e = plan(bad, 10, 8, &p).unwrap_err();
+        assert!(matches!(e, Error::InvalidShape { .. }), "{bad}: {e}");
+    }
+    assert_eq!(
+        arg_of(plan(Dims::new(1, 1, 10, 8), 0, 8, &p).unwrap_err()),
+        "k"
+    );
+    assert_eq!(
+        arg_of(plan(Dims::new(1, 1, 10, 8), 10, 257, &p).unwrap_err()),
+        "v"
+    );
+    assert!(plan(Dims::new(1, 1, 3, 256), 5, 256, &p).is_ok());
+    assert!(plan(Dims::new(1, 1, 3, 1), 5, 1, &p).is_ok());
+}
+
+#[test]
+fn eps_must_be_a_positive_fp32() {
+    let q = Dims::new(1, 1, 10, 8);
+    for eps in [0.0, -1e-6, f64::NAN, f64::INFINITY, 1e-60] {
+        let p = CosformerParams {
+            eps,
+            ..Default::default()
+        };
+        assert_eq!(
+            arg_of(plan(q, 10, 8, &p).unwrap_err()),
+            "eps",
+            "eps = {eps}"
+        );
+    }
+}
+
+#[test]
+fn causal_chunks_and_workspace() {
+    let (b, h, d, dv) = (2, 3, 64, 48);
+    let per = state_len(d, dv);
+    assert_eq!(per, 2 * 64 * 48 + 2 * 64);
+    for n in [1, 63, 64, 65, 1000, 4097] {
+        let pl = plan(Dims::new(b, h, n, d), n, dv, &causal()).unwrap();
+        assert_eq!(pl.rows_per_chunk, BLOCK);
+        assert_eq!(pl.chunks, n.div_ceil(BLOCK));
+        assert_eq!(pl.workspace_bytes(), b * h * pl.chunks * per * 4);
+        assert_eq!(
+            workspace_bytes(Dims::new(b, h, n, d), n, dv, &causal()).unwrap(),
+            pl.workspace_bytes()
+        );
+    }
+    // Long sequences: the chunk count is capped, so chunks grow (in multiples of BLOCK).
+    let n = 1 << 20;
+    let pl = plan(Dims::new(1, 1, n, d), n, dv, &causal()).unwrap();
+    assert!(pl.chunks <= MAX_CAUSAL_CHUNKS);
+    assert_eq!(pl.rows_per_chunk % BLOCK, 0);
+    assert!(pl.chunks * pl.rows_per_chunk >= n);
+    // Larger chunks on request; a size that is not a multiple of BLOCK is refused.
+    let pl = plan(Dims::new(1, 1, 1000, d), 1000, dv, &causal()).unwrap();
+    let big = pl.with_rows_per_chunk(192).unwrap();
+    assert_eq!((big.rows_per_chunk, big.chunks), (192, 6));
+    assert!(big.workspace_bytes() < pl.workspace_bytes());
+    assert_eq!(
+        arg_of(pl.with_rows_per_chunk(100).unwrap_err()),
+        "rows_per_chunk"
+    );
+    assert_eq!(
+        arg_of(pl.with_rows_per_chunk(0).unwrap_err()),
+        "rows_per_chunk"
+    );
+}
+
+#[test]
+fn non_causal_workspace_holds_partials_and_the_total() {
+    let (d, dv) = (32, 80);
+    let pl = plan(
+        Dims::new(1, 4, 10, d),
+        5000,
+        dv,
+        &CosformerParams::default(),
+    )
+    .unwrap();
+    assert!(pl.chunks >= 1 && pl.chunks * pl.rows_per_chunk >= 5000);
+    assert_eq!(
+        pl.workspace_bytes(),
+        4 * (pl.chunks + 1) * state_len(d, dv) * 4
+    );
+}
+
+#[test]
+fn decode_state_shape_checks() {
+    let p = with_m(100, true);
+    assert_eq!(
+        arg_of(StateShape::new(1, 2, 8, 8, &CosformerParams::default()).unwrap_err()),
+        "M",
+        "decode needs a fixed M"
+    );
+    assert_eq!(arg_of(StateShape::new(1, 2, 0, 8, &p).unwrap_err()), "D");
+    assert_eq!(arg_of(StateShape::new(1, 2, 8, 300, &p).unwrap_err()), "Dv");
+    assert_eq!(arg_of(StateShape::new(0, 2, 8, 8, &p).unwrap_err()), "B");
+    let st = StateShape::new(2, 3, 16, 24, &p).unwrap();
+    assert_eq!(st.len(), 6 * state_len(16, 24));
+
+    let c = Layout::contiguous;
+    let lay = |b, h, n, d| c(Dims::new(b, h, n, d));
+    // A prefill of 40 tokens after 50 seen fits M = 100; after 70 it does not.
+    let (q, v) = (lay(2, 3, 40, 16), lay(2, 3, 40, 24));
+    let pl = st.prefill_plan(50, &q, &q, &v, &v).unwrap();
+    assert!(pl.causal && pl.m == 100);
+    assert_eq!(
+        arg_of(st.prefill_plan(70, &q, &q, &v, &v).unwrap_err()),
+        "M"
+    );
+    // Tensors of the wrong shape for this state.
+    let wrong_d = lay(2, 3, 40, 8);
+    assert_eq!(
+        arg_of(st.prefill_plan(0, &wrong_d, &wrong_d, &v, &v).unwrap_err()),
+        "state"
+    );
+    let wrong_b = lay(1, 3, 40, 16);
+    assert_eq!(
+        arg_of(st.prefill_plan(0, &wrong_b, &q, &v, &v).unwrap_err()),
+        "state"
+    );
+    let wrong_dv = lay(2, 3, 40, 23);
+    assert_eq!(
+        arg_of(
+            st.prefill_plan(0, &q, &q, &wrong_dv, &wrong_dv)
+                .unwrap_err()
+        ),
+        "state"
+    );
+
+    // Steps: one token per sequence, room left under M.
+    let (q1, v1) = (lay(2, 3, 1, 16), lay(2, 3, 1, 24));
+    assert!(st.check_step(99, &q1, &q1, &v1, &v1).is_ok());
+    assert_eq!(
+        arg_of(st.check_step(100, &q1, &q1, &v1, &v1).unwrap_err()),
+        "M"
+    );
+    let q2 = lay(2, 3, 2, 16);
+    assert_eq!(
+        arg_of(st.check_step(0, &q2, &q2, &v1, &v1).unwrap_err()),
+        "q"
+    );
+    let h4 = lay(2, 4, 1, 16);
+    assert_eq!(
+        arg_of(st.check_step(0, &h4, &h4, &v1, &v1).unwrap_err()),
+        "state"
+    );
+}
