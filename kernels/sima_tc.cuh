@@ -200,16 +200,23 @@ __device__ void sima_map_tc(const SimaParams& p) {
           mma16816<T>(acc[e0 / 8 + 1], a, bf[2], bf[3]);
         }
       }
-      const int row = tile * ROWS + warp * 16 + g;
+      // Epilogue: the warp's 16 Q rows in shared memory were read only by this warp, so they
+      // stage its output; then each lane writes whole 16-byte pieces of O rows.
+      u16(*stage)[LD] = &qs[buf][warp * 16];
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
         int e = j * 8 + 2 * t;
-        if (row < p.n)
-          *reinterpret_cast<u32*>(&o[(i64)row * p.o_sn + e]) =
-              pack2<T>(acc[j][0] * inv_alpha, acc[j][1] * inv_alpha);
-        if (row + 8 < p.n)
-          *reinterpret_cast<u32*>(&o[(i64)(row + 8) * p.o_sn + e]) =
-              pack2<T>(acc[j][2] * inv_alpha, acc[j][3] * inv_alpha);
+        *reinterpret_cast<u32*>(&stage[g][e]) = pack2<T>(acc[j][0] * inv_alpha, acc[j][1] * inv_alpha);
+        *reinterpret_cast<u32*>(&stage[g + 8][e]) = pack2<T>(acc[j][2] * inv_alpha, acc[j][3] * inv_alpha);
+      }
+      __syncwarp();
+      const int row0 = tile * ROWS + warp * 16;
+      u16* ob = reinterpret_cast<u16*>(o);
+#pragma unroll
+      for (int i = lane; i < 16 * (D / 8); i += 32) {
+        int r = i / (D / 8), c = (i % (D / 8)) * 8;
+        if (row0 + r < p.n)
+          *reinterpret_cast<uint4*>(&ob[(i64)(row0 + r) * p.o_sn + c]) = *reinterpret_cast<const uint4*>(&stage[r][c]);
       }
       __syncthreads();  // buffer `buf` is refilled next iteration
     }
