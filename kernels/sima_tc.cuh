@@ -203,6 +203,7 @@ __device__ void sima_map_tc(const SimaParams& p) {
       // Epilogue: the warp's 16 Q rows in shared memory were read only by this warp, so they
       // stage its output; then each lane writes whole 16-byte pieces of O rows.
       u16(*stage)[LD] = &qs[buf][warp * 16];
+      __syncwarp();  // every lane's ldmatrix reads of these rows precede any lane's writes
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
         int e = j * 8 + 2 * t;
