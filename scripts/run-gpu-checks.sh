@@ -57,9 +57,12 @@ bench 1,16,64k,32 f16 always
 bench 1,16,64k,48 f16 always
 bench 1,16,1M,64 f16 never
 bench 1,16,1M,64 bf16 never
+step sweep ./sofa bench --op all --causal --seq 1k,4k,16k,64k,256k,1M --dtype f16,bf16 --out "$out/bench.jsonl"
+step sweep-d128 ./sofa bench --op all --heads 8 --head-dim 128 --seq 4k,64k,1M --dtype f16 --out "$out/bench.jsonl"
 if [[ -f torch_reference.py ]] && python3 -c 'import torch' 2>/dev/null; then
   step torch python3 torch_reference.py --out "$out/torch.jsonl"
 fi
 
+[[ -f "$out/bench.jsonl" ]] && step plot ./sofa plot "$out/bench.jsonl" --out "$out/bench.svg"
 echo "=== failed: ${failed[*]:-none}" | tee -a "$out/summary.log"
 [[ ${#failed[@]} -eq 0 ]]

@@ -407,3 +407,39 @@ fn backends_and_bad_flags() {
         assert!(stderr.contains(arg), "{all:?}: {stderr}");
     }
 }
+
+/// Without a CUDA device, the GPU-only commands say so in one line and exit with code 3.
+#[test]
+fn gpu_commands_without_a_device_exit_3() {
+    if sofa::runtime::probe().is_ok() {
+        eprintln!("SKIP gpu_commands_without_a_device_exit_3: a CUDA device is present");
+        return;
+    }
+    for args in [&["info"][..], &["bench", "--op", "sima", "--seq", "1k"][..]] {
+        let out = sofa(args);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {stderr}");
+        assert!(stderr.contains("no CUDA device"), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn plot_writes_an_svg_from_json_lines() {
+    let input = tmp("plot-in.jsonl");
+    let svg = tmp("plot-out.svg");
+    let line = |n: usize, t: f64| {
+        format!("{{\"op\":\"sima\",\"variant\":\"\",\"n\":{n},\"d\":64,\"dtype\":\"f16\",\"tokens_per_s\":{t},\"pct_roofline\":60}}\n")
+    };
+    std::fs::write(&input, line(4096, 9.7e7) + &line(65536, 2.3e8)).unwrap();
+    let out = sofa(&[
+        "plot",
+        input.to_str().unwrap(),
+        "--out",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert!(std::fs::read_to_string(&svg)
+        .unwrap()
+        .contains("sima f16 D=64"));
+}

@@ -1,8 +1,17 @@
-//! Measuring: device-event timing after warm-up, summary statistics.
+//! Measuring: device-event timing after warm-up, summary statistics, the roofline ceilings,
+//! random device inputs, and the JSON-lines records of `sofa run --json` and `sofa bench`.
+
+pub mod plot;
+pub mod record;
+pub mod roofline;
+pub mod workload;
 
 use crate::error::Result;
+use crate::runtime::Runtime;
+use crate::tensor::Element;
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::CudaStream;
+use cudarc::driver::{CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use std::sync::Arc;
 
 /// Summary of repeated timings, in milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -34,23 +43,60 @@ impl Timing {
 /// Runs `f` `warmup` times, then times each of `iters` runs with a pair of device events on
 /// `stream`. `f` must only enqueue work on `stream`.
 pub fn time_on_stream(
-    stream: &std::sync::Arc<CudaStream>,
+    stream: &Arc<CudaStream>,
     warmup: usize,
     iters: usize,
+    f: impl FnMut() -> Result<()>,
+) -> Result<Timing> {
+    time_with_setup(stream, warmup, iters, || Ok(()), f)
+}
+
+/// Like [`time_on_stream`], with `setup` enqueued before each run, outside the timed events
+/// (used to flush L2 between runs).
+pub fn time_with_setup(
+    stream: &Arc<CudaStream>,
+    warmup: usize,
+    iters: usize,
+    mut setup: impl FnMut() -> Result<()>,
     mut f: impl FnMut() -> Result<()>,
 ) -> Result<Timing> {
     let ctx = stream.context();
     for _ in 0..warmup {
+        setup()?;
         f()?;
     }
     let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
     let end = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
     let mut samples = Vec::with_capacity(iters);
     for _ in 0..iters.max(1) {
+        setup()?;
         start.record(stream)?;
         f()?;
         end.record(stream)?;
         samples.push(start.elapsed_ms(&end)? as f64);
     }
     Ok(Timing::from_samples(&samples).expect("at least one sample"))
+}
+
+/// Fills `buf` with values uniform in [-1, 1) on the device (kernels/fill.cu), from `seed`.
+pub fn fill_uniform<T: Element>(
+    rt: &Runtime,
+    stream: &Arc<CudaStream>,
+    buf: &mut CudaSlice<T>,
+    seed: u64,
+) -> Result<()> {
+    let f = rt.function("fill", &format!("fill_uniform_{}", T::DTYPE.name()))?;
+    let n = buf.len() as u64;
+    let blocks = (n.div_ceil(256)).clamp(1, 4 * rt.info().multiprocessors as u64 * 8) as u32;
+    let cfg = LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (lo, hi) = (-1.0f32, 1.0f32);
+    let mut b = stream.launch_builder(&f);
+    b.arg(buf).arg(&n).arg(&seed).arg(&lo).arg(&hi);
+    // SAFETY: the kernel writes exactly `n` elements of `buf`'s type.
+    unsafe { b.launch(cfg) }?;
+    Ok(())
 }

@@ -1,7 +1,9 @@
 //! Command-line interface: `sofa info`, `sofa run`, `sofa check`.
 
+mod bench;
 mod check;
 mod info;
+mod plot;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +34,10 @@ enum Command {
     Run(run::RunArgs),
     /// Cross-check the f64 CPU reference against itself (literal vs linear forms, identities).
     Check(check::CheckArgs),
+    /// Sweep GPU operators over sequence lengths: time, throughput, % of roofline.
+    Bench(bench::BenchArgs),
+    /// Plot JSON-lines results (throughput and % of roofline vs N, log-log) to SVG.
+    Plot(plot::PlotArgs),
 }
 
 pub fn main() -> i32 {
@@ -40,6 +46,8 @@ pub fn main() -> i32 {
         Command::Info(a) => info::info(&a),
         Command::Run(a) => run::run(&a),
         Command::Check(a) => check::check(&a),
+        Command::Bench(a) => bench::bench(&a),
+        Command::Plot(a) => plot::plot(&a),
     };
     match result {
         Ok(code) => code,
@@ -52,4 +60,20 @@ pub fn main() -> i32 {
             EXIT_ERROR
         }
     }
+}
+
+/// Appends one line to a results file (each record is written as soon as it exists, so an
+/// interrupted sweep keeps what it measured).
+fn append_line(path: &std::path::Path, line: &str) -> sofa::Result<()> {
+    use std::io::Write;
+    let io = |source| Error::Io {
+        context: format!("appending to {}", path.display()),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io)?;
+    writeln!(f, "{line}").map_err(io)
 }

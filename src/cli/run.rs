@@ -745,99 +745,33 @@ fn run_gpu<T: Element>(rt: &Runtime, args: &RunArgs, p: &Problem) -> Result<i32>
         None
     };
     if let Some(path) = &args.json {
-        let record = Record {
-            rt,
-            args,
-            dims,
+        let Dims { b, h, n, d } = dims;
+        let record = sofa::bench::record::Record {
+            op: "sima".into(),
+            variant: String::new(),
+            b,
+            h,
+            n,
+            s: n,
+            d,
             dv,
             dtype: T::DTYPE,
-            timing: &timing,
-            cmp: cmp.as_ref(),
+            layout: format!("{:?}", args.layout).to_lowercase(),
+            timing,
+            min_bytes: ((2 * d + 2 * dv) * b * h * n * T::DTYPE.size()) as f64,
+            flops: reference::sima::flops(dims, dv),
+            peaks: None,
+            rel_err: cmp.map(|c| c.rel),
+            err_bound: cmp.map(|c| c.bound),
+            flush_l2: false,
+            device: sofa::bench::record::Record::device(rt, "sima"),
         };
-        append_line(path, &record.to_json())?;
+        super::append_line(path, &record.to_json())?;
     }
     Ok(match cmp {
         Some(c) if !c.pass() => super::EXIT_CHECK_FAILED,
         _ => 0,
     })
-}
-
-/// One GPU measurement as a JSON line (the schema `bench/results/*.jsonl` uses).
-struct Record<'a> {
-    rt: &'a Runtime,
-    args: &'a RunArgs,
-    dims: Dims,
-    dv: usize,
-    dtype: DType,
-    timing: &'a Timing,
-    cmp: Option<&'a sofa::verify::Comparison>,
-}
-
-impl Record<'_> {
-    fn to_json(&self) -> String {
-        let i = self.rt.info();
-        let Dims { b, h, n, d } = self.dims;
-        let bytes = ((2 * d + 2 * self.dv) * b * h * n * self.dtype.size()) as f64;
-        let s = self.timing.median_ms * 1e-3;
-        let num = |x: f64| {
-            if x.is_finite() {
-                format!("{x:.6e}")
-            } else {
-                "null".into()
-            }
-        };
-        format!(
-            concat!(
-                "{{\"op\":\"{:?}\",\"b\":{},\"h\":{},\"n\":{},\"d\":{},\"dv\":{},",
-                "\"dtype\":\"{}\",\"layout\":\"{:?}\",\"device\":\"{}\",\"sm\":\"{}.{}\",",
-                "\"driver\":{},\"sm_clock_mhz\":{},\"mem_clock_mhz\":{},\"commit\":\"{}\",",
-                "\"kernels\":\"{}\",\"median_ms\":{},\"p10_ms\":{},\"p90_ms\":{},\"runs\":{},",
-                "\"tokens_per_s\":{},\"min_bytes\":{},\"gb_per_s\":{},\"flops\":{},\"tflop_per_s\":{},",
-                "\"rel_err\":{},\"err_bound\":{}}}"
-            ),
-            self.args.op,
-            b,
-            h,
-            n,
-            d,
-            self.dv,
-            self.dtype,
-            self.args.layout,
-            i.name,
-            i.compute_capability.0,
-            i.compute_capability.1,
-            i.driver_version,
-            i.sm_clock_khz / 1000,
-            i.mem_clock_khz / 1000,
-            env!("SOFA_GIT_COMMIT"),
-            self.rt.load_path("sima").map_or("?".into(), |p| p.to_string()),
-            num(self.timing.median_ms),
-            num(self.timing.p10_ms),
-            num(self.timing.p90_ms),
-            self.timing.runs,
-            num((b * n) as f64 / s),
-            num(bytes),
-            num(bytes / s / 1e9),
-            num(reference::sima::flops(self.dims, self.dv)),
-            num(reference::sima::flops(self.dims, self.dv) / s / 1e12),
-            self.cmp.map_or("null".into(), |c| num(c.rel)),
-            self.cmp.map_or("null".into(), |c| num(c.bound)),
-        )
-    }
-}
-
-fn append_line(path: &std::path::Path, line: &str) -> Result<()> {
-    use std::io::Write;
-    let io = |source| Error::Io {
-        context: format!("appending to {}", path.display()),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io)?;
-    writeln!(f, "{line}").map_err(io)
 }
 
 fn print_timing(t: &Timing, dims: Dims, dv: usize, dtype: DType) {

@@ -1,0 +1,158 @@
+//! The measuring instrument without a GPU: roofline arithmetic, the JSON schema, the plotter.
+
+use serde_json::{json, Value};
+use sofa::bench::plot::{plot, series};
+use sofa::bench::record::Record;
+use sofa::bench::roofline::Peaks;
+use sofa::bench::workload::{BenchOp, Case};
+use sofa::bench::Timing;
+use sofa::{DType, Dims};
+
+const PEAKS: Peaks = Peaks {
+    copy_gb_per_s: 3000.0,
+    gemm_tflop_per_s: 750.0,
+};
+
+#[test]
+fn roofline_takes_the_larger_of_bytes_and_flops_time() {
+    // SimA 1×16×64k×64 f16: 537 MB and 17.2 GFLOP; bytes dominate (0.179 ms vs 0.023 ms).
+    let case = Case {
+        op: BenchOp::Sima,
+        dims: Dims::new(1, 16, 65536, 64),
+        dtype: DType::F16,
+        causal: false,
+    };
+    assert_eq!(case.min_bytes(), 536_870_912.0);
+    assert_eq!(case.flops(), 4.0 * 16.0 * 65536.0 * 64.0 * 64.0);
+    let floor = PEAKS.roofline_ms(case.min_bytes(), case.flops());
+    assert!((floor - 536_870_912.0 / 3e12 * 1e3).abs() < 1e-12);
+    assert_eq!(PEAKS.bound(case.min_bytes(), case.flops()), "memory");
+    assert!((PEAKS.percent(case.min_bytes(), case.flops(), 2.0 * floor) - 50.0).abs() < 1e-9);
+    // A GEMM-like op: 1 MB and 1.5 TFLOP → 2 ms of compute, bound by FLOPs.
+    assert!((PEAKS.roofline_ms(1e6, 1.5e12) - 2.0).abs() < 1e-12);
+    assert_eq!(PEAKS.bound(1e6, 1.5e12), "compute");
+}
+
+#[test]
+fn cosformer_counts_twice_the_flops_of_sima() {
+    let dims = Dims::new(2, 8, 1000, 128);
+    let s = Case {
+        op: BenchOp::Sima,
+        dims,
+        dtype: DType::BF16,
+        causal: false,
+    };
+    let c = Case {
+        op: BenchOp::Cosformer,
+        dims,
+        dtype: DType::BF16,
+        causal: true,
+    };
+    assert_eq!(c.flops(), 2.0 * s.flops());
+    assert_eq!(c.min_bytes(), s.min_bytes());
+    assert!(c.device_bytes().unwrap() > (4 * 2 * 8 * 1000 * 128 * 2) as usize);
+}
+
+fn record(n: usize, ms: f64) -> Record {
+    Record {
+        op: "sima".into(),
+        variant: String::new(),
+        b: 1,
+        h: 16,
+        n,
+        s: n,
+        d: 64,
+        dv: 64,
+        dtype: DType::F16,
+        layout: "bhnd".into(),
+        timing: Timing {
+            median_ms: ms,
+            p10_ms: ms * 0.99,
+            p90_ms: ms * 1.01,
+            runs: 30,
+        },
+        min_bytes: (4 * 16 * n * 64 * 2) as f64,
+        flops: (4 * 16 * n * 64 * 64) as f64,
+        peaks: Some(PEAKS),
+        rel_err: Some(1e-4),
+        err_bound: Some(2e-3),
+        flush_l2: false,
+        device: json!({ "device": "Test GPU", "sm": "9.0", "driver": 13000, "commit": "abc1234", "kernels": "fatbin" }),
+    }
+}
+
+#[test]
+fn json_lines_carry_the_schema() {
+    let line = record(65536, 0.286).to_json();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    for key in [
+        "op",
+        "variant",
+        "b",
+        "h",
+        "n",
+        "s",
+        "d",
+        "dv",
+        "dtype",
+        "layout",
+        "median_ms",
+        "p10_ms",
+        "p90_ms",
+        "runs",
+        "tokens_per_s",
+        "min_bytes",
+        "gb_per_s",
+        "flops",
+        "tflop_per_s",
+        "peak_copy_gb_per_s",
+        "peak_gemm_tflop_per_s",
+        "pct_roofline",
+        "rel_err",
+        "err_bound",
+        "flush_l2",
+        "device",
+        "sm",
+        "driver",
+        "commit",
+        "kernels",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key} in {line}");
+    }
+    assert_eq!(v["device"], "Test GPU");
+    let gbps = v["gb_per_s"].as_f64().unwrap();
+    assert!((gbps - 536_870_912.0 / 0.286e-3 / 1e9).abs() < 1e-6);
+    let pct = v["pct_roofline"].as_f64().unwrap();
+    assert!((pct - 100.0 * (536_870_912.0 / 3e12 * 1e3) / 0.286).abs() < 1e-9);
+    assert_eq!(
+        record(1024, 0.03).to_csv().split(',').count(),
+        Record::CSV_HEADER.split(',').count()
+    );
+}
+
+#[test]
+fn plot_groups_series_and_writes_svg() {
+    let mut text = String::new();
+    for (n, ms) in [(4096, 0.042), (65536, 0.286), (1 << 20, 3.83)] {
+        text.push_str(&record(n, ms).to_json());
+        text.push('\n');
+    }
+    // Lines of other schemas (a peak measurement, garbage) are skipped.
+    text.push_str("{\"op\":\"peak_copy\",\"gb_per_s\":2955}\nnot json\n");
+    text.push_str(
+        "{\"op\":\"softmax_sdpa\",\"n\":4096,\"d\":64,\"dtype\":\"f16\",\"tokens_per_s\":2.1e7}\n",
+    );
+    let (s, used) = series(&text, "tokens_per_s");
+    assert_eq!(used, 4);
+    assert_eq!(s["sima f16 D=64"].len(), 3);
+    assert!(s["sima f16 D=64"].windows(2).all(|w| w[0].0 < w[1].0));
+    assert!(s.contains_key("softmax_sdpa f16 D=64"));
+    let dir = std::env::temp_dir().join(format!("sofa-plot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg = dir.join("t.svg");
+    assert_eq!(plot(&text, &svg).unwrap(), 4);
+    let body = std::fs::read_to_string(&svg).unwrap();
+    assert!(body.starts_with("<svg"), "not an SVG");
+    assert!(body.contains("sima f16 D=64") && body.contains("% of roofline"));
+    assert!(plot("{\"op\":\"x\"}\n", &dir.join("empty.svg")).is_err());
+}
