@@ -9,7 +9,7 @@
 //! [`State::step`] adds one token per sequence. All kernels are CUDA-core fp32; any D, Dv ≤ 256,
 //! any strides with a unit last dim.
 
-use super::{launch, ptr_of, ptr_of_mut, RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM};
+use super::{launch, ptr_of_mut, with_raw, RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM};
 use crate::error::{Error, Result};
 use crate::runtime::{oom_or, Runtime};
 use crate::tensor::{DType, Dims, Element, Layout};
@@ -504,42 +504,13 @@ pub fn forward_with_plan<T: Element>(
     o: TensorMut<'_, T>,
     workspace: Option<&mut CudaSlice<u8>>,
 ) -> Result<()> {
-    q.validate("q")?;
-    k.validate("k")?;
-    v.validate("v")?;
-    o.validate("o")?;
     plan.check_layouts(&q.layout, &k.layout, &v.layout, &o.layout)?;
-    let mut owned;
-    let ws = match workspace {
-        Some(ws) => ws,
-        None => {
-            owned = rt.alloc::<u8>(stream, plan.workspace_bytes())?;
-            &mut owned
-        }
-    };
-    let ws_len = ws.len();
-    let (qp, _gq) = ptr_of(q.data, stream);
-    let (kp, _gk) = ptr_of(k.data, stream);
-    let (vp, _gv) = ptr_of(v.data, stream);
-    let (op, _go) = ptr_of_mut(o.data, stream);
-    let (wp, _gw) = ptr_of_mut(ws, stream);
-    let raw = |ptr, layout| RawTensor { ptr, layout };
-    // SAFETY: every buffer is a live allocation of this context whose length was checked against
-    // its layout above; `o` is borrowed mutably, so it cannot alias the inputs.
-    unsafe {
-        forward_raw_with_plan(
-            rt,
-            stream,
-            plan,
-            T::DTYPE,
-            raw(qp, q.layout),
-            raw(kp, k.layout),
-            raw(vp, v.layout),
-            raw(op, o.layout),
-            wp,
-            ws_len,
-        )
-    }
+    let ws = Some((workspace, plan.workspace_bytes()));
+    with_raw(rt, stream, (q, k, v, o), ws, |t, wp, wl| {
+        // SAFETY: every buffer is a live allocation of this context whose length was checked
+        // against its layout; `o` is borrowed mutably, so it cannot alias the inputs.
+        unsafe { forward_raw_with_plan(rt, stream, plan, T::DTYPE, t.q, t.k, t.v, t.o, wp, wl) }
+    })
 }
 
 /// The shape of a decode state and the checks of calls against it (pure, no GPU).
@@ -825,43 +796,16 @@ impl State {
         o: TensorMut<'_, T>,
         workspace: Option<&mut CudaSlice<u8>>,
     ) -> Result<()> {
-        q.validate("q")?;
-        k.validate("k")?;
-        v.validate("v")?;
-        o.validate("o")?;
         let plan = self
             .shape
             .prefill_plan(self.pos, &q.layout, &k.layout, &v.layout, &o.layout)?;
-        let mut owned;
-        let ws = match workspace {
-            Some(ws) => ws,
-            None => {
-                owned = rt.alloc::<u8>(stream, plan.workspace_bytes())?;
-                &mut owned
-            }
-        };
-        let ws_len = ws.len();
-        let (qp, _gq) = ptr_of(q.data, stream);
-        let (kp, _gk) = ptr_of(k.data, stream);
-        let (vp, _gv) = ptr_of(v.data, stream);
-        let (op, _go) = ptr_of_mut(o.data, stream);
-        let (wp, _gw) = ptr_of_mut(ws, stream);
-        let raw = |ptr, layout| RawTensor { ptr, layout };
-        // SAFETY: live allocations of this context, lengths checked against their layouts; `o`
-        // is borrowed mutably, so it cannot alias the inputs; the state is borrowed mutably.
-        unsafe {
-            self.prefill_raw(
-                rt,
-                stream,
-                T::DTYPE,
-                raw(qp, q.layout),
-                raw(kp, k.layout),
-                raw(vp, v.layout),
-                raw(op, o.layout),
-                wp,
-                ws_len,
-            )
-        }
+        let ws = Some((workspace, plan.workspace_bytes()));
+        with_raw(rt, stream, (q, k, v, o), ws, |t, wp, wl| {
+            // SAFETY: live allocations of this context, lengths checked against their layouts;
+            // `o` is borrowed mutably, so it cannot alias the inputs; the state is borrowed
+            // mutably.
+            unsafe { self.prefill_raw(rt, stream, T::DTYPE, t.q, t.k, t.v, t.o, wp, wl) }
+        })
     }
 
     /// Safe [`State::step_raw`] over device buffers.
@@ -874,26 +818,9 @@ impl State {
         v: TensorRef<'_, T>,
         o: TensorMut<'_, T>,
     ) -> Result<()> {
-        q.validate("q")?;
-        k.validate("k")?;
-        v.validate("v")?;
-        o.validate("o")?;
-        let (qp, _gq) = ptr_of(q.data, stream);
-        let (kp, _gk) = ptr_of(k.data, stream);
-        let (vp, _gv) = ptr_of(v.data, stream);
-        let (op, _go) = ptr_of_mut(o.data, stream);
-        let raw = |ptr, layout| RawTensor { ptr, layout };
-        // SAFETY: as in `prefill`.
-        unsafe {
-            self.step_raw(
-                rt,
-                stream,
-                T::DTYPE,
-                raw(qp, q.layout),
-                raw(kp, k.layout),
-                raw(vp, v.layout),
-                raw(op, o.layout),
-            )
-        }
+        with_raw(rt, stream, (q, k, v, o), None, |t, _, _| {
+            // SAFETY: as in `prefill`.
+            unsafe { self.step_raw(rt, stream, T::DTYPE, t.q, t.k, t.v, t.o) }
+        })
     }
 }

@@ -5,10 +5,12 @@ pub mod cosformer;
 pub mod sima;
 
 use crate::error::{Error, Result};
+use crate::runtime::Runtime;
 use crate::tensor::{Element, Layout};
 use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
 };
+use std::sync::Arc;
 
 /// Largest head dim any operator accepts (SPEC §0).
 pub const MAX_HEAD_DIM: usize = 256;
@@ -88,6 +90,65 @@ pub(crate) unsafe fn launch_smem<P: cudarc::driver::DeviceRepr>(
     builder.arg(params);
     builder.launch(cfg)?;
     Ok(())
+}
+
+/// The q, k, v → o arguments of a safe call in raw form.
+pub(crate) struct RawQkvo {
+    pub q: RawTensor,
+    pub k: RawTensor,
+    pub v: RawTensor,
+    pub o: RawTensor,
+}
+
+/// Runs `f` on the raw form of a safe call: each tensor checked against its buffer (`o` also for
+/// overlap), the workspace taken from the caller or allocated (`workspace` = the caller's buffer
+/// and the bytes needed; `None` for ops without one), and device addresses read for `stream`.
+/// cudarc's stream-ordering events are recorded when `f` returns.
+pub(crate) fn with_raw<T: Element, R>(
+    rt: &Runtime,
+    stream: &Arc<CudaStream>,
+    (q, k, v, o): (
+        TensorRef<'_, T>,
+        TensorRef<'_, T>,
+        TensorRef<'_, T>,
+        TensorMut<'_, T>,
+    ),
+    workspace: Option<(Option<&mut CudaSlice<u8>>, usize)>,
+    f: impl FnOnce(RawQkvo, u64, usize) -> Result<R>,
+) -> Result<R> {
+    q.validate("q")?;
+    k.validate("k")?;
+    v.validate("v")?;
+    o.validate("o")?;
+    let mut owned;
+    let ws = match workspace {
+        Some((Some(ws), _)) => Some(ws),
+        Some((None, bytes)) => {
+            owned = rt.alloc::<u8>(stream, bytes)?;
+            Some(&mut owned)
+        }
+        None => None,
+    };
+    let ws_len = ws.as_ref().map_or(0, |w| w.len());
+    let (wp, _gw) = match ws {
+        Some(ws) => {
+            let (p, g) = ptr_of_mut(ws, stream);
+            (p, Some(g))
+        }
+        None => (0, None),
+    };
+    let (qp, _gq) = ptr_of(q.data, stream);
+    let (kp, _gk) = ptr_of(k.data, stream);
+    let (vp, _gv) = ptr_of(v.data, stream);
+    let (op, _go) = ptr_of_mut(o.data, stream);
+    let raw = |ptr, layout| RawTensor { ptr, layout };
+    let t = RawQkvo {
+        q: raw(qp, q.layout),
+        k: raw(kp, k.layout),
+        v: raw(vp, v.layout),
+        o: raw(op, o.layout),
+    };
+    f(t, wp, ws_len)
 }
 
 /// Reads the raw address of a slice for a kernel on `stream` (recording cudarc's events).

@@ -5,9 +5,7 @@
 //! f16/bf16 with D == Dv ∈ {32, 48, 64, 128} and 16-byte-aligned rows run both products on tensor
 //! cores; everything else (f32, other head dims, odd strides) on the CUDA-core kernels.
 
-use super::{
-    launch, launch_smem, ptr_of, ptr_of_mut, RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM,
-};
+use super::{launch, launch_smem, with_raw, RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM};
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use crate::tensor::{DType, Dims, Element, Layout};
@@ -375,39 +373,11 @@ pub fn forward<T: Element>(
     o: TensorMut<'_, T>,
     workspace: Option<&mut CudaSlice<u8>>,
 ) -> Result<()> {
-    q.validate("q")?;
-    k.validate("k")?;
-    v.validate("v")?;
-    o.validate("o")?;
     let plan = Plan::new(&q.layout, &k.layout, &v.layout, &o.layout)?;
-    let mut owned;
-    let ws = match workspace {
-        Some(ws) => ws,
-        None => {
-            owned = rt.alloc::<u8>(stream, plan.workspace_bytes())?;
-            &mut owned
-        }
-    };
-    let ws_len = ws.len();
-    let (qp, _gq) = ptr_of(q.data, stream);
-    let (kp, _gk) = ptr_of(k.data, stream);
-    let (vp, _gv) = ptr_of(v.data, stream);
-    let (op, _go) = ptr_of_mut(o.data, stream);
-    let (wp, _gw) = ptr_of_mut(ws, stream);
-    let raw = |ptr, layout| RawTensor { ptr, layout };
-    // SAFETY: every buffer is a live allocation of this context whose length was checked against
-    // its layout above; `o` is borrowed mutably, so it cannot alias the inputs.
-    unsafe {
-        forward_raw(
-            rt,
-            stream,
-            T::DTYPE,
-            raw(qp, q.layout),
-            raw(kp, k.layout),
-            raw(vp, v.layout),
-            raw(op, o.layout),
-            wp,
-            ws_len,
-        )
-    }
+    let ws = Some((workspace, plan.workspace_bytes()));
+    with_raw(rt, stream, (q, k, v, o), ws, |t, wp, wl| {
+        // SAFETY: every buffer is a live allocation of this context whose length was checked
+        // against its layout; `o` is borrowed mutably, so it cannot alias the inputs.
+        unsafe { forward_raw(rt, stream, T::DTYPE, t.q, t.k, t.v, t.o, wp, wl) }
+    })
 }
