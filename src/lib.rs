@@ -5,6 +5,8 @@
 //! computes.
 
 pub mod bench;
+#[cfg(feature = "capi")]
+pub mod capi;
 pub mod error;
 pub mod io;
 pub mod ops;

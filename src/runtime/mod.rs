@@ -3,6 +3,7 @@
 
 pub mod embedded;
 pub mod nvrtc;
+pub mod stream;
 
 use crate::error::{Error, Result};
 use cudarc::driver::sys::{CUdevice_attribute as Attr, CUfunction_attribute, CUresult};
