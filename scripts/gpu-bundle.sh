@@ -15,7 +15,7 @@ cargo build --release --bin sofa
 cp "${CARGO_TARGET_DIR:-target}/release/sofa" "$bundle/"
 # Test and bench executables: ask cargo where it put them.
 for kind in tests benches; do
-  if [[ $kind == tests ]]; then args=(test --release --no-run --tests); else args=(bench --no-run); fi
+  if [[ $kind == tests ]]; then args=(test --release --no-run --tests --features capi); else args=(bench --no-run); fi
   cargo "${args[@]}" --message-format=json 2>/dev/null |
     python3 -c '
 import json, sys
@@ -28,8 +28,13 @@ for line in sys.stdin:
     [[ $kind == tests && $name == cli ]] || cp "$exe" "$bundle/$kind/$name"
   done
 done
-strip "$bundle/sofa" "$bundle"/tests/* "$bundle"/benches/* 2>/dev/null || true
-cp scripts/run-gpu-checks.sh scripts/torch_reference.py "$bundle/"
+# The C example (prints "ok" on a GPU) and the Rust embedding example.
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}" scripts/build-c-example.sh --release >/dev/null
+cp "${CARGO_TARGET_DIR:-target}/c-example/sofa_example_static" "$bundle/sofa_example"
+cargo build --release --example embed_two_layer
+cp "${CARGO_TARGET_DIR:-target}/release/examples/embed_two_layer" "$bundle/"
+strip "$bundle/sofa" "$bundle/sofa_example" "$bundle/embed_two_layer" "$bundle"/tests/* "$bundle"/benches/* 2>/dev/null || true
+cp scripts/run-gpu-checks.sh scripts/gpu-verify.sh scripts/torch_reference.py "$bundle/"
 git rev-parse --short HEAD >"$bundle/COMMIT" 2>/dev/null || echo unknown >"$bundle/COMMIT"
 du -sh "$bundle"
 ls "$bundle" "$bundle/tests" "$bundle/benches"

@@ -43,6 +43,8 @@ if [[ -n "$sanitizer" ]]; then
 else
   echo "compute-sanitizer not found" | tee -a "$out/summary.log"; failed+=(sanitizer-missing)
 fi
+[[ -x sofa_example ]] && step c-example ./sofa_example
+[[ -x embed_two_layer ]] && step embed-example ./embed_two_layer
 for path in fatbin nvrtc; do
   step "run-sima-$path" env SOFA_KERNELS=$path ./sofa run --op sima --shape 1,16,4k,64 --dtype f16 --check always
 done

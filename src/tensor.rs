@@ -202,16 +202,19 @@ impl Layout {
 
     pub fn of_kind(dims: Dims, kind: LayoutKind) -> Self {
         let Dims { h, n, d, .. } = dims;
+        // Saturating: a shape whose strides overflow gets strides whose span overflows too, so
+        // `span()` is `None` and `validate` refuses it (no overflow panic here).
+        let m = usize::saturating_mul;
         let strides = match kind {
             LayoutKind::Bhnd => Strides {
-                batch: h * n * d,
-                head: n * d,
+                batch: m(m(h, n), d),
+                head: m(n, d),
                 seq: d,
             },
             LayoutKind::Bnhd => Strides {
-                batch: n * h * d,
+                batch: m(m(n, h), d),
                 head: d,
-                seq: h * d,
+                seq: m(h, d),
             },
         };
         Layout { dims, strides }

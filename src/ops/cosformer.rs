@@ -205,8 +205,21 @@ impl Plan {
                 format!("must be a positive multiple of {BLOCK}"),
             ));
         }
+        let chunks = self.n.div_ceil(rows);
+        // Many short chunks of a long sequence: the workspace size must not overflow.
+        let ws = (self.b * self.h)
+            .checked_mul(chunks)
+            .and_then(|x| x.checked_mul(state_len(self.d, self.dv)))
+            .and_then(|x| x.checked_mul(4));
+        if ws.is_none_or(|x| x > isize::MAX as usize) {
+            return Err(Error::param(
+                "rows_per_chunk",
+                rows,
+                format!("{chunks} chunks: the workspace size overflows"),
+            ));
+        }
         self.rows_per_chunk = rows;
-        self.chunks = self.n.div_ceil(rows);
+        self.chunks = chunks;
         Ok(self)
     }
 

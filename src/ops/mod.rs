@@ -3,6 +3,7 @@
 
 pub mod cosformer;
 pub mod sima;
+pub mod soft;
 
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;

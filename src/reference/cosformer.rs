@@ -90,9 +90,11 @@ pub fn literal(x: &Qkv, p: &CosformerParams) -> Result<Vec<f64>> {
             }
         }
         for i in 0..n {
-            let den = w[i * s..(i + 1) * s].iter().sum::<f64>().max(p.eps);
+            // Only visible keys: a masked weight times a non-finite v must not leak backwards.
+            let keys = if p.causal { i + 1 } else { s };
+            let den = w[i * s..i * s + keys].iter().sum::<f64>().max(p.eps);
             for e in 0..dv {
-                o[i * dv + e] = (0..s).map(|j| w[i * s + j] * v[j * dv + e]).sum::<f64>() / den;
+                o[i * dv + e] = (0..keys).map(|j| w[i * s + j] * v[j * dv + e]).sum::<f64>() / den;
             }
         }
     });
@@ -161,6 +163,26 @@ impl HeadState {
             zs: vec![0.0; d],
             zc: vec![0.0; d],
         }
+    }
+
+    /// [`HeadState::new`] that reports allocation failure instead of aborting.
+    fn try_new(
+        d: usize,
+        dv: usize,
+    ) -> std::result::Result<Self, std::collections::TryReserveError> {
+        let zeros =
+            |len: usize| -> std::result::Result<Vec<f64>, std::collections::TryReserveError> {
+                let mut v = Vec::new();
+                v.try_reserve_exact(len)?;
+                v.resize(len, 0.0);
+                Ok(v)
+            };
+        Ok(HeadState {
+            kvs: zeros(d * dv)?,
+            kvc: zeros(d * dv)?,
+            zs: zeros(d)?,
+            zc: zeros(d)?,
+        })
     }
 
     /// Adds key `k` (at angle `th`) with value `v`.
@@ -235,7 +257,24 @@ impl State {
                 return Err(Error::param(arg, v, "must be >= 1"));
             }
         }
-        let heads = vec![HeadState::new(d, dv); b * h];
+        // Checked sizes and fallible allocation: a state too large for the host is a typed
+        // error, not an overflow panic or an allocation abort.
+        let too_large = |why: String| Error::param("B·H·D·Dv", format!("{b}·{h}·{d}·{dv}"), why);
+        let bh = b.checked_mul(h);
+        let values = d
+            .checked_mul(dv)
+            .and_then(|x| x.checked_add(d))
+            .and_then(|x| x.checked_mul(2))
+            .and_then(|x| x.checked_mul(bh?))
+            .filter(|&x| x <= isize::MAX as usize / 8)
+            .ok_or_else(|| too_large("the state's size overflows".into()))?;
+        let bh = bh.unwrap_or_default();
+        let mut heads = Vec::new();
+        let alloc_err = |_| too_large(format!("cannot allocate {values} f64 values"));
+        heads.try_reserve_exact(bh).map_err(alloc_err)?;
+        for _ in 0..bh {
+            heads.push(HeadState::try_new(d, dv).map_err(alloc_err)?);
+        }
         Ok(State {
             b,
             h,

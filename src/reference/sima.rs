@@ -1,6 +1,7 @@
 //! SimA reference (SPEC §4): literal `(q̂ k̂ᵀ) v` and the linear `q̂ (k̂ᵀ v)` form, in f64.
 
-use super::par_slices;
+use super::{par_slices, Qkv};
+use crate::error::Result;
 use crate::tensor::Dims;
 
 /// Column ℓ1 clamp of SPEC §4.
@@ -84,6 +85,19 @@ pub fn linear(q: &[f64], k: &[f64], v: &[f64], dims: Dims, dv: usize) -> Vec<f64
         }
     });
     out
+}
+
+/// Checks that q, k hold exactly `[B,H,N,D]` and v `[B,H,N,Dv]` elements, every extent ≥ 1.
+/// [`literal`], [`linear`] and [`forward`] take raw slices and assume this (they panic on
+/// buffers shorter than their shape); [`try_forward`] checks it first.
+pub fn validate(q: &[f64], k: &[f64], v: &[f64], dims: Dims, dv: usize) -> Result<()> {
+    Qkv::self_attn(q, k, v, dims, dv).map(|_| ())
+}
+
+/// [`forward`] after [`validate`]: a typed error instead of a panic on bad shapes.
+pub fn try_forward(q: &[f64], k: &[f64], v: &[f64], dims: Dims, dv: usize) -> Result<Vec<f64>> {
+    validate(q, k, v, dims, dv)?;
+    Ok(forward(q, k, v, dims, dv))
 }
 
 /// The evaluation the SPEC prescribes for the shape: literal when N < D, else linear.

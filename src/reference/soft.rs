@@ -27,7 +27,9 @@ impl Landmarks {
     pub fn count(&self) -> usize {
         match *self {
             Landmarks::AvgPool1d { m } | Landmarks::Given { m } => m,
-            Landmarks::AvgPool2d { height, width, r } => (height / r.max(1)) * (width / r.max(1)),
+            Landmarks::AvgPool2d { height, width, r } => {
+                (height / r.max(1)).saturating_mul(width / r.max(1))
+            }
         }
     }
 
@@ -133,6 +135,11 @@ fn validate(x: &Qkv, given: Option<&[f64]>, p: &SoftParams) -> Result<usize> {
             )?;
             Ok(m)
         }
+        // A tensor with pooled landmarks would be sliced as if it were `[B,H,m,D]`: refuse it.
+        (_, Some(_)) => Err(Error::shape(
+            "landmarks",
+            "a landmark tensor was passed but the landmarks are pooled, not Given",
+        )),
         _ => Ok(m),
     }
 }

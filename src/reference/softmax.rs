@@ -62,8 +62,10 @@ pub fn literal(x: &Qkv, p: &SoftmaxParams) -> Result<Vec<f64>> {
             row[..len].iter_mut().for_each(|pj| *pj /= sum);
         }
         for i in 0..n {
+            // Only visible keys: a masked 0 times a non-finite v must not leak backwards.
+            let len = visible(i, s, p.causal);
             for e in 0..dv {
-                o[i * dv + e] = (0..s).map(|j| prob[i * s + j] * v[j * dv + e]).sum();
+                o[i * dv + e] = (0..len).map(|j| prob[i * s + j] * v[j * dv + e]).sum();
             }
         }
     });

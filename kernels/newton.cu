@@ -1,0 +1,209 @@
+// Batched Newton–Raphson (Newton–Schulz) pseudo-inverse of SOFT (SPEC §1.4), fp32 throughout:
+//   α = c·2/(max_i Σ_j A_ij)² (before the ridge), Â = A + λI, Z₀ = αÂ, Z_{k+1} = 2Z_k − Z_k Â Z_k.
+//   newton_pinv_t<S>_f32  all T steps in one launch: one CTA per matrix with Â, Z and Z·Â
+//                         resident in dynamic shared memory (m ≤ S ≤ NEWTON_SMEM_MAX_M)
+//   newton_init_f32       multi-launch form (any m ≤ SOFT_MAX_M): α, Â and Z₀ in global memory
+//   newton_gemm_f32       then, per step, two launches: T = Z·Â, Z' = 2Z − T·Z
+// Both forms sum every product over k in increasing order with fp32 FMAs, so they agree.
+#include "soft.cuh"
+
+static_assert(sizeof(SoftKernelParams) == SOFT_PARAMS_SIZE,
+              "SoftKernelParams layout changed: update Rust");
+static_assert(NEWTON_THREADS == 256, "thread mappings below assume 16×16 threads");
+
+__device__ __forceinline__ float* nptr(u64 p) { return reinterpret_cast<float*>(p); }
+
+// α = c·2/(max row sum)² of the m×m matrix `a` (leading dim lda, shared or global memory),
+// computed by the whole CTA (rows summed by warps, the max taken in row order by thread 0).
+// Starts with no barrier: the caller makes `a` visible and keeps the CTA in step.
+__device__ float newton_alpha(const float* a, int lda, int m, float c) {
+  __shared__ float rows[SOFT_MAX_M];
+  __shared__ float alpha;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  for (int r = warp; r < m; r += warps) {
+    float s = 0.f;
+    for (int j = lane; j < m; j += 32) s += a[(i64)r * lda + j];
+    s = warp_sum(s);
+    if (lane == 0) rows[r] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float mx = rows[0];
+    for (int r = 1; r < m; ++r) mx = fmaxf(mx, rows[r]);
+    alpha = c * 2.f / (mx * mx);
+  }
+  __syncthreads();
+  return alpha;
+}
+
+// acc[a][b] = Σ_k x[ri[a]][k] · y[k][ci[b]], k = 0 … m−1 in order (shared memory, leading dim ld).
+template <int R>
+__device__ __forceinline__ void smem_gemm(const float* x, const float* y, int ld, int m,
+                                          const int (&roff)[R], const int (&ci)[R],
+                                          float (&acc)[R][R]) {
+#pragma unroll
+  for (int a = 0; a < R; ++a)
+#pragma unroll
+    for (int b = 0; b < R; ++b) acc[a][b] = 0.f;
+#pragma unroll 4
+  for (int k = 0; k < m; ++k) {
+    float xr[R], yr[R];
+#pragma unroll
+    for (int a = 0; a < R; ++a) xr[a] = x[roff[a] + k];
+#pragma unroll
+    for (int b = 0; b < R; ++b) yr[b] = y[k * ld + ci[b]];
+#pragma unroll
+    for (int a = 0; a < R; ++a)
+#pragma unroll
+      for (int b = 0; b < R; ++b) acc[a][b] = fmaf(xr[a], yr[b], acc[a][b]);
+  }
+}
+
+// One launch, all T steps. Grid: x = bh (grid-stride), one CTA per matrix; 16×16 threads, each
+// owning rows ty + 16a and columns tx + 16b (a, b < R) of every product. Dynamic shared memory:
+// 3·m·(m|1) floats. Traffic: A read once, Z written once; the 2T GEMMs stay on chip.
+template <int R>
+__device__ void newton_smem(const SoftKernelParams& p) {
+  extern __shared__ float smem[];
+  const int m = p.m, ld = m | 1;  // odd leading dim: the two rows a warp reads differ in bank
+  float* ah = smem;
+  float* zs = ah + m * ld;
+  float* ts = zs + m * ld;
+  const int t = threadIdx.x, ty = t / 16, tx = t % 16;
+  int roff[R], ci[R];  // rows / columns past m are clamped (computed, never stored)
+#pragma unroll
+  for (int a = 0; a < R; ++a) {
+    roff[a] = min(ty + 16 * a, m - 1) * ld;
+    ci[a] = min(tx + 16 * a, m - 1);
+  }
+  for (int bh = blockIdx.x; bh < p.b * p.h; bh += gridDim.x) {
+    const float* A = nptr(p.a) + (i64)bh * m * m;
+    __syncthreads();  // the previous matrix is written out
+    for (int i = t; i < m * m; i += NEWTON_THREADS) ah[(i / m) * ld + i % m] = A[i];
+    __syncthreads();
+    const float alpha = newton_alpha(ah, ld, m, p.alpha_scale);
+    for (int i = t; i < m * m; i += NEWTON_THREADS) {
+      const int r = i / m, c = i % m;
+      const float v = ah[r * ld + c] + (r == c ? p.ridge : 0.f);
+      ah[r * ld + c] = v;
+      zs[r * ld + c] = alpha * v;
+    }
+    __syncthreads();
+    for (int it = 0; it < p.iters; ++it) {
+      float acc[R][R];
+      smem_gemm<R>(zs, ah, ld, m, roff, ci, acc);  // ts = Z·Â
+#pragma unroll
+      for (int a = 0; a < R; ++a)
+#pragma unroll
+        for (int b = 0; b < R; ++b)
+          if (ty + 16 * a < m && tx + 16 * b < m) ts[(ty + 16 * a) * ld + tx + 16 * b] = acc[a][b];
+      __syncthreads();
+      smem_gemm<R>(ts, zs, ld, m, roff, ci, acc);  // acc = (Z·Â)·Z
+      __syncthreads();                             // every read of Z is done
+#pragma unroll
+      for (int a = 0; a < R; ++a)
+#pragma unroll
+        for (int b = 0; b < R; ++b)
+          if (ty + 16 * a < m && tx + 16 * b < m) {
+            float* zp = zs + (ty + 16 * a) * ld + tx + 16 * b;
+            *zp = 2.f * *zp - acc[a][b];
+          }
+      __syncthreads();
+    }
+    float* Z = nptr(p.z) + (i64)bh * m * m;
+    for (int i = t; i < m * m; i += NEWTON_THREADS) Z[i] = zs[(i / m) * ld + i % m];
+  }
+}
+
+// Multi-launch init: ahat = A + λI, z = α·ahat. Grid: x = bh (grid-stride).
+// Traffic: A read twice (row sums, then Â), Â and Z₀ written once.
+__device__ void newton_init(const SoftKernelParams& p) {
+  const int m = p.m;
+  for (int bh = blockIdx.x; bh < p.b * p.h; bh += gridDim.x) {
+    const i64 off = (i64)bh * m * m;
+    __syncthreads();  // the previous matrix's α is consumed
+    const float alpha = newton_alpha(nptr(p.a) + off, m, m, p.alpha_scale);
+    for (int i = threadIdx.x; i < m * m; i += blockDim.x) {
+      const float v = nptr(p.a)[off + i] + (i / m == i % m ? p.ridge : 0.f);
+      nptr(p.ahat)[off + i] = v;
+      nptr(p.z)[off + i] = alpha * v;
+    }
+  }
+}
+
+// One Newton GEMM over m×m matrices: C = A·B (mode 0) or C = 2Z − A·B (mode 1); C aliases none
+// of A, B, Z. Grid: x = NEWTON_TILE² output tile, y = bh (grid-stride). Traffic: per tile, 64
+// rows of A and 64 columns of B (L2-resident), C written once.
+__device__ void newton_gemm(const SoftKernelParams& p) {
+  __shared__ float as[NEWTON_TILE][NEWTON_KT + 1];
+  __shared__ float bs[NEWTON_KT][NEWTON_TILE + 1];
+  const int m = p.m, tiles = div_up(m, NEWTON_TILE);
+  const int r0 = (blockIdx.x / tiles) * NEWTON_TILE, c0 = (blockIdx.x % tiles) * NEWTON_TILE;
+  const int t = threadIdx.x, ty = t / 16, tx = t % 16;
+  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
+    const i64 off = (i64)bh * m * m;
+    const float* A = nptr(p.gemm_a) + off;
+    const float* B = nptr(p.gemm_b) + off;
+    float acc[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+      for (int b = 0; b < 4; ++b) acc[a][b] = 0.f;
+    for (int k0 = 0; k0 < m; k0 += NEWTON_KT) {
+      __syncthreads();
+      for (int i = t; i < NEWTON_TILE * NEWTON_KT; i += NEWTON_THREADS) {
+        const int r = i / NEWTON_KT, k = i % NEWTON_KT;
+        as[r][k] = (r0 + r < m && k0 + k < m) ? A[(i64)(r0 + r) * m + k0 + k] : 0.f;
+      }
+      for (int i = t; i < NEWTON_KT * NEWTON_TILE; i += NEWTON_THREADS) {
+        const int k = i / NEWTON_TILE, c = i % NEWTON_TILE;
+        bs[k][c] = (k0 + k < m && c0 + c < m) ? B[(i64)(k0 + k) * m + c0 + c] : 0.f;
+      }
+      __syncthreads();
+      const int kn = min(NEWTON_KT, m - k0);  // only real k terms: the same sums as on chip
+      for (int k = 0; k < kn; ++k) {
+        float ar[4], br[4];
+#pragma unroll
+        for (int a = 0; a < 4; ++a) ar[a] = as[ty + 16 * a][k];
+#pragma unroll
+        for (int b = 0; b < 4; ++b) br[b] = bs[k][tx + 16 * b];
+#pragma unroll
+        for (int a = 0; a < 4; ++a)
+#pragma unroll
+          for (int b = 0; b < 4; ++b) acc[a][b] = fmaf(ar[a], br[b], acc[a][b]);
+      }
+    }
+    float* C = nptr(p.gemm_c) + off;
+    const float* Z = nptr(p.gemm_z) + off;
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const int r = r0 + ty + 16 * a, c = c0 + tx + 16 * b;
+        if (r < m && c < m) {
+          const i64 i = (i64)r * m + c;
+          C[i] = p.gemm_mode ? 2.f * Z[i] - acc[a][b] : acc[a][b];
+        }
+      }
+  }
+}
+
+#define NEWTON_SMEM(R, S)                                                                      \
+  extern "C" __global__ void __launch_bounds__(NEWTON_THREADS, 1)                              \
+      newton_pinv_t##S##_f32(const __grid_constant__ SoftKernelParams p) {                     \
+    newton_smem<R>(p);                                                                         \
+  }
+NEWTON_SMEM(1, 16)
+NEWTON_SMEM(2, 32)
+NEWTON_SMEM(4, 64)
+NEWTON_SMEM(8, 128)
+static_assert(8 * 16 == NEWTON_SMEM_MAX_M, "largest one-launch tile");
+
+extern "C" __global__ void __launch_bounds__(NEWTON_THREADS)
+    newton_init_f32(const __grid_constant__ SoftKernelParams p) {
+  newton_init(p);
+}
+extern "C" __global__ void __launch_bounds__(NEWTON_THREADS)
+    newton_gemm_f32(const __grid_constant__ SoftKernelParams p) {
+  newton_gemm(p);
+}

@@ -1,0 +1,760 @@
+//! SOFT on the GPU vs the f64 reference: landmarks, materialized products, the Newton iteration
+//! (one-launch and multi-launch paths), the fused attention over odd sizes, every dtype, both
+//! layouts, poisoned outputs, untied keys, given landmarks, AvgPool2d, determinism, typed errors.
+//! Skips (with a SKIP line) without a device.
+
+mod common;
+
+use half::{bf16, f16};
+use sofa::ops::soft::{self, Landmarks, NewtonPath, NewtonPlan, SoftParams};
+use sofa::ops::{TensorMut, TensorRef};
+use sofa::reference::{self, gather, soft as rsoft, Qkv, Rng};
+use sofa::verify::compare;
+use sofa::{Dims, Element, Error, Layout, LayoutKind, Runtime};
+
+const NS: [usize; 5] = [1, 7, 49, 1000, 4097];
+const MS: [usize; 6] = [1, 7, 49, 64, 100, 256];
+const DS: [usize; 4] = [1, 32, 64, 80];
+const KINDS: [LayoutKind; 2] = [LayoutKind::Bhnd, LayoutKind::Bnhd];
+
+fn pool1d(m: usize) -> SoftParams {
+    SoftParams {
+        landmarks: Landmarks::AvgPool1d { m },
+        ..Default::default()
+    }
+}
+
+fn nan_f32(len: usize) -> Vec<f32> {
+    vec![f32::NAN; len.max(1)]
+}
+
+fn widen(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| v as f64).collect()
+}
+
+/// Reference landmarks `[B,H,m,D]` of the keys (q when tied), from the f64 reference.
+fn reference_landmarks(x: &Qkv, p: &SoftParams, given: Option<&[f64]>) -> Vec<f64> {
+    let (d, m) = (x.dims.d, p.landmarks.count());
+    (0..x.heads())
+        .flat_map(|bh| {
+            let keys = if p.tied { x.q_of(bh) } else { x.k_of(bh) };
+            let g = given.map(|g| &g[bh * m * d..(bh + 1) * m * d]);
+            rsoft::landmarks(&rsoft::scaled(keys, d), d, &p.landmarks, g)
+        })
+        .collect()
+}
+
+/// One attention problem: host inputs (already rounded to T) and layouts.
+struct Case<T> {
+    lq: Layout,
+    lv: Layout,
+    q: Vec<T>,
+    k: Option<Vec<T>>,
+    v: Vec<T>,
+    given: Option<Vec<f32>>,
+    params: SoftParams,
+}
+
+impl<T: Element> Case<T> {
+    fn new(dims: Dims, dv: usize, kind: LayoutKind, params: SoftParams, seed: u64) -> Self {
+        let lq = Layout::of_kind(dims, kind);
+        let lv = Layout::of_kind(dims.with_d(dv), kind);
+        let mut rng = Rng::new(seed);
+        let q = common::random::<T>(&mut rng, &lq);
+        let k = (!params.tied).then(|| common::random::<T>(&mut rng, &lq));
+        let v = common::random::<T>(&mut rng, &lv);
+        let given = match params.landmarks {
+            Landmarks::Given { m } => {
+                let len = dims.b * dims.h * m * dims.d;
+                Some(rng.fill::<f32>(len, -0.5, 0.5))
+            }
+            _ => None,
+        };
+        Case {
+            lq,
+            lv,
+            q,
+            k,
+            v,
+            given,
+            params,
+        }
+    }
+
+    fn dims(&self) -> Dims {
+        self.lq.dims
+    }
+
+    /// Contiguous f64 copies (k = q when tied) and the given landmarks.
+    fn host(&self) -> (Vec<f64>, Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
+        let q = gather(&self.q, &self.lq);
+        let k = self
+            .k
+            .as_ref()
+            .map_or_else(|| q.clone(), |k| gather(k, &self.lq));
+        let v = gather(&self.v, &self.lv);
+        (q, k, v, self.given.as_deref().map(widen))
+    }
+
+    fn reference(&self) -> Vec<f64> {
+        let (q, k, v, given) = self.host();
+        let x = Qkv::self_attn(&q, &k, &v, self.dims(), self.lv.dims.d).unwrap();
+        rsoft::forward(&x, given.as_deref(), &self.params).unwrap()
+    }
+
+    fn run(&self, rt: &Runtime) -> Vec<f64> {
+        let stream = rt.new_stream().unwrap();
+        let q = stream.clone_htod(&self.q).unwrap();
+        let k = self.k.as_ref().map(|k| stream.clone_htod(k).unwrap());
+        let v = stream.clone_htod(&self.v).unwrap();
+        let given = self.given.as_ref().map(|g| stream.clone_htod(g).unwrap());
+        let mut o = stream.clone_htod(&common::poisoned::<T>(&self.lv)).unwrap();
+        soft::attention(
+            rt,
+            &stream,
+            &self.params,
+            TensorRef {
+                data: &q,
+                layout: self.lq,
+            },
+            k.as_ref().map(|k| TensorRef {
+                data: k,
+                layout: self.lq,
+            }),
+            TensorRef {
+                data: &v,
+                layout: self.lv,
+            },
+            TensorMut {
+                data: &mut o,
+                layout: self.lv,
+            },
+            given.as_ref(),
+            None,
+        )
+        .unwrap();
+        gather(&stream.clone_dtoh(&o).unwrap(), &self.lv)
+    }
+}
+
+/// `C = A·B` in f32 with sums in increasing k (the kernels' order), for row-major `A [r,k]`,
+/// `B [k,c]`.
+fn matmul32(a: &[f32], b: &[f32], r: usize, k: usize, c: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; r * c];
+    for i in 0..r {
+        for kk in 0..k {
+            let x = a[i * k + kk];
+            for j in 0..c {
+                out[i * c + j] = x.mul_add(b[kk * c + j], out[i * c + j]);
+            }
+        }
+    }
+    out
+}
+
+/// The fused algorithm evaluated on the CPU in f32 the way the kernels evaluate it (landmarks
+/// and A from differences, P from `‖x‖² + ‖l‖² − 2x·l`, fp32 Newton). Its distance from the f64
+/// reference is the error any fp32 evaluation has: the Newton iteration on a nearly singular A
+/// (clustered landmarks, e.g. means over long segments) amplifies fp32 rounding.
+fn emulate_f32(x: &Qkv, given: Option<&[f64]>, p: &SoftParams) -> Vec<f64> {
+    let (n, d, dv) = (x.dims.n, x.dims.d, x.dv);
+    let m = p.landmarks.count();
+    let ls = reference_landmarks(x, p, given);
+    let scale = (d as f64).powf(-0.25) as f32;
+    let mut out = Vec::with_capacity(x.heads() * n * dv);
+    for bh in 0..x.heads() {
+        let l: Vec<f32> = ls[bh * m * d..(bh + 1) * m * d]
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let q: Vec<f32> = x.q_of(bh).iter().map(|&v| v as f32 * scale).collect();
+        let keys = if p.tied { x.q_of(bh) } else { x.k_of(bh) };
+        let k: Vec<f32> = keys.iter().map(|&v| v as f32 * scale).collect();
+        let v: Vec<f32> = x.v_of(bh).iter().map(|&v| v as f32).collect();
+        let mut a = vec![0.0f32; m * m];
+        for i in 0..m {
+            for j in 0..m {
+                let d2: f32 = (0..d).map(|c| (l[i * d + c] - l[j * d + c]).powi(2)).sum();
+                a[i * m + j] = (-0.5 * d2).exp();
+            }
+        }
+        let max_row = a
+            .chunks_exact(m)
+            .map(|r| r.iter().sum::<f32>())
+            .fold(f32::NEG_INFINITY, f32::max);
+        let alpha = p.alpha_scale as f32 * 2.0 / (max_row * max_row);
+        (0..m).for_each(|i| a[i * m + i] += p.ridge as f32);
+        let mut z: Vec<f32> = a.iter().map(|&v| alpha * v).collect();
+        for _ in 0..p.newton_iters {
+            let zaz = matmul32(&matmul32(&z, &a, m, m, m), &z, m, m, m);
+            z.iter_mut()
+                .zip(&zaz)
+                .for_each(|(zi, t)| *zi = 2.0 * *zi - t);
+        }
+        let l2: Vec<f32> = l
+            .chunks_exact(d)
+            .map(|r| r.iter().map(|t| t * t).sum())
+            .collect();
+        let prow = |xi: &[f32]| -> Vec<f32> {
+            let x2: f32 = xi.iter().map(|t| t * t).sum();
+            l.chunks_exact(d)
+                .zip(&l2)
+                .map(|(lj, &lj2)| {
+                    let dot: f32 = xi.iter().zip(lj).map(|(s, t)| s * t).sum();
+                    (-0.5 * (x2 + lj2 - 2.0 * dot).max(0.0)).exp()
+                })
+                .collect()
+        };
+        let mut ptv = vec![0.0f32; m * dv];
+        for (ki, vi) in k.chunks_exact(d).zip(v.chunks_exact(dv)) {
+            for (pj, acc) in prow(ki).iter().zip(ptv.chunks_exact_mut(dv)) {
+                acc.iter_mut().zip(vi).for_each(|(s, t)| *s += pj * t);
+            }
+        }
+        let w = matmul32(&z, &ptv, m, m, dv);
+        for qi in q.chunks_exact(d) {
+            let pr = prow(qi);
+            out.extend((0..dv).map(|e| (0..m).map(|j| pr[j] * w[j * dv + e]).sum::<f32>() as f64));
+        }
+    }
+    out
+}
+
+fn check_attention<T: Element>(rt: &Runtime, case: &Case<T>, label: &str) {
+    let got = case.run(rt);
+    let want = case.reference();
+    let mut c = compare::<T>(&got, &want);
+    // The bound also admits 4× the error of the same algorithm in f32 on the CPU: the fp32
+    // Newton iteration on nearly singular A is the floor then, not the storage type.
+    let (hq, hk, hv, hg) = case.host();
+    let x = Qkv::self_attn(&hq, &hk, &hv, case.dims(), case.lv.dims.d).unwrap();
+    let emulated = reference::rel_frobenius(&emulate_f32(&x, hg.as_deref(), &case.params), &want);
+    c.bound = c.bound.max(4.0 * emulated);
+    let dims = case.dims();
+    let dv = case.lv.dims.d;
+    println!(
+        "soft {} {dims} dv={dv} {label}: {c}; f32 CPU evaluation {emulated:.1e}",
+        T::DTYPE
+    );
+    assert!(c.pass(), "soft {} {dims} dv={dv} {label}: {c}", T::DTYPE);
+}
+
+fn attention_sweep(ns: &[usize]) {
+    let Some(rt) = common::gpu("soft attention sweep") else {
+        return;
+    };
+    let mut seed = 1;
+    for &n in ns {
+        for &m in MS.iter().filter(|&&m| m <= n) {
+            for &d in &DS {
+                for kind in KINDS {
+                    let dims = Dims::new(1, 2, n, d);
+                    let label = format!("m={m} {kind:?}");
+                    let p = pool1d(m);
+                    check_attention(&rt, &Case::<f32>::new(dims, d, kind, p, seed), &label);
+                    check_attention(&rt, &Case::<f16>::new(dims, d, kind, p, seed + 1), &label);
+                    check_attention(&rt, &Case::<bf16>::new(dims, d, kind, p, seed + 2), &label);
+                    seed += 3;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn soft_attention_short_sequences() {
+    attention_sweep(&[1, 7, 49]);
+}
+
+#[test]
+fn soft_attention_medium_sequences() {
+    attention_sweep(&[1000, 4097]);
+}
+
+#[test]
+fn soft_attention_untied_keys_value_dims_and_heads() {
+    let Some(rt) = common::gpu("soft untied") else {
+        return;
+    };
+    let untied = |m| SoftParams {
+        tied: false,
+        ..pool1d(m)
+    };
+    for (dims, dv, m) in [
+        (Dims::new(2, 3, 300, 64), 32, 16),
+        (Dims::new(1, 2, 1000, 32), 200, 64),
+        (Dims::new(1, 2, 513, 256), 256, 100),
+        (Dims::new(2, 1, 77, 48), 17, 77),
+    ] {
+        for kind in KINDS {
+            for (i, p) in [pool1d(m), untied(m)].into_iter().enumerate() {
+                let label = format!("m={m} tied={} {kind:?}", p.tied);
+                let s = 100 + i as u64;
+                check_attention(&rt, &Case::<f32>::new(dims, dv, kind, p, s), &label);
+                check_attention(&rt, &Case::<f16>::new(dims, dv, kind, p, s), &label);
+                check_attention(&rt, &Case::<bf16>::new(dims, dv, kind, p, s), &label);
+            }
+        }
+    }
+}
+
+#[test]
+fn soft_attention_avgpool2d_and_given_landmarks() {
+    let Some(rt) = common::gpu("soft pool2d / given") else {
+        return;
+    };
+    let grid = |height, width, r| SoftParams {
+        landmarks: Landmarks::AvgPool2d { height, width, r },
+        ..Default::default()
+    };
+    let given = |m| SoftParams {
+        landmarks: Landmarks::Given { m },
+        ..Default::default()
+    };
+    for (n, d, p) in [
+        (14 * 14, 32, grid(14, 14, 2)),
+        (15 * 9, 64, grid(15, 9, 4)),
+        (32 * 32, 80, grid(32, 32, 2)),
+        (1000, 32, given(49)),
+        (7, 64, given(20)),
+    ] {
+        let dims = Dims::new(2, 2, n, d);
+        for kind in KINDS {
+            let label = format!("{:?} {kind:?}", p.landmarks);
+            check_attention(&rt, &Case::<f32>::new(dims, d, kind, p, 7), &label);
+            check_attention(&rt, &Case::<f16>::new(dims, d, kind, p, 8), &label);
+            check_attention(&rt, &Case::<bf16>::new(dims, d, kind, p, 9), &label);
+        }
+    }
+}
+
+#[test]
+fn soft_attention_non_default_newton_parameters() {
+    let Some(rt) = common::gpu("soft newton params") else {
+        return;
+    };
+    for (iters, ridge, alpha_scale) in [(1, 0.01, 0.9), (7, 0.1, 0.5), (30, 0.0, 1.0)] {
+        let p = SoftParams {
+            newton_iters: iters,
+            ridge,
+            alpha_scale,
+            ..pool1d(33)
+        };
+        let dims = Dims::new(1, 2, 500, 32);
+        let label = format!("T={iters} ridge={ridge} c={alpha_scale}");
+        check_attention(
+            &rt,
+            &Case::<f32>::new(dims, 32, LayoutKind::Bhnd, p, 3),
+            &label,
+        );
+    }
+}
+
+#[test]
+fn soft_attention_million_rows() {
+    let Some(rt) = common::gpu("soft N = 1M") else {
+        return;
+    };
+    let dims = Dims::new(1, 1, 1 << 20, 32);
+    let case = Case::<bf16>::new(dims, 32, LayoutKind::Bnhd, pool1d(64), 21);
+    check_attention(&rt, &case, "m=64 N=1M");
+}
+
+#[test]
+fn soft_attention_many_heads_grid_stride() {
+    // B·H beyond the 65535 grid limit of the y dim: the kernels loop over (b,h).
+    let Some(rt) = common::gpu("soft grid stride") else {
+        return;
+    };
+    let case = Case::<f16>::new(Dims::new(70000, 1, 9, 8), 8, LayoutKind::Bhnd, pool1d(3), 5);
+    check_attention(&rt, &case, "m=3 B=70000");
+}
+
+#[test]
+fn soft_attention_is_deterministic() {
+    let Some(rt) = common::gpu("soft determinism") else {
+        return;
+    };
+    for (dims, m) in [
+        (Dims::new(1, 4, 4097, 64), 100),
+        (Dims::new(1, 2, 65536, 32), 200),
+    ] {
+        let case = Case::<bf16>::new(dims, dims.d, LayoutKind::Bhnd, pool1d(m), 9);
+        let (a, b) = (case.run(&rt), case.run(&rt));
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{dims} m={m}: run-to-run outputs differ"
+        );
+    }
+}
+
+/// Landmarks and the materialized products of one case, checked against the reference.
+fn check_products<T: Element>(rt: &Runtime, case: &Case<T>, label: &str) {
+    let stream = rt.new_stream().unwrap();
+    let Dims { b, h, n, d } = case.dims();
+    let m = case.params.landmarks.count();
+    let q = stream.clone_htod(&case.q).unwrap();
+    let k = case.k.as_ref().map(|k| stream.clone_htod(k).unwrap());
+    let given = case.given.as_ref().map(|g| stream.clone_htod(g).unwrap());
+    let mut l = stream.clone_htod(&nan_f32(b * h * m * d)).unwrap();
+    let mut pm = stream.clone_htod(&nan_f32(b * h * n * m)).unwrap();
+    let mut am = stream.clone_htod(&nan_f32(b * h * m * m)).unwrap();
+    let tq = || TensorRef {
+        data: &q,
+        layout: case.lq,
+    };
+    let tk = k.as_ref().map(|k| TensorRef {
+        data: k,
+        layout: case.lq,
+    });
+    soft::landmarks(rt, &stream, &case.params, tq(), tk, given.as_ref(), &mut l).unwrap();
+    soft::gaussian_products(rt, &stream, tq(), m, &l, &mut pm, &mut am).unwrap();
+    let (got_l, got_p, got_a) = (
+        widen(&stream.clone_dtoh(&l).unwrap()),
+        widen(&stream.clone_dtoh(&pm).unwrap()),
+        widen(&stream.clone_dtoh(&am).unwrap()),
+    );
+
+    let (hq, hk, hv, hg) = case.host();
+    let x = Qkv::self_attn(&hq, &hk, &hv, case.dims(), case.lv.dims.d).unwrap();
+    let want_l = reference_landmarks(&x, &case.params, hg.as_deref());
+    let (want_p, want_a) = rsoft::gaussian_products(&x, hg.as_deref(), &case.params).unwrap();
+    for (what, got, want) in [
+        ("landmarks", &got_l, &want_l),
+        ("P", &got_p, &want_p),
+        ("A", &got_a, &want_a),
+    ] {
+        let c = compare::<f32>(got, want);
+        println!("soft {what} {} {} {label}: {c}", T::DTYPE, case.dims());
+        assert!(c.pass(), "{what} {} {} {label}: {c}", T::DTYPE, case.dims());
+    }
+}
+
+#[test]
+fn soft_landmarks_and_products_sweep() {
+    let Some(rt) = common::gpu("soft products sweep") else {
+        return;
+    };
+    let mut seed = 1000;
+    for &n in &NS {
+        for &m in MS.iter().filter(|&&m| m <= n) {
+            for &d in &DS {
+                for kind in KINDS {
+                    let dims = Dims::new(2, 2, n, d);
+                    let label = format!("m={m} {kind:?}");
+                    let p = pool1d(m);
+                    check_products(&rt, &Case::<f32>::new(dims, 1, kind, p, seed), &label);
+                    check_products(&rt, &Case::<f16>::new(dims, 1, kind, p, seed + 1), &label);
+                    check_products(&rt, &Case::<bf16>::new(dims, 1, kind, p, seed + 2), &label);
+                    seed += 3;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn soft_products_avgpool2d_untied_and_given() {
+    let Some(rt) = common::gpu("soft products variants") else {
+        return;
+    };
+    let variants = [
+        (
+            14 * 14,
+            SoftParams {
+                landmarks: Landmarks::AvgPool2d {
+                    height: 14,
+                    width: 14,
+                    r: 3,
+                },
+                ..Default::default()
+            },
+        ),
+        (
+            31 * 33,
+            SoftParams {
+                landmarks: Landmarks::AvgPool2d {
+                    height: 31,
+                    width: 33,
+                    r: 2,
+                },
+                tied: false,
+                ..Default::default()
+            },
+        ),
+        (
+            500,
+            SoftParams {
+                tied: false,
+                ..pool1d(100)
+            },
+        ),
+        (
+            50,
+            SoftParams {
+                landmarks: Landmarks::Given { m: 70 },
+                ..Default::default()
+            },
+        ),
+    ];
+    for (n, p) in variants {
+        for kind in KINDS {
+            let dims = Dims::new(2, 3, n, 48);
+            let label = format!("{:?} tied={} {kind:?}", p.landmarks, p.tied);
+            check_products(&rt, &Case::<f32>::new(dims, 1, kind, p, 5), &label);
+            check_products(&rt, &Case::<bf16>::new(dims, 1, kind, p, 6), &label);
+        }
+    }
+}
+
+/// `batch` matrices A = exp(−½D²(L, L)) of random landmarks: spread out (well-conditioned) or
+/// clustered around one point (ill-conditioned). Rounded to f32, returned widened.
+fn gram_batch(batch: usize, m: usize, clustered: bool, seed: u64) -> Vec<f64> {
+    let d = 16;
+    let mut rng = Rng::new(seed);
+    let mut out = Vec::with_capacity(batch * m * m);
+    for _ in 0..batch {
+        let center: Vec<f64> = (0..d).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let l: Vec<f64> = (0..m * d)
+            .map(|i| {
+                if clustered {
+                    center[i % d] + rng.uniform(-0.05, 0.05)
+                } else {
+                    rng.uniform(-1.5, 1.5)
+                }
+            })
+            .collect();
+        out.extend(rsoft::gaussian(&l, &l, d));
+    }
+    out.iter().map(|&x| x as f32 as f64).collect()
+}
+
+fn run_newton(
+    rt: &Runtime,
+    a: &[f64],
+    batch: usize,
+    m: usize,
+    p: &SoftParams,
+    path: NewtonPath,
+) -> Vec<f64> {
+    let stream = rt.new_stream().unwrap();
+    let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+    let da = stream.clone_htod(&a32).unwrap();
+    let mut z = stream.clone_htod(&nan_f32(batch * m * m)).unwrap();
+    soft::newton_pinv(rt, &stream, p, batch, m, path, &da, &mut z, None).unwrap();
+    widen(&stream.clone_dtoh(&z).unwrap())
+}
+
+fn reference_newton(a: &[f64], m: usize, p: &SoftParams) -> Vec<f64> {
+    a.chunks_exact(m * m)
+        .flat_map(|ai| rsoft::newton_pinv(ai, m, p))
+        .collect()
+}
+
+fn paths_for(rt: &Runtime, m: usize) -> Vec<NewtonPath> {
+    let mut paths = vec![NewtonPath::MultiLaunch];
+    if soft::newton_fits_on_chip(m, rt.info().smem_per_block_optin) {
+        paths.push(NewtonPath::OneLaunch);
+    } else if m <= soft::NEWTON_SMEM_MAX_M {
+        println!("one-launch Newton skipped for m = {m}: not enough shared memory");
+    }
+    paths
+}
+
+#[test]
+fn soft_newton_matches_the_f64_iteration() {
+    let Some(rt) = common::gpu("soft newton") else {
+        return;
+    };
+    let p = SoftParams::default();
+    let mut seed = 1;
+    for m in [1, 2, 7, 16, 17, 33, 64, 100, 128, 129, 200, 256] {
+        for (clustered, tol) in [(false, 1e-4), (true, 1e-2)] {
+            let batch = 3;
+            let a = gram_batch(batch, m, clustered, seed);
+            seed += 1;
+            let want = reference_newton(&a, m, &p);
+            let mut outs = Vec::new();
+            for path in paths_for(&rt, m) {
+                let got = run_newton(&rt, &a, batch, m, &p, path);
+                let rel = reference::rel_frobenius(&got, &want);
+                println!("newton m={m} clustered={clustered} {path:?}: rel {rel:.3e}");
+                assert!(
+                    rel <= tol,
+                    "m={m} clustered={clustered} {path:?}: {rel:.3e}"
+                );
+                outs.push(got);
+            }
+            if let [multi, one] = &outs[..] {
+                let rel = reference::rel_frobenius(one, multi);
+                // Same sums in the same order; only FMA contraction may differ, and the
+                // iteration amplifies that on a nearly singular A.
+                let agree = if clustered { 1e-3 } else { 1e-5 };
+                assert!(rel <= agree, "m={m}: the two paths differ by {rel:.3e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn soft_newton_parameters_and_convergence() {
+    let Some(rt) = common::gpu("soft newton convergence") else {
+        return;
+    };
+    // Many steps on a well-conditioned A: Z ≈ (A + λI)⁻¹.
+    for m in [8, 64, 160] {
+        let p = SoftParams {
+            newton_iters: 60,
+            ..Default::default()
+        };
+        let a = gram_batch(2, m, false, 77);
+        let mut want = Vec::new();
+        for ai in a.chunks_exact(m * m) {
+            let mut ah = ai.to_vec();
+            (0..m).for_each(|i| ah[i * m + i] += p.ridge);
+            want.extend(rsoft::exact_inverse(&ah, m).unwrap());
+        }
+        for path in paths_for(&rt, m) {
+            let got = run_newton(&rt, &a, 2, m, &p, path);
+            let rel = reference::rel_frobenius(&got, &want);
+            println!("newton T=60 m={m} {path:?} vs inverse: rel {rel:.3e}");
+            assert!(rel <= 1e-4, "m={m} {path:?}: {rel:.3e}");
+        }
+    }
+    // Every parameter is honoured.
+    for (iters, ridge, alpha_scale) in [(1, 0.01, 0.9), (5, 0.0, 0.5), (21, 0.3, 1.0)] {
+        let p = SoftParams {
+            newton_iters: iters,
+            ridge,
+            alpha_scale,
+            ..Default::default()
+        };
+        let m = 40;
+        let a = gram_batch(2, m, false, 5);
+        let want = reference_newton(&a, m, &p);
+        for path in paths_for(&rt, m) {
+            let got = run_newton(&rt, &a, 2, m, &p, path);
+            let rel = reference::rel_frobenius(&got, &want);
+            assert!(
+                rel <= 1e-4,
+                "T={iters} λ={ridge} c={alpha_scale} {path:?}: {rel:.3e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn soft_newton_is_deterministic() {
+    let Some(rt) = common::gpu("soft newton determinism") else {
+        return;
+    };
+    let p = SoftParams::default();
+    for m in [64, 200] {
+        let a = gram_batch(4, m, true, 3);
+        for path in paths_for(&rt, m) {
+            let x = run_newton(&rt, &a, 4, m, &p, path);
+            let y = run_newton(&rt, &a, 4, m, &p, path);
+            assert!(x.iter().zip(&y).all(|(u, v)| u.to_bits() == v.to_bits()));
+        }
+    }
+}
+
+#[test]
+fn soft_safe_api_rejects_bad_buffers() {
+    let Some(rt) = common::gpu("soft errors") else {
+        return;
+    };
+    let stream = rt.new_stream().unwrap();
+    let dims = Dims::new(1, 2, 100, 32);
+    let l = Layout::contiguous(dims);
+    let span = l.span().unwrap();
+    let full = stream.alloc_zeros::<f32>(span).unwrap();
+    let short = stream.alloc_zeros::<f32>(span - 1).unwrap();
+    let mut o = stream.alloc_zeros::<f32>(span).unwrap();
+    let t = |d| TensorRef { data: d, layout: l };
+    let p = pool1d(10);
+    let mut attn = |v, ws: Option<&mut _>, given: Option<&_>, p: &SoftParams| {
+        soft::attention(
+            &rt,
+            &stream,
+            p,
+            t(&full),
+            None,
+            t(v),
+            TensorMut {
+                data: &mut o,
+                layout: l,
+            },
+            given,
+            ws,
+        )
+        .unwrap_err()
+    };
+    let e = attn(&short, None, None, &p);
+    assert!(matches!(e, Error::BufferTooSmall { arg: "v", .. }), "{e}");
+    let mut ws = stream.alloc_zeros::<u8>(16).unwrap();
+    let e = attn(&full, Some(&mut ws), None, &p);
+    assert!(
+        matches!(
+            e,
+            Error::BufferTooSmall {
+                arg: "workspace",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let given = stream.alloc_zeros::<f32>(10).unwrap();
+    let e = attn(&full, None, Some(&given), &p);
+    assert_eq!(e.argument(), Some("landmarks"), "{e}");
+    let gp = SoftParams {
+        landmarks: Landmarks::Given { m: 10 },
+        ..Default::default()
+    };
+    let e = attn(&full, None, Some(&given), &gp);
+    assert!(
+        matches!(
+            e,
+            Error::BufferTooSmall {
+                arg: "landmarks",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = attn(&full, None, None, &gp);
+    assert_eq!(e.argument(), Some("landmarks"), "{e}");
+
+    let a = stream.alloc_zeros::<f32>(3 * 64 * 64 - 1).unwrap();
+    let mut z = stream.alloc_zeros::<f32>(3 * 64 * 64).unwrap();
+    let e =
+        soft::newton_pinv(&rt, &stream, &p, 3, 64, NewtonPath::Auto, &a, &mut z, None).unwrap_err();
+    assert!(matches!(e, Error::BufferTooSmall { arg: "a", .. }), "{e}");
+    let plan = NewtonPlan::new(3, 64, &p, NewtonPath::MultiLaunch, 0).unwrap();
+    let mut small = stream
+        .alloc_zeros::<u8>(plan.workspace_bytes() - 4)
+        .unwrap();
+    let a = stream.alloc_zeros::<f32>(3 * 64 * 64).unwrap();
+    let e = soft::newton_pinv(
+        &rt,
+        &stream,
+        &p,
+        3,
+        64,
+        NewtonPath::MultiLaunch,
+        &a,
+        &mut z,
+        Some(&mut small),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::BufferTooSmall {
+                arg: "workspace",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
