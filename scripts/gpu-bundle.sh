@@ -3,6 +3,7 @@
 # them with run-gpu-checks.sh into gpu-bundle/ (ignored by git), so a GPU machine with the CUDA
 # driver but no Rust toolchain can run the GPU tests, compute-sanitizer and benchmarks from that
 # folder alone:   (cd gpu-bundle && ./run-gpu-checks.sh [OUT_DIR])
+# The same folder packed as gpu-bundle.tar.xz is what fits a transfer to a lent GPU machine.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -36,5 +37,8 @@ cp "${CARGO_TARGET_DIR:-target}/release/examples/embed_two_layer" "$bundle/"
 strip "$bundle/sofa" "$bundle/sofa_example" "$bundle/embed_two_layer" "$bundle"/tests/* "$bundle"/benches/* 2>/dev/null || true
 cp scripts/run-gpu-checks.sh scripts/gpu-verify.sh scripts/torch_reference.py "$bundle/"
 git rev-parse --short HEAD >"$bundle/COMMIT" 2>/dev/null || echo unknown >"$bundle/COMMIT"
-du -sh "$bundle"
+# Every test binary embeds all fatbins (~11 MB), so the folder exceeds what a 64 MiB transfer to a
+# GPU machine can carry; the xz archive (~26 MB) fits. There: mkdir b && tar xJf gpu-bundle.tar.xz -C b
+tar cJf "$bundle.tar.xz" -C "$bundle" .
+du -sh "$bundle" "$bundle.tar.xz"
 ls "$bundle" "$bundle/tests" "$bundle/benches"
