@@ -9,7 +9,10 @@
 //! [`State::step`] adds one token per sequence. All kernels are CUDA-core fp32; any D, Dv ≤ 256,
 //! any strides with a unit last dim.
 
-use super::{launch, ptr_of_mut, with_raw, RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM};
+use super::{
+    check_raw, check_workspace, launch, ptr_of_mut, with_raw, RawTensor, TensorMut, TensorRef,
+    MAX_HEAD_DIM,
+};
 use crate::error::{Error, Result};
 use crate::runtime::{oom_or, Runtime};
 use crate::tensor::{DType, Dims, Element, Layout};
@@ -268,48 +271,6 @@ fn strides(l: &Layout) -> [i64; 3] {
         l.strides.head as i64,
         l.strides.seq as i64,
     ]
-}
-
-/// Null and dtype-alignment checks of raw pointers, and the output must not overlap itself.
-fn check_raw(dtype: DType, ts: [(&'static str, &RawTensor); 4]) -> Result<()> {
-    let o = ts[3].1;
-    if !o.layout.is_non_overlapping() {
-        return Err(Error::shape(
-            "o",
-            format!("output strides {:?} overlap", o.layout.strides),
-        ));
-    }
-    for (arg, t) in ts {
-        if t.ptr == 0 {
-            return Err(Error::param(arg, "null", "device pointer is null"));
-        }
-        if t.ptr % dtype.size() as u64 != 0 {
-            return Err(Error::param(
-                arg,
-                format!("{:#x}", t.ptr),
-                format!("not aligned to {dtype}"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn check_workspace(need: usize, workspace: u64, len: usize) -> Result<()> {
-    if len < need {
-        return Err(Error::BufferTooSmall {
-            arg: "workspace",
-            needed: need,
-            len,
-        });
-    }
-    if need > 0 && (workspace == 0 || workspace % 4 != 0) {
-        return Err(Error::param(
-            "workspace",
-            format!("{workspace:#x}"),
-            "must be non-null and 4-byte aligned",
-        ));
-    }
-    Ok(())
 }
 
 /// Kernel parameters for a plan over raw tensors.

@@ -7,7 +7,7 @@ pub mod soft;
 
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
-use crate::tensor::{Element, Layout};
+use crate::tensor::{DType, Element, Layout};
 use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
 };
@@ -90,6 +90,53 @@ pub(crate) unsafe fn launch_smem<P: cudarc::driver::DeviceRepr>(
     let mut builder = stream.launch_builder(f);
     builder.arg(params);
     builder.launch(cfg)?;
+    Ok(())
+}
+
+/// Null and dtype-alignment checks of a raw pointer.
+pub(crate) fn check_ptr(dtype: DType, arg: &'static str, t: &RawTensor) -> Result<()> {
+    if t.ptr == 0 {
+        return Err(Error::param(arg, "null", "device pointer is null"));
+    }
+    if t.ptr % dtype.size() as u64 != 0 {
+        return Err(Error::param(
+            arg,
+            format!("{:#x}", t.ptr),
+            format!("not aligned to {dtype}"),
+        ));
+    }
+    Ok(())
+}
+
+/// [`check_ptr`] for q, k, v, o (in that order), and the output must not overlap itself.
+pub(crate) fn check_raw(dtype: DType, ts: [(&'static str, &RawTensor); 4]) -> Result<()> {
+    let o = ts[3].1;
+    if !o.layout.is_non_overlapping() {
+        return Err(Error::shape(
+            "o",
+            format!("output strides {:?} overlap", o.layout.strides),
+        ));
+    }
+    ts.into_iter()
+        .try_for_each(|(arg, t)| check_ptr(dtype, arg, t))
+}
+
+/// A raw workspace must hold `need` bytes and be non-null and 4-byte aligned when used.
+pub(crate) fn check_workspace(need: usize, workspace: u64, len: usize) -> Result<()> {
+    if len < need {
+        return Err(Error::BufferTooSmall {
+            arg: "workspace",
+            needed: need,
+            len,
+        });
+    }
+    if need > 0 && (workspace == 0 || workspace % 4 != 0) {
+        return Err(Error::param(
+            "workspace",
+            format!("{workspace:#x}"),
+            "must be non-null and 4-byte aligned",
+        ));
+    }
     Ok(())
 }
 

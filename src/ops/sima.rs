@@ -5,7 +5,10 @@
 //! f16/bf16 with D == Dv ∈ {32, 48, 64, 128} and 16-byte-aligned rows run both products on tensor
 //! cores; everything else (f32, other head dims, odd strides) on the CUDA-core kernels.
 
-use super::{launch, launch_smem, with_raw, RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM};
+use super::{
+    check_raw, check_workspace, launch, launch_smem, with_raw, RawTensor, TensorMut, TensorRef,
+    MAX_HEAD_DIM,
+};
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use crate::tensor::{DType, Dims, Element, Layout};
@@ -196,39 +199,8 @@ pub unsafe fn forward_raw(
     workspace_len: usize,
 ) -> Result<()> {
     let plan = Plan::new(&q.layout, &k.layout, &v.layout, &o.layout)?;
-    if !o.layout.is_non_overlapping() {
-        return Err(Error::shape(
-            "o",
-            format!("output strides {:?} overlap", o.layout.strides),
-        ));
-    }
-    for (arg, t) in [("q", &q), ("k", &k), ("v", &v), ("o", &o)] {
-        if t.ptr == 0 {
-            return Err(Error::param(arg, "null", "device pointer is null"));
-        }
-        if t.ptr % dtype.size() as u64 != 0 {
-            return Err(Error::param(
-                arg,
-                format!("{:#x}", t.ptr),
-                format!("not aligned to {dtype}"),
-            ));
-        }
-    }
-    let need = plan.workspace_bytes();
-    if workspace_len < need {
-        return Err(Error::BufferTooSmall {
-            arg: "workspace",
-            needed: need,
-            len: workspace_len,
-        });
-    }
-    if need > 0 && (workspace == 0 || workspace % 4 != 0) {
-        return Err(Error::param(
-            "workspace",
-            format!("{workspace:#x}"),
-            "must be non-null and 4-byte aligned",
-        ));
-    }
+    check_raw(dtype, [("q", &q), ("k", &k), ("v", &v), ("o", &o)])?;
+    check_workspace(plan.workspace_bytes(), workspace, workspace_len)?;
 
     let Dims { b, h, n, d } = plan.dims;
     let dv = plan.dv;

@@ -18,7 +18,10 @@
 //! Every reduction runs in a fixed order: outputs are bit-identical run to run.
 
 use super::MAX_HEAD_DIM;
-use super::{launch, launch_smem, ptr_of, ptr_of_mut, with_raw, RawTensor, TensorMut, TensorRef};
+use super::{
+    check_ptr, check_workspace, launch, launch_smem, ptr_of, ptr_of_mut, with_raw, RawTensor,
+    TensorMut, TensorRef,
+};
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
 use crate::tensor::{DType, Dims, Element, Layout};
@@ -359,24 +362,6 @@ impl NewtonPlan {
     }
 }
 
-fn check_workspace(need: usize, workspace: u64, len: usize) -> Result<()> {
-    if len < need {
-        return Err(Error::BufferTooSmall {
-            arg: "workspace",
-            needed: need,
-            len,
-        });
-    }
-    if need > 0 && (workspace == 0 || workspace % 4 != 0) {
-        return Err(Error::param(
-            "workspace",
-            format!("{workspace:#x}"),
-            "must be non-null and 4-byte aligned",
-        ));
-    }
-    Ok(())
-}
-
 fn check_f32_buffer(arg: &'static str, ptr: u64, len: usize, need: usize) -> Result<()> {
     if len < need {
         return Err(Error::BufferTooSmall {
@@ -390,20 +375,6 @@ fn check_f32_buffer(arg: &'static str, ptr: u64, len: usize, need: usize) -> Res
             arg,
             format!("{ptr:#x}"),
             "must be non-null and 4-byte aligned",
-        ));
-    }
-    Ok(())
-}
-
-fn check_ptr(dtype: DType, arg: &'static str, t: &RawTensor) -> Result<()> {
-    if t.ptr == 0 {
-        return Err(Error::param(arg, "null", "device pointer is null"));
-    }
-    if t.ptr % dtype.size() as u64 != 0 {
-        return Err(Error::param(
-            arg,
-            format!("{:#x}", t.ptr),
-            format!("not aligned to {dtype}"),
         ));
     }
     Ok(())
