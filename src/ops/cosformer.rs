@@ -340,49 +340,27 @@ unsafe fn queue(
     let elem_blocks = grid_dim(per.div_ceil(THREADS as usize));
     let reduce = rt.function(FAMILY, &format!("cosformer_reduce_{dt}"))?;
     p.partial = workspace;
-    if plan.causal {
-        let scan = rt.function(FAMILY, "cosformer_scan_f32")?;
-        let out = rt.function(FAMILY, &format!("cosformer_causal_{dt}"))?;
-        // SAFETY: the caller's contract; grids cover every chunk, state element and query block.
-        unsafe {
-            launch(
-                stream,
-                &reduce,
-                (grid_dim(plan.chunks), bh_y, tiles),
-                THREADS,
-                &p,
-            )?;
-            launch(stream, &scan, (elem_blocks, bh_y, 1), THREADS, &p)?;
-            launch(
-                stream,
-                &out,
-                (grid_dim(plan.n.div_ceil(BLOCK)), bh_y, e_tiles),
-                THREADS,
-                &p,
-            )?;
-        }
+    // Causal: an exclusive scan over the chunk partials, then per-chunk outputs. Non-causal: the
+    // partials summed into one state (after them in the workspace), then the map over queries.
+    let (middle, out) = if plan.causal {
+        (
+            rt.function(FAMILY, "cosformer_scan_f32")?,
+            rt.function(FAMILY, &format!("cosformer_causal_{dt}"))?,
+        )
     } else {
         p.state = workspace + (bh * plan.chunks * per * 4) as u64;
-        let finalize = rt.function(FAMILY, "cosformer_finalize_f32")?;
-        let map = rt.function(FAMILY, &format!("cosformer_map_{dt}"))?;
-        // SAFETY: as above; the summed state lives in the workspace after the partials.
-        unsafe {
-            launch(
-                stream,
-                &reduce,
-                (grid_dim(plan.chunks), bh_y, tiles),
-                THREADS,
-                &p,
-            )?;
-            launch(stream, &finalize, (elem_blocks, bh_y, 1), THREADS, &p)?;
-            launch(
-                stream,
-                &map,
-                (grid_dim(plan.n.div_ceil(BLOCK)), bh_y, e_tiles),
-                THREADS,
-                &p,
-            )?;
-        }
+        (
+            rt.function(FAMILY, "cosformer_finalize_f32")?,
+            rt.function(FAMILY, &format!("cosformer_map_{dt}"))?,
+        )
+    };
+    // SAFETY: the caller's contract; grids cover every chunk, state element and query block.
+    unsafe {
+        let reduce_grid = (grid_dim(plan.chunks), bh_y, tiles);
+        launch(stream, &reduce, reduce_grid, THREADS, &p)?;
+        launch(stream, &middle, (elem_blocks, bh_y, 1), THREADS, &p)?;
+        let out_grid = (grid_dim(plan.n.div_ceil(BLOCK)), bh_y, e_tiles);
+        launch(stream, &out, out_grid, THREADS, &p)?;
     }
     Ok(())
 }
