@@ -1,6 +1,7 @@
 //! Operators on the GPU. Each module: parameters and defaults, `validate`/`plan` (pure, no GPU),
 //! a raw launch over device pointers on a caller's stream, and a safe wrapper over `CudaSlice`.
 
+pub mod aft;
 pub mod cosformer;
 pub mod sima;
 pub mod soft;

@@ -1,0 +1,457 @@
+// AFT — attention free transformer (SPEC §3), CUDA-core fp32 kernels. Per channel c,
+//   Y_t = σ(Q_t) · Σ_{t'} exp(K_{t'} + w_{t,t'}) V_{t'} / Σ_{t'} exp(K_{t'} + w_{t,t'}).
+// Launches (every variant, causal or not):
+//   aft_chunk   per (chunk of 64 rows, bh, channel tile): max of K and Σ e·V, Σ e with e = exp(K − max)
+//   aft_scan    per (channel group, bh): statistics of every prefix [0, i) and suffix [i, end) of chunks
+//   aft_map     AFT-simple non-causal: Y = σ(Q) · a/z of the whole sequence
+//   aft_rowmax  AFT-full: max of each row of w (shared by every slice)
+//   aft_window  everything else: per 64-row tile, the keys whose weight is not the same for every
+//               row of the tile (the band, the causal diagonal, all keys for full) as a dense
+//               weight block × [E⊙V | E] product, plus the prefix/suffix statistics outside it.
+// Stability: E = exp(K − M_c) with M_c the channel max over the keys a tile can see, the weight of
+// row t is exp(w − r_t) with r_t its row max (≥ 0 for local/conv, whose far keys have w = 0), so
+// nothing exceeds 1. When a denominator still falls below AFT_DEN_MIN (K and w peaking at
+// different keys) that output is recomputed directly with the joint max of K + w.
+#include "aft.cuh"
+
+static_assert(sizeof(AftParams) == AFT_PARAMS_SIZE, "AftParams layout changed: update Rust");
+
+#define AFT_NEG_INF __int_as_float(0xff800000)
+// Below this (relative to the shifts) a denominator may have lost terms to underflow: with every
+// term ≤ 1 and underflow below 2^-126, at most T·2^-126 is missing, ≤ 2^-25 relative for T ≤ 2^21.
+#define AFT_DEN_MIN 8.27180613e-25f  // 2^-80
+
+struct AftStat {
+  float m, a, z;
+};
+
+// (m, a, z) of the union of two disjoint key sets, in a fixed order. An empty side has m = −inf
+// and contributes exp(−inf) = 0; NaN in a or z propagates.
+__device__ __forceinline__ AftStat aft_combine(AftStat x, AftStat y) {
+  const float m = fmaxf(x.m, y.m);
+  if (m == AFT_NEG_INF) return {m, x.a + y.a, x.z + y.z};
+  const float sx = expf(x.m - m), sy = expf(y.m - m);
+  return {m, fmaf(x.a, sx, y.a * sy), fmaf(x.z, sx, y.z * sy)};
+}
+
+__device__ __forceinline__ AftStat aft_load(const float* base, int d, int c) {
+  return {base[c], base[d + c], base[2 * d + c]};
+}
+__device__ __forceinline__ void aft_store(float* base, int d, int c, AftStat s) {
+  base[c] = s.m;
+  base[d + c] = s.a;
+  base[2 * d + c] = s.z;
+}
+
+__device__ __forceinline__ float aft_sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
+
+// Statistics array `arr` ([bh][n][3][d]) at (bh, i).
+__device__ __forceinline__ float* aft_stats(u64 arr, int bh, int n, int i, int d) {
+  return reinterpret_cast<float*>(arr) + ((i64)bh * n + i) * 3 * d;
+}
+
+// w_{t,t'} of head h for t' inside the row's window (the caller masks causal t' > t).
+__device__ __forceinline__ float aft_bias(const AftParams& p, int h, int t, int tp) {
+  const float* w = reinterpret_cast<const float*>(p.w);
+  switch (p.variant) {
+    case AFT_LOCAL:
+    case AFT_CONV: {
+      const int s = p.window;
+      const int j = tp - t;  // |j| < s is the band
+      if (j <= -s || j >= s) return 0.f;
+      const i64 row = p.variant == AFT_LOCAL ? (i64)t : (i64)h;
+      return w[row * (2 * (i64)s - 1) + (j + s - 1)];
+    }
+    case AFT_FULL:
+      return w[(i64)t * p.t + tp];
+    default:
+      return 0.f;
+  }
+}
+
+// Chunk pass: part[bh][chunk] = (max K, Σ exp(K − max)·V, Σ exp(K − max)) per channel.
+// Grid: x = chunk, y = bh (grid-stride), z = channel tile; 4 row lanes × 64 channels per CTA.
+// Traffic: K and V read once; 3 floats per channel per chunk written.
+template <typename T>
+__device__ void aft_chunk(const AftParams& p) {
+  constexpr int LANES = AFT_THREADS / AFT_CT, PER = AFT_CHUNK / LANES;
+  __shared__ AftStat red[LANES][AFT_CT];
+  const int tx = threadIdx.x % AFT_CT, ty = threadIdx.x / AFT_CT;
+  const int c = blockIdx.z * AFT_CT + tx;
+  const int row0 = blockIdx.x * AFT_CHUNK;
+  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
+    const int b = bh / p.h, h = bh % p.h;
+    const T* k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
+    const T* v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
+    float kx[PER], vx[PER];
+    float m = AFT_NEG_INF;
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      const int row = row0 + ty + LANES * i;
+      const bool ok = c < p.d && row < p.t;
+      kx[i] = ok ? to_f32(k[(i64)row * p.k_sn + c]) : AFT_NEG_INF;
+      vx[i] = ok ? to_f32(v[(i64)row * p.v_sn + c]) : 0.f;
+      m = fmaxf(m, kx[i]);
+    }
+    AftStat s = {m, 0.f, 0.f};
+    if (m != AFT_NEG_INF) {
+#pragma unroll
+      for (int i = 0; i < PER; ++i) {
+        if (kx[i] == AFT_NEG_INF) continue;  // a padding row (or a key of −inf: weight 0)
+        const float e = expf(kx[i] - m);
+        s.a = fmaf(e, vx[i], s.a);
+        s.z += e;
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < PER; ++i)  // only NaN (or no) keys: keep the NaN
+        if (kx[i] != kx[i]) s.a = s.z = kx[i];
+    }
+    red[ty][tx] = s;
+    __syncthreads();
+    if (ty == 0 && c < p.d) {
+      AftStat acc = red[0][tx];
+#pragma unroll
+      for (int l = 1; l < LANES; ++l) acc = aft_combine(acc, red[l][tx]);
+      aft_store(aft_stats(p.part, bh, p.chunks, blockIdx.x, p.d), p.d, c, acc);
+    }
+    __syncthreads();
+  }
+}
+
+// Scan pass: pre[bh][i] = statistics of chunks [0, i), suf[bh][i] = of chunks [i, chunks)
+// (suf only when p.suf != 0). Grid: x = group of 32 channels, y = bh (grid-stride); warp w owns a
+// contiguous segment of chunks, segments are combined in a fixed order (deterministic).
+// Traffic: part read twice (segment totals, then the rescan), pre (and suf) written once.
+__device__ void aft_scan(const AftParams& p) {
+  __shared__ AftStat seg_tot[AFT_SEGS][32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int c = blockIdx.x * 32 + lane;
+  const int seg = div_up(p.chunks, AFT_SEGS);
+  const int first = min(p.chunks, warp * seg), last = min(p.chunks, first + seg);
+  const AftStat empty = {AFT_NEG_INF, 0.f, 0.f};
+  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
+    AftStat tot = empty;
+    if (c < p.d)
+      for (int i = first; i < last; ++i)
+        tot = aft_combine(tot, aft_load(aft_stats(p.part, bh, p.chunks, i, p.d), p.d, c));
+    seg_tot[warp][lane] = tot;
+    __syncthreads();
+    if (c < p.d) {
+      AftStat cur = empty;
+      for (int w = 0; w < warp; ++w) cur = aft_combine(cur, seg_tot[w][lane]);
+      for (int i = first; i < last; ++i) {
+        aft_store(aft_stats(p.pre, bh, p.chunks + 1, i, p.d), p.d, c, cur);
+        cur = aft_combine(cur, aft_load(aft_stats(p.part, bh, p.chunks, i, p.d), p.d, c));
+      }
+      if (warp == AFT_SEGS - 1) aft_store(aft_stats(p.pre, bh, p.chunks + 1, p.chunks, p.d), p.d, c, cur);
+      if (p.suf) {
+        cur = empty;
+        for (int w = AFT_SEGS - 1; w > warp; --w) cur = aft_combine(seg_tot[w][lane], cur);
+        if (warp == AFT_SEGS - 1) aft_store(aft_stats(p.suf, bh, p.chunks + 1, p.chunks, p.d), p.d, c, cur);
+        for (int i = last - 1; i >= first; --i) {
+          cur = aft_combine(aft_load(aft_stats(p.part, bh, p.chunks, i, p.d), p.d, c), cur);
+          aft_store(aft_stats(p.suf, bh, p.chunks + 1, i, p.d), p.d, c, cur);
+        }
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// AFT-simple, non-causal: Y = σ(Q) · a/z with (a, z) of the whole sequence (pre[chunks]).
+// Grid: x = block of AFT_CHUNK rows (grid-stride), y = bh (grid-stride). Traffic: Q read, Y written.
+template <typename T>
+__device__ void aft_map(const AftParams& p) {
+  __shared__ float ratio[256];
+  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
+    const int b = bh / p.h, h = bh % p.h;
+    const float* tot = aft_stats(p.pre, bh, p.chunks + 1, p.chunks, p.d);
+    __syncthreads();
+    for (int c = threadIdx.x; c < p.d; c += blockDim.x) ratio[c] = tot[p.d + c] / tot[2 * p.d + c];
+    __syncthreads();
+    const T* q = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
+    T* o = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh;
+    for (int blk = blockIdx.x; blk < p.chunks; blk += gridDim.x) {
+      const int row0 = blk * AFT_CHUNK, rows = min(AFT_CHUNK, p.t - row0);
+      for (int i = threadIdx.x; i < rows * p.d; i += blockDim.x) {
+        const int r = row0 + i / p.d, c = i % p.d;
+        const float y = aft_sigmoid(to_f32(q[(i64)r * p.q_sn + c])) * ratio[c];
+        o[(i64)r * p.o_sn + c] = from_f32<T>(y);
+      }
+    }
+  }
+}
+
+// AFT-full: rmax[t] = max_{t'} w[t][t'] (causal: t' ≤ t). Grid: x = block of 8 rows; warp per row.
+// Traffic: w read once.
+__device__ void aft_rowmax(const AftParams& p) {
+  const int lane = threadIdx.x % 32;
+  const int t = blockIdx.x * (AFT_THREADS / 32) + threadIdx.x / 32;
+  if (t >= p.t) return;
+  const float* w = reinterpret_cast<const float*>(p.w) + (i64)t * p.t;
+  const int len = p.causal ? t + 1 : p.t;
+  float m = AFT_NEG_INF;
+  for (int tp = lane; tp < len; tp += 32) m = fmaxf(m, w[tp]);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if (lane == 0) reinterpret_cast<float*>(p.rmax)[t] = m;
+}
+
+// The output (t, c) directly: joint max of K + w over the keys row t sees, then the two sums.
+// Used only where the shifted denominator underflowed. Traffic: a column of K and V (and a row
+// of w) per call.
+template <typename T>
+__device__ __noinline__ float aft_exact(const AftParams& p, const T* k, const T* v, int h, int t, int c) {
+  const int len = p.causal ? t + 1 : p.t;
+  float m = AFT_NEG_INF;
+  for (int tp = 0; tp < len; ++tp) m = fmaxf(m, to_f32(k[(i64)tp * p.k_sn + c]) + aft_bias(p, h, t, tp));
+  float num = 0.f, den = 0.f;
+  for (int tp = 0; tp < len; ++tp) {
+    const float e = expf(to_f32(k[(i64)tp * p.k_sn + c]) + aft_bias(p, h, t, tp) - m);
+    num = fmaf(e, to_f32(v[(i64)tp * p.v_sn + c]), num);
+    den += e;
+  }
+  return num / den;
+}
+
+// The keys of tile `tile` that the dense block covers, [lo, hi), and the chunk indices of the
+// statistics outside it: pre[ip] covers [0, lo), suf[is] covers [hi, t) (is < 0: none).
+struct AftWindow {
+  int lo, hi, ip, is;
+};
+
+__device__ __forceinline__ AftWindow aft_window_of(const AftParams& p, int tile) {
+  const int t0 = tile * AFT_CHUNK;
+  const int end = min(p.t, t0 + AFT_CHUNK);  // causal keys stop at the tile's last row
+  switch (p.variant) {
+    case AFT_LOCAL:
+    case AFT_CONV: {
+      const i64 s = min(p.window, p.t);  // a window beyond T covers everything
+      const int lo_chunk = (int)(max((i64)0, (i64)t0 - s + 1) / AFT_CHUNK);
+      if (p.causal) return {lo_chunk * AFT_CHUNK, end, lo_chunk, -1};
+      // Last band key of the tile's last row is t0 + 63 + s − 1: round up to a chunk boundary.
+      const int hi_chunk = (int)min((i64)p.chunks, ((i64)t0 + AFT_CHUNK + s - 1 + AFT_CHUNK - 1) / AFT_CHUNK);
+      return {lo_chunk * AFT_CHUNK, min(p.t, hi_chunk * AFT_CHUNK), lo_chunk, hi_chunk};
+    }
+    case AFT_FULL:
+      return {0, p.causal ? end : p.t, -1, -1};
+    default:  // simple, causal: the tile's own rows; everything before is pre[tile]
+      return {t0, end, tile, -1};
+  }
+}
+
+// Window pass: for one 64-row tile of one (b,h) and 64 channels,
+//   num = g_t·(pre + suf) + Σ_{t' in [lo,hi)} W_{t,t'} E_{t'}V_{t'},  den likewise with E,
+// W_{t,t'} = exp(w_{t,t'} − r_t) in the band (all keys for full), g_t = exp(−r_t) outside it,
+// 0 for causal t' > t; then Y = σ(Q)·num/den.
+// Grid: x = bh × channel tile, y = row tile (grid-stride); 256 threads, 4×4 outputs each.
+// Traffic: Q read, Y written; K, V of [lo, hi) (the halo re-read from L2 by neighbours); the
+// bias rows of the tile (local; from L2 for other slices), all of w's tile rows (full).
+template <typename T>
+__device__ void aft_window(const AftParams& p) {
+  constexpr int RT = AFT_CHUNK / 16, CT = AFT_CT / 16;
+  __shared__ float es[AFT_KB][AFT_CT + 1];
+  __shared__ float evs[AFT_KB][AFT_CT + 1];
+  __shared__ float ws[AFT_CHUNK][AFT_KB + 1];
+  __shared__ float rsh[AFT_CHUNK], gsh[AFT_CHUNK], msh[AFT_CT];
+  const int ctiles = div_up(p.d, AFT_CT);
+  const int bh = blockIdx.x / ctiles, c0 = (blockIdx.x % ctiles) * AFT_CT;
+  const int b = bh / p.h, h = bh % p.h;
+  const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const T* q = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
+  const T* k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
+  const T* v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
+  T* o = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh;
+  const float* wp = reinterpret_cast<const float*>(p.w);
+  const i64 band = 2 * (i64)p.window - 1;
+
+  for (int tile = blockIdx.y; tile < p.chunks; tile += gridDim.y) {
+    const int t0 = tile * AFT_CHUNK;
+    const AftWindow win = aft_window_of(p, tile);
+    __syncthreads();  // previous tile done with the shared arrays
+    // Channel shift: the max over every key the tile's rows see.
+    if (threadIdx.x < AFT_CT && c0 + (int)threadIdx.x < p.d) {
+      const int upto = p.causal ? min(tile + 1, p.chunks) : p.chunks;
+      msh[threadIdx.x] = aft_stats(p.pre, bh, p.chunks + 1, upto, p.d)[c0 + threadIdx.x];
+    }
+    // Row shifts r_t (and g_t = exp(−r_t)): full from rmax, local/conv over the row's band.
+    for (int i = warp; i < AFT_CHUNK; i += AFT_THREADS / 32) {
+      const int t = t0 + i;
+      float r = 0.f;
+      if (t < p.t && p.variant == AFT_FULL) {
+        r = reinterpret_cast<const float*>(p.rmax)[t];
+      } else if (t < p.t && (p.variant == AFT_LOCAL || p.variant == AFT_CONV)) {
+        const int s = p.window;
+        const i64 first = max((i64)0, (i64)t - s + 1);
+        const i64 last = p.causal ? t : min((i64)p.t - 1, (i64)t + s - 1);
+        const float* row = wp + (p.variant == AFT_LOCAL ? (i64)t : (i64)h) * band;
+        for (i64 tp = first + lane; tp <= last; tp += 32) r = fmaxf(r, row[tp - t + s - 1]);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) r = fmaxf(r, __shfl_xor_sync(0xffffffffu, r, o));
+      }
+      if (lane == 0) {
+        rsh[i] = r;
+        gsh[i] = p.variant == AFT_FULL ? 0.f : expf(-r);  // full has no keys outside [lo, hi)
+      }
+    }
+    __syncthreads();
+
+    // Accumulators start from the statistics outside [lo, hi), weighted g_t.
+    float num[RT][CT], den[RT][CT];
+#pragma unroll
+    for (int j = 0; j < CT; ++j) {
+      const int c = c0 + tc + 16 * j;
+      float a = 0.f, z = 0.f;
+      if (c < p.d) {
+        const float mc = msh[tc + 16 * j];
+        if (win.ip >= 0) {
+          const AftStat s = aft_load(aft_stats(p.pre, bh, p.chunks + 1, win.ip, p.d), p.d, c);
+          const float f = s.m == AFT_NEG_INF ? 0.f : expf(s.m - mc);
+          a = s.a * f;
+          z = s.z * f;
+        }
+        if (win.is >= 0) {
+          const AftStat s = aft_load(aft_stats(p.suf, bh, p.chunks + 1, win.is, p.d), p.d, c);
+          const float f = s.m == AFT_NEG_INF ? 0.f : expf(s.m - mc);
+          a = fmaf(s.a, f, a);
+          z = fmaf(s.z, f, z);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < RT; ++i) {
+        const float g = gsh[tr + 16 * i];
+        num[i][j] = g * a;
+        den[i][j] = g * z;
+      }
+    }
+
+    for (int kb = win.lo; kb < win.hi; kb += AFT_KB) {
+      __syncthreads();  // previous block consumed
+      for (int idx = threadIdx.x; idx < AFT_KB * AFT_CT; idx += AFT_THREADS) {
+        const int r = idx / AFT_CT, cc = idx % AFT_CT, tp = kb + r, c = c0 + cc;
+        float e = 0.f, ev = 0.f;
+        if (tp < win.hi && c < p.d) {
+          e = expf(to_f32(k[(i64)tp * p.k_sn + c]) - msh[cc]);
+          ev = e * to_f32(v[(i64)tp * p.v_sn + c]);
+        }
+        es[r][cc] = e;
+        evs[r][cc] = ev;
+      }
+      for (int idx = threadIdx.x; idx < AFT_CHUNK * AFT_KB; idx += AFT_THREADS) {
+        const int i = idx / AFT_KB, r = idx % AFT_KB, t = t0 + i, tp = kb + r;
+        float wt = 0.f;
+        if (t < p.t && tp < win.hi && !(p.causal && tp > t)) {
+          switch (p.variant) {
+            case AFT_LOCAL:
+            case AFT_CONV: {
+              const int j = tp - t;
+              if (j <= -p.window || j >= p.window) {
+                wt = gsh[i];
+              } else {
+                const i64 row = p.variant == AFT_LOCAL ? (i64)t : (i64)h;
+                wt = expf(wp[row * band + (j + p.window - 1)] - rsh[i]);
+              }
+              break;
+            }
+            case AFT_FULL:
+              wt = expf(wp[(i64)t * p.t + tp] - rsh[i]);
+              break;
+            default:
+              wt = 1.f;
+          }
+        }
+        ws[i][r] = wt;
+      }
+      __syncthreads();
+      // Causal blocks that reach past a row skip (not zero-weight) the keys after it, so a
+      // non-finite later key cannot reach earlier rows through 0·NaN.
+      if (p.causal && kb + AFT_KB - 1 > t0) {
+        for (int r = 0; r < AFT_KB; ++r) {
+#pragma unroll
+          for (int i = 0; i < RT; ++i) {
+            if (kb + r > t0 + tr + 16 * i) continue;
+            const float wt = ws[tr + 16 * i][r];
+#pragma unroll
+            for (int j = 0; j < CT; ++j) {
+              num[i][j] = fmaf(wt, evs[r][tc + 16 * j], num[i][j]);
+              den[i][j] = fmaf(wt, es[r][tc + 16 * j], den[i][j]);
+            }
+          }
+        }
+      } else {
+#pragma unroll 4
+        for (int r = 0; r < AFT_KB; ++r) {
+          float wt[RT], e[CT], ev[CT];
+#pragma unroll
+          for (int i = 0; i < RT; ++i) wt[i] = ws[tr + 16 * i][r];
+#pragma unroll
+          for (int j = 0; j < CT; ++j) {
+            e[j] = es[r][tc + 16 * j];
+            ev[j] = evs[r][tc + 16 * j];
+          }
+#pragma unroll
+          for (int i = 0; i < RT; ++i)
+#pragma unroll
+            for (int j = 0; j < CT; ++j) {
+              num[i][j] = fmaf(wt[i], ev[j], num[i][j]);
+              den[i][j] = fmaf(wt[i], e[j], den[i][j]);
+            }
+        }
+      }
+    }
+
+    // Outputs whose denominator underflowed are recomputed after the others, once the
+    // accumulators are dead (keeps the call out of the unrolled epilogue: no spills).
+    u32 slow = 0;
+#pragma unroll
+    for (int i = 0; i < RT; ++i) {
+      const int t = t0 + tr + 16 * i;
+#pragma unroll
+      for (int j = 0; j < CT; ++j) {
+        const int c = c0 + tc + 16 * j;
+        if (t >= p.t || c >= p.d) continue;
+        if (den[i][j] < AFT_DEN_MIN) {
+          slow |= 1u << (i * CT + j);
+          continue;
+        }
+        const float y = aft_sigmoid(to_f32(q[(i64)t * p.q_sn + c])) * (num[i][j] / den[i][j]);
+        o[(i64)t * p.o_sn + c] = from_f32<T>(y);
+      }
+    }
+#pragma unroll 1
+    for (; slow; slow &= slow - 1) {
+      const int e = __ffs(slow) - 1;
+      const int t = t0 + tr + 16 * (e / CT), c = c0 + tc + 16 * (e % CT);
+      const float y = aft_sigmoid(to_f32(q[(i64)t * p.q_sn + c])) * aft_exact<T>(p, k, v, h, t, c);
+      o[(i64)t * p.o_sn + c] = from_f32<T>(y);
+    }
+  }
+}
+
+// Entry points: aft_<step>_<dtype>.
+#define AFT_DTYPE(T, NAME)                                                                         \
+  extern "C" __global__ void __launch_bounds__(AFT_THREADS) aft_chunk_##NAME(                      \
+      const __grid_constant__ AftParams p) {                                                       \
+    aft_chunk<T>(p);                                                                               \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(AFT_THREADS) aft_map_##NAME(                        \
+      const __grid_constant__ AftParams p) {                                                       \
+    aft_map<T>(p);                                                                                 \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(AFT_THREADS) aft_window_##NAME(                     \
+      const __grid_constant__ AftParams p) {                                                       \
+    aft_window<T>(p);                                                                              \
+  }
+
+AFT_DTYPE(f16, f16)
+AFT_DTYPE(bf16, bf16)
+AFT_DTYPE(float, f32)
+
+extern "C" __global__ void __launch_bounds__(AFT_THREADS) aft_scan_f32(const __grid_constant__ AftParams p) {
+  aft_scan(p);
+}
+extern "C" __global__ void __launch_bounds__(AFT_THREADS) aft_rowmax_f32(const __grid_constant__ AftParams p) {
+  aft_rowmax(p);
+}

@@ -1,0 +1,37 @@
+// Launch parameters of the AFT kernels (SPEC §3). Mirrored by `ops::aft::KernelParams` in Rust;
+// both sides assert the size and offsets below, so a change here must be made there too.
+#pragma once
+#include "common.cuh"
+
+// AftParams::variant
+#define AFT_SIMPLE 0
+#define AFT_LOCAL 1
+#define AFT_CONV 2
+#define AFT_FULL 3
+
+// Chunk statistics are three fp32 planes of d values each, per (bh, chunk):
+//   m = max K over the chunk's rows, a = Σ exp(K − m)·V, z = Σ exp(K − m)   (empty: −inf, 0, 0).
+struct AftParams {
+  u64 q, k, v, o;       // device pointers, element type given by the kernel's suffix
+  u64 w;                // fp32 bias: full [t][t], local [t][2s−1], conv [h][2s−1]; 0 for simple
+  u64 part;             // fp32 [bh][chunks][3][d]: statistics of each chunk
+  u64 pre;              // fp32 [bh][chunks+1][3][d]: statistics of chunks [0, i)
+  u64 suf;              // fp32 [bh][chunks+1][3][d]: statistics of chunks [i, chunks) (or 0)
+  u64 rmax;             // fp32 [t]: max of each row of w (full; causal: over t' ≤ t) (or 0)
+  i64 q_sb, q_sh, q_sn;  // element strides (batch, head, seq); the last dim has stride 1
+  i64 k_sb, k_sh, k_sn;
+  i64 v_sb, v_sh, v_sn;
+  i64 o_sb, o_sh, o_sn;
+  int b, h, t, d;
+  int variant;  // AFT_SIMPLE … AFT_FULL
+  int window;   // s (local, conv)
+  int causal;
+  int chunks;   // ceil(t / AFT_CHUNK)
+};
+
+#define AFT_PARAMS_SIZE 200
+#define AFT_THREADS 256
+#define AFT_CHUNK 64  // rows per chunk; also the query rows of one window-kernel tile
+#define AFT_CT 64     // channels per tile
+#define AFT_KB 32     // key rows staged per step of the window kernel
+#define AFT_SEGS 8    // warps (sequence segments) of the scan kernel

@@ -1,0 +1,471 @@
+//! AFT — attention free transformer (SPEC §3): per channel,
+//! `Y_t = σ(Q_t) ⊙ Σ_{t'} exp(K_{t'} + w_{t,t'}) V_{t'} / Σ_{t'} exp(K_{t'} + w_{t,t'})`.
+//!
+//! Every variant first summarizes K, V per 64-row chunk (max, `Σ e·V`, `Σ e`) and scans those
+//! statistics into prefixes and suffixes (fixed order: deterministic). AFT-simple non-causal then
+//! maps Q with the whole-sequence ratio; every other case runs one window kernel per 64-row tile:
+//! a dense weight block against `[E⊙V | E]` over the keys whose weight varies inside the tile
+//! (the band for local/conv, the diagonal when causal, every key for full), plus the statistics
+//! outside it. `exp` never sees an unshifted value; a denominator that still underflows (K and w
+//! peaking at different keys) is recomputed directly with the joint max. CUDA-core fp32 kernels;
+//! any D ≤ 256, any strides with a unit last dim. The bias (`w`, `u`) is fp32 on the device.
+
+use super::{
+    check_raw, check_workspace, launch, ptr_of, with_raw, RawTensor, TensorMut, TensorRef,
+    MAX_HEAD_DIM,
+};
+use crate::error::{Error, Result};
+use crate::runtime::Runtime;
+use crate::tensor::{DType, Dims, Element, Layout};
+use cudarc::driver::{CudaSlice, CudaStream};
+use std::mem::{offset_of, size_of};
+use std::sync::Arc;
+
+pub use crate::reference::aft::AftParams;
+
+const FAMILY: &str = "aft";
+const THREADS: u32 = 256; // AFT_THREADS
+/// Rows per chunk of the statistics and per tile of the window kernel (AFT_CHUNK).
+pub const CHUNK: usize = 64;
+const CT: usize = 64; // AFT_CT
+const ROWMAX_ROWS: usize = 8; // warps per CTA of aft_rowmax
+const MAX_GRID_YZ: usize = 65535;
+/// Largest T accepted (rows are 32-bit ints in the kernels, with room for window arithmetic).
+pub const MAX_T: usize = (i32::MAX / 4) as usize;
+
+/// An AFT variant and the extent of its position bias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// No bias.
+    Simple,
+    /// Band `w [T, 2s−1]`, 0 outside the band.
+    Local { window: usize },
+    /// Per-head `u [H, 2s−1]`, 0 outside the window.
+    Conv { window: usize },
+    /// `w [T, T]`.
+    Full,
+}
+
+impl Variant {
+    /// The operator's name (`aft_simple`, `aft_local`, `aft_conv`, `aft_full`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Simple => "aft_simple",
+            Variant::Local { .. } => "aft_local",
+            Variant::Conv { .. } => "aft_conv",
+            Variant::Full => "aft_full",
+        }
+    }
+
+    fn code(self) -> i32 {
+        match self {
+            Variant::Simple => 0,
+            Variant::Local { .. } => 1,
+            Variant::Conv { .. } => 2,
+            Variant::Full => 3,
+        }
+    }
+
+    fn window(self) -> usize {
+        match self {
+            Variant::Local { window } | Variant::Conv { window } => window,
+            _ => 0,
+        }
+    }
+
+    /// The bias argument's name and the fp32 elements it must hold for T and H (`None`: no bias).
+    pub fn bias_len(self, t: usize, h: usize) -> Result<Option<(&'static str, usize)>> {
+        let band = |s: usize| -> Result<usize> {
+            if s == 0 {
+                return Err(Error::param("window", 0, "must be >= 1"));
+            }
+            if s > MAX_T {
+                return Err(Error::param("window", s, format!("must be <= {MAX_T}")));
+            }
+            Ok(2 * s - 1)
+        };
+        let need = match self {
+            Variant::Simple => return Ok(None),
+            Variant::Local { window } => ("w", band(window)?.checked_mul(t)),
+            Variant::Conv { window } => ("u", band(window)?.checked_mul(h)),
+            Variant::Full => ("w", t.checked_mul(t)),
+        };
+        match need {
+            (arg, Some(n)) => Ok(Some((arg, n))),
+            (arg, None) => Err(Error::shape(
+                arg,
+                format!("{} bias size overflows", self.name()),
+            )),
+        }
+    }
+}
+
+/// Mirror of `AftParams` in kernels/aft.cuh.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelParams {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub o: u64,
+    pub w: u64,
+    pub part: u64,
+    pub pre: u64,
+    pub suf: u64,
+    pub rmax: u64,
+    pub q_sb: i64,
+    pub q_sh: i64,
+    pub q_sn: i64,
+    pub k_sb: i64,
+    pub k_sh: i64,
+    pub k_sn: i64,
+    pub v_sb: i64,
+    pub v_sh: i64,
+    pub v_sn: i64,
+    pub o_sb: i64,
+    pub o_sh: i64,
+    pub o_sn: i64,
+    pub b: i32,
+    pub h: i32,
+    pub t: i32,
+    pub d: i32,
+    pub variant: i32,
+    pub window: i32,
+    pub causal: i32,
+    pub chunks: i32,
+}
+
+// SAFETY: plain old data with the C layout asserted below.
+unsafe impl cudarc::driver::DeviceRepr for KernelParams {}
+
+const _: () = {
+    assert!(size_of::<KernelParams>() == 200); // AFT_PARAMS_SIZE
+    assert!(offset_of!(KernelParams, w) == 32);
+    assert!(offset_of!(KernelParams, rmax) == 64);
+    assert!(offset_of!(KernelParams, q_sb) == 72);
+    assert!(offset_of!(KernelParams, o_sn) == 160);
+    assert!(offset_of!(KernelParams, b) == 168);
+    assert!(offset_of!(KernelParams, chunks) == 196);
+};
+
+/// A validated launch plan for one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub dims: Dims,
+    pub variant: Variant,
+    pub causal: bool,
+    /// 64-row chunks of the sequence.
+    pub chunks: usize,
+    /// The bias argument and its required length, if the variant has one.
+    pub bias: Option<(&'static str, usize)>,
+}
+
+impl Plan {
+    /// Checks q, k, v, o (all `[B,H,T,D]`), the variant's window and the parameters.
+    pub fn new(
+        q: &Layout,
+        k: &Layout,
+        v: &Layout,
+        o: &Layout,
+        variant: Variant,
+        params: &AftParams,
+    ) -> Result<Self> {
+        let dims = q.dims;
+        for (arg, l) in [("k", k), ("v", v), ("o", o)] {
+            if l.dims != dims {
+                return Err(Error::shape(
+                    arg,
+                    format!(
+                        "{} does not match q {dims} (AFT needs S = T and Dv = D)",
+                        l.dims
+                    ),
+                ));
+            }
+        }
+        for (arg, l) in [("q", q), ("k", k), ("v", v), ("o", o)] {
+            let span = l.span().unwrap_or(usize::MAX);
+            l.validate(arg, span, MAX_HEAD_DIM)?;
+        }
+        let Dims { b, h, n, d } = dims;
+        if n > MAX_T {
+            return Err(Error::shape("q", format!("T = {n} exceeds {MAX_T}")));
+        }
+        let ctiles = d.div_ceil(CT);
+        if b.checked_mul(h)
+            .and_then(|bh| bh.checked_mul(ctiles))
+            .is_none_or(|x| x > i32::MAX as usize)
+        {
+            return Err(Error::shape(
+                "q",
+                format!("B·H·⌈D/64⌉ = {b}·{h}·{ctiles} exceeds 2^31 - 1"),
+            ));
+        }
+        let bias = variant.bias_len(n, h)?;
+        let plan = Plan {
+            dims,
+            variant,
+            causal: params.causal,
+            chunks: n.div_ceil(CHUNK),
+            bias,
+        };
+        plan.workspace_floats()
+            .ok_or_else(|| Error::shape("q", format!("workspace for {dims} overflows")))?;
+        Ok(plan)
+    }
+
+    /// Whether the scan also writes suffix statistics (non-causal local/conv).
+    fn needs_suffix(&self) -> bool {
+        !self.causal && matches!(self.variant, Variant::Local { .. } | Variant::Conv { .. })
+    }
+
+    /// fp32 values of each workspace array: part, pre, suf, rmax.
+    fn arrays(&self) -> Option<[usize; 4]> {
+        let Dims { b, h, n, d } = self.dims;
+        let per = b.checked_mul(h)?.checked_mul(3 * d)?;
+        let part = per.checked_mul(self.chunks)?;
+        let pre = per.checked_mul(self.chunks + 1)?;
+        let suf = if self.needs_suffix() { pre } else { 0 };
+        let rmax = if self.variant == Variant::Full { n } else { 0 };
+        Some([part, pre, suf, rmax])
+    }
+
+    fn workspace_floats(&self) -> Option<usize> {
+        let sum = self
+            .arrays()?
+            .iter()
+            .try_fold(0usize, |s, &x| s.checked_add(x))?;
+        sum.checked_mul(4).map(|_| sum)
+    }
+
+    /// Scratch bytes: chunk statistics, their prefixes (and suffixes), w's row maxima (full).
+    pub fn workspace_bytes(&self) -> usize {
+        self.workspace_floats().unwrap_or(usize::MAX / 4) * 4
+    }
+
+    fn check_bias(&self, ptr: u64, len: usize) -> Result<()> {
+        match self.bias {
+            None if ptr != 0 || len != 0 => Err(Error::param(
+                "w",
+                format!("{ptr:#x}"),
+                "aft_simple takes no bias",
+            )),
+            None => Ok(()),
+            Some((arg, need)) => {
+                if len != need {
+                    return Err(Error::shape(
+                        arg,
+                        format!(
+                            "{} needs {need} fp32 values for T = {}, H = {}, has {len}",
+                            self.variant.name(),
+                            self.dims.n,
+                            self.dims.h
+                        ),
+                    ));
+                }
+                if ptr == 0 || ptr % 4 != 0 {
+                    return Err(Error::param(
+                        arg,
+                        format!("{ptr:#x}"),
+                        "must be non-null and 4-byte aligned",
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Scratch bytes for `[B,H,T,D]` inputs of `variant` (independent of strides and dtype).
+pub fn workspace_bytes(dims: Dims, variant: Variant, params: &AftParams) -> Result<usize> {
+    let l = Layout::contiguous(dims);
+    Ok(Plan::new(&l, &l, &l, &l, variant, params)?.workspace_bytes())
+}
+
+fn strides(l: &Layout) -> [i64; 3] {
+    [
+        l.strides.batch as i64,
+        l.strides.head as i64,
+        l.strides.seq as i64,
+    ]
+}
+
+/// Launches AFT on raw device pointers. `bias` is the fp32 `w` (local, full) or `u` (conv)
+/// holding `bias_len` values (0 and 0 for simple).
+///
+/// # Safety
+/// Each pointer must address device memory of this runtime's context that holds its layout's
+/// span in elements of `dtype` (q, k, v readable; o writable and not aliasing the inputs), `bias`
+/// must hold `bias_len` fp32 values, and `workspace` must hold `workspace_len ≥
+/// Plan::workspace_bytes` bytes, 4-byte aligned. They must stay valid until the work queued on
+/// `stream` completes.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn forward_raw(
+    rt: &Runtime,
+    stream: &CudaStream,
+    variant: Variant,
+    params: &AftParams,
+    dtype: DType,
+    q: RawTensor,
+    k: RawTensor,
+    v: RawTensor,
+    o: RawTensor,
+    bias: u64,
+    bias_len: usize,
+    workspace: u64,
+    workspace_len: usize,
+) -> Result<()> {
+    let plan = Plan::new(&q.layout, &k.layout, &v.layout, &o.layout, variant, params)?;
+    check_raw(dtype, [("q", &q), ("k", &k), ("v", &v), ("o", &o)])?;
+    plan.check_bias(bias, bias_len)?;
+    check_workspace(plan.workspace_bytes(), workspace, workspace_len)?;
+
+    let Dims { b, h, n, d } = plan.dims;
+    let [part, pre, suf, _] = plan.arrays().unwrap_or_default();
+    let at = |floats: usize| workspace + 4 * floats as u64;
+    let [q_sb, q_sh, q_sn] = strides(&q.layout);
+    let [k_sb, k_sh, k_sn] = strides(&k.layout);
+    let [v_sb, v_sh, v_sn] = strides(&v.layout);
+    let [o_sb, o_sh, o_sn] = strides(&o.layout);
+    let p = KernelParams {
+        q: q.ptr,
+        k: k.ptr,
+        v: v.ptr,
+        o: o.ptr,
+        w: bias,
+        part: workspace,
+        pre: at(part),
+        suf: if plan.needs_suffix() {
+            at(part + pre)
+        } else {
+            0
+        },
+        rmax: if variant == Variant::Full {
+            at(part + pre + suf)
+        } else {
+            0
+        },
+        q_sb,
+        q_sh,
+        q_sn,
+        k_sb,
+        k_sh,
+        k_sn,
+        v_sb,
+        v_sh,
+        v_sn,
+        o_sb,
+        o_sh,
+        o_sn,
+        b: b as i32,
+        h: h as i32,
+        t: n as i32,
+        d: d as i32,
+        variant: variant.code(),
+        window: variant.window().min(MAX_T) as i32,
+        causal: params.causal as i32,
+        chunks: plan.chunks as i32,
+    };
+    let bh = b * h;
+    let ctiles = d.div_ceil(CT);
+    let grid_yz = |x: usize| x.clamp(1, MAX_GRID_YZ) as u32;
+    let dt = dtype.name();
+    let chunk = rt.function(FAMILY, &format!("aft_chunk_{dt}"))?;
+    let scan = rt.function(FAMILY, "aft_scan_f32")?;
+    // SAFETY: pointers, spans, bias and workspace validated above and by the caller's contract;
+    // the workspace arrays are laid out as `Plan::arrays` sizes them.
+    unsafe {
+        launch(
+            stream,
+            &chunk,
+            (plan.chunks as u32, grid_yz(bh), ctiles as u32),
+            THREADS,
+            &p,
+        )?;
+        launch(
+            stream,
+            &scan,
+            (d.div_ceil(32) as u32, grid_yz(bh), 1),
+            THREADS,
+            &p,
+        )?;
+        if variant == Variant::Simple && !params.causal {
+            let map = rt.function(FAMILY, &format!("aft_map_{dt}"))?;
+            launch(
+                stream,
+                &map,
+                (grid_yz(plan.chunks), grid_yz(bh), 1),
+                THREADS,
+                &p,
+            )?;
+            return Ok(());
+        }
+        if variant == Variant::Full {
+            let rowmax = rt.function(FAMILY, "aft_rowmax_f32")?;
+            launch(
+                stream,
+                &rowmax,
+                (n.div_ceil(ROWMAX_ROWS) as u32, 1, 1),
+                THREADS,
+                &p,
+            )?;
+        }
+        let window = rt.function(FAMILY, &format!("aft_window_{dt}"))?;
+        launch(
+            stream,
+            &window,
+            ((bh * ctiles) as u32, grid_yz(plan.chunks), 1),
+            THREADS,
+            &p,
+        )?;
+    }
+    Ok(())
+}
+
+/// AFT on device buffers. `bias` is the fp32 `w`/`u` of the variant (`None` for simple);
+/// `workspace` may be `None` (then it is allocated for this call).
+#[allow(clippy::too_many_arguments)]
+pub fn forward<T: Element>(
+    rt: &Runtime,
+    stream: &Arc<CudaStream>,
+    variant: Variant,
+    params: &AftParams,
+    q: TensorRef<'_, T>,
+    k: TensorRef<'_, T>,
+    v: TensorRef<'_, T>,
+    o: TensorMut<'_, T>,
+    bias: Option<&CudaSlice<f32>>,
+    workspace: Option<&mut CudaSlice<u8>>,
+) -> Result<()> {
+    let plan = Plan::new(&q.layout, &k.layout, &v.layout, &o.layout, variant, params)?;
+    let ws = Some((workspace, plan.workspace_bytes()));
+    let (bp, _guard) = match bias {
+        Some(w) => {
+            let (p, g) = ptr_of(w, stream);
+            (p, Some(g))
+        }
+        None => (0, None),
+    };
+    let blen = bias.map_or(0, |w| w.len());
+    with_raw(rt, stream, (q, k, v, o), ws, |t, wp, wl| {
+        // SAFETY: every buffer is a live allocation of this context whose length was checked
+        // against its layout (the bias's length by `forward_raw`); `o` is borrowed mutably, so it
+        // cannot alias the inputs.
+        unsafe {
+            forward_raw(
+                rt,
+                stream,
+                variant,
+                params,
+                T::DTYPE,
+                t.q,
+                t.k,
+                t.v,
+                t.o,
+                bp,
+                blen,
+                wp,
+                wl,
+            )
+        }
+    })
+}

@@ -1,0 +1,366 @@
+//! AFT on the GPU vs the f64 reference: simple, local, conv and full, non-causal and causal, over
+//! odd lengths, windows (1, 2, 64, T, > T) and head dims, every dtype, both layouts; adversarial
+//! magnitudes (K and w up to ±60 peaking at different keys); poisoned outputs; determinism;
+//! typed errors for bad biases. Skips (with a SKIP line) without a device.
+
+mod common;
+
+use half::{bf16, f16};
+use sofa::ops::aft::{self, AftParams, Variant};
+use sofa::ops::{TensorMut, TensorRef};
+use sofa::reference::aft::Bias;
+use sofa::reference::{self, gather, Qkv, Rng};
+use sofa::verify::{compare, Comparison};
+use sofa::{Dims, Element, Error, Layout, LayoutKind, Runtime};
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    b: usize,
+    h: usize,
+    t: usize,
+    d: usize,
+    variant: Variant,
+    causal: bool,
+    kind: LayoutKind,
+    /// K and the bias drawn from ±60 (with planted peaks) instead of ±1.
+    adversarial: bool,
+}
+
+impl Case {
+    fn new(t: usize, d: usize, variant: Variant, causal: bool) -> Self {
+        Case {
+            b: if t >= 4097 { 1 } else { 2 },
+            h: 2,
+            t,
+            d,
+            variant,
+            causal,
+            kind: LayoutKind::Bhnd,
+            adversarial: false,
+        }
+    }
+
+    fn layout(&self) -> Layout {
+        Layout::of_kind(Dims::new(self.b, self.h, self.t, self.d), self.kind)
+    }
+
+    fn params(&self) -> AftParams {
+        AftParams {
+            causal: self.causal,
+        }
+    }
+}
+
+struct Host<T> {
+    q: Vec<T>,
+    k: Vec<T>,
+    v: Vec<T>,
+    /// The bias as the kernel sees it (fp32).
+    w: Vec<f32>,
+}
+
+fn host_inputs<T: Element>(c: &Case, seed: u64) -> Host<T> {
+    let l = c.layout();
+    let mut rng = Rng::new(seed);
+    let q = common::random::<T>(&mut rng, &l);
+    let v = common::random::<T>(&mut rng, &l);
+    let wlen = c.variant.bias_len(c.t, c.h).unwrap().map_or(0, |(_, n)| n);
+    let (mut k, mut w): (Vec<T>, Vec<f32>) = if c.adversarial {
+        (
+            rng.fill(l.span().unwrap(), -60.0, 60.0),
+            (0..wlen).map(|_| rng.uniform(-60.0, 60.0) as f32).collect(),
+        )
+    } else {
+        (
+            common::random::<T>(&mut rng, &l),
+            (0..wlen).map(|_| rng.uniform(-1.0, 1.0) as f32).collect(),
+        )
+    };
+    if c.adversarial {
+        // Plant K's peak at key 0 of every channel and w's at the last key of each row (or band
+        // entry), so the two maxima never coincide.
+        for b in 0..c.b {
+            for h in 0..c.h {
+                let off = l.offset(b, h, 0);
+                k[off..off + c.d].fill(T::from_f64(60.0));
+            }
+        }
+        let width = if c.t > 0 { wlen / c.t.max(1) } else { 0 };
+        match c.variant {
+            Variant::Full | Variant::Local { .. } => {
+                for row in w.chunks_exact_mut(width.max(1)) {
+                    row.fill(-60.0);
+                    *row.last_mut().unwrap() = 60.0;
+                }
+            }
+            _ => {}
+        }
+    }
+    Host { q, k, v, w }
+}
+
+fn reference_of<T: Element>(c: &Case, x: &Host<T>) -> Vec<f64> {
+    let l = c.layout();
+    let (q, k, v) = (gather(&x.q, &l), gather(&x.k, &l), gather(&x.v, &l));
+    let dims = Dims::new(c.b, c.h, c.t, c.d);
+    let qkv = Qkv::self_attn(&q, &k, &v, dims, c.d).unwrap();
+    let w: Vec<f64> = x.w.iter().map(|&x| x as f64).collect();
+    let bias = match c.variant {
+        Variant::Simple => Bias::None,
+        Variant::Full => Bias::Full(&w),
+        Variant::Local { window } => Bias::Local { w: &w, window },
+        Variant::Conv { window } => Bias::Conv { u: &w, window },
+    };
+    reference::aft::linear(&qkv, &bias, &c.params()).unwrap()
+}
+
+/// Runs AFT once on the GPU (output poisoned first); returns it as contiguous f64.
+fn run_gpu<T: Element>(rt: &Runtime, c: &Case, x: &Host<T>) -> Vec<f64> {
+    let l = c.layout();
+    let stream = rt.new_stream().unwrap();
+    let q = stream.clone_htod(&x.q).unwrap();
+    let k = stream.clone_htod(&x.k).unwrap();
+    let v = stream.clone_htod(&x.v).unwrap();
+    let w = (!x.w.is_empty()).then(|| stream.clone_htod(&x.w).unwrap());
+    let mut o = stream.clone_htod(&common::poisoned::<T>(&l)).unwrap();
+    let r = |data| TensorRef { data, layout: l };
+    aft::forward(
+        rt,
+        &stream,
+        c.variant,
+        &c.params(),
+        r(&q),
+        r(&k),
+        r(&v),
+        TensorMut {
+            data: &mut o,
+            layout: l,
+        },
+        w.as_ref(),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    let host = stream.clone_dtoh(&o).unwrap();
+    gather(&host, &l)
+}
+
+fn check<T: Element>(rt: &Runtime, c: &Case, seed: u64) -> Comparison {
+    let x = host_inputs::<T>(c, seed);
+    let got = run_gpu(rt, c, &x);
+    let cmp = compare::<T>(&got, &reference_of(c, &x));
+    assert!(cmp.pass(), "{} {c:?}: {cmp}", T::DTYPE);
+    cmp
+}
+
+/// Windows of the SPEC's test list for length t: 1, 2, 64, T, > T.
+fn windows(t: usize) -> Vec<usize> {
+    let mut w = vec![1, 2, 64, t, t + 5];
+    w.sort();
+    w.dedup();
+    w
+}
+
+fn variants(t: usize) -> Vec<Variant> {
+    let mut v = vec![Variant::Simple, Variant::Full];
+    for s in windows(t) {
+        v.push(Variant::Local { window: s });
+        v.push(Variant::Conv { window: s });
+    }
+    v
+}
+
+#[test]
+fn every_variant_f32_odd_sizes() {
+    let Some(rt) = common::gpu("every_variant_f32_odd_sizes") else {
+        return;
+    };
+    let mut worst = 0f64;
+    for t in [1, 2, 63, 1000] {
+        for d in [1, 48, 64, 80] {
+            for variant in variants(t) {
+                for causal in [false, true] {
+                    let c = Case::new(t, d, variant, causal);
+                    worst = worst.max(check::<f32>(&rt, &c, (t * 1000 + d) as u64).rel);
+                }
+            }
+        }
+    }
+    println!("worst f32 rel. Frobenius {worst:.2e}");
+}
+
+#[test]
+fn every_variant_half_precision() {
+    let Some(rt) = common::gpu("every_variant_half_precision") else {
+        return;
+    };
+    let (mut w16, mut wb16) = (0f64, 0f64);
+    for t in [1, 63, 1000] {
+        for d in [1, 64, 80] {
+            for variant in variants(t) {
+                for causal in [false, true] {
+                    let c = Case::new(t, d, variant, causal);
+                    w16 = w16.max(check::<f16>(&rt, &c, 7 + t as u64).rel);
+                    wb16 = wb16.max(check::<bf16>(&rt, &c, 9 + d as u64).rel);
+                }
+            }
+        }
+    }
+    println!("worst f16 {w16:.2e}, bf16 {wb16:.2e}");
+}
+
+#[test]
+fn long_sequences() {
+    let Some(rt) = common::gpu("long_sequences") else {
+        return;
+    };
+    let t = 4097;
+    for variant in [
+        Variant::Simple,
+        Variant::Local { window: 64 },
+        Variant::Conv { window: 64 },
+        Variant::Local { window: t },
+        Variant::Full,
+    ] {
+        for causal in [false, true] {
+            let c = Case::new(t, 64, variant, causal);
+            check::<f16>(&rt, &c, 11);
+            check::<f32>(&rt, &c, 12);
+        }
+    }
+    // Many chunks (the scan's segments all busy) and the local band at the benchmark shape.
+    for causal in [false, true] {
+        let mut c = Case::new(65536, 64, Variant::Local { window: 64 }, causal);
+        c.b = 1;
+        c.h = 1;
+        check::<f16>(&rt, &c, 13);
+        let mut s = Case::new(65536 + 3, 48, Variant::Simple, causal);
+        s.h = 1;
+        check::<bf16>(&rt, &s, 14);
+    }
+}
+
+#[test]
+fn adversarial_magnitudes_stay_finite_and_correct() {
+    let Some(rt) = common::gpu("adversarial_magnitudes_stay_finite_and_correct") else {
+        return;
+    };
+    for t in [2, 63, 1000] {
+        for variant in [
+            Variant::Simple,
+            Variant::Full,
+            Variant::Local { window: 2 },
+            Variant::Local { window: 64 },
+            Variant::Conv { window: 64 },
+        ] {
+            for causal in [false, true] {
+                let mut c = Case::new(t, 48, variant, causal);
+                c.adversarial = true;
+                check::<f32>(&rt, &c, 21);
+                check::<f16>(&rt, &c, 22);
+                check::<bf16>(&rt, &c, 23);
+            }
+        }
+    }
+}
+
+#[test]
+fn engine_layout_bnhd() {
+    let Some(rt) = common::gpu("engine_layout_bnhd") else {
+        return;
+    };
+    for variant in [
+        Variant::Simple,
+        Variant::Local { window: 64 },
+        Variant::Conv { window: 2 },
+        Variant::Full,
+    ] {
+        for causal in [false, true] {
+            let mut c = Case::new(1000, 80, variant, causal);
+            c.kind = LayoutKind::Bnhd;
+            c.h = 3;
+            check::<f16>(&rt, &c, 31);
+            check::<f32>(&rt, &c, 32);
+        }
+    }
+}
+
+#[test]
+fn bit_identical_run_to_run() {
+    let Some(rt) = common::gpu("bit_identical_run_to_run") else {
+        return;
+    };
+    for variant in [
+        Variant::Simple,
+        Variant::Local { window: 64 },
+        Variant::Full,
+    ] {
+        for causal in [false, true] {
+            let c = Case::new(4097, 64, variant, causal);
+            let x = host_inputs::<bf16>(&c, 41);
+            let a = run_gpu(&rt, &c, &x);
+            let b = run_gpu(&rt, &c, &x);
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{c:?} differs run to run"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_bias_is_a_typed_error() {
+    let Some(rt) = common::gpu("bad_bias_is_a_typed_error") else {
+        return;
+    };
+    let c = Case::new(100, 32, Variant::Local { window: 4 }, false);
+    let l = c.layout();
+    let stream = rt.new_stream().unwrap();
+    let x = host_inputs::<f32>(&c, 51);
+    let q = stream.clone_htod(&x.q).unwrap();
+    let mut o = stream.clone_htod(&x.q).unwrap();
+    let mut call = |variant: Variant, w: Option<&cudarc::driver::CudaSlice<f32>>| {
+        aft::forward(
+            &rt,
+            &stream,
+            variant,
+            &AftParams::default(),
+            TensorRef {
+                data: &q,
+                layout: l,
+            },
+            TensorRef {
+                data: &q,
+                layout: l,
+            },
+            TensorRef {
+                data: &q,
+                layout: l,
+            },
+            TensorMut {
+                data: &mut o,
+                layout: l,
+            },
+            w,
+            None,
+        )
+    };
+    let narrow = stream.clone_htod(&vec![0f32; 100 * 5]).unwrap(); // band of s = 3, not 4
+    let arg = |r: Result<(), Error>| r.unwrap_err().argument();
+    assert_eq!(
+        arg(call(Variant::Local { window: 4 }, Some(&narrow))),
+        Some("w")
+    );
+    assert_eq!(arg(call(Variant::Local { window: 4 }, None)), Some("w"));
+    assert_eq!(
+        arg(call(Variant::Local { window: 0 }, Some(&narrow))),
+        Some("window")
+    );
+    assert_eq!(arg(call(Variant::Full, Some(&narrow))), Some("w"));
+    assert_eq!(
+        arg(call(Variant::Conv { window: 3 }, Some(&narrow))),
+        Some("u")
+    );
+    assert_eq!(arg(call(Variant::Simple, Some(&narrow))), Some("w"));
+    // The right band works.
+    call(Variant::Local { window: 3 }, Some(&narrow)).unwrap();
+}

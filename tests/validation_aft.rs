@@ -1,0 +1,84 @@
+//! AFT input validation needs no GPU: every refusal is a typed error naming the argument.
+
+use sofa::ops::aft::{workspace_bytes, AftParams, Plan, Variant, CHUNK, MAX_T};
+use sofa::{Dims, Error, Layout};
+
+fn arg_of(e: Error) -> &'static str {
+    e.argument().unwrap_or_else(|| panic!("untyped error: {e}"))
+}
+
+fn plan(dims: Dims, variant: Variant, causal: bool) -> Result<Plan, Error> {
+    let l = Layout::contiguous(dims);
+    Plan::new(&l, &l, &l, &l, variant, &AftParams { causal })
+}
+
+#[test]
+fn window_zero_is_refused() {
+    let d = Dims::new(1, 2, 100, 32);
+    for v in [Variant::Local { window: 0 }, Variant::Conv { window: 0 }] {
+        assert_eq!(arg_of(plan(d, v, false).unwrap_err()), "window");
+    }
+    assert_eq!(
+        arg_of(plan(d, Variant::Local { window: MAX_T + 1 }, false).unwrap_err()),
+        "window"
+    );
+}
+
+#[test]
+fn bias_lengths_follow_the_variant() {
+    let d = Dims::new(2, 3, 100, 32);
+    let len = |v: Variant| plan(d, v, false).unwrap().bias;
+    assert_eq!(len(Variant::Simple), None);
+    assert_eq!(len(Variant::Full), Some(("w", 100 * 100)));
+    assert_eq!(len(Variant::Local { window: 4 }), Some(("w", 100 * 7)));
+    assert_eq!(len(Variant::Conv { window: 4 }), Some(("u", 3 * 7)));
+    // A window beyond T is allowed (the band covers everything); storage still has 2s − 1 columns.
+    assert_eq!(len(Variant::Local { window: 150 }), Some(("w", 100 * 299)));
+}
+
+#[test]
+fn shapes_must_agree() {
+    let d = Dims::new(1, 2, 100, 32);
+    let l = Layout::contiguous(d);
+    let p = AftParams::default();
+    let short = Layout::contiguous(Dims::new(1, 2, 99, 32));
+    let wide = Layout::contiguous(d.with_d(48));
+    assert_eq!(
+        arg_of(Plan::new(&l, &short, &l, &l, Variant::Simple, &p).unwrap_err()),
+        "k"
+    );
+    assert_eq!(
+        arg_of(Plan::new(&l, &l, &wide, &l, Variant::Simple, &p).unwrap_err()),
+        "v"
+    );
+    assert_eq!(
+        arg_of(Plan::new(&l, &l, &l, &wide, Variant::Simple, &p).unwrap_err()),
+        "o"
+    );
+    let big_d = Dims::new(1, 1, 10, 257);
+    assert_eq!(
+        arg_of(plan(big_d, Variant::Simple, false).unwrap_err()),
+        "q"
+    );
+    let long = Dims::new(1, 1, MAX_T + 1, 8);
+    assert_eq!(arg_of(plan(long, Variant::Simple, true).unwrap_err()), "q");
+}
+
+#[test]
+fn workspace_is_chunk_statistics() {
+    let d = Dims::new(1, 16, 65536, 64);
+    let chunks = 65536 / CHUNK;
+    let per = 16 * 3 * 64 * 4;
+    let simple = workspace_bytes(d, Variant::Simple, &AftParams::default()).unwrap();
+    assert_eq!(simple, per * (2 * chunks + 1));
+    let local = workspace_bytes(d, Variant::Local { window: 64 }, &AftParams::default()).unwrap();
+    assert_eq!(local, per * (3 * chunks + 2));
+    let causal = workspace_bytes(
+        d,
+        Variant::Local { window: 64 },
+        &AftParams { causal: true },
+    );
+    assert_eq!(causal.unwrap(), simple);
+    let full = workspace_bytes(d, Variant::Full, &AftParams::default()).unwrap();
+    assert_eq!(full, simple + 65536 * 4);
+}
