@@ -16,12 +16,12 @@ const PEAKS: Peaks = Peaks {
 #[test]
 fn roofline_takes_the_larger_of_bytes_and_flops_time() {
     // SimA 1×16×64k×64 f16: 537 MB and 17.2 GFLOP; bytes dominate (0.179 ms vs 0.023 ms).
-    let case = Case {
-        op: BenchOp::Sima,
-        dims: Dims::new(1, 16, 65536, 64),
-        dtype: DType::F16,
-        causal: false,
-    };
+    let case = Case::new(
+        BenchOp::Sima,
+        Dims::new(1, 16, 65536, 64),
+        DType::F16,
+        false,
+    );
     assert_eq!(case.min_bytes(), 536_870_912.0);
     assert_eq!(case.flops(), 4.0 * 16.0 * 65536.0 * 64.0 * 64.0);
     let floor = PEAKS.roofline_ms(case.min_bytes(), case.flops());
@@ -36,21 +36,40 @@ fn roofline_takes_the_larger_of_bytes_and_flops_time() {
 #[test]
 fn cosformer_counts_twice_the_flops_of_sima() {
     let dims = Dims::new(2, 8, 1000, 128);
-    let s = Case {
-        op: BenchOp::Sima,
-        dims,
-        dtype: DType::BF16,
-        causal: false,
-    };
-    let c = Case {
-        op: BenchOp::Cosformer,
-        dims,
-        dtype: DType::BF16,
-        causal: true,
-    };
+    let s = Case::new(BenchOp::Sima, dims, DType::BF16, false);
+    let c = Case::new(BenchOp::Cosformer, dims, DType::BF16, true);
     assert_eq!(c.flops(), 2.0 * s.flops());
     assert_eq!(c.min_bytes(), s.min_bytes());
     assert!(c.device_bytes().unwrap() > (4 * 2 * 8 * 1000 * 128 * 2) as usize);
+}
+
+#[test]
+fn aft_and_soft_count_their_own_bytes_and_flops() {
+    let dims = Dims::new(1, 16, 65536, 64);
+    let tensors = 4.0 * 16.0 * 65536.0 * 64.0 * 2.0;
+    let simple = Case::new(BenchOp::AftSimple, dims, DType::F16, false);
+    assert_eq!(simple.min_bytes(), tensors);
+    assert_eq!(simple.flops(), 4.0 * 16.0 * 65536.0 * 64.0);
+    // The band w [T, 2s−1] is read once, fp32.
+    let local = Case::new(BenchOp::AftLocal, dims, DType::F16, true);
+    assert_eq!(local.min_bytes(), tensors + 65536.0 * 127.0 * 4.0);
+    assert_eq!(local.flops(), 8.0 * 64.0 * 16.0 * 65536.0 * 64.0);
+    assert_eq!(local.label(), "causal,s=64");
+    let conv = Case::new(BenchOp::AftConv, dims, DType::F16, false);
+    assert_eq!(conv.min_bytes(), tensors + 16.0 * 127.0 * 4.0);
+    // AFT-full's w [T, T] alone is 17 GB at 64k: device_bytes says so (the sweep skips it).
+    let full = Case::new(BenchOp::AftFull, dims, DType::F16, false);
+    assert!(full.device_bytes().unwrap() > 65536 * 65536 * 4);
+    // SOFT (tied): q, v, o.
+    let mut soft = Case::new(BenchOp::Soft, dims, DType::F16, false);
+    soft.landmarks = 49;
+    assert_eq!(soft.min_bytes(), tensors * 3.0 / 4.0);
+    let m = 49.0;
+    assert_eq!(
+        soft.flops(),
+        16.0 * (6.0 * 65536.0 * m * 64.0 + 4.0 * m * m * m * 20.0)
+    );
+    assert_eq!(soft.label(), "m=49");
 }
 
 fn record(n: usize, ms: f64) -> Record {

@@ -336,16 +336,21 @@ fn backends_and_bad_flags() {
         "--backend",
         "gpu",
         "--op",
-        "soft",
+        "softmax",
         "--shape",
         "1,1,8,4",
     ]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr.contains("GPU kernel for soft is not implemented yet"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("softmax has no GPU kernel"), "{stderr}");
+    // Every other op asks for the device (exit 3 here, where there is none).
+    for op in ["soft", "cosformer", "aft_local", "aft_full", "sima"] {
+        let out = sofa(&["run", "--backend", "gpu", "--op", op, "--shape", "1,1,8,4"]);
+        let (_, stderr) = text(&out);
+        if out.status.code() == Some(3) {
+            assert!(stderr.contains("no CUDA device"), "{op}: {stderr}");
+        }
+    }
 
     let out = sofa(&["run", "--op", "aft_simple", "--shape", "1,1,8,4"]);
     let (_, stderr) = text(&out);

@@ -3,8 +3,10 @@
 
 use crate::bench::fill_uniform;
 use crate::error::{Error, Result};
-use crate::ops::{cosformer, sima, TensorMut, TensorRef};
+use crate::ops::aft::{self, AftParams};
+use crate::ops::{cosformer, sima, soft, TensorMut, TensorRef};
 use crate::reference::cosformer::CosformerParams;
+use crate::reference::soft::{Landmarks, SoftParams};
 use crate::runtime::Runtime;
 use crate::tensor::{DType, Dims, Element, Layout};
 use cudarc::driver::{CudaSlice, CudaStream};
@@ -16,21 +18,44 @@ use std::sync::Arc;
 pub enum BenchOp {
     Sima,
     Cosformer,
+    Soft,
+    AftSimple,
+    AftLocal,
+    AftConv,
+    AftFull,
 }
 
 impl BenchOp {
-    pub const ALL: [BenchOp; 2] = [BenchOp::Sima, BenchOp::Cosformer];
+    pub const ALL: [BenchOp; 7] = [
+        BenchOp::Sima,
+        BenchOp::Cosformer,
+        BenchOp::Soft,
+        BenchOp::AftSimple,
+        BenchOp::AftLocal,
+        BenchOp::AftConv,
+        BenchOp::AftFull,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             BenchOp::Sima => "sima",
             BenchOp::Cosformer => "cosformer",
+            BenchOp::Soft => "soft",
+            BenchOp::AftSimple => "aft_simple",
+            BenchOp::AftLocal => "aft_local",
+            BenchOp::AftConv => "aft_conv",
+            BenchOp::AftFull => "aft_full",
         }
     }
 
     /// Whether the op has a causal variant.
     pub fn has_causal(self) -> bool {
-        matches!(self, BenchOp::Cosformer)
+        !matches!(self, BenchOp::Sima | BenchOp::Soft)
+    }
+
+    /// Whether the op takes a window s (AFT-local, AFT-conv).
+    pub fn has_window(self) -> bool {
+        matches!(self, BenchOp::AftLocal | BenchOp::AftConv)
     }
 }
 
@@ -41,9 +66,25 @@ pub struct Case {
     pub dims: Dims,
     pub dtype: DType,
     pub causal: bool,
+    /// AFT-local/conv window s (ignored by other ops).
+    pub window: usize,
+    /// SOFT landmarks m (ignored by other ops).
+    pub landmarks: usize,
 }
 
 impl Case {
+    /// A case with the SPEC's default window (64) and landmark count (64).
+    pub fn new(op: BenchOp, dims: Dims, dtype: DType, causal: bool) -> Self {
+        Case {
+            op,
+            dims,
+            dtype,
+            causal,
+            window: 64,
+            landmarks: 64,
+        }
+    }
+
     fn params(&self) -> CosformerParams {
         CosformerParams {
             causal: self.causal,
@@ -51,37 +92,109 @@ impl Case {
         }
     }
 
-    /// Minimum bytes: q, k, v read once and o written once (self-attention, Dv = D).
+    fn soft_params(&self) -> SoftParams {
+        SoftParams {
+            landmarks: Landmarks::AvgPool1d { m: self.landmarks },
+            ..Default::default()
+        }
+    }
+
+    fn aft_variant(&self) -> Option<aft::Variant> {
+        let window = self.window;
+        Some(match self.op {
+            BenchOp::AftSimple => aft::Variant::Simple,
+            BenchOp::AftLocal => aft::Variant::Local { window },
+            BenchOp::AftConv => aft::Variant::Conv { window },
+            BenchOp::AftFull => aft::Variant::Full,
+            _ => return None,
+        })
+    }
+
+    /// The record's variant label: "causal", "s=64", "m=64", joined by commas.
+    pub fn label(&self) -> String {
+        let mut parts = Vec::new();
+        if self.causal {
+            parts.push("causal".to_string());
+        }
+        if self.op.has_window() {
+            parts.push(format!("s={}", self.window));
+        }
+        if self.op == BenchOp::Soft {
+            parts.push(format!("m={}", self.landmarks));
+        }
+        parts.join(",")
+    }
+
+    /// fp32 values of the position bias (AFT-local `w`, AFT-conv `u`, AFT-full `w`).
+    fn bias_len(&self) -> Result<usize> {
+        match self.aft_variant() {
+            Some(v) => Ok(v.bias_len(self.dims.n, self.dims.h)?.map_or(0, |(_, n)| n)),
+            None => Ok(0),
+        }
+    }
+
+    /// Tensors the op reads and writes once: q, k, v, o (SOFT, tied: q, v, o).
+    fn tensors(&self) -> usize {
+        if self.op == BenchOp::Soft {
+            3
+        } else {
+            4
+        }
+    }
+
+    /// Minimum bytes: each tensor read or written once (Dv = D), plus the AFT bias once.
     pub fn min_bytes(&self) -> f64 {
         let Dims { b, h, n, d } = self.dims;
-        (4 * b * h * n * d * self.dtype.size()) as f64
+        let bias = self.bias_len().unwrap_or(0) * 4;
+        (self.tensors() * b * h * n * d * self.dtype.size() + bias) as f64
     }
 
-    /// FLOPs of the linear form (SPEC): SimA 4·N·D·Dv, cosFormer 8·N·D·Dv per (b,h).
+    /// FLOPs of the linear form (SPEC): SimA 4·N·D², cosFormer 8·N·D², SOFT 6·N·m·D + 4·m³·T,
+    /// AFT simple 4·N·D, local/conv 8·s·N·D, full 4·N²·D, per (b,h) (multiply-add = 2).
     pub fn flops(&self) -> f64 {
         let Dims { b, h, n, d } = self.dims;
-        let per = match self.op {
-            BenchOp::Sima => 4.0,
-            BenchOp::Cosformer => 8.0,
-        };
-        per * (b * h * n) as f64 * (d * d) as f64
+        let rows = (b * h * n) as f64;
+        let d = d as f64;
+        match self.op {
+            BenchOp::Sima => 4.0 * rows * d * d,
+            BenchOp::Cosformer => 8.0 * rows * d * d,
+            BenchOp::Soft => {
+                let p = self.soft_params();
+                let m = self.landmarks as f64;
+                (b * h) as f64 * 4.0 * m * m * m * p.newton_iters as f64 + 6.0 * rows * m * d
+            }
+            BenchOp::AftSimple => 4.0 * rows * d,
+            BenchOp::AftLocal | BenchOp::AftConv => 8.0 * rows * self.window as f64 * d,
+            BenchOp::AftFull => 4.0 * rows * n as f64 * d,
+        }
     }
 
-    /// Device memory the case needs: inputs, output and workspace.
+    /// Device memory the case needs: inputs, output, bias and workspace.
     pub fn device_bytes(&self) -> Result<usize> {
         let tensors = self
             .dims
             .numel()
             .and_then(|e| e.checked_mul(4 * self.dtype.size()))
             .ok_or_else(|| Error::param("shape", self.dims, "too large"))?;
+        Ok(tensors + self.bias_len()? * 4 + self.workspace_bytes()?)
+    }
+
+    fn workspace_bytes(&self) -> Result<usize> {
         let d = self.dims.d;
-        let ws = match self.op {
-            BenchOp::Sima => sima::workspace_bytes(self.dims, d)?,
+        match self.op {
+            BenchOp::Sima => sima::workspace_bytes(self.dims, d),
             BenchOp::Cosformer => {
-                cosformer::workspace_bytes(self.dims, self.dims.n, d, &self.params())?
+                cosformer::workspace_bytes(self.dims, self.dims.n, d, &self.params())
             }
-        };
-        Ok(tensors + ws)
+            BenchOp::Soft => soft::workspace_bytes(self.dims, d, &self.soft_params()),
+            _ => {
+                let v = self.aft_variant().expect("an AFT op");
+                let p = AftParams {
+                    causal: self.causal,
+                };
+                aft::workspace_bytes(self.dims, v, &p)
+            }
+        }
     }
 }
 
@@ -125,7 +238,16 @@ fn runner<T: Element>(
     };
     let (q, k, v) = (input(0)?, input(1)?, input(2)?);
     let mut o = rt.alloc::<T>(stream, len)?;
-    let mut ws = rt.alloc::<u8>(stream, case.device_bytes()? - 4 * len * case.dtype.size())?;
+    let mut ws = rt.alloc::<u8>(stream, case.workspace_bytes()?)?;
+    // The AFT bias: uniform in [-1, 1) like the inputs (fp32).
+    let bias = match case.bias_len()? {
+        0 => None,
+        n => {
+            let mut w = rt.alloc::<f32>(stream, n)?;
+            fill_uniform(rt, stream, &mut w, seed.wrapping_mul(3).wrapping_add(3))?;
+            Some(w)
+        }
+    };
     let (rt, stream) = (rt.clone(), stream.clone());
     Ok(Box::new(move || {
         let t = |x| TensorRef { data: x, layout: l };
@@ -133,11 +255,24 @@ fn runner<T: Element>(
             data: &mut o,
             layout: l,
         };
+        let ws = Some(&mut ws);
         match case.op {
-            BenchOp::Sima => sima::forward(&rt, &stream, t(&q), t(&k), t(&v), out, Some(&mut ws)),
+            BenchOp::Sima => sima::forward(&rt, &stream, t(&q), t(&k), t(&v), out, ws),
             BenchOp::Cosformer => {
                 let p = case.params();
-                cosformer::forward(&rt, &stream, &p, t(&q), t(&k), t(&v), out, Some(&mut ws))
+                cosformer::forward(&rt, &stream, &p, t(&q), t(&k), t(&v), out, ws)
+            }
+            BenchOp::Soft => {
+                let p = case.soft_params();
+                soft::attention(&rt, &stream, &p, t(&q), None, t(&v), out, None, ws)
+            }
+            _ => {
+                let variant = case.aft_variant().expect("an AFT op");
+                let p = AftParams {
+                    causal: case.causal,
+                };
+                let (q, k, v) = (t(&q), t(&k), t(&v));
+                aft::forward(&rt, &stream, variant, &p, q, k, v, out, bias.as_ref(), ws)
             }
         }
     }))

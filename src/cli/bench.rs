@@ -19,9 +19,16 @@ pub enum Format {
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Operator to sweep: sima, cosformer, or all.
+    /// Operator to sweep: sima, cosformer, soft, aft_simple, aft_local, aft_conv, aft_full, or
+    /// all (comma-separated list accepted).
     #[arg(long, default_value = "all")]
     op: String,
+    /// AFT-local/conv windows s, comma-separated (SPEC §6: 64, 256).
+    #[arg(long, default_value = "64")]
+    window: String,
+    /// SOFT landmark counts m, comma-separated (SPEC §6: 49, 64, 128, 256).
+    #[arg(long, default_value = "64")]
+    landmarks: String,
     /// Also the causal variant of ops that have one.
     #[arg(long)]
     causal: bool,
@@ -56,43 +63,66 @@ pub struct BenchArgs {
     device: usize,
 }
 
-fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
-    let ops: Vec<BenchOp> = match a.op.as_str() {
-        "all" => BenchOp::ALL.to_vec(),
-        name => vec![BenchOp::ALL
-            .into_iter()
-            .find(|o| o.name() == name)
-            .ok_or_else(|| {
-                Error::param("op", name, "GPU sweeps exist for sima, cosformer, all")
-            })?],
-    };
-    let mut seqs = Vec::new();
-    for s in a.seq.split(',') {
-        seqs.push(
-            parse_count(s.trim())
-                .ok_or_else(|| Error::param("seq", s, "expected a length like 4k"))?,
-        );
+/// A comma-separated list of counts (k/M suffixes accepted).
+fn counts(arg: &'static str, list: &str) -> Result<Vec<usize>> {
+    list.split(',')
+        .map(|s| {
+            parse_count(s.trim()).ok_or_else(|| Error::param(arg, s, "expected a count like 4k"))
+        })
+        .collect()
+}
+
+fn ops(list: &str) -> Result<Vec<BenchOp>> {
+    if list == "all" {
+        return Ok(BenchOp::ALL.to_vec());
     }
+    let names: Vec<&str> = BenchOp::ALL.iter().map(|o| o.name()).collect();
+    list.split(',')
+        .map(|name| {
+            BenchOp::ALL
+                .into_iter()
+                .find(|o| o.name() == name.trim())
+                .ok_or_else(|| {
+                    Error::param(
+                        "op",
+                        name,
+                        format!("GPU sweeps exist for {}, all", names.join(", ")),
+                    )
+                })
+        })
+        .collect()
+}
+
+fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
+    let seqs = counts("seq", &a.seq)?;
+    let windows = counts("window", &a.window)?;
+    let landmarks = counts("landmarks", &a.landmarks)?;
     let dtypes = a
         .dtype
         .split(',')
         .map(|s| s.trim().parse())
         .collect::<Result<Vec<DType>>>()?;
     let mut out = Vec::new();
-    for op in ops {
+    for op in ops(&a.op)? {
+        // One pass per window (AFT-local/conv) or landmark count (SOFT); one for other ops.
+        let extents: Vec<(usize, usize)> = match op {
+            BenchOp::AftLocal | BenchOp::AftConv => windows.iter().map(|&s| (s, 64)).collect(),
+            BenchOp::Soft => landmarks.iter().map(|&m| (64, m)).collect(),
+            _ => vec![(64, 64)],
+        };
         for causal in [false, true] {
             if causal && !(a.causal && op.has_causal()) {
                 continue;
             }
-            for &dtype in &dtypes {
-                for &n in &seqs {
-                    let dims = Dims::new(a.batch, a.heads, n, a.head_dim);
-                    out.push(Case {
-                        op,
-                        dims,
-                        dtype,
-                        causal,
-                    });
+            for &(window, m) in &extents {
+                for &dtype in &dtypes {
+                    for &n in &seqs {
+                        let dims = Dims::new(a.batch, a.heads, n, a.head_dim);
+                        let mut case = Case::new(op, dims, dtype, causal);
+                        case.window = window;
+                        case.landmarks = m;
+                        out.push(case);
+                    }
                 }
             }
         }
@@ -178,11 +208,7 @@ pub fn bench(a: &BenchArgs) -> Result<i32> {
         let Dims { b, h, n, d } = case.dims;
         let rec = Record {
             op: case.op.name().into(),
-            variant: if case.causal {
-                "causal".into()
-            } else {
-                String::new()
-            },
+            variant: case.label(),
             b,
             h,
             n,

@@ -1,17 +1,18 @@
 //! `sofa run`: one operator on a safetensors file or random inputs; the CPU backend computes
-//! the f64 linear form (multi-threaded), the GPU backend (SimA so far) is timed and checked
-//! against the f64 reference.
+//! the f64 linear form (multi-threaded), the GPU backend (every op but softmax, `run/gpu.rs`) is
+//! timed and checked against the f64 reference.
+
+mod gpu;
 
 use half::{bf16, f16};
-use sofa::bench::{time_on_stream, Timing};
 use sofa::io::{FileDType, HostTensor, TensorFile};
-use sofa::ops::{sima, TensorMut, TensorRef};
+use sofa::ops::aft::Variant;
 use sofa::reference::aft::{AftParams, Bias};
 use sofa::reference::cosformer::CosformerParams;
 use sofa::reference::soft::{Landmarks, SoftParams};
 use sofa::reference::softmax::SoftmaxParams;
-use sofa::reference::{self, gather, scatter, Qkv, Rng};
-use sofa::{DType, Dims, Element, Error, Layout, LayoutKind, Result, Runtime};
+use sofa::reference::{self, Qkv, Rng};
+use sofa::{DType, Dims, Error, LayoutKind, Result, Runtime};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -43,6 +44,15 @@ impl Op {
             Op::AftConv => "aft_conv",
             Op::Sima => "sima",
             Op::Softmax => "softmax",
+        }
+    }
+
+    /// The kernel family (kernels/<family>.cu) that runs the op on the GPU.
+    fn family(self) -> &'static str {
+        if self.is_aft() {
+            "aft"
+        } else {
+            self.name()
         }
     }
 
@@ -177,20 +187,20 @@ const MAX_RANDOM_W: usize = 1 << 28;
 const CPU_CHECK_TOL: f64 = 1e-9;
 
 pub fn run(args: &RunArgs) -> Result<i32> {
-    let rt = match (args.backend, args.op) {
+    let rt = match (args.backend, gpu::has_kernel(args.op)) {
         (Backend::Cpu, _) => None,
-        (Backend::Gpu, Op::Sima) => Some(Runtime::new(args.device)?),
-        (Backend::Gpu, op) => {
+        (Backend::Gpu, true) => Some(Runtime::new(args.device)?),
+        (Backend::Gpu, false) => {
             return Err(Error::param(
                 "backend",
                 "gpu",
                 format!(
-                    "the GPU kernel for {} is not implemented yet (use --backend cpu)",
-                    op.name()
+                    "{} has no GPU kernel (it is a reference and baseline); use --backend cpu",
+                    args.op.name()
                 ),
             ))
         }
-        (Backend::Auto, Op::Sima) => match Runtime::new(args.device) {
+        (Backend::Auto, true) => match Runtime::new(args.device) {
             Ok(rt) => Some(rt),
             Err(Error::NoDevice(why)) => {
                 eprintln!(
@@ -200,15 +210,15 @@ pub fn run(args: &RunArgs) -> Result<i32> {
             }
             Err(e) => return Err(e),
         },
-        (Backend::Auto, op) => {
+        (Backend::Auto, false) => {
             eprintln!(
-                "note: no GPU kernel for {} yet; running the CPU reference backend",
-                op.name()
+                "note: no GPU kernel for {}; running the CPU reference backend",
+                args.op.name()
             );
             None
         }
     };
-    let p = Problem::load(args)?;
+    let mut p = Problem::load(args)?;
     println!(
         "op {}  shape {}  S {}  dv {}  dtype {}  layout {:?}  source {}",
         args.op.name(),
@@ -224,20 +234,14 @@ pub fn run(args: &RunArgs) -> Result<i32> {
     let Some(rt) = rt else {
         return run_cpu(args, &p);
     };
-    if p.s != p.dims.n {
-        return Err(Error::shape(
-            "k",
-            format!(
-                "SimA is self-attention: S = {} must equal N = {}",
-                p.s, p.dims.n
-            ),
-        ));
+    // The GPU takes the bias / given landmarks in fp32: the reference sees the same values.
+    if let Some(e) = p.extra.as_mut() {
+        e.iter_mut().for_each(|x| *x = *x as f32 as f64);
     }
-    sima::workspace_bytes(p.dims, p.dv)?; // validates the shape before any allocation
     match p.dtype.storage() {
-        Some(DType::F16) => run_gpu::<f16>(&rt, args, &p),
-        Some(DType::BF16) => run_gpu::<bf16>(&rt, args, &p),
-        Some(DType::F32) => run_gpu::<f32>(&rt, args, &p),
+        Some(DType::F16) => gpu::run::<f16>(&rt, args, &p),
+        Some(DType::BF16) => gpu::run::<bf16>(&rt, args, &p),
+        Some(DType::F32) => gpu::run::<f32>(&rt, args, &p),
         None => Err(Error::param(
             "dtype",
             "f64",
@@ -400,6 +404,74 @@ impl Problem {
         })
     }
 
+    fn cosformer(&self, args: &RunArgs) -> CosformerParams {
+        CosformerParams {
+            m: args.big_m,
+            causal: args.causal,
+            relu: !args.no_relu,
+            eps: args.eps,
+        }
+    }
+
+    fn aft(&self, args: &RunArgs) -> AftParams {
+        AftParams {
+            causal: args.causal,
+        }
+    }
+
+    /// The AFT variant (simple for non-AFT ops, which never ask).
+    fn aft_variant(&self) -> Variant {
+        let window = self.window;
+        match self.op {
+            Op::AftFull => Variant::Full,
+            Op::AftLocal => Variant::Local { window },
+            Op::AftConv => Variant::Conv { window },
+            _ => Variant::Simple,
+        }
+    }
+
+    /// The AFT bias for the reference.
+    fn bias(&self) -> Bias<'_> {
+        let extra = self.extra.as_deref().unwrap_or(&[]);
+        let window = self.window;
+        match self.op {
+            Op::AftFull => Bias::Full(extra),
+            Op::AftLocal => Bias::Local { w: extra, window },
+            Op::AftConv => Bias::Conv { u: extra, window },
+            _ => Bias::None,
+        }
+    }
+
+    /// The record's variant label: "causal", "s=64", "m=64", joined by commas.
+    fn label(&self, args: &RunArgs) -> String {
+        let mut parts = Vec::new();
+        if args.causal {
+            parts.push("causal".to_string());
+        }
+        match self.op {
+            Op::AftLocal | Op::AftConv => parts.push(format!("s={}", self.window)),
+            Op::Soft => parts.push(format!("m={}", self.soft.landmarks.count())),
+            _ => {}
+        }
+        parts.join(",")
+    }
+
+    /// FLOPs of the op's linear form (what the GPU computes and the check costs).
+    fn linear_flops(&self, args: &RunArgs) -> Result<f64> {
+        use sofa::reference::{aft, cosformer, sima, soft, softmax};
+        let x = self.qkv()?;
+        Ok(match self.op {
+            Op::Sima => sima::flops(self.dims, self.dv),
+            Op::Cosformer => cosformer::flops(&x),
+            Op::Soft => soft::flops(&x, &self.soft),
+            Op::Softmax => softmax::flops(&x),
+            _ => {
+                let _ = args;
+                aft::flops(&x, &self.bias())
+            }
+        })
+    }
+
     fn qkv(&self) -> Result<Qkv<'_>> {
         Qkv::new(&self.q, &self.k, &self.v, self.dims, self.s, self.dv)
     }
@@ -408,32 +480,12 @@ impl Problem {
     fn compute(&self, args: &RunArgs, literal: bool) -> Result<Vec<f64>> {
         use sofa::reference::{aft, cosformer, sima as rsima, soft, softmax};
         let x = self.qkv()?;
-        let extra = self.extra.as_deref().unwrap_or(&[]);
-        let aft_p = AftParams {
-            causal: args.causal,
-        };
-        let bias = match self.op {
-            Op::AftFull => Bias::Full(extra),
-            Op::AftLocal => Bias::Local {
-                w: extra,
-                window: self.window,
-            },
-            Op::AftConv => Bias::Conv {
-                u: extra,
-                window: self.window,
-            },
-            _ => Bias::None,
-        };
+        let (aft_p, bias) = (self.aft(args), self.bias());
         match self.op {
             Op::Soft if literal => soft::literal(&x, self.extra.as_deref(), &self.soft),
             Op::Soft => soft::linear(&x, self.extra.as_deref(), &self.soft),
             Op::Cosformer => {
-                let cp = CosformerParams {
-                    m: args.big_m,
-                    causal: args.causal,
-                    relu: !args.no_relu,
-                    eps: args.eps,
-                };
+                let cp = self.cosformer(args);
                 if literal {
                     cosformer::literal(&x, &cp)
                 } else {
@@ -619,172 +671,4 @@ fn verdict(ok: bool) -> &'static str {
     } else {
         "FAIL"
     }
-}
-
-/// Device copies of q, k, v in the requested layout.
-struct Inputs<T> {
-    q: Vec<T>,
-    k: Vec<T>,
-    v: Vec<T>,
-    lq: Layout,
-    lv: Layout,
-}
-
-impl<T: Element> Inputs<T> {
-    fn random(dims: Dims, dv: usize, kind: LayoutKind, seed: u64) -> Result<Self> {
-        let lq = Layout::of_kind(dims, kind);
-        let lv = Layout::of_kind(dims.with_d(dv), kind);
-        let span = |l: &Layout| {
-            l.span()
-                .ok_or_else(|| Error::param("shape", l.dims, "too large"))
-        };
-        let mut rng = Rng::new(seed);
-        let (sq, sv) = (span(&lq)?, span(&lv)?);
-        Ok(Inputs {
-            q: rng.fill(sq, -1.0, 1.0),
-            k: rng.fill(sq, -1.0, 1.0),
-            v: rng.fill(sv, -1.0, 1.0),
-            lq,
-            lv,
-        })
-    }
-
-    /// The problem's tensors (contiguous f64) scattered into `kind`.
-    fn from_problem(p: &Problem, kind: LayoutKind) -> Self {
-        let lq = Layout::of_kind(p.dims, kind);
-        let lv = Layout::of_kind(p.dims.with_d(p.dv), kind);
-        let put = |src: &[f64], l: &Layout| {
-            let mut data = vec![T::default(); l.span().unwrap_or(0)];
-            scatter(src, l, &mut data);
-            data
-        };
-        Inputs {
-            q: put(&p.q, &lq),
-            k: put(&p.k, &lq),
-            v: put(&p.v, &lv),
-            lq,
-            lv,
-        }
-    }
-
-    fn reference(&self) -> Vec<f64> {
-        let (q, k, v) = (
-            gather(&self.q, &self.lq),
-            gather(&self.k, &self.lq),
-            gather(&self.v, &self.lv),
-        );
-        reference::sima::forward(&q, &k, &v, self.lq.dims, self.lv.dims.d)
-    }
-}
-
-fn run_gpu<T: Element>(rt: &Runtime, args: &RunArgs, p: &Problem) -> Result<i32> {
-    let (dims, dv) = (p.dims, p.dv);
-    let stream = rt.new_stream()?;
-    let inputs = match args.input {
-        Some(_) => Inputs::<T>::from_problem(p, args.layout),
-        None => Inputs::<T>::random(dims, dv, args.layout, args.seed)?,
-    };
-    let lo = inputs.lv;
-    let q = stream.clone_htod(&inputs.q)?;
-    let k = stream.clone_htod(&inputs.k)?;
-    let v = stream.clone_htod(&inputs.v)?;
-    let poison = vec![T::from_f64(f64::NAN); lo.span().unwrap_or(0)];
-    let mut o = stream.clone_htod(&poison)?;
-    let mut ws = rt.alloc::<u8>(&stream, sima::workspace_bytes(dims, dv)?)?;
-    let call = |o: &mut _, ws: &mut _| {
-        sima::forward(
-            rt,
-            &stream,
-            TensorRef {
-                data: &q,
-                layout: inputs.lq,
-            },
-            TensorRef {
-                data: &k,
-                layout: inputs.lq,
-            },
-            TensorRef {
-                data: &v,
-                layout: inputs.lv,
-            },
-            TensorMut {
-                data: o,
-                layout: lo,
-            },
-            Some(ws),
-        )
-    };
-    call(&mut o, &mut ws)?; // first call loads the kernels; checked, not timed
-    let got = gather(&stream.clone_dtoh(&o)?, &lo);
-    let timing = time_on_stream(&stream, args.warmup, args.iters, || call(&mut o, &mut ws))?;
-    let i = rt.info();
-    println!(
-        "backend gpu: {} (sm_{}{}), kernels from {}",
-        i.name,
-        i.compute_capability.0,
-        i.compute_capability.1,
-        rt.load_path("sima").map_or("?".into(), |p| p.to_string())
-    );
-    print_timing(&timing, dims, dv, T::DTYPE);
-    if let Some(path) = &args.output {
-        p.write_output(path, got.clone())?;
-    }
-
-    let flops = reference::sima::flops(dims, dv);
-    let check = match args.check {
-        Check::Always => true,
-        Check::Never => false,
-        Check::Auto => flops <= CHECK_BUDGET_FLOPS,
-    };
-    let cmp = if check {
-        let cmp = sofa::verify::compare::<T>(&got, &inputs.reference());
-        println!("check   {cmp} vs f64 reference: {}", verdict(cmp.pass()));
-        Some(cmp)
-    } else {
-        println!("check   skipped (reference would take {flops:.1e} flops; use --check always)");
-        None
-    };
-    if let Some(path) = &args.json {
-        let Dims { b, h, n, d } = dims;
-        let record = sofa::bench::record::Record {
-            op: "sima".into(),
-            variant: String::new(),
-            b,
-            h,
-            n,
-            s: n,
-            d,
-            dv,
-            dtype: T::DTYPE,
-            layout: format!("{:?}", args.layout).to_lowercase(),
-            timing,
-            min_bytes: ((2 * d + 2 * dv) * b * h * n * T::DTYPE.size()) as f64,
-            flops: reference::sima::flops(dims, dv),
-            peaks: None,
-            rel_err: cmp.map(|c| c.rel),
-            err_bound: cmp.map(|c| c.bound),
-            flush_l2: false,
-            device: sofa::bench::record::Record::device(rt, "sima"),
-        };
-        super::append_line(path, &record.to_json())?;
-    }
-    Ok(match cmp {
-        Some(c) if !c.pass() => super::EXIT_CHECK_FAILED,
-        _ => 0,
-    })
-}
-
-fn print_timing(t: &Timing, dims: Dims, dv: usize, dtype: DType) {
-    let bytes = ((2 * dims.d + 2 * dv) * dims.b * dims.h * dims.n * dtype.size()) as f64;
-    let s = t.median_ms * 1e-3;
-    println!(
-        "time    median {:.4} ms (p10 {:.4}, p90 {:.4}; {} runs)  {:.3e} tokens/s  {:.1} GB/s over min. bytes  {:.2} TFLOP/s",
-        t.median_ms,
-        t.p10_ms,
-        t.p90_ms,
-        t.runs,
-        (dims.b * dims.n) as f64 / s,
-        bytes / s / 1e9,
-        reference::sima::flops(dims, dv) / s / 1e12
-    );
 }
