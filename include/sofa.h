@@ -193,6 +193,70 @@ typedef struct sofa_cosformer_params {
 } sofa_cosformer_params;
 
 /*
+ How SOFT forms its landmarks (`SofaSoftParams::landmarks`).
+ */
+typedef int32_t SofaLandmarks;
+
+/*
+ SOFT parameters (SPEC §1). Start from `sofa_soft_params_default()`.
+ */
+typedef struct SofaSoftParams {
+  /*
+   One of `SOFA_LANDMARKS_*`.
+   */
+  SofaLandmarks landmarks;
+  /*
+   Non-zero: K = Q (the paper; k is not read).
+   */
+  int32_t tied;
+  /*
+   Landmarks m (avgpool1d, given).
+   */
+  int64_t m;
+  /*
+   avgpool2d grid height, width and window r.
+   */
+  int64_t height;
+  int64_t width;
+  int64_t r;
+  /*
+   Newton–Raphson steps T >= 1.
+   */
+  int64_t newton_iters;
+  /*
+   Ridge λ >= 0.
+   */
+  double ridge;
+  /*
+   c in α = c·2/(max row sum of A)².
+   */
+  double alpha_scale;
+} SofaSoftParams;
+
+/*
+ AFT variants (`SofaAftParams::variant`, SPEC §3).
+ */
+typedef int32_t SofaAftVariant;
+
+/*
+ AFT parameters (SPEC §3). Start from `sofa_aft_params_default()`.
+ */
+typedef struct SofaAftParams {
+  /*
+   One of `SOFA_AFT_*`.
+   */
+  SofaAftVariant variant;
+  /*
+   Non-zero: causal (weight 0 for t' > t).
+   */
+  int32_t causal;
+  /*
+   Window s >= 1 of local and conv (ignored otherwise).
+   */
+  int64_t window;
+} SofaAftParams;
+
+/*
  IEEE half precision.
  */
 #define SOFA_DTYPE_F16 0
@@ -206,6 +270,41 @@ typedef struct sofa_cosformer_params {
  IEEE single precision.
  */
 #define SOFA_DTYPE_F32 2
+
+/*
+ No position bias.
+ */
+#define SOFA_AFT_SIMPLE 0
+
+/*
+ Band bias `w [T, 2s−1]` (fp32), 0 outside the band.
+ */
+#define SOFA_AFT_LOCAL 1
+
+/*
+ Per-head bias `u [H, 2s−1]` (fp32), 0 outside the window.
+ */
+#define SOFA_AFT_CONV 2
+
+/*
+ Full bias `w [T, T]` (fp32).
+ */
+#define SOFA_AFT_FULL 3
+
+/*
+ Means of `m` contiguous segments of the scaled keys.
+ */
+#define SOFA_LANDMARKS_AVGPOOL1D 0
+
+/*
+ Means of `r×r` windows of a `height×width` grid (N = height·width).
+ */
+#define SOFA_LANDMARKS_AVGPOOL2D 1
+
+/*
+ Given by the caller: fp32 `[B,H,m,D]` in the scaled space.
+ */
+#define SOFA_LANDMARKS_GIVEN 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -368,6 +467,97 @@ enum sofa_status sofa_cosformer_forward(const struct sofa_runtime *rt,
                                         const struct sofa_tensor *o,
                                         void *workspace,
                                         size_t workspace_bytes);
+
+/*
+ Defaults: avgpool1d with m = 64, tied, T = 20, λ = 0.01, c = 0.9.
+ */
+struct SofaSoftParams sofa_soft_params_default(void);
+
+/*
+ Workspace bytes of `sofa_soft_attention` for q `[B,H,N,D]`, v `[B,H,N,Dv]` (independent of
+ N beyond the landmark pooling). Needs no device.
+
+ # Safety
+ `params` NULL or readable; `bytes` NULL or writable.
+ */
+enum sofa_status sofa_soft_workspace_bytes(int64_t b,
+                                           int64_t h,
+                                           int64_t n,
+                                           int64_t d,
+                                           int64_t dv,
+                                           const struct SofaSoftParams *params,
+                                           size_t *bytes);
+
+/*
+ SOFT attention (SPEC §1), the fused two-pass form, queued on `stream`. q, k `[B,H,N,D]` (k is
+ not read when `params.tied`; pass q), v, o `[B,H,N,Dv]`; `given` is the fp32 `[B,H,m,D]`
+ landmark tensor of `SOFA_LANDMARKS_GIVEN` holding `given_len` floats (else NULL, 0).
+
+ # Safety
+ As `sofa_sima_forward`; `params` NULL or readable; `given` as described.
+ */
+enum sofa_status sofa_soft_attention(const struct sofa_runtime *rt,
+                                     sofa_stream stream,
+                                     const struct SofaSoftParams *params,
+                                     sofa_dtype dtype,
+                                     const struct sofa_tensor *q,
+                                     const struct sofa_tensor *k,
+                                     const struct sofa_tensor *v,
+                                     const struct sofa_tensor *o,
+                                     const void *given,
+                                     size_t given_len,
+                                     void *workspace,
+                                     size_t workspace_bytes);
+
+/*
+ Defaults: AFT-simple, non-causal, window 64 (for local and conv).
+ */
+struct SofaAftParams sofa_aft_params_default(void);
+
+/*
+ fp32 values the bias of `params.variant` must hold for T and H (0 for simple). Needs no device.
+
+ # Safety
+ `params` NULL or readable; `len` NULL or writable.
+ */
+enum sofa_status sofa_aft_bias_len(int64_t t,
+                                   int64_t h,
+                                   const struct SofaAftParams *params,
+                                   size_t *len);
+
+/*
+ Workspace bytes of `sofa_aft_forward` for q, k, v, o `[B,H,T,D]`. Needs no device.
+
+ # Safety
+ `params` NULL or readable; `bytes` NULL or writable.
+ */
+enum sofa_status sofa_aft_workspace_bytes(int64_t b,
+                                          int64_t h,
+                                          int64_t t,
+                                          int64_t d,
+                                          const struct SofaAftParams *params,
+                                          size_t *bytes);
+
+/*
+ AFT (SPEC §3) of `params.variant`, queued on `stream`. q, k, v, o `[B,H,T,D]`; `bias` is the
+ fp32 `w` (local `[T, 2s−1]`, full `[T, T]`) or `u` (conv `[H, 2s−1]`) holding `bias_len`
+ floats (`sofa_aft_bias_len`), NULL and 0 for simple.
+
+ # Safety
+ As `sofa_sima_forward`; `params` NULL or readable; `bias` as described.
+ */
+enum sofa_status sofa_aft_forward(const struct sofa_runtime *rt,
+                                  sofa_stream stream,
+                                  const struct SofaAftParams *params,
+                                  sofa_dtype dtype,
+                                  const struct sofa_tensor *q,
+                                  const struct sofa_tensor *k,
+                                  const struct sofa_tensor *v,
+                                  const struct sofa_tensor *o,
+                                  const void *bias,
+                                  size_t bias_len,
+                                  void *workspace,
+                                  size_t workspace_bytes);
 
 /*
  A zeroed causal decode state for B·H sequences (`params.m` > 0 is the fixed M; `causal` is

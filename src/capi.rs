@@ -3,11 +3,13 @@
 //! cbindgen (`SOFA_BLESS=1 cargo test --test capi_header` rewrites it; CI fails when it is stale).
 //!
 //! Every entry point catches panics, validates its pointers and returns a [`SofaStatus`]; the
-//! message of a failed call is kept per thread ([`sofa_last_error`]). Ops available through C so
-//! far: SimA and cosFormer (with its decode state); later operators add their own entry points.
+//! message of a failed call is kept per thread ([`sofa_last_error`]). Ops available through C:
+//! SimA, cosFormer (with its decode state), SOFT attention and the four AFT variants.
 
 use crate::error::{Error, Result};
+use crate::ops::aft::{self, AftParams, Variant};
 use crate::ops::cosformer::{self, CosformerParams, State};
+use crate::ops::soft::{self, Landmarks, SoftParams};
 use crate::ops::{sima, RawTensor};
 use crate::runtime::stream::{borrow_stream, CurrentContext};
 use crate::runtime::{probe, Runtime};
@@ -100,6 +102,60 @@ pub struct SofaCosformerParams {
     pub relu: i32,
     /// Denominator clamp `max(sum w, eps)`, > 0.
     pub eps: f64,
+}
+
+/// AFT variants (`SofaAftParams::variant`, SPEC §3).
+pub type SofaAftVariant = i32;
+/// No position bias.
+pub const SOFA_AFT_SIMPLE: SofaAftVariant = 0;
+/// Band bias `w [T, 2s−1]` (fp32), 0 outside the band.
+pub const SOFA_AFT_LOCAL: SofaAftVariant = 1;
+/// Per-head bias `u [H, 2s−1]` (fp32), 0 outside the window.
+pub const SOFA_AFT_CONV: SofaAftVariant = 2;
+/// Full bias `w [T, T]` (fp32).
+pub const SOFA_AFT_FULL: SofaAftVariant = 3;
+
+/// AFT parameters (SPEC §3). Start from `sofa_aft_params_default()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SofaAftParams {
+    /// One of `SOFA_AFT_*`.
+    pub variant: SofaAftVariant,
+    /// Non-zero: causal (weight 0 for t' > t).
+    pub causal: i32,
+    /// Window s >= 1 of local and conv (ignored otherwise).
+    pub window: i64,
+}
+
+/// How SOFT forms its landmarks (`SofaSoftParams::landmarks`).
+pub type SofaLandmarks = i32;
+/// Means of `m` contiguous segments of the scaled keys.
+pub const SOFA_LANDMARKS_AVGPOOL1D: SofaLandmarks = 0;
+/// Means of `r×r` windows of a `height×width` grid (N = height·width).
+pub const SOFA_LANDMARKS_AVGPOOL2D: SofaLandmarks = 1;
+/// Given by the caller: fp32 `[B,H,m,D]` in the scaled space.
+pub const SOFA_LANDMARKS_GIVEN: SofaLandmarks = 2;
+
+/// SOFT parameters (SPEC §1). Start from `sofa_soft_params_default()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SofaSoftParams {
+    /// One of `SOFA_LANDMARKS_*`.
+    pub landmarks: SofaLandmarks,
+    /// Non-zero: K = Q (the paper; k is not read).
+    pub tied: i32,
+    /// Landmarks m (avgpool1d, given).
+    pub m: i64,
+    /// avgpool2d grid height, width and window r.
+    pub height: i64,
+    pub width: i64,
+    pub r: i64,
+    /// Newton–Raphson steps T >= 1.
+    pub newton_iters: i64,
+    /// Ridge λ >= 0.
+    pub ridge: f64,
+    /// c in α = c·2/(max row sum of A)².
+    pub alpha_scale: f64,
 }
 
 /// A device, its primary context and its loaded kernels. Opaque; thread-safe.
@@ -253,6 +309,62 @@ unsafe fn cosformer_params(p: *const SofaCosformerParams) -> Result<CosformerPar
         causal: p.causal != 0,
         relu: p.relu != 0,
         eps: p.eps,
+    })
+}
+
+/// # Safety
+/// `p` is NULL or points to readable parameters.
+unsafe fn aft_params(p: *const SofaAftParams) -> Result<(Variant, AftParams)> {
+    // SAFETY: contract.
+    let p = unsafe { p.as_ref() }.ok_or_else(|| null("params", "parameters"))?;
+    let window = || extent("window", "s", p.window);
+    let variant = match p.variant {
+        SOFA_AFT_SIMPLE => Variant::Simple,
+        SOFA_AFT_LOCAL => Variant::Local { window: window()? },
+        SOFA_AFT_CONV => Variant::Conv { window: window()? },
+        SOFA_AFT_FULL => Variant::Full,
+        v => {
+            return Err(Error::param(
+                "variant",
+                v,
+                "expected SOFA_AFT_SIMPLE … SOFA_AFT_FULL",
+            ))
+        }
+    };
+    Ok((
+        variant,
+        AftParams {
+            causal: p.causal != 0,
+        },
+    ))
+}
+
+/// # Safety
+/// `p` is NULL or points to readable parameters.
+unsafe fn soft_params(p: *const SofaSoftParams) -> Result<SoftParams> {
+    // SAFETY: contract.
+    let p = unsafe { p.as_ref() }.ok_or_else(|| null("params", "parameters"))?;
+    let count = |arg, x: i64| usize::try_from(x).map_err(|_| Error::param(arg, x, "must be >= 0"));
+    let landmarks = match p.landmarks {
+        SOFA_LANDMARKS_AVGPOOL1D => Landmarks::AvgPool1d {
+            m: count("m", p.m)?,
+        },
+        SOFA_LANDMARKS_GIVEN => Landmarks::Given {
+            m: count("m", p.m)?,
+        },
+        SOFA_LANDMARKS_AVGPOOL2D => Landmarks::AvgPool2d {
+            height: count("height", p.height)?,
+            width: count("width", p.width)?,
+            r: count("r", p.r)?,
+        },
+        l => return Err(Error::param("landmarks", l, "expected SOFA_LANDMARKS_*")),
+    };
+    Ok(SoftParams {
+        landmarks,
+        newton_iters: count("newton_iters", p.newton_iters)?,
+        ridge: p.ridge,
+        alpha_scale: p.alpha_scale,
+        tied: p.tied != 0,
     })
 }
 
@@ -606,6 +718,208 @@ pub unsafe extern "C" fn sofa_cosformer_forward(
         unsafe {
             let stream = stream_of(&rt.rt, stream)?;
             cosformer::forward_raw(&rt.rt, &stream, &params, dtype, q, k, v, o, ws, ws_len)
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// SOFT.
+
+/// Defaults: avgpool1d with m = 64, tied, T = 20, λ = 0.01, c = 0.9.
+#[no_mangle]
+pub extern "C" fn sofa_soft_params_default() -> SofaSoftParams {
+    let d = SoftParams::default();
+    SofaSoftParams {
+        landmarks: SOFA_LANDMARKS_AVGPOOL1D,
+        tied: 1,
+        m: d.landmarks.count() as i64,
+        height: 0,
+        width: 0,
+        r: 2,
+        newton_iters: d.newton_iters as i64,
+        ridge: d.ridge,
+        alpha_scale: d.alpha_scale,
+    }
+}
+
+/// Workspace bytes of `sofa_soft_attention` for q `[B,H,N,D]`, v `[B,H,N,Dv]` (independent of
+/// N beyond the landmark pooling). Needs no device.
+///
+/// # Safety
+/// `params` NULL or readable; `bytes` NULL or writable.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn sofa_soft_workspace_bytes(
+    b: i64,
+    h: i64,
+    n: i64,
+    d: i64,
+    dv: i64,
+    params: *const SofaSoftParams,
+    bytes: *mut usize,
+) -> SofaStatus {
+    entry(|| {
+        // SAFETY: contract.
+        let (bytes, params) = unsafe { (out("bytes", bytes)?, soft_params(params)?) };
+        *bytes = 0;
+        *bytes = soft::workspace_bytes(dims("q", b, h, n, d)?, extent("v", "Dv", dv)?, &params)?;
+        Ok(())
+    })
+}
+
+/// SOFT attention (SPEC §1), the fused two-pass form, queued on `stream`. q, k `[B,H,N,D]` (k is
+/// not read when `params.tied`; pass q), v, o `[B,H,N,Dv]`; `given` is the fp32 `[B,H,m,D]`
+/// landmark tensor of `SOFA_LANDMARKS_GIVEN` holding `given_len` floats (else NULL, 0).
+///
+/// # Safety
+/// As `sofa_sima_forward`; `params` NULL or readable; `given` as described.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn sofa_soft_attention(
+    rt: *const SofaRuntime,
+    stream: SofaStream,
+    params: *const SofaSoftParams,
+    dtype: SofaDtype,
+    q: *const SofaTensor,
+    k: *const SofaTensor,
+    v: *const SofaTensor,
+    o: *const SofaTensor,
+    given: *const c_void,
+    given_len: usize,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+) -> SofaStatus {
+    entry(|| {
+        // SAFETY: contract (pointers are NULL or valid).
+        let (rt, params, q, k, v, o) = unsafe {
+            (
+                runtime(rt)?,
+                soft_params(params)?,
+                tensor("q", q)?,
+                tensor("k", k)?,
+                tensor("v", v)?,
+                tensor("o", o)?,
+            )
+        };
+        let dtype = self::dtype(dtype)?;
+        let plan = soft::Plan::new(
+            &q.layout,
+            (!params.tied).then_some(&k.layout),
+            &v.layout,
+            &o.layout,
+            &params,
+            rt.rt.info().smem_per_block_optin,
+        )?;
+        let given = (!given.is_null()).then_some((given as u64, given_len));
+        let (ws, ws_len) = (workspace as u64, workspace_bytes);
+        let _ctx = CurrentContext::bind(&rt.rt)?;
+        // SAFETY: contract; the op validates shapes, alignment, the landmarks and the workspace.
+        unsafe {
+            let stream = stream_of(&rt.rt, stream)?;
+            soft::attention_raw(&rt.rt, &stream, &plan, dtype, q, k, v, o, given, ws, ws_len)
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// AFT.
+
+/// Defaults: AFT-simple, non-causal, window 64 (for local and conv).
+#[no_mangle]
+pub extern "C" fn sofa_aft_params_default() -> SofaAftParams {
+    SofaAftParams {
+        variant: SOFA_AFT_SIMPLE,
+        causal: 0,
+        window: 64,
+    }
+}
+
+/// fp32 values the bias of `params.variant` must hold for T and H (0 for simple). Needs no device.
+///
+/// # Safety
+/// `params` NULL or readable; `len` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn sofa_aft_bias_len(
+    t: i64,
+    h: i64,
+    params: *const SofaAftParams,
+    len: *mut usize,
+) -> SofaStatus {
+    entry(|| {
+        // SAFETY: contract.
+        let (len, (variant, _)) = unsafe { (out("len", len)?, aft_params(params)?) };
+        *len = 0;
+        let (t, h) = (extent("q", "T", t)?, extent("q", "H", h)?);
+        *len = variant.bias_len(t, h)?.map_or(0, |(_, n)| n);
+        Ok(())
+    })
+}
+
+/// Workspace bytes of `sofa_aft_forward` for q, k, v, o `[B,H,T,D]`. Needs no device.
+///
+/// # Safety
+/// `params` NULL or readable; `bytes` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn sofa_aft_workspace_bytes(
+    b: i64,
+    h: i64,
+    t: i64,
+    d: i64,
+    params: *const SofaAftParams,
+    bytes: *mut usize,
+) -> SofaStatus {
+    entry(|| {
+        // SAFETY: contract.
+        let (bytes, (variant, p)) = unsafe { (out("bytes", bytes)?, aft_params(params)?) };
+        *bytes = 0;
+        *bytes = aft::workspace_bytes(dims("q", b, h, t, d)?, variant, &p)?;
+        Ok(())
+    })
+}
+
+/// AFT (SPEC §3) of `params.variant`, queued on `stream`. q, k, v, o `[B,H,T,D]`; `bias` is the
+/// fp32 `w` (local `[T, 2s−1]`, full `[T, T]`) or `u` (conv `[H, 2s−1]`) holding `bias_len`
+/// floats (`sofa_aft_bias_len`), NULL and 0 for simple.
+///
+/// # Safety
+/// As `sofa_sima_forward`; `params` NULL or readable; `bias` as described.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn sofa_aft_forward(
+    rt: *const SofaRuntime,
+    stream: SofaStream,
+    params: *const SofaAftParams,
+    dtype: SofaDtype,
+    q: *const SofaTensor,
+    k: *const SofaTensor,
+    v: *const SofaTensor,
+    o: *const SofaTensor,
+    bias: *const c_void,
+    bias_len: usize,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+) -> SofaStatus {
+    entry(|| {
+        // SAFETY: contract (pointers are NULL or valid).
+        let (rt, (variant, p), q, k, v, o) = unsafe {
+            (
+                runtime(rt)?,
+                aft_params(params)?,
+                tensor("q", q)?,
+                tensor("k", k)?,
+                tensor("v", v)?,
+                tensor("o", o)?,
+            )
+        };
+        let dtype = self::dtype(dtype)?;
+        let (w, ws, ws_len) = (bias as u64, workspace as u64, workspace_bytes);
+        let _ctx = CurrentContext::bind(&rt.rt)?;
+        // SAFETY: contract; the op validates shapes, the bias length, alignment and workspace.
+        unsafe {
+            let stream = stream_of(&rt.rt, stream)?;
+            aft::forward_raw(
+                &rt.rt, &stream, variant, &p, dtype, q, k, v, o, w, bias_len, ws, ws_len,
+            )
         }
     })
 }

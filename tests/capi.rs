@@ -97,6 +97,58 @@ fn pure_queries_need_no_device() {
             sofa_cosformer_workspace_bytes(1, 2, 100, 120, 32, 48, &p, &mut bytes),
             SofaStatus::InvalidArgument
         );
+        // SOFT and AFT.
+        let sp = sofa_soft_params_default();
+        assert_eq!((sp.m, sp.tied, sp.newton_iters), (64, 1, 20));
+        assert_eq!(
+            sofa_soft_workspace_bytes(1, 2, 1000, 32, 32, &sp, &mut bytes),
+            SofaStatus::Ok
+        );
+        let want = sofa::ops::soft::workspace_bytes(
+            sofa::Dims::new(1, 2, 1000, 32),
+            32,
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(bytes, want);
+        let bad = SofaSoftParams { m: 0, ..sp };
+        assert_eq!(
+            sofa_soft_workspace_bytes(1, 2, 1000, 32, 32, &bad, &mut bytes),
+            SofaStatus::InvalidArgument
+        );
+        assert!(last_error().contains("`m`"), "{}", last_error());
+        let mut ap = sofa_aft_params_default();
+        ap.variant = SOFA_AFT_LOCAL;
+        let mut len = 0usize;
+        assert_eq!(sofa_aft_bias_len(100, 3, &ap, &mut len), SofaStatus::Ok);
+        assert_eq!(len, 100 * 127);
+        ap.variant = SOFA_AFT_CONV;
+        assert_eq!(sofa_aft_bias_len(100, 3, &ap, &mut len), SofaStatus::Ok);
+        assert_eq!(len, 3 * 127);
+        assert_eq!(
+            sofa_aft_workspace_bytes(1, 3, 100, 48, &ap, &mut bytes),
+            SofaStatus::Ok
+        );
+        let want = sofa::ops::aft::workspace_bytes(
+            sofa::Dims::new(1, 3, 100, 48),
+            sofa::ops::aft::Variant::Conv { window: 64 },
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(bytes, want);
+        ap.window = 0;
+        assert_eq!(
+            sofa_aft_bias_len(100, 3, &ap, &mut len),
+            SofaStatus::InvalidArgument
+        );
+        assert!(last_error().contains("window"), "{}", last_error());
+        ap.variant = 9;
+        assert_eq!(
+            sofa_aft_workspace_bytes(1, 3, 100, 48, &ap, &mut bytes),
+            SofaStatus::InvalidArgument
+        );
+        assert!(last_error().contains("variant"), "{}", last_error());
+
         assert_eq!(
             sofa_sima_workspace_bytes(1, 1, 8, 8, 8, &mut bytes),
             SofaStatus::Ok
@@ -170,6 +222,40 @@ fn every_entry_point_without_a_device() {
                     &t,
                     &t,
                     &t,
+                    buf,
+                    1 << 20,
+                ),
+            ),
+            (
+                "soft_attention",
+                sofa_soft_attention(
+                    null(),
+                    null_mut(),
+                    &sofa_soft_params_default(),
+                    SOFA_DTYPE_F32,
+                    &t,
+                    &t,
+                    &t,
+                    &t,
+                    null(),
+                    0,
+                    buf,
+                    1 << 20,
+                ),
+            ),
+            (
+                "aft_forward",
+                sofa_aft_forward(
+                    null(),
+                    null_mut(),
+                    &sofa_aft_params_default(),
+                    SOFA_DTYPE_F32,
+                    &t,
+                    &t,
+                    &t,
+                    &t,
+                    null(),
+                    0,
                     buf,
                     1 << 20,
                 ),
