@@ -772,3 +772,102 @@ fn c_calls_capture_into_a_cuda_graph() {
     graph.launch().unwrap();
     assert_eq!(s.clone_dtoh(&o).unwrap(), want, "replay == eager");
 }
+
+#[test]
+fn aft_local_through_c_equals_the_safe_api() {
+    let Some(x) = gpu::setup("capi aft") else {
+        return;
+    };
+    let s = &x.stream;
+    let (b, h, t, d, window) = (2, 3, 300, 48, 16);
+    let l = sofa::Layout::of_kind(sofa::Dims::new(b, h, t, d), gpu::kind());
+    let i = gpu::inputs(&x, l, l, 13);
+    let mut rng = sofa::reference::Rng::new(14);
+    let w = s
+        .clone_htod(&rng.fill::<f32>(t * (2 * window - 1), -1.0, 1.0))
+        .unwrap();
+    let variant = sofa::ops::aft::Variant::Local { window };
+    let params = sofa::ops::aft::AftParams { causal: true };
+    let mut want = s.clone_htod(&common::poisoned::<f32>(&l)).unwrap();
+    let r = |data| sofa::ops::TensorRef { data, layout: l };
+    sofa::ops::aft::forward(
+        &x.safe,
+        s,
+        variant,
+        &params,
+        r(&i.q),
+        r(&i.k),
+        r(&i.v),
+        sofa::ops::TensorMut {
+            data: &mut want,
+            layout: l,
+        },
+        Some(&w),
+        None,
+    )
+    .unwrap();
+
+    let cp = SofaAftParams {
+        variant: SOFA_AFT_LOCAL,
+        causal: 1,
+        window: window as i64,
+    };
+    let mut bytes = 0;
+    // SAFETY: valid pointers.
+    let st = unsafe {
+        sofa_aft_workspace_bytes(b as i64, h as i64, t as i64, d as i64, &cp, &mut bytes)
+    };
+    assert_eq!(st, SofaStatus::Ok, "{}", last_error());
+    let ws = x.safe.alloc::<u8>(s, bytes).unwrap();
+    let o = s.clone_htod(&common::poisoned::<f32>(&l)).unwrap();
+    let desc = |buf| gpu::desc(buf, &l);
+    let (q, k, v, od) = (
+        desc(gpu::addr(&i.q, s)),
+        desc(gpu::addr(&i.k, s)),
+        desc(gpu::addr(&i.v, s)),
+        desc(gpu::addr(&o, s)),
+    );
+    // SAFETY: live buffers covering each layout and the band; synchronized before reading.
+    let st = unsafe {
+        sofa_aft_forward(
+            x.c,
+            gpu::cs(s),
+            &cp,
+            SOFA_DTYPE_F32,
+            &q,
+            &k,
+            &v,
+            &od,
+            gpu::addr(&w, s),
+            w.len(),
+            gpu::addr(&ws, s),
+            bytes,
+        )
+    };
+    assert_eq!(st, SofaStatus::Ok, "{}", last_error());
+    assert_eq!(
+        s.clone_dtoh(&o).unwrap(),
+        s.clone_dtoh(&want).unwrap(),
+        "C AFT-local == safe AFT-local (bitwise)"
+    );
+    // A band of the wrong width is a typed error naming w.
+    // SAFETY: as above; nothing is launched.
+    let st = unsafe {
+        sofa_aft_forward(
+            x.c,
+            gpu::cs(s),
+            &cp,
+            SOFA_DTYPE_F32,
+            &q,
+            &k,
+            &v,
+            &od,
+            gpu::addr(&w, s),
+            w.len() - 1,
+            gpu::addr(&ws, s),
+            bytes,
+        )
+    };
+    assert_eq!(st, SofaStatus::InvalidShape);
+    assert!(last_error().contains("`w`"), "{}", last_error());
+}
