@@ -48,6 +48,13 @@ fi
 for path in fatbin nvrtc; do
   step "run-sima-$path" env SOFA_KERNELS=$path ./sofa run --op sima --shape 1,16,4k,64 --dtype f16 --check always
 done
+# Every GPU op through `sofa run` (checked against the f64 reference), [B,N,H,D] layout.
+for op in cosformer soft aft_simple aft_local aft_conv aft_full; do
+  for causal in "" --causal; do
+    [[ $op == soft && -n $causal ]] && continue
+    step "run-$op$causal" ./sofa run --op $op --shape 1,4,4097,64 --dtype f16 --layout bnhd --check always $causal
+  done
+done
 # Benchmarks: JSON lines (one per shape × dtype) in $out/sima.jsonl. Inputs of N ≥ 16k exceed
 # the 50 MB L2 of an H100; smaller ones are warm-cache numbers.
 bench() { step "bench-$1-$2-$3" ./sofa run --op sima --shape "$1" --dtype "$2" --check "$3" --json "$out/sima.jsonl"; }
@@ -59,8 +66,11 @@ bench 1,16,64k,32 f16 always
 bench 1,16,64k,48 f16 always
 bench 1,16,1M,64 f16 never
 bench 1,16,1M,64 bf16 never
-step sweep ./sofa bench --op all --causal --seq 1k,4k,16k,64k,256k,1M --dtype f16,bf16 --out "$out/bench.jsonl"
-step sweep-d128 ./sofa bench --op all --heads 8 --head-dim 128 --seq 4k,64k,1M --dtype f16 --out "$out/bench.jsonl"
+# SPEC §6 sweeps. AFT-full is quadratic: its sweep stops at 16k.
+linear=sima,cosformer,soft,aft_simple,aft_local,aft_conv
+step sweep ./sofa bench --op $linear --causal --seq 1k,4k,16k,64k,256k,1M --dtype f16,bf16 --window 64,256 --landmarks 49,64,128,256 --out "$out/bench.jsonl"
+step sweep-full ./sofa bench --op aft_full --causal --seq 1k,4k,16k --dtype f16 --out "$out/bench.jsonl"
+step sweep-d128 ./sofa bench --op $linear --heads 8 --head-dim 128 --seq 4k,64k,1M --dtype f16 --out "$out/bench.jsonl"
 if [[ -f torch_reference.py ]] && python3 -c 'import torch' 2>/dev/null; then
   step torch python3 torch_reference.py --out "$out/torch.jsonl"
 fi
