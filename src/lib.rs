@@ -4,6 +4,7 @@
 //! device, its primary context and the kernel modules. See SPEC.md for what each operator
 //! computes.
 
+pub mod baseline;
 pub mod bench;
 #[cfg(feature = "capi")]
 pub mod capi;
