@@ -13,7 +13,9 @@
 use super::{check_contiguous, check_dims, heads, int, run, Blas, Gemm, Grid, Mat, Regions};
 use super::{f32_bytes, BaselineParams};
 use crate::error::{Error, Result};
-use crate::ops::{check_raw, check_workspace, ptr_of, ptr_of_mut, with_raw, RawTensor};
+use crate::ops::{
+    check_f32_buffer, check_raw, check_workspace, ptr_of, ptr_of_mut, with_raw, RawTensor,
+};
 use crate::ops::{TensorMut, TensorRef};
 use crate::runtime::Runtime;
 use crate::tensor::{DType, Dims, Element, Layout};
@@ -162,25 +164,6 @@ impl NewtonPlan {
     }
 }
 
-/// Checks a raw fp32 buffer of `len` floats that must hold `need`.
-fn check_f32(arg: &'static str, ptr: u64, len: usize, need: usize) -> Result<()> {
-    if len < need {
-        return Err(Error::BufferTooSmall {
-            arg,
-            needed: need,
-            len,
-        });
-    }
-    if ptr == 0 || ptr % 4 != 0 {
-        return Err(Error::param(
-            arg,
-            format!("{ptr:#x}"),
-            "must be non-null and 4-byte aligned",
-        ));
-    }
-    Ok(())
-}
-
 /// Batched Newton–Raphson pseudo-inverse (SPEC §1.4) on raw device pointers: `a` and `z` hold
 /// `a_len`, `z_len ≥ plan.len()` fp32 values (`[batch][m][m]`). Queued on `blas.stream()`.
 ///
@@ -200,8 +183,8 @@ pub unsafe fn newton_pinv_raw(
     workspace: u64,
     workspace_len: usize,
 ) -> Result<()> {
-    check_f32("a", a, a_len, plan.len())?;
-    check_f32("z", z, z_len, plan.len())?;
+    check_f32_buffer("a", a, a_len, plan.len())?;
+    check_f32_buffer("z", z, z_len, plan.len())?;
     check_workspace(plan.workspace_bytes(), workspace, workspace_len)?;
     // SAFETY: forwarded contract; lengths checked above.
     unsafe { plan.queue(rt, blas, a, z, workspace) }
@@ -391,7 +374,7 @@ pub unsafe fn attention_raw(
     check_raw(dtype, [("q", &q), ("k", &keys), ("v", &v), ("o", &o)])?;
     let given = match (params.landmarks, given) {
         (Landmarks::Given { .. }, Some((ptr, len))) => {
-            check_f32("landmarks", ptr, len, plan.given_len())?;
+            check_f32_buffer("landmarks", ptr, len, plan.given_len())?;
             Some(ptr)
         }
         (Landmarks::Given { .. }, None) => {

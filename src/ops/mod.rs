@@ -122,6 +122,25 @@ pub(crate) fn check_raw(dtype: DType, ts: [(&'static str, &RawTensor); 4]) -> Re
         .try_for_each(|(arg, t)| check_ptr(dtype, arg, t))
 }
 
+/// A raw fp32 buffer of `len` floats must hold `need` and be non-null and 4-byte aligned.
+pub(crate) fn check_f32_buffer(arg: &'static str, ptr: u64, len: usize, need: usize) -> Result<()> {
+    if len < need {
+        return Err(Error::BufferTooSmall {
+            arg,
+            needed: need,
+            len,
+        });
+    }
+    if ptr == 0 || ptr % 4 != 0 {
+        return Err(Error::param(
+            arg,
+            format!("{ptr:#x}"),
+            "must be non-null and 4-byte aligned",
+        ));
+    }
+    Ok(())
+}
+
 /// A raw workspace must hold `need` bytes and be non-null and 4-byte aligned when used.
 pub(crate) fn check_workspace(need: usize, workspace: u64, len: usize) -> Result<()> {
     if len < need {

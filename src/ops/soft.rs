@@ -17,7 +17,7 @@
 //! All kernels are CUDA-core fp32; any D, Dv ≤ 256, any strides with a unit last dim, m ≤ 256.
 //! Every reduction runs in a fixed order: outputs are bit-identical run to run.
 
-use super::MAX_HEAD_DIM;
+use super::{check_f32_buffer, MAX_HEAD_DIM};
 use super::{
     check_ptr, check_workspace, launch, launch_smem, ptr_of, ptr_of_mut, with_raw, RawTensor,
     TensorMut, TensorRef,
@@ -360,24 +360,6 @@ impl NewtonPlan {
         }
         Ok(())
     }
-}
-
-fn check_f32_buffer(arg: &'static str, ptr: u64, len: usize, need: usize) -> Result<()> {
-    if len < need {
-        return Err(Error::BufferTooSmall {
-            arg,
-            needed: need,
-            len,
-        });
-    }
-    if ptr == 0 || ptr % 4 != 0 {
-        return Err(Error::param(
-            arg,
-            format!("{ptr:#x}"),
-            "must be non-null and 4-byte aligned",
-        ));
-    }
-    Ok(())
 }
 
 /// Batched Newton–Raphson pseudo-inverse on raw device pointers: `a` and `z` hold
