@@ -228,3 +228,12 @@ fn workspace_does_not_grow_with_n_beyond_the_chunk_cap() {
         assert!((pl.chunks - 1) * pl.rows_per_chunk < n);
     }
 }
+
+#[test]
+fn newton_smem_bytes_saturates_for_huge_m() {
+    // 3·m·(m|1)·4 overflowed for m ≥ 2^31 (a panic with overflow checks, as the fuzz build has).
+    assert_eq!(newton_smem_bytes(64), 3 * 64 * 65 * 4);
+    assert_eq!(newton_smem_bytes(1 << 32), usize::MAX);
+    assert_eq!(newton_smem_bytes(usize::MAX), usize::MAX);
+    assert!(!newton_fits_on_chip(usize::MAX, usize::MAX));
+}

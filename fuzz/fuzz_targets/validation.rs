@@ -1,15 +1,20 @@
 //! Fuzz target for the validation layer and the CPU backend: decodes bytes into shapes, strides,
 //! buffer lengths, dtypes and parameters (small, zero, huge and overflowing values alike), calls
-//! `Layout::validate`/`span`/`is_non_overlapping`, the SimA and cosFormer plans and workspace
-//! sizes, the cosFormer decode-state checks, and every CPU reference on small decoded shapes.
-//! Every call must return `Ok` or a typed input error (`Error::argument()` is `Some`); a panic,
-//! an out-of-bounds access or an untyped error is a finding. Run:
+//! `Layout::validate`/`span`/`is_non_overlapping`; the GPU plans and workspace sizes, which need
+//! no device: SimA, cosFormer (with the decode-state checks), SOFT (landmarks, Newton parameters
+//! and path, `NewtonPlan`, shared-memory sizing, tied/untied keys) and AFT (every variant and
+//! window, bias lengths, causal); the cuBLAS baselines' plans (softmax, SimA, cosFormer, SOFT,
+//! AFT); and every CPU reference on small decoded shapes. Every call must return `Ok` or a typed
+//! input error (`Error::argument()` is `Some`); a panic, an out-of-bounds access or an untyped
+//! error is a finding, and so is an accepted plan whose extents do not fit the kernels' 32-bit
+//! ints or whose workspace disagrees with the stride-free `workspace_bytes`. Run:
 //! `cargo fuzz run validation -- -max_total_time=600`.
 #![no_main]
 
 use libfuzzer_sys::arbitrary::{Result as AResult, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use sofa::ops::{cosformer, sima, MAX_HEAD_DIM};
+use sofa::baseline;
+use sofa::ops::{aft as gaft, cosformer, sima, soft as gsoft, MAX_HEAD_DIM};
 use sofa::reference::{
     aft::{self, AftParams, Bias},
     cosformer::{self as rcos, CosformerParams},
@@ -223,6 +228,306 @@ fn check_cosformer(u: &mut Unstructured) -> AResult<()> {
     Ok(())
 }
 
+/// Shared memory per block a device might allow (0: none; the ones of real GPUs; huge).
+fn smem(u: &mut Unstructured) -> AResult<usize> {
+    const SMEM: [usize; 6] = [0, 48 << 10, 99 << 10, 227 << 10, 232_448, usize::MAX];
+    Ok(if u.arbitrary()? {
+        SMEM[u.choose_index(SMEM.len())?]
+    } else {
+        count(u)?
+    })
+}
+
+/// A landmark method for sequence length `n`: often valid for it, sometimes hostile.
+fn landmarks(u: &mut Unstructured, n: usize) -> AResult<Landmarks> {
+    let fit = n.min(300);
+    Ok(match u.int_in_range(0u8..=4)? {
+        0 => Landmarks::AvgPool1d { m: count(u)? },
+        1 => Landmarks::AvgPool1d {
+            m: small(u, 0, fit)?,
+        },
+        2 => Landmarks::Given {
+            m: if u.arbitrary()? {
+                count(u)?
+            } else {
+                small(u, 0, 300)?
+            },
+        },
+        _ => {
+            let height = if u.arbitrary()? {
+                small(u, 1, n.clamp(1, 64))?
+            } else {
+                count(u)?
+            };
+            let width = if height > 0 && n % height == 0 && u.arbitrary()? {
+                n / height
+            } else {
+                count(u)?
+            };
+            let r = if u.arbitrary()? {
+                small(u, 0, 4)?
+            } else {
+                count(u)?
+            };
+            Landmarks::AvgPool2d { height, width, r }
+        }
+    })
+}
+
+/// SOFT parameters; the GPU plans do no work, so T may be huge here.
+fn soft_params(u: &mut Unstructured, n: usize) -> AResult<SoftParams> {
+    Ok(SoftParams {
+        landmarks: landmarks(u, n)?,
+        newton_iters: if u.arbitrary()? {
+            small(u, 0, 30)?
+        } else {
+            count(u)?
+        },
+        ridge: if u.arbitrary()? { 0.01 } else { float(u)? },
+        alpha_scale: if u.arbitrary()? { 0.9 } else { float(u)? },
+        tied: u.arbitrary()?,
+    })
+}
+
+fn fits_i32(x: usize) -> bool {
+    x <= i32::MAX as usize
+}
+
+fn newton_path(u: &mut Unstructured) -> AResult<gsoft::NewtonPath> {
+    use gsoft::NewtonPath::*;
+    Ok([Auto, OneLaunch, MultiLaunch][u.choose_index(3)?])
+}
+
+/// `NewtonPlan` and the shared-memory sizing on their own.
+fn check_newton(u: &mut Unstructured) -> AResult<()> {
+    use gsoft::NewtonPath;
+    let batch = count(u)?;
+    let m = if u.arbitrary()? {
+        small(u, 0, 300)?
+    } else {
+        count(u)?
+    };
+    let p = soft_params(u, 1)?;
+    let (path, sm) = (newton_path(u)?, smem(u)?);
+    let _ = gsoft::newton_smem_bytes(m);
+    let fits = gsoft::newton_fits_on_chip(m, sm);
+    let r = gsoft::NewtonPlan::new(batch, m, &p, path, sm);
+    if let Some(plan) = ok_or_typed(r, "NewtonPlan::new") {
+        assert!((1..=gsoft::MAX_M).contains(&plan.m) && fits_i32(plan.batch));
+        assert!(fits_i32(p.newton_iters), "{p:?}");
+        match (path, plan.path) {
+            (_, NewtonPath::Auto) => panic!("unresolved path"),
+            (NewtonPath::Auto, got) => assert_eq!(got == NewtonPath::OneLaunch, fits),
+            (want, got) => assert_eq!(want, got),
+        }
+        assert!(plan.path != NewtonPath::OneLaunch || fits);
+        let ws = plan.workspace_bytes();
+        assert!(ws == 0 || ws == 12 * plan.len());
+    }
+    Ok(())
+}
+
+/// The fused SOFT plan: shapes, tied/untied keys, landmarks, Newton parameters, row chunks.
+fn check_soft(u: &mut Unstructured) -> AResult<()> {
+    let [q, k, v, o] = qkvo(u, false)?;
+    let p = soft_params(u, q.dims.n)?;
+    let pass_k = if u.int_in_range(0u8..=7)? == 0 {
+        p.tied // the wrong choice
+    } else {
+        !p.tied
+    };
+    let sm = smem(u)?;
+    let r = gsoft::Plan::new(&q, pass_k.then_some(&k), &v, &o, &p, sm);
+    if let Some(plan) = ok_or_typed(r, "soft::Plan::new") {
+        let Dims { b, h, n, d } = plan.dims;
+        assert!(!pass_k || k.dims == q.dims);
+        assert_eq!(plan.m, p.landmarks.count());
+        assert!((1..=gsoft::MAX_M).contains(&plan.m));
+        assert!((1..=MAX_HEAD_DIM).contains(&d) && (1..=MAX_HEAD_DIM).contains(&plan.dv));
+        // Everything the kernels take as an int.
+        assert!(fits_i32(b * h) && n <= i32::MAX as usize / 2 && fits_i32(p.newton_iters));
+        if let Landmarks::AvgPool2d { height, width, r } = p.landmarks {
+            assert!(fits_i32(height) && fits_i32(width) && fits_i32(r));
+        }
+        assert_eq!(plan.newton.batch, b * h);
+        assert!(plan.newton.path != gsoft::NewtonPath::Auto);
+        let (c, rpc) = (plan.chunks, plan.rows_per_chunk);
+        assert!((1..=gsoft::MAX_CHUNKS).contains(&c) && rpc % 64 == 0);
+        assert!(
+            c * rpc >= n && (c - 1) * rpc < n,
+            "{c} chunks of {rpc} for N = {n}"
+        );
+        let ws = plan.workspace_bytes();
+        // The stride-free size assumes the multi-launch Newton path: an upper bound.
+        if let Ok(bound) = gsoft::workspace_bytes(plan.dims, plan.dv, &p) {
+            assert!(ws <= bound, "{ws} > {bound}");
+        }
+    }
+    let dv = if u.arbitrary()? { q.dims.d } else { count(u)? };
+    ok_or_typed(
+        gsoft::workspace_bytes(q.dims, dv, &p),
+        "soft workspace_bytes",
+    );
+    Ok(())
+}
+
+fn aft_variant(u: &mut Unstructured) -> AResult<gaft::Variant> {
+    use gaft::Variant::*;
+    let window = if u.arbitrary()? {
+        small(u, 0, 9)?
+    } else {
+        count(u)?
+    };
+    Ok(match u.int_in_range(0u8..=3)? {
+        0 => Simple,
+        1 => Local { window },
+        2 => Conv { window },
+        _ => Full,
+    })
+}
+
+/// The AFT plan: every variant and window, causal or not, S ≠ T and Dv ≠ D refused.
+fn check_aft(u: &mut Unstructured) -> AResult<()> {
+    let cross = u.arbitrary()?;
+    let [q, k, v, o] = qkvo(u, cross)?;
+    let variant = aft_variant(u)?;
+    let p = AftParams {
+        causal: u.arbitrary()?,
+    };
+    let r = gaft::Plan::new(&q, &k, &v, &o, variant, &p);
+    if let Some(plan) = ok_or_typed(r, "aft::Plan::new") {
+        let Dims { b, h, n, d } = plan.dims;
+        assert!(k.dims == q.dims && v.dims == q.dims && o.dims == q.dims);
+        assert!(n <= gaft::MAX_T && (1..=MAX_HEAD_DIM).contains(&d));
+        assert!(fits_i32(b * h * d.div_ceil(64)));
+        assert_eq!(plan.chunks, n.div_ceil(gaft::CHUNK));
+        let bias = variant.bias_len(n, h).expect("accepted by the plan");
+        assert_eq!(plan.bias, bias);
+        let ws = plan.workspace_bytes();
+        assert!(ws < usize::MAX / 4 * 4, "workspace overflow passed as {ws}");
+        if let Ok(w) = gaft::workspace_bytes(plan.dims, variant, &p) {
+            assert_eq!(w, ws, "the workspace depends on strides");
+        }
+    }
+    ok_or_typed(variant.bias_len(count(u)?, count(u)?), "aft bias_len");
+    let _ = variant.name();
+    ok_or_typed(
+        gaft::workspace_bytes(dims(u)?, variant, &p),
+        "aft workspace_bytes",
+    );
+    Ok(())
+}
+
+fn dtype(u: &mut Unstructured) -> AResult<DType> {
+    Ok(DType::ALL[u.choose_index(DType::ALL.len())?])
+}
+
+/// The cuBLAS baselines' plans (contiguous tensors only), checked against their stride-free
+/// `workspace_bytes`.
+fn check_baseline(u: &mut Unstructured) -> AResult<()> {
+    let which = u.int_in_range(0u8..=5)?;
+    let mut l = qkvo(u, which == 0 || which == 2)?;
+    if u.int_in_range(0u8..=3)? != 0 {
+        l = l.map(|x| Layout::contiguous(x.dims));
+    }
+    let [q, k, v, o] = l;
+    let (dt, dims, s, dv) = (dtype(u)?, q.dims, k.dims.n, v.dims.d);
+    match which {
+        0 => {
+            let p = SoftmaxParams {
+                causal: u.arbitrary()?,
+                scale: if u.arbitrary()? {
+                    None
+                } else {
+                    Some(float(u)?)
+                },
+            };
+            let r = baseline::softmax::Plan::new(dt, &q, &k, &v, &o, &p);
+            if let Some(plan) = ok_or_typed(r, "baseline softmax") {
+                assert!(!p.causal || dims.n == s);
+                let w = baseline::softmax::workspace_bytes(dt, dims, s, dv);
+                assert_eq!(w.ok(), Some(plan.workspace_bytes()));
+            }
+        }
+        1 => {
+            if let Some(plan) = ok_or_typed(
+                baseline::sima::Plan::new(dt, &q, &k, &v, &o),
+                "baseline sima",
+            ) {
+                let w = baseline::sima::workspace_bytes(dt, dims, dv);
+                assert_eq!(w.ok(), Some(plan.workspace_bytes()));
+            }
+        }
+        2 => {
+            let p = cos_params(u)?;
+            let r = baseline::cosformer::Plan::new(dt, &q, &k, &v, &o, &p);
+            if let Some(plan) = ok_or_typed(r, "baseline cosformer") {
+                assert!(!p.causal || dims.n <= baseline::cosformer::CAUSAL_MAX_N);
+                let w = baseline::cosformer::workspace_bytes(dt, dims, s, dv, &p);
+                assert_eq!(w.ok(), Some(plan.workspace_bytes()));
+            }
+        }
+        3 => {
+            let p = soft_params(u, dims.n)?;
+            let kk = (!p.tied ^ (u.int_in_range(0u8..=7)? == 0)).then_some(&k);
+            let r = baseline::soft::Plan::new(dt, &q, kk, &v, &o, &p);
+            if let Some(plan) = ok_or_typed(r, "baseline soft") {
+                let _ = plan.given_len();
+                let w = baseline::soft::workspace_bytes(dt, dims, dv, &p);
+                assert_eq!(w.ok(), Some(plan.workspace_bytes()));
+            }
+            let m = if u.arbitrary()? {
+                small(u, 0, 300)?
+            } else {
+                count(u)?
+            };
+            let r = baseline::soft::NewtonPlan::new(count(u)?, m, &p);
+            if let Some(np) = ok_or_typed(r, "baseline NewtonPlan") {
+                assert!(np.workspace_bytes() >= 12 * np.len());
+            }
+        }
+        4 => {
+            let causal = u.arbitrary()?;
+            let r = baseline::aft::Plan::new(dt, &q, &k, &v, &o, causal);
+            if let Some(plan) = ok_or_typed(r, "baseline aft") {
+                let w = baseline::aft::workspace_bytes(dt, dims);
+                assert_eq!(w.ok(), Some(plan.workspace_bytes()));
+            }
+            let window = count(u)?;
+            for bias in [
+                baseline::aft::AftBias::Full { w: 0 },
+                baseline::aft::AftBias::Local { w: 0, window },
+            ] {
+                ok_or_typed(bias.w_len(count(u)?), "baseline aft w_len");
+            }
+        }
+        _ => {
+            let dims = self::dims(u)?;
+            let p = cos_params(u)?;
+            let (s, dv) = (count(u)?, count(u)?);
+            ok_or_typed(
+                baseline::cosformer::workspace_bytes(dt, dims, s, dv, &p),
+                "baseline cos ws",
+            );
+            ok_or_typed(
+                baseline::softmax::workspace_bytes(dt, dims, s, dv),
+                "baseline softmax ws",
+            );
+            let p = soft_params(u, dims.n)?;
+            ok_or_typed(
+                baseline::soft::workspace_bytes(dt, dims, dv, &p),
+                "baseline soft ws",
+            );
+            ok_or_typed(
+                baseline::sima::workspace_bytes(dt, dims, dv),
+                "baseline sima ws",
+            );
+            ok_or_typed(baseline::aft::workspace_bytes(dt, dims), "baseline aft ws");
+        }
+    }
+    Ok(())
+}
+
 /// Values of a small tensor: mostly moderate, sometimes non-finite or huge.
 fn values(u: &mut Unstructured, len: usize, hostile: bool) -> AResult<Vec<f64>> {
     (0..len)
@@ -427,11 +732,15 @@ fn check_parse(u: &mut Unstructured) -> AResult<()> {
 fn run(data: &[u8]) -> AResult<()> {
     let mut u = Unstructured::new(data);
     while !u.is_empty() {
-        match u.int_in_range(0u8..=4)? {
+        match u.int_in_range(0u8..=8)? {
             0 => check_layout(&mut u)?,
             1 => check_sima(&mut u)?,
             2 => check_cosformer(&mut u)?,
             3 => check_reference(&mut u)?,
+            4 => check_soft(&mut u)?,
+            5 => check_newton(&mut u)?,
+            6 => check_aft(&mut u)?,
+            7 => check_baseline(&mut u)?,
             _ => check_parse(&mut u)?,
         }
     }

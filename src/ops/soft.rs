@@ -151,9 +151,10 @@ pub enum NewtonPath {
     MultiLaunch,
 }
 
-/// Dynamic shared memory of the one-launch Newton kernel: Â, Z and Z·Â with an odd leading dim.
+/// Dynamic shared memory of the one-launch Newton kernel: Â, Z and Z·Â with an odd leading dim
+/// (saturating: an m far beyond [`NEWTON_SMEM_MAX_M`] gets a size no device has, not a panic).
 pub fn newton_smem_bytes(m: usize) -> usize {
-    3 * m * (m | 1) * 4
+    12usize.saturating_mul(m).saturating_mul(m | 1)
 }
 
 /// Static shared memory of the one-launch Newton kernel (row sums and α; ptxas reports 1040

@@ -124,19 +124,32 @@ pub fn par_states<S: Send>(
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per = states.len().div_ceil(threads).max(1);
     std::thread::scope(|s| {
-        for (g, (sts, outs)) in states
+        let threads: Vec<_> = states
             .chunks_mut(per)
             .zip(out.chunks_mut(per * slice_len))
             .enumerate()
-        {
-            let f = &f;
-            s.spawn(move || {
-                for (i, (st, o)) in sts.iter_mut().zip(outs.chunks_mut(slice_len)).enumerate() {
-                    f(g * per + i, st, o);
-                }
-            });
-        }
+            .map(|(g, (sts, outs))| {
+                let f = &f;
+                s.spawn(move || {
+                    for (i, (st, o)) in sts.iter_mut().zip(outs.chunks_mut(slice_len)).enumerate() {
+                        f(g * per + i, st, o);
+                    }
+                })
+            })
+            .collect();
+        join_all(threads);
     });
+}
+
+/// Joins scoped threads one by one, re-raising a panic. The scope's implicit wait ends when the
+/// closures return, before the threads' thread-local destructors have run; an explicit join
+/// reaps each thread, so none is still exiting (and freeing) after the call returns.
+fn join_all(threads: Vec<std::thread::ScopedJoinHandle<'_, ()>>) {
+    for t in threads {
+        if let Err(panic) = t.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
 }
 
 /// Logistic sigmoid.
@@ -195,14 +208,18 @@ pub fn par_slices(out: &mut [f64], slice_len: usize, f: impl Fn(usize, &mut [f64
         groups.push(it.by_ref().take(per).collect());
     }
     std::thread::scope(|s| {
-        for group in groups {
-            let f = &f;
-            s.spawn(move || {
-                for (bh, slice) in group {
-                    f(bh, slice);
-                }
-            });
-        }
+        let threads: Vec<_> = groups
+            .into_iter()
+            .map(|group| {
+                let f = &f;
+                s.spawn(move || {
+                    for (bh, slice) in group {
+                        f(bh, slice);
+                    }
+                })
+            })
+            .collect();
+        join_all(threads);
     });
 }
 
