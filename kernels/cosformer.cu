@@ -377,6 +377,8 @@ __device__ void cos_causal(const CosformerParams& p) {
         vt[r][e] = in ? to_f32(v[(i64)(kb0 + r) * p.v_sn + e0 + e]) : 0.f;
       }
       __syncthreads();
+      // Masked pairs are skipped, not multiplied by zero: a non-finite v_j must not reach rows
+      // before j (docs/non-finite.md).
 #pragma unroll 4
       for (int j = 0; j < COS_BLOCK; ++j) {
         float wv[4], vv[4];
@@ -386,9 +388,11 @@ __device__ void cos_causal(const CosformerParams& p) {
           vv[a] = vt[j][te + 16 * a];
         }
 #pragma unroll
-        for (int a = 0; a < 4; ++a)
+        for (int a = 0; a < 4; ++a) {
+          const bool seen = kb0 + j <= row0 + tr + 16 * a;
 #pragma unroll
-          for (int jj = 0; jj < 4; ++jj) acc[a][jj] = fmaf(wv[a], vv[jj], acc[a][jj]);
+          for (int jj = 0; jj < 4; ++jj) acc[a][jj] = seen ? fmaf(wv[a], vv[jj], acc[a][jj]) : acc[a][jj];
+        }
       }
     }
     if (threadIdx.x < COS_BLOCK) dint[threadIdx.x] = drow;
@@ -484,6 +488,11 @@ __device__ void cos_step(const CosformerParams& p) {
 COS_DTYPE(f16, f16)
 COS_DTYPE(bf16, bf16)
 COS_DTYPE(float, f32)
+
+// Tensor-core entry points: cosformer_{reduce,map}_tc<D>_<dtype>, cosformer_causal_tc<D>_<dtype>.
+#include "cosformer_tc.cuh"
+COS_TC_DTYPE(f16, f16)
+COS_TC_DTYPE(bf16, bf16)
 
 extern "C" __global__ void __launch_bounds__(COS_THREADS, 1)
     cosformer_finalize_f32(const __grid_constant__ CosformerParams p) {

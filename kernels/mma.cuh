@@ -61,3 +61,73 @@ template <typename T> __device__ __forceinline__ void unpack8(const u16* p, floa
 #pragma unroll
   for (int i = 0; i < 8; ++i) out[i] = to_f32(T{h[i]});
 }
+
+// Copies rows [row0, row0 + ROWS) × D of one (b,h) slice into padded shared rows; rows at or
+// past row_end become zeros. Every thread issues its share of 16-byte copies.
+template <int D, int LD, int ROWS, int THREADS>
+__device__ __forceinline__ void tc_stage(u16 (*dst)[LD], const u16* src, i64 sn, int row0, int row_end) {
+  constexpr int VPR = D / 8;  // 16-byte vectors per row
+#pragma unroll
+  for (int i = threadIdx.x; i < ROWS * VPR; i += THREADS) {
+    int r = i / VPR, c = (i % VPR) * 8;
+    bool ok = row0 + r < row_end;
+    cp_async16(&dst[r][c], ok ? src + (i64)(row0 + r) * sn + c : src, ok);
+  }
+}
+
+// Two 8×8 b16 matrices, transposed; lanes 0–15 give the row addresses (matrix l / 8, row l % 8).
+__device__ __forceinline__ void ldmatrix_x2_trans(u32 (&r)[2], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(smem_addr(p)));
+}
+
+// ReLU of two packed values: max(x, +0); max(NaN, 0) = 0, as fmaxf (docs/non-finite.md).
+template <typename T> __device__ __forceinline__ u32 relu2(u32 x);
+template <> __device__ __forceinline__ u32 relu2<f16>(u32 x) {
+  u32 r;
+  asm("max.f16x2 %0, %1, %2;" : "=r"(r) : "r"(x), "r"(0u));
+  return r;
+}
+template <> __device__ __forceinline__ u32 relu2<bf16>(u32 x) {
+  u32 r;
+  asm("max.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(x), "r"(0u));
+  return r;
+}
+
+// Two packed values times two fp32 factors, computed in fp32 and rounded once.
+template <typename T> __device__ __forceinline__ u32 scale2(u32 x, float lo, float hi) {
+  return pack2<T>(to_f32(T{(u16)(x & 0xffffu)}) * lo, to_f32(T{(u16)(x >> 16)}) * hi);
+}
+
+// Two packed ones: a B fragment of ones turns an mma into row sums of A.
+template <typename T> __device__ __forceinline__ u32 ones2();
+template <> __device__ __forceinline__ u32 ones2<f16>() { return 0x3C003C00u; }
+template <> __device__ __forceinline__ u32 ones2<bf16>() { return 0x3F803F80u; }
+
+// Exponent mask of one 16-bit value: all bits set means ±Inf or NaN.
+template <typename T> __device__ __forceinline__ u32 exp_mask();
+template <> __device__ __forceinline__ u32 exp_mask<f16>() { return 0x7C00u; }
+template <> __device__ __forceinline__ u32 exp_mask<bf16>() { return 0x7F80u; }
+
+// Whether either packed value is ±Inf or NaN.
+template <typename T> __device__ __forceinline__ bool nonfinite2(u32 x) {
+  const u32 e = exp_mask<T>();
+  return (x & e) == e || ((x >> 16) & e) == e;
+}
+// The same pair with non-finite values replaced by +0.
+template <typename T> __device__ __forceinline__ u32 finite_or_zero2(u32 x) {
+  const u32 e = exp_mask<T>();
+  const u32 lo = (x & e) == e ? 0u : (x & 0xffffu);
+  const u32 hi = ((x >> 16) & e) == e ? 0u : (x >> 16);
+  return lo | (hi << 16);
+}
+
+// A power of two 2^e with mx·2^e ∈ [1, 2) (e clamped to ±120; 1 when mx is 0 or NaN): scales
+// fp32 values into the 16-bit operand range without changing their mantissas.
+__device__ __forceinline__ float pow2_scale(float mx) {
+  int ex = 0;
+  frexpf(mx, &ex);  // mx = m·2^ex, m ∈ [0.5, 1)
+  ex = max(-120, min(120, ex));
+  return mx > 0.f ? ldexpf(1.f, 1 - ex) : 1.f;
+}

@@ -17,19 +17,6 @@ __host__ __device__ constexpr int sima_tc_map_smem(int d) {
   return (d + 2 * SIMA_TC_MAP_WARPS * 16) * (d + 8) * 2;
 }
 
-// Copies rows [row0, row0 + ROWS) × D of one (b,h) slice into padded shared rows; rows at or
-// past row_end become zeros. Every thread issues its share of 16-byte copies.
-template <int D, int LD, int ROWS, int THREADS>
-__device__ __forceinline__ void tc_stage(u16 (*dst)[LD], const u16* src, i64 sn, int row0, int row_end) {
-  constexpr int VPR = D / 8;  // 16-byte vectors per row
-#pragma unroll
-  for (int i = threadIdx.x; i < ROWS * VPR; i += THREADS) {
-    int r = i / VPR, c = (i % VPR) * 8;
-    bool ok = row0 + r < row_end;
-    cp_async16(&dst[r][c], ok ? src + (i64)(row0 + r) * sn + c : src, ok);
-  }
-}
-
 // Reduce pass. Grid: x = bh (grid-stride), y = row chunk. D/16 warps; warp w owns rows
 // c ∈ [16w, 16w+16) of k^T v (all Dv columns). Σ|q|, Σ|k| from the same shared tiles.
 // Traffic: Q, K, V of the chunk read once; (D·Dv + 2D) floats written per chunk.
@@ -110,8 +97,11 @@ __device__ void sima_reduce_tc(const SimaParams& p) {
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
       int c = warp * 16 + g, e = j * 8 + 2 * t;
-      *reinterpret_cast<float2*>(&out[(i64)c * p.dv + e]) = make_float2(acc[j][0], acc[j][1]);
-      *reinterpret_cast<float2*>(&out[(i64)(c + 8) * p.dv + e]) = make_float2(acc[j][2], acc[j][3]);
+      // Scalar stores: the workspace is only 4-byte aligned by contract.
+      out[(i64)c * p.dv + e] = acc[j][0];
+      out[(i64)c * p.dv + e + 1] = acc[j][1];
+      out[(i64)(c + 8) * p.dv + e] = acc[j][2];
+      out[(i64)(c + 8) * p.dv + e + 1] = acc[j][3];
     }
     // Column norms: THREADS / VPR threads share each column block; sum them in a fixed order.
     float* red = reinterpret_cast<float*>(sima_tc_smem);  // 2·THREADS·8 floats ≤ the tiles
@@ -169,10 +159,7 @@ __device__ void sima_map_tc(const SimaParams& p) {
     mx = wmax[0];
 #pragma unroll
     for (int w = 1; w < WARPS; ++w) mx = fmaxf(mx, wmax[w]);
-    int ex = 0;
-    frexpf(mx, &ex);  // mx = m·2^ex, m ∈ [0.5, 1)
-    ex = max(-120, min(120, ex));
-    const float alpha = mx > 0.f ? ldexpf(1.f, 1 - ex) : 1.f, inv_alpha = 1.f / alpha;
+    const float alpha = pow2_scale(mx), inv_alpha = 1.f / alpha;
     for (int i = threadIdx.x; i < D * D; i += THREADS) gs[i / D][i % D] = from_f32<T>(gm[i] * alpha).bits;
     __syncthreads();
 

@@ -6,12 +6,15 @@
 //! chunk's own state, an exclusive prefix over chunks, then per block of 64 query rows the prefix
 //! state plus the masked intra-chunk products. Decode: [`State`] keeps the running fp32 state of
 //! B·H sequences on the device; [`State::prefill`] runs the causal scan from it and
-//! [`State::step`] adds one token per sequence. All kernels are CUDA-core fp32; any D, Dv ≤ 256,
-//! any strides with a unit last dim.
+//! [`State::step`] adds one token per sequence. Any D, Dv ≤ 256, any strides with a unit last dim
+//! run on fp32 CUDA-core kernels; f16/bf16 with D == Dv ∈ {32, 48, 64} (causal: {32, 64}) and
+//! 16-byte-aligned rows run on tensor cores (kernels/cosformer_tc.cuh): the same partial states,
+//! the products on mma.sync with fp32 accumulation, the causal pass one CTA per chunk carrying
+//! its state across 64-row blocks.
 
 use super::{
-    check_raw, check_workspace, launch, ptr_of_mut, with_raw, RawTensor, TensorMut, TensorRef,
-    MAX_HEAD_DIM,
+    check_raw, check_workspace, launch, launch_smem, ptr_of_mut, with_raw, RawTensor, TensorMut,
+    TensorRef, MAX_HEAD_DIM,
 };
 use crate::error::{Error, Result};
 use crate::runtime::{oom_or, Runtime};
@@ -33,6 +36,48 @@ const MAX_CHUNKS: usize = 256; // non-causal row chunks
 pub const MAX_CAUSAL_CHUNKS: usize = 1024;
 const TARGET_CTAS: usize = 1024;
 const MAX_GRID_YZ: usize = 65535;
+/// Head dims (D == Dv) with tensor-core passes for f16/bf16 and 16-byte-aligned rows: the
+/// non-causal reduce/map, and the causal pass.
+const TC_DIMS: [usize; 3] = [32, 48, 64];
+const TC_CAUSAL_DIMS: [usize; 2] = [32, 64];
+const TC_ROWS: usize = 32; // COS_TC_ROWS
+const TC_MAP_THREADS: u32 = 128; // COS_TC_MAP_WARPS · 32
+const TC_MAP_ROWS: usize = 64; // COS_TC_MAP_WARPS · 16
+const TC_CAUSAL_THREADS: u32 = 256; // COS_TC_CAUSAL_WARPS · 32
+/// Causal tensor-core CTAs aimed for (one per chunk and (b,h)): a few waves of one CTA per SM.
+const TC_CAUSAL_CTAS: usize = 512;
+
+/// Launch geometry of the tensor-core kernels (mirrors cos_tc_* in kernels/cosformer_tc.cuh).
+mod tc {
+    use super::{BLOCK, TC_MAP_ROWS, TC_ROWS};
+    fn state_ld(d: usize) -> usize {
+        2 * d + 24
+    }
+    pub fn reduce_threads(d: usize) -> u32 {
+        (d / 16 * if d >= 64 { 2 } else { 1 } * 32) as u32
+    }
+    pub fn reduce_smem(d: usize) -> u32 {
+        (4 * TC_ROWS * (d + 8) * 2) as u32
+    }
+    pub fn map_smem(d: usize) -> u32 {
+        ((d * state_ld(d) + 2 * TC_MAP_ROWS * (d + 8)) * 2) as u32
+    }
+    pub fn causal_smem(d: usize) -> u32 {
+        ((7 * BLOCK * (d + 8) + d * state_ld(d)) * 2) as u32
+    }
+    // The values the static_assert in kernels/cosformer_tc.cuh pins.
+    #[test]
+    fn geometry_matches_the_kernel_header() {
+        assert_eq!(reduce_smem(64), 18432);
+        assert_eq!(map_smem(64), 37888);
+        assert_eq!(causal_smem(64), 83968);
+        assert_eq!(
+            (reduce_threads(32), reduce_threads(64), reduce_threads(128)),
+            (64, 256, 512)
+        );
+    }
+}
+
 /// Largest N, S and M accepted (the kernels index rows with 32-bit ints).
 const MAX_LEN: usize = (i32::MAX / 2) as usize;
 
@@ -331,6 +376,10 @@ unsafe fn queue(
     mut p: KernelParams,
     workspace: u64,
 ) -> Result<()> {
+    if tensor_cores(plan, dtype, &p) {
+        // SAFETY: forwarded contract; `tensor_cores` checked the dims and 16-byte alignment.
+        return unsafe { queue_tc(rt, stream, plan, dtype, p, workspace) };
+    }
     let bh = plan.b * plan.h;
     let per = state_len(plan.d, plan.dv);
     let dt = dtype.name();
@@ -361,6 +410,92 @@ unsafe fn queue(
         launch(stream, &middle, (elem_blocks, bh_y, 1), THREADS, &p)?;
         let out_grid = (grid_dim(plan.n.div_ceil(BLOCK)), bh_y, e_tiles);
         launch(stream, &out, out_grid, THREADS, &p)?;
+    }
+    Ok(())
+}
+
+/// Whether the tensor-core kernels apply: f16/bf16, D == Dv with a tensor-core build, and every
+/// row of q, k, v, o 16-byte aligned (pointers and batch/head/seq strides).
+fn tensor_cores(plan: &Plan, dtype: DType, p: &KernelParams) -> bool {
+    let dims: &[usize] = if plan.causal {
+        &TC_CAUSAL_DIMS
+    } else {
+        &TC_DIMS
+    };
+    let aligned = [p.q, p.k, p.v, p.o].iter().all(|a| a % 16 == 0)
+        && [
+            p.q_sb, p.q_sh, p.q_sn, p.k_sb, p.k_sh, p.k_sn, p.v_sb, p.v_sh, p.v_sn, p.o_sb, p.o_sh,
+            p.o_sn,
+        ]
+        .iter()
+        .all(|s| s % 8 == 0);
+    dtype != DType::F32 && plan.d == plan.dv && dims.contains(&plan.d) && aligned
+}
+
+/// Causal chunk rows of the tensor-core pass: a multiple of the plan's chunk (so the workspace,
+/// sized for the plan's chunks, holds the fewer chunks) long enough that there are about
+/// [`TC_CAUSAL_CTAS`] chunks in all: each CTA carries its state across the chunk's blocks.
+fn tc_causal_rows(plan: &Plan) -> usize {
+    let bh = plan.b * plan.h;
+    let want = plan.n.div_ceil(TC_CAUSAL_CTAS.div_ceil(bh));
+    want.max(1).div_ceil(plan.rows_per_chunk) * plan.rows_per_chunk
+}
+
+/// [`queue`] on the tensor-core kernels.
+///
+/// # Safety
+/// As [`queue`], and [`tensor_cores`] holds.
+unsafe fn queue_tc(
+    rt: &Runtime,
+    stream: &CudaStream,
+    plan: &Plan,
+    dtype: DType,
+    mut p: KernelParams,
+    workspace: u64,
+) -> Result<()> {
+    let (bh, d, dt) = (plan.b * plan.h, plan.d, dtype.name());
+    let per = state_len(d, d);
+    let bh_y = bh.min(MAX_GRID_YZ) as u32;
+    let elem_blocks = grid_dim(per.div_ceil(THREADS as usize));
+    let reduce = rt.function(FAMILY, &format!("cosformer_reduce_tc{d}_{dt}"))?;
+    let rsmem = tc::reduce_smem(d);
+    rt.allow_dynamic_smem(&reduce, rsmem)?;
+    p.partial = workspace;
+    if plan.causal {
+        let rows = tc_causal_rows(plan);
+        p.rows_per_chunk = rows as i32;
+        p.chunks = plan.n.div_ceil(rows) as i32;
+        let scan = rt.function(FAMILY, "cosformer_scan_f32")?;
+        let causal = rt.function(FAMILY, &format!("cosformer_causal_tc{d}_{dt}"))?;
+        let csmem = tc::causal_smem(d);
+        rt.allow_dynamic_smem(&causal, csmem)?;
+        let chunks = p.chunks as u32;
+        // SAFETY: chunks ≤ plan.chunks, so the partials fit the workspace; grids cover every
+        // chunk and state element.
+        unsafe {
+            let rgrid = (grid_dim(bh), chunks, 1);
+            launch_smem(stream, &reduce, rgrid, tc::reduce_threads(d), rsmem, &p)?;
+            launch(stream, &scan, (elem_blocks, bh_y, 1), THREADS, &p)?;
+            let cgrid = (chunks, bh_y, 1);
+            launch_smem(stream, &causal, cgrid, TC_CAUSAL_THREADS, csmem, &p)?;
+        }
+    } else {
+        p.state = workspace + (bh * plan.chunks * per * 4) as u64;
+        let finalize = rt.function(FAMILY, "cosformer_finalize_f32")?;
+        let map = rt.function(FAMILY, &format!("cosformer_map_tc{d}_{dt}"))?;
+        let msmem = tc::map_smem(d);
+        rt.allow_dynamic_smem(&map, msmem)?;
+        // Persistent map CTAs: one wave, shared among the (b,h) slices.
+        let slots = rt.resident_ctas(&map, TC_MAP_THREADS, msmem)?;
+        let per_bh = slots.div_ceil(bh).max(1);
+        let map_grid = (plan.n.div_ceil(TC_MAP_ROWS).min(per_bh) as u32, bh_y, 1);
+        // SAFETY: as in `queue`; the grids cover every chunk, state element and query tile.
+        unsafe {
+            let rgrid = (grid_dim(bh), plan.chunks as u32, 1);
+            launch_smem(stream, &reduce, rgrid, tc::reduce_threads(d), rsmem, &p)?;
+            launch(stream, &finalize, (elem_blocks, bh_y, 1), THREADS, &p)?;
+            launch_smem(stream, &map, map_grid, TC_MAP_THREADS, msmem, &p)?;
+        }
     }
     Ok(())
 }

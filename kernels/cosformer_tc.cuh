@@ -1,0 +1,659 @@
+// cosFormer tensor-core path (SPEC §2) for f16/bf16, D == Dv, 16-byte-aligned rows. Features are
+// never stored: ReLU is applied to the loaded 16-bit fragments, and the sin/cos re-weighting is
+// folded into an operand in fp32 (one rounding) right before each mma. Accumulation is fp32.
+//   cos_reduce_tc  D ∈ {32, 48, 64}: per-chunk states, the layout of cos_reduce (so the
+//                  CUDA-core finalize and scan are shared)
+//   cos_map_tc     D ∈ {32, 48, 64}: non-causal outputs from the summed state
+//   cos_causal_tc  D ∈ {32, 64}: one CTA per (chunk, bh) walks the chunk's 64-row blocks,
+//                  carrying the fp32 state in registers: per block, the masked intra-block
+//                  products, the state product, then the state update.
+// The state enters mma as a 16-bit operand scaled by a power of two (α for KV, β for z) chosen
+// from its maximum, so that sums over millions of rows neither overflow nor underflow; outputs
+// divide the scales out in fp32. Dynamic shared memory sizes: cos_tc_*_smem (mirrored in Rust).
+// D = 128 is not instantiated: both passes spill at the register budgets that keep two CTAs per
+// SM (measured by ptxas); it needs a split of the state across CTAs first.
+#pragma once
+#include "cosformer.cuh"
+#include "mma.cuh"
+
+#define COS_TC_ROWS 32         // key rows per pipeline stage of the reduce pass
+#define COS_TC_MAP_WARPS 4     // warps per CTA of the map pass, 16 query rows each
+#define COS_TC_BLOCK 64        // rows per block of the causal pass
+#define COS_TC_CAUSAL_WARPS 8  // warps per CTA of the causal pass
+
+extern __shared__ __align__(16) u16 cos_tc_smem[];
+
+// Row length (elements) of the state operand: [αKVc | αKVs | βzc ×8 | βzs ×8], padded by 8 so that
+// ldmatrix rows fall in distinct banks.
+__host__ __device__ constexpr int cos_tc_state_ld(int d) { return 2 * d + 24; }
+__host__ __device__ constexpr int cos_tc_reduce_smem(int d) { return 4 * COS_TC_ROWS * (d + 8) * 2; }
+__host__ __device__ constexpr int cos_tc_map_smem(int d) {
+  return (d * cos_tc_state_ld(d) + 2 * COS_TC_MAP_WARPS * 16 * (d + 8)) * 2;
+}
+__host__ __device__ constexpr int cos_tc_causal_smem(int d) {
+  return (7 * COS_TC_BLOCK * (d + 8) + d * cos_tc_state_ld(d)) * 2;
+}
+
+// Writes the angle table of rows [row0, row0 + ROWS): tab[0][r] = sinθ, tab[1][r] = cosθ (0 past
+// row_end). Threads below ROWS each write one row.
+template <int ROWS>
+__device__ __forceinline__ void cos_tc_angles(float (*tab)[ROWS], const CosformerParams& p, int row0,
+                                              int row_end) {
+  if (threadIdx.x < ROWS) {
+    float sn = 0.f, cs = 0.f;
+    if (row0 + (int)threadIdx.x < row_end) cos_angle(p, row0 + threadIdx.x, &sn, &cs);
+    tab[0][threadIdx.x] = sn;
+    tab[1][threadIdx.x] = cs;
+  }
+}
+
+// A = Kᵀ fragment (rows c ∈ [c0, c0+16), columns = key rows [n0, n0+16)) with ReLU applied, and its
+// two re-weighted copies: as = diag-scaled by sinθ_j, ac by cosθ_j of the key rows (tab = angles
+// of the stage, indexed from the stage's first row).
+template <typename T, int LD, int TAB>
+__device__ __forceinline__ void cos_tc_key_ops(u32 (&as)[4], u32 (&ac)[4], u16 (*ks)[LD], int n0, int c0,
+                                               const float (*tab)[TAB], int relu) {
+  const int lane = threadIdx.x % 32, t = lane % 4;
+  u32 a[4];
+  {
+    const int mat = lane / 8, r = lane % 8;
+    ldmatrix_x4_trans(a, &ks[n0 + r + (mat / 2) * 8][c0 + (mat % 2) * 8]);
+  }
+  if (relu) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) a[i] = relu2<T>(a[i]);
+  }
+  // a0, a1 hold key columns 2t, 2t+1; a2, a3 hold 2t+8, 2t+9.
+  const float* sn = tab[0] + n0;
+  const float* cs = tab[1] + n0;
+  const int j = 2 * t;
+  as[0] = scale2<T>(a[0], sn[j], sn[j + 1]);
+  as[1] = scale2<T>(a[1], sn[j], sn[j + 1]);
+  as[2] = scale2<T>(a[2], sn[j + 8], sn[j + 9]);
+  as[3] = scale2<T>(a[3], sn[j + 8], sn[j + 9]);
+  ac[0] = scale2<T>(a[0], cs[j], cs[j + 1]);
+  ac[1] = scale2<T>(a[1], cs[j], cs[j + 1]);
+  ac[2] = scale2<T>(a[2], cs[j + 8], cs[j + 9]);
+  ac[3] = scale2<T>(a[3], cs[j + 8], cs[j + 9]);
+}
+
+// acc_s += as·V, acc_c += ac·V over value columns [e0, e0 + 8·NT) of key rows [n0, n0 + 16).
+template <typename T, int LD, int NT>
+__device__ __forceinline__ void cos_tc_kv_mma(float (&acc_s)[NT][4], float (&acc_c)[NT][4], const u32 (&as)[4],
+                                              const u32 (&ac)[4], u16 (*vs)[LD], int n0, int e0) {
+  const int lane = threadIdx.x % 32, mat = lane / 8, r = lane % 8;
+#pragma unroll
+  for (int j = 0; j + 1 < NT; j += 2) {
+    u32 bf[4];  // B = V: k = key rows, columns e; two n-tiles (j, j + 1)
+    ldmatrix_x4_trans(bf, &vs[n0 + r + (mat % 2) * 8][e0 + j * 8 + (mat / 2) * 8]);
+    mma16816<T>(acc_s[j], as, bf[0], bf[1]);
+    mma16816<T>(acc_s[j + 1], as, bf[2], bf[3]);
+    mma16816<T>(acc_c[j], ac, bf[0], bf[1]);
+    mma16816<T>(acc_c[j + 1], ac, bf[2], bf[3]);
+  }
+  if (NT % 2) {
+    u32 bf[2];  // lanes 0–15 address the two k halves of the last n-tile
+    ldmatrix_x2_trans(bf, &vs[n0 + r + (mat % 2) * 8][e0 + (NT - 1) * 8]);
+    mma16816<T>(acc_s[NT - 1], as, bf[0], bf[1]);
+    mma16816<T>(acc_c[NT - 1], ac, bf[0], bf[1]);
+  }
+}
+
+// Value-column parts of the reduce pass: D ≥ 64 splits the columns between two warps per c-tile
+// (fewer accumulators per thread, more warps per CTA).
+__host__ __device__ constexpr int cos_tc_reduce_esplit(int d) { return d >= 64 ? 2 : 1; }
+__host__ __device__ constexpr int cos_tc_reduce_threads(int d) { return d / 16 * cos_tc_reduce_esplit(d) * 32; }
+
+// Reduce pass. Grid: x = bh (grid-stride), y = chunk. Warps: (D/16 c-tiles) × ES e-parts; warp
+// (ct, ep) owns state rows [16ct, 16ct+16) × columns [ep·D/ES, …) of KVs and KVc, and the ep = 0
+// warps also zs, zc (an mma against ones). Traffic: K, V of the chunk read once, one state written.
+template <typename T, int D>
+__device__ void cos_reduce_tc(const CosformerParams& p) {
+  constexpr int WC = D / 16, ES = cos_tc_reduce_esplit(D), LD = D + 8, ROWS = COS_TC_ROWS;
+  constexpr int THREADS = WC * ES * 32, EW = D / ES, NT = EW / 8;
+  auto ks = reinterpret_cast<u16(*)[ROWS][LD]>(cos_tc_smem);
+  auto vs = ks + 2;
+  __shared__ float ang[2][2][ROWS];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int ct = warp % WC, e0 = (warp / WC) * EW;
+  const bool zw = warp < WC;
+  const int chunk = blockIdx.y;
+  const int row_begin = chunk * p.rows_per_chunk;
+  const int row_end = min(p.s, row_begin + p.rows_per_chunk);
+  const u32 one = ones2<T>();
+
+  for (int bh = blockIdx.x; bh < p.b * p.h; bh += gridDim.x) {
+    const int b = bh / p.h, h = bh % p.h;
+    const u16* k = reinterpret_cast<const u16*>(p.k) + (b * p.k_sb + h * p.k_sh);
+    const u16* v = reinterpret_cast<const u16*>(p.v) + (b * p.v_sb + h * p.v_sh);
+    float as[NT][4], ac[NT][4], zs[4] = {0, 0, 0, 0}, zc[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) as[j][i] = ac[j][i] = 0.f;
+
+    __syncthreads();  // the previous (b,h) iteration's reads of the buffers are done
+    tc_stage<D, LD, ROWS, THREADS>(ks[0], k, p.k_sn, row_begin, row_end);
+    tc_stage<D, LD, ROWS, THREADS>(vs[0], v, p.v_sn, row_begin, row_end);
+    cos_tc_angles<ROWS>(ang[0], p, row_begin, row_end);
+    cp_async_commit();
+    int buf = 0;
+    for (int row0 = row_begin; row0 < row_end; row0 += ROWS, buf ^= 1) {
+      if (row0 + ROWS < row_end) {
+        tc_stage<D, LD, ROWS, THREADS>(ks[buf ^ 1], k, p.k_sn, row0 + ROWS, row_end);
+        tc_stage<D, LD, ROWS, THREADS>(vs[buf ^ 1], v, p.v_sn, row0 + ROWS, row_end);
+        cos_tc_angles<ROWS>(ang[buf ^ 1], p, row0 + ROWS, row_end);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+#pragma unroll 1
+      for (int n0 = 0; n0 < ROWS; n0 += 16) {
+        u32 asn[4], acs[4];
+        cos_tc_key_ops<T, LD, ROWS>(asn, acs, ks[buf], n0, ct * 16, ang[buf], p.relu);
+        cos_tc_kv_mma<T, LD, NT>(as, ac, asn, acs, vs[buf], n0, e0);
+        if (zw) {
+          mma16816<T>(zs, asn, one, one);
+          mma16816<T>(zc, acs, one, one);
+        }
+      }
+      __syncthreads();  // buffer `buf` is refilled two iterations from now
+    }
+    cp_async_wait<0>();
+
+    const i64 ddv = (i64)D * D;
+    float* out = reinterpret_cast<float*>(p.partial) + ((i64)bh * p.chunks + chunk) * cos_state_len(p);
+    const int c = ct * 16 + g;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const int e = e0 + j * 8 + 2 * t;  // scalar stores: the workspace is 4-byte aligned
+      out[(i64)c * D + e] = as[j][0];
+      out[(i64)c * D + e + 1] = as[j][1];
+      out[(i64)(c + 8) * D + e] = as[j][2];
+      out[(i64)(c + 8) * D + e + 1] = as[j][3];
+      out[ddv + (i64)c * D + e] = ac[j][0];
+      out[ddv + (i64)c * D + e + 1] = ac[j][1];
+      out[ddv + (i64)(c + 8) * D + e] = ac[j][2];
+      out[ddv + (i64)(c + 8) * D + e + 1] = ac[j][3];
+    }
+    if (zw && t == 0) {  // every column of the ones-product holds the row sum
+      out[2 * ddv + c] = zs[0];
+      out[2 * ddv + c + 8] = zs[2];
+      out[2 * ddv + D + c] = zc[0];
+      out[2 * ddv + D + c + 8] = zc[2];
+    }
+  }
+}
+
+// The CTA-wide maxima of |KV| and |z| from per-thread values: `red` holds 2 × WARPS floats.
+// Ends with a barrier, after which every thread holds both maxima.
+template <int WARPS>
+__device__ __forceinline__ void cos_tc_block_max(float& mk, float& mz, float (*red)[WARPS]) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    mk = fmaxf(mk, __shfl_xor_sync(0xffffffffu, mk, off));
+    mz = fmaxf(mz, __shfl_xor_sync(0xffffffffu, mz, off));
+  }
+  if (lane == 0) {
+    red[0][warp] = mk;
+    red[1][warp] = mz;
+  }
+  __syncthreads();
+  mk = red[0][0];
+  mz = red[1][0];
+#pragma unroll
+  for (int w = 1; w < WARPS; ++w) {
+    mk = fmaxf(mk, red[0][w]);
+    mz = fmaxf(mz, red[1][w]);
+  }
+}
+
+// Row-tile state product: for the warp's A fragments of ReLU(q) (KT k-steps), folds sinθ/cosθ of
+// rows g and g + 8 into the operand and accumulates acc += A_c·αKVc + A_s·αKVs over value columns
+// [e0, e0 + 8·NT), and dz += A_c·βzc + A_s·βzs (all columns of dz equal).
+template <typename T, int D, int LB, int NT, bool DEN>
+__device__ __forceinline__ void cos_tc_state_mma(float (&acc)[NT][4], float (&dz)[4], const u32 (&aq)[D / 16][4],
+                                                 u16 (*bs)[LB], float sn0, float cs0, float sn1, float cs1,
+                                                 int e0) {
+  const int lane = threadIdx.x % 32, mat = lane / 8, r = lane % 8;
+#pragma unroll
+  for (int kt = 0; kt < D / 16; ++kt) {
+    u32 a_c[4], a_s[4];  // a0, a2: row g; a1, a3: row g + 8
+    a_c[0] = scale2<T>(aq[kt][0], cs0, cs0);
+    a_c[1] = scale2<T>(aq[kt][1], cs1, cs1);
+    a_c[2] = scale2<T>(aq[kt][2], cs0, cs0);
+    a_c[3] = scale2<T>(aq[kt][3], cs1, cs1);
+    a_s[0] = scale2<T>(aq[kt][0], sn0, sn0);
+    a_s[1] = scale2<T>(aq[kt][1], sn1, sn1);
+    a_s[2] = scale2<T>(aq[kt][2], sn0, sn0);
+    a_s[3] = scale2<T>(aq[kt][3], sn1, sn1);
+    u16(*brow)[LB] = bs + kt * 16 + r + (mat % 2) * 8;
+#pragma unroll
+    for (int j = 0; j + 1 < NT; j += 2) {
+      u32 bc[4], bsn[4];
+      ldmatrix_x4_trans(bc, &brow[0][e0 + j * 8 + (mat / 2) * 8]);
+      ldmatrix_x4_trans(bsn, &brow[0][D + e0 + j * 8 + (mat / 2) * 8]);
+      mma16816<T>(acc[j], a_c, bc[0], bc[1]);
+      mma16816<T>(acc[j + 1], a_c, bc[2], bc[3]);
+      mma16816<T>(acc[j], a_s, bsn[0], bsn[1]);
+      mma16816<T>(acc[j + 1], a_s, bsn[2], bsn[3]);
+    }
+    if (NT % 2) {
+      u32 bc[2], bsn[2];
+      ldmatrix_x2_trans(bc, &brow[0][e0 + (NT - 1) * 8]);
+      ldmatrix_x2_trans(bsn, &brow[0][D + e0 + (NT - 1) * 8]);
+      mma16816<T>(acc[NT - 1], a_c, bc[0], bc[1]);
+      mma16816<T>(acc[NT - 1], a_s, bsn[0], bsn[1]);
+    }
+    if (DEN) {
+      u32 bz[4];  // n-tile 0: βzc, n-tile 1: βzs
+      ldmatrix_x4_trans(bz, &brow[0][2 * D + (mat / 2) * 8]);
+      mma16816<T>(dz, a_c, bz[0], bz[1]);
+      mma16816<T>(dz, a_s, bz[2], bz[3]);
+    }
+  }
+}
+
+// Loads the warp's 16 query rows as A fragments (ReLU applied).
+template <typename T, int D, int LD>
+__device__ __forceinline__ void cos_tc_query_ops(u32 (&aq)[D / 16][4], u16 (*qs)[LD], int r0, int relu) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int kt = 0; kt < D / 16; ++kt) {
+    ldmatrix_x4(aq[kt], &qs[r0 + lane % 16][kt * 16 + (lane / 16) * 8]);
+    if (relu) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) aq[kt][i] = relu2<T>(aq[kt][i]);
+    }
+  }
+}
+
+// Writes the warp's staged 16 output rows [row0, row0 + 16) × columns [e0, e0 + EW) with 16-byte
+// stores (rows at or past n skipped).
+template <int LD, int EW>
+__device__ __forceinline__ void cos_tc_store_rows(u16* o, i64 o_sn, u16 (*stage)[LD], int row0, int n, int e0) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int i = lane; i < 16 * (EW / 8); i += 32) {
+    const int r = i / (EW / 8), c = e0 + (i % (EW / 8)) * 8;
+    if (row0 + r < n)
+      *reinterpret_cast<uint4*>(&o[(i64)(row0 + r) * o_sn + c]) = *reinterpret_cast<const uint4*>(&stage[r][c]);
+  }
+}
+
+// Map pass (non-causal). Grid: x = CTAs striding over 64-row tiles, y = bh (grid-stride). The
+// summed state (fp32) is scaled and kept in shared memory as the B operand; each warp maps 16
+// query rows, D > 64 in two passes over the value columns. O_i = (sinθ_i q_i·KVs + cosθ_i q_i·KVc)
+// / max(sinθ_i q_i·zs + cosθ_i q_i·zc, ε) with the scales divided out. Traffic: Q read once, O
+// written once, the state from L2.
+template <typename T, int D>
+__device__ void cos_map_tc(const CosformerParams& p) {
+  constexpr int WARPS = COS_TC_MAP_WARPS, THREADS = WARPS * 32, ROWS = WARPS * 16;
+  constexpr int LD = D + 8, LB = cos_tc_state_ld(D), KT = D / 16;
+  constexpr int EP = D > 64 ? 2 : 1, EW = D / EP, NT = EW / 8;
+  auto bs = reinterpret_cast<u16(*)[LB]>(cos_tc_smem);
+  auto qs = reinterpret_cast<u16(*)[ROWS][LD]>(cos_tc_smem + D * LB);
+  __shared__ float red[2][WARPS];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int tiles = div_up(p.n, ROWS);
+  const i64 ddv = (i64)D * D;
+
+  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
+    const int b = bh / p.h, h = bh % p.h;
+    const u16* q = reinterpret_cast<const u16*>(p.q) + (b * p.q_sb + h * p.q_sh);
+    u16* o = reinterpret_cast<u16*>(p.o) + (b * p.o_sb + h * p.o_sh);
+    const float* st = reinterpret_cast<const float*>(p.state) + (i64)bh * cos_state_len(p);
+
+    __syncthreads();  // previous bh done with bs, qs, red
+    if (blockIdx.x < tiles) tc_stage<D, LD, ROWS, THREADS>(qs[0], q, p.q_sn, blockIdx.x * ROWS, p.n);
+    cp_async_commit();
+    float mk = 0.f, mz = 0.f;
+    for (int i = threadIdx.x; i < 2 * D * D; i += THREADS) mk = fmaxf(mk, fabsf(st[i]));
+    for (int i = threadIdx.x; i < 2 * D; i += THREADS) mz = fmaxf(mz, fabsf(st[2 * ddv + i]));
+    cos_tc_block_max<WARPS>(mk, mz, red);
+    const float alpha = pow2_scale(mk), beta = pow2_scale(mz);
+    const float inv_alpha = 1.f / alpha, inv_beta = 1.f / beta;
+    for (int i = threadIdx.x; i < D * D; i += THREADS) {
+      const int c = i / D, e = i % D;
+      bs[c][e] = from_f32<T>(st[ddv + i] * alpha).bits;  // KVc
+      bs[c][D + e] = from_f32<T>(st[i] * alpha).bits;    // KVs
+    }
+    for (int i = threadIdx.x; i < D * 16; i += THREADS) {
+      const int c = i / 16, x = i % 16;
+      bs[c][2 * D + x] = from_f32<T>(st[2 * ddv + (x < 8 ? D : 0) + c] * beta).bits;  // zc ×8, zs ×8
+    }
+    __syncthreads();
+
+    int buf = 0;
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, buf ^= 1) {
+      if (tile + gridDim.x < tiles)
+        tc_stage<D, LD, ROWS, THREADS>(qs[buf ^ 1], q, p.q_sn, (tile + gridDim.x) * ROWS, p.n);
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+      u32 aq[KT][4];
+      cos_tc_query_ops<T, D, LD>(aq, qs[buf], warp * 16, p.relu);
+      const int row0 = tile * ROWS + warp * 16;
+      float sn0, cs0, sn1, cs1;
+      cos_angle(p, row0 + g, &sn0, &cs0);
+      cos_angle(p, row0 + g + 8, &sn1, &cs1);
+      u16(*stage)[LD] = &qs[buf][warp * 16];
+      float inv0 = 0.f, inv1 = 0.f;
+#pragma unroll 1
+      for (int ep = 0; ep < EP; ++ep) {
+        float acc[NT][4], dz[4] = {0, 0, 0, 0};
+#pragma unroll
+        for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+        if (ep == 0) {
+          cos_tc_state_mma<T, D, LB, NT, true>(acc, dz, aq, bs, sn0, cs0, sn1, cs1, 0);
+          inv0 = inv_alpha / fmaxf(dz[0] * inv_beta, p.eps);
+          inv1 = inv_alpha / fmaxf(dz[2] * inv_beta, p.eps);
+          __syncwarp();  // every lane's ldmatrix reads of the Q rows precede the staging writes
+        } else {
+          cos_tc_state_mma<T, D, LB, NT, false>(acc, dz, aq, bs, sn0, cs0, sn1, cs1, ep * EW);
+        }
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          const int e = ep * EW + j * 8 + 2 * t;
+          *reinterpret_cast<u32*>(&stage[g][e]) = pack2<T>(acc[j][0] * inv0, acc[j][1] * inv0);
+          *reinterpret_cast<u32*>(&stage[g + 8][e]) = pack2<T>(acc[j][2] * inv1, acc[j][3] * inv1);
+        }
+      }
+      __syncwarp();
+      cos_tc_store_rows<LD, D>(o, p.o_sn, stage, row0, p.n, 0);
+      __syncthreads();  // buffer `buf` is refilled next iteration
+    }
+    cp_async_wait<0>();
+  }
+}
+
+// Causal pass (N = S), D ∈ {32, 64}. Grid: x = chunk, y = bh (grid-stride); 8 warps. `partial`
+// holds each chunk's exclusive prefix state (after cos_scan). Per 64-row block of the chunk:
+//  1. output: warp (rt, eh) = (warp % 4, warp / 4) owns query rows [16rt, 16rt+16) × value
+//     columns [eh·D/2, …): scores S = ReLU(Q)ReLU(K)ᵀ over key groups ≤ rt, weights
+//     W = S·cos(θ_i − θ_j) masked to j ≤ i (selected, never multiplied, so later keys cannot leak),
+//     scaled per row by a power of two σ_i into the 16-bit range, then W·V; plus the state product
+//     of the state before the block; denominators Σ_j W_ij (fp32) + the z product.
+//  2. update: warp (ct, ue) adds the block's Kᵀ·diag(sin|cos)·V to its fp32 state registers.
+//  3. the new state is scaled and written as the 16-bit B operand for the next block.
+// Non-finite values in V of the diagonal key group: the mma takes them as zero and their
+// contribution is added for rows j ≤ i only, so rows before a poisoned token stay unchanged.
+// Traffic: Q, K, V of the chunk read once (K, V again by the reduce pass), O written once, the
+// prefix state read once.
+template <typename T, int D>
+__device__ void cos_causal_tc(const CosformerParams& p) {
+  constexpr int WARPS = COS_TC_CAUSAL_WARPS, THREADS = WARPS * 32, BR = COS_TC_BLOCK;
+  constexpr int LD = D + 8, LB = cos_tc_state_ld(D), KT = D / 16;
+  constexpr int OW = D / 2, ONT = OW / 8;                    // output phase: columns per warp
+  constexpr int WC = D / 16, UES = WARPS / WC, UW = D / UES, UNT = UW / 8;  // update phase
+  static_assert(D == 32 || D == 64, "causal tensor-core path: D in {32, 64}");
+  auto tiles = reinterpret_cast<u16(*)[3][BR][LD]>(cos_tc_smem);  // [buf][q, k, v]
+  auto os = reinterpret_cast<u16(*)[LD]>(cos_tc_smem + 6 * BR * LD);
+  auto bs = reinterpret_cast<u16(*)[LB]>(cos_tc_smem + 7 * BR * LD);
+  __shared__ float ang[2][2][BR];
+  __shared__ float red[2][WARPS];
+  __shared__ float wdiag[WARPS][16][17];  // non-finite fallback: the warp's diagonal weights
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int mat = lane / 8, r8 = lane % 8;
+  const int rt = warp % 4, eo = (warp / 4) * OW;             // output phase
+  const int ct = warp % WC, eu = (warp / WC) * UW;           // update phase
+  const bool zw = warp < WC;
+  const int chunk = blockIdx.x;
+  const int row_begin = chunk * p.rows_per_chunk;
+  const int row_end = min(p.n, row_begin + p.rows_per_chunk);
+  const i64 ddv = (i64)D * D;
+  const u32 one = ones2<T>();
+
+  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
+    const int b = bh / p.h, h = bh % p.h;
+    const u16* q = reinterpret_cast<const u16*>(p.q) + (b * p.q_sb + h * p.q_sh);
+    const u16* k = reinterpret_cast<const u16*>(p.k) + (b * p.k_sb + h * p.k_sh);
+    const u16* v = reinterpret_cast<const u16*>(p.v) + (b * p.v_sb + h * p.v_sh);
+    u16* o = reinterpret_cast<u16*>(p.o) + (b * p.o_sb + h * p.o_sh);
+    const float* pre = reinterpret_cast<const float*>(p.partial) + ((i64)bh * p.chunks + chunk) * cos_state_len(p);
+
+    __syncthreads();  // the previous bh's readers of every buffer are done
+    tc_stage<D, LD, BR, THREADS>(tiles[0][0], q, p.q_sn, row_begin, row_end);
+    tc_stage<D, LD, BR, THREADS>(tiles[0][1], k, p.k_sn, row_begin, row_end);
+    tc_stage<D, LD, BR, THREADS>(tiles[0][2], v, p.v_sn, row_begin, row_end);
+    cos_tc_angles<BR>(ang[0], p, row_begin, row_end);
+    cp_async_commit();
+
+    // The running state in the update layout: rows c = 16ct + g (+8), columns eu + 8j + 2t (+1).
+    float ss[UNT][4], sc[UNT][4], zs[4], zc[4];
+    {
+      const int c = ct * 16 + g;
+#pragma unroll
+      for (int j = 0; j < UNT; ++j) {
+        const int e = eu + j * 8 + 2 * t;
+        ss[j][0] = pre[(i64)c * D + e];
+        ss[j][1] = pre[(i64)c * D + e + 1];
+        ss[j][2] = pre[(i64)(c + 8) * D + e];
+        ss[j][3] = pre[(i64)(c + 8) * D + e + 1];
+        sc[j][0] = pre[ddv + (i64)c * D + e];
+        sc[j][1] = pre[ddv + (i64)c * D + e + 1];
+        sc[j][2] = pre[ddv + (i64)(c + 8) * D + e];
+        sc[j][3] = pre[ddv + (i64)(c + 8) * D + e + 1];
+      }
+      zs[0] = zs[1] = zw ? pre[2 * ddv + c] : 0.f;
+      zs[2] = zs[3] = zw ? pre[2 * ddv + c + 8] : 0.f;
+      zc[0] = zc[1] = zw ? pre[2 * ddv + D + c] : 0.f;
+      zc[2] = zc[3] = zw ? pre[2 * ddv + D + c + 8] : 0.f;
+    }
+
+    int buf = 0;
+    for (int row0 = row_begin; row0 < row_end; row0 += BR, buf ^= 1) {
+      // (3) of the previous block, or the prefix: the state as a scaled 16-bit operand.
+      float alpha, beta;
+      {
+        float mk = 0.f, mz = 0.f;
+#pragma unroll
+        for (int j = 0; j < UNT; ++j)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) mk = fmaxf(mk, fmaxf(fabsf(ss[j][i]), fabsf(sc[j][i])));
+        if (zw) mz = fmaxf(fmaxf(fabsf(zs[0]), fabsf(zs[2])), fmaxf(fabsf(zc[0]), fabsf(zc[2])));
+        cos_tc_block_max<WARPS>(mk, mz, red);  // its barrier also ends every read of bs
+        alpha = pow2_scale(mk);
+        beta = pow2_scale(mz);
+        const int c = ct * 16 + g;
+#pragma unroll
+        for (int j = 0; j < UNT; ++j) {
+          const int e = eu + j * 8 + 2 * t;
+          *reinterpret_cast<u32*>(&bs[c][e]) = pack2<T>(sc[j][0] * alpha, sc[j][1] * alpha);
+          *reinterpret_cast<u32*>(&bs[c + 8][e]) = pack2<T>(sc[j][2] * alpha, sc[j][3] * alpha);
+          *reinterpret_cast<u32*>(&bs[c][D + e]) = pack2<T>(ss[j][0] * alpha, ss[j][1] * alpha);
+          *reinterpret_cast<u32*>(&bs[c + 8][D + e]) = pack2<T>(ss[j][2] * alpha, ss[j][3] * alpha);
+        }
+        if (zw) {  // 4 lanes per row fill the 16 z columns: zc in 0–7, zs in 8–15
+          *reinterpret_cast<u32*>(&bs[c][2 * D + 2 * t]) = pack2<T>(zc[0] * beta, zc[0] * beta);
+          *reinterpret_cast<u32*>(&bs[c + 8][2 * D + 2 * t]) = pack2<T>(zc[2] * beta, zc[2] * beta);
+          *reinterpret_cast<u32*>(&bs[c][2 * D + 8 + 2 * t]) = pack2<T>(zs[0] * beta, zs[0] * beta);
+          *reinterpret_cast<u32*>(&bs[c + 8][2 * D + 8 + 2 * t]) = pack2<T>(zs[2] * beta, zs[2] * beta);
+        }
+      }
+      if (row0 + BR < row_end) {  // the other buffer was last read before the barrier above
+        tc_stage<D, LD, BR, THREADS>(tiles[buf ^ 1][0], q, p.q_sn, row0 + BR, row_end);
+        tc_stage<D, LD, BR, THREADS>(tiles[buf ^ 1][1], k, p.k_sn, row0 + BR, row_end);
+        tc_stage<D, LD, BR, THREADS>(tiles[buf ^ 1][2], v, p.v_sn, row0 + BR, row_end);
+        cos_tc_angles<BR>(ang[buf ^ 1], p, row0 + BR, row_end);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();  // block tiles, angles and bs visible
+      u16(*qs)[LD] = tiles[buf][0];
+      u16(*ks)[LD] = tiles[buf][1];
+      u16(*vs)[LD] = tiles[buf][2];
+      const float(*tab)[BR] = ang[buf];
+
+      // (1) Output of rows [16rt, 16rt + 16).
+      {
+        const int r0 = rt * 16, i0 = r0 + g, i1 = i0 + 8;
+        u32 aq[KT][4];
+        cos_tc_query_ops<T, D, LD>(aq, qs, r0, p.relu);
+        float s[8][4];
+#pragma unroll
+        for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+        for (int kg = 0; kg < 4; ++kg) {
+          if (kg > rt) continue;  // keys after the warp's rows: masked entirely
+#pragma unroll
+          for (int kt = 0; kt < KT; ++kt) {
+            u32 bk[4];  // B = Kᵀ: n = key rows, k = c; keys kg·16 + {0–7, 8–15}
+            ldmatrix_x4(bk, &ks[kg * 16 + (mat / 2) * 8 + r8][kt * 16 + (mat % 2) * 8]);
+            if (p.relu) {
+#pragma unroll
+              for (int i = 0; i < 4; ++i) bk[i] = relu2<T>(bk[i]);
+            }
+            mma16816<T>(s[2 * kg], aq[kt], bk[0], bk[1]);
+            mma16816<T>(s[2 * kg + 1], aq[kt], bk[2], bk[3]);
+          }
+        }
+        const float sn0 = tab[0][i0], cs0 = tab[1][i0], sn1 = tab[0][i1], cs1 = tab[1][i1];
+        float rs0 = 0.f, rs1 = 0.f, mx0 = 0.f, mx1 = 0.f;
+#pragma unroll
+        for (int n = 0; n < 8; ++n) {
+#pragma unroll
+          for (int x = 0; x < 4; ++x) {
+            const int i = x < 2 ? i0 : i1, j = n * 8 + 2 * t + (x % 2);
+            const float w = (x < 2 ? sn0 : sn1) * tab[0][j] + (x < 2 ? cs0 : cs1) * tab[1][j];
+            const float val = (n / 2 <= rt && j <= i) ? s[n][x] * w : 0.f;
+            s[n][x] = val;
+            if (x < 2) {
+              rs0 += val;
+              mx0 = fmaxf(mx0, fabsf(val));
+            } else {
+              rs1 += val;
+              mx1 = fmaxf(mx1, fabsf(val));
+            }
+          }
+        }
+#pragma unroll
+        for (int off = 1; off < 4; off <<= 1) {  // the four lanes of a row, fixed order
+          rs0 += __shfl_xor_sync(0xffffffffu, rs0, off);
+          rs1 += __shfl_xor_sync(0xffffffffu, rs1, off);
+          mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+          mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+        }
+        const float sg0 = pow2_scale(mx0), sg1 = pow2_scale(mx1);
+        float acc[ONT][4];
+#pragma unroll
+        for (int j = 0; j < ONT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+        bool poisoned = false;
+#pragma unroll
+        for (int kg = 0; kg < 4; ++kg) {
+          if (kg > rt) continue;
+          u32 aw[4];  // σW as the A operand: accumulator layout = A-fragment layout
+          aw[0] = pack2<T>(s[2 * kg][0] * sg0, s[2 * kg][1] * sg0);
+          aw[1] = pack2<T>(s[2 * kg][2] * sg1, s[2 * kg][3] * sg1);
+          aw[2] = pack2<T>(s[2 * kg + 1][0] * sg0, s[2 * kg + 1][1] * sg0);
+          aw[3] = pack2<T>(s[2 * kg + 1][2] * sg1, s[2 * kg + 1][3] * sg1);
+#pragma unroll
+          for (int j = 0; j < ONT; j += 2) {
+            u32 bf[4];
+            ldmatrix_x4_trans(bf, &vs[kg * 16 + r8 + (mat % 2) * 8][eo + j * 8 + (mat / 2) * 8]);
+            if (kg == rt) {  // diagonal group: masked pairs must not meet non-finite values
+              bool bad = false;
+#pragma unroll
+              for (int i = 0; i < 4; ++i) {
+                bad |= nonfinite2<T>(bf[i]);
+                bf[i] = finite_or_zero2<T>(bf[i]);
+              }
+              poisoned |= bad;
+            }
+            mma16816<T>(acc[j], aw, bf[0], bf[1]);
+            mma16816<T>(acc[j + 1], aw, bf[2], bf[3]);
+          }
+        }
+        if (__any_sync(0xffffffffu, poisoned)) {
+          // Rare path: add w_ij·v_je for the non-finite v_je of the diagonal group, j ≤ i only.
+#pragma unroll
+          for (int n = 0; n < 8; ++n) {  // static indices into s: the n-tiles of group rt
+            if (n / 2 != rt) continue;
+            const int col = (n % 2) * 8 + 2 * t;
+            wdiag[warp][g][col] = s[n][0] * sg0;
+            wdiag[warp][g][col + 1] = s[n][1] * sg0;
+            wdiag[warp][g + 8][col] = s[n][2] * sg1;
+            wdiag[warp][g + 8][col + 1] = s[n][3] * sg1;
+          }
+          __syncwarp();
+#pragma unroll
+          for (int j = 0; j < ONT; ++j) {
+#pragma unroll
+            for (int x = 0; x < 4; ++x) {
+              const int ri = x < 2 ? g : g + 8, e = eo + j * 8 + 2 * t + (x % 2);
+              for (int jj = 0; jj <= ri; ++jj) {
+                const float ve = to_f32(T{vs[r0 + jj][e]});
+                if ((__float_as_uint(ve) & 0x7f800000u) == 0x7f800000u) acc[j][x] += wdiag[warp][ri][jj] * ve;
+              }
+            }
+          }
+          __syncwarp();
+        }
+        // To α units (exact powers of two), then the state product on top.
+        const float f0 = alpha / sg0, f1 = alpha / sg1;
+#pragma unroll
+        for (int j = 0; j < ONT; ++j) {
+          acc[j][0] *= f0;
+          acc[j][1] *= f0;
+          acc[j][2] *= f1;
+          acc[j][3] *= f1;
+        }
+        float dz[4] = {0, 0, 0, 0};
+        cos_tc_state_mma<T, D, LB, ONT, true>(acc, dz, aq, bs, sn0, cs0, sn1, cs1, eo);
+        const float inv_alpha = 1.f / alpha, inv_beta = 1.f / beta;
+        const float inv0 = inv_alpha / fmaxf(rs0 + dz[0] * inv_beta, p.eps);
+        const float inv1 = inv_alpha / fmaxf(rs1 + dz[2] * inv_beta, p.eps);
+#pragma unroll
+        for (int j = 0; j < ONT; ++j) {
+          const int e = eo + j * 8 + 2 * t;
+          *reinterpret_cast<u32*>(&os[i0][e]) = pack2<T>(acc[j][0] * inv0, acc[j][1] * inv0);
+          *reinterpret_cast<u32*>(&os[i1][e]) = pack2<T>(acc[j][2] * inv1, acc[j][3] * inv1);
+        }
+        __syncwarp();
+        cos_tc_store_rows<LD, OW>(o, p.o_sn, &os[r0], row0 + r0, row_end, eo);
+      }
+
+      // (2) State update with the block's keys.
+#pragma unroll 1
+      for (int n0 = 0; n0 < BR; n0 += 16) {
+        u32 asn[4], acs[4];
+        cos_tc_key_ops<T, LD, BR>(asn, acs, ks, n0, ct * 16, tab, p.relu);
+        cos_tc_kv_mma<T, LD, UNT>(ss, sc, asn, acs, vs, n0, eu);
+        if (zw) {
+          mma16816<T>(zs, asn, one, one);
+          mma16816<T>(zc, acs, one, one);
+        }
+      }
+    }
+    cp_async_wait<0>();
+  }
+}
+
+#define COS_TC(DIM, RMIN, MMIN, T, NAME)                                                        \
+  extern "C" __global__ void __launch_bounds__(cos_tc_reduce_threads(DIM), RMIN)                \
+      cosformer_reduce_tc##DIM##_##NAME(const __grid_constant__ CosformerParams p) {             \
+    cos_reduce_tc<T, DIM>(p);                                                                   \
+  }                                                                                             \
+  extern "C" __global__ void __launch_bounds__(COS_TC_MAP_WARPS * 32, MMIN)                      \
+      cosformer_map_tc##DIM##_##NAME(const __grid_constant__ CosformerParams p) {                \
+    cos_map_tc<T, DIM>(p);                                                                      \
+  }
+#define COS_TC_CAUSAL(DIM, T, NAME)                                                             \
+  extern "C" __global__ void __launch_bounds__(COS_TC_CAUSAL_WARPS * 32, 1)                      \
+      cosformer_causal_tc##DIM##_##NAME(const __grid_constant__ CosformerParams p) {             \
+    cos_causal_tc<T, DIM>(p);                                                                   \
+  }
+
+#define COS_TC_DTYPE(T, NAME)                                                                   \
+  COS_TC(32, 6, 6, T, NAME)                                                                     \
+  COS_TC(48, 4, 3, T, NAME)                                                                     \
+  COS_TC(64, 2, 3, T, NAME)                                                                     \
+  COS_TC_CAUSAL(32, T, NAME)                                                                    \
+  COS_TC_CAUSAL(64, T, NAME)
+
+// Mirrored in src/ops/cosformer.rs (mod tc); a change here must be made there too.
+static_assert(cos_tc_reduce_smem(64) == 18432 && cos_tc_map_smem(64) == 37888 &&
+                  cos_tc_causal_smem(64) == 83968 && cos_tc_reduce_threads(64) == 256 &&
+                  cos_tc_reduce_threads(32) == 64 && cos_tc_reduce_threads(128) == 512,
+              "cosFormer tensor-core launch geometry changed: update Rust");
