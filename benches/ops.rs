@@ -1,11 +1,60 @@
-//! criterion: every GPU operator at the SPEC §6 shape (B=1, H=16, D=64, f16), timed with device
-//! events (`iter_custom`), throughput in tokens. Without a CUDA device it registers nothing.
+//! criterion: every GPU operator at the SPEC §6 shape (B=1, H=16, D=64, f16), each followed by
+//! its cuBLAS-composed baseline (`baseline_<op>…`), and cuBLAS softmax attention (`softmax…`), all
+//! timed with device events (`iter_custom`), throughput in tokens. Sizes a baseline refuses or
+//! that do not fit in device memory are skipped with a note. Without a CUDA device it registers
+//! nothing.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sofa::bench::time_on_stream;
-use sofa::bench::workload::{BenchOp, Case, Workload};
+use cudarc::driver::CudaStream;
+use sofa::baseline::Blas;
+use sofa::bench::baseline::BaselineCase;
+use sofa::bench::workload::{BenchOp, Case, Runner, Workload};
+use sofa::bench::{fits, time_on_stream};
 use sofa::{DType, Dims, Runtime};
+use std::sync::Arc;
 use std::time::Duration;
+
+const SEQ: [usize; 3] = [4096, 65536, 262144];
+
+fn case(op: BenchOp, n: usize, causal: bool) -> Case {
+    Case::new(op, Dims::new(1, 16, n, 64), DType::F16, causal)
+}
+
+/// One group `name`, one benchmark per N of [`SEQ`] that `need` says fits.
+fn group(
+    c: &mut Criterion,
+    rt: &Runtime,
+    stream: &Arc<CudaStream>,
+    name: &str,
+    need: impl Fn(usize) -> sofa::Result<usize>,
+    build: impl Fn(usize) -> sofa::Result<Runner>,
+) {
+    let mut group = c.benchmark_group(name);
+    for n in SEQ {
+        let free = rt.context().mem_get_info().map_or(0, |(f, _)| f);
+        match need(n) {
+            Ok(bytes) if fits(bytes, free) => {}
+            Ok(_) => {
+                eprintln!("benches/ops: {name} N={n} does not fit; skipped");
+                continue;
+            }
+            Err(e) => {
+                eprintln!("benches/ops: {name} N={n}: {e}; skipped");
+                continue;
+            }
+        }
+        let mut run = build(n).expect("workload");
+        run().expect("first run");
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                let t = time_on_stream(stream, 1, iters as usize, &mut run).expect("timing");
+                Duration::from_secs_f64(t.median_ms * 1e-3 * iters as f64)
+            })
+        });
+    }
+    group.finish();
+}
 
 fn bench_ops(c: &mut Criterion) {
     let rt = match Runtime::new(0) {
@@ -16,36 +65,54 @@ fn bench_ops(c: &mut Criterion) {
         }
     };
     let stream = rt.new_stream().expect("stream");
+    let blas = match Blas::new(&stream) {
+        Ok(b) => Some(Arc::new(b)),
+        Err(e) => {
+            eprintln!("benches/ops: {e}; no cuBLAS baselines");
+            None
+        }
+    };
     for op in BenchOp::ALL {
         for causal in [false, true] {
             if causal && !op.has_causal() {
                 continue;
             }
             let name = format!("{}{}_f16", op.name(), if causal { "_causal" } else { "" });
-            let mut group = c.benchmark_group(name);
-            for n in [4096usize, 65536, 262144] {
-                let case = Case::new(op, Dims::new(1, 16, n, 64), DType::F16, causal);
-                let free = rt.context().mem_get_info().map_or(0, |(f, _)| f);
-                if case
-                    .device_bytes()
-                    .map_or(true, |need| need > free / 10 * 9)
-                {
-                    eprintln!("benches/ops: {} N={n} does not fit; skipped", op.name());
-                    continue;
-                }
-                let mut w = Workload::new(&rt, &stream, case, n as u64).expect("workload");
-                w.run().expect("first run");
-                group.throughput(Throughput::Elements(n as u64));
-                group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
-                    b.iter_custom(|iters| {
-                        let t =
-                            time_on_stream(&stream, 1, iters as usize, || w.run()).expect("timing");
-                        Duration::from_secs_f64(t.median_ms * 1e-3 * iters as f64)
-                    })
-                });
+            group(
+                c,
+                &rt,
+                &stream,
+                &name,
+                |n| case(op, n, causal).device_bytes(),
+                |n| Ok(Workload::new(&rt, &stream, case(op, n, causal), n as u64)?.into_runner()),
+            );
+            let Some(blas) = &blas else { continue };
+            if BaselineCase::composed(case(op, 1, causal)).is_none() {
+                eprintln!("benches/ops: {} has no cuBLAS baseline", op.name());
+                continue;
             }
-            group.finish();
+            let baseline = |n| BaselineCase::composed(case(op, n, causal)).expect("has one");
+            group(
+                c,
+                &rt,
+                &stream,
+                &format!("baseline_{name}"),
+                |n| baseline(n).device_bytes(),
+                |n| baseline(n).workload(&rt, blas, n as u64),
+            );
         }
+    }
+    let Some(blas) = &blas else { return };
+    for causal in [false, true] {
+        let softmax = |n| BaselineCase::softmax(case(BenchOp::Sima, n, causal));
+        group(
+            c,
+            &rt,
+            &stream,
+            &format!("softmax{}_f16", if causal { "_causal" } else { "" }),
+            |n| softmax(n).device_bytes(),
+            |n| softmax(n).workload(&rt, blas, n as u64),
+        );
     }
 }
 

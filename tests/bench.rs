@@ -1,6 +1,8 @@
 //! The measuring instrument without a GPU: roofline arithmetic, the JSON schema, the plotter.
 
 use serde_json::{json, Value};
+use sofa::bench::baseline::{BaselineCase, Reference};
+use sofa::bench::fits;
 use sofa::bench::plot::{plot, series};
 use sofa::bench::record::Record;
 use sofa::bench::roofline::Peaks;
@@ -96,6 +98,9 @@ fn record(n: usize, ms: f64) -> Record {
         rel_err: Some(1e-4),
         err_bound: Some(2e-3),
         flush_l2: false,
+        graph: false,
+        speedup_vs_baseline: None,
+        speedup_vs_softmax: None,
         device: json!({ "device": "Test GPU", "sm": "9.0", "driver": 13000, "commit": "abc1234", "kernels": "fatbin" }),
     }
 }
@@ -130,6 +135,9 @@ fn json_lines_carry_the_schema() {
         "rel_err",
         "err_bound",
         "flush_l2",
+        "graph",
+        "speedup_vs_baseline",
+        "speedup_vs_softmax",
         "device",
         "sm",
         "driver",
@@ -174,4 +182,153 @@ fn plot_groups_series_and_writes_svg() {
     assert!(body.starts_with("<svg"), "not an SVG");
     assert!(body.contains("sima f16 D=64") && body.contains("% of roofline"));
     assert!(plot("{\"op\":\"x\"}\n", &dir.join("empty.svg")).is_err());
+}
+
+#[test]
+fn speedups_are_null_unless_measured() {
+    let v: Value = serde_json::from_str(&record(4096, 0.04).to_json()).unwrap();
+    assert!(v["speedup_vs_baseline"].is_null() && v["speedup_vs_softmax"].is_null());
+    assert_eq!(v["graph"], false);
+    let mut r = record(4096, 0.04);
+    r.speedup_vs_baseline = Some(3.5);
+    r.speedup_vs_softmax = Some(120.25);
+    r.graph = true;
+    let v: Value = serde_json::from_str(&r.to_json()).unwrap();
+    assert_eq!(v["speedup_vs_baseline"], 3.5);
+    assert_eq!(v["speedup_vs_softmax"], 120.25);
+    assert_eq!(v["graph"], true);
+}
+
+#[test]
+fn csv_rows_match_the_header() {
+    let header: Vec<&str> = Record::CSV_HEADER.split(',').collect();
+    assert_eq!(
+        header[header.len() - 3..],
+        ["speedup_vs_baseline", "speedup_vs_softmax", "graph"]
+    );
+    let plain = record(1024, 0.03).to_csv();
+    assert_eq!(plain.split(',').count(), header.len());
+    assert!(plain.ends_with(",,,false"), "{plain}");
+    let mut r = record(1024, 0.03);
+    r.speedup_vs_baseline = Some(2.0);
+    r.speedup_vs_softmax = Some(40.0);
+    r.graph = true;
+    assert!(r.to_csv().ends_with(",2.000,40.000,true"), "{}", r.to_csv());
+    // A variant with commas is one quoted field.
+    r.variant = "causal,s=64".into();
+    let row = r.to_csv();
+    assert!(row.starts_with("sima,\"causal,s=64\",1,16,"), "{row}");
+    assert_eq!(
+        row.replace("\"causal,s=64\"", "v").split(',').count(),
+        header.len()
+    );
+}
+
+#[test]
+fn table_rows_line_up_with_the_header() {
+    let header = Record::table_header();
+    let plain = record(65536, 0.286).to_table_row();
+    let mut r = record(65536, 0.286);
+    r.op = "baseline:cosformer".into();
+    r.variant = "causal,s=256".into();
+    r.speedup_vs_baseline = Some(3.214);
+    r.speedup_vs_softmax = Some(131.0);
+    r.graph = true;
+    let full = r.to_table_row();
+    for row in [&plain, &full] {
+        assert_eq!(row.len(), header.len(), "\n{header}\n{row}");
+        assert_eq!(
+            row.split_whitespace().count(),
+            header.split_whitespace().count(),
+            "\n{header}\n{row}"
+        );
+    }
+    let cols = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+    let (h, p, f) = (cols(&header), cols(&plain), cols(&full));
+    assert_eq!(h[h.len() - 3..], ["vs_base", "vs_softmax", "launch"]);
+    assert_eq!(p[1], "-");
+    assert_eq!(p[p.len() - 3..], ["-", "-", "eager"]);
+    assert_eq!(f[f.len() - 3..], ["3.21x", "131.00x", "graph"]);
+    assert_eq!(f[0], "baseline:cosformer");
+}
+
+#[test]
+fn references_are_named_and_sized_before_allocating() {
+    let dims = Dims::new(1, 16, 4096, 64);
+    let sima = Case::new(BenchOp::Sima, dims, DType::F16, false);
+    let b = BaselineCase::composed(sima).unwrap();
+    assert_eq!(b.reference, Reference::Composed);
+    assert_eq!(b.name(), "baseline:sima");
+    assert_eq!((b.min_bytes(), b.flops()), (sima.min_bytes(), sima.flops()));
+    // q, k, v, o plus q̂ and k̂ at least.
+    assert!(b.device_bytes().unwrap() >= 6 * 16 * 4096 * 64 * 2);
+    for op in [BenchOp::AftSimple, BenchOp::AftConv] {
+        assert!(BaselineCase::composed(Case::new(op, dims, DType::F16, false)).is_none());
+    }
+    let mut local = Case::new(BenchOp::AftLocal, dims, DType::BF16, true);
+    local.window = 256;
+    let b = BaselineCase::composed(local).unwrap();
+    assert_eq!(
+        (b.name(), b.label()),
+        ("baseline:aft_local".into(), "causal,s=256".into())
+    );
+    // The dense T×T fp32 weights are in the need.
+    assert!(b.device_bytes().unwrap() > 4096 * 4096 * 4);
+
+    // Softmax: the case's shape and causality, quadratic FLOPs (half when causal).
+    let sm = BaselineCase::softmax(local);
+    assert_eq!((sm.name(), sm.label()), ("softmax".into(), "causal".into()));
+    assert_eq!(sm.softmax_key(), (dims, DType::BF16, true));
+    assert_eq!(sm.flops(), 2.0 * 16.0 * 4096.0 * 4096.0 * 64.0);
+    assert_eq!(sm.min_bytes(), (4 * 16 * 4096 * 64 * 2) as f64);
+    assert_eq!(BaselineCase::softmax(sima).label(), "");
+    // fp32 scores + f16 probabilities: 6 bytes per score.
+    assert!(BaselineCase::softmax(sima).device_bytes().unwrap() >= 16 * 4096 * 4096 * 6);
+
+    // At 1M tokens softmax needs ~100 TB: known before allocating, so a sweep skips it.
+    let long = Case::new(
+        BenchOp::Sima,
+        Dims::new(1, 16, 1 << 20, 64),
+        DType::F16,
+        false,
+    );
+    let need = BaselineCase::softmax(long).device_bytes().unwrap();
+    assert!(need > 16 * (1usize << 40) * 6);
+    assert!(!fits(need, 80 << 30));
+    // The causal cosFormer baseline is quadratic and capped; the refusal names N.
+    let causal = Case::new(
+        BenchOp::Cosformer,
+        Dims::new(1, 16, 65536, 64),
+        DType::F16,
+        true,
+    );
+    let err = BaselineCase::composed(causal)
+        .unwrap()
+        .device_bytes()
+        .unwrap_err();
+    assert!(err.to_string().contains("`N`"), "{err}");
+    let ok = Case::new(
+        BenchOp::Cosformer,
+        Dims::new(1, 16, 16384, 64),
+        DType::F16,
+        true,
+    );
+    assert!(BaselineCase::composed(ok).unwrap().device_bytes().is_ok());
+}
+
+#[test]
+fn fits_keeps_a_tenth_spare() {
+    assert!(fits(90, 100));
+    assert!(!fits(91, 100));
+    assert!(fits(0, 0));
+}
+
+#[test]
+fn graph_timings_are_their_own_series() {
+    let mut g = record(4096, 0.03);
+    g.graph = true;
+    let text = format!("{}\n{}\n", record(4096, 0.04).to_json(), g.to_json());
+    let (s, used) = series(&text, "tokens_per_s");
+    assert_eq!(used, 2);
+    assert!(s.contains_key("sima f16 D=64") && s.contains_key("sima f16 D=64 graph"));
 }

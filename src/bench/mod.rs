@@ -1,9 +1,13 @@
 //! Measuring: device-event timing after warm-up, summary statistics, the roofline ceilings,
-//! random device inputs, and the JSON-lines records of `sofa run --json` and `sofa bench`.
+//! random device inputs, the cuBLAS references, CUDA-graph replay, and the JSON-lines records of
+//! `sofa run --json` and `sofa bench`.
 
+pub mod baseline;
+pub mod graph;
 pub mod plot;
 pub mod record;
 pub mod roofline;
+pub mod timer;
 pub mod workload;
 
 use crate::error::Result;
@@ -76,6 +80,24 @@ pub fn time_with_setup(
         samples.push(start.elapsed_ms(&end)? as f64);
     }
     Ok(Timing::from_samples(&samples).expect("at least one sample"))
+}
+
+/// Whether a workload needing `need` bytes fits in `free` bytes of device memory, keeping a
+/// tenth of it spare (allocator slack, cuBLAS workspaces).
+pub fn fits(need: usize, free: usize) -> bool {
+    need <= free / 10 * 9
+}
+
+/// `len` elements uniform in [-1, 1) from `seed` (the same seed gives the same values).
+pub fn random_buffer<T: Element>(
+    rt: &Runtime,
+    stream: &Arc<CudaStream>,
+    len: usize,
+    seed: u64,
+) -> Result<CudaSlice<T>> {
+    let mut x = rt.alloc::<T>(stream, len)?;
+    fill_uniform(rt, stream, &mut x, seed)?;
+    Ok(x)
 }
 
 /// Fills `buf` with values uniform in [-1, 1) on the device (kernels/fill.cu), from `seed`.

@@ -10,7 +10,8 @@ use std::path::Path;
 /// One curve: its label and (N, value) points sorted by N.
 pub type Series = BTreeMap<String, Vec<(f64, f64)>>;
 
-/// Groups JSON lines into curves of `field` against `n`. Lines without `n` or the field (peak
+/// Groups JSON lines into curves of `field` against `n` (CUDA-graph timings, `"graph": true`,
+/// are curves of their own, labelled `graph`). Lines without `n` or the field (peak
 /// measurements, other schemas) are skipped; returns the curves and the number of lines used.
 pub fn series(jsonl: &str, field: &str) -> (Series, usize) {
     let mut out: Series = BTreeMap::new();
@@ -28,7 +29,7 @@ pub fn series(jsonl: &str, field: &str) -> (Series, usize) {
         let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
         let variant = s("variant");
         let label = format!(
-            "{}{} {} D={}",
+            "{}{} {} D={}{}",
             s("op"),
             if variant.is_empty() {
                 String::new()
@@ -36,7 +37,8 @@ pub fn series(jsonl: &str, field: &str) -> (Series, usize) {
                 format!(" {variant}")
             },
             s("dtype"),
-            v["d"].as_u64().unwrap_or(0)
+            v["d"].as_u64().unwrap_or(0),
+            if v["graph"] == true { " graph" } else { "" }
         );
         out.entry(label).or_default().push((n, y));
         used += 1;

@@ -1,4 +1,20 @@
-//! One measurement = one JSON line (the schema of `bench/results/*.jsonl`), or one CSV row.
+//! One measurement = one JSON line (the schema of `bench/results/*.jsonl`), one CSV row, or one
+//! table row.
+//!
+//! Op names: a sofa operator by its own name (`sima`, `cosformer`, `soft`, `aft_local`, …); its
+//! cuBLAS-composed baseline (`crate::baseline`, SPEC §5) as `baseline:<op>` (`baseline:sima`,
+//! `baseline:aft_full`, …); cuBLAS softmax attention as `softmax`; PyTorch's references
+//! (`scripts/torch_reference.py`) as `<op>_torch` and `softmax_sdpa`. A baseline record has the
+//! op's shape and variant label (softmax: `causal` or empty), its own timing, and for bytes and
+//! FLOPs what the op must move and compute (softmax: q, k, v, o once and `4·N²·D` per head,
+//! half when causal).
+//!
+//! Fields beyond the measurement itself: `speedup_vs_baseline` = the `baseline:<op>` median over
+//! this record's median, `speedup_vs_softmax` = the `softmax` median (same B, H, N, D, dtype,
+//! causality) over this record's, both measured in the same run (`sofa bench --baseline`) and
+//! `null` when not (no baseline for the op, the baseline skipped the size, or not asked for);
+//! `graph` = the timed runs were launches of one captured CUDA graph (`--graph`) rather than
+//! eager calls.
 
 use crate::bench::roofline::Peaks;
 use crate::bench::Timing;
@@ -35,6 +51,12 @@ pub struct Record {
     pub rel_err: Option<f64>,
     pub err_bound: Option<f64>,
     pub flush_l2: bool,
+    /// Timed as CUDA-graph launches.
+    pub graph: bool,
+    /// Baseline median / this median, when the op's cuBLAS baseline ran on the same inputs.
+    pub speedup_vs_baseline: Option<f64>,
+    /// Softmax-attention median / this median, when softmax ran on the same shape.
+    pub speedup_vs_softmax: Option<f64>,
     /// Device fields, filled by [`Record::device`].
     pub device: Value,
 }
@@ -84,6 +106,8 @@ impl Record {
             "peak_gemm_tflop_per_s": self.peaks.map(|p| p.gemm_tflop_per_s),
             "pct_roofline": self.pct_roofline(),
             "rel_err": self.rel_err, "err_bound": self.err_bound, "flush_l2": self.flush_l2,
+            "graph": self.graph, "speedup_vs_baseline": self.speedup_vs_baseline,
+            "speedup_vs_softmax": self.speedup_vs_softmax,
         });
         if let (Some(obj), Some(dev)) = (v.as_object_mut(), self.device.as_object()) {
             obj.extend(dev.iter().map(|(k, x)| (k.clone(), x.clone())));
@@ -92,13 +116,22 @@ impl Record {
     }
 
     pub const CSV_HEADER: &'static str =
-        "op,variant,b,h,n,s,d,dv,dtype,median_ms,tokens_per_s,gb_per_s,tflop_per_s,pct_roofline";
+        "op,variant,b,h,n,s,d,dv,dtype,median_ms,tokens_per_s,gb_per_s,tflop_per_s,pct_roofline,\
+         speedup_vs_baseline,speedup_vs_softmax,graph";
 
+    /// One CSV row under [`Record::CSV_HEADER`]; an unmeasured value is an empty field. The
+    /// variant is quoted when it holds commas (`"causal,s=64"`).
     pub fn to_csv(&self) -> String {
+        let opt = |x: Option<f64>, prec: usize| x.map_or(String::new(), |v| format!("{v:.prec$}"));
+        let variant = if self.variant.contains(',') {
+            format!("\"{}\"", self.variant)
+        } else {
+            self.variant.clone()
+        };
         format!(
-            "{},{},{},{},{},{},{},{},{},{:.6},{:.6e},{:.2},{:.3},{}",
+            "{},{},{},{},{},{},{},{},{},{:.6},{:.6e},{:.2},{:.3},{},{},{},{}",
             self.op,
-            self.variant,
+            variant,
             self.b,
             self.h,
             self.n,
@@ -110,8 +143,56 @@ impl Record {
             self.tokens_per_s(),
             self.gb_per_s(),
             self.tflop_per_s(),
-            self.pct_roofline()
-                .map_or(String::new(), |p| format!("{p:.1}"))
+            opt(self.pct_roofline(), 1),
+            opt(self.speedup_vs_baseline, 3),
+            opt(self.speedup_vs_softmax, 3),
+            self.graph,
+        )
+    }
+
+    /// The table's column titles, aligned with [`Record::to_table_row`].
+    pub fn table_header() -> String {
+        format!(
+            "{:<18} {:<12} {:>3} {:>3} {:>8} {:>4} {:>5} {:>10} {:>11} {:>8} {:>8} {:>6} {:>8} {:>10} {:>6}",
+            "op",
+            "variant",
+            "B",
+            "H",
+            "N",
+            "D",
+            "dtype",
+            "ms",
+            "tokens/s",
+            "GB/s",
+            "TFLOP/s",
+            "%roof",
+            "vs_base",
+            "vs_softmax",
+            "launch"
+        )
+    }
+
+    /// One table row: `-` for an empty variant and for what was not measured; speedups as
+    /// `3.21x`; `launch` is `graph` or `eager`.
+    pub fn to_table_row(&self) -> String {
+        let speedup = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.2}x"));
+        format!(
+            "{:<18} {:<12} {:>3} {:>3} {:>8} {:>4} {:>5} {:>10.4} {:>11.3e} {:>8.0} {:>8.2} {:>6} {:>8} {:>10} {:>6}",
+            self.op,
+            if self.variant.is_empty() { "-" } else { &self.variant },
+            self.b,
+            self.h,
+            self.n,
+            self.d,
+            self.dtype.name(),
+            self.timing.median_ms,
+            self.tokens_per_s(),
+            self.gb_per_s(),
+            self.tflop_per_s(),
+            self.pct_roofline().map_or("-".into(), |p| format!("{p:.0}")),
+            speedup(self.speedup_vs_baseline),
+            speedup(self.speedup_vs_softmax),
+            if self.graph { "graph" } else { "eager" },
         )
     }
 }

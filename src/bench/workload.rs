@@ -1,7 +1,7 @@
 //! Benchmark workloads: an operator on random device inputs, ready to be timed, with the bytes
 //! and FLOPs it must move and compute (SPEC §6).
 
-use crate::bench::fill_uniform;
+use crate::bench::random_buffer;
 use crate::error::{Error, Result};
 use crate::ops::aft::{self, AftParams};
 use crate::ops::{cosformer, sima, soft, TensorMut, TensorRef};
@@ -9,7 +9,7 @@ use crate::reference::cosformer::CosformerParams;
 use crate::reference::soft::{Landmarks, SoftParams};
 use crate::runtime::Runtime;
 use crate::tensor::{DType, Dims, Element, Layout};
-use cudarc::driver::{CudaSlice, CudaStream};
+use cudarc::driver::CudaStream;
 use half::{bf16, f16};
 use std::sync::Arc;
 
@@ -35,6 +35,16 @@ impl BenchOp {
         BenchOp::AftConv,
         BenchOp::AftFull,
     ];
+
+    /// The kernel family (file stem under kernels/) the op launches.
+    pub fn family(self) -> &'static str {
+        match self {
+            BenchOp::Sima => "sima",
+            BenchOp::Cosformer => "cosformer",
+            BenchOp::Soft => "soft",
+            _ => "aft",
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -85,14 +95,14 @@ impl Case {
         }
     }
 
-    fn params(&self) -> CosformerParams {
+    pub(crate) fn cosformer_params(&self) -> CosformerParams {
         CosformerParams {
             causal: self.causal,
             ..Default::default()
         }
     }
 
-    fn soft_params(&self) -> SoftParams {
+    pub(crate) fn soft_params(&self) -> SoftParams {
         SoftParams {
             landmarks: Landmarks::AvgPool1d { m: self.landmarks },
             ..Default::default()
@@ -126,7 +136,7 @@ impl Case {
     }
 
     /// fp32 values of the position bias (AFT-local `w`, AFT-conv `u`, AFT-full `w`).
-    fn bias_len(&self) -> Result<usize> {
+    pub(crate) fn bias_len(&self) -> Result<usize> {
         match self.aft_variant() {
             Some(v) => Ok(v.bias_len(self.dims.n, self.dims.h)?.map_or(0, |(_, n)| n)),
             None => Ok(0),
@@ -184,7 +194,7 @@ impl Case {
         match self.op {
             BenchOp::Sima => sima::workspace_bytes(self.dims, d),
             BenchOp::Cosformer => {
-                cosformer::workspace_bytes(self.dims, self.dims.n, d, &self.params())
+                cosformer::workspace_bytes(self.dims, self.dims.n, d, &self.cosformer_params())
             }
             BenchOp::Soft => soft::workspace_bytes(self.dims, d, &self.soft_params()),
             _ => {
@@ -198,10 +208,13 @@ impl Case {
     }
 }
 
+/// Enqueues one run of a workload on its stream.
+pub type Runner = Box<dyn FnMut() -> Result<()>>;
+
 /// A case with its device buffers, callable repeatedly on its stream.
 pub struct Workload {
     pub case: Case,
-    run: Box<dyn FnMut() -> Result<()>>,
+    run: Runner,
 }
 
 impl Workload {
@@ -219,6 +232,17 @@ impl Workload {
     pub fn run(&mut self) -> Result<()> {
         (self.run)()
     }
+
+    /// The run alone (its buffers with it), for a [`crate::bench::timer::Timer`].
+    pub fn into_runner(self) -> Runner {
+        self.run
+    }
+}
+
+/// The fill seed of input `i` (q, k, v, then the bias) of the workload seeded `seed`; the cuBLAS
+/// references use the same seeds, so they see the same values.
+pub(crate) fn input_seed(seed: u64, i: u64) -> u64 {
+    seed.wrapping_mul(3).wrapping_add(i)
 }
 
 fn runner<T: Element>(
@@ -226,27 +250,19 @@ fn runner<T: Element>(
     stream: &Arc<CudaStream>,
     case: Case,
     seed: u64,
-) -> Result<Box<dyn FnMut() -> Result<()>>> {
+) -> Result<Runner> {
     let l = Layout::contiguous(case.dims);
     let len = l
         .span()
         .ok_or_else(|| Error::param("shape", case.dims, "too large"))?;
-    let input = |s| -> Result<CudaSlice<T>> {
-        let mut x = rt.alloc::<T>(stream, len)?;
-        fill_uniform(rt, stream, &mut x, seed.wrapping_mul(3).wrapping_add(s))?;
-        Ok(x)
-    };
+    let input = |s| random_buffer::<T>(rt, stream, len, input_seed(seed, s));
     let (q, k, v) = (input(0)?, input(1)?, input(2)?);
     let mut o = rt.alloc::<T>(stream, len)?;
     let mut ws = rt.alloc::<u8>(stream, case.workspace_bytes()?)?;
     // The AFT bias: uniform in [-1, 1) like the inputs (fp32).
     let bias = match case.bias_len()? {
         0 => None,
-        n => {
-            let mut w = rt.alloc::<f32>(stream, n)?;
-            fill_uniform(rt, stream, &mut w, seed.wrapping_mul(3).wrapping_add(3))?;
-            Some(w)
-        }
+        n => Some(random_buffer::<f32>(rt, stream, n, input_seed(seed, 3))?),
     };
     let (rt, stream) = (rt.clone(), stream.clone());
     Ok(Box::new(move || {
@@ -259,7 +275,7 @@ fn runner<T: Element>(
         match case.op {
             BenchOp::Sima => sima::forward(&rt, &stream, t(&q), t(&k), t(&v), out, ws),
             BenchOp::Cosformer => {
-                let p = case.params();
+                let p = case.cosformer_params();
                 cosformer::forward(&rt, &stream, &p, t(&q), t(&k), t(&v), out, ws)
             }
             BenchOp::Soft => {

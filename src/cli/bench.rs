@@ -1,14 +1,20 @@
-//! `sofa bench`: sweeps of GPU operators over sequence lengths, with the roofline of each run.
+//! `sofa bench`: sweeps of GPU operators over sequence lengths, with the roofline of each run
+//! and, with `--baseline`, the cuBLAS references timed beside each op on the same inputs.
 
 use indicatif::{ProgressBar, ProgressStyle};
+use sofa::baseline::Blas;
+use sofa::bench::baseline::BaselineCase;
+use sofa::bench::fits;
 use sofa::bench::record::Record;
 use sofa::bench::roofline::Peaks;
-use sofa::bench::time_with_setup;
-use sofa::bench::workload::{BenchOp, Case, Workload};
+use sofa::bench::timer::{Measured, Timer};
+use sofa::bench::workload::{BenchOp, Case, Runner, Workload};
 use sofa::tensor::parse_count;
 use sofa::{DType, Dims, Error, Result, Runtime};
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -56,6 +62,15 @@ pub struct BenchArgs {
     /// Overwrite a buffer twice the L2 size before every timed run.
     #[arg(long)]
     flush_l2: bool,
+    /// Also time each op's cuBLAS-composed baseline (`baseline:<op>`) on the same inputs and
+    /// cuBLAS softmax attention (`softmax`) on the same shape, and report the speedups.
+    /// References that do not support a case or do not fit in memory are skipped with a note.
+    #[arg(long)]
+    baseline: bool,
+    /// Time launches of one CUDA graph captured from a call instead of eager calls (falls back
+    /// to eager calls, with a note, where a call cannot be captured).
+    #[arg(long)]
+    graph: bool,
     /// Skip measuring the copy and GEMM peaks (no % of roofline then).
     #[arg(long)]
     no_peaks: bool,
@@ -133,82 +148,234 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
 pub fn bench(a: &BenchArgs) -> Result<i32> {
     let cases = cases(a)?;
     let rt = Runtime::new(a.device)?;
+    // SAFETY: every buffer of the sweep is allocated, used and freed on the one stream below, so
+    // cudarc's cross-stream event tracking has nothing to order; without it the buffers can be
+    // captured into CUDA graphs (no waits on events recorded outside the capture).
+    unsafe { rt.context().disable_event_tracking() };
     let stream = rt.new_stream()?;
-    let peaks = if a.no_peaks {
-        None
-    } else {
-        match Peaks::measure(&rt, &stream) {
-            Ok(p) => {
-                eprintln!(
-                    "peaks: copy {:.0} GB/s, f16 GEMM {:.0} TFLOP/s",
-                    p.copy_gb_per_s, p.gemm_tflop_per_s
-                );
-                Some(p)
-            }
-            Err(e) => {
-                eprintln!("note: peaks not measured ({e}); no % of roofline");
-                None
-            }
-        }
-    };
-    let mut flush = if a.flush_l2 {
-        Some(rt.alloc::<u8>(&stream, 2 * rt.info().l2_bytes.max(1))?)
-    } else {
-        None
-    };
     let bar = ProgressBar::new(cases.len() as u64);
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("template"));
-    match a.format {
-        Format::Table => bar.println(format!(
-            "{:<10} {:<7} {:>3} {:>3} {:>8} {:>4} {:>5} {:>10} {:>11} {:>8} {:>8} {:>6}",
-            "op",
-            "variant",
-            "B",
-            "H",
-            "N",
-            "D",
-            "dtype",
-            "ms",
-            "tokens/s",
-            "GB/s",
-            "TFLOP/s",
-            "%roof"
-        )),
-        Format::Csv => bar.println(Record::CSV_HEADER),
-        Format::Json => {}
-    }
+    let mut sweep = Sweep {
+        a,
+        timer: Timer::new(&rt, &stream, a.warmup, a.iters, a.flush_l2, a.graph)?,
+        peaks: None,
+        blas: None,
+        rt,
+        stream,
+        bar,
+        said: HashSet::new(),
+        softmax: HashMap::new(),
+    };
+    sweep.start()?;
     for (i, case) in cases.iter().enumerate() {
-        bar.set_message(format!("{} N={}", case.op.name(), case.dims.n));
-        let (free, _) = rt.context().mem_get_info()?;
-        let need = case.device_bytes()?;
-        if need > free / 10 * 9 {
-            bar.println(format!(
-                "skip {} {}: needs {:.1} GB, {:.1} GB free",
-                case.op.name(),
-                case.dims,
-                need as f64 / 1e9,
-                free as f64 / 1e9
-            ));
-            bar.inc(1);
-            continue;
+        let label = case.label();
+        sweep
+            .bar
+            .set_message(format!("{} N={} {label}", case.op.name(), case.dims.n));
+        sweep.case(*case, i as u64)?;
+        sweep.bar.inc(1);
+    }
+    sweep.bar.finish_and_clear();
+    std::io::stdout().flush().ok();
+    Ok(0)
+}
+
+/// A sweep in progress: the device, the timer, the progress bar and what was said already.
+struct Sweep<'a> {
+    a: &'a BenchArgs,
+    rt: Arc<Runtime>,
+    stream: Arc<cudarc::driver::CudaStream>,
+    timer: Timer,
+    peaks: Option<Peaks>,
+    /// The cuBLAS handle of the references (`--baseline`).
+    blas: Option<Arc<Blas>>,
+    bar: ProgressBar,
+    /// Notes printed so far (each is printed once).
+    said: HashSet<String>,
+    /// Softmax medians by (dims, dtype, causal), measured once per run; `None` = skipped.
+    softmax: HashMap<(Dims, DType, bool), Option<f64>>,
+}
+
+/// `[B,H,N,D]` plus the variant label, for notes.
+fn describe(dims: Dims, label: &str) -> String {
+    if label.is_empty() {
+        dims.to_string()
+    } else {
+        format!("{dims} {label}")
+    }
+}
+
+fn gb(bytes: usize) -> String {
+    format!("{:.1} GB", bytes as f64 / 1e9)
+}
+
+impl Sweep<'_> {
+    /// Measures the ceilings, makes the cuBLAS handle, prints the header.
+    fn start(&mut self) -> Result<()> {
+        if !self.a.no_peaks {
+            match Peaks::measure(&self.rt, &self.stream) {
+                Ok(p) => {
+                    self.say(format!(
+                        "peaks: copy {:.0} GB/s, f16 GEMM {:.0} TFLOP/s",
+                        p.copy_gb_per_s, p.gemm_tflop_per_s
+                    ));
+                    self.peaks = Some(p);
+                }
+                Err(e) => self.note(format!("peaks not measured ({e}); no % of roofline")),
+            }
         }
-        let mut w = Workload::new(&rt, &stream, *case, i as u64)?;
-        w.run()?; // loads the kernels
-        let timing = time_with_setup(
-            &stream,
-            a.warmup,
-            a.iters,
-            || match flush.as_mut() {
-                Some(f) => Ok(stream.memset_zeros(f)?),
-                None => Ok(()),
-            },
-            || w.run(),
-        )?;
-        drop(w);
+        if self.a.baseline {
+            match Blas::new(&self.stream) {
+                Ok(b) => self.blas = Some(Arc::new(b)),
+                Err(e) => self.note(format!("no cuBLAS references ({e})")),
+            }
+        }
+        match self.a.format {
+            Format::Table => self.print(&Record::table_header()),
+            Format::Csv => self.print(Record::CSV_HEADER),
+            Format::Json => {}
+        }
+        Ok(())
+    }
+
+    /// A line on stderr, above the progress bar, once per distinct text.
+    fn say(&mut self, line: String) {
+        if self.said.insert(line.clone()) {
+            self.bar.suspend(|| eprintln!("{line}"));
+        }
+    }
+
+    fn note(&mut self, msg: String) {
+        self.say(format!("note: {msg}"));
+    }
+
+    /// A line on stdout, above the progress bar.
+    fn print(&self, line: &str) {
+        self.bar.suspend(|| println!("{line}"));
+    }
+
+    /// Appends a record to `--out` and prints it in the chosen format.
+    fn emit(&self, rec: &Record) -> Result<()> {
+        if let Some(path) = &self.a.out {
+            super::append_line(path, &rec.to_json())?;
+        }
+        self.print(&match self.a.format {
+            Format::Json => rec.to_json(),
+            Format::Csv => rec.to_csv(),
+            Format::Table => rec.to_table_row(),
+        });
+        Ok(())
+    }
+
+    /// Checks that `need` bytes fit, builds the workload, runs it once (loading its kernels),
+    /// then times it. `Ok(None)` after a note when it does not fit or its allocation fails.
+    fn measure(
+        &mut self,
+        what: &str,
+        need: usize,
+        build: impl FnOnce() -> Result<Runner>,
+    ) -> Result<Option<Measured>> {
+        // The previous workload's buffers were freed stream-ordered; a synchronization hands
+        // them back to the device before its free memory is read.
+        self.stream.synchronize()?;
+        let (free, _) = self.rt.context().mem_get_info()?;
+        if !fits(need, free) {
+            self.note(format!(
+                "skip {what}: needs {}, {} free",
+                gb(need),
+                gb(free)
+            ));
+            return Ok(None);
+        }
+        let mut run = match build() {
+            Err(Error::OutOfMemory { bytes }) => {
+                self.note(format!(
+                    "skip {what}: out of memory allocating {}",
+                    gb(bytes)
+                ));
+                return Ok(None);
+            }
+            built => built?,
+        };
+        run()?;
+        let m = self.timer.time(&mut *run)?;
+        if let Some(why) = &m.note {
+            self.note(format!("{what}: {why}"));
+        }
+        Ok(Some(m))
+    }
+
+    /// One sofa op on one case, then (`--baseline`) its references; the op's record first.
+    fn case(&mut self, case: Case, seed: u64) -> Result<()> {
+        let what = format!("{} {}", case.op.name(), describe(case.dims, &case.label()));
+        let (rt, stream) = (self.rt.clone(), self.stream.clone());
+        let build = || Ok(Workload::new(&rt, &stream, case, seed)?.into_runner());
+        let Some(op) = self.measure(&what, case.device_bytes()?, build)? else {
+            return Ok(());
+        };
+        let mut rec = self.record(case.op.name().into(), case.label(), &case, &op);
+        (rec.min_bytes, rec.flops) = (case.min_bytes(), case.flops());
+        rec.device = Record::device(&self.rt, case.op.family());
+        let mut references = Vec::new();
+        if self.blas.is_some() {
+            let ms = op.timing.median_ms;
+            match BaselineCase::composed(case) {
+                Some(bc) => {
+                    if let Some((m, r)) = self.reference(bc, seed) {
+                        rec.speedup_vs_baseline = Some(m.timing.median_ms / ms);
+                        references.push(r);
+                    }
+                }
+                None => self.note(format!(
+                    "{} has no cuBLAS-composed baseline (no speedup_vs_baseline)",
+                    case.op.name()
+                )),
+            }
+            let softmax = BaselineCase::softmax(case);
+            let key = softmax.softmax_key();
+            let median = match self.softmax.get(&key) {
+                Some(&median) => median,
+                None => {
+                    let m = self.reference(softmax, seed);
+                    let median = m.as_ref().map(|(m, _)| m.timing.median_ms);
+                    references.extend(m.map(|(_, r)| r));
+                    self.softmax.insert(key, median);
+                    median
+                }
+            };
+            rec.speedup_vs_softmax = median.map(|s| s / ms);
+        }
+        self.emit(&rec)?;
+        references.iter().try_for_each(|r| self.emit(r))
+    }
+
+    /// Measures a cuBLAS reference; anything that keeps it from running is a note, not an error.
+    fn reference(&mut self, bc: BaselineCase, seed: u64) -> Option<(Measured, Record)> {
+        let blas = self.blas.clone()?;
+        let what = format!("{} {}", bc.name(), describe(bc.case.dims, &bc.label()));
+        let rt = self.rt.clone();
+        let measured = bc
+            .device_bytes()
+            .and_then(|need| self.measure(&what, need, || bc.workload(&rt, &blas, seed)));
+        let m = match measured {
+            Ok(m) => m?,
+            Err(e) => {
+                self.note(format!("skip {what}: {e}"));
+                return None;
+            }
+        };
+        let mut rec = self.record(bc.name(), bc.label(), &bc.case, &m);
+        (rec.min_bytes, rec.flops) = (bc.min_bytes(), bc.flops());
+        Some((m, rec))
+    }
+
+    /// The record of a measurement on `case`'s shape; bytes and FLOPs are the caller's to fill,
+    /// the device fields name the baseline kernel family unless the caller says otherwise.
+    fn record(&self, op: String, variant: String, case: &Case, m: &Measured) -> Record {
         let Dims { b, h, n, d } = case.dims;
-        let rec = Record {
-            op: case.op.name().into(),
-            variant: case.label(),
+        Record {
+            op,
+            variant,
             b,
             h,
             n,
@@ -217,40 +384,17 @@ pub fn bench(a: &BenchArgs) -> Result<i32> {
             dv: d,
             dtype: case.dtype,
             layout: "bhnd".into(),
-            timing,
-            min_bytes: case.min_bytes(),
-            flops: case.flops(),
-            peaks,
+            timing: m.timing,
+            min_bytes: 0.0,
+            flops: 0.0,
+            peaks: self.peaks,
             rel_err: None,
             err_bound: None,
-            flush_l2: a.flush_l2,
-            device: Record::device(&rt, case.op.name()),
-        };
-        if let Some(path) = &a.out {
-            super::append_line(path, &rec.to_json())?;
+            flush_l2: self.a.flush_l2,
+            graph: m.graph,
+            speedup_vs_baseline: None,
+            speedup_vs_softmax: None,
+            device: Record::device(&self.rt, "baseline"),
         }
-        bar.println(match a.format {
-            Format::Json => rec.to_json(),
-            Format::Csv => rec.to_csv(),
-            Format::Table => format!(
-                "{:<10} {:<7} {:>3} {:>3} {:>8} {:>4} {:>5} {:>10.4} {:>11.3e} {:>8.0} {:>8.2} {:>6}",
-                rec.op,
-                rec.variant,
-                b,
-                h,
-                n,
-                d,
-                rec.dtype.name(),
-                rec.timing.median_ms,
-                rec.tokens_per_s(),
-                rec.gb_per_s(),
-                rec.tflop_per_s(),
-                rec.pct_roofline().map_or("-".into(), |p| format!("{p:.0}"))
-            ),
-        });
-        bar.inc(1);
     }
-    bar.finish_and_clear();
-    std::io::stdout().flush().ok();
-    Ok(0)
 }

@@ -162,6 +162,9 @@ pub(super) fn run<T: Element>(rt: &Runtime, args: &RunArgs, p: &Problem) -> Resu
             rel_err: cmp.map(|c| c.rel),
             err_bound: cmp.map(|c| c.bound),
             flush_l2: false,
+            graph: false,
+            speedup_vs_baseline: None,
+            speedup_vs_softmax: None,
             device: sofa::bench::record::Record::device(rt, family),
         };
         super::super::append_line(path, &record.to_json())?;
