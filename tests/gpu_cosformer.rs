@@ -352,6 +352,78 @@ fn cosformer_many_heads_grid_stride() {
     }
 }
 
+/// f16/bf16 with D == Dv ∈ {32, 48, 64} and 16-byte-aligned rows take the tensor-core kernels
+/// (causal: D ∈ {32, 64}); the cases above mostly have Dv ≠ D and stay on CUDA cores.
+#[test]
+fn cosformer_tensor_core_non_causal() {
+    let Some(rt) = common::gpu("cosformer tensor cores, non-causal") else {
+        return;
+    };
+    let mut seed = 9000;
+    for &d in &[32, 48, 64] {
+        for (n, s) in [(1, 1), (63, 65), (1000, 999), (7, 4097), (4097, 64)] {
+            for kind in [LayoutKind::Bhnd, LayoutKind::Bnhd] {
+                let c = Case::new(n, s, d, d, kind, false);
+                check::<f16>(&rt, &c, seed);
+                check::<bf16>(&rt, &c, seed + 1);
+                seed += 2;
+            }
+        }
+    }
+}
+
+#[test]
+fn cosformer_tensor_core_causal() {
+    let Some(rt) = common::gpu("cosformer tensor cores, causal") else {
+        return;
+    };
+    let mut seed = 9500;
+    for &d in &[32, 64] {
+        for &n in &LENS {
+            for kind in [LayoutKind::Bhnd, LayoutKind::Bnhd] {
+                let c = Case::new(n, n, d, d, kind, true);
+                check::<f16>(&rt, &c, seed);
+                check::<bf16>(&rt, &c, seed + 1);
+                seed += 2;
+            }
+        }
+        // Several 64-row blocks per chunk: the state carried across blocks inside one CTA.
+        for (n, rows) in [(65, 128), (1000, 256), (4097, 512)] {
+            let mut c = Case::new(n, n, d, d, LayoutKind::Bnhd, true);
+            c.rows_per_chunk = Some(rows);
+            check::<f16>(&rt, &c, seed);
+            check::<bf16>(&rt, &c, seed + 1);
+            seed += 2;
+        }
+    }
+    // One (b,h) long enough that the default plan already gives multi-block chunks.
+    let mut c = Case::new(40000, 40000, 64, 64, LayoutKind::Bhnd, true);
+    (c.b, c.h) = (1, 1);
+    check::<f16>(&rt, &c, seed);
+}
+
+#[test]
+fn cosformer_tensor_core_relu_off_dead_rows_and_grid_stride() {
+    let Some(rt) = common::gpu("cosformer tensor cores, edge cases") else {
+        return;
+    };
+    let mut seed = 9800;
+    for causal in [false, true] {
+        let mut c = Case::new(1000, 1000, 64, 64, LayoutKind::Bhnd, causal);
+        c.params.relu = false;
+        check::<f16>(&rt, &c, seed);
+        check::<bf16>(&rt, &c, seed + 1);
+        let mut c = Case::new(300, 300, 32, 32, LayoutKind::Bnhd, causal);
+        c.dead_rows = true;
+        check::<f16>(&rt, &c, seed + 2);
+        check::<bf16>(&rt, &c, seed + 3);
+        let mut c = Case::new(3, 3, 32, 32, LayoutKind::Bhnd, causal);
+        (c.b, c.h) = (70000, 1);
+        check::<f16>(&rt, &c, seed + 4);
+        seed += 5;
+    }
+}
+
 /// Rows [r0, r1) of a `[B,H,N,D]` tensor held in `l`, as a new tensor of the same layout kind.
 fn rows_of<T: Element>(
     data: &[T],
@@ -510,6 +582,12 @@ fn cosformer_prefill_then_decode_equals_causal() {
         }
     }
     check_decode::<f16>(&rt, (1, 2, 256, 256), &[77], 3, LayoutKind::Bnhd, 1);
+    // Tensor-core prefill (D == Dv = 64, f16/bf16), state handed on to the decode steps.
+    for (i, prefills) in [&[1000][..], &[64, 1, 200], &[130, 70]].iter().enumerate() {
+        let kind = kind_of(i);
+        check_decode::<f16>(&rt, (2, 3, 64, 64), prefills, 3, kind, 8500 + i as u64);
+        check_decode::<bf16>(&rt, (2, 3, 32, 32), prefills, 3, kind, 8600 + i as u64);
+    }
 }
 
 #[test]
