@@ -1,6 +1,7 @@
 // cosFormer tensor-core path (SPEC §2) for f16/bf16, D == Dv, 16-byte-aligned rows. Features are
 // never stored: ReLU is applied to the loaded 16-bit fragments, and the sin/cos re-weighting is
-// folded into an operand in fp32 (one rounding) right before each mma. Accumulation is fp32.
+// folded into an operand in fp32 right before each mma (state sums: as hi + lo 16-bit parts, two
+// mmas, so the fp32 state matches the CUDA-core kernels' accuracy). Accumulation is fp32.
 //   cos_reduce_tc  D ∈ {32, 48, 64}: per-chunk states, the layout of cos_reduce (so the
 //                  CUDA-core finalize and scan are shared)
 //   cos_map_tc     D ∈ {32, 48, 64}: non-causal outputs from the summed state
@@ -47,34 +48,41 @@ __device__ __forceinline__ void cos_tc_angles(float (*tab)[ROWS], const Cosforme
   }
 }
 
-// A = Kᵀ fragment (rows c ∈ [c0, c0+16), columns = key rows [n0, n0+16)) with ReLU applied, and its
-// two re-weighted copies: as = diag-scaled by sinθ_j, ac by cosθ_j of the key rows (tab = angles
-// of the stage, indexed from the stage's first row).
-template <typename T, int LD, int TAB>
-__device__ __forceinline__ void cos_tc_key_ops(u32 (&as)[4], u32 (&ac)[4], u16 (*ks)[LD], int n0, int c0,
-                                               const float (*tab)[TAB], int relu) {
-  const int lane = threadIdx.x % 32, t = lane % 4;
-  u32 a[4];
-  {
-    const int mat = lane / 8, r = lane % 8;
-    ldmatrix_x4_trans(a, &ks[n0 + r + (mat / 2) * 8][c0 + (mat % 2) * 8]);
-  }
+// A pair of 16-bit values times two fp32 factors: part 0 = the product rounded to 16 bits (hi),
+// part 1 = its rounding remainder (lo). hi + lo carries the fp32 product to ~2⁻²² relative: state
+// sums over many rows of operands rounded once would lose the fp32 accuracy the state promises.
+template <typename T> __device__ __forceinline__ u32 split_scale2(u32 x, float f0, float f1, int part) {
+  const float p0 = to_f32(T{(u16)(x & 0xffffu)}) * f0, p1 = to_f32(T{(u16)(x >> 16)}) * f1;
+  const u32 hi = pack2<T>(p0, p1);
+  if (part == 0) return hi;
+  return pack2<T>(p0 - to_f32(T{(u16)(hi & 0xffffu)}), p1 - to_f32(T{(u16)(hi >> 16)}));
+}
+
+// A = Kᵀ fragment: rows c ∈ [c0, c0+16), columns = key rows [n0, n0+16), ReLU applied.
+template <typename T, int LD>
+__device__ __forceinline__ void cos_tc_key_frag(u32 (&a)[4], u16 (*ks)[LD], int n0, int c0, int relu) {
+  const int lane = threadIdx.x % 32, mat = lane / 8, r = lane % 8;
+  ldmatrix_x4_trans(a, &ks[n0 + r + (mat / 2) * 8][c0 + (mat % 2) * 8]);
   if (relu) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) a[i] = relu2<T>(a[i]);
   }
-  // a0, a1 hold key columns 2t, 2t+1; a2, a3 hold 2t+8, 2t+9.
+}
+
+// The key fragment re-weighted by sinθ_j (as) and cosθ_j (ac) of its key rows, part 0 (hi) or
+// 1 (lo) of split_scale2; tab = angles of the stage, indexed from the stage's first row.
+template <typename T, int TAB>
+__device__ __forceinline__ void cos_tc_key_ops(u32 (&as)[4], u32 (&ac)[4], const u32 (&a)[4], int n0,
+                                               const float (*tab)[TAB], int part) {
+  const int t = threadIdx.x % 4;
   const float* sn = tab[0] + n0;
   const float* cs = tab[1] + n0;
-  const int j = 2 * t;
-  as[0] = scale2<T>(a[0], sn[j], sn[j + 1]);
-  as[1] = scale2<T>(a[1], sn[j], sn[j + 1]);
-  as[2] = scale2<T>(a[2], sn[j + 8], sn[j + 9]);
-  as[3] = scale2<T>(a[3], sn[j + 8], sn[j + 9]);
-  ac[0] = scale2<T>(a[0], cs[j], cs[j + 1]);
-  ac[1] = scale2<T>(a[1], cs[j], cs[j + 1]);
-  ac[2] = scale2<T>(a[2], cs[j + 8], cs[j + 9]);
-  ac[3] = scale2<T>(a[3], cs[j + 8], cs[j + 9]);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {  // a0, a1 hold key columns 2t, 2t+1; a2, a3 hold 2t+8, 2t+9
+    const int j = 2 * t + (i / 2) * 8;
+    as[i] = split_scale2<T>(a[i], sn[j], sn[j + 1], part);
+    ac[i] = split_scale2<T>(a[i], cs[j], cs[j + 1], part);
+  }
 }
 
 // acc_s += as·V, acc_c += ac·V over value columns [e0, e0 + 8·NT) of key rows [n0, n0 + 16).
@@ -149,12 +157,17 @@ __device__ void cos_reduce_tc(const CosformerParams& p) {
       __syncthreads();
 #pragma unroll 1
       for (int n0 = 0; n0 < ROWS; n0 += 16) {
-        u32 asn[4], acs[4];
-        cos_tc_key_ops<T, LD, ROWS>(asn, acs, ks[buf], n0, ct * 16, ang[buf], p.relu);
-        cos_tc_kv_mma<T, LD, NT>(as, ac, asn, acs, vs[buf], n0, e0);
-        if (zw) {
-          mma16816<T>(zs, asn, one, one);
-          mma16816<T>(zc, acs, one, one);
+        u32 a[4];
+        cos_tc_key_frag<T, LD>(a, ks[buf], n0, ct * 16, p.relu);
+#pragma unroll 1
+        for (int part = 0; part < 2; ++part) {  // hi, then lo
+          u32 asn[4], acs[4];
+          cos_tc_key_ops<T, ROWS>(asn, acs, a, n0, ang[buf], part);
+          cos_tc_kv_mma<T, LD, NT>(as, ac, asn, acs, vs[buf], n0, e0);
+          if (zw) {
+            mma16816<T>(zs, asn, one, one);
+            mma16816<T>(zc, acs, one, one);
+          }
         }
       }
       __syncthreads();  // buffer `buf` is refilled two iterations from now
@@ -617,12 +630,17 @@ __device__ void cos_causal_tc(const CosformerParams& p) {
       // (2) State update with the block's keys.
 #pragma unroll 1
       for (int n0 = 0; n0 < BR; n0 += 16) {
-        u32 asn[4], acs[4];
-        cos_tc_key_ops<T, LD, BR>(asn, acs, ks, n0, ct * 16, tab, p.relu);
-        cos_tc_kv_mma<T, LD, UNT>(ss, sc, asn, acs, vs, n0, eu);
-        if (zw) {
-          mma16816<T>(zs, asn, one, one);
-          mma16816<T>(zc, acs, one, one);
+        u32 a[4];
+        cos_tc_key_frag<T, LD>(a, ks, n0, ct * 16, p.relu);
+#pragma unroll 1
+        for (int part = 0; part < 2; ++part) {  // hi, then lo: the carried state stays fp32-accurate
+          u32 asn[4], acs[4];
+          cos_tc_key_ops<T, BR>(asn, acs, a, n0, tab, part);
+          cos_tc_kv_mma<T, LD, UNT>(ss, sc, asn, acs, vs, n0, eu);
+          if (zw) {
+            mma16816<T>(zs, asn, one, one);
+            mma16816<T>(zc, acs, one, one);
+          }
         }
       }
     }
