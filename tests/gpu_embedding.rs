@@ -1,14 +1,18 @@
 //! Embedding in an engine (issue 8), through the raw Rust layer: buffers allocated outside sofa
 //! (`cuMemAlloc`), a stream created outside sofa and borrowed, engine layout `[B,N,H,D]`.
-//! Raw == safe API, CUDA graph capture + replay == eager, two threads on two streams == serial.
-//! Skips (with a SKIP line) without a device.
+//! Raw == safe API, CUDA graph capture + replay == eager, two threads on two streams == serial,
+//! for SimA, cosFormer (non-causal, causal), SOFT (defaults, tied) and AFT simple / local
+//! (windows 64 and 5) / conv / full, each non-causal and causal; the AFT biases live in engine
+//! memory too. Skips (with a SKIP line) without a device.
 
 mod common;
 
 use cudarc::driver::sys::{self, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{result, CudaStream};
 use half::f16;
+use sofa::ops::aft::{self, AftParams, Variant};
 use sofa::ops::cosformer::{self, CosformerParams};
+use sofa::ops::soft::{self, Landmarks, SoftParams};
 use sofa::ops::{sima, RawTensor, TensorMut, TensorRef};
 use sofa::reference::{gather, Rng};
 use sofa::runtime::stream::borrow_stream;
@@ -97,10 +101,15 @@ struct Io {
     k: EngineBuf,
     v: EngineBuf,
     o: EngineBuf,
+    /// AFT's fp32 position bias (`w` of local/full, `u` of conv), allocated by the engine like
+    /// the weights of a layer; `None` for the ops without one.
+    bias: Option<EngineBuf>,
+    /// The same bias on the host, for the safe API.
+    bias_host: Vec<f32>,
 }
 
 impl Io {
-    fn new<T: Element>(rt: &Runtime, dims: Dims, seed: u64) -> (Self, [Vec<T>; 3]) {
+    fn new<T: Element>(rt: &Runtime, op: Op, dims: Dims, seed: u64) -> (Self, [Vec<T>; 3]) {
         let lq = Layout::of_kind(dims, LayoutKind::Bnhd);
         let lv = lq;
         let mut rng = Rng::new(seed);
@@ -109,6 +118,9 @@ impl Io {
             common::random::<T>(&mut rng, &lq),
             common::random::<T>(&mut rng, &lv),
         ];
+        let bias_host: Vec<f32> = (0..bias_len(op, dims))
+            .map(|_| rng.uniform(-1.0, 1.0) as f32)
+            .collect();
         let io = Io {
             lq,
             lv,
@@ -116,8 +128,17 @@ impl Io {
             k: EngineBuf::from_host(rt, &host[1]),
             v: EngineBuf::from_host(rt, &host[2]),
             o: EngineBuf::from_host(rt, &common::poisoned::<T>(&lv)),
+            bias: (!bias_host.is_empty()).then(|| EngineBuf::from_host(rt, &bias_host)),
+            bias_host,
         };
         (io, host)
+    }
+
+    /// The bias as `forward_raw` takes it: address and fp32 count (0, 0 when there is none).
+    fn raw_bias(&self) -> (u64, usize) {
+        self.bias
+            .as_ref()
+            .map_or((0, 0), |b| (b.ptr, b.bytes / std::mem::size_of::<f32>()))
     }
 
     fn raw(&self) -> [RawTensor; 4] {
@@ -139,42 +160,122 @@ impl Io {
 enum Op {
     Sima,
     Cos(CosformerParams),
+    Soft(SoftParams),
+    Aft(Variant, AftParams),
 }
 
-fn ops() -> [Op; 3] {
-    [
+/// Every op at sequence length `n`: SimA, cosFormer (non-causal, causal), SOFT, and AFT simple,
+/// local (a multi-tile band and a small odd one), conv, full, each non-causal and causal.
+fn ops(n: usize) -> Vec<Op> {
+    let mut ops = vec![
         Op::Sima,
         Op::Cos(CosformerParams::default()),
         Op::Cos(CosformerParams {
             causal: true,
             ..Default::default()
         }),
-    ]
+        Op::Soft(soft_params(n)),
+    ];
+    for variant in [
+        Variant::Simple,
+        Variant::Local { window: 64 },
+        Variant::Local { window: 5 },
+        Variant::Conv { window: 7 },
+        Variant::Full,
+    ] {
+        for causal in [false, true] {
+            ops.push(Op::Aft(variant, AftParams { causal }));
+        }
+    }
+    ops
+}
+
+/// SOFT's defaults (tied keys, AvgPool1d m = 64, 20 Newton steps), m capped at N: pooling needs
+/// m ≤ N.
+fn soft_params(n: usize) -> SoftParams {
+    let p = SoftParams::default();
+    match p.landmarks {
+        Landmarks::AvgPool1d { m } if m > n => SoftParams {
+            landmarks: Landmarks::AvgPool1d { m: n },
+            ..p
+        },
+        _ => p,
+    }
+}
+
+/// fp32 values of the op's bias (AFT local, conv, full), 0 without one.
+fn bias_len(op: Op, dims: Dims) -> usize {
+    match op {
+        Op::Aft(variant, _) => variant
+            .bias_len(dims.n, dims.h)
+            .unwrap()
+            .map_or(0, |(_, n)| n),
+        _ => 0,
+    }
 }
 
 fn workspace_bytes(op: Op, dims: Dims) -> usize {
     match op {
         Op::Sima => sima::workspace_bytes(dims, dims.d).unwrap(),
         Op::Cos(p) => cosformer::workspace_bytes(dims, dims.n, dims.d, &p).unwrap(),
+        // An upper bound (multi-launch Newton), whatever path the device takes.
+        Op::Soft(p) => soft::workspace_bytes(dims, dims.d, &p).unwrap(),
+        Op::Aft(variant, p) => aft::workspace_bytes(dims, variant, &p).unwrap(),
     }
 }
 
-/// Queues `op` on raw pointers: what an engine does.
+/// The largest workspace of `ops` at `dims`: one buffer serves ops queued one after another.
+fn max_workspace(ops: &[Op], dims: Dims) -> usize {
+    ops.iter()
+        .map(|&op| workspace_bytes(op, dims))
+        .max()
+        .unwrap()
+}
+
+/// Queues `op` on raw pointers: what an engine does. Nothing here allocates or synchronizes
+/// (the SOFT plan is host-side validation), so the call can be captured into a graph.
 fn queue_raw(rt: &Runtime, s: &CudaStream, dtype: DType, op: Op, io: &Io, ws: &EngineBuf) {
     let [q, k, v, o] = io.raw();
-    // SAFETY: engine buffers of this context covering each layout; `o` is its own buffer; the
-    // workspace holds `ws.bytes` bytes; everything outlives the synchronization that follows.
-    unsafe {
-        match op {
-            Op::Sima => sima::forward_raw(rt, s, dtype, q, k, v, o, ws.ptr, ws.bytes),
-            Op::Cos(p) => cosformer::forward_raw(rt, s, &p, dtype, q, k, v, o, ws.ptr, ws.bytes),
+    // Every arm: engine buffers of this context covering each layout; `o` is its own buffer; the
+    // workspace holds `ws.bytes` bytes and the bias `raw_bias().1` floats; everything outlives
+    // the synchronization that follows.
+    match op {
+        // SAFETY: see above.
+        Op::Sima => unsafe { sima::forward_raw(rt, s, dtype, q, k, v, o, ws.ptr, ws.bytes) },
+        // SAFETY: see above.
+        Op::Cos(p) => unsafe {
+            cosformer::forward_raw(rt, s, &p, dtype, q, k, v, o, ws.ptr, ws.bytes)
+        },
+        Op::Soft(p) => {
+            let smem = rt.info().smem_per_block_optin;
+            let plan = soft::Plan::new(&q.layout, None, &v.layout, &o.layout, &p, smem).unwrap();
+            // Tied keys: k is not read; q goes in its place (the raw API's convention).
+            // SAFETY: see above.
+            unsafe { soft::attention_raw(rt, s, &plan, dtype, q, q, v, o, None, ws.ptr, ws.bytes) }
+        }
+        Op::Aft(variant, p) => {
+            let (bias, bias_len) = io.raw_bias();
+            // SAFETY: see above.
+            unsafe {
+                aft::forward_raw(
+                    rt, s, variant, &p, dtype, q, k, v, o, bias, bias_len, ws.ptr, ws.bytes,
+                )
+            }
         }
     }
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{op:?} {dtype} raw: {e}"));
 }
 
-/// The safe API on cudarc buffers with the given layout kind; returns o gathered to f64.
-fn safe<T: Element>(rt: &Runtime, op: Op, dims: Dims, kind: LayoutKind, h: &[Vec<T>; 3]) -> Vec<T> {
+/// The safe API on cudarc buffers with the given layout kind (AFT's bias uploaded from
+/// `bias`); returns o in engine layout.
+fn safe<T: Element>(
+    rt: &Runtime,
+    op: Op,
+    dims: Dims,
+    kind: LayoutKind,
+    h: &[Vec<T>; 3],
+    bias: &[f32],
+) -> Vec<T> {
     let s = rt.new_stream().unwrap();
     let l = Layout::of_kind(dims, kind);
     let src = Layout::of_kind(dims, LayoutKind::Bnhd);
@@ -189,6 +290,7 @@ fn safe<T: Element>(rt: &Runtime, op: Op, dims: Dims, kind: LayoutKind, h: &[Vec
         s.clone_htod(&relay(&h[1])).unwrap(),
         s.clone_htod(&relay(&h[2])).unwrap(),
     );
+    let w = (!bias.is_empty()).then(|| s.clone_htod(bias).unwrap());
     let mut o = s.clone_htod(&common::poisoned::<T>(&l)).unwrap();
     let r = |data| TensorRef { data, layout: l };
     let out = TensorMut {
@@ -198,8 +300,21 @@ fn safe<T: Element>(rt: &Runtime, op: Op, dims: Dims, kind: LayoutKind, h: &[Vec
     match op {
         Op::Sima => sima::forward(rt, &s, r(&q), r(&k), r(&v), out, None),
         Op::Cos(p) => cosformer::forward(rt, &s, &p, r(&q), r(&k), r(&v), out, None),
+        Op::Soft(p) => soft::attention(rt, &s, &p, r(&q), None, r(&v), out, None, None),
+        Op::Aft(variant, p) => aft::forward(
+            rt,
+            &s,
+            variant,
+            &p,
+            r(&q),
+            r(&k),
+            r(&v),
+            out,
+            w.as_ref(),
+            None,
+        ),
     }
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{op:?} {} safe {kind:?}: {e}", T::DTYPE));
     let got = s.clone_dtoh(&o).unwrap();
     // Back to engine layout for comparison.
     let mut back = vec![T::default(); src.span().unwrap()];
@@ -209,19 +324,19 @@ fn safe<T: Element>(rt: &Runtime, op: Op, dims: Dims, kind: LayoutKind, h: &[Vec
 
 fn raw_vs_safe<T: Element>(rt: &Arc<Runtime>, dims: Dims, seed: u64) {
     let es = EngineStream::new(rt);
-    for (i, op) in ops().into_iter().enumerate() {
-        let (io, host) = Io::new::<T>(rt, dims, seed + i as u64);
+    for (i, op) in ops(dims.n).into_iter().enumerate() {
+        let (io, host) = Io::new::<T>(rt, op, dims, seed + i as u64);
         let ws = EngineBuf::zeroed(rt, workspace_bytes(op, dims));
         queue_raw(rt, &es.stream, T::DTYPE, op, &io, &ws);
         es.sync();
         let got: Vec<T> = io.o.read();
-        let same_layout = safe::<T>(rt, op, dims, LayoutKind::Bnhd, &host);
+        let same_layout = safe::<T>(rt, op, dims, LayoutKind::Bnhd, &host, &io.bias_host);
         assert!(
             bytemuck::cast_slice::<T, u8>(&got) == bytemuck::cast_slice::<T, u8>(&same_layout),
             "{op:?} {} {dims}: raw on engine buffers != safe API, same layout",
             T::DTYPE
         );
-        let other = safe::<T>(rt, op, dims, LayoutKind::Bhnd, &host);
+        let other = safe::<T>(rt, op, dims, LayoutKind::Bhnd, &host, &io.bias_host);
         let c = compare::<T>(&gather(&got, &io.lv), &gather(&other, &io.lv));
         println!(
             "{op:?} {} {dims}: raw [B,N,H,D] vs safe [B,H,N,D]: {c}",
@@ -255,18 +370,15 @@ fn graph_capture_and_replay_equal_eager() {
     let dims = Dims::new(2, 4, 1000, 64);
     let es = EngineStream::new(&rt);
     let s = &es.stream;
-    // One workspace for all three ops: they run one after another on one stream.
-    let ws_bytes = ops()
+    let ops = ops(dims.n);
+    // One workspace for all the ops: they run one after another on one stream. The AFT biases
+    // are allocated with the layers, before the capture.
+    let ws = EngineBuf::zeroed(&rt, max_workspace(&ops, dims));
+    let layers: Vec<(Op, Io, [Vec<f16>; 3])> = ops
         .iter()
-        .map(|&op| workspace_bytes(op, dims))
-        .max()
-        .unwrap();
-    let ws = EngineBuf::zeroed(&rt, ws_bytes);
-    let layers: Vec<(Op, Io, [Vec<f16>; 3])> = ops()
-        .into_iter()
         .enumerate()
-        .map(|(i, op)| {
-            let (io, host) = Io::new::<f16>(&rt, dims, 300 + i as u64);
+        .map(|(i, &op)| {
+            let (io, host) = Io::new::<f16>(&rt, op, dims, 300 + i as u64);
             (op, io, host)
         })
         .collect();
@@ -320,7 +432,10 @@ fn graph_capture_and_replay_equal_eager() {
     let want = eager(&layers);
     assert!(replayed == want, "replay on new inputs != eager");
     drop(graph);
-    println!("graph capture: 3 ops captured on an engine stream, replays == eager (bitwise)");
+    println!(
+        "graph capture: {} ops captured on an engine stream, replays == eager (bitwise)",
+        layers.len()
+    );
 }
 
 #[test]
@@ -329,17 +444,13 @@ fn two_threads_on_two_streams_equal_serial() {
         return;
     };
     let dims = Dims::new(2, 8, 2048, 64);
-    let ws_bytes = ops()
-        .iter()
-        .map(|&op| workspace_bytes(op, dims))
-        .max()
-        .unwrap();
+    let ops = ops(dims.n);
+    let ws_bytes = max_workspace(&ops, dims);
     let sets: Vec<Vec<Io>> = (0..2)
         .map(|t| {
-            ops()
-                .iter()
+            ops.iter()
                 .enumerate()
-                .map(|(i, _)| Io::new::<f16>(&rt, dims, 500 + 10 * t + i as u64).0)
+                .map(|(i, &op)| Io::new::<f16>(&rt, op, dims, 500 + 100 * t + i as u64).0)
                 .collect()
         })
         .collect();
@@ -350,7 +461,7 @@ fn two_threads_on_two_streams_equal_serial() {
         let ws = EngineBuf::zeroed(&rt, ws_bytes);
         sets.iter()
             .map(|set| {
-                for (op, io) in ops().into_iter().zip(set) {
+                for (&op, io) in ops.iter().zip(set) {
                     queue_raw(&rt, &es.stream, DType::F16, op, io, &ws);
                 }
                 es.sync();
@@ -370,12 +481,13 @@ fn two_threads_on_two_streams_equal_serial() {
             .iter()
             .map(|set| {
                 let rt = rt.clone();
+                let ops = &ops;
                 scope.spawn(move || {
                     let es = EngineStream::new(&rt);
                     let ws = EngineBuf::zeroed(&rt, ws_bytes);
                     (0..4)
                         .map(|_| {
-                            for (op, io) in ops().into_iter().zip(set) {
+                            for (&op, io) in ops.iter().zip(set) {
                                 queue_raw(&rt, &es.stream, DType::F16, op, io, &ws);
                             }
                             es.sync();
