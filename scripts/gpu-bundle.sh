@@ -35,7 +35,7 @@ cp "${CARGO_TARGET_DIR:-target}/c-example/sofa_example_static" "$bundle/sofa_exa
 cargo build --release --example embed_two_layer
 cp "${CARGO_TARGET_DIR:-target}/release/examples/embed_two_layer" "$bundle/"
 strip "$bundle/sofa" "$bundle/sofa_example" "$bundle/embed_two_layer" "$bundle"/tests/* "$bundle"/benches/* 2>/dev/null || true
-cp scripts/run-gpu-checks.sh scripts/gpu-verify.sh scripts/torch_reference.py "$bundle/"
+cp scripts/run-gpu-checks.sh scripts/gpu-verify.sh scripts/torch_reference.py scripts/torch_ops.py "$bundle/"
 git rev-parse --short HEAD >"$bundle/COMMIT" 2>/dev/null || echo unknown >"$bundle/COMMIT"
 # Every test binary embeds all fatbins (~11 MB), so the folder exceeds what a 64 MiB transfer to a
 # GPU machine can carry; the xz archive (~26 MB) fits. There: mkdir b && tar xJf gpu-bundle.tar.xz -C b

@@ -68,10 +68,11 @@ bench 1,16,1M,64 f16 never
 bench 1,16,1M,64 bf16 never
 # SPEC §6 sweeps. AFT-full is quadratic: its sweep stops at 16k.
 linear=sima,cosformer,soft,aft_simple,aft_local,aft_conv
-step sweep ./sofa bench --op $linear --causal --seq 1k,4k,16k,64k,256k,1M --dtype f16,bf16 --window 64,256 --landmarks 49,64,128,256 --out "$out/bench.jsonl"
-step sweep-full ./sofa bench --op aft_full --causal --seq 1k,4k,16k --dtype f16 --out "$out/bench.jsonl"
+step sweep ./sofa bench --baseline --op $linear --causal --seq 1k,4k,16k,64k,256k,1M --dtype f16,bf16 --window 64,256 --landmarks 49,64,128,256 --out "$out/bench.jsonl"
+step sweep-full ./sofa bench --baseline --op aft_full --causal --seq 1k,4k,16k --dtype f16 --out "$out/bench.jsonl"
 step sweep-d128 ./sofa bench --op $linear --heads 8 --head-dim 128 --seq 4k,64k,1M --dtype f16 --out "$out/bench.jsonl"
 if [[ -f torch_reference.py ]] && python3 -c 'import torch' 2>/dev/null; then
+  step torch-check python3 torch_reference.py --check --backend gpu --sofa ./sofa
   step torch python3 torch_reference.py --out "$out/torch.jsonl"
 fi
 
