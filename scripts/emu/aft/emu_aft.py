@@ -1,0 +1,788 @@
+"""Thread-level numpy emulator of kernels/aft.cu (aft_chunk_<dt>, aft_scan_f32, aft_map_<dt>,
+aft_rowmax_f32, aft_window_<dt> with its noinline aft_exact slow path).
+
+Line-by-line translation: a CTA's 256 threads are numpy vectors (thread id = position), divergent
+control flow is a per-thread mask, CTA barriers advance a shared-memory epoch (the code between
+two barriers runs for all threads before the next interval), __shfl_xor_sync is an exact lane
+permutation within each warp (full mask: the caller must be warp-uniform, checked). Arithmetic is
+fp32: expf = np.exp on float32 (CUDA's expf is within 2 ulp of it), '/' and '+'/'*' are IEEE fp32,
+fmaf is emulated as one f64 product-plus-add rounded to fp32 (exact product; rare double-rounding
+ties aside, equal to a true fma). f16/bf16 storage: cvt.rn (numpy float16 / bf16 by bit rounding).
+
+Checks: every global access is resolved against its allocation (and, for the workspace, against
+the sub-array the kernel means: part/pre/suf/rmax as sized by Plan::arrays in src/ops/aft.rs);
+out of bounds, null, misaligned, reads of never-written workspace, a read of an element written
+by another CTA in the same launch, and an element written twice in one launch are reported.
+Shared memory tracks, per element and barrier interval, the writing and reading threads: a
+location written by one thread and read or written by another in the same interval is a race
+(this kernel family has no __syncwarp-guarded intra-warp patterns, so none is exempted).
+"""
+from collections import Counter
+import numpy as np
+
+F32 = np.float32
+F64 = np.float64
+NEG_INF = F32(-np.inf)
+TID = np.arange(256, dtype=np.int64)
+LANE = TID % 32
+WARP = TID // 32
+
+AFT_SIMPLE, AFT_LOCAL, AFT_CONV, AFT_FULL = 0, 1, 2, 3
+AFT_THREADS, AFT_CHUNK, AFT_CT, AFT_KB, AFT_SEGS = 256, 64, 64, 32, 8
+AFT_DEN_MIN = F32(8.27180613e-25)
+
+
+def div_up(a, b):
+    return (a + b - 1) // b
+
+
+# ----------------------------------------------------------------------------------------------
+# fp32 helpers (errors silenced: inf/NaN follow IEEE exactly as on the device)
+def f32(x):
+    return np.asarray(x, dtype=F32)
+
+
+def expf(x):
+    with np.errstate(all="ignore"):
+        return np.exp(f32(x)).astype(F32)
+
+
+def fmaf(a, b, c):
+    with np.errstate(all="ignore"):
+        return (f32(a).astype(F64) * f32(b).astype(F64) + f32(c).astype(F64)).astype(F32)
+
+
+def fmaxf(a, b):
+    return np.fmax(f32(a), f32(b)).astype(F32)
+
+
+def add(a, b):
+    with np.errstate(all="ignore"):
+        return (f32(a) + f32(b)).astype(F32)
+
+
+def sub(a, b):
+    with np.errstate(all="ignore"):
+        return (f32(a) - f32(b)).astype(F32)
+
+
+def mul(a, b):
+    with np.errstate(all="ignore"):
+        return (f32(a) * f32(b)).astype(F32)
+
+
+def div(a, b):
+    with np.errstate(all="ignore"):
+        return (f32(a) / f32(b)).astype(F32)
+
+
+def sigmoid(x):  # aft_sigmoid: 1.f / (1.f + expf(-x))
+    return div(F32(1), add(F32(1), expf(-f32(x))))
+
+
+def bf16_round(x):
+    """cvt.rn.bf16.f32 on float32 values, returned as float32 holding the bf16 value."""
+    b = f32(x).view(np.uint32).astype(np.uint64)
+    nan = np.isnan(f32(x))
+    r = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) << 16
+    out = r.astype(np.uint32).view(F32)
+    return np.where(nan, F32(np.nan), out).astype(F32)
+
+
+class DType:
+    def __init__(self, name):
+        self.name = name
+        self.size = 4 if name == "f32" else 2
+        self.np = {"f32": F32, "f16": np.float16, "bf16": F32}[name]
+
+    def from_f32(self, x):  # from_f32<T>, cvt.rn
+        with np.errstate(all="ignore"):
+            if self.name == "f16":
+                return f32(x).astype(np.float16)
+            if self.name == "bf16":
+                return bf16_round(x)
+            return f32(x)
+
+    def from_f64(self, x):  # T::from_f64 of the host (half crate / `as f32`)
+        with np.errstate(all="ignore"):
+            if self.name == "f16":
+                return np.asarray(x, F64).astype(np.float16)
+            if self.name == "bf16":  # round the f64 mantissa to 8 bits directly (no double rounding)
+                b = np.asarray(x, F64).view(np.uint64)
+                r = ((b + np.uint64((1 << 44) - 1) + ((b >> np.uint64(45)) & np.uint64(1))) >> np.uint64(45)) << np.uint64(45)
+                return r.view(F64).astype(F32)
+            return np.asarray(x, F64).astype(F32)
+
+
+# ----------------------------------------------------------------------------------------------
+# global memory
+class Alloc:
+    def __init__(self, name, arr, initialized):
+        self.name = name
+        self.a = arr.ravel().copy()
+        self.isz = self.a.itemsize
+        self.nbytes = self.a.size * self.isz
+        self.init = np.full(self.a.size, initialized, bool)
+        self.wl = np.full(self.a.size, -1, np.int64)  # launch of the last write
+        self.wcta = np.full(self.a.size, -1, np.int64)
+        self.nw = np.zeros(self.a.size, np.int64)  # writes over the whole pipeline
+
+
+class Mem:
+    SH = 40
+
+    def __init__(self):
+        self.allocs = [None]
+        self.msgs = Counter()
+        self.launch = 0
+        self.kernel = ""
+        self.cta = 0
+        self.regions = {}  # name -> (address, bytes)
+
+    def alloc(self, name, arr, initialized=True):
+        self.allocs.append(Alloc(name, arr, initialized))
+        return (len(self.allocs) - 1) << self.SH
+
+    def report(self, msg):
+        self.msgs[f"[{self.kernel}] {msg}"] += 1
+
+    def _resolve(self, addr, mask, region, what):
+        addr = np.asarray(addr, np.int64)
+        mask = np.broadcast_to(np.asarray(mask, bool), addr.shape)
+        aa = addr[mask]
+        if aa.size == 0:
+            return None, mask, None
+        ids = aa >> self.SH
+        if np.any(ids != ids[0]) or ids[0] <= 0 or ids[0] >= len(self.allocs):
+            self.report(f"{what} {region}: null or wild pointer")
+            return None, mask, None
+        al = self.allocs[ids[0]]
+        off = aa - (int(ids[0]) << self.SH)
+        good = (off >= 0) & (off + al.isz <= al.nbytes) & (off % al.isz == 0)
+        if region in self.regions:
+            lo, n = self.regions[region]
+            rel = aa - lo
+            inreg = (rel >= 0) & (rel + al.isz <= n)
+            if not np.all(inreg):
+                self.report(f"{what} outside its array {region} (bytes [{rel.min()}, {rel.max()}] of {n})")
+            good &= inreg
+        if not np.all(good):
+            self.report(f"{what} {region} out of bounds / misaligned (bytes [{off.min()}, {off.max()}] of {al.nbytes})")
+        idx = np.where(good, off // al.isz, -1)
+        return al, mask, idx
+
+    def load(self, addr, mask, region):
+        """Loads the element at byte address `addr` for threads in `mask` (others get NaN)."""
+        addr = np.asarray(addr, np.int64)
+        out = np.full(addr.shape, np.nan, F32)
+        al, mask, idx = self._resolve(addr, mask, region, "read")
+        if al is None:
+            return out
+        ok = idx >= 0
+        ii = idx[ok]
+        if not np.all(al.init[ii]):
+            self.report(f"read of never-written {region}")
+        x = (al.wl[ii] == self.launch) & (al.wcta[ii] != self.cta)
+        if np.any(x):
+            self.report(f"read of {region} written by another CTA in the same launch (race)")
+        vals = np.full(idx.shape, np.nan, F32)
+        raw = al.a[ii]
+        if raw.dtype == np.uint16:  # bf16 bits: to_f32 is exact
+            vals[ok] = (raw.astype(np.uint32) << np.uint32(16)).view(F32)
+        else:
+            vals[ok] = raw.astype(F32)
+        out[mask] = vals
+        return out
+
+    def store(self, addr, vals, mask, region):
+        addr = np.asarray(addr, np.int64)
+        vals = np.broadcast_to(np.asarray(vals), addr.shape)
+        al, mask, idx = self._resolve(addr, mask, region, "write")
+        if al is None:
+            return
+        v = vals[mask]
+        ok = idx >= 0
+        ii, v = idx[ok], v[ok]
+        if np.any(al.wl[ii] == self.launch) or np.unique(ii).size != ii.size:
+            self.report(f"{region}: element written twice in one launch")
+        if al.a.dtype == np.uint16:  # v holds bf16 values (from_f32 rounded): keep the top half
+            v = (f32(v).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+        al.a[ii] = v
+        al.init[ii] = True
+        al.wl[ii] = self.launch
+        al.wcta[ii] = self.cta
+        np.add.at(al.nw, ii, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# shared memory with a thread-granular race detector
+class Races:
+    def __init__(self, mem):
+        self.epoch = 0
+        self.mem = mem
+
+    def barrier(self):  # __syncthreads()
+        self.epoch += 1
+
+
+BIG = 1 << 30
+
+
+class Smem:
+    def __init__(self, n, name, races):
+        self.n, self.name, self.races = n, name, races
+        self.a = np.full(n, np.nan, F32)
+        self.written = np.zeros(n, bool)
+        self.we = np.full(n, -1)
+        self.wmin = np.full(n, BIG)
+        self.wmax = np.full(n, -1)
+        self.re = np.full(n, -1)
+        self.rmin = np.full(n, BIG)
+        self.rmax = np.full(n, -1)
+
+    def _sel(self, off, tid, mask):
+        off = np.asarray(off, np.int64)
+        tid = np.broadcast_to(np.asarray(tid, np.int64), off.shape)
+        if mask is None:
+            mask = np.ones(off.shape, bool)
+        mask = np.broadcast_to(np.asarray(mask, bool), off.shape)
+        fo, ft = off[mask], tid[mask]
+        if fo.size and (fo.min() < 0 or fo.max() >= self.n):
+            self.races.mem.report(f"shared {self.name}: out of bounds [{fo.min()}, {fo.max()}] of {self.n}")
+            keep = (fo >= 0) & (fo < self.n)
+            fo, ft = fo[keep], ft[keep]
+            mask = mask.copy()
+            mask[mask] = keep
+        return off, mask, fo, ft
+
+    def read(self, off, tid, mask=None, tag=""):
+        off, mask, fo, ft = self._sel(off, tid, mask)
+        out = np.full(off.shape, np.nan, F32)
+        if fo.size == 0:
+            return out
+        ep = self.races.epoch
+        rep = self.races.mem.report
+        if not np.all(self.written[fo]):
+            rep(f"shared {self.name}: read of never-written element ({tag})")
+        bad = (self.we[fo] == ep) & ((self.wmin[fo] != ft) | (self.wmax[fo] != ft))
+        if np.any(bad):
+            rep(f"shared {self.name}: RAW race, read of an element another thread wrote in the same barrier interval ({tag})")
+        stale = self.re[fo] != ep
+        so = fo[stale]
+        self.rmin[so], self.rmax[so], self.re[so] = BIG, -1, ep
+        np.minimum.at(self.rmin, fo, ft)
+        np.maximum.at(self.rmax, fo, ft)
+        out[mask] = self.a[fo]
+        return out
+
+    def write(self, off, vals, tid, mask=None, tag=""):
+        off = np.asarray(off, np.int64)
+        vals = np.broadcast_to(f32(vals), off.shape)
+        off, mask, fo, ft = self._sel(off, tid, mask)
+        if fo.size == 0:
+            return
+        ep = self.races.epoch
+        rep = self.races.mem.report
+        bad = (self.re[fo] == ep) & ((self.rmin[fo] != ft) | (self.rmax[fo] != ft))
+        if np.any(bad):
+            rep(f"shared {self.name}: WAR race, write of an element another thread read in the same barrier interval ({tag})")
+        stale = self.we[fo] != ep
+        so = fo[stale]
+        self.wmin[so], self.wmax[so], self.we[so] = BIG, -1, ep
+        np.minimum.at(self.wmin, fo, ft)
+        np.maximum.at(self.wmax, fo, ft)
+        if np.any(self.wmin[fo] != self.wmax[fo]):
+            rep(f"shared {self.name}: WAW race, two threads write one element in the same interval ({tag})")
+        self.a[fo] = vals[mask]
+        self.written[fo] = True
+
+
+def shfl_xor(v, o):
+    """__shfl_xor_sync(0xffffffff, v, o) for all 8 warps of the CTA."""
+    return v.reshape(8, 32)[:, np.arange(32) ^ o].reshape(v.shape)
+
+
+def warp_uniform(mask, mem, what):
+    m = np.asarray(mask, bool).reshape(8, 32)
+    if np.any(m.any(axis=1) != m.all(axis=1)):
+        mem.report(f"{what}: full-mask shuffle in a warp-divergent branch")
+
+
+# ----------------------------------------------------------------------------------------------
+# AftStat helpers: a stat is a tuple (m, a, z) of per-thread fp32 arrays
+def aft_combine(x, y):
+    xm, xa, xz = x
+    ym, ya, yz = y
+    m = fmaxf(xm, ym)
+    ninf = m == NEG_INF
+    sx = expf(sub(xm, m))
+    sy = expf(sub(ym, m))
+    a = fmaf(xa, sx, mul(ya, sy))
+    z = fmaf(xz, sx, mul(yz, sy))
+    return (m, np.where(ninf, add(xa, ya), a).astype(F32), np.where(ninf, add(xz, yz), z).astype(F32))
+
+
+def sel(mask, x, y):
+    return tuple(np.where(mask, a, b).astype(F32) for a, b in zip(x, y))
+
+
+def empty_stat(n=256):
+    return (np.full(n, NEG_INF, F32), np.zeros(n, F32), np.zeros(n, F32))
+
+
+def aft_stats(arr, bh, n, i, d):  # float pointer (byte address) of stats array at (bh, i)
+    return arr + ((bh * n + np.asarray(i, np.int64)) * 3 * d) * 4
+
+
+def aft_load(mem, base, d, c, mask, region):
+    return (mem.load(base + 4 * c, mask, region), mem.load(base + 4 * (d + c), mask, region),
+            mem.load(base + 4 * (2 * d + c), mask, region))
+
+
+def aft_store(mem, base, d, c, s, mask, region):
+    mem.store(base + 4 * c, s[0], mask, region)
+    mem.store(base + 4 * (d + c), s[1], mask, region)
+    mem.store(base + 4 * (2 * d + c), s[2], mask, region)
+
+
+class Ctx:
+    """One kernel launch: params (dict-like object `p`), memory, dtype, grid."""
+
+    def __init__(self, p, mem, dt, grid):
+        self.p, self.mem, self.dt, self.grid = p, mem, dt, grid
+
+
+# ----------------------------------------------------------------------------------------------
+# aft_chunk
+def aft_chunk(cx, bid):
+    p, mem, dt = cx.p, cx.mem, cx.dt
+    bx, by, bz = bid
+    gdy = cx.grid[1]
+    LANES, PER = AFT_THREADS // AFT_CT, AFT_CHUNK // (AFT_THREADS // AFT_CT)
+    races = Races(mem)
+    red = Smem(LANES * AFT_CT * 3, "red", races)  # AftStat red[LANES][AFT_CT]
+    tx, ty = TID % AFT_CT, TID // AFT_CT
+    c = bz * AFT_CT + tx
+    row0 = bx * AFT_CHUNK
+    bh = by
+    while bh < p.b * p.h:
+        b, h = bh // p.h, bh % p.h
+        k = p.k + (b * p.k_sb + h * p.k_sh) * dt.size
+        v = p.v + (b * p.v_sb + h * p.v_sh) * dt.size
+        kx = np.zeros((256, PER), F32)
+        vx = np.zeros((256, PER), F32)
+        m = np.full(256, NEG_INF, F32)
+        for i in range(PER):
+            row = row0 + ty + LANES * i
+            ok = (c < p.d) & (row < p.t)
+            kx[:, i] = np.where(ok, mem.load(k + (row * p.k_sn + c) * dt.size, ok, "k"), NEG_INF)
+            vx[:, i] = np.where(ok, mem.load(v + (row * p.v_sn + c) * dt.size, ok, "v"), F32(0))
+            m = fmaxf(m, kx[:, i])
+        sm, sa, sz = m.copy(), np.zeros(256, F32), np.zeros(256, F32)
+        br = m != NEG_INF
+        for i in range(PER):
+            act = br & ~(kx[:, i] == NEG_INF)
+            e = expf(sub(kx[:, i], m))
+            sa = np.where(act, fmaf(e, vx[:, i], sa), sa).astype(F32)
+            sz = np.where(act, add(sz, e), sz).astype(F32)
+        for i in range(PER):
+            act = ~br & (kx[:, i] != kx[:, i])
+            sa = np.where(act, kx[:, i], sa).astype(F32)
+            sz = np.where(act, kx[:, i], sz).astype(F32)
+        slot = (ty * AFT_CT + tx) * 3
+        red.write(slot, sm, TID, tag="red[ty][tx].m")
+        red.write(slot + 1, sa, TID, tag="red[ty][tx].a")
+        red.write(slot + 2, sz, TID, tag="red[ty][tx].z")
+        races.barrier()
+        act = (ty == 0) & (c < p.d)
+        rd = lambda l: tuple(red.read((l * AFT_CT + tx) * 3 + f, TID, act, "red[l][tx]") for f in range(3))
+        acc = rd(0)
+        for l in range(1, LANES):
+            acc = aft_combine(acc, rd(l))
+        aft_store(mem, aft_stats(p.part, bh, p.chunks, bx, p.d), p.d, c, acc, act, "part")
+        races.barrier()
+        bh += gdy
+
+
+# ----------------------------------------------------------------------------------------------
+# aft_scan
+def aft_scan(cx, bid):
+    p, mem = cx.p, cx.mem
+    bx, by, _ = bid
+    gdy = cx.grid[1]
+    races = Races(mem)
+    seg_tot = Smem(AFT_SEGS * 32 * 3, "seg_tot", races)
+    lane, warp = LANE, WARP
+    c = bx * 32 + lane
+    seg = div_up(p.chunks, AFT_SEGS)
+    first = np.minimum(p.chunks, warp * seg)
+    last = np.minimum(p.chunks, first + seg)
+    cd = c < p.d
+    bh = by
+    while bh < p.b * p.h:
+        tot = empty_stat()
+        i = first.copy()
+        while True:
+            act = cd & (i < last)
+            if not act.any():
+                break
+            x = aft_load(mem, aft_stats(p.part, bh, p.chunks, i, p.d), p.d, c, act, "part")
+            tot = sel(act, aft_combine(tot, x), tot)
+            i = i + 1
+        slot = (warp * 32 + lane) * 3
+        for f in range(3):
+            seg_tot.write(slot + f, tot[f], TID, tag="seg_tot[warp][lane]")
+        races.barrier()
+        rd = lambda w, act: tuple(seg_tot.read((w * 32 + lane) * 3 + f, TID, act, "seg_tot[w][lane]") for f in range(3))
+        cur = empty_stat()
+        for w in range(AFT_SEGS):
+            act = cd & (w < warp)
+            if act.any():
+                cur = sel(act, aft_combine(cur, rd(w, act)), cur)
+        i = first.copy()
+        while True:
+            act = cd & (i < last)
+            if not act.any():
+                break
+            aft_store(mem, aft_stats(p.pre, bh, p.chunks + 1, i, p.d), p.d, c, cur, act, "pre")
+            x = aft_load(mem, aft_stats(p.part, bh, p.chunks, i, p.d), p.d, c, act, "part")
+            cur = sel(act, aft_combine(cur, x), cur)
+            i = i + 1
+        w7 = cd & (warp == AFT_SEGS - 1)
+        aft_store(mem, aft_stats(p.pre, bh, p.chunks + 1, p.chunks, p.d), p.d, c, cur, w7, "pre")
+        if p.suf:
+            cur = sel(cd, empty_stat(), cur)
+            for w in range(AFT_SEGS - 1, -1, -1):
+                act = cd & (w > warp)
+                if act.any():
+                    cur = sel(act, aft_combine(rd(w, act), cur), cur)
+            aft_store(mem, aft_stats(p.suf, bh, p.chunks + 1, p.chunks, p.d), p.d, c, cur, w7, "suf")
+            i = last - 1
+            while True:
+                act = cd & (i >= first)
+                if not act.any():
+                    break
+                x = aft_load(mem, aft_stats(p.part, bh, p.chunks, i, p.d), p.d, c, act, "part")
+                cur = sel(act, aft_combine(x, cur), cur)
+                aft_store(mem, aft_stats(p.suf, bh, p.chunks + 1, i, p.d), p.d, c, cur, act, "suf")
+                i = i - 1
+        races.barrier()
+        bh += gdy
+
+
+# ----------------------------------------------------------------------------------------------
+# aft_map
+def aft_map(cx, bid):
+    p, mem, dt = cx.p, cx.mem, cx.dt
+    bx, by, _ = bid
+    gdx, gdy = cx.grid[0], cx.grid[1]
+    races = Races(mem)
+    ratio = Smem(256, "ratio", races)
+    bh = by
+    while bh < p.b * p.h:
+        b, h = bh // p.h, bh % p.h
+        tot = aft_stats(p.pre, bh, p.chunks + 1, p.chunks, p.d)
+        races.barrier()
+        for it in range(div_up(p.d, 256)):
+            c = TID + 256 * it
+            act = c < p.d
+            a = mem.load(tot + 4 * (p.d + c), act, "pre")
+            z = mem.load(tot + 4 * (2 * p.d + c), act, "pre")
+            ratio.write(c, div(a, z), TID, act, "ratio[c]")
+        races.barrier()
+        q = p.q + (b * p.q_sb + h * p.q_sh) * dt.size
+        o = p.o + (b * p.o_sb + h * p.o_sh) * dt.size
+        blk = bx
+        while blk < p.chunks:
+            row0 = blk * AFT_CHUNK
+            rows = min(AFT_CHUNK, p.t - row0)
+            n = rows * p.d
+            for it in range(div_up(max(n, 0), 256)):
+                i = TID + 256 * it
+                act = i < n
+                r, c = row0 + i // p.d, i % p.d
+                qv = mem.load(q + (r * p.q_sn + c) * dt.size, act, "q")
+                y = mul(sigmoid(qv), ratio.read(c, TID, act, "ratio[c]"))
+                mem.store(o + (r * p.o_sn + c) * dt.size, dt.from_f32(y), act, "o")
+            blk += gdx
+        bh += gdy
+
+
+# ----------------------------------------------------------------------------------------------
+# aft_rowmax
+def aft_rowmax(cx, bid):
+    p, mem = cx.p, cx.mem
+    bx = bid[0]
+    lane = LANE
+    t = bx * (AFT_THREADS // 32) + TID // 32
+    alive = t < p.t  # `if (t >= p.t) return;` (warp-uniform)
+    w = p.w + t * p.t * 4
+    ln = np.where(p.causal != 0, t + 1, p.t)
+    m = np.full(256, NEG_INF, F32)
+    tp = lane.copy()
+    while True:
+        act = alive & (tp < ln)
+        if not act.any():
+            break
+        m = np.where(act, fmaxf(m, mem.load(w + tp * 4, act, "w")), m).astype(F32)
+        tp = tp + 32
+    warp_uniform(alive, mem, "aft_rowmax")
+    for o in (16, 8, 4, 2, 1):
+        m = np.where(alive, fmaxf(m, shfl_xor(m, o)), m).astype(F32)
+    mem.store(p.rmax + t * 4, m, alive & (lane == 0), "rmax")
+
+
+# ----------------------------------------------------------------------------------------------
+# aft_bias / aft_exact
+def aft_bias(cx, h, t, tp, act):
+    p, mem = cx.p, cx.mem
+    t, tp = np.asarray(t, np.int64), np.asarray(tp, np.int64)
+    if p.variant in (AFT_LOCAL, AFT_CONV):
+        s = p.window
+        j = tp - t
+        out = (j <= -s) | (j >= s)
+        row = t if p.variant == AFT_LOCAL else np.asarray(h, np.int64)
+        val = mem.load(p.w + (row * (2 * s - 1) + (j + s - 1)) * 4, act & ~out, "w")
+        return np.where(out, F32(0), val).astype(F32)
+    if p.variant == AFT_FULL:
+        return mem.load(p.w + (t * p.t + tp) * 4, act, "w")
+    return np.zeros(t.shape, F32)
+
+
+def aft_exact(cx, k, v, h, t, c):
+    """aft_exact for a vector of independent calls (one per (thread, output) pair)."""
+    p, mem, dt = cx.p, cx.mem, cx.dt
+    ln = t + 1 if p.causal else np.full(t.shape, p.t)
+    m = np.full(t.shape, NEG_INF, F32)
+    for tp in range(int(ln.max())):
+        act = tp < ln
+        kv = mem.load(k + (tp * p.k_sn + c) * dt.size, act, "k")
+        m = np.where(act, fmaxf(m, add(kv, aft_bias(cx, h, t, tp, act))), m).astype(F32)
+    num = np.zeros(t.shape, F32)
+    den = np.zeros(t.shape, F32)
+    for tp in range(int(ln.max())):
+        act = tp < ln
+        kv = mem.load(k + (tp * p.k_sn + c) * dt.size, act, "k")
+        e = expf(sub(add(kv, aft_bias(cx, h, t, tp, act)), m))
+        vv = mem.load(v + (tp * p.v_sn + c) * dt.size, act, "v")
+        num = np.where(act, fmaf(e, vv, num), num).astype(F32)
+        den = np.where(act, add(den, e), den).astype(F32)
+    return div(num, den)
+
+
+# ----------------------------------------------------------------------------------------------
+# aft_window
+def aft_window_of(p, tile):
+    t0 = tile * AFT_CHUNK
+    end = min(p.t, t0 + AFT_CHUNK)
+    if p.variant in (AFT_LOCAL, AFT_CONV):
+        s = min(p.window, p.t)
+        lo_chunk = max(0, t0 - s + 1) // AFT_CHUNK
+        if p.causal:
+            return lo_chunk * AFT_CHUNK, end, lo_chunk, -1
+        hi_chunk = min(p.chunks, (t0 + AFT_CHUNK + s - 1 + AFT_CHUNK - 1) // AFT_CHUNK)
+        return lo_chunk * AFT_CHUNK, min(p.t, hi_chunk * AFT_CHUNK), lo_chunk, hi_chunk
+    if p.variant == AFT_FULL:
+        return 0, (end if p.causal else p.t), -1, -1
+    return t0, end, tile, -1
+
+
+STATS = {"slow": 0, "kblocks": 0}
+
+
+def aft_window(cx, bid):
+    p, mem, dt = cx.p, cx.mem, cx.dt
+    bx, by, _ = bid
+    gdy = cx.grid[1]
+    RT, CT = AFT_CHUNK // 16, AFT_CT // 16
+    races = Races(mem)
+    ES_LD = AFT_CT + 1
+    WS_LD = AFT_KB + 1
+    es = Smem(AFT_KB * ES_LD, "es", races)
+    evs = Smem(AFT_KB * ES_LD, "evs", races)
+    ws = Smem(AFT_CHUNK * WS_LD, "ws", races)
+    rsh = Smem(AFT_CHUNK, "rsh", races)
+    gsh = Smem(AFT_CHUNK, "gsh", races)
+    msh = Smem(AFT_CT, "msh", races)
+    ctiles = div_up(p.d, AFT_CT)
+    bh, c0 = bx // ctiles, (bx % ctiles) * AFT_CT
+    b, h = bh // p.h, bh % p.h
+    tr, tc = TID // 16, TID % 16
+    lane, warp = LANE, WARP
+    sz = dt.size
+    q = p.q + (b * p.q_sb + h * p.q_sh) * sz
+    k = p.k + (b * p.k_sb + h * p.k_sh) * sz
+    v = p.v + (b * p.v_sb + h * p.v_sh) * sz
+    o = p.o + (b * p.o_sb + h * p.o_sh) * sz
+    wp = p.w
+    band = 2 * p.window - 1
+    II = np.arange(RT)
+    JJ = np.arange(CT)
+
+    tile = by
+    while tile < p.chunks:
+        t0 = tile * AFT_CHUNK
+        lo, hi, ip, is_ = aft_window_of(p, tile)
+        races.barrier()
+        # msh
+        act = (TID < AFT_CT) & (c0 + TID < p.d)
+        upto = min(tile + 1, p.chunks) if p.causal else p.chunks
+        mv = mem.load(aft_stats(p.pre, bh, p.chunks + 1, upto, p.d) + 4 * (c0 + TID), act, "pre")
+        msh.write(TID, mv, TID, act, "msh[threadIdx.x]")
+        # row shifts
+        for it in range(AFT_CHUNK // (AFT_THREADS // 32)):
+            i = warp + (AFT_THREADS // 32) * it
+            t = t0 + i
+            r = np.zeros(256, F32)
+            isfull = (t < p.t) & (p.variant == AFT_FULL)
+            if isfull.any():
+                r = np.where(isfull, mem.load(p.rmax + 4 * t, isfull, "rmax"), r).astype(F32)
+            isband = ~isfull & (t < p.t) & (p.variant in (AFT_LOCAL, AFT_CONV))
+            if isband.any():
+                s = p.window
+                first = np.maximum(0, t - s + 1)
+                last = t if p.causal else np.minimum(p.t - 1, t + s - 1)
+                row = wp + (t if p.variant == AFT_LOCAL else h) * band * 4
+                tp = first + lane
+                while True:
+                    a2 = isband & (tp <= last)
+                    if not a2.any():
+                        break
+                    r = np.where(a2, fmaxf(r, mem.load(row + (tp - t + s - 1) * 4, a2, "w")), r).astype(F32)
+                    tp = tp + 32
+                warp_uniform(isband, mem, "aft_window row shift")
+                for off in (16, 8, 4, 2, 1):
+                    r = np.where(isband, fmaxf(r, shfl_xor(r, off)), r).astype(F32)
+            l0 = lane == 0
+            rsh.write(i, r, TID, l0, "rsh[i]")
+            g = np.zeros(256, F32) if p.variant == AFT_FULL else expf(-r)
+            gsh.write(i, g, TID, l0, "gsh[i]")
+        races.barrier()
+
+        # accumulators from the statistics outside [lo, hi)
+        num = np.zeros((256, RT, CT), F32)
+        den = np.zeros((256, RT, CT), F32)
+        for j in range(CT):
+            c = c0 + tc + 16 * j
+            a = np.zeros(256, F32)
+            z = np.zeros(256, F32)
+            cd = c < p.d
+            if cd.any():
+                mc = msh.read(tc + 16 * j, TID, cd, "msh[tc+16j]")
+                if ip >= 0:
+                    sm, sa, szz = aft_load(mem, aft_stats(p.pre, bh, p.chunks + 1, ip, p.d), p.d, c, cd, "pre")
+                    f = np.where(sm == NEG_INF, F32(0), expf(sub(sm, mc))).astype(F32)
+                    a = np.where(cd, mul(sa, f), a).astype(F32)
+                    z = np.where(cd, mul(szz, f), z).astype(F32)
+                if is_ >= 0:
+                    sm, sa, szz = aft_load(mem, aft_stats(p.suf, bh, p.chunks + 1, is_, p.d), p.d, c, cd, "suf")
+                    f = np.where(sm == NEG_INF, F32(0), expf(sub(sm, mc))).astype(F32)
+                    a = np.where(cd, fmaf(sa, f, a), a).astype(F32)
+                    z = np.where(cd, fmaf(szz, f, z), z).astype(F32)
+            for i in range(RT):
+                g = gsh.read(tr + 16 * i, TID, None, "gsh[tr+16i]")
+                num[:, i, j] = mul(g, a)
+                den[:, i, j] = mul(g, z)
+
+        kb = lo
+        while kb < hi:
+            STATS["kblocks"] += 1
+            races.barrier()
+            # stage E, E*V (all 8 iterations of the idx loop at once: independent)
+            idx = (TID[None, :] + AFT_THREADS * np.arange(AFT_KB * AFT_CT // AFT_THREADS)[:, None]).ravel()
+            tid = idx % AFT_THREADS
+            r, cc = idx // AFT_CT, idx % AFT_CT
+            tp, c = kb + r, c0 + cc
+            act = (tp < hi) & (c < p.d)
+            mv = msh.read(cc, tid, act, "msh[cc]")
+            kv = mem.load(k + (tp * p.k_sn + c) * sz, act, "k")
+            e = np.where(act, expf(sub(kv, mv)), F32(0)).astype(F32)
+            vv = mem.load(v + (tp * p.v_sn + c) * sz, act, "v")
+            ev = np.where(act, mul(e, vv), F32(0)).astype(F32)
+            es.write(r * ES_LD + cc, e, tid, None, "es[r][cc]")
+            evs.write(r * ES_LD + cc, ev, tid, None, "evs[r][cc]")
+            # stage W
+            idx = (TID[None, :] + AFT_THREADS * np.arange(AFT_CHUNK * AFT_KB // AFT_THREADS)[:, None]).ravel()
+            tid = idx % AFT_THREADS
+            i, r = idx // AFT_KB, idx % AFT_KB
+            t, tp = t0 + i, kb + r
+            wt = np.zeros(idx.shape, F32)
+            act = (t < p.t) & (tp < hi) & ~((p.causal != 0) & (tp > t))
+            if p.variant in (AFT_LOCAL, AFT_CONV):
+                j = tp - t
+                out = act & ((j <= -p.window) | (j >= p.window))
+                inn = act & ~((j <= -p.window) | (j >= p.window))
+                wt = np.where(out, gsh.read(i, tid, out, "gsh[i]"), wt).astype(F32)
+                row = t if p.variant == AFT_LOCAL else np.full(t.shape, h)
+                wv = mem.load(wp + (row * band + (j + p.window - 1)) * 4, inn, "w")
+                rv = rsh.read(i, tid, inn, "rsh[i]")
+                wt = np.where(inn, expf(sub(wv, rv)), wt).astype(F32)
+            elif p.variant == AFT_FULL:
+                wv = mem.load(wp + (t * p.t + tp) * 4, act, "w")
+                rv = rsh.read(i, tid, act, "rsh[i]")
+                wt = np.where(act, expf(sub(wv, rv)), wt).astype(F32)
+            else:
+                wt = np.where(act, F32(1), wt).astype(F32)
+            ws.write(i * WS_LD + r, wt, tid, None, "ws[i][r]")
+            races.barrier()
+
+            R = np.arange(AFT_KB)
+            rows = tr[:, None] + 16 * II[None, :]  # (256, RT)
+            cols = tc[:, None] + 16 * JJ[None, :]  # (256, CT)
+            if p.causal and kb + AFT_KB - 1 > t0:
+                # act[thread, r, i] = !(kb + r > t0 + tr + 16 i)
+                actw = ~(kb + R[None, :, None] > t0 + rows[:, None, :])
+                W = ws.read(rows[:, None, :] * WS_LD + R[None, :, None], TID[:, None, None], actw, "ws[tr+16i][r]")
+                acte = np.broadcast_to(actw[:, :, :, None], (256, AFT_KB, RT, CT))
+                eoff = np.broadcast_to((R[None, :, None, None] * ES_LD + cols[:, None, None, :]), acte.shape)
+                tids = np.broadcast_to(TID[:, None, None, None], acte.shape)
+                EV = evs.read(eoff, tids, acte, "evs[r][tc+16j]")
+                E = es.read(eoff, tids, acte, "es[r][tc+16j]")
+                for rr in range(AFT_KB):
+                    a4 = acte[:, rr]
+                    num = np.where(a4, fmaf(W[:, rr, :, None], EV[:, rr], num), num).astype(F32)
+                    den = np.where(a4, fmaf(W[:, rr, :, None], E[:, rr], den), den).astype(F32)
+            else:
+                W = ws.read(rows[:, None, :] * WS_LD + R[None, :, None], TID[:, None, None], None, "ws[tr+16i][r]")
+                eoff = R[None, :, None] * ES_LD + cols[:, None, :]
+                E = es.read(eoff, TID[:, None, None], None, "es[r][tc+16j]")
+                EV = evs.read(eoff, TID[:, None, None], None, "evs[r][tc+16j]")
+                for rr in range(AFT_KB):
+                    num = fmaf(W[:, rr, :, None], EV[:, rr, None, :], num)
+                    den = fmaf(W[:, rr, :, None], E[:, rr, None, :], den)
+            kb += AFT_KB
+
+        # epilogue
+        slow = np.zeros(256, np.int64)
+        for i in range(RT):
+            t = t0 + tr + 16 * i
+            for j in range(CT):
+                c = c0 + tc + 16 * j
+                valid = (t < p.t) & (c < p.d)
+                sl = valid & (den[:, i, j] < AFT_DEN_MIN)
+                slow |= sl.astype(np.int64) << (i * CT + j)
+                fast = valid & ~sl
+                qv = mem.load(q + (t * p.q_sn + c) * sz, fast, "q")
+                y = mul(sigmoid(qv), div(num[:, i, j], den[:, i, j]))
+                mem.store(o + (t * p.o_sn + c) * sz, dt.from_f32(y), fast, "o")
+        th, e = np.nonzero((slow[:, None] >> np.arange(RT * CT)[None, :]) & 1)
+        if th.size:
+            STATS["slow"] += th.size
+            t = t0 + tr[th] + 16 * (e // CT)
+            c = c0 + tc[th] + 16 * (e % CT)
+            qv = mem.load(q + (t * p.q_sn + c) * sz, np.ones(th.shape, bool), "q")
+            y = mul(sigmoid(qv), aft_exact(cx, k, v, h, t, c))
+            mem.store(o + (t * p.o_sn + c) * sz, dt.from_f32(y), np.ones(th.shape, bool), "o")
+        tile += gdy
+
+
+def launch(mem, name, fn, grid, p, dt):
+    mem.launch += 1
+    mem.kernel = name
+    cx = Ctx(p, mem, dt, grid)
+    gx, gy, gz = grid
+    for bz in range(gz):
+        for by in range(gy):
+            for bx in range(gx):
+                mem.cta = (bz * gy + by) * gx + bx
+                fn(cx, (bx, by, bz))
