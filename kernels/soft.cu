@@ -8,10 +8,13 @@
 //   soft_sum_f32    per (element block, bh): S = Σ_chunk partial, in chunk order
 //   soft_w_f32      per (landmark, bh): W = Z·S
 //   soft_pass2      per (row block, bh, value tile): X = P·W
+// f16/bf16 with D == Dv ∈ {32, 48, 64} and 16-byte-aligned rows: soft_pass1_tc / soft_pass2_tc
+// (tensor cores, soft_tc.cuh) write the same partials and output.
 // Squared distances: the materialized products sum squared differences (no cancellation); the
 // fused passes use ‖x‖² + ‖l‖² − 2x·l clamped at 0 (the GEMM form). Every reduction runs in a
 // fixed order, so outputs are bit-identical run to run.
 #include "soft.cuh"
+#include "soft_tc.cuh"
 
 static_assert(sizeof(SoftKernelParams) == SOFT_PARAMS_SIZE,
               "SoftKernelParams layout changed: update Rust");
@@ -351,6 +354,8 @@ __device__ void soft_pass2(const SoftKernelParams& p) {
 SOFT_DTYPE(f16, f16)
 SOFT_DTYPE(bf16, bf16)
 SOFT_DTYPE(float, f32)
+SOFT_TC_DTYPE(f16, f16)
+SOFT_TC_DTYPE(bf16, bf16)
 
 extern "C" __global__ void __launch_bounds__(SOFT_THREADS, 2)
     soft_gram_f32(const __grid_constant__ SoftKernelParams p) {

@@ -10,7 +10,7 @@ use sofa::ops::soft::{self, Landmarks, NewtonPath, NewtonPlan, SoftParams};
 use sofa::ops::{TensorMut, TensorRef};
 use sofa::reference::{self, gather, soft as rsoft, Qkv, Rng};
 use sofa::verify::compare;
-use sofa::{Dims, Element, Error, Layout, LayoutKind, Runtime};
+use sofa::{Dims, Element, Error, Layout, LayoutKind, Runtime, Strides};
 
 const NS: [usize; 5] = [1, 7, 49, 1000, 4097];
 const MS: [usize; 6] = [1, 7, 49, 64, 100, 256];
@@ -59,6 +59,12 @@ impl<T: Element> Case<T> {
     fn new(dims: Dims, dv: usize, kind: LayoutKind, params: SoftParams, seed: u64) -> Self {
         let lq = Layout::of_kind(dims, kind);
         let lv = Layout::of_kind(dims.with_d(dv), kind);
+        Self::with_layouts(lq, lv, params, seed)
+    }
+
+    /// A case on explicit layouts (q and k share `lq`; v and o share `lv`).
+    fn with_layouts(lq: Layout, lv: Layout, params: SoftParams, seed: u64) -> Self {
+        let dims = lq.dims;
         let mut rng = Rng::new(seed);
         let q = common::random::<T>(&mut rng, &lq);
         let k = (!params.tied).then(|| common::random::<T>(&mut rng, &lq));
@@ -293,6 +299,133 @@ fn soft_attention_untied_keys_value_dims_and_heads() {
                 check_attention(&rt, &Case::<f32>::new(dims, dv, kind, p, s), &label);
                 check_attention(&rt, &Case::<f16>::new(dims, dv, kind, p, s), &label);
                 check_attention(&rt, &Case::<bf16>::new(dims, dv, kind, p, s), &label);
+            }
+        }
+    }
+}
+
+/// The tensor-core passes (kernels/soft_tc.cuh) take f16/bf16 with D == Dv ∈ {32, 48, 64} and
+/// 16-byte-aligned rows (the sweeps above reach them for D ∈ {32, 64} as well): every N and m of
+/// the sweep (the last 64-landmark tile masked, multi-stage chunks at N = 4097), both layouts,
+/// tied and untied keys, two (b,h) slices.
+#[test]
+fn soft_attention_tensor_core_passes() {
+    let Some(rt) = common::gpu("soft tensor cores") else {
+        return;
+    };
+    let mut seed = 5000;
+    for &n in &NS {
+        for &m in MS.iter().filter(|&&m| m <= n) {
+            for d in [32, 48, 64] {
+                for kind in KINDS {
+                    let tied = seed % 4 < 2;
+                    let p = SoftParams { tied, ..pool1d(m) };
+                    let dims = Dims::new(1, 2, n, d);
+                    let label = format!("tensor cores m={m} tied={tied} {kind:?}");
+                    check_attention(&rt, &Case::<f16>::new(dims, d, kind, p, seed), &label);
+                    check_attention(&rt, &Case::<bf16>::new(dims, d, kind, p, seed + 1), &label);
+                    seed += 2;
+                }
+            }
+        }
+    }
+}
+
+/// `[B,H,N,D]` with the rows padded to `d + pad` elements: a seq stride that is not a multiple
+/// of 8 keeps the attention on the CUDA-core passes.
+fn padded(dims: Dims, pad: usize) -> Layout {
+    let Dims { h, n, d, .. } = dims;
+    let seq = d + pad;
+    Layout {
+        dims,
+        strides: Strides {
+            batch: h * n * seq,
+            head: n * seq,
+            seq,
+        },
+    }
+}
+
+/// The same values through the tensor-core passes (contiguous rows) and the CUDA-core passes
+/// (rows padded by one element): both meet the bound and agree with each other within the f16
+/// tolerance. Also the other tensor-core edges: B·H beyond the 65535 grid limit
+/// (grid-stride over (b,h) with one persistent pass-2 CTA per slice), a long single slice (many
+/// pass-2 tiles per CTA), Given landmarks.
+#[test]
+fn soft_attention_tensor_cores_match_cuda_cores() {
+    let Some(rt) = common::gpu("soft tensor cores vs CUDA cores") else {
+        return;
+    };
+    for (dims, m, tied) in [
+        (Dims::new(2, 2, 1000, 64), 64, true),
+        (Dims::new(1, 3, 4097, 32), 256, false),
+        (Dims::new(2, 1, 777, 48), 100, true),
+    ] {
+        let p = SoftParams { tied, ..pool1d(m) };
+        let fast = Case::<f16>::new(dims, dims.d, LayoutKind::Bhnd, p, 31);
+        let mut slow = Case::<f16>::with_layouts(padded(dims, 1), padded(dims, 1), p, 31);
+        // Same logical values: copy the contiguous case's rows into the padded layout.
+        let host = fast.host();
+        let (lq, lv) = (fast.lq, slow.lq);
+        for (i, dst) in [&mut slow.q, &mut slow.v].into_iter().enumerate() {
+            let src = if i == 0 { &host.0 } else { &host.2 };
+            scatter(src, &lv, dst);
+        }
+        if let (Some(k), Some(dst)) = (fast.k.as_ref(), slow.k.as_mut()) {
+            scatter(&gather(k, &lq), &lv, dst);
+        }
+        let label = format!("m={m} tied={tied}");
+        check_attention(&rt, &fast, &format!("{label} tensor cores"));
+        check_attention(&rt, &slow, &format!("{label} CUDA cores (padded rows)"));
+        let (a, b) = (fast.run(&rt), slow.run(&rt));
+        let want = fast.reference();
+        let (ea, eb) = (
+            reference::rel_frobenius(&a, &want),
+            reference::rel_frobenius(&b, &want),
+        );
+        let diff = reference::rel_frobenius(&a, &b);
+        println!("soft {dims} m={m}: tensor vs CUDA cores {diff:.2e} (errors {ea:.2e}, {eb:.2e})");
+        assert!(
+            diff <= f16::DTYPE.tolerance(),
+            "{dims} m={m}: paths differ by {diff:.2e}"
+        );
+    }
+    let case = Case::<bf16>::new(
+        Dims::new(70000, 1, 9, 32),
+        32,
+        LayoutKind::Bnhd,
+        pool1d(3),
+        5,
+    );
+    check_attention(&rt, &case, "tensor cores m=3 B=70000");
+    let case = Case::<f16>::new(
+        Dims::new(1, 1, 200_000, 64),
+        64,
+        LayoutKind::Bhnd,
+        pool1d(64),
+        6,
+    );
+    check_attention(&rt, &case, "tensor cores m=64 N=200000");
+    let given = SoftParams {
+        landmarks: Landmarks::Given { m: 70 },
+        ..Default::default()
+    };
+    let case = Case::<bf16>::new(Dims::new(2, 2, 1000, 64), 64, LayoutKind::Bnhd, given, 8);
+    check_attention(&rt, &case, "tensor cores Given m=70");
+}
+
+/// Writes contiguous `[B,H,N,D]` values `src` into a buffer laid out as `l`.
+fn scatter<T: Element>(src: &[f64], l: &Layout, dst: &mut [T]) {
+    let Dims { b, h, n, d } = l.dims;
+    let mut i = 0;
+    for bi in 0..b {
+        for hi in 0..h {
+            for r in 0..n {
+                let off = l.offset(bi, hi, r);
+                for c in 0..d {
+                    dst[off + c] = T::from_f64(src[i]);
+                    i += 1;
+                }
             }
         }
     }

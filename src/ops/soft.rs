@@ -14,7 +14,10 @@
 //!   pass 2 recomputes P tiles and writes `X = P·W`. P is never written to memory; the fused
 //!   passes use `‖x‖² + ‖l‖² − 2x·l` clamped at 0.
 //!
-//! All kernels are CUDA-core fp32; any D, Dv ≤ 256, any strides with a unit last dim, m ≤ 256.
+//! The kernels are CUDA-core fp32 for any D, Dv ≤ 256, any strides with a unit last dim, m ≤ 256.
+//! f16/bf16 with D == Dv ∈ {32, 48, 64} and 16-byte-aligned rows run the two attention passes on
+//! tensor cores (kernels/soft_tc.cuh: mma.sync with hi + lo 16-bit operand splits and fp32
+//! accumulation, P kept in registers), writing the same pass-1 partials and output.
 //! Every reduction runs in a fixed order: outputs are bit-identical run to run.
 
 use super::{check_f32_buffer, MAX_HEAD_DIM};
@@ -48,6 +51,37 @@ const TARGET_CTAS: usize = 1024;
 const MAX_GRID_YZ: usize = 65535;
 /// Largest N accepted (the kernels index rows with 32-bit ints).
 const MAX_LEN: usize = (i32::MAX / 2) as usize;
+/// Head dims (D == Dv) whose attention passes run on tensor cores for f16/bf16 storage and
+/// 16-byte-aligned rows (kernels/soft_tc.cuh).
+const TC_DIMS: [usize; 3] = [32, 48, 64];
+const TC_THREADS: u32 = 128; // SOFT_TC_THREADS
+const TC_ROWS: usize = 64; // SOFT_TC_ROWS
+
+/// Launch geometry of the tensor-core passes (mirrors soft_tc_* in kernels/soft_tc.cuh).
+mod tc {
+    use super::{LM, TC_ROWS};
+    /// Landmark rows of pass 2 in shared memory (soft_tc_mpad: m rounded up to 16).
+    fn mpad(m: usize) -> usize {
+        m.div_ceil(16) * 16
+    }
+    /// Dynamic shared memory of pass 1: L hi/lo of a tile, K and V double-buffered, norms.
+    pub fn pass1_smem(d: usize) -> usize {
+        (2 * LM + 4 * TC_ROWS) * (d + 8) * 2 + 2 * LM * 4
+    }
+    /// Dynamic shared memory of pass 2: L and W hi/lo of all landmarks, Q double-buffered,
+    /// per-landmark norms and coefficients, per-column scales.
+    pub fn pass2_smem(d: usize, m: usize) -> usize {
+        (4 * mpad(m) + 2 * TC_ROWS) * (d + 8) * 2 + 2 * mpad(m) * 4 + 2 * d * 4
+    }
+    // The values the static_assert in kernels/soft_tc.cuh pins.
+    #[test]
+    fn geometry_matches_the_kernel_header() {
+        assert_eq!(pass1_smem(64), 55808);
+        assert_eq!(pass2_smem(64, 64), 56320);
+        assert_eq!(pass2_smem(64, 256), 168448);
+        assert_eq!(pass2_smem(32, 7), 15744);
+    }
+}
 
 /// Mirror of `SoftKernelParams` in kernels/soft.cuh.
 #[repr(C)]
@@ -968,14 +1002,39 @@ pub unsafe fn attention_raw(
     };
     let dt = dtype.name();
     let gram = rt.function(FAMILY, "soft_gram_f32")?;
-    let pass1 = rt.function(FAMILY, &format!("soft_pass1_{dt}"))?;
     let sum = rt.function(FAMILY, "soft_sum_f32")?;
     let wk = rt.function(FAMILY, "soft_w_f32")?;
-    let pass2 = rt.function(FAMILY, &format!("soft_pass2_{dt}"))?;
     let (bh_y, lt) = (grid_yz(bh), m.div_ceil(LM) as u32);
     let tiles = (m.div_ceil(LM) * dv.div_ceil(ET)) as u32;
+    // The two heavy passes: tensor cores when the dims and alignment allow, else CUDA cores. Both
+    // write the same partials (same chunks and landmark tiles) and the same output.
+    let (pass1, pass2) = if tensor_cores(plan, dtype, &p, rt.info().smem_per_block_optin) {
+        let (s1, s2) = (tc::pass1_smem(d) as u32, tc::pass2_smem(d, m) as u32);
+        let f1 = rt.function(FAMILY, &format!("soft_pass1_tc{d}_{dt}"))?;
+        let f2 = rt.function(FAMILY, &format!("soft_pass2_tc{d}_{dt}"))?;
+        rt.allow_dynamic_smem(&f1, s1)?;
+        rt.allow_dynamic_smem(&f2, s2)?;
+        // Pass 2 is persistent: one wave of CTAs shared among the (b,h) slices, each splitting
+        // L and W into shared memory once per slice.
+        let slots = rt.resident_ctas(&f2, TC_THREADS, s2)?;
+        let per_bh = slots.div_ceil(bh).max(1);
+        let grid2 = (n.div_ceil(TC_ROWS).min(per_bh) as u32, bh_y, 1);
+        (
+            (f1, (plan.chunks as u32, bh_y, lt), TC_THREADS, s1),
+            (f2, grid2, TC_THREADS, s2),
+        )
+    } else {
+        let f1 = rt.function(FAMILY, &format!("soft_pass1_{dt}"))?;
+        let f2 = rt.function(FAMILY, &format!("soft_pass2_{dt}"))?;
+        let grid2 = (grid_dim(n.div_ceil(ROWS)), bh_y, dv.div_ceil(ET) as u32);
+        (
+            (f1, (plan.chunks as u32, bh_y, tiles), THREADS, 0),
+            (f2, grid2, THREADS, 0),
+        )
+    };
     // SAFETY: layouts match the validated plan; pointers, spans and the workspace (sized by
-    // `ws_layout`) per the caller's contract; every grid covers its output.
+    // `ws_layout`) per the caller's contract; every grid covers its output; the tensor-core passes
+    // run only where `tensor_cores` checked the dims, 16-byte rows and the shared memory asked for.
     unsafe {
         if !matches!(plan.params.landmarks, Landmarks::Given { .. }) {
             queue_landmarks(rt, stream, dtype, &plan.params.landmarks, m, &k, l)?;
@@ -988,20 +1047,36 @@ pub unsafe fn attention_raw(
             &p,
         )?;
         plan.newton.queue(rt, stream, p.a, p.z, at(ws.newton))?;
-        launch(
-            stream,
-            &pass1,
-            (plan.chunks as u32, bh_y, tiles),
-            THREADS,
-            &p,
-        )?;
+        let (f1, grid1, threads1, smem1) = &pass1;
+        launch_smem(stream, f1, *grid1, *threads1, *smem1, &p)?;
         let elems = (m * dv).div_ceil(THREADS as usize) as u32;
         launch(stream, &sum, (elems, bh_y, 1), THREADS, &p)?;
         launch(stream, &wk, (m as u32, bh_y, 1), THREADS, &p)?;
-        let pass2_grid = (grid_dim(n.div_ceil(ROWS)), bh_y, dv.div_ceil(ET) as u32);
-        launch(stream, &pass2, pass2_grid, THREADS, &p)?;
+        let (f2, grid2, threads2, smem2) = &pass2;
+        launch_smem(stream, f2, *grid2, *threads2, *smem2, &p)?;
     }
     Ok(())
+}
+
+/// Whether the tensor-core attention passes apply: f16/bf16, D == Dv ∈ [`TC_DIMS`], every row of
+/// q, k, v, o 16-byte aligned (pointers and batch/head/seq strides multiples of 8 elements), and
+/// both passes' shared memory within the device's per-block limit (pass 2 holds all m landmarks:
+/// m = 256, D = 64 needs 168 KB).
+fn tensor_cores(plan: &Plan, dtype: DType, p: &KernelParams, smem_optin: usize) -> bool {
+    let d = plan.dims.d;
+    let aligned = [p.q, p.k, p.v, p.o].iter().all(|a| a % 16 == 0)
+        && [
+            p.q_sb, p.q_sh, p.q_sn, p.k_sb, p.k_sh, p.k_sn, p.v_sb, p.v_sh, p.v_sn, p.o_sb, p.o_sh,
+            p.o_sn,
+        ]
+        .iter()
+        .all(|s| s % 8 == 0);
+    let fits = tc::pass1_smem(d) <= smem_optin && tc::pass2_smem(d, plan.m) <= smem_optin;
+    matches!(dtype, DType::F16 | DType::BF16)
+        && d == plan.dv
+        && TC_DIMS.contains(&d)
+        && aligned
+        && fits
 }
 
 /// SOFT attention `X = P·(Z·(P_kᵀ·V))` on device buffers (SPEC §1). `k` only when

@@ -1,0 +1,474 @@
+// SOFT tensor-core passes (SPEC §1.5) for f16/bf16 storage, D == Dv ∈ {32, 48, 64}, any m ≤ 256,
+// 16-byte-aligned rows. They write the same pass-1 workspace (partial [bh][chunk][m][dv], fp32)
+// and the same output as soft_pass1 / soft_pass2, so landmarks, A, Newton, soft_sum and soft_w are
+// shared. Accumulation is fp32 throughout; the operands enter mma.sync as 16-bit values:
+//   * distances d² = s²‖x‖² + ‖l‖² − 2s(x·l), clamped at 0: x (the stored 16-bit row, exact) on
+//     mma against l split as l_hi + l_lo (two mmas), each landmark row scaled by its own power of
+//     two σ_j into [1, 2) before the split (divided out in fp32), so x·l keeps ~fp32 accuracy
+//     where x ≈ l cancels; ‖x‖² in fp32 from the 16-bit fragments, ‖l‖² in fp32;
+//   * P = exp(−½d²) in fp32, times 2^12 (so the f16 remainder of any P ≳ 2^-14 is a normal
+//     number), split P_hi + P_lo;
+//     pass 1: P_hi·V + P_lo·V (V exact); pass 2: P_hi·W_hi + P_lo·W_hi + P_hi·W_lo with W scaled
+//     per value column by a power of two into [1, 2) before its split; scales divided out in fp32.
+// Pass 1 computes the transposed tile Pᵀ (landmarks × rows) directly (A = L, B = Xᵀ), so its
+// accumulators are already the A fragments of Pᵀ·V; pass 2 computes P (rows × landmarks), whose
+// accumulators are the A fragments of P·W. P never touches shared or global memory.
+// Dynamic shared memory: soft_tc_pass1_smem / soft_tc_pass2_smem (mirrored in src/ops/soft.rs).
+#pragma once
+#include "mma.cuh"
+#include "soft.cuh"
+
+#define SOFT_TC_WARPS 4
+#define SOFT_TC_THREADS (SOFT_TC_WARPS * 32)
+#define SOFT_TC_ROWS 64         // sequence rows per pipeline stage (pass 1) and per tile (pass 2)
+#define SOFT_TC_LM2 16          // landmarks per step of pass 2
+#define SOFT_TC_PSCALE 4096.f   // P enters mma as 2^12·P
+
+static_assert(SOFT_TC_WARPS * 16 == SOFT_LM, "pass 1: one warp per 16 landmarks of a tile");
+
+extern __shared__ __align__(16) u16 soft_tc_smem[];
+
+// Landmark rows of pass 2 in shared memory: m rounded up to a step.
+__host__ __device__ constexpr int soft_tc_mpad(int m) { return (m + SOFT_TC_LM2 - 1) / SOFT_TC_LM2 * SOFT_TC_LM2; }
+// Bytes: L hi/lo of the tile, K and V double-buffered (16-bit rows padded by 8 elements against
+// ldmatrix bank conflicts), ‖l‖² and the distance coefficients.
+__host__ __device__ constexpr int soft_tc_pass1_smem(int d) {
+  return (2 * SOFT_LM + 4 * SOFT_TC_ROWS) * (d + 8) * 2 + 2 * SOFT_LM * 4;
+}
+// Bytes: L hi/lo and W hi/lo of all landmarks, Q double-buffered, ‖l‖² and coefficients per
+// landmark, the column scales of W and their inverses.
+__host__ __device__ constexpr int soft_tc_pass2_smem(int d, int m) {
+  return (4 * soft_tc_mpad(m) + 2 * SOFT_TC_ROWS) * (d + 8) * 2 + 2 * soft_tc_mpad(m) * 4 + 2 * d * 4;
+}
+
+// ldmatrix on 32-bit shared-window addresses (one base per lane, constant offsets in the loops:
+// generic pointers would keep one 64-bit induction variable per distinct ldmatrix live).
+__device__ __forceinline__ void soft_ldsm_x4(u32 (&r)[4], u32 addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void soft_ldsm_x4_trans(u32 (&r)[4], u32 addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// Two fp32 values rounded to T and packed low-first, in one cvt.
+template <typename T> __device__ __forceinline__ u32 soft_pack2(float lo, float hi);
+template <> __device__ __forceinline__ u32 soft_pack2<f16>(float lo, float hi) {
+  u32 r;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+template <> __device__ __forceinline__ u32 soft_pack2<bf16>(float lo, float hi) {
+  u32 r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+__device__ __forceinline__ float soft_lo16(u16 x, f16) { return to_f32(f16{x}); }
+__device__ __forceinline__ float soft_lo16(u16 x, bf16) { return to_f32(bf16{x}); }
+// The two values of a packed pair as fp32.
+template <typename T> __device__ __forceinline__ void soft_unpack2(u32 x, float& lo, float& hi) {
+  lo = soft_lo16((u16)(x & 0xffffu), T{});
+  hi = soft_lo16((u16)(x >> 16), T{});
+}
+
+// a ≈ hi + lo, b likewise: hi = the pair rounded to T, lo = the remainders rounded to T.
+template <typename T> __device__ __forceinline__ void soft_split2(float a, float b, u32& hi, u32& lo) {
+  hi = soft_pack2<T>(a, b);
+  float ha, hb;
+  soft_unpack2<T>(hi, ha, hb);
+  lo = soft_pack2<T>(a - ha, b - hb);
+}
+
+// Σ of the squares of the four 16-bit values in two packed pairs (exact products, fp32 sums).
+template <typename T> __device__ __forceinline__ float soft_sq4(u32 x, u32 y, float acc) {
+  float a, b, c, e;
+  soft_unpack2<T>(x, a, b);
+  soft_unpack2<T>(y, c, e);
+  acc = fmaf(a, a, acc);
+  acc = fmaf(b, b, acc);
+  acc = fmaf(c, c, acc);
+  return fmaf(e, e, acc);
+}
+
+// Landmarks j0 + [0, rows) of one (b,h) (fp32, row length D, at l) into shared memory as 16-bit
+// hi/lo parts of σ_j·l_j (σ_j a power of two putting max_c |l_jc| in [1, 2)); lnorm[r] = ‖l_j‖²,
+// lcoef[r] = 2s/σ_j. Rows j ≥ m become zeros. One warp per landmark row, fixed reduction order.
+template <typename T, int D>
+__device__ __forceinline__ void soft_tc_landmarks(u16 (*lh)[D + 8], u16 (*ll)[D + 8], float* lnorm, float* lcoef,
+                                                  const float* l, int j0, int rows, int m, float two_s) {
+  constexpr int CPL = (D + 31) / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll 1
+  for (int r = warp; r < rows; r += SOFT_TC_WARPS) {
+    const int j = j0 + r;
+    float x[CPL], mx = 0.f, nrm = 0.f;
+#pragma unroll
+    for (int i = 0; i < CPL; ++i) {
+      const int c = lane + 32 * i;
+      x[i] = (c < D && j < m) ? l[(i64)j * D + c] : 0.f;
+      mx = fmaxf(mx, fabsf(x[i]));
+      nrm = fmaf(x[i], x[i], nrm);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      nrm += __shfl_xor_sync(0xffffffffu, nrm, off);
+    }
+    const float sg = pow2_scale(mx);
+#pragma unroll
+    for (int i = 0; i < CPL; ++i) {
+      const int c = lane + 32 * i;
+      if (c < D) {
+        const float y = x[i] * sg;
+        const T hi = from_f32<T>(y);
+        lh[r][c] = hi.bits;
+        ll[r][c] = from_f32<T>(y - to_f32(hi)).bits;
+      }
+    }
+    if (lane == 0) {
+      lnorm[r] = nrm;
+      lcoef[r] = two_s / sg;
+    }
+  }
+}
+
+// Pass 1: partial[bh][chunk][j][e] = Σ_{rows of the chunk} P_k[row, j]·V[row, e] for the 64
+// landmarks of tile blockIdx.z, all Dv columns. Grid: x = chunk, y = bh (grid-stride), z =
+// landmark tile. Warp w owns landmarks [16w, 16w + 16) of the tile; per 16 rows it computes
+// Gᵀ = (σL)·Xᵀ (hi, lo), Pᵀ in registers, then Pᵀ·V (hi, lo). K, V stream through two cp.async
+// stages of 64 rows. Traffic: K, V rows of the chunk once per landmark tile, L from L2.
+template <typename T, int D>
+__device__ void soft_pass1_tc(const SoftKernelParams& p) {
+  constexpr int LD = D + 8, KT = D / 16, NT = D / 8, ROWS = SOFT_TC_ROWS, THREADS = SOFT_TC_THREADS;
+  auto lh = reinterpret_cast<u16(*)[LD]>(soft_tc_smem);
+  auto ll = lh + SOFT_LM;
+  auto ks = reinterpret_cast<u16(*)[ROWS][LD]>(soft_tc_smem + 2 * SOFT_LM * LD);
+  auto vs = ks + 2;
+  float* lnorm = reinterpret_cast<float*>(soft_tc_smem + (2 * SOFT_LM + 4 * ROWS) * LD);
+  float* lcoef = lnorm + SOFT_LM;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int mat = lane / 8, r8 = lane % 8;
+  const int j0 = blockIdx.z * SOFT_LM;
+  const bool active = j0 + warp * 16 < p.m;  // warp-uniform: the warp owns a landmark < m
+  const int chunk = blockIdx.x;
+  const int row_begin = chunk * p.rows_per_chunk;
+  const int row_end = min(p.n, row_begin + p.rows_per_chunk);
+  const float s2 = p.scale * p.scale;
+  // Per-lane byte addresses of the ldmatrix rows: stage 0 of K (B = Xᵀ) and of V (B = V), the
+  // warp's landmark rows (A = σL, hi; lo one plane further).
+  const u32 kaddr = smem_addr(&ks[0][(mat / 2) * 8 + r8][(mat % 2) * 8]);
+  const u32 vaddr = smem_addr(&vs[0][r8 + (mat % 2) * 8][(mat / 2) * 8]);
+  const u32 laddr = smem_addr(&lh[warp * 16 + lane % 16][(lane / 16) * 8]);
+  constexpr u32 STAGE = ROWS * LD * 2;  // bytes of one stage of K or V
+
+  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
+    const int b = bh / p.h, h = bh % p.h;
+    const u16* k = reinterpret_cast<const u16*>(p.k) + (b * p.k_sb + h * p.k_sh);
+    const u16* v = reinterpret_cast<const u16*>(p.v) + (b * p.v_sb + h * p.v_sh);
+    const float* l = reinterpret_cast<const float*>(p.l) + (i64)bh * p.m * D;
+
+    __syncthreads();  // the previous (b,h) iteration's reads of every buffer are done
+    tc_stage<D, LD, ROWS, THREADS>(ks[0], k, p.k_sn, row_begin, row_end);
+    tc_stage<D, LD, ROWS, THREADS>(vs[0], v, p.v_sn, row_begin, row_end);
+    cp_async_commit();
+    soft_tc_landmarks<T, D>(lh, ll, lnorm, lcoef, l, j0, SOFT_LM, p.m, 2.f * p.scale);
+    __syncthreads();
+
+    // The warp's landmark norms and coefficients (rows g, g + 8).
+    const float ln0 = lnorm[warp * 16 + g], ln1 = lnorm[warp * 16 + g + 8];
+    const float cf0 = lcoef[warp * 16 + g], cf1 = lcoef[warp * 16 + g + 8];
+
+    float acc[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+
+    int buf = 0;
+    for (int row0 = row_begin; row0 < row_end; row0 += ROWS, buf ^= 1) {
+      if (row0 + ROWS < row_end) {
+        tc_stage<D, LD, ROWS, THREADS>(ks[buf ^ 1], k, p.k_sn, row0 + ROWS, row_end);
+        tc_stage<D, LD, ROWS, THREADS>(vs[buf ^ 1], v, p.v_sn, row0 + ROWS, row_end);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+      if (active) {
+#pragma unroll 1
+        for (int n0 = 0; n0 < ROWS; n0 += 16) {
+          // B = Xᵀ (k = c, n = rows): bx[kt][0..1] rows n0 + g, bx[kt][2..3] rows n0 + 8 + g.
+          u32 bx[KT][4];
+          float xa = 0.f, xb = 0.f;
+#pragma unroll
+          for (int kt = 0; kt < KT; ++kt) {
+            soft_ldsm_x4(bx[kt], kaddr + buf * STAGE + (n0 * LD + kt * 16) * 2);
+            xa = soft_sq4<T>(bx[kt][0], bx[kt][1], xa);
+            xb = soft_sq4<T>(bx[kt][2], bx[kt][3], xb);
+          }
+#pragma unroll
+          for (int off = 1; off < 4; off <<= 1) {  // the four lanes of a row, fixed order
+            xa += __shfl_xor_sync(0xffffffffu, xa, off);
+            xb += __shfl_xor_sync(0xffffffffu, xb, off);
+          }
+          // Accumulator columns 2t, 2t + 1 of n-tile nt are rows n0 + 8nt + 2t (+1): their norms
+          // sit in lanes g = 2t, 2t + 1.
+          float xn[2][2];
+          xn[0][0] = s2 * __shfl_sync(0xffffffffu, xa, 8 * t);
+          xn[0][1] = s2 * __shfl_sync(0xffffffffu, xa, 8 * t + 4);
+          xn[1][0] = s2 * __shfl_sync(0xffffffffu, xb, 8 * t);
+          xn[1][1] = s2 * __shfl_sync(0xffffffffu, xb, 8 * t + 4);
+
+          float gt[2][4];  // Gᵀ: landmarks g, g + 8 × rows n0 + 8nt + 2t (+1)
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) gt[nt][0] = gt[nt][1] = gt[nt][2] = gt[nt][3] = 0.f;
+#pragma unroll
+          for (int part = 0; part < 2; ++part)
+#pragma unroll
+            for (int kt = 0; kt < KT; ++kt) {
+              u32 al[4];  // A = the warp's σ-scaled landmark rows (hi or lo)
+              soft_ldsm_x4(al, laddr + part * (SOFT_LM * LD * 2) + kt * 32);
+              mma16816<T>(gt[0], al, bx[kt][0], bx[kt][1]);
+              mma16816<T>(gt[1], al, bx[kt][2], bx[kt][3]);
+            }
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int x = 0; x < 4; ++x) {
+              const float ln = x < 2 ? ln0 : ln1, cf = x < 2 ? cf0 : cf1;
+              const float d2 = fmaxf(fmaf(-cf, gt[nt][x], xn[nt][x % 2] + ln), 0.f);
+              const bool in = row0 + n0 + 8 * nt + 2 * t + (x % 2) < row_end;
+              gt[nt][x] = in ? expf(-0.5f * d2) * SOFT_TC_PSCALE : 0.f;
+            }
+          // Pᵀ as the A operand (m = landmarks, k = rows): the accumulator layout.
+          u32 ph[4], pl[4];
+          soft_split2<T>(gt[0][0], gt[0][1], ph[0], pl[0]);
+          soft_split2<T>(gt[0][2], gt[0][3], ph[1], pl[1]);
+          soft_split2<T>(gt[1][0], gt[1][1], ph[2], pl[2]);
+          soft_split2<T>(gt[1][2], gt[1][3], ph[3], pl[3]);
+#pragma unroll
+          for (int e0 = 0; e0 < D; e0 += 16) {
+            u32 bv[4];  // B = V (k = rows, n = e): n-tiles e0, e0 + 8
+            soft_ldsm_x4_trans(bv, vaddr + buf * STAGE + (n0 * LD + e0) * 2);
+            mma16816<T>(acc[e0 / 8], ph, bv[0], bv[1]);
+            mma16816<T>(acc[e0 / 8 + 1], ph, bv[2], bv[3]);
+            mma16816<T>(acc[e0 / 8], pl, bv[0], bv[1]);
+            mma16816<T>(acc[e0 / 8 + 1], pl, bv[2], bv[3]);
+          }
+        }
+      }
+      __syncthreads();  // buffer `buf` is refilled two iterations from now
+    }
+    cp_async_wait<0>();
+
+    if (active) {
+      float* out = reinterpret_cast<float*>(p.partial) + ((i64)bh * p.chunks + chunk) * p.m * D;
+      const int ja = j0 + warp * 16 + g, jb = ja + 8;
+      constexpr float inv = 1.f / SOFT_TC_PSCALE;
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        const int e = j * 8 + 2 * t;  // scalar stores: the workspace is 4-byte aligned
+        if (ja < p.m) {
+          out[(i64)ja * D + e] = acc[j][0] * inv;
+          out[(i64)ja * D + e + 1] = acc[j][1] * inv;
+        }
+        if (jb < p.m) {
+          out[(i64)jb * D + e] = acc[j][2] * inv;
+          out[(i64)jb * D + e + 1] = acc[j][3] * inv;
+        }
+      }
+    }
+  }
+}
+
+// Pass 2: X = P·W. Grid: x = CTAs striding over 64-row tiles, y = bh (grid-stride). Per (b,h) the
+// CTA splits L (σ-scaled, hi/lo) and W (column-scaled, hi/lo) of all m landmarks into shared
+// memory; then per tile warp w maps rows [16w, 16w + 16): the Q fragments stay in registers,
+// 16 landmarks at a time G = X·(σL)ᵀ (hi, lo), P in registers, acc += P·W (three products).
+// The output is staged in the warp's own Q rows and written with 16-byte stores.
+// Traffic: Q read once, X written once, L and W from L2 once per CTA and (b,h).
+template <typename T, int D>
+__device__ void soft_pass2_tc(const SoftKernelParams& p) {
+  constexpr int LD = D + 8, KT = D / 16, NT = D / 8, ROWS = SOFT_TC_ROWS, THREADS = SOFT_TC_THREADS;
+  constexpr int NJ = SOFT_TC_LM2 / 8;  // landmark n-tiles per step
+  const int mpad = soft_tc_mpad(p.m);
+  auto lh = reinterpret_cast<u16(*)[LD]>(soft_tc_smem);
+  auto ll = lh + mpad;
+  auto wh = ll + mpad;
+  auto wl = wh + mpad;
+  auto xs = reinterpret_cast<u16(*)[ROWS][LD]>(soft_tc_smem + 4 * mpad * LD);
+  float* lnorm = reinterpret_cast<float*>(soft_tc_smem + (4 * mpad + 2 * ROWS) * LD);
+  float* lcoef = lnorm + mpad;
+  float* csc = lcoef + mpad;  // per value column: max |W| (as bits), then its power-of-two scale
+  float* cinv = csc + D;     // 1 / (scale · 2^12)
+  u32* cmax = reinterpret_cast<u32*>(csc);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int mat = lane / 8, r8 = lane % 8;
+  const int tiles = div_up(p.n, ROWS);
+  const float s2 = p.scale * p.scale;
+  // Per-lane byte addresses of the ldmatrix rows: (σL)ᵀ hi (lo one plane further), W hi (lo one
+  // plane further).
+  const u32 laddr = smem_addr(&lh[(mat / 2) * 8 + r8][(mat % 2) * 8]);
+  const u32 waddr = smem_addr(&wh[r8 + (mat % 2) * 8][(mat / 2) * 8]);
+  const u32 plane = mpad * LD * 2;  // bytes of one [mpad][LD] plane
+
+  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
+    const int b = bh / p.h, h = bh % p.h;
+    const u16* q = reinterpret_cast<const u16*>(p.q) + (b * p.q_sb + h * p.q_sh);
+    u16* o = reinterpret_cast<u16*>(p.o) + (b * p.o_sb + h * p.o_sh);
+    const float* l = reinterpret_cast<const float*>(p.l) + (i64)bh * p.m * D;
+    const float* w = reinterpret_cast<const float*>(p.w) + (i64)bh * p.m * D;
+
+    __syncthreads();  // the previous (b,h) iteration's reads of every buffer are done
+    if (blockIdx.x < tiles) tc_stage<D, LD, ROWS, THREADS>(xs[0], q, p.q_sn, blockIdx.x * ROWS, p.n);
+    cp_async_commit();
+    for (int e = threadIdx.x; e < D; e += THREADS) cmax[e] = 0u;
+    soft_tc_landmarks<T, D>(lh, ll, lnorm, lcoef, l, 0, mpad, p.m, 2.f * p.scale);
+    __syncthreads();
+    // Column maxima of |W| (non-negative floats order like their bits; NaN wins, then scale 1).
+#pragma unroll 1
+    for (int i = threadIdx.x; i < p.m * D; i += THREADS) atomicMax(&cmax[i % D], __float_as_uint(fabsf(w[i])));
+    __syncthreads();
+    for (int e = threadIdx.x; e < D; e += THREADS) {
+      const float sc = pow2_scale(__uint_as_float(cmax[e]));
+      csc[e] = sc;
+      cinv[e] = 1.f / (sc * SOFT_TC_PSCALE);
+    }
+    __syncthreads();
+#pragma unroll 1
+    for (int i = threadIdx.x; i < mpad * D; i += THREADS) {
+      const int r = i / D, c = i % D;
+      const float y = r < p.m ? w[i] * csc[c] : 0.f;
+      const T hi = from_f32<T>(y);
+      wh[r][c] = hi.bits;
+      wl[r][c] = from_f32<T>(y - to_f32(hi)).bits;
+    }
+    // Shared L, W and scales are visible after the first barrier of the tile loop.
+
+    int buf = 0;
+    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, buf ^= 1) {
+      if (tile + gridDim.x < tiles) {
+        tc_stage<D, LD, ROWS, THREADS>(xs[buf ^ 1], q, p.q_sn, (tile + gridDim.x) * ROWS, p.n);
+      }
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();
+
+      const int r0 = warp * 16;
+      const u32 xaddr = smem_addr(&xs[0][r0 + lane % 16][(lane / 16) * 8]);
+      u32 ax[KT][4];  // A = X: a0, a2 row g; a1, a3 row g + 8
+      float x0 = 0.f, x1 = 0.f;
+#pragma unroll
+      for (int kt = 0; kt < KT; ++kt) {
+        soft_ldsm_x4(ax[kt], xaddr + buf * (ROWS * LD * 2) + kt * 32);
+        x0 = soft_sq4<T>(ax[kt][0], ax[kt][2], x0);
+        x1 = soft_sq4<T>(ax[kt][1], ax[kt][3], x1);
+      }
+#pragma unroll
+      for (int off = 1; off < 4; off <<= 1) {
+        x0 += __shfl_xor_sync(0xffffffffu, x0, off);
+        x1 += __shfl_xor_sync(0xffffffffu, x1, off);
+      }
+      x0 *= s2;
+      x1 *= s2;
+
+      float acc[NT][4];
+#pragma unroll
+      for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+#pragma unroll 1
+      for (int jb = 0; jb < p.m; jb += SOFT_TC_LM2) {
+        float gs[NJ][4];  // G: rows g, g + 8 × landmarks jb + 8n + 2t (+1)
+#pragma unroll
+        for (int n = 0; n < NJ; ++n) gs[n][0] = gs[n][1] = gs[n][2] = gs[n][3] = 0.f;
+        const u32 lrow = laddr + jb * LD * 2;
+#pragma unroll
+        for (int part = 0; part < 2; ++part) {
+#pragma unroll
+          for (int kt = 0; kt < KT; ++kt)
+#pragma unroll
+            for (int np = 0; np < NJ / 2; ++np) {
+              u32 bl[4];  // B = (σL)ᵀ (k = c, n = landmarks): n-tiles 2np, 2np + 1
+              soft_ldsm_x4(bl, lrow + part * plane + (np * 16 * LD + kt * 16) * 2);
+              mma16816<T>(gs[2 * np], ax[kt], bl[0], bl[1]);
+              mma16816<T>(gs[2 * np + 1], ax[kt], bl[2], bl[3]);
+            }
+        }
+#pragma unroll
+        for (int n = 0; n < NJ; ++n) {
+          const int j = jb + n * 8 + 2 * t;
+          const float2 ln = *reinterpret_cast<const float2*>(&lnorm[j]);
+          const float2 cf = *reinterpret_cast<const float2*>(&lcoef[j]);
+#pragma unroll
+          for (int x = 0; x < 4; ++x) {
+            const float d2 = fmaxf(fmaf(x % 2 ? -cf.y : -cf.x, gs[n][x], (x < 2 ? x0 : x1) + (x % 2 ? ln.y : ln.x)), 0.f);
+            gs[n][x] = j + (x % 2) < p.m ? expf(-0.5f * d2) * SOFT_TC_PSCALE : 0.f;
+          }
+        }
+#pragma unroll
+        for (int kk = 0; kk < NJ / 2; ++kk) {  // k-step: landmarks jb + 16kk + [0, 16)
+          u32 ph[4], pl[4];  // P as the A operand (m = rows, k = landmarks): the accumulator layout
+          soft_split2<T>(gs[2 * kk][0], gs[2 * kk][1], ph[0], pl[0]);
+          soft_split2<T>(gs[2 * kk][2], gs[2 * kk][3], ph[1], pl[1]);
+          soft_split2<T>(gs[2 * kk + 1][0], gs[2 * kk + 1][1], ph[2], pl[2]);
+          soft_split2<T>(gs[2 * kk + 1][2], gs[2 * kk + 1][3], ph[3], pl[3]);
+          const u32 wrow = waddr + (jb + kk * 16) * LD * 2;
+#pragma unroll
+          for (int e0 = 0; e0 < D; e0 += 16) {
+            u32 bh4[4], bl4[4];  // B = W (k = landmarks, n = e): n-tiles e0, e0 + 8
+            soft_ldsm_x4_trans(bh4, wrow + e0 * 2);
+            soft_ldsm_x4_trans(bl4, wrow + plane + e0 * 2);
+            mma16816<T>(acc[e0 / 8], ph, bh4[0], bh4[1]);
+            mma16816<T>(acc[e0 / 8 + 1], ph, bh4[2], bh4[3]);
+            mma16816<T>(acc[e0 / 8], pl, bh4[0], bh4[1]);
+            mma16816<T>(acc[e0 / 8 + 1], pl, bh4[2], bh4[3]);
+            mma16816<T>(acc[e0 / 8], ph, bl4[0], bl4[1]);
+            mma16816<T>(acc[e0 / 8 + 1], ph, bl4[2], bl4[3]);
+          }
+        }
+      }
+
+      // Epilogue: the warp's 16 Q rows were read only by this warp, so they stage its output.
+      u16(*stage)[LD] = &xs[buf][r0];
+      __syncwarp();  // every lane's ldmatrix reads of these rows precede any lane's writes
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        const int e = j * 8 + 2 * t;
+        const float c0 = cinv[e], c1 = cinv[e + 1];
+        *reinterpret_cast<u32*>(&stage[g][e]) = soft_pack2<T>(acc[j][0] * c0, acc[j][1] * c1);
+        *reinterpret_cast<u32*>(&stage[g + 8][e]) = soft_pack2<T>(acc[j][2] * c0, acc[j][3] * c1);
+      }
+      __syncwarp();
+      const int row0 = tile * ROWS + r0;
+#pragma unroll
+      for (int i = lane; i < 16 * (D / 8); i += 32) {
+        const int r = i / (D / 8), c = (i % (D / 8)) * 8;
+        if (row0 + r < p.n)
+          *reinterpret_cast<uint4*>(&o[(i64)(row0 + r) * p.o_sn + c]) = *reinterpret_cast<const uint4*>(&stage[r][c]);
+      }
+      __syncthreads();  // buffer `buf` is refilled next iteration
+    }
+    cp_async_wait<0>();
+  }
+}
+
+// MIN: CTAs per SM the register allocation must allow (4 × 128 threads: ≤ 128 registers).
+#define SOFT_TC(DIM, MIN, T, NAME)                                                              \
+  extern "C" __global__ void __launch_bounds__(SOFT_TC_THREADS, MIN)                            \
+      soft_pass1_tc##DIM##_##NAME(const __grid_constant__ SoftKernelParams p) {                 \
+    soft_pass1_tc<T, DIM>(p);                                                                   \
+  }                                                                                             \
+  extern "C" __global__ void __launch_bounds__(SOFT_TC_THREADS, MIN)                            \
+      soft_pass2_tc##DIM##_##NAME(const __grid_constant__ SoftKernelParams p) {                 \
+    soft_pass2_tc<T, DIM>(p);                                                                   \
+  }
+
+#define SOFT_TC_DTYPE(T, NAME)                                                                  \
+  SOFT_TC(32, 4, T, NAME)                                                                       \
+  SOFT_TC(48, 4, T, NAME)                                                                       \
+  SOFT_TC(64, 4, T, NAME)
+
+// Mirrored in src/ops/soft.rs (mod tc); a change here must be made there too.
+static_assert(soft_tc_pass1_smem(64) == 55808 && soft_tc_pass2_smem(64, 64) == 56320 &&
+                  soft_tc_pass2_smem(64, 256) == 168448 && soft_tc_pass2_smem(32, 7) == 15744 &&
+                  SOFT_TC_THREADS == 128 && SOFT_TC_ROWS == 64,
+              "SOFT tensor-core launch geometry changed: update Rust");
