@@ -13,8 +13,8 @@
 //! its state across 64-row blocks.
 
 use super::{
-    check_raw, check_workspace, launch, launch_smem, ptr_of_mut, with_raw, RawTensor, TensorMut,
-    TensorRef, MAX_HEAD_DIM,
+    check_raw, check_workspace, launch, launch_smem, ptr_of_mut, rows_16b_aligned, with_raw,
+    RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM,
 };
 use crate::error::{Error, Result};
 use crate::runtime::{oom_or, Runtime};
@@ -422,13 +422,13 @@ fn tensor_cores(plan: &Plan, dtype: DType, p: &KernelParams) -> bool {
     } else {
         &TC_DIMS
     };
-    let aligned = [p.q, p.k, p.v, p.o].iter().all(|a| a % 16 == 0)
-        && [
+    let aligned = rows_16b_aligned(
+        &[p.q, p.k, p.v, p.o],
+        &[
             p.q_sb, p.q_sh, p.q_sn, p.k_sb, p.k_sh, p.k_sn, p.v_sb, p.v_sh, p.v_sn, p.o_sb, p.o_sh,
             p.o_sn,
-        ]
-        .iter()
-        .all(|s| s % 8 == 0);
+        ],
+    );
     dtype != DType::F32 && plan.d == plan.dv && dims.contains(&plan.d) && aligned
 }
 

@@ -142,6 +142,12 @@ pub(crate) fn check_f32_buffer(arg: &'static str, ptr: u64, len: usize, need: us
 }
 
 /// A raw workspace must hold `need` bytes and be non-null and 4-byte aligned when used.
+/// Whether 16-bit rows at these device addresses and element strides start on 16-byte boundaries
+/// (what the tensor-core kernels' cp.async / 16-byte stores need).
+pub(crate) fn rows_16b_aligned(ptrs: &[u64], strides: &[i64]) -> bool {
+    ptrs.iter().all(|a| a % 16 == 0) && strides.iter().all(|s| s % 8 == 0)
+}
+
 pub(crate) fn check_workspace(need: usize, workspace: u64, len: usize) -> Result<()> {
     if len < need {
         return Err(Error::BufferTooSmall {

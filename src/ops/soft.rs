@@ -22,8 +22,8 @@
 
 use super::{check_f32_buffer, MAX_HEAD_DIM};
 use super::{
-    check_ptr, check_workspace, launch, launch_smem, ptr_of, ptr_of_mut, with_raw, RawTensor,
-    TensorMut, TensorRef,
+    check_ptr, check_workspace, launch, launch_smem, ptr_of, ptr_of_mut, rows_16b_aligned,
+    with_raw, RawTensor, TensorMut, TensorRef,
 };
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
@@ -1064,13 +1064,13 @@ pub unsafe fn attention_raw(
 /// m = 256, D = 64 needs 168 KB).
 fn tensor_cores(plan: &Plan, dtype: DType, p: &KernelParams, smem_optin: usize) -> bool {
     let d = plan.dims.d;
-    let aligned = [p.q, p.k, p.v, p.o].iter().all(|a| a % 16 == 0)
-        && [
+    let aligned = rows_16b_aligned(
+        &[p.q, p.k, p.v, p.o],
+        &[
             p.q_sb, p.q_sh, p.q_sn, p.k_sb, p.k_sh, p.k_sn, p.v_sb, p.v_sh, p.v_sn, p.o_sb, p.o_sh,
             p.o_sn,
-        ]
-        .iter()
-        .all(|s| s % 8 == 0);
+        ],
+    );
     let fits = tc::pass1_smem(d) <= smem_optin && tc::pass2_smem(d, plan.m) <= smem_optin;
     matches!(dtype, DType::F16 | DType::BF16)
         && d == plan.dv
