@@ -1,4 +1,4 @@
-// AFT — attention free transformer (SPEC §3), CUDA-core fp32 kernels. Per channel c,
+// AFT — attention free transformer (SPEC §3), fp32 kernels. Per channel c,
 //   Y_t = σ(Q_t) · Σ_{t'} exp(K_{t'} + w_{t,t'}) V_{t'} / Σ_{t'} exp(K_{t'} + w_{t,t'}).
 // Launches (every variant, causal or not):
 //   aft_chunk   per (chunk of 64 rows, bh, channel tile): max of K and Σ e·V, Σ e with e = exp(K − max)
@@ -8,6 +8,8 @@
 //   aft_window  everything else: per 64-row tile, the keys whose weight is not the same for every
 //               row of the tile (the band, the causal diagonal, all keys for full) as a dense
 //               weight block × [E⊙V | E] product, plus the prefix/suffix statistics outside it.
+//               f32 storage: aft_window (CUDA cores); f16/bf16: aft_window_tc (TF32 tensor cores,
+//               aft_tc.cuh), sharing the helpers below.
 // Stability: E = exp(K − M_c) with M_c the channel max over the keys a tile can see, the weight of
 // row t is exp(w − r_t) with r_t its row max (≥ 0 for local/conv, whose far keys have w = 0), so
 // nothing exceeds 1. When a denominator still falls below AFT_DEN_MIN (K and w peaking at
@@ -41,6 +43,10 @@ __device__ __forceinline__ void aft_store(float* base, int d, int c, AftStat s) 
   base[c] = s.m;
   base[d + c] = s.a;
   base[2 * d + c] = s.z;
+}
+
+__device__ __forceinline__ bool aft_finite(float x) {
+  return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u;
 }
 
 __device__ __forceinline__ float aft_sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
@@ -241,6 +247,120 @@ __device__ __forceinline__ AftWindow aft_window_of(const AftParams& p, int tile)
   }
 }
 
+// Channel shifts M_c (msh: the max over every key the tile's rows see) and row shifts r_t (rsh;
+// gsh = exp(−r_t), the weight of keys outside a local/conv row's band) of one tile: full from
+// rmax, local/conv over the row's band (≥ 0: far keys have w = 0), 0 otherwise.
+__device__ void aft_tile_shifts(const AftParams& p, int bh, int h, int c0, int tile, float* msh, float* rsh,
+                                float* gsh) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const float* wp = reinterpret_cast<const float*>(p.w);
+  const i64 band = 2 * (i64)p.window - 1;
+  if (threadIdx.x < AFT_CT && c0 + (int)threadIdx.x < p.d) {
+    const int upto = p.causal ? min(tile + 1, p.chunks) : p.chunks;
+    msh[threadIdx.x] = aft_stats(p.pre, bh, p.chunks + 1, upto, p.d)[c0 + threadIdx.x];
+  }
+  for (int i = warp; i < AFT_CHUNK; i += AFT_THREADS / 32) {
+    const int t = tile * AFT_CHUNK + i;
+    float r = 0.f;
+    if (t < p.t && p.variant == AFT_FULL) {
+      r = reinterpret_cast<const float*>(p.rmax)[t];
+    } else if (t < p.t && (p.variant == AFT_LOCAL || p.variant == AFT_CONV)) {
+      const int s = p.window;
+      const i64 first = max((i64)0, (i64)t - s + 1);
+      const i64 last = p.causal ? t : min((i64)p.t - 1, (i64)t + s - 1);
+      const float* row = wp + (p.variant == AFT_LOCAL ? (i64)t : (i64)h) * band;
+      for (i64 tp = first + lane; tp <= last; tp += 32) r = fmaxf(r, row[tp - t + s - 1]);
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) r = fmaxf(r, __shfl_xor_sync(0xffffffffu, r, o));
+    }
+    if (lane == 0) {
+      rsh[i] = r;
+      gsh[i] = p.variant == AFT_FULL ? 0.f : expf(-r);  // full has no keys outside [lo, hi)
+    }
+  }
+}
+
+// (mc, a, z): the statistics of channel c over the keys outside [lo, hi) (pre and suf), shifted
+// to the channel max mc.
+__device__ __forceinline__ AftStat aft_outside(const AftParams& p, int bh, const AftWindow& win, int c, float mc) {
+  float a = 0.f, z = 0.f;
+  if (win.ip >= 0) {
+    const AftStat s = aft_load(aft_stats(p.pre, bh, p.chunks + 1, win.ip, p.d), p.d, c);
+    const float f = s.m == AFT_NEG_INF ? 0.f : expf(s.m - mc);
+    a = s.a * f;
+    z = s.z * f;
+  }
+  if (win.is >= 0) {
+    const AftStat s = aft_load(aft_stats(p.suf, bh, p.chunks + 1, win.is, p.d), p.d, c);
+    const float f = s.m == AFT_NEG_INF ? 0.f : expf(s.m - mc);
+    a = fmaf(s.a, f, a);
+    z = fmaf(s.z, f, z);
+  }
+  return {mc, a, z};
+}
+
+// fp32 rounded to TF32 (10-bit mantissa, nearest, ties away) when TF32, else unchanged.
+template <bool TF32> __device__ __forceinline__ float aft_operand(float x) {
+  if (!TF32) return x;
+  u32 r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return __uint_as_float(r);
+}
+
+// Stages es[r][cc] = E = exp(K − M_c) and evs[r][cc] = E·V of the keys kb + r < hi (zeros past
+// hi and past d). Returns whether this thread staged a non-finite value.
+template <typename T, int LD, bool TF32>
+__device__ __forceinline__ bool aft_stage_e(const AftParams& p, const T* k, const T* v, int kb, int hi, int c0,
+                                            const float* msh, float (*es)[LD], float (*evs)[LD]) {
+  bool bad = false;
+  for (int idx = threadIdx.x; idx < AFT_KB * AFT_CT; idx += AFT_THREADS) {
+    const int r = idx / AFT_CT, cc = idx % AFT_CT, tp = kb + r, c = c0 + cc;
+    float e = 0.f, ev = 0.f;
+    if (tp < hi && c < p.d) {
+      e = expf(to_f32(k[(i64)tp * p.k_sn + c]) - msh[cc]);
+      ev = e * to_f32(v[(i64)tp * p.v_sn + c]);
+    }
+    bad |= !aft_finite(e) || !aft_finite(ev);
+    es[r][cc] = aft_operand<TF32>(e);
+    evs[r][cc] = aft_operand<TF32>(ev);
+  }
+  return bad;
+}
+
+// Stages ws[i][r] = the weight of key kb + r for row t0 + i: exp(w − r_t) in the band (every key
+// for full), g_t outside it, 1 for simple; 0 past hi, past T and (causal) after the row.
+template <int LD, bool TF32>
+__device__ __forceinline__ void aft_stage_w(const AftParams& p, int h, int t0, int kb, int hi, const float* rsh,
+                                            const float* gsh, float (*ws)[LD]) {
+  const float* wp = reinterpret_cast<const float*>(p.w);
+  const i64 band = 2 * (i64)p.window - 1;
+  for (int idx = threadIdx.x; idx < AFT_CHUNK * AFT_KB; idx += AFT_THREADS) {
+    const int i = idx / AFT_KB, r = idx % AFT_KB, t = t0 + i, tp = kb + r;
+    float wt = 0.f;
+    if (t < p.t && tp < hi && !(p.causal && tp > t)) {
+      switch (p.variant) {
+        case AFT_LOCAL:
+        case AFT_CONV: {
+          const int j = tp - t;
+          if (j <= -p.window || j >= p.window) {
+            wt = gsh[i];
+          } else {
+            const i64 row = p.variant == AFT_LOCAL ? (i64)t : (i64)h;
+            wt = expf(wp[row * band + (j + p.window - 1)] - rsh[i]);
+          }
+          break;
+        }
+        case AFT_FULL:
+          wt = expf(wp[(i64)t * p.t + tp] - rsh[i]);
+          break;
+        default:
+          wt = 1.f;
+      }
+    }
+    ws[i][r] = aft_operand<TF32>(wt);
+  }
+}
+
 // Window pass: for one 64-row tile of one (b,h) and 64 channels,
 //   num = g_t·(pre + suf) + Σ_{t' in [lo,hi)} W_{t,t'} E_{t'}V_{t'},  den likewise with E,
 // W_{t,t'} = exp(w_{t,t'} − r_t) in the band (all keys for full), g_t = exp(−r_t) outside it,
@@ -259,43 +379,16 @@ __device__ void aft_window(const AftParams& p) {
   const int bh = blockIdx.x / ctiles, c0 = (blockIdx.x % ctiles) * AFT_CT;
   const int b = bh / p.h, h = bh % p.h;
   const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const T* q = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
   const T* k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
   const T* v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
   T* o = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh;
-  const float* wp = reinterpret_cast<const float*>(p.w);
-  const i64 band = 2 * (i64)p.window - 1;
 
   for (int tile = blockIdx.y; tile < p.chunks; tile += gridDim.y) {
     const int t0 = tile * AFT_CHUNK;
     const AftWindow win = aft_window_of(p, tile);
     __syncthreads();  // previous tile done with the shared arrays
-    // Channel shift: the max over every key the tile's rows see.
-    if (threadIdx.x < AFT_CT && c0 + (int)threadIdx.x < p.d) {
-      const int upto = p.causal ? min(tile + 1, p.chunks) : p.chunks;
-      msh[threadIdx.x] = aft_stats(p.pre, bh, p.chunks + 1, upto, p.d)[c0 + threadIdx.x];
-    }
-    // Row shifts r_t (and g_t = exp(−r_t)): full from rmax, local/conv over the row's band.
-    for (int i = warp; i < AFT_CHUNK; i += AFT_THREADS / 32) {
-      const int t = t0 + i;
-      float r = 0.f;
-      if (t < p.t && p.variant == AFT_FULL) {
-        r = reinterpret_cast<const float*>(p.rmax)[t];
-      } else if (t < p.t && (p.variant == AFT_LOCAL || p.variant == AFT_CONV)) {
-        const int s = p.window;
-        const i64 first = max((i64)0, (i64)t - s + 1);
-        const i64 last = p.causal ? t : min((i64)p.t - 1, (i64)t + s - 1);
-        const float* row = wp + (p.variant == AFT_LOCAL ? (i64)t : (i64)h) * band;
-        for (i64 tp = first + lane; tp <= last; tp += 32) r = fmaxf(r, row[tp - t + s - 1]);
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) r = fmaxf(r, __shfl_xor_sync(0xffffffffu, r, o));
-      }
-      if (lane == 0) {
-        rsh[i] = r;
-        gsh[i] = p.variant == AFT_FULL ? 0.f : expf(-r);  // full has no keys outside [lo, hi)
-      }
-    }
+    aft_tile_shifts(p, bh, h, c0, tile, msh, rsh, gsh);
     __syncthreads();
 
     // Accumulators start from the statistics outside [lo, hi), weighted g_t.
@@ -303,67 +396,19 @@ __device__ void aft_window(const AftParams& p) {
 #pragma unroll
     for (int j = 0; j < CT; ++j) {
       const int c = c0 + tc + 16 * j;
-      float a = 0.f, z = 0.f;
-      if (c < p.d) {
-        const float mc = msh[tc + 16 * j];
-        if (win.ip >= 0) {
-          const AftStat s = aft_load(aft_stats(p.pre, bh, p.chunks + 1, win.ip, p.d), p.d, c);
-          const float f = s.m == AFT_NEG_INF ? 0.f : expf(s.m - mc);
-          a = s.a * f;
-          z = s.z * f;
-        }
-        if (win.is >= 0) {
-          const AftStat s = aft_load(aft_stats(p.suf, bh, p.chunks + 1, win.is, p.d), p.d, c);
-          const float f = s.m == AFT_NEG_INF ? 0.f : expf(s.m - mc);
-          a = fmaf(s.a, f, a);
-          z = fmaf(s.z, f, z);
-        }
-      }
+      const AftStat az = c < p.d ? aft_outside(p, bh, win, c, msh[tc + 16 * j]) : AftStat{0.f, 0.f, 0.f};
 #pragma unroll
       for (int i = 0; i < RT; ++i) {
         const float g = gsh[tr + 16 * i];
-        num[i][j] = g * a;
-        den[i][j] = g * z;
+        num[i][j] = g * az.a;
+        den[i][j] = g * az.z;
       }
     }
 
     for (int kb = win.lo; kb < win.hi; kb += AFT_KB) {
       __syncthreads();  // previous block consumed
-      for (int idx = threadIdx.x; idx < AFT_KB * AFT_CT; idx += AFT_THREADS) {
-        const int r = idx / AFT_CT, cc = idx % AFT_CT, tp = kb + r, c = c0 + cc;
-        float e = 0.f, ev = 0.f;
-        if (tp < win.hi && c < p.d) {
-          e = expf(to_f32(k[(i64)tp * p.k_sn + c]) - msh[cc]);
-          ev = e * to_f32(v[(i64)tp * p.v_sn + c]);
-        }
-        es[r][cc] = e;
-        evs[r][cc] = ev;
-      }
-      for (int idx = threadIdx.x; idx < AFT_CHUNK * AFT_KB; idx += AFT_THREADS) {
-        const int i = idx / AFT_KB, r = idx % AFT_KB, t = t0 + i, tp = kb + r;
-        float wt = 0.f;
-        if (t < p.t && tp < win.hi && !(p.causal && tp > t)) {
-          switch (p.variant) {
-            case AFT_LOCAL:
-            case AFT_CONV: {
-              const int j = tp - t;
-              if (j <= -p.window || j >= p.window) {
-                wt = gsh[i];
-              } else {
-                const i64 row = p.variant == AFT_LOCAL ? (i64)t : (i64)h;
-                wt = expf(wp[row * band + (j + p.window - 1)] - rsh[i]);
-              }
-              break;
-            }
-            case AFT_FULL:
-              wt = expf(wp[(i64)t * p.t + tp] - rsh[i]);
-              break;
-            default:
-              wt = 1.f;
-          }
-        }
-        ws[i][r] = wt;
-      }
+      aft_stage_e<T, AFT_CT + 1, false>(p, k, v, kb, win.hi, c0, msh, es, evs);
+      aft_stage_w<AFT_KB + 1, false>(p, h, t0, kb, win.hi, rsh, gsh, ws);
       __syncthreads();
       // Causal blocks that reach past a row skip (not zero-weight) the keys after it, so a
       // non-finite later key cannot reach earlier rows through 0·NaN.
@@ -430,6 +475,8 @@ __device__ void aft_window(const AftParams& p) {
   }
 }
 
+#include "aft_tc.cuh"
+
 // Entry points: aft_<step>_<dtype>.
 #define AFT_DTYPE(T, NAME)                                                                         \
   extern "C" __global__ void __launch_bounds__(AFT_THREADS) aft_chunk_##NAME(                      \
@@ -439,16 +486,16 @@ __device__ void aft_window(const AftParams& p) {
   extern "C" __global__ void __launch_bounds__(AFT_THREADS) aft_map_##NAME(                        \
       const __grid_constant__ AftParams p) {                                                       \
     aft_map<T>(p);                                                                                 \
-  }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(AFT_THREADS) aft_window_##NAME(                     \
-      const __grid_constant__ AftParams p) {                                                       \
-    aft_window<T>(p);                                                                              \
   }
 
 AFT_DTYPE(f16, f16)
 AFT_DTYPE(bf16, bf16)
 AFT_DTYPE(float, f32)
 
+// f16/bf16 take aft_window_tc (aft_tc.cuh).
+extern "C" __global__ void __launch_bounds__(AFT_THREADS) aft_window_f32(const __grid_constant__ AftParams p) {
+  aft_window<float>(p);
+}
 extern "C" __global__ void __launch_bounds__(AFT_THREADS) aft_scan_f32(const __grid_constant__ AftParams p) {
   aft_scan(p);
 }

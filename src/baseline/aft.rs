@@ -5,7 +5,9 @@
 //!    band `w [T, 2s−1]` with `w = 0` outside `|t − t'| < s`;
 //! 2. the column max of K per (b,h,channel) (reduction kernels), then `[E⊙V | E]` with
 //!    `E = exp(K − colmax)`, fp32, token-major `[T][B·H][2D]` (kernel);
-//! 3. `[num | den] = Wexp · [E⊙V | E]`: one SGEMM `[T×T]·[T × B·H·2D]` for every head at once;
+//! 3. `[num | den] = Wexp · [E⊙V | E]`: one GEMM `[T×T]·[T × B·H·2D]` for every head at once,
+//!    fp32 operands: multiplied as TF32 for f16/bf16 storage (the operand precision of sofa's
+//!    window kernel, so both sides of a comparison do the same math), as fp32 for f32 storage;
 //! 4. `Y = σ(Q) ⊙ num / den` (kernel). The denominator is not guarded: it underflows only when
 //!    K and w peak far apart (|ΔK| ≳ 87), which the baseline does not handle.
 //!
@@ -225,6 +227,7 @@ pub unsafe fn forward_raw(
             alpha: 1.0,
             beta: 0.0,
             batch: 1,
+            fast_tf32: dtype != DType::F32,
         })?;
         let gate = elementwise(q.ptr, nd, o.ptr);
         run(rt, stream, &format!("aft_gate_{dt}"), Grid::Elements, &gate)

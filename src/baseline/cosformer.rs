@@ -243,6 +243,7 @@ unsafe fn queue_linear(
         alpha: 1.0,
         beta: 0.0,
         batch: bh,
+        fast_tf32: false,
     };
     let divide = BaselineParams {
         src: num,
@@ -327,6 +328,7 @@ unsafe fn queue_causal(
             alpha: 1.0,
             beta: 0.0,
             batch: bh,
+            fast_tf32: false,
         })?;
         let name = format!("cosformer_causal_rows_{}", dtype.name());
         run(rt, blas.stream(), &name, Grid::Ctas(bh * n), &rows)?;
@@ -344,6 +346,7 @@ unsafe fn queue_causal(
             alpha: 1.0,
             beta: 0.0,
             batch: bh,
+            fast_tf32: false,
         })
     }
 }

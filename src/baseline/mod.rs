@@ -146,7 +146,11 @@ impl Blas {
                 int("gemm ldc", g.c.ld)?,
                 long("gemm stride c", g.c.stride)?,
                 int("gemm batch", g.batch)?,
-                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                if g.fast_tf32 {
+                    cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+                } else {
+                    cublasComputeType_t::CUBLAS_COMPUTE_32F
+                },
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
@@ -201,6 +205,9 @@ pub(crate) struct Gemm {
     pub alpha: f32,
     pub beta: f32,
     pub batch: usize,
+    /// fp32 operands multiplied as TF32 on tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32): the
+    /// operand precision of sofa's AFT window kernel for 16-bit storage.
+    pub fast_tf32: bool,
 }
 
 /// Mirror of `BaselineParams` in kernels/baseline.cuh.

@@ -142,6 +142,7 @@ pub unsafe fn forward_raw(
             alpha: 1.0,
             beta: 0.0,
             batch: bh,
+            fast_tf32: false,
         })?;
         blas.gemm(&Gemm {
             m: n,
@@ -157,6 +158,7 @@ pub unsafe fn forward_raw(
             alpha: 1.0,
             beta: 0.0,
             batch: bh,
+            fast_tf32: false,
         })
     }
 }

@@ -148,6 +148,7 @@ impl NewtonPlan {
             alpha,
             beta,
             batch,
+            fast_tf32: false,
         };
         let stream = blas.stream();
         // SAFETY: forwarded from the caller; every region holds batch·m² floats.
@@ -553,6 +554,7 @@ fn sgemm(
         alpha: 1.0,
         beta: 0.0,
         batch,
+        fast_tf32: false,
     }
 }
 

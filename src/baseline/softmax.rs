@@ -161,6 +161,7 @@ pub unsafe fn attention_raw(
             alpha: plan.scale,
             beta: 0.0,
             batch: bh,
+            fast_tf32: false,
         })?;
         let name = format!("softmax_rows_{}", dtype.name());
         run(rt, blas.stream(), &name, Grid::Ctas(bh * n), &p)?;
@@ -178,6 +179,7 @@ pub unsafe fn attention_raw(
             alpha: 1.0,
             beta: 0.0,
             batch: bh,
+            fast_tf32: false,
         })
     }
 }

@@ -7,8 +7,10 @@
 //! a dense weight block against `[E⊙V | E]` over the keys whose weight varies inside the tile
 //! (the band for local/conv, the diagonal when causal, every key for full), plus the statistics
 //! outside it. `exp` never sees an unshifted value; a denominator that still underflows (K and w
-//! peaking at different keys) is recomputed directly with the joint max. CUDA-core fp32 kernels;
-//! any D ≤ 256, any strides with a unit last dim. The bias (`w`, `u`) is fp32 on the device.
+//! peaking at different keys) is recomputed directly with the joint max. The window block product
+//! runs on tensor cores (TF32 operands: fp32 range, fp32 accumulation) for f16/bf16 storage and on
+//! fp32 CUDA cores for f32 storage (its 1e-5 tolerance); everything else is fp32 CUDA-core work.
+//! Any D ≤ 256, any strides with a unit last dim. The bias (`w`, `u`) is fp32 on the device.
 
 use super::{
     check_raw, check_workspace, launch, ptr_of, with_raw, RawTensor, TensorMut, TensorRef,
@@ -409,7 +411,7 @@ pub unsafe fn forward_raw(
                 &p,
             )?;
         }
-        let window = rt.function(FAMILY, &format!("aft_window_{dt}"))?;
+        let window = rt.function(FAMILY, &window_kernel(dtype))?;
         launch(
             stream,
             &window,
@@ -419,6 +421,14 @@ pub unsafe fn forward_raw(
         )?;
     }
     Ok(())
+}
+
+/// The window kernel for `dtype`: TF32 tensor cores for 16-bit storage, fp32 CUDA cores for f32.
+fn window_kernel(dtype: DType) -> String {
+    match dtype {
+        DType::F32 => "aft_window_f32".into(),
+        _ => format!("aft_window_tc_{}", dtype.name()),
+    }
 }
 
 /// AFT on device buffers. `bias` is the fp32 `w`/`u` of the variant (`None` for simple);

@@ -587,7 +587,128 @@ def aft_window_of(p, tile):
     return t0, end, tile, -1
 
 
-STATS = {"slow": 0, "kblocks": 0}
+STATS = {"slow": 0, "kblocks": 0, "tc_scalar_blocks": 0}
+
+
+def tf32_round(x):
+    """cvt.rna.tf32.f32: nearest with ties away, to a 10-bit mantissa (low 13 bits zero);
+    Inf and NaN unchanged."""
+    b = f32(x).view(np.uint32)
+    special = (b & 0x7F800000) == 0x7F800000
+    r = ((b.astype(np.uint64) + 0x1000) & 0xFFFFE000).astype(np.uint32)
+    return np.where(special, b, r).astype(np.uint32).view(F32)
+
+
+def tile_shifts(cx, bh, h, c0, tile, msh, rsh, gsh):
+    """aft_tile_shifts: msh (channel max), rsh / gsh (row shift and exp(-r))."""
+    p, mem = cx.p, cx.mem
+    lane, warp = LANE, WARP
+    wp = p.w
+    band = 2 * p.window - 1
+    t0 = tile * AFT_CHUNK
+    act = (TID < AFT_CT) & (c0 + TID < p.d)
+    upto = min(tile + 1, p.chunks) if p.causal else p.chunks
+    mv = mem.load(aft_stats(p.pre, bh, p.chunks + 1, upto, p.d) + 4 * (c0 + TID), act, "pre")
+    msh.write(TID, mv, TID, act, "msh[threadIdx.x]")
+    for it in range(AFT_CHUNK // (AFT_THREADS // 32)):
+        i = warp + (AFT_THREADS // 32) * it
+        t = t0 + i
+        r = np.zeros(256, F32)
+        isfull = (t < p.t) & (p.variant == AFT_FULL)
+        if isfull.any():
+            r = np.where(isfull, mem.load(p.rmax + 4 * t, isfull, "rmax"), r).astype(F32)
+        isband = ~isfull & (t < p.t) & (p.variant in (AFT_LOCAL, AFT_CONV))
+        if isband.any():
+            s = p.window
+            first = np.maximum(0, t - s + 1)
+            last = t if p.causal else np.minimum(p.t - 1, t + s - 1)
+            row = wp + (t if p.variant == AFT_LOCAL else h) * band * 4
+            tp = first + lane
+            while True:
+                a2 = isband & (tp <= last)
+                if not a2.any():
+                    break
+                r = np.where(a2, fmaxf(r, mem.load(row + (tp - t + s - 1) * 4, a2, "w")), r).astype(F32)
+                tp = tp + 32
+            warp_uniform(isband, mem, "aft_window row shift")
+            for off in (16, 8, 4, 2, 1):
+                r = np.where(isband, fmaxf(r, shfl_xor(r, off)), r).astype(F32)
+        l0 = lane == 0
+        rsh.write(i, r, TID, l0, "rsh[i]")
+        g = np.zeros(256, F32) if p.variant == AFT_FULL else expf(-r)
+        gsh.write(i, g, TID, l0, "gsh[i]")
+
+
+def outside(cx, bh, win, c, mc, cd):
+    """aft_outside for threads `cd` (channel c, channel max mc): (a, z), zeros elsewhere."""
+    p, mem = cx.p, cx.mem
+    _, _, ip, is_ = win
+    a = np.zeros(c.shape, F32)
+    z = np.zeros(c.shape, F32)
+    if ip >= 0:
+        sm, sa, szz = aft_load(mem, aft_stats(p.pre, bh, p.chunks + 1, ip, p.d), p.d, c, cd, "pre")
+        f = np.where(sm == NEG_INF, F32(0), expf(sub(sm, mc))).astype(F32)
+        a = np.where(cd, mul(sa, f), a).astype(F32)
+        z = np.where(cd, mul(szz, f), z).astype(F32)
+    if is_ >= 0:
+        sm, sa, szz = aft_load(mem, aft_stats(p.suf, bh, p.chunks + 1, is_, p.d), p.d, c, cd, "suf")
+        f = np.where(sm == NEG_INF, F32(0), expf(sub(sm, mc))).astype(F32)
+        a = np.where(cd, fmaf(sa, f, a), a).astype(F32)
+        z = np.where(cd, fmaf(szz, f, z), z).astype(F32)
+    return a, z
+
+
+def stage_e(cx, k, v, kb, hi, c0, msh, es, evs, ld, tf32):
+    """aft_stage_e (all 8 iterations of the idx loop at once: independent); returns `bad` per
+    thread (a non-finite staged value)."""
+    p, mem, sz = cx.p, cx.mem, cx.dt.size
+    idx = (TID[None, :] + AFT_THREADS * np.arange(AFT_KB * AFT_CT // AFT_THREADS)[:, None]).ravel()
+    tid = idx % AFT_THREADS
+    r, cc = idx // AFT_CT, idx % AFT_CT
+    tp, c = kb + r, c0 + cc
+    act = (tp < hi) & (c < p.d)
+    mv = msh.read(cc, tid, act, "msh[cc]")
+    kv = mem.load(k + (tp * p.k_sn + c) * sz, act, "k")
+    e = np.where(act, expf(sub(kv, mv)), F32(0)).astype(F32)
+    vv = mem.load(v + (tp * p.v_sn + c) * sz, act, "v")
+    ev = np.where(act, mul(e, vv), F32(0)).astype(F32)
+    bad = np.zeros(256, bool)
+    np.logical_or.at(bad, tid, ~np.isfinite(e) | ~np.isfinite(ev))
+    if tf32:
+        e, ev = tf32_round(e), tf32_round(ev)
+    es.write(r * ld + cc, e, tid, None, "es[r][cc]")
+    evs.write(r * ld + cc, ev, tid, None, "evs[r][cc]")
+    return bad
+
+
+def stage_w(cx, h, t0, kb, hi, rsh, gsh, ws, ld, tf32):
+    """aft_stage_w."""
+    p, mem = cx.p, cx.mem
+    band = 2 * p.window - 1
+    idx = (TID[None, :] + AFT_THREADS * np.arange(AFT_CHUNK * AFT_KB // AFT_THREADS)[:, None]).ravel()
+    tid = idx % AFT_THREADS
+    i, r = idx // AFT_KB, idx % AFT_KB
+    t, tp = t0 + i, kb + r
+    wt = np.zeros(idx.shape, F32)
+    act = (t < p.t) & (tp < hi) & ~((p.causal != 0) & (tp > t))
+    if p.variant in (AFT_LOCAL, AFT_CONV):
+        j = tp - t
+        out = act & ((j <= -p.window) | (j >= p.window))
+        inn = act & ~((j <= -p.window) | (j >= p.window))
+        wt = np.where(out, gsh.read(i, tid, out, "gsh[i]"), wt).astype(F32)
+        row = t if p.variant == AFT_LOCAL else np.full(t.shape, h)
+        wv = mem.load(p.w + (row * band + (j + p.window - 1)) * 4, inn, "w")
+        rv = rsh.read(i, tid, inn, "rsh[i]")
+        wt = np.where(inn, expf(sub(wv, rv)), wt).astype(F32)
+    elif p.variant == AFT_FULL:
+        wv = mem.load(p.w + (t * p.t + tp) * 4, act, "w")
+        rv = rsh.read(i, tid, act, "rsh[i]")
+        wt = np.where(act, expf(sub(wv, rv)), wt).astype(F32)
+    else:
+        wt = np.where(act, F32(1), wt).astype(F32)
+    if tf32:
+        wt = tf32_round(wt)
+    ws.write(i * ld + r, wt, tid, None, "ws[i][r]")
 
 
 def aft_window(cx, bid):
@@ -608,55 +729,21 @@ def aft_window(cx, bid):
     bh, c0 = bx // ctiles, (bx % ctiles) * AFT_CT
     b, h = bh // p.h, bh % p.h
     tr, tc = TID // 16, TID % 16
-    lane, warp = LANE, WARP
     sz = dt.size
     q = p.q + (b * p.q_sb + h * p.q_sh) * sz
     k = p.k + (b * p.k_sb + h * p.k_sh) * sz
     v = p.v + (b * p.v_sb + h * p.v_sh) * sz
     o = p.o + (b * p.o_sb + h * p.o_sh) * sz
-    wp = p.w
-    band = 2 * p.window - 1
     II = np.arange(RT)
     JJ = np.arange(CT)
 
     tile = by
     while tile < p.chunks:
         t0 = tile * AFT_CHUNK
-        lo, hi, ip, is_ = aft_window_of(p, tile)
+        win = aft_window_of(p, tile)
+        lo, hi, _, _ = win
         races.barrier()
-        # msh
-        act = (TID < AFT_CT) & (c0 + TID < p.d)
-        upto = min(tile + 1, p.chunks) if p.causal else p.chunks
-        mv = mem.load(aft_stats(p.pre, bh, p.chunks + 1, upto, p.d) + 4 * (c0 + TID), act, "pre")
-        msh.write(TID, mv, TID, act, "msh[threadIdx.x]")
-        # row shifts
-        for it in range(AFT_CHUNK // (AFT_THREADS // 32)):
-            i = warp + (AFT_THREADS // 32) * it
-            t = t0 + i
-            r = np.zeros(256, F32)
-            isfull = (t < p.t) & (p.variant == AFT_FULL)
-            if isfull.any():
-                r = np.where(isfull, mem.load(p.rmax + 4 * t, isfull, "rmax"), r).astype(F32)
-            isband = ~isfull & (t < p.t) & (p.variant in (AFT_LOCAL, AFT_CONV))
-            if isband.any():
-                s = p.window
-                first = np.maximum(0, t - s + 1)
-                last = t if p.causal else np.minimum(p.t - 1, t + s - 1)
-                row = wp + (t if p.variant == AFT_LOCAL else h) * band * 4
-                tp = first + lane
-                while True:
-                    a2 = isband & (tp <= last)
-                    if not a2.any():
-                        break
-                    r = np.where(a2, fmaxf(r, mem.load(row + (tp - t + s - 1) * 4, a2, "w")), r).astype(F32)
-                    tp = tp + 32
-                warp_uniform(isband, mem, "aft_window row shift")
-                for off in (16, 8, 4, 2, 1):
-                    r = np.where(isband, fmaxf(r, shfl_xor(r, off)), r).astype(F32)
-            l0 = lane == 0
-            rsh.write(i, r, TID, l0, "rsh[i]")
-            g = np.zeros(256, F32) if p.variant == AFT_FULL else expf(-r)
-            gsh.write(i, g, TID, l0, "gsh[i]")
+        tile_shifts(cx, bh, h, c0, tile, msh, rsh, gsh)
         races.barrier()
 
         # accumulators from the statistics outside [lo, hi)
@@ -664,21 +751,12 @@ def aft_window(cx, bid):
         den = np.zeros((256, RT, CT), F32)
         for j in range(CT):
             c = c0 + tc + 16 * j
+            cd = c < p.d
             a = np.zeros(256, F32)
             z = np.zeros(256, F32)
-            cd = c < p.d
             if cd.any():
                 mc = msh.read(tc + 16 * j, TID, cd, "msh[tc+16j]")
-                if ip >= 0:
-                    sm, sa, szz = aft_load(mem, aft_stats(p.pre, bh, p.chunks + 1, ip, p.d), p.d, c, cd, "pre")
-                    f = np.where(sm == NEG_INF, F32(0), expf(sub(sm, mc))).astype(F32)
-                    a = np.where(cd, mul(sa, f), a).astype(F32)
-                    z = np.where(cd, mul(szz, f), z).astype(F32)
-                if is_ >= 0:
-                    sm, sa, szz = aft_load(mem, aft_stats(p.suf, bh, p.chunks + 1, is_, p.d), p.d, c, cd, "suf")
-                    f = np.where(sm == NEG_INF, F32(0), expf(sub(sm, mc))).astype(F32)
-                    a = np.where(cd, fmaf(sa, f, a), a).astype(F32)
-                    z = np.where(cd, fmaf(szz, f, z), z).astype(F32)
+                a, z = outside(cx, bh, win, c, mc, cd)
             for i in range(RT):
                 g = gsh.read(tr + 16 * i, TID, None, "gsh[tr+16i]")
                 num[:, i, j] = mul(g, a)
@@ -688,42 +766,8 @@ def aft_window(cx, bid):
         while kb < hi:
             STATS["kblocks"] += 1
             races.barrier()
-            # stage E, E*V (all 8 iterations of the idx loop at once: independent)
-            idx = (TID[None, :] + AFT_THREADS * np.arange(AFT_KB * AFT_CT // AFT_THREADS)[:, None]).ravel()
-            tid = idx % AFT_THREADS
-            r, cc = idx // AFT_CT, idx % AFT_CT
-            tp, c = kb + r, c0 + cc
-            act = (tp < hi) & (c < p.d)
-            mv = msh.read(cc, tid, act, "msh[cc]")
-            kv = mem.load(k + (tp * p.k_sn + c) * sz, act, "k")
-            e = np.where(act, expf(sub(kv, mv)), F32(0)).astype(F32)
-            vv = mem.load(v + (tp * p.v_sn + c) * sz, act, "v")
-            ev = np.where(act, mul(e, vv), F32(0)).astype(F32)
-            es.write(r * ES_LD + cc, e, tid, None, "es[r][cc]")
-            evs.write(r * ES_LD + cc, ev, tid, None, "evs[r][cc]")
-            # stage W
-            idx = (TID[None, :] + AFT_THREADS * np.arange(AFT_CHUNK * AFT_KB // AFT_THREADS)[:, None]).ravel()
-            tid = idx % AFT_THREADS
-            i, r = idx // AFT_KB, idx % AFT_KB
-            t, tp = t0 + i, kb + r
-            wt = np.zeros(idx.shape, F32)
-            act = (t < p.t) & (tp < hi) & ~((p.causal != 0) & (tp > t))
-            if p.variant in (AFT_LOCAL, AFT_CONV):
-                j = tp - t
-                out = act & ((j <= -p.window) | (j >= p.window))
-                inn = act & ~((j <= -p.window) | (j >= p.window))
-                wt = np.where(out, gsh.read(i, tid, out, "gsh[i]"), wt).astype(F32)
-                row = t if p.variant == AFT_LOCAL else np.full(t.shape, h)
-                wv = mem.load(wp + (row * band + (j + p.window - 1)) * 4, inn, "w")
-                rv = rsh.read(i, tid, inn, "rsh[i]")
-                wt = np.where(inn, expf(sub(wv, rv)), wt).astype(F32)
-            elif p.variant == AFT_FULL:
-                wv = mem.load(wp + (t * p.t + tp) * 4, act, "w")
-                rv = rsh.read(i, tid, act, "rsh[i]")
-                wt = np.where(act, expf(sub(wv, rv)), wt).astype(F32)
-            else:
-                wt = np.where(act, F32(1), wt).astype(F32)
-            ws.write(i * WS_LD + r, wt, tid, None, "ws[i][r]")
+            stage_e(cx, k, v, kb, hi, c0, msh, es, evs, ES_LD, False)
+            stage_w(cx, h, t0, kb, hi, rsh, gsh, ws, WS_LD, False)
             races.barrier()
 
             R = np.arange(AFT_KB)
@@ -773,6 +817,181 @@ def aft_window(cx, bid):
             qv = mem.load(q + (t * p.q_sn + c) * sz, np.ones(th.shape, bool), "q")
             y = mul(sigmoid(qv), aft_exact(cx, k, v, h, t, c))
             mem.store(o + (t * p.o_sn + c) * sz, dt.from_f32(y), np.ones(th.shape, bool), "o")
+        tile += gdy
+
+
+# ----------------------------------------------------------------------------------------------
+# aft_window_tc (kernels/aft_tc.cuh): TF32 mma.sync m16n8k8 with the PTX fragment layouts
+TC_LD, TC_WLD = 72, 36
+G, TQ = LANE // 4, LANE % 4
+
+
+def mma_tf32(acc, a, b0, b1):
+    """mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32 for all 8 warps: acc (256, 4), a (256, 4),
+    b0/b1 (256,). Each lane's registers are placed where the PTX layout says; every matrix
+    element must be supplied exactly once. Products of TF32 values are exact in f64; the sum of
+    the 8 products and c is rounded to fp32 once."""
+    A = np.full((8, 16, 8), np.nan)
+    B = np.full((8, 8, 8), np.nan)
+    C = np.full((8, 16, 8), np.nan)
+    na, nb, nc = np.zeros((8, 16, 8), int), np.zeros((8, 8, 8), int), np.zeros((8, 16, 8), int)
+    for j in range(4):
+        rr, kk = G + 8 * (j % 2), TQ + 4 * (j // 2)
+        A[WARP, rr, kk] = a[:, j]
+        np.add.at(na, (WARP, rr, kk), 1)
+        rr, cc = G + 8 * (j // 2), 2 * TQ + j % 2
+        C[WARP, rr, cc] = acc[:, j]
+        np.add.at(nc, (WARP, rr, cc), 1)
+    for j, bj in enumerate((b0, b1)):
+        B[WARP, TQ + 4 * j, G] = bj
+        np.add.at(nb, (WARP, TQ + 4 * j, G), 1)
+    assert (na == 1).all() and (nb == 1).all() and (nc == 1).all(), "fragment layout"
+    with np.errstate(all="ignore"):
+        D = (np.einsum("wmk,wkn->wmn", A, B) + C).astype(F32)
+    return np.stack([D[WARP, G + 8 * (j // 2), 2 * TQ + j % 2] for j in range(4)], axis=1)
+
+
+def aft_window_tc(cx, bid):
+    p, mem, dt = cx.p, cx.mem, cx.dt
+    bx, by, _ = bid
+    gdy = cx.grid[1]
+    races = Races(mem)
+    kv = Smem(2 * AFT_KB * TC_LD, "kv", races)  # es | evs, then the ratio tile [64][TC_LD]
+    EVS = AFT_KB * TC_LD  # offset of kv[1]
+    ws = Smem(AFT_CHUNK * TC_WLD, "ws", races)
+    rsh = Smem(AFT_CHUNK, "rsh", races)
+    gsh = Smem(AFT_CHUNK, "gsh", races)
+    msh = Smem(AFT_CT, "msh", races)
+    ash = Smem(AFT_CT, "ash", races)
+    zsh = Smem(AFT_CT, "zsh", races)
+    ctiles = div_up(p.d, AFT_CT)
+    bh, c0 = bx // ctiles, (bx % ctiles) * AFT_CT
+    b, h = bh // p.h, bh % p.h
+    rw, cw = (WARP % 2) * 32, (WARP // 2) * 16
+    sz = dt.size
+    q = p.q + (b * p.q_sb + h * p.q_sh) * sz
+    k = p.k + (b * p.k_sb + h * p.k_sh) * sz
+    v = p.v + (b * p.v_sb + h * p.v_sh) * sz
+    o = p.o + (b * p.o_sb + h * p.o_sh) * sz
+
+    class View:  # kv[1] as its own array for stage_e
+        def __init__(self, base):
+            self.base = base
+
+        def write(self, off, vals, tid, mask=None, tag=""):
+            kv.write(np.asarray(off) + self.base, vals, tid, mask, tag)
+
+    def row_of(mi, hh):
+        return rw + 16 * mi + G + 8 * hh
+
+    def col_of(nj, e1):
+        return cw + 8 * nj + 2 * TQ + e1
+
+    tile = by
+    while tile < p.chunks:
+        t0 = tile * AFT_CHUNK
+        win = aft_window_of(p, tile)
+        lo, hi, _, _ = win
+        races.barrier()
+        tile_shifts(cx, bh, h, c0, tile, msh, rsh, gsh)
+        races.barrier()
+        first = TID < AFT_CT
+        c = c0 + TID
+        cd = first & (c < p.d)
+        a = np.zeros(256, F32)
+        z = np.zeros(256, F32)
+        if cd.any():
+            mc = msh.read(TID, TID, cd, "msh[tid]")
+            a, z = outside(cx, bh, win, c, mc, cd)
+        ash.write(TID, a, TID, first, "ash")
+        zsh.write(TID, z, TID, first, "zsh")
+        races.barrier()
+
+        num = np.zeros((256, 2, 2, 4), F32)
+        den = np.zeros((256, 2, 2, 4), F32)
+        for mi in range(2):
+            for nj in range(2):
+                for e in range(4):
+                    gr = gsh.read(row_of(mi, e // 2), TID, None, "gsh[row]")
+                    cc = col_of(nj, e % 2)
+                    num[:, mi, nj, e] = mul(gr, ash.read(cc, TID, None, "ash"))
+                    den[:, mi, nj, e] = mul(gr, zsh.read(cc, TID, None, "zsh"))
+
+        kb = lo
+        while kb < hi:
+            STATS["kblocks"] += 1
+            races.barrier()
+            bad = stage_e(cx, k, v, kb, hi, c0, msh, kv, View(EVS), TC_LD, True)
+            stage_w(cx, h, t0, kb, hi, rsh, gsh, ws, TC_WLD, True)
+            races.barrier()  # __syncthreads_or
+            if p.causal and kb + AFT_KB - 1 > t0 and bad.any():
+                STATS["tc_scalar_blocks"] += 1
+                for r in range(AFT_KB):
+                    for mi in range(2):
+                        for hh in range(2):
+                            row = row_of(mi, hh)
+                            act = ~(kb + r > t0 + row)
+                            wt = ws.read(row * TC_WLD + r, TID, act, "ws[row][r]")
+                            for nj in range(2):
+                                for e1 in range(2):
+                                    cc = col_of(nj, e1)
+                                    ev = kv.read(EVS + r * TC_LD + cc, TID, act, "evs[r][cc]")
+                                    e_ = kv.read(r * TC_LD + cc, TID, act, "es[r][cc]")
+                                    x = 2 * hh + e1
+                                    num[:, mi, nj, x] = np.where(act, fmaf(wt, ev, num[:, mi, nj, x]), num[:, mi, nj, x])
+                                    den[:, mi, nj, x] = np.where(act, fmaf(wt, e_, den[:, mi, nj, x]), den[:, mi, nj, x])
+                kb += AFT_KB
+                continue
+            for k0 in range(0, AFT_KB, 8):
+                af = np.zeros((256, 2, 4), F32)
+                for mi in range(2):
+                    r0 = rw + 16 * mi + G
+                    af[:, mi, 0] = ws.read(r0 * TC_WLD + k0 + TQ, TID, None, "a0")
+                    af[:, mi, 1] = ws.read((r0 + 8) * TC_WLD + k0 + TQ, TID, None, "a1")
+                    af[:, mi, 2] = ws.read(r0 * TC_WLD + k0 + TQ + 4, TID, None, "a2")
+                    af[:, mi, 3] = ws.read((r0 + 8) * TC_WLD + k0 + TQ + 4, TID, None, "a3")
+                for nj in range(2):
+                    n = cw + 8 * nj + G
+                    v0 = kv.read(EVS + (k0 + TQ) * TC_LD + n, TID, None, "bv0")
+                    v1 = kv.read(EVS + (k0 + TQ + 4) * TC_LD + n, TID, None, "bv1")
+                    e0 = kv.read((k0 + TQ) * TC_LD + n, TID, None, "be0")
+                    e1 = kv.read((k0 + TQ + 4) * TC_LD + n, TID, None, "be1")
+                    for mi in range(2):
+                        num[:, mi, nj] = mma_tf32(num[:, mi, nj], af[:, mi], v0, v1)
+                        den[:, mi, nj] = mma_tf32(den[:, mi, nj], af[:, mi], e0, e1)
+            kb += AFT_KB
+
+        races.barrier()
+        slow = np.zeros(256, np.int64)
+        for mi in range(2):
+            for nj in range(2):
+                for hh in range(2):
+                    row = row_of(mi, hh)
+                    for e1 in range(2):
+                        x = 2 * hh + e1
+                        cc = col_of(nj, e1)
+                        y = div(num[:, mi, nj, x], den[:, mi, nj, x])
+                        sl = (den[:, mi, nj, x] < AFT_DEN_MIN) & (t0 + row < p.t) & (c0 + cc < p.d)
+                        slow |= sl.astype(np.int64) << (((mi * 2 + nj) * 2 + hh) * 2 + e1)
+                        kv.write(row * TC_LD + cc, y, TID, None, "ratio (float2)")
+        th, bit = np.nonzero((slow[:, None] >> np.arange(16)[None, :]) & 1)
+        if th.size:
+            STATS["slow"] += th.size
+            mi, nj, hh, e1 = bit // 8, (bit // 4) % 2, (bit // 2) % 2, bit % 2
+            row = rw[th] + 16 * mi + G[th] + 8 * hh
+            cc = cw[th] + 8 * nj + 2 * TQ[th] + e1
+            y = aft_exact(cx, k, v, h, t0 + row, c0 + cc)
+            kv.write(row * TC_LD + cc, y, th, None, "ratio (slow)")
+        races.barrier()
+        for it in range(AFT_CHUNK * AFT_CT // AFT_THREADS):
+            idx = TID + AFT_THREADS * it
+            row, cc = idx // AFT_CT, idx % AFT_CT
+            t, c = t0 + row, c0 + cc
+            ok = (t < p.t) & (c < p.d)
+            qv = mem.load(q + (t * p.q_sn + c) * sz, ok, "q")
+            rv = kv.read(row * TC_LD + cc, TID, ok, "ratio")
+            y = mul(sigmoid(qv), rv)
+            mem.store(o + (t * p.o_sn + c) * sz, dt.from_f32(y), ok, "o")
         tile += gdy
 
 

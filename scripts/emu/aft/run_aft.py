@@ -5,6 +5,7 @@ Inputs are drawn like tests/gpu_aft.rs (its splitmix Rng, same draw order and ad
     python3 run_aft.py            # full matrix (PASS/FAIL per case, summary at the end)
     python3 run_aft.py quick      # local s=64 causal/non-causal, full, conv, simple at T=200 (and T=1000 local)
     python3 run_aft.py stride     # grid y/z capped at 2: the grid-stride loops over bh and tiles
+    python3 run_aft.py nonfinite  # NaN/Inf planted in K or V: affected outputs non-finite, others exact
     python3 run_aft.py long       # T = 4097 (B·H = 1), T = 65536 local s=64, T = 65539 simple bf16
     python3 run_aft.py VARIANT... # only these: simple full local conv (combinable with a mode)
 """
@@ -43,15 +44,17 @@ class Rng:
 
 class Case:
     def __init__(self, t, d, variant, window=0, causal=False, dt="f16", b=1, h=2, adversarial=False, seed=None,
-                 kind="bhnd"):
+                 kind="bhnd", poison=None):
         self.t, self.d, self.variant, self.window, self.causal = t, d, variant, window, causal
+        self.poison = poison  # (tensor "k" | "v", row, channel, value) planted in slice (0, 0)
         self.dt, self.b, self.h, self.adv, self.kind = dt, b, h, adversarial, kind
         self.seed = seed if seed is not None else 7 + t + 13 * d + window
 
     def name(self):
         v = self.variant + (f"{self.window}" if self.variant in ("local", "conv") else "")
         return (f"{v:9s} {'causal' if self.causal else 'nc    '} T={self.t:<4d} D={self.d:<2d} "
-                f"B={self.b} H={self.h} {self.dt}{' adv' if self.adv else ''}{' bnhd' if self.kind == 'bnhd' else ''}")
+                f"B={self.b} H={self.h} {self.dt}{' adv' if self.adv else ''}{' bnhd' if self.kind == 'bnhd' else ''}"
+                f"{f' {self.poison[0]}[{self.poison[1]},{self.poison[2]}]={self.poison[3]}' if self.poison else ''}")
 
     def code(self):
         return {"simple": 0, "local": 1, "conv": 2, "full": 3}[self.variant]
@@ -106,6 +109,16 @@ def host_inputs(c):
             wr[:, -1] = 60.0
             w = wr.ravel()
     return q, k, v, w
+
+
+def plant(c, k, v):
+    """Copies of k, v with c.poison planted at (b 0, h 0, row, channel)."""
+    k, v = k.copy(), v.copy()
+    name, row, ch, val = c.poison
+    x = k if name == "k" else v
+    idx = (row * c.h * c.d + ch) if c.kind == "bnhd" else (row * c.d + ch)
+    x[idx] = E.DType(c.dt).from_f64(val)
+    return k, v
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,6 +261,9 @@ def run_case(c, quiet=False):
     dt = E.DType(c.dt)
     B, H, T, D = c.b, c.h, c.t, c.d
     q, k, v, w = host_inputs(c)
+    clean = (k, v)
+    if c.poison:
+        k, v = plant(c, k, v)
     mem = E.Mem()
     if c.dt == "bf16":  # carried as bits
         store = lambda x: (F32(x) if np.ndim(x) == 0 else x.astype(F32)).view(np.uint32).__rshift__(16).astype(np.uint16)
@@ -305,7 +321,10 @@ def run_case(c, quiet=False):
     else:
         if c.variant == "full":
             E.launch(mem, "aft_rowmax", E.aft_rowmax, (div_up(T, ROWMAX_ROWS), 1, 1), p, dt)
-        E.launch(mem, "aft_window", E.aft_window, (bh * ctiles, gyz(chunks), 1), p, dt)
+        if dt.name == "f32":  # window_kernel in src/ops/aft.rs
+            E.launch(mem, "aft_window", E.aft_window, (bh * ctiles, gyz(chunks), 1), p, dt)
+        else:
+            E.launch(mem, "aft_window_tc", E.aft_window_tc, (bh * ctiles, gyz(chunks), 1), p, dt)
 
     oal = mem.allocs[oa >> E.Mem.SH]
     raw = oal.a
@@ -315,13 +334,19 @@ def run_case(c, quiet=False):
     if np.any(oal.nw != 1):
         mem.report(f"output: {int((oal.nw == 0).sum())} elements never written, {int((oal.nw > 1).sum())} written more than once")
     f = lambda x: to_bhtd(c, x)
-    want = linear(c, f(q), f(k), f(v), w)
-    rounded = dt.from_f64(want).astype(F64)
-    floor = rel_frob(rounded, want)
+    want = linear(c, f(q), f(clean[0]), f(clean[1]), w)
+    # Poisoned: the planted key reaches channel ch of slice (0, 0) from its row on (causal) or
+    # everywhere (non-causal); those outputs must be non-finite, every other one as if clean.
+    hit = np.zeros(want.shape, bool)
+    if c.poison:
+        _, row, ch, _ = c.poison
+        hit[0, (row if c.causal else 0):, ch] = True
+    rounded = dt.from_f64(want[~hit]).astype(F64)
+    floor = rel_frob(rounded, want[~hit])
     bound = max(TOL[c.dt], 2 * floor)
-    rel = rel_frob(got, want)
-    nonfinite = int((~np.isfinite(got)).sum())
-    ok = nonfinite == 0 and rel <= bound and not mem.msgs
+    rel = rel_frob(got[~hit], want[~hit])
+    nonfinite = int((~np.isfinite(got[~hit])).sum())
+    ok = nonfinite == 0 and rel <= bound and not mem.msgs and bool(np.all(~np.isfinite(got[hit])))
     return rel, bound, nonfinite, ok, dict(mem.msgs), want, got, (f(q), f(k), f(v), w)
 
 
@@ -349,6 +374,13 @@ def matrix(mode="all", only=None):
                 for var, s in (("simple", 0), ("full", 0), ("local", 64), ("local", 2), ("local", T + 5),
                                ("conv", 64), ("conv", 1)):
                     cases.append(Case(T, 80, var, s, causal, b=2, h=2))
+    elif mode == "nonfinite":  # tests/gpu_non_finite.rs: a poisoned key inside a causal diagonal block
+        for causal in (True, False):
+            for var, s in (("simple", 0), ("full", 0), ("local", 64), ("conv", 64), ("local", 2)):
+                for poison in (("v", 100, 5, np.nan), ("k", 100, 5, np.nan), ("k", 70, 3, np.inf),
+                               ("v", 127, 63, -np.inf)):
+                    for dtn in ("f16", "bf16", "f32"):
+                        cases.append(Case(200, 64, var, s, causal, dt=dtn, poison=poison, seed=31))
     elif mode == "long":  # tests/gpu_aft.rs long_sequences (B·H reduced to keep the emulation short)
         for causal in (False, True):
             for var, s in (("simple", 0), ("local", 64), ("conv", 64), ("local", 4097), ("full", 0)):
@@ -394,7 +426,7 @@ def matrix(mode="all", only=None):
 def main():
     args = sys.argv[1:]
     global GRID_YZ_CAP
-    mode = next((a for a in args if a in ("quick", "stride", "long")), "all")
+    mode = next((a for a in args if a in ("quick", "stride", "long", "nonfinite")), "all")
     if mode == "stride":
         GRID_YZ_CAP = 2
     only = [a for a in args if a in ("simple", "full", "local", "conv")]
@@ -413,7 +445,7 @@ def main():
         for m, n in msgs.items():
             print(f"      {m}  (x{n})")
     print(f"\n{len(cases) - fails}/{len(cases)} passed in {time.time() - t_start:.0f}s; "
-          f"slow-path outputs {E.STATS['slow']}, key blocks {E.STATS['kblocks']}")
+          f"slow-path outputs {E.STATS['slow']}, key blocks {E.STATS['kblocks']}, tensor-core blocks summed key by key {E.STATS['tc_scalar_blocks']}")
     for (v, dt, adv), w in sorted(worst.items()):
         print(f"  worst {v:6s} {dt}{' adversarial' if adv else ''}: {w:.2e}")
     sys.exit(1 if fails else 0)
