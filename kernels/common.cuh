@@ -59,4 +59,7 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// max(x, 0) that keeps NaN (fmaxf(NaN, 0) is 0): a poisoned distance stays poisoned.
+__device__ __forceinline__ float nonneg(float x) { return x < 0.f ? 0.f : x; }
+
 __device__ __forceinline__ int div_up(int a, int b) { return (a + b - 1) / b; }

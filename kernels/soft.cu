@@ -101,7 +101,7 @@ __device__ __forceinline__ void gauss_tile(GaussSmem& sm, const T* x, i64 x_sn, 
     for (int b = 0; b < 4; ++b) {
       const int i = tr + 16 * a, j = tj + 16 * b;
       float d2 = acc[a][b];
-      if (!DIFF) d2 = fmaxf(sm.norms[i] + sm.norms[SOFT_ROWS + j] - 2.f * d2, 0.f);
+      if (!DIFF) d2 = nonneg(sm.norms[i] + sm.norms[SOFT_ROWS + j] - 2.f * d2);
       const bool in = row0 + i < nrows && j0 + j < m;
       sm.tile[i * SOFT_PLD + j] = in ? expf(-0.5f * d2) : 0.f;
     }

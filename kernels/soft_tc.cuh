@@ -236,7 +236,7 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
 #pragma unroll
             for (int x = 0; x < 4; ++x) {
               const float ln = x < 2 ? ln0 : ln1, cf = x < 2 ? cf0 : cf1;
-              const float d2 = fmaxf(fmaf(-cf, gt[nt][x], xn[nt][x % 2] + ln), 0.f);
+              const float d2 = nonneg(fmaf(-cf, gt[nt][x], xn[nt][x % 2] + ln));
               const bool in = row0 + n0 + 8 * nt + 2 * t + (x % 2) < row_end;
               gt[nt][x] = in ? expf(-0.5f * d2) * SOFT_TC_PSCALE : 0.f;
             }
@@ -400,7 +400,7 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
           const float2 cf = *reinterpret_cast<const float2*>(&lcoef[j]);
 #pragma unroll
           for (int x = 0; x < 4; ++x) {
-            const float d2 = fmaxf(fmaf(x % 2 ? -cf.y : -cf.x, gs[n][x], (x < 2 ? x0 : x1) + (x % 2 ? ln.y : ln.x)), 0.f);
+            const float d2 = nonneg(fmaf(x % 2 ? -cf.y : -cf.x, gs[n][x], (x < 2 ? x0 : x1) + (x % 2 ? ln.y : ln.x)));
             gs[n][x] = j + (x % 2) < p.m ? expf(-0.5f * d2) * SOFT_TC_PSCALE : 0.f;
           }
         }

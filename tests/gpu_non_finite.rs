@@ -150,10 +150,15 @@ fn check_poisoned_slice(
                     "{what}: the whole slice must be non-finite"
                 );
             }
-            // Untied q reaches only its own row: every other row is bit-identical. Row `row`
-            // itself is not checked: the fused passes clamp `‖x‖² + ‖l‖² − 2x·l` with fmaxf,
-            // which maps a NaN distance to 0 (a finite, wrong row).
+            // Untied q reaches only its own row: every other row is bit-identical; a NaN makes
+            // the row NaN (the distance clamp keeps NaN), ±Inf may leave it zero.
             (0, false) => {
+                if val.is_nan() {
+                    assert!(
+                        g[at(row, 0)..at(row + 1, 0)].iter().all(|x| x.is_nan()),
+                        "{what}: own row {row} must be NaN"
+                    );
+                }
                 for t in (0..dims.n).filter(|&t| t != row) {
                     assert!(
                         same_bits(&g[at(t, 0)..at(t + 1, 0)], &c[at(t, 0)..at(t + 1, 0)]),

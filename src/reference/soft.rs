@@ -292,12 +292,14 @@ pub fn literal(x: &Qkv, given: Option<&[f64]>, p: &SoftParams) -> Result<Vec<f64
     Ok(out)
 }
 
-/// One row of P: `exp(−½ max(‖x‖² + ‖l_j‖² − 2x·l_j, 0))` (the kernel's evaluation).
+/// One row of P: `exp(−½ max(‖x‖² + ‖l_j‖² − 2x·l_j, 0))` (the kernel's evaluation; the clamp
+/// keeps NaN, as the kernels' `nonneg` does, so a poisoned row stays poisoned).
 fn p_row(xi: &[f64], l: &[f64], l2: &[f64], row: &mut [f64]) {
     let x2: f64 = xi.iter().map(|a| a * a).sum();
     for ((pj, lj), &lj2) in row.iter_mut().zip(l.chunks_exact(xi.len())).zip(l2) {
         let dot: f64 = xi.iter().zip(lj).map(|(a, b)| a * b).sum();
-        *pj = (-0.5 * (x2 + lj2 - 2.0 * dot).max(0.0)).exp();
+        let d2 = x2 + lj2 - 2.0 * dot;
+        *pj = (-0.5 * if d2 < 0.0 { 0.0 } else { d2 }).exp();
     }
 }
 

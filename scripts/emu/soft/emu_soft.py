@@ -65,6 +65,11 @@ def sq4(x, y, acc):
     return fmaf(e, e, acc)
 
 
+def nonneg(x):  # common.cuh nonneg: x < 0 ? 0 : x (NaN kept)
+    x = f32(x)
+    return np.where(x < 0, F32(0), x).astype(F32)
+
+
 def expf(x):
     with np.errstate(over="ignore", invalid="ignore"):
         return np.exp(np.asarray(x, np.float64)).astype(F32)
@@ -186,7 +191,7 @@ def soft_pass1_tc(p, D, bx, by, bz, gdy, races_out):
                         for x in range(4):
                             ln = S["ln0"] if x < 2 else S["ln1"]
                             cf = S["cf0"] if x < 2 else S["cf1"]
-                            d2 = fmaxf(fmaf(-cf, gt[nt][x], f32(xn[nt][x % 2] + ln)), F32(0))
+                            d2 = nonneg(fmaf(-cf, gt[nt][x], f32(xn[nt][x % 2] + ln)))
                             inn = row0 + n0 + 8 * nt + 2 * T4 + (x % 2) < row_end
                             gt[nt][x] = np.where(inn, f32(expf(f32(F32(-0.5) * d2)) * PSCALE), F32(0))
                     ph, pl = [None] * 4, [None] * 4
@@ -326,7 +331,7 @@ def soft_pass2_tc(p, D, bx, by, gdx, gdy, races_out):
                             cf = cfy if x % 2 else cfx
                             ln = lny if x % 2 else lnx
                             xx = x0 if x < 2 else x1
-                            d2 = fmaxf(fmaf(-cf, gs[nn][x], f32(xx + ln)), F32(0))
+                            d2 = nonneg(fmaf(-cf, gs[nn][x], f32(xx + ln)))
                             gs[nn][x] = np.where(j + (x % 2) < m, f32(expf(f32(F32(-0.5) * d2)) * PSCALE), F32(0))
                     for kk in range(NJ // 2):
                         ph, pl = [None] * 4, [None] * 4

@@ -153,7 +153,7 @@ def check(B, H, N, D, m, kind, tied=True, seed=1, gdx=2, gdy=None):
 
 def check_poison(N=300, D=32, m=16):
     """docs/non-finite.md, SOFT: v[j,e] poisons column e of its slice; an untied q[j,c] reaches
-    only row j (not checked itself); other slices stay bit-identical."""
+    only row j (NaN: all NaN; ±Inf: NaN or zeros, unchecked); other slices stay bit-identical."""
     ok = True
     for val in (np.nan, np.inf):
         clean, *_ = run(1, 2, N, D, m, "bnhd", seed=4)
@@ -168,9 +168,10 @@ def check_poison(N=300, D=32, m=16):
         bad, *_ = run(1, 2, N, D, m, "bhnd", tied=False, seed=5, poison=(0, 1, 7, 2, val))
         s0 = np.array_equal(clean[0, 0], bad[0, 0])
         rows = np.array_equal(np.delete(clean[0, 1], 7, axis=0), np.delete(bad[0, 1], 7, axis=0))
-        good2 = s0 and rows
+        own = bool(np.all(np.isnan(bad[0, 1, 7]))) if np.isnan(val) else True
+        good2 = s0 and rows and own
         print(f"{'PASS' if good2 else 'FAIL'} poisoned untied q = {val}: other slice identical={s0}, "
-              f"other rows identical={rows}", flush=True)
+              f"other rows identical={rows}, own row NaN={own}", flush=True)
         ok &= good and good2
     return ok
 
