@@ -247,6 +247,24 @@ __device__ __forceinline__ AftWindow aft_window_of(const AftParams& p, int tile)
   }
 }
 
+// A window-kernel CTA's (b,h) slice (x = bh × channel tile) and first channel.
+template <typename T> struct AftSlice {
+  int bh, h, c0;
+  const T *q, *k, *v;
+  T* o;
+};
+template <typename T> __device__ __forceinline__ AftSlice<T> aft_slice(const AftParams& p) {
+  const int ctiles = div_up(p.d, AFT_CT);
+  const int bh = blockIdx.x / ctiles, b = bh / p.h, h = bh % p.h;
+  return {bh,
+          h,
+          (int)(blockIdx.x % ctiles) * AFT_CT,
+          reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh,
+          reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh,
+          reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh,
+          reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh};
+}
+
 // Channel shifts M_c (msh: the max over every key the tile's rows see) and row shifts r_t (rsh;
 // gsh = exp(−r_t), the weight of keys outside a local/conv row's band) of one tile: full from
 // rmax, local/conv over the row's band (≥ 0: far keys have w = 0), 0 otherwise.
@@ -375,14 +393,11 @@ __device__ void aft_window(const AftParams& p) {
   __shared__ float evs[AFT_KB][AFT_CT + 1];
   __shared__ float ws[AFT_CHUNK][AFT_KB + 1];
   __shared__ float rsh[AFT_CHUNK], gsh[AFT_CHUNK], msh[AFT_CT];
-  const int ctiles = div_up(p.d, AFT_CT);
-  const int bh = blockIdx.x / ctiles, c0 = (blockIdx.x % ctiles) * AFT_CT;
-  const int b = bh / p.h, h = bh % p.h;
+  const AftSlice<T> sl = aft_slice<T>(p);
+  const int bh = sl.bh, h = sl.h, c0 = sl.c0;
+  const T *q = sl.q, *k = sl.k, *v = sl.v;
+  T* o = sl.o;
   const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
-  const T* q = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
-  const T* k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
-  const T* v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
-  T* o = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh;
 
   for (int tile = blockIdx.y; tile < p.chunks; tile += gridDim.y) {
     const int t0 = tile * AFT_CHUNK;

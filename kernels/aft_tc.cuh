@@ -35,15 +35,12 @@ __device__ void aft_window_tc(const AftParams& p) {
   __shared__ float ws[AFT_CHUNK][AFT_TC_WLD];
   __shared__ float rsh[AFT_CHUNK], gsh[AFT_CHUNK], msh[AFT_CT], ash[AFT_CT], zsh[AFT_CT];
   float(*ratio)[AFT_TC_LD] = reinterpret_cast<float(*)[AFT_TC_LD]>(&kv[0][0][0]);
-  const int ctiles = div_up(p.d, AFT_CT);
-  const int bh = blockIdx.x / ctiles, c0 = (blockIdx.x % ctiles) * AFT_CT;
-  const int b = bh / p.h, h = bh % p.h;
+  const AftSlice<T> sl = aft_slice<T>(p);
+  const int bh = sl.bh, h = sl.h, c0 = sl.c0;
+  const T *q = sl.q, *k = sl.k, *v = sl.v;
+  T* o = sl.o;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, tq = lane % 4;
   const int rw = (warp % 2) * 32, cw = (warp / 2) * 16;
-  const T* q = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
-  const T* k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
-  const T* v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
-  T* o = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh;
 
   for (int tile = blockIdx.y; tile < p.chunks; tile += gridDim.y) {
     const int t0 = tile * AFT_CHUNK;

@@ -247,7 +247,7 @@ impl Plan {
     fn check_bias(&self, ptr: u64, len: usize) -> Result<()> {
         match self.bias {
             None if ptr != 0 || len != 0 => Err(Error::param(
-                "w",
+                "bias",
                 format!("{ptr:#x}"),
                 "aft_simple takes no bias",
             )),
