@@ -37,8 +37,10 @@ cp "${CARGO_TARGET_DIR:-target}/release/examples/embed_two_layer" "$bundle/"
 strip "$bundle/sofa" "$bundle/sofa_example" "$bundle/embed_two_layer" "$bundle"/tests/* "$bundle"/benches/* 2>/dev/null || true
 cp scripts/run-gpu-checks.sh scripts/gpu-verify.sh scripts/torch_reference.py scripts/torch_ops.py "$bundle/"
 git rev-parse --short HEAD >"$bundle/COMMIT" 2>/dev/null || echo unknown >"$bundle/COMMIT"
-# Every test binary embeds all fatbins (~11 MB), so the folder exceeds what a 64 MiB transfer to a
-# GPU machine can carry; the xz archive (~26 MB) fits. There: mkdir b && tar xJf gpu-bundle.tar.xz -C b
-tar cJf "$bundle.tar.xz" -C "$bundle" .
+# Every test binary embeds all fatbins (~23 MB each, 380 MB in all on 2026-11-23), far more than a
+# 64 MiB transfer to a GPU machine carries. xz -9's 64 MiB dictionary finds each binary's fatbins
+# again in the previous one: ~11 MB (the default -6, 8 MiB, gave 51 MB).
+# There: mkdir b && tar xJf gpu-bundle.tar.xz -C b
+XZ_OPT="-9 -T2" tar cJf "$bundle.tar.xz" -C "$bundle" .
 du -sh "$bundle" "$bundle.tar.xz"
 ls "$bundle" "$bundle/tests" "$bundle/benches"

@@ -3,6 +3,11 @@
 # device info, the GPU test suite (a missing device fails instead of skipping), the same under
 # compute-sanitizer memcheck and racecheck, fatbin-vs-NVRTC runs, and a few timed runs.
 # Logs go to $1 (default: $OUT, else ./gpu-out). Exit status: non-zero if any step failed.
+# Phases (SOFA_PHASES, default all, in this order): info tests sanitize examples runs bench sweep
+# torch plot — a lent machine allows 10 minutes per command, so run them a few at a time, e.g.
+#   SOFA_PHASES="info tests runs" ./run-gpu-checks.sh /tmp/g;  SOFA_PHASES="sanitize" ...
+# Every step is stopped after STEP_TIMEOUT seconds (default 480) with SIGINT: a sweep so stopped
+# keeps the records it has written.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="${1:-${OUT:-$here/gpu-out}}"
@@ -17,11 +22,13 @@ done
 sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
 export SOFA_REQUIRE_GPU=1
 failed=()
+phases=" ${SOFA_PHASES:-info tests sanitize examples runs bench sweep torch plot} "
+want() { [[ $phases == *" $1 "* ]]; }
 step() { # step NAME CMD...: runs CMD, logs to $out/NAME.log, records failure
   local name=$1; shift
   echo "=== $name: $*" | tee -a "$out/summary.log"
   local t0=$SECONDS
-  "$@" >"$out/$name.log" 2>&1
+  timeout --signal=INT --kill-after=20 "${STEP_TIMEOUT:-480}" "$@" >"$out/$name.log" 2>&1
   local rc=$?
   echo "    rc=$rc ($((SECONDS - t0)) s)" | tee -a "$out/summary.log"
   [[ $rc -eq 0 ]] || failed+=("$name")
@@ -30,11 +37,15 @@ step() { # step NAME CMD...: runs CMD, logs to $out/NAME.log, records failure
 
 echo "commit $(cat COMMIT 2>/dev/null), $(date -u +%FT%TZ)" | tee "$out/summary.log"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee -a "$out/summary.log"
-step info ./sofa info
-for t in tests/*; do
-  step "test-$(basename "$t")" "$t" --test-threads=4 --nocapture
-done
-if [[ -n "$sanitizer" ]]; then
+want info && step info ./sofa info
+if want tests; then
+  for t in tests/*; do
+    step "test-$(basename "$t")" "$t" --test-threads=4 --nocapture
+  done
+fi
+if ! want sanitize; then
+  :
+elif [[ -n "$sanitizer" ]]; then
   for t in tests/gpu_*; do
     n=$(basename "$t")
     step "memcheck-$n" "$sanitizer" --tool memcheck --error-exitcode 99 --leak-check full "$t" --test-threads=1 ${SANITIZE_FILTER:-}
@@ -43,13 +54,15 @@ if [[ -n "$sanitizer" ]]; then
 else
   echo "compute-sanitizer not found" | tee -a "$out/summary.log"; failed+=(sanitizer-missing)
 fi
-[[ -x sofa_example ]] && step c-example ./sofa_example
-[[ -x embed_two_layer ]] && step embed-example ./embed_two_layer
-for path in fatbin nvrtc; do
+if want examples; then
+  [[ -x sofa_example ]] && step c-example ./sofa_example
+  [[ -x embed_two_layer ]] && step embed-example ./embed_two_layer
+fi
+want runs && for path in fatbin nvrtc; do
   step "run-sima-$path" env SOFA_KERNELS=$path ./sofa run --op sima --shape 1,16,4k,64 --dtype f16 --check always
 done
 # Every GPU op through `sofa run` (checked against the f64 reference), [B,N,H,D] layout.
-for op in cosformer soft aft_simple aft_local aft_conv aft_full; do
+want runs && for op in cosformer soft aft_simple aft_local aft_conv aft_full; do
   for causal in "" --causal; do
     [[ $op == soft && -n $causal ]] && continue
     step "run-$op$causal" ./sofa run --op $op --shape 1,4,4097,64 --dtype f16 --layout bnhd --check always $causal
@@ -58,24 +71,26 @@ done
 # Benchmarks: JSON lines (one per shape × dtype) in $out/sima.jsonl. Inputs of N ≥ 16k exceed
 # the 50 MB L2 of an H100; smaller ones are warm-cache numbers.
 bench() { step "bench-$1-$2-$3" ./sofa run --op sima --shape "$1" --dtype "$2" --check "$3" --json "$out/sima.jsonl"; }
-for n in 1k 4k 16k 64k 256k; do
-  for dt in f16 bf16; do bench 1,16,$n,64 $dt auto; bench 1,8,$n,128 $dt auto; done
-done
-bench 1,16,64k,64 f32 always
-bench 1,16,64k,32 f16 always
-bench 1,16,64k,48 f16 always
-bench 1,16,1M,64 f16 never
-bench 1,16,1M,64 bf16 never
+if want bench; then
+  for n in 1k 4k 16k 64k 256k; do
+    for dt in f16 bf16; do bench 1,16,$n,64 $dt auto; bench 1,8,$n,128 $dt auto; done
+  done
+  bench 1,16,64k,64 f32 always
+  bench 1,16,64k,32 f16 always
+  bench 1,16,64k,48 f16 always
+  bench 1,16,1M,64 f16 never
+  bench 1,16,1M,64 bf16 never
+fi
 # SPEC §6 sweeps. AFT-full is quadratic: its sweep stops at 16k.
 linear=sima,cosformer,soft,aft_simple,aft_local,aft_conv
-step sweep ./sofa bench --baseline --op $linear --causal --seq 1k,4k,16k,64k,256k,1M --dtype f16,bf16 --window 64,256 --landmarks 49,64,128,256 --out "$out/bench.jsonl"
-step sweep-full ./sofa bench --baseline --op aft_full --causal --seq 1k,4k,16k --dtype f16 --out "$out/bench.jsonl"
-step sweep-d128 ./sofa bench --op $linear --heads 8 --head-dim 128 --seq 4k,64k,1M --dtype f16 --out "$out/bench.jsonl"
-if [[ -f torch_reference.py ]] && python3 -c 'import torch' 2>/dev/null; then
+want sweep && step sweep ./sofa bench --baseline --op $linear --causal --seq 1k,4k,16k,64k,256k,1M --dtype f16,bf16 --window 64,256 --landmarks 49,64,128,256 --out "$out/bench.jsonl"
+want sweep && step sweep-full ./sofa bench --baseline --op aft_full --causal --seq 1k,4k,16k --dtype f16 --out "$out/bench.jsonl"
+want sweep && step sweep-d128 ./sofa bench --op $linear --heads 8 --head-dim 128 --seq 4k,64k,1M --dtype f16 --out "$out/bench.jsonl"
+if want torch && [[ -f torch_reference.py ]] && python3 -c 'import torch' 2>/dev/null; then
   step torch-check python3 torch_reference.py --check --backend gpu --sofa ./sofa
   step torch python3 torch_reference.py --out "$out/torch.jsonl"
 fi
 
-[[ -f "$out/bench.jsonl" ]] && step plot ./sofa plot "$out/bench.jsonl" --out "$out/bench.svg"
+want plot && [[ -f "$out/bench.jsonl" ]] && step plot ./sofa plot "$out/bench.jsonl" --out "$out/bench.svg"
 echo "=== failed: ${failed[*]:-none}" | tee -a "$out/summary.log"
 [[ ${#failed[@]} -eq 0 ]]
