@@ -221,29 +221,31 @@ __device__ __noinline__ float aft_exact(const AftParams& p, const T* k, const T*
   return num / den;
 }
 
-// The keys of tile `tile` that the dense block covers, [lo, hi), and the chunk indices of the
-// statistics outside it: pre[ip] covers [0, lo), suf[is] covers [hi, t) (is < 0: none).
+// The keys that the dense block of the tile of rows [t0, t0 + rows) covers, [lo, hi), and the
+// chunk indices of the statistics outside it: pre[ip] covers [0, lo), suf[is] covers [hi, t)
+// (is < 0: none). t0 and rows are multiples of AFT_CHUNK. Every key of the window is multiplied
+// against every row of the tile, so per row the work is the window (3 chunks for a 64-row local
+// tile with s = 64, 4 for 128 rows): small tiles are cheaper.
 struct AftWindow {
   int lo, hi, ip, is;
 };
 
-__device__ __forceinline__ AftWindow aft_window_of(const AftParams& p, int tile) {
-  const int t0 = tile * AFT_CHUNK;
-  const int end = min(p.t, t0 + AFT_CHUNK);  // causal keys stop at the tile's last row
+__device__ __forceinline__ AftWindow aft_window_of(const AftParams& p, int t0, int rows) {
+  const int end = min(p.t, t0 + rows);  // causal keys stop at the tile's last row
   switch (p.variant) {
     case AFT_LOCAL:
     case AFT_CONV: {
       const i64 s = min(p.window, p.t);  // a window beyond T covers everything
       const int lo_chunk = (int)(max((i64)0, (i64)t0 - s + 1) / AFT_CHUNK);
       if (p.causal) return {lo_chunk * AFT_CHUNK, end, lo_chunk, -1};
-      // Last band key of the tile's last row is t0 + 63 + s − 1: round up to a chunk boundary.
-      const int hi_chunk = (int)min((i64)p.chunks, ((i64)t0 + AFT_CHUNK + s - 1 + AFT_CHUNK - 1) / AFT_CHUNK);
+      // Last band key of the tile's last row is t0 + rows − 1 + s − 1: round up to a chunk.
+      const int hi_chunk = (int)min((i64)p.chunks, ((i64)t0 + rows + s - 1 + AFT_CHUNK - 1) / AFT_CHUNK);
       return {lo_chunk * AFT_CHUNK, min(p.t, hi_chunk * AFT_CHUNK), lo_chunk, hi_chunk};
     }
     case AFT_FULL:
       return {0, p.causal ? end : p.t, -1, -1};
-    default:  // simple, causal: the tile's own rows; everything before is pre[tile]
-      return {t0, end, tile, -1};
+    default:  // simple, causal: the tile's own rows; everything before is pre[t0 / AFT_CHUNK]
+      return {t0, end, t0 / AFT_CHUNK, -1};
   }
 }
 
@@ -265,20 +267,22 @@ template <typename T> __device__ __forceinline__ AftSlice<T> aft_slice(const Aft
           reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh};
 }
 
-// Channel shifts M_c (msh: the max over every key the tile's rows see) and row shifts r_t (rsh;
-// gsh = exp(−r_t), the weight of keys outside a local/conv row's band) of one tile: full from
-// rmax, local/conv over the row's band (≥ 0: far keys have w = 0), 0 otherwise.
-__device__ void aft_tile_shifts(const AftParams& p, int bh, int h, int c0, int tile, float* msh, float* rsh,
+// Channel shifts M_c (msh: the max over every key the rows [t0, t0 + AFT_CHUNK) see) and row
+// shifts r_t (rsh; gsh = exp(−r_t), the weight of keys outside a local/conv row's band) of one
+// tile: full from rmax, local/conv over the row's band (≥ 0: far keys have w = 0), 0 otherwise.
+// THREADS: the CTA's threads (AFT_CT at least).
+template <int THREADS>
+__device__ void aft_tile_shifts(const AftParams& p, int bh, int h, int c0, int t0, float* msh, float* rsh,
                                 float* gsh) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const float* wp = reinterpret_cast<const float*>(p.w);
   const i64 band = 2 * (i64)p.window - 1;
   if (threadIdx.x < AFT_CT && c0 + (int)threadIdx.x < p.d) {
-    const int upto = p.causal ? min(tile + 1, p.chunks) : p.chunks;
+    const int upto = p.causal ? min(t0 / AFT_CHUNK + 1, p.chunks) : p.chunks;
     msh[threadIdx.x] = aft_stats(p.pre, bh, p.chunks + 1, upto, p.d)[c0 + threadIdx.x];
   }
-  for (int i = warp; i < AFT_CHUNK; i += AFT_THREADS / 32) {
-    const int t = tile * AFT_CHUNK + i;
+  for (int i = warp; i < AFT_CHUNK; i += THREADS / 32) {
+    const int t = t0 + i;
     float r = 0.f;
     if (t < p.t && p.variant == AFT_FULL) {
       r = reinterpret_cast<const float*>(p.rmax)[t];
@@ -327,11 +331,11 @@ template <bool TF32> __device__ __forceinline__ float aft_operand(float x) {
 
 // Stages es[r][cc] = E = exp(K − M_c) and evs[r][cc] = E·V of the keys kb + r < hi (zeros past
 // hi and past d). Returns whether this thread staged a non-finite value.
-template <typename T, int LD, bool TF32>
+template <typename T, int LD, bool TF32, int THREADS>
 __device__ __forceinline__ bool aft_stage_e(const AftParams& p, const T* k, const T* v, int kb, int hi, int c0,
                                             const float* msh, float (*es)[LD], float (*evs)[LD]) {
   bool bad = false;
-  for (int idx = threadIdx.x; idx < AFT_KB * AFT_CT; idx += AFT_THREADS) {
+  for (int idx = threadIdx.x; idx < AFT_KB * AFT_CT; idx += THREADS) {
     const int r = idx / AFT_CT, cc = idx % AFT_CT, tp = kb + r, c = c0 + cc;
     float e = 0.f, ev = 0.f;
     if (tp < hi && c < p.d) {
@@ -347,12 +351,12 @@ __device__ __forceinline__ bool aft_stage_e(const AftParams& p, const T* k, cons
 
 // Stages ws[i][r] = the weight of key kb + r for row t0 + i: exp(w − r_t) in the band (every key
 // for full), g_t outside it, 1 for simple; 0 past hi, past T and (causal) after the row.
-template <int LD, bool TF32>
+template <int LD, bool TF32, int THREADS>
 __device__ __forceinline__ void aft_stage_w(const AftParams& p, int h, int t0, int kb, int hi, const float* rsh,
                                             const float* gsh, float (*ws)[LD]) {
   const float* wp = reinterpret_cast<const float*>(p.w);
   const i64 band = 2 * (i64)p.window - 1;
-  for (int idx = threadIdx.x; idx < AFT_CHUNK * AFT_KB; idx += AFT_THREADS) {
+  for (int idx = threadIdx.x; idx < AFT_CHUNK * AFT_KB; idx += THREADS) {
     const int i = idx / AFT_KB, r = idx % AFT_KB, t = t0 + i, tp = kb + r;
     float wt = 0.f;
     if (t < p.t && tp < hi && !(p.causal && tp > t)) {
@@ -401,9 +405,9 @@ __device__ void aft_window(const AftParams& p) {
 
   for (int tile = blockIdx.y; tile < p.chunks; tile += gridDim.y) {
     const int t0 = tile * AFT_CHUNK;
-    const AftWindow win = aft_window_of(p, tile);
+    const AftWindow win = aft_window_of(p, t0, AFT_CHUNK);
     __syncthreads();  // previous tile done with the shared arrays
-    aft_tile_shifts(p, bh, h, c0, tile, msh, rsh, gsh);
+    aft_tile_shifts<AFT_THREADS>(p, bh, h, c0, t0, msh, rsh, gsh);
     __syncthreads();
 
     // Accumulators start from the statistics outside [lo, hi), weighted g_t.
@@ -422,8 +426,8 @@ __device__ void aft_window(const AftParams& p) {
 
     for (int kb = win.lo; kb < win.hi; kb += AFT_KB) {
       __syncthreads();  // previous block consumed
-      aft_stage_e<T, AFT_CT + 1, false>(p, k, v, kb, win.hi, c0, msh, es, evs);
-      aft_stage_w<AFT_KB + 1, false>(p, h, t0, kb, win.hi, rsh, gsh, ws);
+      aft_stage_e<T, AFT_CT + 1, false, AFT_THREADS>(p, k, v, kb, win.hi, c0, msh, es, evs);
+      aft_stage_w<AFT_KB + 1, false, AFT_THREADS>(p, h, t0, kb, win.hi, rsh, gsh, ws);
       __syncthreads();
       // Causal blocks that reach past a row skip (not zero-weight) the keys after it, so a
       // non-finite later key cannot reach earlier rows through 0·NaN.

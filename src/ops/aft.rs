@@ -30,6 +30,7 @@ const THREADS: u32 = 256; // AFT_THREADS
 /// Rows per chunk of the statistics and per tile of the window kernel (AFT_CHUNK).
 pub const CHUNK: usize = 64;
 const CT: usize = 64; // AFT_CT
+const TC_THREADS: u32 = 128; // AFT_TC_THREADS
 const ROWMAX_ROWS: usize = 8; // warps per CTA of aft_rowmax
 const MAX_GRID_YZ: usize = 65535;
 /// Largest T accepted (rows are 32-bit ints in the kernels, with room for window arithmetic).
@@ -411,23 +412,25 @@ pub unsafe fn forward_raw(
                 &p,
             )?;
         }
-        let window = rt.function(FAMILY, &window_kernel(dtype))?;
+        let (window, threads) = window_kernel(dtype);
+        let window = rt.function(FAMILY, &window)?;
         launch(
             stream,
             &window,
             ((bh * ctiles) as u32, grid_yz(plan.chunks), 1),
-            THREADS,
+            threads,
             &p,
         )?;
     }
     Ok(())
 }
 
-/// The window kernel for `dtype`: TF32 tensor cores for 16-bit storage, fp32 CUDA cores for f32.
-fn window_kernel(dtype: DType) -> String {
+/// The window kernel for `dtype` and its CTA size: TF32 tensor cores for 16-bit storage, fp32
+/// CUDA cores for f32.
+fn window_kernel(dtype: DType) -> (String, u32) {
     match dtype {
-        DType::F32 => "aft_window_f32".into(),
-        _ => format!("aft_window_tc_{}", dtype.name()),
+        DType::F32 => ("aft_window_f32".into(), THREADS),
+        _ => (format!("aft_window_tc_{}", dtype.name()), TC_THREADS),
     }
 }
 
@@ -478,4 +481,28 @@ pub fn forward<T: Element>(
             )
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The launch geometry above is the kernels' (`#define`s in kernels/aft.cuh, aft_tc.cuh).
+    #[test]
+    fn geometry_matches_the_kernel_headers() {
+        let src = [
+            include_str!("../../kernels/aft.cuh"),
+            include_str!("../../kernels/aft_tc.cuh"),
+        ]
+        .concat();
+        let define = |name: &str| -> usize {
+            let line = src
+                .lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(name))
+                .unwrap_or_else(|| panic!("no #define {name}"));
+            line.split_whitespace().nth(2).unwrap().parse().unwrap()
+        };
+        assert_eq!(define("AFT_THREADS"), super::THREADS as usize);
+        assert_eq!(define("AFT_CHUNK"), super::CHUNK);
+        assert_eq!(define("AFT_CT"), super::CT);
+        assert_eq!(define("AFT_TC_THREADS"), super::TC_THREADS as usize);
+    }
 }

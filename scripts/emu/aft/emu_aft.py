@@ -298,12 +298,12 @@ class Smem:
 
 
 def shfl_xor(v, o):
-    """__shfl_xor_sync(0xffffffff, v, o) for all 8 warps of the CTA."""
-    return v.reshape(8, 32)[:, np.arange(32) ^ o].reshape(v.shape)
+    """__shfl_xor_sync(0xffffffff, v, o) for every warp of the CTA."""
+    return v.reshape(-1, 32)[:, np.arange(32) ^ o].reshape(v.shape)
 
 
 def warp_uniform(mask, mem, what):
-    m = np.asarray(mask, bool).reshape(8, 32)
+    m = np.asarray(mask, bool).reshape(-1, 32)
     if np.any(m.any(axis=1) != m.all(axis=1)):
         mem.report(f"{what}: full-mask shuffle in a warp-divergent branch")
 
@@ -572,19 +572,18 @@ def aft_exact(cx, k, v, h, t, c):
 
 # ----------------------------------------------------------------------------------------------
 # aft_window
-def aft_window_of(p, tile):
-    t0 = tile * AFT_CHUNK
-    end = min(p.t, t0 + AFT_CHUNK)
+def aft_window_of(p, t0, rows):
+    end = min(p.t, t0 + rows)
     if p.variant in (AFT_LOCAL, AFT_CONV):
         s = min(p.window, p.t)
         lo_chunk = max(0, t0 - s + 1) // AFT_CHUNK
         if p.causal:
             return lo_chunk * AFT_CHUNK, end, lo_chunk, -1
-        hi_chunk = min(p.chunks, (t0 + AFT_CHUNK + s - 1 + AFT_CHUNK - 1) // AFT_CHUNK)
+        hi_chunk = min(p.chunks, (t0 + rows + s - 1 + AFT_CHUNK - 1) // AFT_CHUNK)
         return lo_chunk * AFT_CHUNK, min(p.t, hi_chunk * AFT_CHUNK), lo_chunk, hi_chunk
     if p.variant == AFT_FULL:
         return 0, (end if p.causal else p.t), -1, -1
-    return t0, end, tile, -1
+    return t0, end, t0 // AFT_CHUNK, -1
 
 
 STATS = {"slow": 0, "kblocks": 0, "tc_scalar_blocks": 0}
@@ -599,21 +598,21 @@ def tf32_round(x):
     return np.where(special, b, r).astype(np.uint32).view(F32)
 
 
-def tile_shifts(cx, bh, h, c0, tile, msh, rsh, gsh):
-    """aft_tile_shifts: msh (channel max), rsh / gsh (row shift and exp(-r))."""
+def tile_shifts(cx, bh, h, c0, t0, msh, rsh, gsh, nt=AFT_THREADS):
+    """aft_tile_shifts<nt>: msh (channel max), rsh / gsh (row shift and exp(-r))."""
     p, mem = cx.p, cx.mem
-    lane, warp = LANE, WARP
+    tid = np.arange(nt, dtype=np.int64)
+    lane, warp = tid % 32, tid // 32
     wp = p.w
     band = 2 * p.window - 1
-    t0 = tile * AFT_CHUNK
-    act = (TID < AFT_CT) & (c0 + TID < p.d)
-    upto = min(tile + 1, p.chunks) if p.causal else p.chunks
-    mv = mem.load(aft_stats(p.pre, bh, p.chunks + 1, upto, p.d) + 4 * (c0 + TID), act, "pre")
-    msh.write(TID, mv, TID, act, "msh[threadIdx.x]")
-    for it in range(AFT_CHUNK // (AFT_THREADS // 32)):
-        i = warp + (AFT_THREADS // 32) * it
+    act = (tid < AFT_CT) & (c0 + tid < p.d)
+    upto = min(t0 // AFT_CHUNK + 1, p.chunks) if p.causal else p.chunks
+    mv = mem.load(aft_stats(p.pre, bh, p.chunks + 1, upto, p.d) + 4 * (c0 + tid), act, "pre")
+    msh.write(tid, mv, tid, act, "msh[threadIdx.x]")
+    for it in range(AFT_CHUNK // (nt // 32)):
+        i = warp + (nt // 32) * it
         t = t0 + i
-        r = np.zeros(256, F32)
+        r = np.zeros(nt, F32)
         isfull = (t < p.t) & (p.variant == AFT_FULL)
         if isfull.any():
             r = np.where(isfull, mem.load(p.rmax + 4 * t, isfull, "rmax"), r).astype(F32)
@@ -634,9 +633,9 @@ def tile_shifts(cx, bh, h, c0, tile, msh, rsh, gsh):
             for off in (16, 8, 4, 2, 1):
                 r = np.where(isband, fmaxf(r, shfl_xor(r, off)), r).astype(F32)
         l0 = lane == 0
-        rsh.write(i, r, TID, l0, "rsh[i]")
-        g = np.zeros(256, F32) if p.variant == AFT_FULL else expf(-r)
-        gsh.write(i, g, TID, l0, "gsh[i]")
+        rsh.write(i, r, tid, l0, "rsh[i]")
+        g = np.zeros(nt, F32) if p.variant == AFT_FULL else expf(-r)
+        gsh.write(i, g, tid, l0, "gsh[i]")
 
 
 def outside(cx, bh, win, c, mc, cd):
@@ -658,12 +657,12 @@ def outside(cx, bh, win, c, mc, cd):
     return a, z
 
 
-def stage_e(cx, k, v, kb, hi, c0, msh, es, evs, ld, tf32):
-    """aft_stage_e (all 8 iterations of the idx loop at once: independent); returns `bad` per
+def stage_e(cx, k, v, kb, hi, c0, msh, es, evs, ld, tf32, nt=AFT_THREADS):
+    """aft_stage_e<nt> (every iteration of the idx loop at once: independent); returns `bad` per
     thread (a non-finite staged value)."""
     p, mem, sz = cx.p, cx.mem, cx.dt.size
-    idx = (TID[None, :] + AFT_THREADS * np.arange(AFT_KB * AFT_CT // AFT_THREADS)[:, None]).ravel()
-    tid = idx % AFT_THREADS
+    idx = (np.arange(nt)[None, :] + nt * np.arange(AFT_KB * AFT_CT // nt)[:, None]).ravel()
+    tid = idx % nt
     r, cc = idx // AFT_CT, idx % AFT_CT
     tp, c = kb + r, c0 + cc
     act = (tp < hi) & (c < p.d)
@@ -672,7 +671,7 @@ def stage_e(cx, k, v, kb, hi, c0, msh, es, evs, ld, tf32):
     e = np.where(act, expf(sub(kv, mv)), F32(0)).astype(F32)
     vv = mem.load(v + (tp * p.v_sn + c) * sz, act, "v")
     ev = np.where(act, mul(e, vv), F32(0)).astype(F32)
-    bad = np.zeros(256, bool)
+    bad = np.zeros(nt, bool)
     np.logical_or.at(bad, tid, ~np.isfinite(e) | ~np.isfinite(ev))
     if tf32:
         e, ev = tf32_round(e), tf32_round(ev)
@@ -681,12 +680,12 @@ def stage_e(cx, k, v, kb, hi, c0, msh, es, evs, ld, tf32):
     return bad
 
 
-def stage_w(cx, h, t0, kb, hi, rsh, gsh, ws, ld, tf32):
-    """aft_stage_w."""
+def stage_w(cx, h, t0, kb, hi, rsh, gsh, ws, ld, tf32, nt=AFT_THREADS):
+    """aft_stage_w<nt>."""
     p, mem = cx.p, cx.mem
     band = 2 * p.window - 1
-    idx = (TID[None, :] + AFT_THREADS * np.arange(AFT_CHUNK * AFT_KB // AFT_THREADS)[:, None]).ravel()
-    tid = idx % AFT_THREADS
+    idx = (np.arange(nt)[None, :] + nt * np.arange(AFT_CHUNK * AFT_KB // nt)[:, None]).ravel()
+    tid = idx % nt
     i, r = idx // AFT_KB, idx % AFT_KB
     t, tp = t0 + i, kb + r
     wt = np.zeros(idx.shape, F32)
@@ -740,10 +739,10 @@ def aft_window(cx, bid):
     tile = by
     while tile < p.chunks:
         t0 = tile * AFT_CHUNK
-        win = aft_window_of(p, tile)
+        win = aft_window_of(p, t0, AFT_CHUNK)
         lo, hi, _, _ = win
         races.barrier()
-        tile_shifts(cx, bh, h, c0, tile, msh, rsh, gsh)
+        tile_shifts(cx, bh, h, c0, t0, msh, rsh, gsh)
         races.barrier()
 
         # accumulators from the statistics outside [lo, hi)
@@ -823,32 +822,36 @@ def aft_window(cx, bid):
 # ----------------------------------------------------------------------------------------------
 # aft_window_tc (kernels/aft_tc.cuh): TF32 mma.sync m16n8k8 with the PTX fragment layouts
 TC_LD, TC_WLD = 72, 36
-G, TQ = LANE // 4, LANE % 4
 
 
 def mma_tf32(acc, a, b0, b1):
-    """mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32 for all 8 warps: acc (256, 4), a (256, 4),
-    b0/b1 (256,). Each lane's registers are placed where the PTX layout says; every matrix
+    """mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32 for every warp: acc (threads, 4), a (threads, 4),
+    b0/b1 (threads,). Each lane's registers are placed where the PTX layout says; every matrix
     element must be supplied exactly once. Products of TF32 values are exact in f64; the sum of
     the 8 products and c is rounded to fp32 once."""
-    A = np.full((8, 16, 8), np.nan)
-    B = np.full((8, 8, 8), np.nan)
-    C = np.full((8, 16, 8), np.nan)
-    na, nb, nc = np.zeros((8, 16, 8), int), np.zeros((8, 8, 8), int), np.zeros((8, 16, 8), int)
+    n = acc.shape[0]
+    nw, warp, g, tq = n // 32, np.arange(n) // 32, (np.arange(n) % 32) // 4, np.arange(n) % 4
+    A = np.full((nw, 16, 8), np.nan)
+    B = np.full((nw, 8, 8), np.nan)
+    C = np.full((nw, 16, 8), np.nan)
+    na, nb, nc = np.zeros((nw, 16, 8), int), np.zeros((nw, 8, 8), int), np.zeros((nw, 16, 8), int)
     for j in range(4):
-        rr, kk = G + 8 * (j % 2), TQ + 4 * (j // 2)
-        A[WARP, rr, kk] = a[:, j]
-        np.add.at(na, (WARP, rr, kk), 1)
-        rr, cc = G + 8 * (j // 2), 2 * TQ + j % 2
-        C[WARP, rr, cc] = acc[:, j]
-        np.add.at(nc, (WARP, rr, cc), 1)
+        rr, kk = g + 8 * (j % 2), tq + 4 * (j // 2)
+        A[warp, rr, kk] = a[:, j]
+        np.add.at(na, (warp, rr, kk), 1)
+        rr, cc = g + 8 * (j // 2), 2 * tq + j % 2
+        C[warp, rr, cc] = acc[:, j]
+        np.add.at(nc, (warp, rr, cc), 1)
     for j, bj in enumerate((b0, b1)):
-        B[WARP, TQ + 4 * j, G] = bj
-        np.add.at(nb, (WARP, TQ + 4 * j, G), 1)
+        B[warp, tq + 4 * j, g] = bj
+        np.add.at(nb, (warp, tq + 4 * j, g), 1)
     assert (na == 1).all() and (nb == 1).all() and (nc == 1).all(), "fragment layout"
     with np.errstate(all="ignore"):
         D = (np.einsum("wmk,wkn->wmn", A, B) + C).astype(F32)
-    return np.stack([D[WARP, G + 8 * (j // 2), 2 * TQ + j % 2] for j in range(4)], axis=1)
+    return np.stack([D[warp, g + 8 * (j // 2), 2 * tq + j % 2] for j in range(4)], axis=1)
+
+
+TC_THREADS = 128
 
 
 def aft_window_tc(cx, bid):
@@ -856,18 +859,22 @@ def aft_window_tc(cx, bid):
     bx, by, _ = bid
     gdy = cx.grid[1]
     races = Races(mem)
+    NT, ROWS = TC_THREADS, AFT_CHUNK
+    tid = np.arange(NT, dtype=np.int64)
+    lane, warp = tid % 32, tid // 32
+    G_, TQ_ = lane // 4, lane % 4
     kv = Smem(2 * AFT_KB * TC_LD, "kv", races)  # es | evs, then the ratio tile [64][TC_LD]
     EVS = AFT_KB * TC_LD  # offset of kv[1]
-    ws = Smem(AFT_CHUNK * TC_WLD, "ws", races)
-    rsh = Smem(AFT_CHUNK, "rsh", races)
-    gsh = Smem(AFT_CHUNK, "gsh", races)
+    ws = Smem(ROWS * TC_WLD, "ws", races)
+    rsh = Smem(ROWS, "rsh", races)
+    gsh = Smem(ROWS, "gsh", races)
     msh = Smem(AFT_CT, "msh", races)
     ash = Smem(AFT_CT, "ash", races)
     zsh = Smem(AFT_CT, "zsh", races)
     ctiles = div_up(p.d, AFT_CT)
     bh, c0 = bx // ctiles, (bx % ctiles) * AFT_CT
     b, h = bh // p.h, bh % p.h
-    rw, cw = (WARP % 2) * 32, (WARP // 2) * 16
+    rw, cw = (warp % 2) * 32, (warp // 2) * 32
     sz = dt.size
     q = p.q + (b * p.q_sb + h * p.q_sh) * sz
     k = p.k + (b * p.k_sb + h * p.k_sh) * sz
@@ -878,51 +885,51 @@ def aft_window_tc(cx, bid):
         def __init__(self, base):
             self.base = base
 
-        def write(self, off, vals, tid, mask=None, tag=""):
-            kv.write(np.asarray(off) + self.base, vals, tid, mask, tag)
+        def write(self, off, vals, tid_, mask=None, tag=""):
+            kv.write(np.asarray(off) + self.base, vals, tid_, mask, tag)
 
     def row_of(mi, hh):
-        return rw + 16 * mi + G + 8 * hh
+        return rw + 16 * mi + G_ + 8 * hh
 
     def col_of(nj, e1):
-        return cw + 8 * nj + 2 * TQ + e1
+        return cw + 8 * nj + 2 * TQ_ + e1
 
     tile = by
     while tile < p.chunks:
-        t0 = tile * AFT_CHUNK
-        win = aft_window_of(p, tile)
+        t0 = tile * ROWS
+        win = aft_window_of(p, t0, ROWS)
         lo, hi, _, _ = win
         races.barrier()
-        tile_shifts(cx, bh, h, c0, tile, msh, rsh, gsh)
+        tile_shifts(cx, bh, h, c0, t0, msh, rsh, gsh, NT)
         races.barrier()
-        first = TID < AFT_CT
-        c = c0 + TID
+        first = tid < AFT_CT
+        c = c0 + tid
         cd = first & (c < p.d)
-        a = np.zeros(256, F32)
-        z = np.zeros(256, F32)
+        a = np.zeros(NT, F32)
+        z = np.zeros(NT, F32)
         if cd.any():
-            mc = msh.read(TID, TID, cd, "msh[tid]")
+            mc = msh.read(tid, tid, cd, "msh[tid]")
             a, z = outside(cx, bh, win, c, mc, cd)
-        ash.write(TID, a, TID, first, "ash")
-        zsh.write(TID, z, TID, first, "zsh")
+        ash.write(tid, a, tid, first, "ash")
+        zsh.write(tid, z, tid, first, "zsh")
         races.barrier()
 
-        num = np.zeros((256, 2, 2, 4), F32)
-        den = np.zeros((256, 2, 2, 4), F32)
+        num = np.zeros((NT, 2, 4, 4), F32)
+        den = np.zeros((NT, 2, 4, 4), F32)
         for mi in range(2):
-            for nj in range(2):
+            for nj in range(4):
                 for e in range(4):
-                    gr = gsh.read(row_of(mi, e // 2), TID, None, "gsh[row]")
+                    gr = gsh.read(row_of(mi, e // 2), tid, None, "gsh[row]")
                     cc = col_of(nj, e % 2)
-                    num[:, mi, nj, e] = mul(gr, ash.read(cc, TID, None, "ash"))
-                    den[:, mi, nj, e] = mul(gr, zsh.read(cc, TID, None, "zsh"))
+                    num[:, mi, nj, e] = mul(gr, ash.read(cc, tid, None, "ash"))
+                    den[:, mi, nj, e] = mul(gr, zsh.read(cc, tid, None, "zsh"))
 
         kb = lo
         while kb < hi:
             STATS["kblocks"] += 1
             races.barrier()
-            bad = stage_e(cx, k, v, kb, hi, c0, msh, kv, View(EVS), TC_LD, True)
-            stage_w(cx, h, t0, kb, hi, rsh, gsh, ws, TC_WLD, True)
+            bad = stage_e(cx, k, v, kb, hi, c0, msh, kv, View(EVS), TC_LD, True, NT)
+            stage_w(cx, h, t0, kb, hi, rsh, gsh, ws, TC_WLD, True, NT)
             races.barrier()  # __syncthreads_or
             if p.causal and kb + AFT_KB - 1 > t0 and bad.any():
                 STATS["tc_scalar_blocks"] += 1
@@ -931,40 +938,40 @@ def aft_window_tc(cx, bid):
                         for hh in range(2):
                             row = row_of(mi, hh)
                             act = ~(kb + r > t0 + row)
-                            wt = ws.read(row * TC_WLD + r, TID, act, "ws[row][r]")
-                            for nj in range(2):
+                            wt = ws.read(row * TC_WLD + r, tid, act, "ws[row][r]")
+                            for nj in range(4):
                                 for e1 in range(2):
                                     cc = col_of(nj, e1)
-                                    ev = kv.read(EVS + r * TC_LD + cc, TID, act, "evs[r][cc]")
-                                    e_ = kv.read(r * TC_LD + cc, TID, act, "es[r][cc]")
+                                    ev = kv.read(EVS + r * TC_LD + cc, tid, act, "evs[r][cc]")
+                                    e_ = kv.read(r * TC_LD + cc, tid, act, "es[r][cc]")
                                     x = 2 * hh + e1
                                     num[:, mi, nj, x] = np.where(act, fmaf(wt, ev, num[:, mi, nj, x]), num[:, mi, nj, x])
                                     den[:, mi, nj, x] = np.where(act, fmaf(wt, e_, den[:, mi, nj, x]), den[:, mi, nj, x])
                 kb += AFT_KB
                 continue
             for k0 in range(0, AFT_KB, 8):
-                af = np.zeros((256, 2, 4), F32)
+                af = np.zeros((NT, 2, 4), F32)
                 for mi in range(2):
-                    r0 = rw + 16 * mi + G
-                    af[:, mi, 0] = ws.read(r0 * TC_WLD + k0 + TQ, TID, None, "a0")
-                    af[:, mi, 1] = ws.read((r0 + 8) * TC_WLD + k0 + TQ, TID, None, "a1")
-                    af[:, mi, 2] = ws.read(r0 * TC_WLD + k0 + TQ + 4, TID, None, "a2")
-                    af[:, mi, 3] = ws.read((r0 + 8) * TC_WLD + k0 + TQ + 4, TID, None, "a3")
-                for nj in range(2):
-                    n = cw + 8 * nj + G
-                    v0 = kv.read(EVS + (k0 + TQ) * TC_LD + n, TID, None, "bv0")
-                    v1 = kv.read(EVS + (k0 + TQ + 4) * TC_LD + n, TID, None, "bv1")
-                    e0 = kv.read((k0 + TQ) * TC_LD + n, TID, None, "be0")
-                    e1 = kv.read((k0 + TQ + 4) * TC_LD + n, TID, None, "be1")
+                    r0 = rw + 16 * mi + G_
+                    af[:, mi, 0] = ws.read(r0 * TC_WLD + k0 + TQ_, tid, None, "a0")
+                    af[:, mi, 1] = ws.read((r0 + 8) * TC_WLD + k0 + TQ_, tid, None, "a1")
+                    af[:, mi, 2] = ws.read(r0 * TC_WLD + k0 + TQ_ + 4, tid, None, "a2")
+                    af[:, mi, 3] = ws.read((r0 + 8) * TC_WLD + k0 + TQ_ + 4, tid, None, "a3")
+                for nj in range(4):
+                    n = cw + 8 * nj + G_
+                    v0 = kv.read(EVS + (k0 + TQ_) * TC_LD + n, tid, None, "bv0")
+                    v1 = kv.read(EVS + (k0 + TQ_ + 4) * TC_LD + n, tid, None, "bv1")
+                    e0 = kv.read((k0 + TQ_) * TC_LD + n, tid, None, "be0")
+                    e1 = kv.read((k0 + TQ_ + 4) * TC_LD + n, tid, None, "be1")
                     for mi in range(2):
                         num[:, mi, nj] = mma_tf32(num[:, mi, nj], af[:, mi], v0, v1)
                         den[:, mi, nj] = mma_tf32(den[:, mi, nj], af[:, mi], e0, e1)
             kb += AFT_KB
 
         races.barrier()
-        slow = np.zeros(256, np.int64)
+        slow = np.zeros(NT, np.int64)
         for mi in range(2):
-            for nj in range(2):
+            for nj in range(4):
                 for hh in range(2):
                     row = row_of(mi, hh)
                     for e1 in range(2):
@@ -972,24 +979,24 @@ def aft_window_tc(cx, bid):
                         cc = col_of(nj, e1)
                         y = div(num[:, mi, nj, x], den[:, mi, nj, x])
                         sl = (den[:, mi, nj, x] < AFT_DEN_MIN) & (t0 + row < p.t) & (c0 + cc < p.d)
-                        slow |= sl.astype(np.int64) << (((mi * 2 + nj) * 2 + hh) * 2 + e1)
-                        kv.write(row * TC_LD + cc, y, TID, None, "ratio (float2)")
-        th, bit = np.nonzero((slow[:, None] >> np.arange(16)[None, :]) & 1)
+                        slow |= sl.astype(np.int64) << (((mi * 4 + nj) * 2 + hh) * 2 + e1)
+                        kv.write(row * TC_LD + cc, y, tid, None, "ratio (float2)")
+        th, bit = np.nonzero((slow[:, None] >> np.arange(32)[None, :]) & 1)
         if th.size:
             STATS["slow"] += th.size
-            mi, nj, hh, e1 = bit // 8, (bit // 4) % 2, (bit // 2) % 2, bit % 2
-            row = rw[th] + 16 * mi + G[th] + 8 * hh
-            cc = cw[th] + 8 * nj + 2 * TQ[th] + e1
+            mi, nj, hh, e1 = bit // 16, (bit // 4) % 4, (bit // 2) % 2, bit % 2
+            row = rw[th] + 16 * mi + G_[th] + 8 * hh
+            cc = cw[th] + 8 * nj + 2 * TQ_[th] + e1
             y = aft_exact(cx, k, v, h, t0 + row, c0 + cc)
             kv.write(row * TC_LD + cc, y, th, None, "ratio (slow)")
         races.barrier()
-        for it in range(AFT_CHUNK * AFT_CT // AFT_THREADS):
-            idx = TID + AFT_THREADS * it
+        for it in range(ROWS * AFT_CT // NT):
+            idx = tid + NT * it
             row, cc = idx // AFT_CT, idx % AFT_CT
             t, c = t0 + row, c0 + cc
             ok = (t < p.t) & (c < p.d)
             qv = mem.load(q + (t * p.q_sn + c) * sz, ok, "q")
-            rv = kv.read(row * TC_LD + cc, TID, ok, "ratio")
+            rv = kv.read(row * TC_LD + cc, tid, ok, "ratio")
             y = mul(sigmoid(qv), rv)
             mem.store(o + (t * p.o_sn + c) * sz, dt.from_f32(y), ok, "o")
         tile += gdy

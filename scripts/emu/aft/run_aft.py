@@ -374,6 +374,8 @@ def matrix(mode="all", only=None):
                 for var, s in (("simple", 0), ("full", 0), ("local", 64), ("local", 2), ("local", T + 5),
                                ("conv", 64), ("conv", 1)):
                     cases.append(Case(T, 80, var, s, causal, b=2, h=2))
+            for var, s in (("local", 64), ("full", 0), ("simple", 0)):  # 5 tiles for 2 CTAs in y
+                cases.append(Case(300, 64, var, s, causal, b=2, h=2))
     elif mode == "nonfinite":  # tests/gpu_non_finite.rs: a poisoned key inside a causal diagonal block
         for causal in (True, False):
             for var, s in (("simple", 0), ("full", 0), ("local", 64), ("conv", 64), ("local", 2)):
