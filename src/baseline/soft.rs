@@ -14,7 +14,7 @@ use super::{check_contiguous, check_dims, heads, int, run, Blas, Gemm, Grid, Mat
 use super::{f32_bytes, BaselineParams};
 use crate::error::{Error, Result};
 use crate::ops::{
-    check_f32_buffer, check_raw, check_workspace, ptr_of, ptr_of_mut, with_raw, RawTensor,
+    check_f32_buffer, check_raw, check_workspace, ptr_of, with_matrices, with_raw, RawTensor,
 };
 use crate::ops::{TensorMut, TensorRef};
 use crate::runtime::Runtime;
@@ -205,23 +205,20 @@ pub fn newton_pinv(
     workspace: Option<&mut CudaSlice<u8>>,
 ) -> Result<()> {
     let plan = NewtonPlan::new(batch, m, params)?;
-    let stream = blas.stream();
-    let mut owned;
-    let ws = match workspace {
-        Some(ws) => ws,
-        None => {
-            owned = rt.alloc::<u8>(stream, plan.workspace_bytes())?;
-            &mut owned
-        }
-    };
-    let ws_len = ws.len();
-    let (wp, _gw) = ptr_of_mut(ws, stream);
-    let (ap, _ga) = ptr_of(a, stream);
-    let z_len = z.len();
-    let (zp, _gz) = ptr_of_mut(z, stream);
-    // SAFETY: live allocations of this context with their lengths; `z` and the workspace are
-    // borrowed mutably, so nothing aliases.
-    unsafe { newton_pinv_raw(rt, blas, &plan, ap, a.len(), zp, z_len, wp, ws_len) }
+    let bytes = plan.workspace_bytes();
+    with_matrices(
+        rt,
+        blas.stream(),
+        a,
+        z,
+        workspace,
+        bytes,
+        |ap, al, zp, zl, wp, wl| {
+            // SAFETY: live allocations of this context with their lengths; `z` and the workspace are
+            // borrowed mutably, so nothing aliases.
+            unsafe { newton_pinv_raw(rt, blas, &plan, ap, al, zp, zl, wp, wl) }
+        },
+    )
 }
 
 /// Workspace regions of [`attention`] (indices into `Plan::regions`).

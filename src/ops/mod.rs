@@ -194,13 +194,9 @@ pub(crate) fn with_raw<T: Element, R>(
     k.validate("k")?;
     v.validate("v")?;
     o.validate("o")?;
-    let mut owned;
+    let mut owned = None;
     let ws = match workspace {
-        Some((Some(ws), _)) => Some(ws),
-        Some((None, bytes)) => {
-            owned = rt.alloc::<u8>(stream, bytes)?;
-            Some(&mut owned)
-        }
+        Some((given, bytes)) => Some(given_or_alloc(rt, stream, given, bytes, &mut owned)?),
         None => None,
     };
     let ws_len = ws.as_ref().map_or(0, |w| w.len());
@@ -223,6 +219,42 @@ pub(crate) fn with_raw<T: Element, R>(
         o: raw(op, o.layout),
     };
     f(t, wp, ws_len)
+}
+
+/// The caller's workspace, or `bytes` freshly allocated on `stream` into `owned` (which keeps it
+/// alive for the call).
+pub(crate) fn given_or_alloc<'a>(
+    rt: &Runtime,
+    stream: &Arc<CudaStream>,
+    given: Option<&'a mut CudaSlice<u8>>,
+    bytes: usize,
+    owned: &'a mut Option<CudaSlice<u8>>,
+) -> Result<&'a mut CudaSlice<u8>> {
+    match given {
+        Some(ws) => Ok(ws),
+        None => Ok(owned.insert(rt.alloc::<u8>(stream, bytes)?)),
+    }
+}
+
+/// Raw addresses and lengths of `a`, `z` and the workspace (given, or allocated for the call) for
+/// a matrix-to-matrix op such as `newton_pinv` on `stream`: `f(a, a_len, z, z_len, ws, ws_len)`.
+pub(crate) fn with_matrices<R>(
+    rt: &Runtime,
+    stream: &Arc<CudaStream>,
+    a: &CudaSlice<f32>,
+    z: &mut CudaSlice<f32>,
+    workspace: Option<&mut CudaSlice<u8>>,
+    bytes: usize,
+    f: impl FnOnce(u64, usize, u64, usize, u64, usize) -> Result<R>,
+) -> Result<R> {
+    let mut owned = None;
+    let ws = given_or_alloc(rt, stream, workspace, bytes, &mut owned)?;
+    let ws_len = ws.len();
+    let (wp, _gw) = ptr_of_mut(ws, stream);
+    let (ap, _ga) = ptr_of(a, stream);
+    let z_len = z.len();
+    let (zp, _gz) = ptr_of_mut(z, stream);
+    f(ap, a.len(), zp, z_len, wp, ws_len)
 }
 
 /// Reads the raw address of a slice for a kernel on `stream` (recording cudarc's events).

@@ -23,7 +23,7 @@
 use super::{check_f32_buffer, MAX_HEAD_DIM};
 use super::{
     check_ptr, check_workspace, launch, launch_smem, ptr_of, ptr_of_mut, rows_16b_aligned,
-    with_raw, RawTensor, TensorMut, TensorRef,
+    with_matrices, with_raw, RawTensor, TensorMut, TensorRef,
 };
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
@@ -447,22 +447,20 @@ pub fn newton_pinv(
     workspace: Option<&mut CudaSlice<u8>>,
 ) -> Result<()> {
     let plan = NewtonPlan::new(batch, m, params, path, rt.info().smem_per_block_optin)?;
-    let mut owned;
-    let ws = match workspace {
-        Some(ws) => ws,
-        None => {
-            owned = rt.alloc::<u8>(stream, plan.workspace_bytes())?;
-            &mut owned
-        }
-    };
-    let ws_len = ws.len();
-    let (wp, _gw) = ptr_of_mut(ws, stream);
-    let (ap, _ga) = ptr_of(a, stream);
-    let z_len = z.len();
-    let (zp, _gz) = ptr_of_mut(z, stream);
-    // SAFETY: live allocations of this context with their lengths; `z` and the workspace are
-    // borrowed mutably, so nothing aliases.
-    unsafe { newton_pinv_raw(rt, stream, &plan, ap, a.len(), zp, z_len, wp, ws_len) }
+    let bytes = plan.workspace_bytes();
+    with_matrices(
+        rt,
+        stream,
+        a,
+        z,
+        workspace,
+        bytes,
+        |ap, al, zp, zl, wp, wl| {
+            // SAFETY: live allocations of this context with their lengths; `z` and the workspace are
+            // borrowed mutably, so nothing aliases.
+            unsafe { newton_pinv_raw(rt, stream, &plan, ap, al, zp, zl, wp, wl) }
+        },
+    )
 }
 
 /// Checks the landmark method for `[B,H,N,D]` inputs: the SoftParams rules of SPEC §1.2 plus
