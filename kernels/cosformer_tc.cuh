@@ -8,6 +8,8 @@
 //   cos_causal_tc  D ∈ {32, 64}: one CTA per (chunk, bh) walks the chunk's 64-row blocks,
 //                  carrying the fp32 state in registers: per block, the masked intra-block
 //                  products, the state product, then the state update.
+//   cos_short_tc   sm_90, N, S ≤ 4096: reduce, the fixed-order sum and map in one launch, one
+//                  thread-block cluster of 8 CTAs per (b,h).
 // The state enters mma as a 16-bit operand scaled by a power of two (α for KV, β for z) chosen
 // from its maximum, so that sums over millions of rows neither overflow nor underflow; outputs
 // divide the scales out in fp32. Dynamic shared memory sizes: cos_tc_*_smem (mirrored in Rust).
@@ -28,8 +30,8 @@ extern __shared__ __align__(16) u16 cos_tc_smem[];
 // ldmatrix rows fall in distinct banks.
 __host__ __device__ constexpr int cos_tc_state_ld(int d) { return 2 * d + 24; }
 __host__ __device__ constexpr int cos_tc_reduce_smem(int d) { return 4 * COS_TC_ROWS * (d + 8) * 2; }
-__host__ __device__ constexpr int cos_tc_map_smem(int d) {
-  return (d * cos_tc_state_ld(d) + 2 * COS_TC_MAP_WARPS * 16 * (d + 8)) * 2;
+__host__ __device__ constexpr int cos_tc_map_smem(int d, int warps = COS_TC_MAP_WARPS) {
+  return (d * cos_tc_state_ld(d) + 2 * warps * 16 * (d + 8)) * 2;
 }
 __host__ __device__ constexpr int cos_tc_causal_smem(int d) {
   return (7 * COS_TC_BLOCK * (d + 8) + d * cos_tc_state_ld(d)) * 2;
@@ -115,8 +117,9 @@ __host__ __device__ constexpr int cos_tc_reduce_threads(int d) { return d / 16 *
 // Reduce pass. Grid: x = bh (grid-stride), y = chunk. Warps: (D/16 c-tiles) × ES e-parts; warp
 // (ct, ep) owns state rows [16ct, 16ct+16) × columns [ep·D/ES, …) of KVs and KVc, and the ep = 0
 // warps also zs, zc (an mma against ones). Traffic: K, V of the chunk read once, one state written.
+// (b,h) slices bh0, bh0 + bh_step, …; key chunk `chunk`.
 template <typename T, int D>
-__device__ void cos_reduce_tc(const CosformerParams& p) {
+__device__ void cos_reduce_tc(const CosformerParams& p, int bh0, int bh_step, int chunk) {
   constexpr int WC = D / 16, ES = cos_tc_reduce_esplit(D), LD = D + 8, ROWS = COS_TC_ROWS;
   constexpr int THREADS = WC * ES * 32, EW = D / ES, NT = EW / 8;
   auto ks = reinterpret_cast<u16(*)[ROWS][LD]>(cos_tc_smem);
@@ -125,12 +128,11 @@ __device__ void cos_reduce_tc(const CosformerParams& p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int ct = warp % WC, e0 = (warp / WC) * EW;
   const bool zw = warp < WC;
-  const int chunk = blockIdx.y;
   const int row_begin = chunk * p.rows_per_chunk;
   const int row_end = min(p.s, row_begin + p.rows_per_chunk);
   const u32 one = ones2<T>();
 
-  for (int bh = blockIdx.x; bh < p.b * p.h; bh += gridDim.x) {
+  for (int bh = bh0; bh < p.b * p.h; bh += bh_step) {
     const int b = bh / p.h, h = bh % p.h;
     const u16* k = reinterpret_cast<const u16*>(p.k) + (b * p.k_sb + h * p.k_sh);
     const u16* v = reinterpret_cast<const u16*>(p.v) + (b * p.v_sb + h * p.v_sh);
@@ -300,9 +302,10 @@ __device__ __forceinline__ void cos_tc_store_rows(u16* o, i64 o_sn, u16 (*stage)
 // query rows, D > 64 in two passes over the value columns. O_i = (sinθ_i q_i·KVs + cosθ_i q_i·KVc)
 // / max(sinθ_i q_i·zs + cosθ_i q_i·zc, ε) with the scales divided out. Traffic: Q read once, O
 // written once, the state from L2.
-template <typename T, int D>
-__device__ void cos_map_tc(const CosformerParams& p) {
-  constexpr int WARPS = COS_TC_MAP_WARPS, THREADS = WARPS * 32, ROWS = WARPS * 16;
+// (b,h) slices bh0, bh0 + bh_step, …; query tiles of WARPS·16 rows tile0, tile0 + tile_step, ….
+template <typename T, int D, int WARPS>
+__device__ void cos_map_tc(const CosformerParams& p, int bh0, int bh_step, int tile0, int tile_step) {
+  constexpr int THREADS = WARPS * 32, ROWS = WARPS * 16;
   constexpr int LD = D + 8, LB = cos_tc_state_ld(D), KT = D / 16;
   constexpr int EP = D > 64 ? 2 : 1, EW = D / EP, NT = EW / 8;
   auto bs = reinterpret_cast<u16(*)[LB]>(cos_tc_smem);
@@ -312,14 +315,14 @@ __device__ void cos_map_tc(const CosformerParams& p) {
   const int tiles = div_up(p.n, ROWS);
   const i64 ddv = (i64)D * D;
 
-  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
+  for (int bh = bh0; bh < p.b * p.h; bh += bh_step) {
     const int b = bh / p.h, h = bh % p.h;
     const u16* q = reinterpret_cast<const u16*>(p.q) + (b * p.q_sb + h * p.q_sh);
     u16* o = reinterpret_cast<u16*>(p.o) + (b * p.o_sb + h * p.o_sh);
     const float* st = reinterpret_cast<const float*>(p.state) + (i64)bh * cos_state_len(p);
 
     __syncthreads();  // previous bh done with bs, qs, red
-    if (blockIdx.x < tiles) tc_stage<D, LD, ROWS, THREADS>(qs[0], q, p.q_sn, blockIdx.x * ROWS, p.n);
+    if (tile0 < tiles) tc_stage<D, LD, ROWS, THREADS>(qs[0], q, p.q_sn, tile0 * ROWS, p.n);
     cp_async_commit();
     float mk = 0.f, mz = 0.f;
     for (int i = threadIdx.x; i < 2 * D * D; i += THREADS) mk = fmaxf(mk, fabsf(st[i]));
@@ -339,9 +342,9 @@ __device__ void cos_map_tc(const CosformerParams& p) {
     __syncthreads();
 
     int buf = 0;
-    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, buf ^= 1) {
-      if (tile + gridDim.x < tiles)
-        tc_stage<D, LD, ROWS, THREADS>(qs[buf ^ 1], q, p.q_sn, (tile + gridDim.x) * ROWS, p.n);
+    for (int tile = tile0; tile < tiles; tile += tile_step, buf ^= 1) {
+      if (tile + tile_step < tiles)
+        tc_stage<D, LD, ROWS, THREADS>(qs[buf ^ 1], q, p.q_sn, (tile + tile_step) * ROWS, p.n);
       cp_async_commit();
       cp_async_wait<1>();
       __syncthreads();
@@ -648,14 +651,73 @@ __device__ void cos_causal_tc(const CosformerParams& p) {
   }
 }
 
+// Short non-causal sequences in one launch (sm_90: thread-block clusters of COS_TC_SHORT_CL CTAs;
+// a cluster takes the (b,h) slices cl0, cl0 + clusters, …). CTA r of the cluster reduces key chunk
+// r (p.chunks = COS_TC_SHORT_CL) into partial[bh][r]; a cluster barrier (release / acquire) makes
+// the partials visible; CTA r sums state elements r·THREADS + i, + CL·THREADS, … over the chunks in
+// chunk order (cos_finalize's sum, bit for bit) into state[bh]; a second barrier; then it maps query
+// tiles r, r + CL, … as cos_map_tc with the reduce's warps. Replaces reduce → finalize → map (three
+// launches) where N, S ≤ COS_TC_SHORT_MAX. Dynamic shared memory: cos_tc_short_smem.
+#define COS_TC_SHORT_CL 8
+#define COS_TC_SHORT_MAX 4096
+__host__ __device__ constexpr int cos_tc_short_smem(int d) {
+  return cos_tc_map_smem(d, cos_tc_reduce_threads(d) / 32) > cos_tc_reduce_smem(d)
+             ? cos_tc_map_smem(d, cos_tc_reduce_threads(d) / 32)
+             : cos_tc_reduce_smem(d);
+}
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+// Every thread of the cluster arrives (release) and waits (acquire): memory operations before the
+// barrier, global ones included, are visible to the whole cluster after it.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile(
+      "barrier.cluster.arrive.release.aligned;\n"
+      "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ int cluster_rank() {
+  u32 r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return (int)r;
+}
+
+template <typename T, int D>
+__device__ void cos_short_tc(const CosformerParams& p) {
+  constexpr int THREADS = cos_tc_reduce_threads(D), CL = COS_TC_SHORT_CL;
+  const int rank = cluster_rank(), bhn = p.b * p.h;
+  const i64 slen = cos_state_len(p);
+  for (int bh = blockIdx.x / CL; bh < bhn; bh += gridDim.x / CL) {
+    cos_reduce_tc<T, D>(p, bh, bhn, rank);  // this slice only
+    cluster_sync();
+    const float* part = reinterpret_cast<const float*>(p.partial) + (i64)bh * p.chunks * slen;
+    float* st = reinterpret_cast<float*>(p.state) + (i64)bh * slen;
+    for (i64 x = (i64)rank * THREADS + threadIdx.x; x < slen; x += (i64)CL * THREADS) {
+      float acc = 0.f;
+      for (int ch = 0; ch < p.chunks; ++ch) acc += part[ch * slen + x];
+      st[x] = acc;
+    }
+    cluster_sync();
+    cos_map_tc<T, D, THREADS / 32>(p, bh, bhn, rank, CL);
+  }
+}
+
+#define COS_TC_SHORT(DIM, T, NAME)                                                              \
+  extern "C" __global__ void __launch_bounds__(cos_tc_reduce_threads(DIM), 1)                    \
+      __cluster_dims__(COS_TC_SHORT_CL, 1, 1)                                                   \
+      cosformer_short_tc##DIM##_##NAME(const __grid_constant__ CosformerParams p) {             \
+    cos_short_tc<T, DIM>(p);                                                                    \
+  }
+#else
+#define COS_TC_SHORT(DIM, T, NAME)
+#endif
+
 #define COS_TC(DIM, RMIN, MMIN, T, NAME)                                                        \
   extern "C" __global__ void __launch_bounds__(cos_tc_reduce_threads(DIM), RMIN)                \
       cosformer_reduce_tc##DIM##_##NAME(const __grid_constant__ CosformerParams p) {             \
-    cos_reduce_tc<T, DIM>(p);                                                                   \
+    cos_reduce_tc<T, DIM>(p, blockIdx.x, gridDim.x, blockIdx.y);                                \
   }                                                                                             \
   extern "C" __global__ void __launch_bounds__(COS_TC_MAP_WARPS * 32, MMIN)                      \
       cosformer_map_tc##DIM##_##NAME(const __grid_constant__ CosformerParams p) {                \
-    cos_map_tc<T, DIM>(p);                                                                      \
+    cos_map_tc<T, DIM, COS_TC_MAP_WARPS>(p, blockIdx.y, gridDim.y, blockIdx.x, gridDim.x);      \
   }
 #define COS_TC_CAUSAL(DIM, T, NAME)                                                             \
   extern "C" __global__ void __launch_bounds__(COS_TC_CAUSAL_WARPS * 32, 1)                      \
@@ -668,10 +730,15 @@ __device__ void cos_causal_tc(const CosformerParams& p) {
   COS_TC(48, 4, 3, T, NAME)                                                                     \
   COS_TC(64, 2, 3, T, NAME)                                                                     \
   COS_TC_CAUSAL(32, T, NAME)                                                                    \
-  COS_TC_CAUSAL(64, T, NAME)
+  COS_TC_CAUSAL(64, T, NAME)                                                                    \
+  COS_TC_SHORT(32, T, NAME)                                                                     \
+  COS_TC_SHORT(48, T, NAME)                                                                     \
+  COS_TC_SHORT(64, T, NAME)
 
 // Mirrored in src/ops/cosformer.rs (mod tc); a change here must be made there too.
 static_assert(cos_tc_reduce_smem(64) == 18432 && cos_tc_map_smem(64) == 37888 &&
+                  cos_tc_short_smem(64) == 56320 && cos_tc_short_smem(32) == 10752 &&
+                  cos_tc_short_smem(48) == 22272 &&
                   cos_tc_causal_smem(64) == 83968 && cos_tc_reduce_threads(64) == 256 &&
                   cos_tc_reduce_threads(32) == 64 && cos_tc_reduce_threads(128) == 512,
               "cosFormer tensor-core launch geometry changed: update Rust");

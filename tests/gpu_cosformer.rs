@@ -41,6 +41,8 @@ struct Case {
     dead_rows: bool,
     /// Causal chunk length override (a multiple of 64).
     rows_per_chunk: Option<usize>,
+    /// Short non-causal plans: allow the one-launch path (sm_90 tensor cores; the default).
+    one_launch: bool,
 }
 
 impl Case {
@@ -60,6 +62,7 @@ impl Case {
             },
             dead_rows: false,
             rows_per_chunk: None,
+            one_launch: true,
         }
     }
 
@@ -142,6 +145,7 @@ fn run_gpu<T: Element>(rt: &Runtime, c: &Case, x: &Host<T>) -> Vec<f64> {
     if let Some(rows) = c.rows_per_chunk {
         plan = plan.with_rows_per_chunk(rows).unwrap();
     }
+    plan = plan.with_one_launch(c.one_launch);
     cosformer::forward_with_plan(
         rt,
         &stream,
@@ -372,6 +376,33 @@ fn cosformer_tensor_core_non_causal() {
     }
 }
 
+/// Short sequences (N, S ≤ 4096) run as one clustered launch on sm_90; the same shapes through
+/// reduce → finalize → map must agree with the reference too (and with each other, up to the
+/// different chunking of the key sums).
+#[test]
+fn cosformer_tensor_core_short_one_and_three_launches() {
+    let Some(rt) = common::gpu("cosformer tensor cores, short sequences") else {
+        return;
+    };
+    let mut seed = 9500;
+    for &d in &[32, 48, 64] {
+        for (n, s) in [(1, 1), (1, 300), (1100, 40), (1024, 1024), (4096, 4096)] {
+            let mut c = Case::new(n, s, d, d, LayoutKind::Bnhd, false);
+            let x = host_inputs::<f16>(&c, seed);
+            let one = run_gpu::<f16>(&rt, &c, &x);
+            c.one_launch = false;
+            let three = run_gpu::<f16>(&rt, &c, &x);
+            let want = reference_of(&c, &x);
+            for (what, got) in [("one launch", &one), ("three launches", &three)] {
+                let cmp = compare::<f16>(got, &want);
+                println!("cosformer short {what} d={d} n={n} s={s}: {cmp}");
+                assert!(cmp.pass(), "{what} d={d} n={n} s={s}: {cmp}");
+            }
+            seed += 1;
+        }
+    }
+}
+
 #[test]
 fn cosformer_tensor_core_causal() {
     let Some(rt) = common::gpu("cosformer tensor cores, causal") else {
@@ -474,6 +505,7 @@ fn check_decode<T: Element>(
         params,
         dead_rows: false,
         rows_per_chunk: None,
+        one_launch: true,
     };
     let x = host_inputs::<T>(&c, seed);
     let want = reference_of(&c, &x);

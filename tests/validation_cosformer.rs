@@ -244,3 +244,32 @@ fn decode_state_shape_checks() {
         "state"
     );
 }
+
+#[test]
+fn short_non_causal_plans_hold_the_one_launch_partials() {
+    let (d, dv) = (64, 64);
+    let per = state_len(d, dv);
+    // N = S = 300: fewer natural chunks than the one-launch path's 8, which the workspace holds.
+    let pl = plan(
+        Dims::new(1, 2, 300, d),
+        300,
+        dv,
+        &CosformerParams::default(),
+    )
+    .unwrap();
+    assert!(pl.one_launch() && pl.chunks < 8);
+    assert_eq!(pl.workspace_bytes(), 2 * (8 + 1) * per * 4);
+    // Turning it off keeps the workspace (a plan's size never shrinks under a caller).
+    assert!(!pl.with_one_launch(false).one_launch());
+    // Longer than 4096, or causal: never.
+    let long = plan(
+        Dims::new(1, 2, 5000, d),
+        5000,
+        dv,
+        &CosformerParams::default(),
+    )
+    .unwrap();
+    assert!(!long.one_launch() && !long.with_one_launch(true).one_launch());
+    let c = plan(Dims::new(1, 2, 300, d), 300, dv, &causal()).unwrap();
+    assert!(!c.one_launch() && !c.with_one_launch(true).one_launch());
+}

@@ -496,8 +496,7 @@ def cos_tc_store_rows(O, obase, o_sn, dyn, stage_base, LD, EW, row0, n, e0, warp
 
 
 # ----------------------------------------------------------------------------------------------
-def cos_map_tc(p, D, bx, by, gdx, gdy, races_out):
-    WARPS = 4
+def cos_map_tc(p, D, bx, by, gdx, gdy, races_out, WARPS=4):
     THREADS, ROWS = WARPS * 32, WARPS * 16
     LD, LB, KT = D + 8, 2 * D + 24, D // 16
     EP = 2 if D > 64 else 1

@@ -11,6 +11,7 @@ from emu import F32, U16
 
 BLOCK, TILE, ROWS, MAX_CHUNKS, MAX_CAUSAL_CHUNKS, TARGET_CTAS = 64, 64, 32, 256, 1024, 1024
 TC_CAUSAL_CTAS, TC_MAP_ROWS = 512, 64
+SHORT_CL, SHORT_MAX = 8, 4096  # the one-launch path (cosformer_short_tc, sm_90 clusters)
 div_up = lambda a, b: -(-a // b)
 
 
@@ -88,7 +89,7 @@ def from_storage(flat, B, H, N, D, kind):
 
 
 def run_pipeline(q16, k16, v16, causal, relu, D, rows_override=None, kind="bhnd", map_grid_x=None,
-                 M=None, verbose=False, pos0=0, state_in=None):
+                 M=None, verbose=False, pos0=0, state_in=None, one_launch=True):
     B, H, N, _ = q16.shape
     S = k16.shape[2]
     m = M if M is not None else max(N, S)
@@ -103,7 +104,9 @@ def run_pipeline(q16, k16, v16, causal, relu, D, rows_override=None, kind="bhnd"
     p["K"] = emu.Glob(to_storage(k16, kind), "k")
     p["V"] = emu.Glob(to_storage(v16, kind), "v")
     p["O"] = emu.Glob(np.full(B * H * N * D, 0x7E00, U16), "o")  # poisoned like the tests
-    p["partial"] = emu.Glob(np.full(bh * chunks * per, np.nan, F32), "partial")  # workspace: plan.chunks
+    short = not causal and 1 <= N <= SHORT_MAX and 1 <= S <= SHORT_MAX
+    partials = max(chunks, SHORT_CL) if short else chunks  # Plan::partials
+    p["partial"] = emu.Glob(np.full(bh * partials * per, np.nan, F32), "partial")
     races = {}
     elem_blocks = div_up(per, 256)
     if causal:
@@ -121,6 +124,21 @@ def run_pipeline(q16, k16, v16, causal, relu, D, rows_override=None, kind="bhnd"
             for by in range(bh):
                 emu.cos_causal_tc(p, D, bx, by, p["chunks"], bh, races, trace)
         p["trace"] = trace
+    elif short and one_launch:
+        # cosformer_short_tc: per cluster (one bh at a time) reduce chunk r → barrier → fixed-order
+        # sum → barrier → map tiles r, r + CL, … with the reduce's warps; bh slices are independent,
+        # so every cluster's phase can run before the next phase.
+        p["state"] = emu.Glob(np.full(bh * per, np.nan, F32), "state")
+        p["chunks"] = SHORT_CL
+        p["rows_per_chunk"] = div_up(div_up(S, SHORT_CL), ROWS) * ROWS
+        warps = (D // 16) * (2 if D >= 64 else 1)
+        for bx in range(bh):
+            for rank in range(SHORT_CL):
+                emu.cos_reduce_tc(p, D, bx, rank, bh, 1, races)
+        emu.cos_finalize(p, div_up(per, 256), bh)
+        for by in range(bh):
+            for rank in range(SHORT_CL):
+                emu.cos_map_tc(p, D, rank, by, SHORT_CL, bh, races, WARPS=warps)
     else:
         p["state"] = emu.Glob(np.full(bh * per, np.nan, F32), "state")
         for by in range(chunks):
@@ -140,10 +158,12 @@ def rel_frob(got, want):
     return np.sqrt(np.sum((got - want) ** 2)) / np.sqrt(np.sum(want ** 2))
 
 
-def case(name, B, H, N, S, D, causal, relu, rows_override=None, seed=1, kind="bhnd", map_grid_x=None, M=None):
+def case(name, B, H, N, S, D, causal, relu, rows_override=None, seed=1, kind="bhnd", map_grid_x=None, M=None,
+         one_launch=True):
     t0 = time.time()
     q, k, v = make_inputs(seed, B, H, N, S, D, relu)
-    out, races, p, nw = run_pipeline(q, k, v, causal, relu, D, rows_override, kind, map_grid_x, M)
+    out, races, p, nw = run_pipeline(q, k, v, causal, relu, D, rows_override, kind, map_grid_x, M,
+                                     one_launch=one_launch)
     mm = M if M is not None else max(N, S)
     want = reference(*(x.astype(np.float64).reshape(B * H, x.shape[2], D) for x in (q, k, v)), causal, relu, mm)
     want = want.reshape(B, H, N, D)
@@ -190,8 +210,10 @@ if __name__ == "__main__":
     B, H = 1, 2
     if quick:
         results.append(case("causal D64 N300 rpc256 relu", B, H, 300, 300, 64, True, True, 256))
-        results.append(case("noncausal D64 N100 S300 relu", B, H, 100, 300, 64, False, True))
-        sys.exit(0)
+        results.append(case("noncausal D64 N100 S300 relu (one launch)", B, H, 100, 300, 64, False, True))
+        results.append(case("noncausal D64 N100 S300 relu (three launches)", B, H, 100, 300, 64, False, True,
+                            one_launch=False))
+        sys.exit(0 if all(r[0] for r in results) else 1)
     seed = 10
     # causal
     for D in (64, 32):
@@ -200,12 +222,18 @@ if __name__ == "__main__":
                 for relu in (True, False):
                     seed += 1
                     results.append(case(f"causal D{D} N{N} rpc{rpc} relu={relu}", B, H, N, N, D, True, relu, rpc, seed))
-    # non-causal
+    # non-causal: the one-launch path (N, S <= 4096) and the three-launch path
     for D in (64, 48, 32):
         for (N, S) in ((100, 300), (129, 129)):
             for relu in (True, False):
                 seed += 1
-                results.append(case(f"noncausal D{D} N{N} S{S} relu={relu}", B, H, N, S, D, False, relu, None, seed))
+                for one in (True, False):
+                    results.append(case(f"noncausal D{D} N{N} S{S} relu={relu} one_launch={one}", B, H, N, S, D,
+                                        False, relu, None, seed, one_launch=one))
+    for D in (64, 48, 32):  # one key row (7 empty chunks), N ≠ S, more rows than 8 map tiles
+        results.append(case(f"noncausal D{D} N1 S1 one launch", B, H, 1, 1, D, False, True, None, 60 + D))
+        results.append(case(f"noncausal D{D} N1100 S40 one launch", B, H, 1100, 40, D, False, True, None, 61 + D))
+    results.append(case("noncausal D64 N1000 S1000 B2H2 one launch", 2, 2, 1000, 1000, 64, False, True, None, 70))
     # extra: map grid-stride with one CTA per bh (double-buffered tiles), BNHD layout, M > max
     results.append(case("noncausal D64 N129 S129 map grid.x=1 bnhd", B, H, 129, 129, 64, False, True, None, 99, "bnhd", 1))
     results.append(case("causal D64 N300 rpc64 bnhd M=1000", B, H, 300, 300, 64, True, True, 64, 98, "bnhd", None, 1000))

@@ -46,6 +46,17 @@ const TC_MAP_ROWS: usize = 64; // COS_TC_MAP_WARPS · 16
 const TC_CAUSAL_THREADS: u32 = 256; // COS_TC_CAUSAL_WARPS · 32
 /// Causal tensor-core CTAs aimed for (one per chunk and (b,h)): a few waves of one CTA per SM.
 const TC_CAUSAL_CTAS: usize = 512;
+/// One-launch path for short non-causal sequences (sm_90 clusters): CTAs per cluster, each
+/// reducing one of as many key chunks (COS_TC_SHORT_CL), and the longest N and S it takes
+/// (COS_TC_SHORT_MAX).
+const SHORT_CL: usize = 8;
+const SHORT_MAX: usize = 4096;
+/// Whether a plan is short enough for the one-launch path.
+fn short_plan(causal: bool, n: usize, s: usize) -> bool {
+    !causal && (1..=SHORT_MAX).contains(&n) && (1..=SHORT_MAX).contains(&s)
+}
+/// Clusters launched by the one-launch path (each then walks (b,h) slices).
+const MAX_CLUSTERS: usize = 1 << 16;
 
 /// Launch geometry of the tensor-core kernels (mirrors cos_tc_* in kernels/cosformer_tc.cuh).
 mod tc {
@@ -62,6 +73,11 @@ mod tc {
     pub fn map_smem(d: usize) -> u32 {
         ((d * state_ld(d) + 2 * TC_MAP_ROWS * (d + 8)) * 2) as u32
     }
+    /// The one-launch kernel: the larger of the reduce and of a map with the reduce's warps.
+    pub fn short_smem(d: usize) -> u32 {
+        let map = (d * state_ld(d) + 2 * (reduce_threads(d) as usize / 32) * 16 * (d + 8)) * 2;
+        reduce_smem(d).max(map as u32)
+    }
     pub fn causal_smem(d: usize) -> u32 {
         ((7 * BLOCK * (d + 8) + d * state_ld(d)) * 2) as u32
     }
@@ -71,6 +87,10 @@ mod tc {
         assert_eq!(reduce_smem(64), 18432);
         assert_eq!(map_smem(64), 37888);
         assert_eq!(causal_smem(64), 83968);
+        assert_eq!(
+            (short_smem(32), short_smem(48), short_smem(64)),
+            (10752, 22272, 56320)
+        );
         assert_eq!(
             (reduce_threads(32), reduce_threads(64), reduce_threads(128)),
             (64, 256, 512)
@@ -157,6 +177,12 @@ pub struct Plan {
     /// Row chunks of K/V (causal: of the sequence) and their length.
     pub chunks: usize,
     pub rows_per_chunk: usize,
+    /// Per-chunk state slots in the workspace: `chunks`, or at least [`SHORT_CL`] for a short
+    /// non-causal plan (the one-launch path reduces that many chunks).
+    partials: usize,
+    /// Short non-causal plans may run as one launch (sm_90 tensor-core path); see
+    /// [`Plan::with_one_launch`].
+    one_launch: bool,
     layouts: [Layout; 4],
 }
 
@@ -212,6 +238,7 @@ impl Plan {
                 "must be a positive, finite fp32 value",
             ));
         }
+        let short = short_plan(params.causal, n, s);
         let (chunks, rows_per_chunk) = if params.causal {
             let blocks = n.div_ceil(BLOCK);
             let rows = blocks.div_ceil(MAX_CAUSAL_CHUNKS) * BLOCK;
@@ -236,8 +263,23 @@ impl Plan {
             eps,
             chunks,
             rows_per_chunk,
+            partials: if short { chunks.max(SHORT_CL) } else { chunks },
+            one_launch: short,
             layouts: [*q, *k, *v, *o],
         })
+    }
+
+    /// Whether the plan may run as one launch: short non-causal, on an sm_90 device where the
+    /// tensor-core kernels apply (f16/bf16, D == Dv ∈ {32, 48, 64}, 16-byte-aligned rows).
+    pub fn one_launch(&self) -> bool {
+        self.one_launch
+    }
+
+    /// The same plan with the one-launch path for short non-causal sequences allowed (the
+    /// default where N, S ≤ 4096) or not (always reduce → finalize → map, e.g. to compare them).
+    pub fn with_one_launch(mut self, allow: bool) -> Self {
+        self.one_launch = allow && short_plan(self.causal, self.n, self.s);
+        self
     }
 
     /// The same plan with causal chunks of `rows` rows (a multiple of [`BLOCK`]): fewer chunks
@@ -268,6 +310,7 @@ impl Plan {
         }
         self.rows_per_chunk = rows;
         self.chunks = chunks;
+        self.partials = chunks;
         Ok(self)
     }
 
@@ -276,7 +319,7 @@ impl Plan {
         let per = state_len(self.d, self.dv);
         let bh = self.b * self.h;
         let total = if self.causal { 0 } else { bh * per };
-        (bh * self.chunks * per + total) * 4
+        (bh * self.partials * per + total) * 4
     }
 
     fn check_layouts(&self, q: &Layout, k: &Layout, v: &Layout, o: &Layout) -> Result<()> {
@@ -397,7 +440,7 @@ unsafe fn queue(
             rt.function(FAMILY, &format!("cosformer_causal_{dt}"))?,
         )
     } else {
-        p.state = workspace + (bh * plan.chunks * per * 4) as u64;
+        p.state = workspace + (bh * plan.partials * per * 4) as u64;
         (
             rt.function(FAMILY, "cosformer_finalize_f32")?,
             rt.function(FAMILY, &format!("cosformer_map_{dt}"))?,
@@ -480,7 +523,28 @@ unsafe fn queue_tc(
             launch_smem(stream, &causal, cgrid, TC_CAUSAL_THREADS, csmem, &p)?;
         }
     } else {
-        p.state = workspace + (bh * plan.chunks * per * 4) as u64;
+        p.state = workspace + (bh * plan.partials * per * 4) as u64;
+        if plan.one_launch && rt.info().compute_capability.0 >= 9 {
+            let name = format!("cosformer_short_tc{d}_{dt}");
+            // Absent where the build has no sm_90 image for this device: three launches then.
+            if let Ok(short) = rt.function(FAMILY, &name) {
+                let smem = tc::short_smem(d);
+                rt.allow_dynamic_smem(&short, smem)?;
+                p.chunks = SHORT_CL as i32;
+                p.rows_per_chunk = (plan.s.div_ceil(SHORT_CL).div_ceil(TC_ROWS) * TC_ROWS) as i32;
+                let grid = ((bh.min(MAX_CLUSTERS) * SHORT_CL) as u32, 1, 1);
+                // SAFETY: SHORT_CL ≤ plan.partials slots before the state; one cluster per (b,h)
+                // at a time covers every chunk, state element and query tile.
+                let one =
+                    unsafe { launch_smem(stream, &short, grid, tc::reduce_threads(d), smem, &p) };
+                // A refused launch (no room for a cluster of 8) queued nothing: three launches.
+                if one.is_ok() {
+                    return Ok(());
+                }
+                p.chunks = plan.chunks as i32;
+                p.rows_per_chunk = plan.rows_per_chunk as i32;
+            }
+        }
         let finalize = rt.function(FAMILY, "cosformer_finalize_f32")?;
         let map = rt.function(FAMILY, &format!("cosformer_map_tc{d}_{dt}"))?;
         let msmem = tc::map_smem(d);
