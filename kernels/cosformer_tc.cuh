@@ -9,7 +9,8 @@
 //                  carrying the fp32 state in registers: per block, the masked intra-block
 //                  products, the state product, then the state update.
 //   cos_short_tc   sm_90, N, S ≤ 4096: reduce, the fixed-order sum and map in one launch, one
-//                  thread-block cluster of 8 CTAs per (b,h).
+//                  thread-block cluster of 8 CTAs per (b,h); cos_short_causal_tc (D = 64) the
+//                  same for reduce, scan and the causal pass.
 // The state enters mma as a 16-bit operand scaled by a power of two (α for KV, β for z) chosen
 // from its maximum, so that sums over millions of rows neither overflow nor underflow; outputs
 // divide the scales out in fp32. Dynamic shared memory sizes: cos_tc_*_smem (mirrored in Rust).
@@ -397,8 +398,9 @@ __device__ void cos_map_tc(const CosformerParams& p, int bh0, int bh_step, int t
 // contribution is added for rows j ≤ i only, so rows before a poisoned token stay unchanged.
 // Traffic: Q, K, V of the chunk read once (K, V again by the reduce pass), O written once, the
 // prefix state read once.
+// (b,h) slices bh0, bh0 + bh_step, …; chunk `chunk` of the sequence.
 template <typename T, int D>
-__device__ void cos_causal_tc(const CosformerParams& p) {
+__device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, int chunk) {
   constexpr int WARPS = COS_TC_CAUSAL_WARPS, THREADS = WARPS * 32, BR = COS_TC_BLOCK;
   constexpr int LD = D + 8, LB = cos_tc_state_ld(D), KT = D / 16;
   constexpr int OW = D / 2, ONT = OW / 8;                    // output phase: columns per warp
@@ -415,13 +417,12 @@ __device__ void cos_causal_tc(const CosformerParams& p) {
   const int rt = warp % 4, eo = (warp / 4) * OW;             // output phase
   const int ct = warp % WC, eu = (warp / WC) * UW;           // update phase
   const bool zw = warp < WC;
-  const int chunk = blockIdx.x;
   const int row_begin = chunk * p.rows_per_chunk;
   const int row_end = min(p.n, row_begin + p.rows_per_chunk);
   const i64 ddv = (i64)D * D;
   const u32 one = ones2<T>();
 
-  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
+  for (int bh = bh0; bh < p.b * p.h; bh += bh_step) {
     const int b = bh / p.h, h = bh % p.h;
     const u16* q = reinterpret_cast<const u16*>(p.q) + (b * p.q_sb + h * p.q_sh);
     const u16* k = reinterpret_cast<const u16*>(p.k) + (b * p.k_sb + h * p.k_sh);
@@ -666,6 +667,10 @@ __host__ __device__ constexpr int cos_tc_short_smem(int d) {
              : cos_tc_reduce_smem(d);
 }
 
+__host__ __device__ constexpr int cos_tc_short_causal_smem(int d) {
+  return cos_tc_causal_smem(d) > cos_tc_reduce_smem(d) ? cos_tc_causal_smem(d) : cos_tc_reduce_smem(d);
+}
+
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 // Every thread of the cluster arrives (release) and waits (acquire): memory operations before the
 // barrier, global ones included, are visible to the whole cluster after it.
@@ -700,14 +705,50 @@ __device__ void cos_short_tc(const CosformerParams& p) {
   }
 }
 
+// Causal short sequences (N ≤ COS_TC_SHORT_MAX, D = 64: the reduce and the causal pass both run
+// 8 warps) in one launch: CTA r reduces chunk r; barrier; CTA r scans its eighth of the state
+// elements over the chunks in chunk order (cos_scan: exclusive prefixes in place, from `state`
+// when state_in, the total into `state` when non-null); barrier; the causal pass of chunk r.
+template <typename T, int D>
+__device__ void cos_short_causal_tc(const CosformerParams& p) {
+  constexpr int THREADS = cos_tc_reduce_threads(D), CL = COS_TC_SHORT_CL;
+  static_assert(THREADS == COS_TC_CAUSAL_WARPS * 32, "one CTA size for the reduce and the causal pass");
+  const int rank = cluster_rank(), bhn = p.b * p.h;
+  const i64 slen = cos_state_len(p);
+  for (int bh = blockIdx.x / CL; bh < bhn; bh += gridDim.x / CL) {
+    cos_reduce_tc<T, D>(p, bh, bhn, rank);
+    cluster_sync();
+    float* part = reinterpret_cast<float*>(p.partial) + (i64)bh * p.chunks * slen;
+    float* st = reinterpret_cast<float*>(p.state);
+    for (i64 x = (i64)rank * THREADS + threadIdx.x; x < slen; x += (i64)CL * THREADS) {
+      float run = (st != nullptr && p.state_in) ? st[(i64)bh * slen + x] : 0.f;
+      for (int ch = 0; ch < p.chunks; ++ch) {
+        const float t = part[ch * slen + x];
+        part[ch * slen + x] = run;
+        run += t;
+      }
+      if (st != nullptr) st[(i64)bh * slen + x] = run;
+    }
+    cluster_sync();
+    cos_causal_tc<T, D>(p, bh, bhn, rank);
+  }
+}
+
 #define COS_TC_SHORT(DIM, T, NAME)                                                              \
   extern "C" __global__ void __launch_bounds__(cos_tc_reduce_threads(DIM), 1)                    \
       __cluster_dims__(COS_TC_SHORT_CL, 1, 1)                                                   \
       cosformer_short_tc##DIM##_##NAME(const __grid_constant__ CosformerParams p) {             \
     cos_short_tc<T, DIM>(p);                                                                    \
   }
+#define COS_TC_SHORT_CAUSAL(DIM, T, NAME)                                                       \
+  extern "C" __global__ void __launch_bounds__(COS_TC_CAUSAL_WARPS * 32, 1)                      \
+      __cluster_dims__(COS_TC_SHORT_CL, 1, 1)                                                   \
+      cosformer_short_causal_tc##DIM##_##NAME(const __grid_constant__ CosformerParams p) {      \
+    cos_short_causal_tc<T, DIM>(p);                                                             \
+  }
 #else
 #define COS_TC_SHORT(DIM, T, NAME)
+#define COS_TC_SHORT_CAUSAL(DIM, T, NAME)
 #endif
 
 #define COS_TC(DIM, RMIN, MMIN, T, NAME)                                                        \
@@ -722,7 +763,7 @@ __device__ void cos_short_tc(const CosformerParams& p) {
 #define COS_TC_CAUSAL(DIM, T, NAME)                                                             \
   extern "C" __global__ void __launch_bounds__(COS_TC_CAUSAL_WARPS * 32, 1)                      \
       cosformer_causal_tc##DIM##_##NAME(const __grid_constant__ CosformerParams p) {             \
-    cos_causal_tc<T, DIM>(p);                                                                   \
+    cos_causal_tc<T, DIM>(p, blockIdx.y, gridDim.y, blockIdx.x);                                \
   }
 
 #define COS_TC_DTYPE(T, NAME)                                                                   \
@@ -733,12 +774,13 @@ __device__ void cos_short_tc(const CosformerParams& p) {
   COS_TC_CAUSAL(64, T, NAME)                                                                    \
   COS_TC_SHORT(32, T, NAME)                                                                     \
   COS_TC_SHORT(48, T, NAME)                                                                     \
-  COS_TC_SHORT(64, T, NAME)
+  COS_TC_SHORT(64, T, NAME)                                                                     \
+  COS_TC_SHORT_CAUSAL(64, T, NAME)
 
 // Mirrored in src/ops/cosformer.rs (mod tc); a change here must be made there too.
 static_assert(cos_tc_reduce_smem(64) == 18432 && cos_tc_map_smem(64) == 37888 &&
                   cos_tc_short_smem(64) == 56320 && cos_tc_short_smem(32) == 10752 &&
-                  cos_tc_short_smem(48) == 22272 &&
+                  cos_tc_short_smem(48) == 22272 && cos_tc_short_causal_smem(64) == 83968 &&
                   cos_tc_causal_smem(64) == 83968 && cos_tc_reduce_threads(64) == 256 &&
                   cos_tc_reduce_threads(32) == 64 && cos_tc_reduce_threads(128) == 512,
               "cosFormer tensor-core launch geometry changed: update Rust");

@@ -377,28 +377,32 @@ fn cosformer_tensor_core_non_causal() {
 }
 
 /// Short sequences (N, S ≤ 4096) run as one clustered launch on sm_90; the same shapes through
-/// reduce → finalize → map must agree with the reference too (and with each other, up to the
-/// different chunking of the key sums).
+/// the separate launches (reduce → finalize → map, or reduce → scan → causal) must agree with the
+/// reference too.
 #[test]
 fn cosformer_tensor_core_short_one_and_three_launches() {
     let Some(rt) = common::gpu("cosformer tensor cores, short sequences") else {
         return;
     };
-    let mut seed = 9500;
-    for &d in &[32, 48, 64] {
-        for (n, s) in [(1, 1), (1, 300), (1100, 40), (1024, 1024), (4096, 4096)] {
-            let mut c = Case::new(n, s, d, d, LayoutKind::Bnhd, false);
-            let x = host_inputs::<f16>(&c, seed);
-            let one = run_gpu::<f16>(&rt, &c, &x);
-            c.one_launch = false;
-            let three = run_gpu::<f16>(&rt, &c, &x);
-            let want = reference_of(&c, &x);
-            for (what, got) in [("one launch", &one), ("three launches", &three)] {
-                let cmp = compare::<f16>(got, &want);
-                println!("cosformer short {what} d={d} n={n} s={s}: {cmp}");
-                assert!(cmp.pass(), "{what} d={d} n={n} s={s}: {cmp}");
-            }
-            seed += 1;
+    let non_causal = [32, 48, 64].into_iter().flat_map(|d| {
+        [(1, 1), (1, 300), (1100, 40), (1024, 1024), (4096, 4096)].map(|(n, s)| (d, n, s, false))
+    });
+    // Causal: D = 64 (the one-launch causal kernel); N = 100 leaves 6 of its 8 chunks empty.
+    let causal = [1, 100, 1000, 4096].map(|n| (64, n, n, true));
+    for (seed, (d, n, s, is_causal)) in (9500..).zip(non_causal.chain(causal)) {
+        let mut c = Case::new(n, s, d, d, LayoutKind::Bnhd, is_causal);
+        let x = host_inputs::<f16>(&c, seed);
+        let one = run_gpu::<f16>(&rt, &c, &x);
+        c.one_launch = false;
+        let three = run_gpu::<f16>(&rt, &c, &x);
+        let want = reference_of(&c, &x);
+        for (what, got) in [("one launch", &one), ("separate launches", &three)] {
+            let cmp = compare::<f16>(got, &want);
+            println!("cosformer short {what} d={d} n={n} s={s} causal={is_causal}: {cmp}");
+            assert!(
+                cmp.pass(),
+                "{what} d={d} n={n} s={s} causal={is_causal}: {cmp}"
+            );
         }
     }
 }

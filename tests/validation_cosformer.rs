@@ -138,7 +138,13 @@ fn causal_chunks_and_workspace() {
         let pl = plan(Dims::new(b, h, n, d), n, dv, &causal()).unwrap();
         assert_eq!(pl.rows_per_chunk, BLOCK);
         assert_eq!(pl.chunks, n.div_ceil(BLOCK));
-        assert_eq!(pl.workspace_bytes(), b * h * pl.chunks * per * 4);
+        // Short plans hold the one-launch path's 8 partial states at least.
+        let slots = if n <= 4096 {
+            pl.chunks.max(8)
+        } else {
+            pl.chunks
+        };
+        assert_eq!(pl.workspace_bytes(), b * h * slots * per * 4);
         assert_eq!(
             workspace_bytes(Dims::new(b, h, n, d), n, dv, &causal()).unwrap(),
             pl.workspace_bytes()
@@ -246,7 +252,7 @@ fn decode_state_shape_checks() {
 }
 
 #[test]
-fn short_non_causal_plans_hold_the_one_launch_partials() {
+fn short_plans_hold_the_one_launch_partials() {
     let (d, dv) = (64, 64);
     let per = state_len(d, dv);
     // N = S = 300: fewer natural chunks than the one-launch path's 8, which the workspace holds.
@@ -261,7 +267,7 @@ fn short_non_causal_plans_hold_the_one_launch_partials() {
     assert_eq!(pl.workspace_bytes(), 2 * (8 + 1) * per * 4);
     // Turning it off keeps the workspace (a plan's size never shrinks under a caller).
     assert!(!pl.with_one_launch(false).one_launch());
-    // Longer than 4096, or causal: never.
+    // Longer than 4096: never.
     let long = plan(
         Dims::new(1, 2, 5000, d),
         5000,
@@ -270,6 +276,10 @@ fn short_non_causal_plans_hold_the_one_launch_partials() {
     )
     .unwrap();
     assert!(!long.one_launch() && !long.with_one_launch(true).one_launch());
+    // Causal short plans too, unless the caller fixes the chunking.
     let c = plan(Dims::new(1, 2, 300, d), 300, dv, &causal()).unwrap();
-    assert!(!c.one_launch() && !c.with_one_launch(true).one_launch());
+    assert!(c.one_launch() && c.workspace_bytes() == 2 * 8 * per * 4);
+    let fixed = c.with_rows_per_chunk(128).unwrap();
+    assert!(!fixed.one_launch() && !fixed.with_one_launch(true).one_launch());
+    assert_eq!(fixed.workspace_bytes(), 2 * 3 * per * 4);
 }

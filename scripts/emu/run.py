@@ -104,12 +104,27 @@ def run_pipeline(q16, k16, v16, causal, relu, D, rows_override=None, kind="bhnd"
     p["K"] = emu.Glob(to_storage(k16, kind), "k")
     p["V"] = emu.Glob(to_storage(v16, kind), "v")
     p["O"] = emu.Glob(np.full(B * H * N * D, 0x7E00, U16), "o")  # poisoned like the tests
-    short = not causal and 1 <= N <= SHORT_MAX and 1 <= S <= SHORT_MAX
+    short = 1 <= N <= SHORT_MAX and 1 <= S <= SHORT_MAX and rows_override is None  # Plan::one_launch
     partials = max(chunks, SHORT_CL) if short else chunks  # Plan::partials
     p["partial"] = emu.Glob(np.full(bh * partials * per, np.nan, F32), "partial")
     races = {}
     elem_blocks = div_up(per, 256)
-    if causal:
+    if causal and short and one_launch and D == 64:
+        # cosformer_short_causal_tc: per cluster reduce chunk r → barrier → scan (in place, fixed
+        # order) → barrier → the causal pass of chunk r.
+        p["chunks"] = SHORT_CL
+        p["rows_per_chunk"] = div_up(div_up(N, SHORT_CL), BLOCK) * BLOCK
+        p["state"] = None if state_in is None else emu.Glob(state_in.astype(F32).copy(), "state")
+        for bx in range(bh):
+            for rank in range(SHORT_CL):
+                emu.cos_reduce_tc(p, D, bx, rank, bh, 1, races)
+        emu.cos_scan(p, elem_blocks, bh)
+        trace = []
+        for by in range(bh):
+            for rank in range(SHORT_CL):
+                emu.cos_causal_tc(p, D, rank, by, SHORT_CL, bh, races, trace)
+        p["trace"] = trace
+    elif causal:
         rows = tc_causal_rows(B, H, N, rpc)
         p["rows_per_chunk"] = rows
         p["chunks"] = div_up(N, rows)
@@ -210,6 +225,7 @@ if __name__ == "__main__":
     B, H = 1, 2
     if quick:
         results.append(case("causal D64 N300 rpc256 relu", B, H, 300, 300, 64, True, True, 256))
+        results.append(case("causal D64 N300 relu (one launch)", B, H, 300, 300, 64, True, True))
         results.append(case("noncausal D64 N100 S300 relu (one launch)", B, H, 100, 300, 64, False, True))
         results.append(case("noncausal D64 N100 S300 relu (three launches)", B, H, 100, 300, 64, False, True,
                             one_launch=False))
@@ -234,10 +250,15 @@ if __name__ == "__main__":
         results.append(case(f"noncausal D{D} N1 S1 one launch", B, H, 1, 1, D, False, True, None, 60 + D))
         results.append(case(f"noncausal D{D} N1100 S40 one launch", B, H, 1100, 40, D, False, True, None, 61 + D))
     results.append(case("noncausal D64 N1000 S1000 B2H2 one launch", 2, 2, 1000, 1000, 64, False, True, None, 70))
+    # causal one launch (D = 64; explicit chunkings above take the usual launches): empty chunks
+    # (N = 100: 2 of 8 hold rows), a partial last block, N = 1
+    for N in (1, 100, 300, 1000):
+        results.append(case(f"causal D64 N{N} one launch", B, H, N, N, 64, True, True, None, 80 + N))
     # extra: map grid-stride with one CTA per bh (double-buffered tiles), BNHD layout, M > max
     results.append(case("noncausal D64 N129 S129 map grid.x=1 bnhd", B, H, 129, 129, 64, False, True, None, 99, "bnhd", 1))
     results.append(case("causal D64 N300 rpc64 bnhd M=1000", B, H, 300, 300, 64, True, True, 64, 98, "bnhd", None, 1000))
     for D in (64, 32):
         for rpc in (256, 64):
             results.append((poison_case(D, rpc), 0))
+    results.append((poison_case(64, None), 0))  # the causal one-launch path
     print("ALL PASS" if all(r[0] for r in results) else "SOME FAILED")

@@ -51,9 +51,10 @@ const TC_CAUSAL_CTAS: usize = 512;
 /// (COS_TC_SHORT_MAX).
 const SHORT_CL: usize = 8;
 const SHORT_MAX: usize = 4096;
-/// Whether a plan is short enough for the one-launch path.
-fn short_plan(causal: bool, n: usize, s: usize) -> bool {
-    !causal && (1..=SHORT_MAX).contains(&n) && (1..=SHORT_MAX).contains(&s)
+/// Whether a plan is short enough for the one-launch path (causal: only D = 64 has the kernel;
+/// other head dims find none and take the usual launches).
+fn short_plan(n: usize, s: usize) -> bool {
+    (1..=SHORT_MAX).contains(&n) && (1..=SHORT_MAX).contains(&s)
 }
 /// Clusters launched by the one-launch path (each then walks (b,h) slices).
 const MAX_CLUSTERS: usize = 1 << 16;
@@ -178,10 +179,9 @@ pub struct Plan {
     pub chunks: usize,
     pub rows_per_chunk: usize,
     /// Per-chunk state slots in the workspace: `chunks`, or at least [`SHORT_CL`] for a short
-    /// non-causal plan (the one-launch path reduces that many chunks).
+    /// plan (the one-launch path reduces that many chunks).
     partials: usize,
-    /// Short non-causal plans may run as one launch (sm_90 tensor-core path); see
-    /// [`Plan::with_one_launch`].
+    /// Short plans may run as one launch (sm_90 tensor-core path); see [`Plan::with_one_launch`].
     one_launch: bool,
     layouts: [Layout; 4],
 }
@@ -238,7 +238,7 @@ impl Plan {
                 "must be a positive, finite fp32 value",
             ));
         }
-        let short = short_plan(params.causal, n, s);
+        let short = short_plan(n, s);
         let (chunks, rows_per_chunk) = if params.causal {
             let blocks = n.div_ceil(BLOCK);
             let rows = blocks.div_ceil(MAX_CAUSAL_CHUNKS) * BLOCK;
@@ -269,16 +269,18 @@ impl Plan {
         })
     }
 
-    /// Whether the plan may run as one launch: short non-causal, on an sm_90 device where the
-    /// tensor-core kernels apply (f16/bf16, D == Dv ∈ {32, 48, 64}, 16-byte-aligned rows).
+    /// Whether the plan may run as one launch: N, S ≤ 4096 on an sm_90 device where the
+    /// tensor-core kernels apply (f16/bf16, D == Dv ∈ {32, 48, 64}, 16-byte-aligned rows; causal:
+    /// D = 64).
     pub fn one_launch(&self) -> bool {
         self.one_launch
     }
 
-    /// The same plan with the one-launch path for short non-causal sequences allowed (the
-    /// default where N, S ≤ 4096) or not (always reduce → finalize → map, e.g. to compare them).
+    /// The same plan with the one-launch path for short sequences allowed (the default where
+    /// N, S ≤ 4096) or not (always the separate reduce, finalize or scan, and map or causal
+    /// launches, e.g. to compare them).
     pub fn with_one_launch(mut self, allow: bool) -> Self {
-        self.one_launch = allow && short_plan(self.causal, self.n, self.s);
+        self.one_launch = allow && self.partials >= SHORT_CL && short_plan(self.n, self.s);
         self
     }
 
@@ -310,7 +312,9 @@ impl Plan {
         }
         self.rows_per_chunk = rows;
         self.chunks = chunks;
+        // An explicit chunking is what runs: no one-launch path (it chunks by 8).
         self.partials = chunks;
+        self.one_launch = false;
         Ok(self)
     }
 
@@ -505,6 +509,23 @@ unsafe fn queue_tc(
     rt.allow_dynamic_smem(&reduce, rsmem)?;
     p.partial = workspace;
     if plan.causal {
+        if plan.one_launch && rt.info().compute_capability.0 >= 9 {
+            // D = 64 only (the reduce and the causal pass share 8 warps); absent otherwise.
+            let name = format!("cosformer_short_causal_tc{d}_{dt}");
+            if let Ok(short) = rt.function(FAMILY, &name) {
+                let smem = tc::causal_smem(d).max(rsmem);
+                rt.allow_dynamic_smem(&short, smem)?;
+                p.chunks = SHORT_CL as i32;
+                p.rows_per_chunk = (plan.n.div_ceil(SHORT_CL).div_ceil(BLOCK) * BLOCK) as i32;
+                let grid = ((bh.min(MAX_CLUSTERS) * SHORT_CL) as u32, 1, 1);
+                // SAFETY: SHORT_CL ≤ plan.partials slots; one cluster per (b,h) at a time covers
+                // every chunk and state element; `state` as the caller's contract says.
+                let one = unsafe { launch_smem(stream, &short, grid, TC_CAUSAL_THREADS, smem, &p) };
+                if one.is_ok() {
+                    return Ok(());
+                }
+            }
+        }
         let rows = tc_causal_rows(plan);
         p.rows_per_chunk = rows as i32;
         p.chunks = plan.n.div_ceil(rows) as i32;
