@@ -13,6 +13,7 @@ use sofa::{DType, Dims};
 const PEAKS: Peaks = Peaks {
     copy_gb_per_s: 3000.0,
     gemm_tflop_per_s: 750.0,
+    launch_pair_us: 5.0,
 };
 
 #[test]
@@ -131,6 +132,7 @@ fn json_lines_carry_the_schema() {
         "tflop_per_s",
         "peak_copy_gb_per_s",
         "peak_gemm_tflop_per_s",
+        "empty_launch_pair_us",
         "pct_roofline",
         "rel_err",
         "err_bound",

@@ -104,6 +104,7 @@ impl Record {
             "gb_per_s": self.gb_per_s(), "flops": self.flops, "tflop_per_s": self.tflop_per_s(),
             "peak_copy_gb_per_s": self.peaks.map(|p| p.copy_gb_per_s),
             "peak_gemm_tflop_per_s": self.peaks.map(|p| p.gemm_tflop_per_s),
+            "empty_launch_pair_us": self.peaks.map(|p| p.launch_pair_us),
             "pct_roofline": self.pct_roofline(),
             "rel_err": self.rel_err, "err_bound": self.err_bound, "flush_l2": self.flush_l2,
             "graph": self.graph, "speedup_vs_baseline": self.speedup_vs_baseline,

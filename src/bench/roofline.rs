@@ -1,5 +1,6 @@
-//! The two ceilings every measurement is judged against, measured on the device in the same run:
-//! a device-to-device copy (bytes read + written per second) and a large cuBLAS f16 GEMM.
+//! The ceilings every measurement is judged against, measured on the device in the same run:
+//! a device-to-device copy (bytes read + written per second), a large cuBLAS f16 GEMM, and the
+//! time of two back-to-back empty kernel launches (the floor of a short multi-launch op).
 
 use crate::bench::time_on_stream;
 use crate::error::{Error, Result};
@@ -17,6 +18,8 @@ pub struct Peaks {
     pub copy_gb_per_s: f64,
     /// Dense f16 GEMM with fp32 accumulation (tensor cores).
     pub gemm_tflop_per_s: f64,
+    /// Two back-to-back launches of an empty kernel, device-event timed (microseconds).
+    pub launch_pair_us: f64,
 }
 
 impl Peaks {
@@ -42,13 +45,26 @@ impl Peaks {
         }
     }
 
-    /// Measures both peaks on `stream` (about a second). Needs libcublas for the GEMM.
+    /// Measures the ceilings on `stream` (about a second). Needs libcublas for the GEMM.
     pub fn measure(rt: &Runtime, stream: &Arc<CudaStream>) -> Result<Peaks> {
         Ok(Peaks {
             copy_gb_per_s: measure_copy(rt, stream)?,
             gemm_tflop_per_s: measure_gemm(rt, stream)?,
+            launch_pair_us: measure_launch_pair(rt, stream)?,
         })
     }
+}
+
+fn measure_launch_pair(rt: &Runtime, stream: &Arc<CudaStream>) -> Result<f64> {
+    let f = rt.function("fill", "empty_kernel")?;
+    let t = time_on_stream(stream, 10, 200, || {
+        for _ in 0..2 {
+            // SAFETY: the kernel takes one int and touches no memory.
+            unsafe { crate::ops::launch(stream, &f, (1, 1, 1), 32, &0i32)? };
+        }
+        Ok(())
+    })?;
+    Ok(t.median_ms * 1e3)
 }
 
 fn measure_copy(rt: &Runtime, stream: &Arc<CudaStream>) -> Result<f64> {

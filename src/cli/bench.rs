@@ -216,8 +216,8 @@ impl Sweep<'_> {
             match Peaks::measure(&self.rt, &self.stream) {
                 Ok(p) => {
                     self.say(format!(
-                        "peaks: copy {:.0} GB/s, f16 GEMM {:.0} TFLOP/s",
-                        p.copy_gb_per_s, p.gemm_tflop_per_s
+                        "peaks: copy {:.0} GB/s, f16 GEMM {:.0} TFLOP/s, empty launch pair {:.1} µs",
+                        p.copy_gb_per_s, p.gemm_tflop_per_s, p.launch_pair_us
                     ));
                     self.peaks = Some(p);
                 }
