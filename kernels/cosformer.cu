@@ -416,11 +416,15 @@ __device__ void cos_causal(const CosformerParams& p) {
 }
 
 // Decode step: adds token pos0 + 1 (row 0 of q, k, v) of each (b,h) to `state`, then writes its
-// output from the updated state. Grid: x = bh, one CTA of COS_THREADS (d, dv ≤ 256).
+// output from the updated state. Grid: x = bh, one CTA of COS_THREADS (d, dv ≤ 256). Thread t
+// updates column e = t % dv of the state rows of group t / dv (COS_THREADS / dv groups split the
+// d rows, so every thread streams state, with 4 rows in flight); the groups' partial numerators
+// are added in group order (deterministic).
 // Traffic: the state read and written once, one q, k, v row read, one O row written.
 template <typename T>
 __device__ void cos_step(const CosformerParams& p) {
   __shared__ float qf[256], kf[256], vr[256];
+  __shared__ float num[2][COS_THREADS];
   __shared__ float den;
   const int bh = blockIdx.x;
   const int b = bh / p.h, h = bh % p.h;
@@ -448,11 +452,14 @@ __device__ void cos_step(const CosformerParams& p) {
     dc = warp_sum(dc);
     if (t == 0) den = fmaxf(sn * ds + cs * dc, p.eps);
   }
+  const int groups = max(1, COS_THREADS / p.dv), e = t % p.dv, g = t / p.dv;
   float ns = 0.f, nc = 0.f;
-  if (t < p.dv) {
-    const float ve = vr[t];
-    for (int c = 0; c < p.d; ++c) {
-      const i64 at = (i64)c * p.dv + t;
+  if (g < groups) {
+    const int rows = div_up(p.d, groups), c_end = min(p.d, (g + 1) * rows);
+    const float ve = vr[e];
+#pragma unroll 4
+    for (int c = g * rows; c < c_end; ++c) {
+      const i64 at = (i64)c * p.dv + e;
       const float s1 = fmaf(kf[c] * sn, ve, st[at]);
       const float c1 = fmaf(kf[c] * cs, ve, st[ddv + at]);
       st[at] = s1;
@@ -461,9 +468,17 @@ __device__ void cos_step(const CosformerParams& p) {
       nc = fmaf(qf[c], c1, nc);
     }
   }
+  num[0][t] = ns;
+  num[1][t] = nc;
   __syncthreads();
-  if (t < p.dv)
-    reinterpret_cast<T*>(p.o)[b * p.o_sb + h * p.o_sh + t] = from_f32<T>((sn * ns + cs * nc) / den);
+  if (t < p.dv) {
+    float s = 0.f, c = 0.f;
+    for (int gg = 0; gg < groups; ++gg) {
+      s += num[0][gg * p.dv + t];
+      c += num[1][gg * p.dv + t];
+    }
+    reinterpret_cast<T*>(p.o)[b * p.o_sb + h * p.o_sh + t] = from_f32<T>((sn * s + cs * c) / den);
+  }
 }
 
 // Entry points: cosformer_<step>_<dtype>.
