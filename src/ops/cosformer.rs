@@ -509,8 +509,8 @@ unsafe fn queue_tc(
     rt.allow_dynamic_smem(&reduce, rsmem)?;
     p.partial = workspace;
     if plan.causal {
-        if plan.one_launch && rt.info().compute_capability.0 >= 9 {
-            // D = 64 only (the reduce and the causal pass share 8 warps); absent otherwise.
+        // D = 64 only: the reduce and the causal pass share 8 warps.
+        if plan.one_launch && d == 64 && rt.info().compute_capability.0 >= 9 {
             let name = format!("cosformer_short_causal_tc{d}_{dt}");
             if let Ok(short) = rt.function(FAMILY, &name) {
                 let smem = tc::causal_smem(d).max(rsmem);
