@@ -127,37 +127,44 @@ __device__ void cos_reduce(const CosformerParams& p) {
 // Finalize (non-causal): state[bh][x] = Σ_chunk partial[bh][chunk][x], chunks in order.
 // Grid: x = block of COS_THREADS state elements, y = bh (grid-stride).
 // Traffic: the partials read once, one state written.
-__device__ void cos_finalize(const CosformerParams& p) {
+// state[bh][x] = Σ over chunks, in chunk order, of partial[bh][chunk][x].
+__device__ __forceinline__ void cos_finalize_element(const CosformerParams& p, int bh, i64 x) {
   const i64 slen = cos_state_len(p);
+  const float* part = reinterpret_cast<const float*>(p.partial) + (i64)bh * p.chunks * slen;
+  float acc = 0.f;
+  for (int ch = 0; ch < p.chunks; ++ch) acc += part[ch * slen + x];
+  reinterpret_cast<float*>(p.state)[(i64)bh * slen + x] = acc;
+}
+
+__device__ void cos_finalize(const CosformerParams& p) {
   const i64 x = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-  if (x >= slen) return;
-  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
-    const float* part = reinterpret_cast<const float*>(p.partial) + (i64)bh * p.chunks * slen;
-    float acc = 0.f;
-    for (int ch = 0; ch < p.chunks; ++ch) acc += part[ch * slen + x];
-    reinterpret_cast<float*>(p.state)[(i64)bh * slen + x] = acc;
-  }
+  if (x >= cos_state_len(p)) return;
+  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) cos_finalize_element(p, bh, x);
 }
 
 // Scan (causal): partial[bh][chunk] becomes the state of all rows before the chunk (plus the
 // incoming `state` when state_in); the total is written to `state` when it is non-null.
 // Grid: x = block of COS_THREADS state elements, y = bh (grid-stride). Traffic: partials read
 // and written once.
-__device__ void cos_scan(const CosformerParams& p) {
+// partial[bh][·][x] becomes its exclusive prefix over the chunks, in chunk order (from state[bh][x]
+// when state_in); the total goes to state[bh][x] when `state` is non-null.
+__device__ __forceinline__ void cos_scan_element(const CosformerParams& p, int bh, i64 x) {
   const i64 slen = cos_state_len(p);
-  const i64 x = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-  if (x >= slen) return;
-  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
-    float* part = reinterpret_cast<float*>(p.partial) + (i64)bh * p.chunks * slen;
-    float* st = reinterpret_cast<float*>(p.state);
-    float run = (st != nullptr && p.state_in) ? st[(i64)bh * slen + x] : 0.f;
-    for (int ch = 0; ch < p.chunks; ++ch) {
-      const float t = part[ch * slen + x];
-      part[ch * slen + x] = run;
-      run += t;
-    }
-    if (st != nullptr) st[(i64)bh * slen + x] = run;
+  float* part = reinterpret_cast<float*>(p.partial) + (i64)bh * p.chunks * slen;
+  float* st = reinterpret_cast<float*>(p.state);
+  float run = (st != nullptr && p.state_in) ? st[(i64)bh * slen + x] : 0.f;
+  for (int ch = 0; ch < p.chunks; ++ch) {
+    const float t = part[ch * slen + x];
+    part[ch * slen + x] = run;
+    run += t;
   }
+  if (st != nullptr) st[(i64)bh * slen + x] = run;
+}
+
+__device__ void cos_scan(const CosformerParams& p) {
+  const i64 x = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+  if (x >= cos_state_len(p)) return;
+  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) cos_scan_element(p, bh, x);
 }
 
 // Stages rows [row0, row0 + COS_BLOCK) × columns [c0, c0 + COS_KC) of q or k as fp32 features,

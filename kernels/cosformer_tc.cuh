@@ -693,13 +693,8 @@ __device__ void cos_short_tc(const CosformerParams& p) {
   for (int bh = blockIdx.x / CL; bh < bhn; bh += gridDim.x / CL) {
     cos_reduce_tc<T, D>(p, bh, bhn, rank);  // this slice only
     cluster_sync();
-    const float* part = reinterpret_cast<const float*>(p.partial) + (i64)bh * p.chunks * slen;
-    float* st = reinterpret_cast<float*>(p.state) + (i64)bh * slen;
-    for (i64 x = (i64)rank * THREADS + threadIdx.x; x < slen; x += (i64)CL * THREADS) {
-      float acc = 0.f;
-      for (int ch = 0; ch < p.chunks; ++ch) acc += part[ch * slen + x];
-      st[x] = acc;
-    }
+    for (i64 x = (i64)rank * THREADS + threadIdx.x; x < slen; x += (i64)CL * THREADS)
+      cos_finalize_element(p, bh, x);
     cluster_sync();
     cos_map_tc<T, D, THREADS / 32>(p, bh, bhn, rank, CL);
   }
@@ -718,17 +713,8 @@ __device__ void cos_short_causal_tc(const CosformerParams& p) {
   for (int bh = blockIdx.x / CL; bh < bhn; bh += gridDim.x / CL) {
     cos_reduce_tc<T, D>(p, bh, bhn, rank);
     cluster_sync();
-    float* part = reinterpret_cast<float*>(p.partial) + (i64)bh * p.chunks * slen;
-    float* st = reinterpret_cast<float*>(p.state);
-    for (i64 x = (i64)rank * THREADS + threadIdx.x; x < slen; x += (i64)CL * THREADS) {
-      float run = (st != nullptr && p.state_in) ? st[(i64)bh * slen + x] : 0.f;
-      for (int ch = 0; ch < p.chunks; ++ch) {
-        const float t = part[ch * slen + x];
-        part[ch * slen + x] = run;
-        run += t;
-      }
-      if (st != nullptr) st[(i64)bh * slen + x] = run;
-    }
+    for (i64 x = (i64)rank * THREADS + threadIdx.x; x < slen; x += (i64)CL * THREADS)
+      cos_scan_element(p, bh, x);
     cluster_sync();
     cos_causal_tc<T, D>(p, bh, bhn, rank);
   }
