@@ -221,25 +221,25 @@ __device__ __noinline__ float aft_exact(const AftParams& p, const T* k, const T*
   return num / den;
 }
 
-// The keys that the dense block of the tile of rows [t0, t0 + rows) covers, [lo, hi), and the
-// chunk indices of the statistics outside it: pre[ip] covers [0, lo), suf[is] covers [hi, t)
-// (is < 0: none). t0 and rows are multiples of AFT_CHUNK. Every key of the window is multiplied
-// against every row of the tile, so per row the work is the window (3 chunks for a 64-row local
-// tile with s = 64, 4 for 128 rows): small tiles are cheaper.
+// The keys that the dense block of the tile of rows [t0, t0 + AFT_CHUNK) covers, [lo, hi), and
+// the chunk indices of the statistics outside it: pre[ip] covers [0, lo), suf[is] covers [hi, t)
+// (is < 0: none). Every key of the window is multiplied against every row of the tile, so per
+// row the work is the window (3 chunks for a 64-row local tile with s = 64, 4 for 128 rows):
+// small tiles are cheaper.
 struct AftWindow {
   int lo, hi, ip, is;
 };
 
-__device__ __forceinline__ AftWindow aft_window_of(const AftParams& p, int t0, int rows) {
-  const int end = min(p.t, t0 + rows);  // causal keys stop at the tile's last row
+__device__ __forceinline__ AftWindow aft_window_of(const AftParams& p, int t0) {
+  const int end = min(p.t, t0 + AFT_CHUNK);  // causal keys stop at the tile's last row
   switch (p.variant) {
     case AFT_LOCAL:
     case AFT_CONV: {
       const i64 s = min(p.window, p.t);  // a window beyond T covers everything
       const int lo_chunk = (int)(max((i64)0, (i64)t0 - s + 1) / AFT_CHUNK);
       if (p.causal) return {lo_chunk * AFT_CHUNK, end, lo_chunk, -1};
-      // Last band key of the tile's last row is t0 + rows − 1 + s − 1: round up to a chunk.
-      const int hi_chunk = (int)min((i64)p.chunks, ((i64)t0 + rows + s - 1 + AFT_CHUNK - 1) / AFT_CHUNK);
+      // Last band key of the tile's last row is t0 + 63 + s − 1: round up to a chunk boundary.
+      const int hi_chunk = (int)min((i64)p.chunks, ((i64)t0 + AFT_CHUNK + s - 1 + AFT_CHUNK - 1) / AFT_CHUNK);
       return {lo_chunk * AFT_CHUNK, min(p.t, hi_chunk * AFT_CHUNK), lo_chunk, hi_chunk};
     }
     case AFT_FULL:
@@ -405,7 +405,7 @@ __device__ void aft_window(const AftParams& p) {
 
   for (int tile = blockIdx.y; tile < p.chunks; tile += gridDim.y) {
     const int t0 = tile * AFT_CHUNK;
-    const AftWindow win = aft_window_of(p, t0, AFT_CHUNK);
+    const AftWindow win = aft_window_of(p, t0);
     __syncthreads();  // previous tile done with the shared arrays
     aft_tile_shifts<AFT_THREADS>(p, bh, h, c0, t0, msh, rsh, gsh);
     __syncthreads();

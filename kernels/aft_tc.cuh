@@ -50,7 +50,7 @@ __device__ void aft_window_tc(const AftParams& p) {
 
   for (int tile = blockIdx.y; tile < p.chunks; tile += gridDim.y) {
     const int t0 = tile * ROWS;
-    const AftWindow win = aft_window_of(p, t0, ROWS);
+    const AftWindow win = aft_window_of(p, t0);
     __syncthreads();  // previous tile done with the shared arrays
     aft_tile_shifts<THREADS>(p, bh, h, c0, t0, msh, rsh, gsh);
     __syncthreads();

@@ -176,13 +176,7 @@ fn ops(n: usize) -> Vec<Op> {
         }),
         Op::Soft(soft_params(n)),
     ];
-    for variant in [
-        Variant::Simple,
-        Variant::Local { window: 64 },
-        Variant::Local { window: 5 },
-        Variant::Conv { window: 7 },
-        Variant::Full,
-    ] {
+    for variant in common::aft_variants() {
         for causal in [false, true] {
             ops.push(Op::Aft(variant, AftParams { causal }));
         }

@@ -367,13 +367,7 @@ fn aft_non_finite_stays_in_its_slice() {
     let Some(rt) = common::gpu("aft non-finite") else {
         return;
     };
-    for variant in [
-        Variant::Simple,
-        Variant::Local { window: 64 },
-        Variant::Local { window: 5 },
-        Variant::Conv { window: 7 },
-        Variant::Full,
-    ] {
+    for variant in common::aft_variants() {
         for causal in [false, true] {
             let op = Op::Aft { variant, causal };
             // D = 80: two channel tiles, the second partial; N not a multiple of the 64-row tile.

@@ -418,6 +418,17 @@ fn check_aft(u: &mut Unstructured) -> AResult<()> {
     Ok(())
 }
 
+fn softmax_params(u: &mut Unstructured) -> AResult<SoftmaxParams> {
+    Ok(SoftmaxParams {
+        causal: u.arbitrary()?,
+        scale: if u.arbitrary()? {
+            None
+        } else {
+            Some(float(u)?)
+        },
+    })
+}
+
 fn dtype(u: &mut Unstructured) -> AResult<DType> {
     Ok(DType::ALL[u.choose_index(DType::ALL.len())?])
 }
@@ -434,14 +445,7 @@ fn check_baseline(u: &mut Unstructured) -> AResult<()> {
     let (dt, dims, s, dv) = (dtype(u)?, q.dims, k.dims.n, v.dims.d);
     match which {
         0 => {
-            let p = SoftmaxParams {
-                causal: u.arbitrary()?,
-                scale: if u.arbitrary()? {
-                    None
-                } else {
-                    Some(float(u)?)
-                },
-            };
+            let p = softmax_params(u)?;
             let r = baseline::softmax::Plan::new(dt, &q, &k, &v, &o, &p);
             if let Some(plan) = ok_or_typed(r, "baseline softmax") {
                 assert!(!p.causal || dims.n == s);
@@ -699,14 +703,7 @@ fn check_reference(u: &mut Unstructured) -> AResult<()> {
             ok_or_typed(soft::gaussian_products(&x, g, &p), "soft gaussian_products");
         }
         _ => {
-            let p = SoftmaxParams {
-                causal: u.arbitrary()?,
-                scale: if u.arbitrary()? {
-                    None
-                } else {
-                    Some(float(u)?)
-                },
-            };
+            let p = softmax_params(u)?;
             let lin = ok_or_typed(softmax::online(&x, &p), "softmax online");
             let lit = ok_or_typed(softmax::literal(&x, &p), "softmax literal");
             assert_eq!(lin.is_some(), lit.is_some());

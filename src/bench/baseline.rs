@@ -7,12 +7,11 @@
 use crate::baseline::aft::{self, AftWeights};
 use crate::baseline::softmax::{self, SoftmaxParams};
 use crate::baseline::{cosformer, sima, soft, Blas};
-use crate::bench::random_buffer;
-use crate::bench::workload::{input_seed, BenchOp, Case, Runner};
+use crate::bench::workload::{BenchOp, Buffers, Case, Runner};
 use crate::error::{Error, Result};
 use crate::ops::{TensorMut, TensorRef};
 use crate::runtime::Runtime;
-use crate::tensor::{DType, Dims, Element, Layout};
+use crate::tensor::{DType, Dims, Element};
 use half::{bf16, f16};
 use std::sync::Arc;
 
@@ -179,19 +178,16 @@ fn runner<T: Element>(
     seed: u64,
 ) -> Result<Runner> {
     let case = bc.case;
-    let stream = blas.stream().clone();
-    let l = Layout::contiguous(case.dims);
-    let len = l
-        .span()
-        .ok_or_else(|| Error::param("shape", case.dims, "too large"))?;
-    let input = |i| random_buffer::<T>(rt, &stream, len, input_seed(seed, i));
-    let (q, k, v) = (input(0)?, input(1)?, input(2)?);
-    let mut o = rt.alloc::<T>(&stream, len)?;
-    let mut ws = rt.alloc::<u8>(&stream, bc.workspace_bytes()?)?;
-    let bias = match bc.bias_len()? {
-        0 => None,
-        n => Some(random_buffer::<f32>(rt, &stream, n, input_seed(seed, 3))?),
-    };
+    let (ws_bytes, bias_len) = (bc.workspace_bytes()?, bc.bias_len()?);
+    let Buffers {
+        layout: l,
+        q,
+        k,
+        v,
+        mut o,
+        mut ws,
+        bias,
+    } = Buffers::<T>::new(rt, blas.stream(), case.dims, ws_bytes, bias_len, seed)?;
     let (rt, blas) = (rt.clone(), blas.clone());
     Ok(Box::new(move || {
         let t = |x| TensorRef { data: x, layout: l };

@@ -9,7 +9,7 @@ use crate::reference::cosformer::CosformerParams;
 use crate::reference::soft::{Landmarks, SoftParams};
 use crate::runtime::Runtime;
 use crate::tensor::{DType, Dims, Element, Layout};
-use cudarc::driver::CudaStream;
+use cudarc::driver::{CudaSlice, CudaStream};
 use half::{bf16, f16};
 use std::sync::Arc;
 
@@ -245,25 +245,66 @@ pub(crate) fn input_seed(seed: u64, i: u64) -> u64 {
     seed.wrapping_mul(3).wrapping_add(i)
 }
 
+/// The device buffers of one timed workload, all contiguous `[B,H,N,D]`: random q, k, v (and
+/// the AFT bias), an output and a workspace.
+pub(crate) struct Buffers<T> {
+    pub layout: Layout,
+    pub q: CudaSlice<T>,
+    pub k: CudaSlice<T>,
+    pub v: CudaSlice<T>,
+    pub o: CudaSlice<T>,
+    pub ws: CudaSlice<u8>,
+    pub bias: Option<CudaSlice<f32>>,
+}
+
+impl<T: Element> Buffers<T> {
+    /// Buffers of `dims` with `workspace` bytes and a bias of `bias_len` floats (none when 0),
+    /// the inputs filled from [`input_seed`]`(seed, ·)`.
+    pub(crate) fn new(
+        rt: &Runtime,
+        stream: &Arc<CudaStream>,
+        dims: Dims,
+        workspace: usize,
+        bias_len: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let layout = Layout::contiguous(dims);
+        let len = layout
+            .span()
+            .ok_or_else(|| Error::param("shape", dims, "too large"))?;
+        let input = |i| random_buffer::<T>(rt, stream, len, input_seed(seed, i));
+        Ok(Buffers {
+            layout,
+            q: input(0)?,
+            k: input(1)?,
+            v: input(2)?,
+            o: rt.alloc::<T>(stream, len)?,
+            ws: rt.alloc::<u8>(stream, workspace)?,
+            // The AFT bias: uniform in [-1, 1) like the inputs (fp32).
+            bias: match bias_len {
+                0 => None,
+                n => Some(random_buffer::<f32>(rt, stream, n, input_seed(seed, 3))?),
+            },
+        })
+    }
+}
+
 fn runner<T: Element>(
     rt: &Arc<Runtime>,
     stream: &Arc<CudaStream>,
     case: Case,
     seed: u64,
 ) -> Result<Runner> {
-    let l = Layout::contiguous(case.dims);
-    let len = l
-        .span()
-        .ok_or_else(|| Error::param("shape", case.dims, "too large"))?;
-    let input = |s| random_buffer::<T>(rt, stream, len, input_seed(seed, s));
-    let (q, k, v) = (input(0)?, input(1)?, input(2)?);
-    let mut o = rt.alloc::<T>(stream, len)?;
-    let mut ws = rt.alloc::<u8>(stream, case.workspace_bytes()?)?;
-    // The AFT bias: uniform in [-1, 1) like the inputs (fp32).
-    let bias = match case.bias_len()? {
-        0 => None,
-        n => Some(random_buffer::<f32>(rt, stream, n, input_seed(seed, 3))?),
-    };
+    let (ws_bytes, bias_len) = (case.workspace_bytes()?, case.bias_len()?);
+    let Buffers {
+        layout: l,
+        q,
+        k,
+        v,
+        mut o,
+        mut ws,
+        bias,
+    } = Buffers::<T>::new(rt, stream, case.dims, ws_bytes, bias_len, seed)?;
     let (rt, stream) = (rt.clone(), stream.clone());
     Ok(Box::new(move || {
         let t = |x| TensorRef { data: x, layout: l };

@@ -74,6 +74,10 @@ mod tc {
     pub fn map_smem(d: usize) -> u32 {
         ((d * state_ld(d) + 2 * TC_MAP_ROWS * (d + 8)) * 2) as u32
     }
+    /// The one-launch causal kernel: the larger of the reduce and the causal pass.
+    pub fn short_causal_smem(d: usize) -> u32 {
+        causal_smem(d).max(reduce_smem(d))
+    }
     /// The one-launch kernel: the larger of the reduce and of a map with the reduce's warps.
     pub fn short_smem(d: usize) -> u32 {
         let map = (d * state_ld(d) + 2 * (reduce_threads(d) as usize / 32) * 16 * (d + 8)) * 2;
@@ -488,6 +492,53 @@ fn tc_causal_rows(plan: &Plan) -> usize {
     want.max(1).div_ceil(plan.rows_per_chunk) * plan.rows_per_chunk
 }
 
+/// Queues the one-launch kernel of a short plan (sm_90 thread-block clusters; causal: D = 64,
+/// where the reduce and the causal pass share 8 warps). False when it does not apply, the build
+/// has no sm_90 image of it for this device, or the driver refused the launch (no room for a
+/// cluster of 8): nothing was queued, the separate launches must run.
+///
+/// # Safety
+/// As [`queue_tc`], with `p.partial` (and, non-causal, `p.state`) set.
+unsafe fn queue_one_launch(
+    rt: &Runtime,
+    stream: &CudaStream,
+    plan: &Plan,
+    dtype: DType,
+    mut p: KernelParams,
+) -> Result<bool> {
+    let d = plan.d;
+    if !plan.one_launch || rt.info().compute_capability.0 < 9 || (plan.causal && d != 64) {
+        return Ok(false);
+    }
+    let (kernel, smem, threads, rows) = if plan.causal {
+        let rows = plan.n.div_ceil(SHORT_CL).div_ceil(BLOCK) * BLOCK;
+        (
+            "short_causal",
+            tc::short_causal_smem(d),
+            TC_CAUSAL_THREADS,
+            rows,
+        )
+    } else {
+        let rows = plan.s.div_ceil(SHORT_CL).div_ceil(TC_ROWS) * TC_ROWS;
+        ("short", tc::short_smem(d), tc::reduce_threads(d), rows)
+    };
+    let name = format!("cosformer_{kernel}_tc{d}_{}", dtype.name());
+    let Ok(f) = rt.function(FAMILY, &name) else {
+        return Ok(false);
+    };
+    rt.allow_dynamic_smem(&f, smem)?;
+    p.chunks = SHORT_CL as i32;
+    p.rows_per_chunk = rows as i32;
+    let grid = (
+        ((plan.b * plan.h).min(MAX_CLUSTERS) * SHORT_CL) as u32,
+        1,
+        1,
+    );
+    // SAFETY: SHORT_CL ≤ plan.partials slots before the state; one cluster per (b,h) at a time
+    // covers every chunk, state element and query tile.
+    Ok(unsafe { launch_smem(stream, &f, grid, threads, smem, &p) }.is_ok())
+}
+
 /// [`queue`] on the tensor-core kernels.
 ///
 /// # Safety
@@ -502,30 +553,20 @@ unsafe fn queue_tc(
 ) -> Result<()> {
     let (bh, d, dt) = (plan.b * plan.h, plan.d, dtype.name());
     let per = state_len(d, d);
+    p.partial = workspace;
+    if !plan.causal {
+        p.state = workspace + (bh * plan.partials * per * 4) as u64;
+    }
+    // SAFETY: forwarded contract (the partials and state set just above).
+    if unsafe { queue_one_launch(rt, stream, plan, dtype, p)? } {
+        return Ok(());
+    }
     let bh_y = bh.min(MAX_GRID_YZ) as u32;
     let elem_blocks = grid_dim(per.div_ceil(THREADS as usize));
     let reduce = rt.function(FAMILY, &format!("cosformer_reduce_tc{d}_{dt}"))?;
     let rsmem = tc::reduce_smem(d);
     rt.allow_dynamic_smem(&reduce, rsmem)?;
-    p.partial = workspace;
     if plan.causal {
-        // D = 64 only: the reduce and the causal pass share 8 warps.
-        if plan.one_launch && d == 64 && rt.info().compute_capability.0 >= 9 {
-            let name = format!("cosformer_short_causal_tc{d}_{dt}");
-            if let Ok(short) = rt.function(FAMILY, &name) {
-                let smem = tc::causal_smem(d).max(rsmem);
-                rt.allow_dynamic_smem(&short, smem)?;
-                p.chunks = SHORT_CL as i32;
-                p.rows_per_chunk = (plan.n.div_ceil(SHORT_CL).div_ceil(BLOCK) * BLOCK) as i32;
-                let grid = ((bh.min(MAX_CLUSTERS) * SHORT_CL) as u32, 1, 1);
-                // SAFETY: SHORT_CL ≤ plan.partials slots; one cluster per (b,h) at a time covers
-                // every chunk and state element; `state` as the caller's contract says.
-                let one = unsafe { launch_smem(stream, &short, grid, TC_CAUSAL_THREADS, smem, &p) };
-                if one.is_ok() {
-                    return Ok(());
-                }
-            }
-        }
         let rows = tc_causal_rows(plan);
         p.rows_per_chunk = rows as i32;
         p.chunks = plan.n.div_ceil(rows) as i32;
@@ -544,28 +585,6 @@ unsafe fn queue_tc(
             launch_smem(stream, &causal, cgrid, TC_CAUSAL_THREADS, csmem, &p)?;
         }
     } else {
-        p.state = workspace + (bh * plan.partials * per * 4) as u64;
-        if plan.one_launch && rt.info().compute_capability.0 >= 9 {
-            let name = format!("cosformer_short_tc{d}_{dt}");
-            // Absent where the build has no sm_90 image for this device: three launches then.
-            if let Ok(short) = rt.function(FAMILY, &name) {
-                let smem = tc::short_smem(d);
-                rt.allow_dynamic_smem(&short, smem)?;
-                p.chunks = SHORT_CL as i32;
-                p.rows_per_chunk = (plan.s.div_ceil(SHORT_CL).div_ceil(TC_ROWS) * TC_ROWS) as i32;
-                let grid = ((bh.min(MAX_CLUSTERS) * SHORT_CL) as u32, 1, 1);
-                // SAFETY: SHORT_CL ≤ plan.partials slots before the state; one cluster per (b,h)
-                // at a time covers every chunk, state element and query tile.
-                let one =
-                    unsafe { launch_smem(stream, &short, grid, tc::reduce_threads(d), smem, &p) };
-                // A refused launch (no room for a cluster of 8) queued nothing: three launches.
-                if one.is_ok() {
-                    return Ok(());
-                }
-                p.chunks = plan.chunks as i32;
-                p.rows_per_chunk = plan.rows_per_chunk as i32;
-            }
-        }
         let finalize = rt.function(FAMILY, "cosformer_finalize_f32")?;
         let map = rt.function(FAMILY, &format!("cosformer_map_tc{d}_{dt}"))?;
         let msmem = tc::map_smem(d);

@@ -1,6 +1,7 @@
 //! Shared by the GPU test files: device acquisition with a visible SKIP, random tensors.
 #![allow(dead_code)]
 
+use sofa::ops::aft::Variant;
 use sofa::reference::Rng;
 use sofa::{Element, Error, Layout, LoadPolicy, Runtime};
 use std::io::Write;
@@ -36,4 +37,16 @@ pub fn random<T: Element>(rng: &mut Rng, layout: &Layout) -> Vec<T> {
 /// to write stays NaN and fails the comparison.
 pub fn poisoned<T: Element>(layout: &Layout) -> Vec<T> {
     vec![T::from_f64(f64::NAN); layout.span().expect("span")]
+}
+
+/// AFT variants the embedding and non-finite tests cover: every kind, a window that spans several
+/// tiles, a short one, a short conv window.
+pub fn aft_variants() -> [Variant; 5] {
+    [
+        Variant::Simple,
+        Variant::Local { window: 64 },
+        Variant::Local { window: 5 },
+        Variant::Conv { window: 7 },
+        Variant::Full,
+    ]
 }

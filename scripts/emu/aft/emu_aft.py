@@ -572,14 +572,14 @@ def aft_exact(cx, k, v, h, t, c):
 
 # ----------------------------------------------------------------------------------------------
 # aft_window
-def aft_window_of(p, t0, rows):
-    end = min(p.t, t0 + rows)
+def aft_window_of(p, t0):
+    end = min(p.t, t0 + AFT_CHUNK)
     if p.variant in (AFT_LOCAL, AFT_CONV):
         s = min(p.window, p.t)
         lo_chunk = max(0, t0 - s + 1) // AFT_CHUNK
         if p.causal:
             return lo_chunk * AFT_CHUNK, end, lo_chunk, -1
-        hi_chunk = min(p.chunks, (t0 + rows + s - 1 + AFT_CHUNK - 1) // AFT_CHUNK)
+        hi_chunk = min(p.chunks, (t0 + AFT_CHUNK + s - 1 + AFT_CHUNK - 1) // AFT_CHUNK)
         return lo_chunk * AFT_CHUNK, min(p.t, hi_chunk * AFT_CHUNK), lo_chunk, hi_chunk
     if p.variant == AFT_FULL:
         return 0, (end if p.causal else p.t), -1, -1
@@ -739,7 +739,7 @@ def aft_window(cx, bid):
     tile = by
     while tile < p.chunks:
         t0 = tile * AFT_CHUNK
-        win = aft_window_of(p, t0, AFT_CHUNK)
+        win = aft_window_of(p, t0)
         lo, hi, _, _ = win
         races.barrier()
         tile_shifts(cx, bh, h, c0, t0, msh, rsh, gsh)
@@ -897,7 +897,7 @@ def aft_window_tc(cx, bid):
     tile = by
     while tile < p.chunks:
         t0 = tile * ROWS
-        win = aft_window_of(p, t0, ROWS)
+        win = aft_window_of(p, t0)
         lo, hi, _, _ = win
         races.barrier()
         tile_shifts(cx, bh, h, c0, t0, msh, rsh, gsh, NT)
