@@ -390,20 +390,25 @@ fn cosformer_tensor_core_short_one_and_three_launches() {
     // Causal: D = 64 (the one-launch causal kernel); N = 100 leaves 6 of its 8 chunks empty.
     let causal = [1, 100, 1000, 4096].map(|n| (64, n, n, true));
     for (seed, (d, n, s, is_causal)) in (9500..).zip(non_causal.chain(causal)) {
-        let mut c = Case::new(n, s, d, d, LayoutKind::Bnhd, is_causal);
-        let x = host_inputs::<f16>(&c, seed);
-        let one = run_gpu::<f16>(&rt, &c, &x);
-        c.one_launch = false;
-        let three = run_gpu::<f16>(&rt, &c, &x);
-        let want = reference_of(&c, &x);
-        for (what, got) in [("one launch", &one), ("separate launches", &three)] {
-            let cmp = compare::<f16>(got, &want);
-            println!("cosformer short {what} d={d} n={n} s={s} causal={is_causal}: {cmp}");
-            assert!(
-                cmp.pass(),
-                "{what} d={d} n={n} s={s} causal={is_causal}: {cmp}"
-            );
-        }
+        let c = Case::new(n, s, d, d, LayoutKind::Bnhd, is_causal);
+        check_one_and_separate::<f16>(&rt, c, 2 * seed);
+        check_one_and_separate::<bf16>(&rt, c, 2 * seed + 1);
+    }
+}
+
+/// `c` through the one-launch path and through the separate launches (outputs poisoned before
+/// each run), both against the f64 reference.
+fn check_one_and_separate<T: Element>(rt: &Runtime, mut c: Case, seed: u64) {
+    let x = host_inputs::<T>(&c, seed);
+    c.one_launch = true;
+    let one = run_gpu::<T>(rt, &c, &x);
+    c.one_launch = false;
+    let separate = run_gpu::<T>(rt, &c, &x);
+    let want = reference_of(&c, &x);
+    for (what, got) in [("one launch", &one), ("separate launches", &separate)] {
+        let cmp = compare::<T>(got, &want);
+        println!("cosformer short {} {what} {c:?}: {cmp}", T::DTYPE);
+        assert!(cmp.pass(), "{} {what} {c:?}: {cmp}", T::DTYPE);
     }
 }
 
