@@ -10,6 +10,9 @@
 //               weight block × [E⊙V | E] product, plus the prefix/suffix statistics outside it.
 //               f32 storage: aft_window (CUDA cores); f16/bf16: aft_window_tc (TF32 tensor cores,
 //               aft_tc.cuh), sharing the helpers below.
+//   aft_full_b, aft_full_tc   AFT-full non-causal with f16/bf16 storage instead of aft_window_tc:
+//               one GEMM over every slice with 16-bit operands (aft_full_tc.cuh); the chunk pass
+//               then also records max |V| per chunk (vmax), for f16's operand scaling.
 // Stability: E = exp(K − M_c) with M_c the channel max over the keys a tile can see, the weight of
 // row t is exp(w − r_t) with r_t its row max (≥ 0 for local/conv, whose far keys have w = 0), so
 // nothing exceeds 1. When a denominator still falls below AFT_DEN_MIN (K and w peaking at
@@ -56,6 +59,11 @@ __device__ __forceinline__ float* aft_stats(u64 arr, int bh, int n, int i, int d
   return reinterpret_cast<float*>(arr) + ((i64)bh * n + i) * 3 * d;
 }
 
+// max |V| of chunk i of slice bh (i = chunks: of the whole sequence), per channel.
+__device__ __forceinline__ float* aft_vmax(const AftParams& p, int bh, int i) {
+  return reinterpret_cast<float*>(p.vmax) + ((i64)bh * (p.chunks + 1) + i) * p.d;
+}
+
 // w_{t,t'} of head h for t' inside the row's window (the caller masks causal t' > t).
 __device__ __forceinline__ float aft_bias(const AftParams& p, int h, int t, int tp) {
   const float* w = reinterpret_cast<const float*>(p.w);
@@ -82,6 +90,7 @@ template <typename T>
 __device__ void aft_chunk(const AftParams& p) {
   constexpr int LANES = AFT_THREADS / AFT_CT, PER = AFT_CHUNK / LANES;
   __shared__ AftStat red[LANES][AFT_CT];
+  __shared__ float vred[LANES][AFT_CT];
   const int tx = threadIdx.x % AFT_CT, ty = threadIdx.x / AFT_CT;
   const int c = blockIdx.z * AFT_CT + tx;
   const int row0 = blockIdx.x * AFT_CHUNK;
@@ -90,7 +99,7 @@ __device__ void aft_chunk(const AftParams& p) {
     const T* k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
     const T* v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
     float kx[PER], vx[PER];
-    float m = AFT_NEG_INF;
+    float m = AFT_NEG_INF, vm = 0.f;
 #pragma unroll
     for (int i = 0; i < PER; ++i) {
       const int row = row0 + ty + LANES * i;
@@ -98,6 +107,7 @@ __device__ void aft_chunk(const AftParams& p) {
       kx[i] = ok ? to_f32(k[(i64)row * p.k_sn + c]) : AFT_NEG_INF;
       vx[i] = ok ? to_f32(v[(i64)row * p.v_sn + c]) : 0.f;
       m = fmaxf(m, kx[i]);
+      vm = fmaxf(vm, fabsf(vx[i]));  // NaN is skipped: vmax only sets a scale
     }
     AftStat s = {m, 0.f, 0.f};
     if (m != AFT_NEG_INF) {
@@ -114,12 +124,18 @@ __device__ void aft_chunk(const AftParams& p) {
         if (kx[i] != kx[i]) s.a = s.z = kx[i];
     }
     red[ty][tx] = s;
+    vred[ty][tx] = vm;
     __syncthreads();
     if (ty == 0 && c < p.d) {
       AftStat acc = red[0][tx];
 #pragma unroll
       for (int l = 1; l < LANES; ++l) acc = aft_combine(acc, red[l][tx]);
       aft_store(aft_stats(p.part, bh, p.chunks, blockIdx.x, p.d), p.d, c, acc);
+      if (p.vmax) {
+#pragma unroll
+        for (int l = 1; l < LANES; ++l) vm = fmaxf(vm, vred[l][tx]);
+        aft_vmax(p, bh, blockIdx.x)[c] = vm;
+      }
     }
     __syncthreads();
   }
@@ -131,6 +147,7 @@ __device__ void aft_chunk(const AftParams& p) {
 // Traffic: part read twice (segment totals, then the rescan), pre (and suf) written once.
 __device__ void aft_scan(const AftParams& p) {
   __shared__ AftStat seg_tot[AFT_SEGS][32];
+  __shared__ float seg_vmax[AFT_SEGS][32];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int c = blockIdx.x * 32 + lane;
   const int seg = div_up(p.chunks, AFT_SEGS);
@@ -138,11 +155,20 @@ __device__ void aft_scan(const AftParams& p) {
   const AftStat empty = {AFT_NEG_INF, 0.f, 0.f};
   for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
     AftStat tot = empty;
+    float vm = 0.f;
     if (c < p.d)
-      for (int i = first; i < last; ++i)
+      for (int i = first; i < last; ++i) {
         tot = aft_combine(tot, aft_load(aft_stats(p.part, bh, p.chunks, i, p.d), p.d, c));
+        if (p.vmax) vm = fmaxf(vm, aft_vmax(p, bh, i)[c]);
+      }
     seg_tot[warp][lane] = tot;
+    seg_vmax[warp][lane] = vm;
     __syncthreads();
+    if (p.vmax && warp == 0 && c < p.d) {
+#pragma unroll
+      for (int w = 1; w < AFT_SEGS; ++w) vm = fmaxf(vm, seg_vmax[w][lane]);
+      aft_vmax(p, bh, p.chunks)[c] = vm;
+    }
     if (c < p.d) {
       AftStat cur = empty;
       for (int w = 0; w < warp; ++w) cur = aft_combine(cur, seg_tot[w][lane]);
@@ -495,6 +521,7 @@ __device__ void aft_window(const AftParams& p) {
 }
 
 #include "aft_tc.cuh"
+#include "aft_full_tc.cuh"
 
 // Entry points: aft_<step>_<dtype>.
 #define AFT_DTYPE(T, NAME)                                                                         \

@@ -18,6 +18,8 @@ struct AftParams {
   u64 pre;              // fp32 [bh][chunks+1][3][d]: statistics of chunks [0, i)
   u64 suf;              // fp32 [bh][chunks+1][3][d]: statistics of chunks [i, chunks) (or 0)
   u64 rmax;             // fp32 [t]: max of each row of w (full; causal: over t' ≤ t) (or 0)
+  u64 vmax;             // fp32 [bh][chunks+1][d]: max |V| of chunk i, at [chunks] of all (or 0)
+  u64 bmat;             // 16-bit [t][bcols]: [E⊙V | E] per 64-channel tile, aft_full_tc (or 0)
   i64 q_sb, q_sh, q_sn;  // element strides (batch, head, seq); the last dim has stride 1
   i64 k_sb, k_sh, k_sn;
   i64 v_sb, v_sh, v_sn;
@@ -27,11 +29,14 @@ struct AftParams {
   int window;   // s (local, conv)
   int causal;
   int chunks;   // ceil(t / AFT_CHUNK)
+  int bcols;    // columns of bmat: AFT_FG_TILE per channel tile, an even number of tiles
+  int pad_;
 };
 
-#define AFT_PARAMS_SIZE 200
+#define AFT_PARAMS_SIZE 224
 #define AFT_THREADS 256
 #define AFT_CHUNK 64  // rows per chunk; also the query rows of one window-kernel tile
 #define AFT_CT 64     // channels per tile
 #define AFT_KB 32     // key rows staged per step of the window kernel
 #define AFT_SEGS 8    // warps (sequence segments) of the scan kernel
+#define AFT_FG_TILE 128  // bmat columns of one 64-channel tile: E⊙V of the 64, then E

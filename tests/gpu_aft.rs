@@ -24,6 +24,9 @@ struct Case {
     kind: LayoutKind,
     /// K and the bias drawn from ±60 (with planted peaks) instead of ±1.
     adversarial: bool,
+    /// K from ±8 and V scaled per channel from 1e-4 to 3e4 (the f16 operand scaling of the
+    /// AFT-full GEMM, kernels/aft_full_tc.cuh).
+    value_range: bool,
 }
 
 impl Case {
@@ -37,6 +40,7 @@ impl Case {
             causal,
             kind: LayoutKind::Bhnd,
             adversarial: false,
+            value_range: false,
         }
     }
 
@@ -63,7 +67,7 @@ fn host_inputs<T: Element>(c: &Case, seed: u64) -> Host<T> {
     let l = c.layout();
     let mut rng = Rng::new(seed);
     let q = common::random::<T>(&mut rng, &l);
-    let v = common::random::<T>(&mut rng, &l);
+    let mut v = common::random::<T>(&mut rng, &l);
     let wlen = c.variant.bias_len(c.t, c.h).unwrap().map_or(0, |(_, n)| n);
     let (mut k, mut w): (Vec<T>, Vec<f32>) = if c.adversarial {
         (
@@ -76,6 +80,14 @@ fn host_inputs<T: Element>(c: &Case, seed: u64) -> Host<T> {
             (0..wlen).map(|_| rng.uniform(-1.0, 1.0) as f32).collect(),
         )
     };
+    if c.value_range {
+        k = rng.fill(l.span().unwrap(), -8.0, 8.0);
+        let top = c.d.saturating_sub(1).max(1) as f64;
+        for (i, x) in v.iter_mut().enumerate() {
+            let ch = (i % c.d) as f64; // the last dim is contiguous in both layouts
+            *x = T::from_f64(x.to_f64() * 10f64.powf(-4.0 + 8.5 * ch / top));
+        }
+    }
     if c.adversarial {
         // Plant K's peak at key 0 of every channel and w's at the last key of each row (or band
         // entry), so the two maxima never coincide.
@@ -259,6 +271,24 @@ fn adversarial_magnitudes_stay_finite_and_correct() {
                 check::<f16>(&rt, &c, 22);
                 check::<bf16>(&rt, &c, 23);
             }
+        }
+    }
+}
+
+/// AFT-full non-causal runs one GEMM on 16-bit operands; f16 ones are scaled into range per
+/// channel by max |V| (kernels/aft_full_tc.cuh): values across 8 decades, K over ±8.
+#[test]
+fn full_value_range() {
+    let Some(rt) = common::gpu("full_value_range") else {
+        return;
+    };
+    for (t, d) in [(63, 64), (1000, 80), (4097, 64)] {
+        for causal in [false, true] {
+            let mut c = Case::new(t, d, Variant::Full, causal);
+            c.value_range = true;
+            check::<f16>(&rt, &c, 41);
+            check::<bf16>(&rt, &c, 42);
+            check::<f32>(&rt, &c, 43);
         }
     }
 }

@@ -10,11 +10,14 @@
 //! peaking at different keys) is recomputed directly with the joint max. The window block product
 //! runs on tensor cores (TF32 operands: fp32 range, fp32 accumulation) for f16/bf16 storage and on
 //! fp32 CUDA cores for f32 storage (its 1e-5 tolerance); everything else is fp32 CUDA-core work.
+//! Non-causal AFT-full with f16/bf16 storage instead runs one GEMM over every slice at once
+//! (`exp(w − r_t)` is shared by all of them) with 16-bit operands, f16 ones scaled into range by
+//! the channel's max |V| (kernels/aft_full_tc.cuh).
 //! Any D ≤ 256, any strides with a unit last dim. The bias (`w`, `u`) is fp32 on the device.
 
 use super::{
-    check_raw, check_workspace, launch, ptr_of, with_raw, RawTensor, TensorMut, TensorRef,
-    MAX_HEAD_DIM,
+    check_raw, check_workspace, launch, launch_smem, ptr_of, with_raw, RawTensor, TensorMut,
+    TensorRef, MAX_HEAD_DIM,
 };
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
@@ -31,6 +34,13 @@ const THREADS: u32 = 256; // AFT_THREADS
 pub const CHUNK: usize = 64;
 const CT: usize = 64; // AFT_CT
 const TC_THREADS: u32 = 128; // AFT_TC_THREADS
+                             // aft_full_tc (kernels/aft_full_tc.cuh): bmat columns per channel tile, CTA rows and columns,
+                             // threads, dynamic shared memory (two stages of a 128 × 40 and a 32 × 264 16-bit tile + row shifts).
+const FG_TILE: usize = 128; // AFT_FG_TILE
+const FG_ROWS: usize = 128; // AFT_FG_ROWS
+const FG_COLS: usize = 256; // AFT_FG_COLS
+const FG_THREADS: u32 = 256; // AFT_FG_THREADS
+const FG_SMEM: u32 = (2 * (128 * 40 + 32 * 264) * 2 + 128 * 4) as u32; // AFT_FG_SMEM
 const ROWMAX_ROWS: usize = 8; // warps per CTA of aft_rowmax
 const MAX_GRID_YZ: usize = 65535;
 /// Largest T accepted (rows are 32-bit ints in the kernels, with room for window arithmetic).
@@ -116,6 +126,8 @@ pub struct KernelParams {
     pub pre: u64,
     pub suf: u64,
     pub rmax: u64,
+    pub vmax: u64,
+    pub bmat: u64,
     pub q_sb: i64,
     pub q_sh: i64,
     pub q_sn: i64,
@@ -136,19 +148,23 @@ pub struct KernelParams {
     pub window: i32,
     pub causal: i32,
     pub chunks: i32,
+    pub bcols: i32,
+    pub pad_: i32,
 }
 
 // SAFETY: plain old data with the C layout asserted below.
 unsafe impl cudarc::driver::DeviceRepr for KernelParams {}
 
 const _: () = {
-    assert!(size_of::<KernelParams>() == 200); // AFT_PARAMS_SIZE
+    assert!(size_of::<KernelParams>() == 224); // AFT_PARAMS_SIZE
     assert!(offset_of!(KernelParams, w) == 32);
     assert!(offset_of!(KernelParams, rmax) == 64);
-    assert!(offset_of!(KernelParams, q_sb) == 72);
-    assert!(offset_of!(KernelParams, o_sn) == 160);
-    assert!(offset_of!(KernelParams, b) == 168);
-    assert!(offset_of!(KernelParams, chunks) == 196);
+    assert!(offset_of!(KernelParams, bmat) == 80);
+    assert!(offset_of!(KernelParams, q_sb) == 88);
+    assert!(offset_of!(KernelParams, o_sn) == 176);
+    assert!(offset_of!(KernelParams, b) == 184);
+    assert!(offset_of!(KernelParams, chunks) == 212);
+    assert!(offset_of!(KernelParams, bcols) == 216);
 };
 
 /// A validated launch plan for one call.
@@ -194,13 +210,17 @@ impl Plan {
             return Err(Error::shape("q", format!("T = {n} exceeds {MAX_T}")));
         }
         let ctiles = d.div_ceil(CT);
-        if b.checked_mul(h)
-            .and_then(|bh| bh.checked_mul(ctiles))
-            .is_none_or(|x| x > i32::MAX as usize)
-        {
+        let tiles = b.checked_mul(h).and_then(|bh| bh.checked_mul(ctiles));
+        // AFT-full (non-causal) also indexes 128 bmat columns per tile with 32-bit ints.
+        let limit = if variant == Variant::Full && !params.causal {
+            i32::MAX as usize / FG_TILE - 1
+        } else {
+            i32::MAX as usize
+        };
+        if tiles.is_none_or(|x| x > limit) {
             return Err(Error::shape(
                 "q",
-                format!("B·H·⌈D/64⌉ = {b}·{h}·{ctiles} exceeds 2^31 - 1"),
+                format!("B·H·⌈D/64⌉ = {b}·{h}·{ctiles} exceeds {limit}"),
             ));
         }
         let bias = variant.bias_len(n, h)?;
@@ -221,15 +241,34 @@ impl Plan {
         !self.causal && matches!(self.variant, Variant::Local { .. } | Variant::Conv { .. })
     }
 
-    /// fp32 values of each workspace array: part, pre, suf, rmax.
-    fn arrays(&self) -> Option<[usize; 4]> {
+    /// Whether the workspace holds the arrays of the non-causal AFT-full tensor-core GEMM
+    /// (`vmax`, `bmat`). They are used for f16/bf16 storage and sized for every dtype, so that
+    /// the workspace does not depend on it.
+    fn full_gemm(&self) -> bool {
+        self.variant == Variant::Full && !self.causal
+    }
+
+    /// Columns of bmat: 128 per channel tile of every (b,h), an even number of tiles.
+    fn bcols(&self) -> usize {
+        let Dims { b, h, d, .. } = self.dims;
+        (b * h * d.div_ceil(CT)).div_ceil(2) * 2 * FG_TILE
+    }
+
+    /// fp32 values of each workspace array: part, pre, suf, rmax, vmax, bmat (16-bit values,
+    /// plus room to start it on a 16-byte boundary).
+    fn arrays(&self) -> Option<[usize; 6]> {
         let Dims { b, h, n, d } = self.dims;
         let per = b.checked_mul(h)?.checked_mul(3 * d)?;
         let part = per.checked_mul(self.chunks)?;
         let pre = per.checked_mul(self.chunks + 1)?;
         let suf = if self.needs_suffix() { pre } else { 0 };
         let rmax = if self.variant == Variant::Full { n } else { 0 };
-        Some([part, pre, suf, rmax])
+        let (vmax, bmat) = if self.full_gemm() {
+            (pre / 3, n.checked_mul(self.bcols() / 2)?.checked_add(4)?)
+        } else {
+            (0, 0)
+        };
+        Some([part, pre, suf, rmax, vmax, bmat])
     }
 
     fn workspace_floats(&self) -> Option<usize> {
@@ -240,7 +279,9 @@ impl Plan {
         sum.checked_mul(4).map(|_| sum)
     }
 
-    /// Scratch bytes: chunk statistics, their prefixes (and suffixes), w's row maxima (full).
+    /// Scratch bytes: chunk statistics, their prefixes (and suffixes), w's row maxima (full);
+    /// for non-causal full also max |V| per chunk and the GEMM operand `[E⊙V | E]` (2·T·128
+    /// bytes per 64-channel tile of every (b,h)).
     pub fn workspace_bytes(&self) -> usize {
         self.workspace_floats().unwrap_or(usize::MAX / 4) * 4
     }
@@ -323,8 +364,11 @@ pub unsafe fn forward_raw(
     check_workspace(plan.workspace_bytes(), workspace, workspace_len)?;
 
     let Dims { b, h, n, d } = plan.dims;
-    let [part, pre, suf, _] = plan.arrays().unwrap_or_default();
+    let [part, pre, suf, rmax, vmax, _] = plan.arrays().unwrap_or_default();
     let at = |floats: usize| workspace + 4 * floats as u64;
+    // The tensor-core GEMM of non-causal AFT-full (16-bit storage; f32 keeps the window kernel).
+    let gemm = plan.full_gemm() && dtype != DType::F32;
+    let bcols = if gemm { plan.bcols() } else { 0 };
     let [q_sb, q_sh, q_sn] = strides(&q.layout);
     let [k_sb, k_sh, k_sn] = strides(&k.layout);
     let [v_sb, v_sh, v_sn] = strides(&v.layout);
@@ -344,6 +388,12 @@ pub unsafe fn forward_raw(
         },
         rmax: if variant == Variant::Full {
             at(part + pre + suf)
+        } else {
+            0
+        },
+        vmax: if gemm { at(part + pre + suf + rmax) } else { 0 },
+        bmat: if gemm {
+            at(part + pre + suf + rmax + vmax).next_multiple_of(16)
         } else {
             0
         },
@@ -367,6 +417,8 @@ pub unsafe fn forward_raw(
         window: variant.window().min(MAX_T) as i32,
         causal: params.causal as i32,
         chunks: plan.chunks as i32,
+        bcols: bcols as i32,
+        pad_: 0,
     };
     let bh = b * h;
     let ctiles = d.div_ceil(CT);
@@ -411,6 +463,27 @@ pub unsafe fn forward_raw(
                 THREADS,
                 &p,
             )?;
+        }
+        if gemm {
+            let operand = rt.function(FAMILY, &format!("aft_full_b_{dt}"))?;
+            let product = rt.function(FAMILY, &format!("aft_full_tc_{dt}"))?;
+            rt.allow_dynamic_smem(&product, FG_SMEM)?;
+            launch(
+                stream,
+                &operand,
+                (plan.chunks as u32, grid_yz(bcols / FG_TILE), 1),
+                THREADS,
+                &p,
+            )?;
+            launch_smem(
+                stream,
+                &product,
+                ((bcols / FG_COLS) as u32, grid_yz(n.div_ceil(FG_ROWS)), 1),
+                FG_THREADS,
+                FG_SMEM,
+                &p,
+            )?;
+            return Ok(());
         }
         let (window, threads) = window_kernel(dtype);
         let window = rt.function(FAMILY, &window)?;
@@ -491,6 +564,7 @@ mod tests {
         let src = [
             include_str!("../../kernels/aft.cuh"),
             include_str!("../../kernels/aft_tc.cuh"),
+            include_str!("../../kernels/aft_full_tc.cuh"),
         ]
         .concat();
         let define = |name: &str| -> usize {
@@ -504,5 +578,13 @@ mod tests {
         assert_eq!(define("AFT_CHUNK"), super::CHUNK);
         assert_eq!(define("AFT_CT"), super::CT);
         assert_eq!(define("AFT_TC_THREADS"), super::TC_THREADS as usize);
+        assert_eq!(define("AFT_FG_TILE"), super::FG_TILE);
+        assert_eq!(define("AFT_FG_ROWS"), super::FG_ROWS);
+        assert_eq!(define("AFT_FG_COLS"), super::FG_COLS);
+        assert_eq!(define("AFT_FG_THREADS"), super::FG_THREADS as usize);
+        let (rows, kb) = (define("AFT_FG_ROWS"), define("AFT_FG_KB"));
+        let (ald, bld) = (define("AFT_FG_ALD"), define("AFT_FG_BLD"));
+        let smem = 2 * (rows * ald + kb * bld) * 2 + rows * 4;
+        assert_eq!(smem, super::FG_SMEM as usize);
     }
 }

@@ -334,6 +334,10 @@ def aft_stats(arr, bh, n, i, d):  # float pointer (byte address) of stats array 
     return arr + ((bh * n + np.asarray(i, np.int64)) * 3 * d) * 4
 
 
+def aft_vmax(p, bh, i):  # float pointer of vmax at (bh, chunk i)
+    return p.vmax + 4 * ((bh * (p.chunks + 1) + i) * p.d)
+
+
 def aft_load(mem, base, d, c, mask, region):
     return (mem.load(base + 4 * c, mask, region), mem.load(base + 4 * (d + c), mask, region),
             mem.load(base + 4 * (2 * d + c), mask, region))
@@ -361,6 +365,7 @@ def aft_chunk(cx, bid):
     LANES, PER = AFT_THREADS // AFT_CT, AFT_CHUNK // (AFT_THREADS // AFT_CT)
     races = Races(mem)
     red = Smem(LANES * AFT_CT * 3, "red", races)  # AftStat red[LANES][AFT_CT]
+    vred = Smem(LANES * AFT_CT, "vred", races)
     tx, ty = TID % AFT_CT, TID // AFT_CT
     c = bz * AFT_CT + tx
     row0 = bx * AFT_CHUNK
@@ -372,12 +377,14 @@ def aft_chunk(cx, bid):
         kx = np.zeros((256, PER), F32)
         vx = np.zeros((256, PER), F32)
         m = np.full(256, NEG_INF, F32)
+        vm = np.zeros(256, F32)
         for i in range(PER):
             row = row0 + ty + LANES * i
             ok = (c < p.d) & (row < p.t)
             kx[:, i] = np.where(ok, mem.load(k + (row * p.k_sn + c) * dt.size, ok, "k"), NEG_INF)
             vx[:, i] = np.where(ok, mem.load(v + (row * p.v_sn + c) * dt.size, ok, "v"), F32(0))
             m = fmaxf(m, kx[:, i])
+            vm = fmaxf(vm, np.abs(vx[:, i]))
         sm, sa, sz = m.copy(), np.zeros(256, F32), np.zeros(256, F32)
         br = m != NEG_INF
         for i in range(PER):
@@ -393,6 +400,7 @@ def aft_chunk(cx, bid):
         red.write(slot, sm, TID, tag="red[ty][tx].m")
         red.write(slot + 1, sa, TID, tag="red[ty][tx].a")
         red.write(slot + 2, sz, TID, tag="red[ty][tx].z")
+        vred.write(ty * AFT_CT + tx, vm, TID, tag="vred[ty][tx]")
         races.barrier()
         act = (ty == 0) & (c < p.d)
         rd = lambda l: tuple(red.read((l * AFT_CT + tx) * 3 + f, TID, act, "red[l][tx]") for f in range(3))
@@ -400,6 +408,10 @@ def aft_chunk(cx, bid):
         for l in range(1, LANES):
             acc = aft_combine(acc, rd(l))
         aft_store(mem, aft_stats(p.part, bh, p.chunks, bx, p.d), p.d, c, acc, act, "part")
+        if p.vmax:
+            for l in range(1, LANES):
+                vm = np.where(act, fmaxf(vm, vred.read(l * AFT_CT + tx, TID, act, "vred[l][tx]")), vm).astype(F32)
+            mem.store(aft_vmax(p, bh, bx) + 4 * c, vm, act, "vmax")
         races.barrier()
         bh += gdy
 
@@ -412,6 +424,7 @@ def aft_scan(cx, bid):
     gdy = cx.grid[1]
     races = Races(mem)
     seg_tot = Smem(AFT_SEGS * 32 * 3, "seg_tot", races)
+    seg_vmax = Smem(AFT_SEGS * 32, "seg_vmax", races)
     lane, warp = LANE, WARP
     c = bx * 32 + lane
     seg = div_up(p.chunks, AFT_SEGS)
@@ -421,6 +434,7 @@ def aft_scan(cx, bid):
     bh = by
     while bh < p.b * p.h:
         tot = empty_stat()
+        vm = np.zeros(256, F32)
         i = first.copy()
         while True:
             act = cd & (i < last)
@@ -428,11 +442,19 @@ def aft_scan(cx, bid):
                 break
             x = aft_load(mem, aft_stats(p.part, bh, p.chunks, i, p.d), p.d, c, act, "part")
             tot = sel(act, aft_combine(tot, x), tot)
+            if p.vmax:
+                vm = np.where(act, fmaxf(vm, mem.load(aft_vmax(p, bh, i) + 4 * c, act, "vmax")), vm).astype(F32)
             i = i + 1
         slot = (warp * 32 + lane) * 3
         for f in range(3):
             seg_tot.write(slot + f, tot[f], TID, tag="seg_tot[warp][lane]")
+        seg_vmax.write(warp * 32 + lane, vm, TID, tag="seg_vmax[warp][lane]")
         races.barrier()
+        w0 = cd & (warp == 0)
+        if p.vmax and w0.any():
+            for w in range(1, AFT_SEGS):
+                vm = np.where(w0, fmaxf(vm, seg_vmax.read(w * 32 + lane, TID, w0, "seg_vmax[w][lane]")), vm).astype(F32)
+            mem.store(aft_vmax(p, bh, p.chunks) + 4 * c, vm, w0, "vmax")
         rd = lambda w, act: tuple(seg_tot.read((w * 32 + lane) * 3 + f, TID, act, "seg_tot[w][lane]") for f in range(3))
         cur = empty_stat()
         for w in range(AFT_SEGS):
@@ -1000,6 +1022,276 @@ def aft_window_tc(cx, bid):
             y = mul(sigmoid(qv), rv)
             mem.store(o + (t * p.o_sn + c) * sz, dt.from_f32(y), ok, "o")
         tile += gdy
+
+
+# ----------------------------------------------------------------------------------------------
+# aft_full_b / aft_full_tc (kernels/aft_full_tc.cuh): the non-causal AFT-full GEMM, 16-bit
+# operands on mma.sync m16n8k16 (ldmatrix fragments placed by the PTX layouts)
+FG_TILE, FG_ROWS, FG_COLS, FG_KB, FG_THREADS, FG_ALD, FG_BLD = 128, 128, 256, 32, 256, 40, 264
+FG_SCALE = F32(32768.0)
+STATS["fg_slow"] = 0
+
+
+def fg_scaled(dt):
+    return dt.name == "f16"
+
+
+def pow2(k):
+    k = np.asarray(k, np.int64)
+    assert np.all((k >= -126) & (k <= 127))
+    return ((k + 127).astype(np.uint32) << np.uint32(23)).view(F32)
+
+
+def vexp(vm):
+    """aft_vexp: b with |V| < 2^b (0 for 0, NaN, Inf)."""
+    vm = f32(vm)
+    bits = vm.view(np.uint32)
+    e = ((bits >> np.uint32(23)) & np.uint32(0xFF)).astype(np.int64) - 127
+    ok = (vm > 0) & np.isfinite(vm)
+    return np.where(ok, np.maximum(e + 1, -100), 0)
+
+
+def ev_scale(cx, bh, c, act):
+    p, mem = cx.p, cx.mem
+    if not fg_scaled(cx.dt):
+        return np.ones(np.shape(c), F32)
+    vm = mem.load(aft_vmax(p, bh, p.chunks) + 4 * c, act, "vmax")
+    return np.where(act, pow2(15 - np.where(act, vexp(vm), 0)), F32(1)).astype(F32)
+
+
+def aft_full_b(cx, bid):
+    p, mem, dt = cx.p, cx.mem, cx.dt
+    bx, by, _ = bid
+    gdy = cx.grid[1]
+    LANES = AFT_THREADS // AFT_CT
+    cc, ty = TID % AFT_CT, TID // AFT_CT
+    ctiles = div_up(p.d, AFT_CT)
+    tiles = p.b * p.h * ctiles
+    tile = by
+    while tile < p.bcols // FG_TILE:
+        bh = tile // ctiles
+        c = (tile % ctiles) * AFT_CT + cc
+        live = (tile < tiles) & (c < p.d)
+        b, h = bh // p.h, bh % p.h
+        k = p.k + (b * p.k_sb + h * p.k_sh) * dt.size
+        v = p.v + (b * p.v_sb + h * p.v_sh) * dt.size
+        mc = np.where(live, mem.load(aft_stats(p.pre, bh, p.chunks + 1, p.chunks, p.d) + 4 * c, live, "pre"), F32(0))
+        sev = ev_scale(cx, bh, c, live) if live.any() else np.ones(256, F32)
+        se = FG_SCALE if fg_scaled(dt) else F32(1)
+        for r0 in range(0, AFT_CHUNK, LANES):
+            t = bx * AFT_CHUNK + r0 + ty
+            inr = t < p.t
+            act = inr & live
+            kv = mem.load(k + (t * p.k_sn + c) * dt.size, act, "k")
+            vv = mem.load(v + (t * p.v_sn + c) * dt.size, act, "v")
+            e = np.where(act, expf(sub(kv, mc)), F32(0)).astype(F32)
+            ev = np.where(act, mul(mul(e, vv), sev), F32(0)).astype(F32)
+            e = np.where(act, mul(e, se), F32(0)).astype(F32)
+            row = p.bmat + (t * p.bcols + tile * FG_TILE) * 2
+            mem.store(row + 2 * cc, dt.from_f32(ev), inr, "bmat")
+            mem.store(row + 2 * (AFT_CT + cc), dt.from_f32(e), inr, "bmat")
+        tile += gdy
+
+
+def fg_ldsm(sm, base, addr, tid, trans, tag):
+    """ldmatrix.x4 (.trans) for every warp: addr (NT,) element offsets (lane l gives row l % 8 of
+    matrix l / 8); returns (NT, 4, 2) values: matrix m, the pair the lane receives."""
+    NT = addr.shape[0]
+    lane, warp = tid % 32, tid // 32
+    g, tq = lane // 4, lane % 4
+    if np.any((base + addr) % 8):
+        sm.races.mem.report(f"ldmatrix row address not 16-byte aligned ({tag})")
+    out = np.zeros((NT, 4, 2), F32)
+    for m in range(4):
+        rows = addr.reshape(-1, 32)[:, 8 * m: 8 * m + 8]  # (warps, 8)
+        rw = rows[warp]  # (NT, 8): this lane's warp's row addresses
+        for x in range(2):
+            if trans:  # element (row 2tq + x, column g)
+                off = rw[np.arange(NT), 2 * tq + x] + g
+            else:  # element (row g, column 2tq + x)
+                off = rw[np.arange(NT), g] + 2 * tq + x
+            out[:, m, x] = sm.read(base + off, tid, None, tag)
+    return out
+
+
+def fg_mma(acc, a, b):
+    """Every mma16816 of one k-step at once. acc (NT, 2, 4, 4, 4) [num/den, mi, j, e];
+    a (NT, 4, 4, 2) [mi, reg, half]; b (NT, 2, 4, 2, 2) [num/den, j, reg, half]."""
+    NT = acc.shape[0]
+    nw = NT // 32
+    tid = np.arange(NT)
+    warp, lane = tid // 32, tid % 32
+    g, tq = lane // 4, lane % 4
+    A = np.full((nw, 4, 16, 16), np.nan)
+    B = np.full((nw, 2, 4, 16, 8), np.nan)
+    na = np.zeros(A.shape, int)
+    nb = np.zeros(B.shape, int)
+    for mi in range(4):
+        for r in range(4):
+            for x in range(2):
+                row, col = g + 8 * (r % 2), 2 * tq + x + 8 * (r // 2)
+                A[warp, mi, row, col] = a[:, mi, r, x]
+                np.add.at(na, (warp, mi, row, col), 1)
+    for nd in range(2):
+        for j in range(4):
+            for r in range(2):
+                for x in range(2):
+                    kk = 2 * tq + x + 8 * r
+                    B[warp, nd, j, kk, g] = b[:, nd, j, r, x]
+                    np.add.at(nb, (warp, nd, j, kk, g), 1)
+    assert (na == 1).all() and (nb == 1).all(), "fragment layout"
+    with np.errstate(all="ignore"):
+        P = np.einsum("wmik,wdjkn->wdmjin", A, B)  # (w, nd, mi, j, 16, 8), f64 exact products
+    out = acc.copy()
+    for e in range(4):
+        row, col = g + 8 * (e // 2), 2 * tq + e % 2
+        with np.errstate(all="ignore"):
+            out[:, :, :, :, e] = (P[warp, :, :, :, row, col] + acc[:, :, :, :, e].astype(F64)).astype(F32)
+    return out
+
+
+def aft_full_tc(cx, bid):
+    p, mem, dt = cx.p, cx.mem, cx.dt
+    bx, by, _ = bid
+    gdy = cx.grid[1]
+    races = Races(mem)
+    NT, ROWS, KB, ALD, BLD = FG_THREADS, FG_ROWS, FG_KB, FG_ALD, FG_BLD
+    STAGE = ROWS * ALD + KB * BLD
+    sm = Smem(2 * STAGE, "fg_smem", races)
+    rsh = Smem(ROWS, "rsh", races)
+    tid = np.arange(NT, dtype=np.int64)
+    lane, warp = tid % 32, tid // 32
+    g, tq = lane // 4, lane % 4
+    wr, wt = (warp % 2) * 64, warp // 2
+    ncol = (wt // 2) * FG_TILE + (wt % 2) * 32
+    ctiles = div_up(p.d, AFT_CT)
+    tile = bx * 2 + wt // 2
+    live = tile < p.b * p.h * ctiles
+    bm = p.bmat + bx * FG_COLS * 2
+    nkb = div_up(p.t, KB)
+    scale = FG_SCALE if fg_scaled(dt) else F32(1)
+
+    def load_w(t0, kb):
+        kp = tid % 16
+        wreg = np.zeros((NT, 8, 2), F32)
+        for i in range(8):
+            t = t0 + tid // 16 + 16 * i
+            for e in range(2):
+                tp = kb + 2 * kp + e
+                ok = (t < p.t) & (tp < p.t)
+                wreg[:, i, e] = np.where(ok, mem.load(p.w + (t * p.t + tp) * 4, ok, "w"), F32(0))
+        return wreg
+
+    def exp_w(kb, wreg):
+        tp = kb + 2 * (tid % 16)
+        ap = np.zeros((NT, 8, 2), F32)
+        for i in range(8):
+            r = rsh.read(tid // 16 + 16 * i, tid, None, "rsh")
+            for e in range(2):
+                ok = tp + e < p.t
+                ap[:, i, e] = np.where(ok, dt.from_f32(mul(expf(sub(wreg[:, i, e], r)), scale)).astype(F32), F32(0))
+        return ap
+
+    def store_w(base, ap):
+        for i in range(8):
+            row = tid // 16 + 16 * i
+            for e in range(2):
+                sm.write(base + row * ALD + 2 * (tid % 16) + e, ap[:, i, e], tid, None, "As (u32)")
+
+    def copy_b(kb, base):
+        for i in range(4):
+            idx = tid + NT * i
+            key, seg = idx // 32, idx % 32
+            ok = kb + key < p.t
+            src = bm + ((kb + key) * p.bcols + seg * 8) * 2
+            if np.any(src[ok] % 16):
+                mem.report("cp.async source not 16-byte aligned")
+            for x in range(8):
+                val = np.where(ok, mem.load(src + 2 * x, ok, "bmat"), F32(0))
+                sm.write(base + ROWS * ALD + key * BLD + seg * 8 + x, val, tid, None, "Bs (cp.async)")
+
+    def mma(base, ks, acc):
+        a = np.zeros((NT, 4, 4, 2), F32)
+        for mi in range(4):
+            a[:, mi] = fg_ldsm(sm, base, (wr + 16 * mi + lane % 16) * ALD + ks + (lane // 16) * 8, tid, False, "A")
+        key = ks + lane % 8 + ((lane // 8) % 2) * 8
+        b = np.zeros((NT, 2, 4, 2, 2), F32)
+        for j in (0, 2):
+            off = ROWS * ALD + key * BLD + ncol + 8 * j + (lane // 16) * 8
+            for nd in range(2):
+                r = fg_ldsm(sm, base, off + nd * AFT_CT, tid, True, "B")
+                b[:, nd, j] = r[:, 0:2]
+                b[:, nd, j + 1] = r[:, 2:4]
+        return fg_mma(acc, a, b)
+
+    rt = by
+    while rt * ROWS < p.t:
+        t0 = rt * ROWS
+        races.barrier()
+        act = tid < ROWS
+        rv = mem.load(p.rmax + 4 * (t0 + tid), act & (t0 + tid < p.t), "rmax")
+        rsh.write(tid, np.where(t0 + tid < p.t, rv, F32(0)), tid, act, "rsh")
+        acc = np.zeros((NT, 2, 4, 4, 4), F32)
+        wreg = load_w(t0, 0)
+        copy_b(0, 0)
+        races.barrier()
+        store_w(0, exp_w(0, wreg))
+        races.barrier()
+        for i in range(nkb):
+            cur, nxt = (i & 1) * STAGE, ((i + 1) & 1) * STAGE
+            more = i + 1 < nkb
+            if more:
+                wreg = load_w(t0, (i + 1) * KB)
+                copy_b((i + 1) * KB, nxt)
+            acc = mma(cur, 0, acc)
+            if more:
+                ap = exp_w((i + 1) * KB, wreg)
+            acc = mma(cur, 16, acc)
+            if more:
+                store_w(nxt, ap)
+            races.barrier()
+        # epilogue (live warps only; every warp of a CTA shares `live` per channel-tile half)
+        bh = tile // ctiles
+        c0 = (tile % ctiles) * AFT_CT + (wt % 2) * 32
+        tiny = F32(4.0 * p.t) if fg_scaled(dt) else AFT_DEN_MIN
+        for bhv in np.unique(bh[live]):
+            th = live & (bh == bhv)
+            b_, h_ = int(bhv) // p.h, int(bhv) % p.h
+            sz = dt.size
+            q = p.q + (b_ * p.q_sb + h_ * p.q_sh) * sz
+            k = p.k + (b_ * p.k_sb + h_ * p.k_sh) * sz
+            v = p.v + (b_ * p.v_sb + h_ * p.v_sh) * sz
+            o = p.o + (b_ * p.o_sb + h_ * p.o_sh) * sz
+            unscale = np.ones((NT, 4, 2), F32)
+            for j in range(4):
+                for e1 in range(2):
+                    c = c0 + 8 * j + 2 * tq + e1
+                    ok = th & (c < p.d)
+                    if ok.any():
+                        unscale[:, j, e1] = np.where(ok, mul(div(F32(1), ev_scale(cx, int(bhv), c, ok)), scale), F32(1))
+            slow_t, slow_c, slow_th = [], [], []
+            for mi in range(4):
+                for j in range(4):
+                    for e in range(4):
+                        t = t0 + wr + 16 * mi + g + 8 * (e // 2)
+                        c = c0 + 8 * j + 2 * tq + e % 2
+                        ok = th & (t < p.t) & (c < p.d)
+                        dn = acc[:, 1, mi, j, e]
+                        sl = ok & (dn < tiny)
+                        fast = ok & ~sl
+                        qv = mem.load(q + (t * p.q_sn + c) * sz, fast, "q")
+                        y = mul(sigmoid(qv), mul(div(acc[:, 0, mi, j, e], dn), unscale[:, j, e % 2]))
+                        mem.store(o + (t * p.o_sn + c) * sz, dt.from_f32(y), fast, "o")
+                        slow_t.append(t[sl]); slow_c.append(c[sl]); slow_th.append(tid[sl])
+            t = np.concatenate(slow_t)
+            if t.size:
+                c = np.concatenate(slow_c)
+                STATS["slow"] += t.size
+                STATS["fg_slow"] += t.size
+                qv = mem.load(q + (t * p.q_sn + c) * sz, np.ones(t.shape, bool), "q")
+                y = mul(sigmoid(qv), aft_exact(cx, k, v, h_, t, c))
+                mem.store(o + (t * p.o_sn + c) * sz, dt.from_f32(y), np.ones(t.shape, bool), "o")
+        rt += gdy
 
 
 def launch(mem, name, fn, grid, p, dt):

@@ -6,6 +6,7 @@ Inputs are drawn like tests/gpu_aft.rs (its splitmix Rng, same draw order and ad
     python3 run_aft.py quick      # local s=64 causal/non-causal, full, conv, simple at T=200 (and T=1000 local)
     python3 run_aft.py stride     # grid y/z capped at 2: the grid-stride loops over bh and tiles
     python3 run_aft.py nonfinite  # NaN/Inf planted in K or V: affected outputs non-finite, others exact
+    python3 run_aft.py gemm       # the non-causal AFT-full GEMM: value ranges, tails, padding tile, poison
     python3 run_aft.py long       # T = 4097 (B·H = 1), T = 65536 local s=64, T = 65539 simple bf16
     python3 run_aft.py VARIANT... # only these: simple full local conv (combinable with a mode)
 """
@@ -44,7 +45,8 @@ class Rng:
 
 class Case:
     def __init__(self, t, d, variant, window=0, causal=False, dt="f16", b=1, h=2, adversarial=False, seed=None,
-                 kind="bhnd", poison=None):
+                 kind="bhnd", poison=None, vrange=False):
+        self.vrange = vrange  # tests' value_range: K from ±8, V scaled per channel 1e-4 … 3e4
         self.t, self.d, self.variant, self.window, self.causal = t, d, variant, window, causal
         self.poison = poison  # (tensor "k" | "v", row, channel, value) planted in slice (0, 0)
         self.dt, self.b, self.h, self.adv, self.kind = dt, b, h, adversarial, kind
@@ -53,7 +55,7 @@ class Case:
     def name(self):
         v = self.variant + (f"{self.window}" if self.variant in ("local", "conv") else "")
         return (f"{v:9s} {'causal' if self.causal else 'nc    '} T={self.t:<4d} D={self.d:<2d} "
-                f"B={self.b} H={self.h} {self.dt}{' adv' if self.adv else ''}{' bnhd' if self.kind == 'bnhd' else ''}"
+                f"B={self.b} H={self.h} {self.dt}{' adv' if self.adv else ''}{' vrange' if self.vrange else ''}{' bnhd' if self.kind == 'bnhd' else ''}"
                 f"{f' {self.poison[0]}[{self.poison[1]},{self.poison[2]}]={self.poison[3]}' if self.poison else ''}")
 
     def code(self):
@@ -95,6 +97,10 @@ def host_inputs(c):
     else:
         k = dt.from_f64(rng.uniform(span, -1.0, 1.0))
         w = rng.uniform(wlen, -1.0, 1.0).astype(F32)
+    if c.vrange:
+        k = dt.from_f64(rng.uniform(span, -8.0, 8.0))
+        ch = np.arange(span) % c.d
+        v = dt.from_f64(v.astype(F64) * 10.0 ** (-4.0 + 8.5 * ch / max(c.d - 1, 1)))
     if c.adv:
         k = k.reshape(mem_shape(c))
         if c.kind == "bnhd":
@@ -282,7 +288,12 @@ def run_case(c, quiet=False):
     part, pre = per * chunks, per * (chunks + 1)
     suf = pre if needs_suffix else 0
     rmax = T if c.variant == "full" else 0
-    ws_floats = part + pre + suf + rmax
+    full_gemm = c.variant == "full" and not c.causal  # Plan::full_gemm: sized for every dtype
+    gemm = full_gemm and c.dt != "f32"  # forward_raw: the tensor-core GEMM for 16-bit storage
+    bcols = div_up(B * H * div_up(D, CT), 2) * 2 * 128
+    vmax = B * H * D * (chunks + 1) if full_gemm else 0
+    bmat = T * bcols // 2 + 4 if full_gemm else 0
+    ws_floats = part + pre + suf + rmax + vmax + bmat
     wsa = mem.alloc("workspace", np.full(ws_floats, np.nan, F32), initialized=False)
     at = lambda floats: wsa + 4 * floats
     p = P()
@@ -290,6 +301,15 @@ def run_case(c, quiet=False):
     p.part, p.pre = wsa, at(part)
     p.suf = at(part + pre) if needs_suffix else 0
     p.rmax = at(part + pre + suf) if c.variant == "full" else 0
+    p.vmax = at(part + pre + suf + rmax) if gemm else 0
+    p.bmat, p.bcols = 0, 0
+    if gemm:  # its own 16-bit allocation here; the Rust offset must leave room for it
+        off = 4 * (part + pre + suf + rmax + vmax)
+        start = (off + 15) // 16 * 16  # from a 16-byte aligned workspace; ≤ 12 bytes further in general
+        assert off + 12 + T * bcols * 2 <= 4 * ws_floats, "bmat does not fit the workspace"
+        bm0 = np.zeros(T * bcols, np.uint16 if c.dt == "bf16" else np.float16)
+        p.bmat = mem.alloc("bmat", bm0, initialized=False)
+        p.bcols = bcols
     if c.kind == "bnhd":
         sb, sh, sn = T * H * D, D, H * D
     else:
@@ -308,6 +328,8 @@ def run_case(c, quiet=False):
         mem.regions["suf"] = (p.suf, 4 * suf)
     if p.rmax:
         mem.regions["rmax"] = (p.rmax, 4 * rmax)
+    if p.vmax:
+        mem.regions["vmax"] = (p.vmax, 4 * vmax)
     # the kernels must stay inside the workspace as sized by workspace_bytes
     assert mem.allocs[wsa >> E.Mem.SH].nbytes == 4 * ws_floats
 
@@ -321,7 +343,10 @@ def run_case(c, quiet=False):
     else:
         if c.variant == "full":
             E.launch(mem, "aft_rowmax", E.aft_rowmax, (div_up(T, ROWMAX_ROWS), 1, 1), p, dt)
-        if dt.name == "f32":  # window_kernel in src/ops/aft.rs
+        if gemm:
+            E.launch(mem, "aft_full_b", E.aft_full_b, (chunks, gyz(bcols // 128), 1), p, dt)
+            E.launch(mem, "aft_full_tc", E.aft_full_tc, (bcols // 256, gyz(div_up(T, 128)), 1), p, dt)
+        elif dt.name == "f32":  # window_kernel in src/ops/aft.rs
             E.launch(mem, "aft_window", E.aft_window, (bh * ctiles, gyz(chunks), 1), p, dt)
         else:
             E.launch(mem, "aft_window_tc", E.aft_window_tc, (bh * ctiles, gyz(chunks), 1), p, dt)
@@ -383,6 +408,16 @@ def matrix(mode="all", only=None):
                                ("v", 127, 63, -np.inf)):
                     for dtn in ("f16", "bf16", "f32"):
                         cases.append(Case(200, 64, var, s, causal, dt=dtn, poison=poison, seed=31))
+    elif mode == "gemm":  # the non-causal AFT-full GEMM (aft_full_tc): ranges, layouts, tails, grid stride
+        for dtn in ("f16", "bf16"):
+            for T, D in ((1, 1), (2, 64), (63, 64), (129, 48), (200, 80), (300, 128)):
+                cases.append(Case(T, D, "full", 0, False, dt=dtn))
+                cases.append(Case(T, D, "full", 0, False, dt=dtn, vrange=True, seed=41))
+            cases.append(Case(200, 80, "full", 0, False, dt=dtn, b=1, h=3, kind="bnhd"))
+            cases.append(Case(130, 64, "full", 0, False, dt=dtn, b=3, h=1))  # odd tile count: padding tile
+            cases.append(Case(200, 48, "full", 0, False, dt=dtn, adversarial=True, seed=21))
+            for poison in (("v", 100, 5, np.nan), ("k", 70, 3, np.inf), ("v", 127, 63, -np.inf)):
+                cases.append(Case(200, 64, "full", 0, False, dt=dtn, poison=poison, seed=31))
     elif mode == "long":  # tests/gpu_aft.rs long_sequences (B·H reduced to keep the emulation short)
         for causal in (False, True):
             for var, s in (("simple", 0), ("local", 64), ("conv", 64), ("local", 4097), ("full", 0)):
@@ -420,6 +455,8 @@ def matrix(mode="all", only=None):
                         cases.append(Case(T, 48, var, s, causal, dt=dtn, adversarial=True, seed=21))
             cases.append(Case(1000, 48, "local", 64, causal, adversarial=True, seed=22))
             cases.append(Case(1000, 48, "full", 0, causal, dt="f32", adversarial=True, seed=21))
+            for dtn in ("f16", "bf16", "f32"):  # tests' full_value_range
+                cases.append(Case(63, 64, "full", 0, causal, dt=dtn, vrange=True, seed=41))
     if only:
         cases = [c for c in cases if c.variant in only]
     return cases
@@ -428,7 +465,7 @@ def matrix(mode="all", only=None):
 def main():
     args = sys.argv[1:]
     global GRID_YZ_CAP
-    mode = next((a for a in args if a in ("quick", "stride", "long", "nonfinite")), "all")
+    mode = next((a for a in args if a in ("quick", "stride", "long", "nonfinite", "gemm")), "all")
     if mode == "stride":
         GRID_YZ_CAP = 2
     only = [a for a in args if a in ("simple", "full", "local", "conv")]

@@ -1,0 +1,285 @@
+// AFT-full, non-causal, f16/bf16 storage, as one GEMM over every (b,h) and channel at once:
+//   [num | den] (T × bcols) = W (T × T) · bmat (T × bcols),   W[t][t'] = exp(w[t][t'] − r_t),
+// then Y = σ(Q)·num/den. W is shared by every slice (AFT-full's bias has no head), so one
+// exp(w) tile made on the fly feeds two channel tiles (256 columns) of the product; bmat holds
+// [E⊙V | E] of each 64-channel tile (aft_full_b, E = exp(K − M_c) with M_c the channel max).
+// The window kernels instead rebuild W for every (b,h) and channel tile, on TF32 mma.
+//
+// Operands are the storage type (mma.sync m16n8k16, fp32 accumulators): twice the TF32 rate and
+// half its shared-memory traffic. bf16 has fp32's range. f16 does not (normal down to 2^-14), so
+// its operands are scaled into [0, 2^15]: W and E by 2^15, E⊙V by 2^(15 − b_c) with |V| < 2^b_c on
+// channel c (vmax, from the chunk pass); values down to 2^-29 of their maximum stay normal. A
+// value below that loses at most 2^-25 of the scaled unit, so with n = T keys an output whose
+// scaled denominator is ≥ 4n (den ≥ n·2^-28) is off by at most 2^-11 relative; below that the
+// output is recomputed directly (aft_exact), as the window kernels do for an underflowed one.
+//
+// CTA: 128 rows × 256 columns, 8 warps in a 2 × 4 grid of 64 rows × (32 E⊙V + the same 32 E)
+// columns, so num and den of an output sit in one thread; per 16-key step a warp issues 8
+// ldmatrix.x4 for 32 mma (1 shared-memory word per lane per mma). 32-key blocks, two stages:
+// bmat by cp.async, w through registers (loaded one block ahead, exp'd between the two k-steps
+// so MUFU work overlaps other warps' mma); one barrier per block.
+#pragma once
+#include "mma.cuh"
+
+#define AFT_FG_ROWS 128
+#define AFT_FG_COLS 256  // two channel tiles
+#define AFT_FG_KB 32
+#define AFT_FG_THREADS 256
+#define AFT_FG_ALD 40   // A rows (halves): ldmatrix rows at 80-byte steps hit distinct banks
+#define AFT_FG_BLD 264  // B rows (halves): 528-byte steps, likewise
+#define AFT_FG_STAGE (AFT_FG_ROWS * AFT_FG_ALD + AFT_FG_KB * AFT_FG_BLD)  // halves
+#define AFT_FG_SMEM (2 * AFT_FG_STAGE * 2 + AFT_FG_ROWS * 4)             // bytes (+ row shifts)
+#define AFT_FG_SCALE 32768.f                                             // 2^15
+
+static_assert(AFT_FG_COLS == 2 * AFT_FG_TILE && AFT_FG_TILE == 2 * AFT_CT, "bmat tile layout");
+static_assert((AFT_FG_STAGE * 2) % 16 == 0 && (AFT_FG_ROWS * AFT_FG_ALD * 2) % 16 == 0, "16-byte stages");
+
+// Whether operands of type T are scaled into f16's range (see above).
+template <typename T> struct AftFgScaled;
+template <> struct AftFgScaled<f16> { static constexpr bool value = true; };
+template <> struct AftFgScaled<bf16> { static constexpr bool value = false; };
+
+// 2^k for −126 ≤ k ≤ 127.
+__device__ __forceinline__ float aft_pow2(int k) { return __uint_as_float((u32)(k + 127) << 23); }
+
+// b with |V| < 2^b for every V of a channel whose max |V| is vm (0 for none, NaN or Inf).
+__device__ __forceinline__ int aft_vexp(float vm) {
+  if (!(vm > 0.f) || !aft_finite(vm)) return 0;
+  const int e = (int)((__float_as_uint(vm) >> 23) & 0xffu) - 127;  // vm = m·2^e, 1 ≤ m < 2
+  return max(e + 1, -100);
+}
+
+// The scale of E⊙V on channel c of slice bh (1 without scaling).
+template <typename T> __device__ __forceinline__ float aft_fg_ev_scale(const AftParams& p, int bh, int c) {
+  if (!AftFgScaled<T>::value) return 1.f;
+  return aft_pow2(15 - aft_vexp(aft_vmax(p, bh, p.chunks)[c]));
+}
+
+// bmat[t][tile·128 + cc] = E⊙V and bmat[t][tile·128 + 64 + cc] = E of channel tile·64… (tile =
+// bh·ctiles + channel tile), scaled as above; zeros past d and in the padding tile.
+// Grid: x = 64-row chunk, y = tile (grid-stride); 4 row lanes × 64 channels.
+// Traffic: K, V read once, bmat (2·T·bcols bytes) written once.
+template <typename T>
+__device__ void aft_full_b(const AftParams& p) {
+  constexpr int LANES = AFT_THREADS / AFT_CT;
+  const int cc = threadIdx.x % AFT_CT, ty = threadIdx.x / AFT_CT;
+  const int ctiles = div_up(p.d, AFT_CT), tiles = p.b * p.h * ctiles;
+  u16* bm = reinterpret_cast<u16*>(p.bmat);
+  for (int tile = blockIdx.y; tile < p.bcols / AFT_FG_TILE; tile += gridDim.y) {
+    const int bh = tile / ctiles, c = (tile % ctiles) * AFT_CT + cc;
+    const bool live = tile < tiles && c < p.d;
+    const T *k = nullptr, *v = nullptr;
+    float mc = 0.f, sev = 1.f;
+    if (live) {
+      const int b = bh / p.h, h = bh % p.h;
+      k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
+      v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
+      mc = aft_stats(p.pre, bh, p.chunks + 1, p.chunks, p.d)[c];
+      sev = aft_fg_ev_scale<T>(p, bh, c);
+    }
+    const float se = AftFgScaled<T>::value ? AFT_FG_SCALE : 1.f;
+    for (int r = ty; r < AFT_CHUNK; r += LANES) {
+      const int t = blockIdx.x * AFT_CHUNK + r;
+      if (t >= p.t) break;
+      float e = 0.f, ev = 0.f;
+      if (live) {
+        e = expf(to_f32(k[(i64)t * p.k_sn + c]) - mc);
+        ev = e * to_f32(v[(i64)t * p.v_sn + c]) * sev;
+        e *= se;
+      }
+      u16* row = bm + (i64)t * p.bcols + (i64)tile * AFT_FG_TILE;
+      row[cc] = from_f32<T>(ev).bits;
+      row[AFT_CT + cc] = from_f32<T>(e).bits;
+    }
+  }
+}
+
+// w of keys [kb, kb + 32) for the tile's 128 rows into registers: thread slot i holds row
+// threadIdx.x / 16 + 16·i, keys kb + 2·(threadIdx.x % 16) + {0, 1} (0 past T).
+__device__ __forceinline__ void aft_fg_load_w(const AftParams& p, int t0, int kb, float (&wr)[8][2]) {
+  const float* wp = reinterpret_cast<const float*>(p.w);
+  const int kp = threadIdx.x % 16;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int t = t0 + threadIdx.x / 16 + 16 * i;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int tp = kb + 2 * kp + e;
+      wr[i][e] = t < p.t && tp < p.t ? wp[(i64)t * p.t + tp] : 0.f;
+    }
+  }
+}
+
+// The loaded w as packed operands exp(w − r_t) (scaled), 0 for keys past T.
+template <typename T>
+__device__ __forceinline__ void aft_fg_exp_w(const AftParams& p, int kb, const float (&wr)[8][2], const float* rsh,
+                                             u32 (&ap)[8]) {
+  const float s = AftFgScaled<T>::value ? AFT_FG_SCALE : 1.f;
+  const int tp = kb + 2 * (threadIdx.x % 16);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float r = rsh[threadIdx.x / 16 + 16 * i];
+    const float a0 = tp < p.t ? expf(wr[i][0] - r) * s : 0.f;
+    const float a1 = tp + 1 < p.t ? expf(wr[i][1] - r) * s : 0.f;
+    ap[i] = pack2<T>(a0, a1);
+  }
+}
+
+__device__ __forceinline__ void aft_fg_store_w(u16* as, const u32 (&ap)[8]) {
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+    *reinterpret_cast<u32*>(&as[(threadIdx.x / 16 + 16 * i) * AFT_FG_ALD + 2 * (threadIdx.x % 16)]) = ap[i];
+}
+
+// bmat rows [kb, kb + 32) × the CTA's 256 columns into bs by cp.async (zeros past T).
+__device__ __forceinline__ void aft_fg_copy_b(const AftParams& p, const u16* bm, int kb, u16* bs) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int idx = threadIdx.x + AFT_FG_THREADS * i, key = idx / 32, seg = idx % 32;
+    const bool ok = kb + key < p.t;
+    cp_async16(&bs[key * AFT_FG_BLD + seg * 8], ok ? bm + (i64)(kb + key) * p.bcols + seg * 8 : bm, ok);
+  }
+}
+
+// One 16-key step of the warp's 64 × (32 + 32) block: keys ks … ks + 15 of the stage.
+template <typename T>
+__device__ __forceinline__ void aft_fg_mma(const u16* as, const u16* bs, int ks, int wr, int ncol,
+                                           float (&num)[4][4][4], float (&den)[4][4][4]) {
+  const int lane = threadIdx.x % 32;
+  u32 a[4][4];
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi) ldmatrix_x4(a[mi], &as[(wr + 16 * mi + lane % 16) * AFT_FG_ALD + ks + (lane / 16) * 8]);
+  const int key = ks + lane % 8 + ((lane / 8) % 2) * 8;
+#pragma unroll
+  for (int j = 0; j < 4; j += 2) {
+    u32 bn[4], bd[4];
+    const u16* b = &bs[key * AFT_FG_BLD + ncol + 8 * j + (lane / 16) * 8];
+    ldmatrix_x4_trans(bn, b);
+    ldmatrix_x4_trans(bd, b + AFT_CT);
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi) {
+      mma16816<T>(num[mi][j], a[mi], bn[0], bn[1]);
+      mma16816<T>(num[mi][j + 1], a[mi], bn[2], bn[3]);
+      mma16816<T>(den[mi][j], a[mi], bd[0], bd[1]);
+      mma16816<T>(den[mi][j + 1], a[mi], bd[2], bd[3]);
+    }
+  }
+}
+
+// Grid: x = pair of channel tiles (bmat column block), y = 128-row tile (grid-stride); x runs
+// fastest, so the CTAs sharing a row tile of w run together and read it from L2.
+template <typename T>
+__device__ void aft_full_tc(const AftParams& p) {
+  constexpr int ROWS = AFT_FG_ROWS, KB = AFT_FG_KB;
+  extern __shared__ __align__(16) u16 fg_smem[];
+  float* rsh = reinterpret_cast<float*>(fg_smem + 2 * AFT_FG_STAGE);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, tq = lane % 4;
+  const int wr = (warp % 2) * 64, wt = warp / 2;  // wt: channel tile wt / 2 of the pair, half wt % 2
+  const int ncol = (wt / 2) * AFT_FG_TILE + (wt % 2) * 32;
+  const int ctiles = div_up(p.d, AFT_CT);
+  const int tile = blockIdx.x * 2 + wt / 2;
+  const bool live = tile < p.b * p.h * ctiles;
+  const u16* bm = reinterpret_cast<const u16*>(p.bmat) + (i64)blockIdx.x * AFT_FG_COLS;
+  const float* rmax = reinterpret_cast<const float*>(p.rmax);
+  const int nkb = div_up(p.t, KB);
+
+  for (int rt = blockIdx.y; (i64)rt * ROWS < p.t; rt += gridDim.y) {
+    const int t0 = rt * ROWS;
+    __syncthreads();  // the previous row tile is done with shared memory
+    for (int i = threadIdx.x; i < ROWS; i += AFT_FG_THREADS) rsh[i] = t0 + i < p.t ? rmax[t0 + i] : 0.f;
+    float num[4][4][4], den[4][4][4];
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) num[mi][j][e] = den[mi][j][e] = 0.f;
+    float wreg[8][2];
+    u32 ap[8];
+    aft_fg_load_w(p, t0, 0, wreg);
+    aft_fg_copy_b(p, bm, 0, fg_smem + ROWS * AFT_FG_ALD);
+    cp_async_commit();
+    __syncthreads();  // rsh
+    aft_fg_exp_w<T>(p, 0, wreg, rsh, ap);
+    aft_fg_store_w(fg_smem, ap);
+    cp_async_wait<0>();
+    __syncthreads();
+
+    for (int i = 0; i < nkb; ++i) {
+      const u16* as = fg_smem + (i & 1) * AFT_FG_STAGE;
+      const u16* bs = as + ROWS * AFT_FG_ALD;
+      u16* nas = fg_smem + ((i + 1) & 1) * AFT_FG_STAGE;
+      const bool more = i + 1 < nkb;
+      if (more) {  // next block: w into registers, bmat into the other stage
+        aft_fg_load_w(p, t0, (i + 1) * KB, wreg);
+        aft_fg_copy_b(p, bm, (i + 1) * KB, nas + ROWS * AFT_FG_ALD);
+        cp_async_commit();
+      }
+      aft_fg_mma<T>(as, bs, 0, wr, ncol, num, den);
+      if (more) aft_fg_exp_w<T>(p, (i + 1) * KB, wreg, rsh, ap);
+      aft_fg_mma<T>(as, bs, 16, wr, ncol, num, den);
+      if (more) aft_fg_store_w(nas, ap);
+      cp_async_wait<0>();
+      __syncthreads();  // the other stage is complete; this one may be overwritten next
+    }
+    if (!live) continue;
+
+    // Epilogue straight from the accumulators: element e of (mi, j) is row wr + 16·mi + g +
+    // 8·(e / 2), channel c0 + 8·j + 2·tq + e % 2. Underflowed outputs are recomputed after the
+    // others, once the accumulators are dead.
+    const int bh = tile / ctiles, b = bh / p.h, h = bh % p.h;
+    const int c0 = (tile % ctiles) * AFT_CT + (wt % 2) * 32;
+    const T* q = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
+    const T* k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
+    const T* v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
+    T* o = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh;
+    // ratio = num / den · unscale; den below `tiny` → slow path.
+    const float tiny = AftFgScaled<T>::value ? 4.f * (float)p.t : AFT_DEN_MIN;
+    float unscale[4][2];
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e1 = 0; e1 < 2; ++e1) {
+        const int c = c0 + 8 * j + 2 * tq + e1;
+        unscale[j][e1] = c < p.d ? 1.f / aft_fg_ev_scale<T>(p, bh, c) * (AftFgScaled<T>::value ? AFT_FG_SCALE : 1.f) : 1.f;
+      }
+    u64 slow = 0;
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int t = t0 + wr + 16 * mi + g + 8 * (e / 2), c = c0 + 8 * j + 2 * tq + e % 2;
+          if (t >= p.t || c >= p.d) continue;
+          const float dn = den[mi][j][e];
+          if (dn < tiny) {
+            slow |= 1ull << ((mi * 4 + j) * 4 + e);
+            continue;
+          }
+          const float y = aft_sigmoid(to_f32(q[(i64)t * p.q_sn + c])) * (num[mi][j][e] / dn * unscale[j][e % 2]);
+          o[(i64)t * p.o_sn + c] = from_f32<T>(y);
+        }
+#pragma unroll 1
+    for (; slow; slow &= slow - 1) {
+      const int bit = __ffsll((long long)slow) - 1, mi = bit / 16, j = (bit / 4) % 4, e = bit % 4;
+      const int t = t0 + wr + 16 * mi + g + 8 * (e / 2), c = c0 + 8 * j + 2 * tq + e % 2;
+      const float y = aft_sigmoid(to_f32(q[(i64)t * p.q_sn + c])) * aft_exact<T>(p, k, v, h, t, c);
+      o[(i64)t * p.o_sn + c] = from_f32<T>(y);
+    }
+  }
+}
+
+// 1 CTA (8 warps, ≤ 255 registers, 54 KB of dynamic shared memory) per SM.
+#define AFT_FG_DTYPE(T, NAME)                                                                      \
+  extern "C" __global__ void __launch_bounds__(AFT_THREADS) aft_full_b_##NAME(                     \
+      const __grid_constant__ AftParams p) {                                                       \
+    aft_full_b<T>(p);                                                                              \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(AFT_FG_THREADS, 1) aft_full_tc_##NAME(              \
+      const __grid_constant__ AftParams p) {                                                       \
+    aft_full_tc<T>(p);                                                                             \
+  }
+
+AFT_FG_DTYPE(f16, f16)
+AFT_FG_DTYPE(bf16, bf16)
