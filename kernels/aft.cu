@@ -10,7 +10,7 @@
 //               weight block × [E⊙V | E] product, plus the prefix/suffix statistics outside it.
 //               f32 storage: aft_window (CUDA cores); f16/bf16: aft_window_tc (TF32 tensor cores,
 //               aft_tc.cuh), sharing the helpers below.
-//   aft_full_b, aft_full_tc   AFT-full non-causal with f16/bf16 storage instead of aft_window_tc:
+//   aft_full_b, aft_full_tc   AFT-full with f16/bf16 storage (causal or not) instead of aft_window_tc:
 //               one GEMM over every slice with 16-bit operands (aft_full_tc.cuh); the chunk pass
 //               then also records max |V| per chunk (vmax), for f16's operand scaling.
 // Stability: E = exp(K − M_c) with M_c the channel max over the keys a tile can see, the weight of

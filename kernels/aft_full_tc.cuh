@@ -1,4 +1,4 @@
-// AFT-full, non-causal, f16/bf16 storage, as one GEMM over every (b,h) and channel at once:
+// AFT-full (causal or not), f16/bf16 storage, as one GEMM over every (b,h) and channel at once:
 //   [num | den] (T × bcols) = W (T × T) · bmat (T × bcols),   W[t][t'] = exp(w[t][t'] − r_t),
 // then Y = σ(Q)·num/den. W is shared by every slice (AFT-full's bias has no head), so one
 // exp(w) tile made on the fly feeds two channel tiles (256 columns) of the product; bmat holds
@@ -12,6 +12,11 @@
 // value below that loses at most 2^-25 of the scaled unit, so with n = T keys an output whose
 // scaled denominator is ≥ 4n (den ≥ n·2^-28) is off by at most 2^-11 relative; below that the
 // output is recomputed directly (aft_exact), as the window kernels do for an underflowed one.
+//
+// Causal: a row tile stops at its last row's key; keys after a row get weight 0 (exact for finite
+// operands). A block reaching past the tile's first row that holds a non-finite bmat value is
+// summed key by key instead, skipping masked keys, so a poisoned later key never reaches earlier
+// rows (the window kernels' rule).
 //
 // CTA: 128 rows × 256 columns, 8 warps in a 2 × 4 grid of 64 rows × (32 E⊙V + the same 32 E)
 // columns, so num and den of an output sit in one thread; per 16-key step a warp issues 8
@@ -110,17 +115,19 @@ __device__ __forceinline__ void aft_fg_load_w(const AftParams& p, int t0, int kb
   }
 }
 
-// The loaded w as packed operands exp(w − r_t) (scaled), 0 for keys past T.
+// The loaded w as packed operands exp(w − r_t) (scaled); 0 for keys past T and (causal) past
+// the row, whose w is never exp'd.
 template <typename T>
-__device__ __forceinline__ void aft_fg_exp_w(const AftParams& p, int kb, const float (&wr)[8][2], const float* rsh,
-                                             u32 (&ap)[8]) {
+__device__ __forceinline__ void aft_fg_exp_w(const AftParams& p, int t0, int kb, const float (&wr)[8][2],
+                                             const float* rsh, u32 (&ap)[8]) {
   const float s = AftFgScaled<T>::value ? AFT_FG_SCALE : 1.f;
   const int tp = kb + 2 * (threadIdx.x % 16);
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
-    const float r = rsh[threadIdx.x / 16 + 16 * i];
-    const float a0 = tp < p.t ? expf(wr[i][0] - r) * s : 0.f;
-    const float a1 = tp + 1 < p.t ? expf(wr[i][1] - r) * s : 0.f;
+    const int row = threadIdx.x / 16 + 16 * i, end = p.causal ? min(p.t, t0 + row + 1) : p.t;
+    const float r = rsh[row];
+    const float a0 = tp < end ? expf(wr[i][0] - r) * s : 0.f;
+    const float a1 = tp + 1 < end ? expf(wr[i][1] - r) * s : 0.f;
     ap[i] = pack2<T>(a0, a1);
   }
 }
@@ -166,8 +173,46 @@ __device__ __forceinline__ void aft_fg_mma(const u16* as, const u16* bs, int ks,
   }
 }
 
-// Grid: x = pair of channel tiles (bmat column block), y = 128-row tile (grid-stride); x runs
-// fastest, so the CTAs sharing a row tile of w run together and read it from L2.
+// Whether the stage's bmat block holds a non-finite value (every thread checks 16 words).
+template <typename T> __device__ __forceinline__ bool aft_fg_block_bad(const u16* bs) {
+  bool bad = false;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    const int idx = threadIdx.x + AFT_FG_THREADS * i, key = idx / 128, col = 2 * (idx % 128);
+    bad |= nonfinite2<T>(*reinterpret_cast<const u32*>(&bs[key * AFT_FG_BLD + col]));
+  }
+  return bad;
+}
+
+// Causal block [kb, kb + 32) summed key by key, each key only into the rows at or after it.
+template <typename T>
+__device__ void aft_fg_masked(const u16* as, const u16* bs, int t0, int kb, int wr, int ncol,
+                              float (&num)[4][4][4], float (&den)[4][4][4]) {
+  const int lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+#pragma unroll 1
+  for (int r = 0; r < AFT_FG_KB; ++r) {
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int row = wr + 16 * mi + g + 8 * hh;
+        if (kb + r > t0 + row) continue;
+        const float wt = to_f32(T{as[row * AFT_FG_ALD + r]});
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int e1 = 0; e1 < 2; ++e1) {
+            const int col = ncol + 8 * j + 2 * tq + e1;
+            num[mi][j][2 * hh + e1] = fmaf(wt, to_f32(T{bs[r * AFT_FG_BLD + col]}), num[mi][j][2 * hh + e1]);
+            den[mi][j][2 * hh + e1] = fmaf(wt, to_f32(T{bs[r * AFT_FG_BLD + AFT_CT + col]}), den[mi][j][2 * hh + e1]);
+          }
+      }
+  }
+}
+
+// Grid: x = pair of channel tiles (bmat column block), y = 128-row tile (grid-stride, causal:
+// the longest tiles first); x runs fastest, so the CTAs sharing a row tile of w run together and
+// read it from L2.
 template <typename T>
 __device__ void aft_full_tc(const AftParams& p) {
   constexpr int ROWS = AFT_FG_ROWS, KB = AFT_FG_KB;
@@ -181,10 +226,11 @@ __device__ void aft_full_tc(const AftParams& p) {
   const bool live = tile < p.b * p.h * ctiles;
   const u16* bm = reinterpret_cast<const u16*>(p.bmat) + (i64)blockIdx.x * AFT_FG_COLS;
   const float* rmax = reinterpret_cast<const float*>(p.rmax);
-  const int nkb = div_up(p.t, KB);
+  const int tiles_r = div_up(p.t, ROWS);
 
-  for (int rt = blockIdx.y; (i64)rt * ROWS < p.t; rt += gridDim.y) {
-    const int t0 = rt * ROWS;
+  for (int it = blockIdx.y; it < tiles_r; it += gridDim.y) {
+    const int rt = p.causal ? tiles_r - 1 - it : it, t0 = rt * ROWS;
+    const int nkb = div_up(p.causal ? min(p.t, t0 + ROWS) : p.t, KB);  // causal: keys ≤ the last row
     __syncthreads();  // the previous row tile is done with shared memory
     for (int i = threadIdx.x; i < ROWS; i += AFT_FG_THREADS) rsh[i] = t0 + i < p.t ? rmax[t0 + i] : 0.f;
     float num[4][4][4], den[4][4][4];
@@ -200,7 +246,7 @@ __device__ void aft_full_tc(const AftParams& p) {
     aft_fg_copy_b(p, bm, 0, fg_smem + ROWS * AFT_FG_ALD);
     cp_async_commit();
     __syncthreads();  // rsh
-    aft_fg_exp_w<T>(p, 0, wreg, rsh, ap);
+    aft_fg_exp_w<T>(p, t0, 0, wreg, rsh, ap);
     aft_fg_store_w(fg_smem, ap);
     cp_async_wait<0>();
     __syncthreads();
@@ -210,14 +256,19 @@ __device__ void aft_full_tc(const AftParams& p) {
       const u16* bs = as + ROWS * AFT_FG_ALD;
       u16* nas = fg_smem + ((i + 1) & 1) * AFT_FG_STAGE;
       const bool more = i + 1 < nkb;
+      // Causal blocks past the tile's first row: 0 weights mask later keys unless one is
+      // non-finite (0·NaN); then this block goes key by key (a uniform branch, taken before the
+      // next block's loads so that their registers are not live across it).
+      const bool masked = p.causal && i * KB + KB - 1 > t0 && __syncthreads_or(aft_fg_block_bad<T>(bs));
+      if (masked) aft_fg_masked<T>(as, bs, t0, i * KB, wr, ncol, num, den);
       if (more) {  // next block: w into registers, bmat into the other stage
         aft_fg_load_w(p, t0, (i + 1) * KB, wreg);
         aft_fg_copy_b(p, bm, (i + 1) * KB, nas + ROWS * AFT_FG_ALD);
         cp_async_commit();
       }
-      aft_fg_mma<T>(as, bs, 0, wr, ncol, num, den);
-      if (more) aft_fg_exp_w<T>(p, (i + 1) * KB, wreg, rsh, ap);
-      aft_fg_mma<T>(as, bs, 16, wr, ncol, num, den);
+      if (!masked) aft_fg_mma<T>(as, bs, 0, wr, ncol, num, den);
+      if (more) aft_fg_exp_w<T>(p, t0, (i + 1) * KB, wreg, rsh, ap);
+      if (!masked) aft_fg_mma<T>(as, bs, 16, wr, ncol, num, den);
       if (more) aft_fg_store_w(nas, ap);
       cp_async_wait<0>();
       __syncthreads();  // the other stage is complete; this one may be overwritten next
@@ -233,7 +284,7 @@ __device__ void aft_full_tc(const AftParams& p) {
     const T* k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
     const T* v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
     T* o = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh;
-    // ratio = num / den · unscale; den below `tiny` → slow path.
+    // ratio = num / den · unscale; den below `tiny` → slow path (4·T: at most T keys per row).
     const float tiny = AftFgScaled<T>::value ? 4.f * (float)p.t : AFT_DEN_MIN;
     float unscale[4][2];
 #pragma unroll

@@ -10,7 +10,7 @@
 //! peaking at different keys) is recomputed directly with the joint max. The window block product
 //! runs on tensor cores (TF32 operands: fp32 range, fp32 accumulation) for f16/bf16 storage and on
 //! fp32 CUDA cores for f32 storage (its 1e-5 tolerance); everything else is fp32 CUDA-core work.
-//! Non-causal AFT-full with f16/bf16 storage instead runs one GEMM over every slice at once
+//! AFT-full with f16/bf16 storage instead runs one GEMM over every slice at once
 //! (`exp(w − r_t)` is shared by all of them) with 16-bit operands, f16 ones scaled into range by
 //! the channel's max |V| (kernels/aft_full_tc.cuh).
 //! Any D ≤ 256, any strides with a unit last dim. The bias (`w`, `u`) is fp32 on the device.
@@ -211,8 +211,8 @@ impl Plan {
         }
         let ctiles = d.div_ceil(CT);
         let tiles = b.checked_mul(h).and_then(|bh| bh.checked_mul(ctiles));
-        // AFT-full (non-causal) also indexes 128 bmat columns per tile with 32-bit ints.
-        let limit = if variant == Variant::Full && !params.causal {
+        // AFT-full also indexes 128 bmat columns per tile with 32-bit ints.
+        let limit = if variant == Variant::Full {
             i32::MAX as usize / FG_TILE - 1
         } else {
             i32::MAX as usize
@@ -241,11 +241,11 @@ impl Plan {
         !self.causal && matches!(self.variant, Variant::Local { .. } | Variant::Conv { .. })
     }
 
-    /// Whether the workspace holds the arrays of the non-causal AFT-full tensor-core GEMM
-    /// (`vmax`, `bmat`). They are used for f16/bf16 storage and sized for every dtype, so that
-    /// the workspace does not depend on it.
+    /// Whether the workspace holds the arrays of the AFT-full tensor-core GEMM (`vmax`,
+    /// `bmat`). They are used for f16/bf16 storage and sized for every dtype, so that the
+    /// workspace does not depend on it.
     fn full_gemm(&self) -> bool {
-        self.variant == Variant::Full && !self.causal
+        self.variant == Variant::Full
     }
 
     /// Columns of bmat: 128 per channel tile of every (b,h), an even number of tiles.
@@ -279,9 +279,9 @@ impl Plan {
         sum.checked_mul(4).map(|_| sum)
     }
 
-    /// Scratch bytes: chunk statistics, their prefixes (and suffixes), w's row maxima (full);
-    /// for non-causal full also max |V| per chunk and the GEMM operand `[E⊙V | E]` (2·T·128
-    /// bytes per 64-channel tile of every (b,h)).
+    /// Scratch bytes: chunk statistics, their prefixes (and suffixes); for full also w's row
+    /// maxima, max |V| per chunk and the GEMM operand `[E⊙V | E]` (2·T·128 bytes per 64-channel
+    /// tile of every (b,h)).
     pub fn workspace_bytes(&self) -> usize {
         self.workspace_floats().unwrap_or(usize::MAX / 4) * 4
     }
@@ -366,7 +366,7 @@ pub unsafe fn forward_raw(
     let Dims { b, h, n, d } = plan.dims;
     let [part, pre, suf, rmax, vmax, _] = plan.arrays().unwrap_or_default();
     let at = |floats: usize| workspace + 4 * floats as u64;
-    // The tensor-core GEMM of non-causal AFT-full (16-bit storage; f32 keeps the window kernel).
+    // The tensor-core GEMM of AFT-full (16-bit storage; f32 keeps the window kernel).
     let gemm = plan.full_gemm() && dtype != DType::F32;
     let bcols = if gemm { plan.bcols() } else { 0 };
     let [q_sb, q_sh, q_sn] = strides(&q.layout);

@@ -1025,7 +1025,7 @@ def aft_window_tc(cx, bid):
 
 
 # ----------------------------------------------------------------------------------------------
-# aft_full_b / aft_full_tc (kernels/aft_full_tc.cuh): the non-causal AFT-full GEMM, 16-bit
+# aft_full_b / aft_full_tc (kernels/aft_full_tc.cuh): the AFT-full GEMM (causal or not), 16-bit
 # operands on mma.sync m16n8k16 (ldmatrix fragments placed by the PTX layouts)
 FG_TILE, FG_ROWS, FG_COLS, FG_KB, FG_THREADS, FG_ALD, FG_BLD = 128, 128, 256, 32, 256, 40, 264
 FG_SCALE = F32(32768.0)
@@ -1182,13 +1182,15 @@ def aft_full_tc(cx, bid):
                 wreg[:, i, e] = np.where(ok, mem.load(p.w + (t * p.t + tp) * 4, ok, "w"), F32(0))
         return wreg
 
-    def exp_w(kb, wreg):
+    def exp_w(t0, kb, wreg):
         tp = kb + 2 * (tid % 16)
         ap = np.zeros((NT, 8, 2), F32)
         for i in range(8):
-            r = rsh.read(tid // 16 + 16 * i, tid, None, "rsh")
+            row = tid // 16 + 16 * i
+            end = np.minimum(p.t, t0 + row + 1) if p.causal else p.t
+            r = rsh.read(row, tid, None, "rsh")
             for e in range(2):
-                ok = tp + e < p.t
+                ok = tp + e < end
                 ap[:, i, e] = np.where(ok, dt.from_f32(mul(expf(sub(wreg[:, i, e], r)), scale)).astype(F32), F32(0))
         return ap
 
@@ -1224,9 +1226,40 @@ def aft_full_tc(cx, bid):
                 b[:, nd, j + 1] = r[:, 2:4]
         return fg_mma(acc, a, b)
 
-    rt = by
-    while rt * ROWS < p.t:
+    def block_bad(base):
+        bad = np.zeros(NT, bool)
+        for i in range(16):
+            idx = tid + NT * i
+            key, col = idx // 128, 2 * (idx % 128)
+            for x in range(2):
+                val = sm.read(base + ROWS * ALD + key * BLD + col + x, tid, None, "Bs (check)")
+                bad |= ~np.isfinite(val)
+        return bad
+
+    def masked_sum(base, t0, kb, acc):
+        acc = acc.copy()
+        for r in range(KB):
+            for mi in range(4):
+                for hh in range(2):
+                    row = wr + 16 * mi + g + 8 * hh
+                    act = ~(kb + r > t0 + row)
+                    wt = sm.read(base + row * ALD + r, tid, act, "As (masked)")
+                    for j in range(4):
+                        for e1 in range(2):
+                            col = ncol + 8 * j + 2 * tq + e1
+                            x = 2 * hh + e1
+                            bn = sm.read(base + ROWS * ALD + r * BLD + col, tid, act, "Bs (masked)")
+                            bd = sm.read(base + ROWS * ALD + r * BLD + AFT_CT + col, tid, act, "Bs (masked)")
+                            acc[:, 0, mi, j, x] = np.where(act, fmaf(wt, bn, acc[:, 0, mi, j, x]), acc[:, 0, mi, j, x])
+                            acc[:, 1, mi, j, x] = np.where(act, fmaf(wt, bd, acc[:, 1, mi, j, x]), acc[:, 1, mi, j, x])
+        return acc
+
+    tiles_r = div_up(p.t, ROWS)
+    it = by
+    while it < tiles_r:
+        rt = tiles_r - 1 - it if p.causal else it
         t0 = rt * ROWS
+        nkb = div_up(min(p.t, t0 + ROWS) if p.causal else p.t, KB)
         races.barrier()
         act = tid < ROWS
         rv = mem.load(p.rmax + 4 * (t0 + tid), act & (t0 + tid < p.t), "rmax")
@@ -1235,18 +1268,27 @@ def aft_full_tc(cx, bid):
         wreg = load_w(t0, 0)
         copy_b(0, 0)
         races.barrier()
-        store_w(0, exp_w(0, wreg))
+        store_w(0, exp_w(t0, 0, wreg))
         races.barrier()
         for i in range(nkb):
             cur, nxt = (i & 1) * STAGE, ((i + 1) & 1) * STAGE
             more = i + 1 < nkb
+            masked = False
+            if p.causal and i * KB + KB - 1 > t0:
+                masked = bool(block_bad(cur).any())
+                races.barrier()  # __syncthreads_or
+            if masked:
+                STATS["tc_scalar_blocks"] += 1
+                acc = masked_sum(cur, t0, i * KB, acc)
             if more:
                 wreg = load_w(t0, (i + 1) * KB)
                 copy_b((i + 1) * KB, nxt)
-            acc = mma(cur, 0, acc)
+            if not masked:
+                acc = mma(cur, 0, acc)
             if more:
-                ap = exp_w((i + 1) * KB, wreg)
-            acc = mma(cur, 16, acc)
+                ap = exp_w(t0, (i + 1) * KB, wreg)
+            if not masked:
+                acc = mma(cur, 16, acc)
             if more:
                 store_w(nxt, ap)
             races.barrier()
@@ -1291,7 +1333,7 @@ def aft_full_tc(cx, bid):
                 qv = mem.load(q + (t * p.q_sn + c) * sz, np.ones(t.shape, bool), "q")
                 y = mul(sigmoid(qv), aft_exact(cx, k, v, h_, t, c))
                 mem.store(o + (t * p.o_sn + c) * sz, dt.from_f32(y), np.ones(t.shape, bool), "o")
-        rt += gdy
+        it += gdy
 
 
 def launch(mem, name, fn, grid, p, dt):

@@ -288,7 +288,7 @@ def run_case(c, quiet=False):
     part, pre = per * chunks, per * (chunks + 1)
     suf = pre if needs_suffix else 0
     rmax = T if c.variant == "full" else 0
-    full_gemm = c.variant == "full" and not c.causal  # Plan::full_gemm: sized for every dtype
+    full_gemm = c.variant == "full"  # Plan::full_gemm: sized for every dtype
     gemm = full_gemm and c.dt != "f32"  # forward_raw: the tensor-core GEMM for 16-bit storage
     bcols = div_up(B * H * div_up(D, CT), 2) * 2 * 128
     vmax = B * H * D * (chunks + 1) if full_gemm else 0
@@ -408,16 +408,18 @@ def matrix(mode="all", only=None):
                                ("v", 127, 63, -np.inf)):
                     for dtn in ("f16", "bf16", "f32"):
                         cases.append(Case(200, 64, var, s, causal, dt=dtn, poison=poison, seed=31))
-    elif mode == "gemm":  # the non-causal AFT-full GEMM (aft_full_tc): ranges, layouts, tails, grid stride
+    elif mode == "gemm":  # the AFT-full GEMM (aft_full_tc): ranges, layouts, tails, padding tile, poison
         for dtn in ("f16", "bf16"):
-            for T, D in ((1, 1), (2, 64), (63, 64), (129, 48), (200, 80), (300, 128)):
-                cases.append(Case(T, D, "full", 0, False, dt=dtn))
-                cases.append(Case(T, D, "full", 0, False, dt=dtn, vrange=True, seed=41))
-            cases.append(Case(200, 80, "full", 0, False, dt=dtn, b=1, h=3, kind="bnhd"))
-            cases.append(Case(130, 64, "full", 0, False, dt=dtn, b=3, h=1))  # odd tile count: padding tile
-            cases.append(Case(200, 48, "full", 0, False, dt=dtn, adversarial=True, seed=21))
-            for poison in (("v", 100, 5, np.nan), ("k", 70, 3, np.inf), ("v", 127, 63, -np.inf)):
-                cases.append(Case(200, 64, "full", 0, False, dt=dtn, poison=poison, seed=31))
+            for causal in (False, True):
+                for T, D in ((1, 1), (2, 64), (63, 64), (129, 48), (200, 80), (300, 128)):
+                    cases.append(Case(T, D, "full", 0, causal, dt=dtn))
+                    cases.append(Case(T, D, "full", 0, causal, dt=dtn, vrange=True, seed=41))
+                cases.append(Case(200, 80, "full", 0, causal, dt=dtn, b=1, h=3, kind="bnhd"))
+                cases.append(Case(130, 64, "full", 0, causal, dt=dtn, b=3, h=1))  # odd tile count: padding tile
+                cases.append(Case(200, 48, "full", 0, causal, dt=dtn, adversarial=True, seed=21))
+                for poison in (("v", 100, 5, np.nan), ("k", 70, 3, np.inf), ("v", 127, 63, -np.inf),
+                               ("v", 200, 7, np.nan)):  # last: key 200 in the diagonal block of rows 128…
+                    cases.append(Case(260, 64, "full", 0, causal, dt=dtn, poison=poison, seed=31))
     elif mode == "long":  # tests/gpu_aft.rs long_sequences (B·H reduced to keep the emulation short)
         for causal in (False, True):
             for var, s in (("simple", 0), ("local", 64), ("conv", 64), ("local", 4097), ("full", 0)):
