@@ -8,11 +8,11 @@
 //   aft_window  everything else: per 64-row tile, the keys whose weight is not the same for every
 //               row of the tile (the band, the causal diagonal, all keys for full) as a dense
 //               weight block × [E⊙V | E] product, plus the prefix/suffix statistics outside it.
-//               f32 storage: aft_window (CUDA cores); f16/bf16: aft_window_tc (TF32 tensor cores,
-//               aft_tc.cuh), sharing the helpers below.
+//               f32 storage: aft_window (CUDA cores); f16/bf16: aft_window_tc (16-bit tensor
+//               cores, aft_tc.cuh), sharing the helpers below.
 //   aft_full_b, aft_full_tc   AFT-full with f16/bf16 storage (causal or not) instead of aft_window_tc:
-//               one GEMM over every slice with 16-bit operands (aft_full_tc.cuh); the chunk pass
-//               then also records max |V| per chunk (vmax), for f16's operand scaling.
+//               one GEMM over every slice (aft_full_tc.cuh). For the tensor-core kernels the chunk
+//               pass also records max |V| per chunk (vmax): f16's operand scale.
 // Stability: E = exp(K − M_c) with M_c the channel max over the keys a tile can see, the weight of
 // row t is exp(w − r_t) with r_t its row max (≥ 0 for local/conv, whose far keys have w = 0), so
 // nothing exceeds 1. When a denominator still falls below AFT_DEN_MIN (K and w peaking at
@@ -347,65 +347,57 @@ __device__ __forceinline__ AftStat aft_outside(const AftParams& p, int bh, const
   return {mc, a, z};
 }
 
-// fp32 rounded to TF32 (10-bit mantissa, nearest, ties away) when TF32, else unchanged.
-template <bool TF32> __device__ __forceinline__ float aft_operand(float x) {
-  if (!TF32) return x;
-  u32 r;
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-  return __uint_as_float(r);
-}
-
-// Stages es[r][cc] = E = exp(K − M_c) and evs[r][cc] = E·V of the keys kb + r < hi (zeros past
-// hi and past d). Returns whether this thread staged a non-finite value.
-template <typename T, int LD, bool TF32, int THREADS>
-__device__ __forceinline__ bool aft_stage_e(const AftParams& p, const T* k, const T* v, int kb, int hi, int c0,
-                                            const float* msh, float (*es)[LD], float (*evs)[LD]) {
-  bool bad = false;
-  for (int idx = threadIdx.x; idx < AFT_KB * AFT_CT; idx += THREADS) {
-    const int r = idx / AFT_CT, cc = idx % AFT_CT, tp = kb + r, c = c0 + cc;
-    float e = 0.f, ev = 0.f;
-    if (tp < hi && c < p.d) {
-      e = expf(to_f32(k[(i64)tp * p.k_sn + c]) - msh[cc]);
-      ev = e * to_f32(v[(i64)tp * p.v_sn + c]);
-    }
-    bad |= !aft_finite(e) || !aft_finite(ev);
-    es[r][cc] = aft_operand<TF32>(e);
-    evs[r][cc] = aft_operand<TF32>(ev);
+// E = exp(K − M_c) and E·V of key tp on channel c0 + cc (both 0 past hi and past d).
+template <typename T>
+__device__ __forceinline__ void aft_e_of(const AftParams& p, const T* k, const T* v, int tp, int hi, int c0, int cc,
+                                         const float* msh, float& e, float& ev) {
+  const int c = c0 + cc;
+  e = ev = 0.f;
+  if (tp < hi && c < p.d) {
+    e = expf(to_f32(k[(i64)tp * p.k_sn + c]) - msh[cc]);
+    ev = e * to_f32(v[(i64)tp * p.v_sn + c]);
   }
-  return bad;
 }
 
-// Stages ws[i][r] = the weight of key kb + r for row t0 + i: exp(w − r_t) in the band (every key
-// for full), g_t outside it, 1 for simple; 0 past hi, past T and (causal) after the row.
-template <int LD, bool TF32, int THREADS>
+// The weight of key tp for row t0 + i: exp(w − r_t) in the band (every key for full), g_t
+// outside it, 1 for simple; 0 past hi, past T and (causal) after the row.
+__device__ __forceinline__ float aft_weight(const AftParams& p, int h, int t0, int i, int tp, int hi, const float* rsh,
+                                            const float* gsh) {
+  const int t = t0 + i;
+  if (t >= p.t || tp >= hi || (p.causal && tp > t)) return 0.f;
+  const float* wp = reinterpret_cast<const float*>(p.w);
+  switch (p.variant) {
+    case AFT_LOCAL:
+    case AFT_CONV: {
+      const int j = tp - t;
+      if (j <= -p.window || j >= p.window) return gsh[i];
+      const i64 row = p.variant == AFT_LOCAL ? (i64)t : (i64)h;
+      return expf(wp[row * (2 * (i64)p.window - 1) + (j + p.window - 1)] - rsh[i]);
+    }
+    case AFT_FULL:
+      return expf(wp[(i64)t * p.t + tp] - rsh[i]);
+    default:
+      return 1.f;
+  }
+}
+
+// Stages es[r][cc] = E and evs[r][cc] = E·V of the keys kb + r (fp32, aft_window).
+template <typename T, int LD, int THREADS>
+__device__ __forceinline__ void aft_stage_e(const AftParams& p, const T* k, const T* v, int kb, int hi, int c0,
+                                            const float* msh, float (*es)[LD], float (*evs)[LD]) {
+  for (int idx = threadIdx.x; idx < AFT_KB * AFT_CT; idx += THREADS) {
+    const int r = idx / AFT_CT, cc = idx % AFT_CT;
+    aft_e_of<T>(p, k, v, kb + r, hi, c0, cc, msh, es[r][cc], evs[r][cc]);
+  }
+}
+
+// Stages ws[i][r] = the weight of key kb + r for row t0 + i (fp32, aft_window).
+template <int LD, int THREADS>
 __device__ __forceinline__ void aft_stage_w(const AftParams& p, int h, int t0, int kb, int hi, const float* rsh,
                                             const float* gsh, float (*ws)[LD]) {
-  const float* wp = reinterpret_cast<const float*>(p.w);
-  const i64 band = 2 * (i64)p.window - 1;
   for (int idx = threadIdx.x; idx < AFT_CHUNK * AFT_KB; idx += THREADS) {
-    const int i = idx / AFT_KB, r = idx % AFT_KB, t = t0 + i, tp = kb + r;
-    float wt = 0.f;
-    if (t < p.t && tp < hi && !(p.causal && tp > t)) {
-      switch (p.variant) {
-        case AFT_LOCAL:
-        case AFT_CONV: {
-          const int j = tp - t;
-          if (j <= -p.window || j >= p.window) {
-            wt = gsh[i];
-          } else {
-            const i64 row = p.variant == AFT_LOCAL ? (i64)t : (i64)h;
-            wt = expf(wp[row * band + (j + p.window - 1)] - rsh[i]);
-          }
-          break;
-        }
-        case AFT_FULL:
-          wt = expf(wp[(i64)t * p.t + tp] - rsh[i]);
-          break;
-        default:
-          wt = 1.f;
-      }
-    }
-    ws[i][r] = aft_operand<TF32>(wt);
+    const int i = idx / AFT_KB, r = idx % AFT_KB;
+    ws[i][r] = aft_weight(p, h, t0, i, kb + r, hi, rsh, gsh);
   }
 }
 
@@ -452,8 +444,8 @@ __device__ void aft_window(const AftParams& p) {
 
     for (int kb = win.lo; kb < win.hi; kb += AFT_KB) {
       __syncthreads();  // previous block consumed
-      aft_stage_e<T, AFT_CT + 1, false, AFT_THREADS>(p, k, v, kb, win.hi, c0, msh, es, evs);
-      aft_stage_w<AFT_KB + 1, false, AFT_THREADS>(p, h, t0, kb, win.hi, rsh, gsh, ws);
+      aft_stage_e<T, AFT_CT + 1, AFT_THREADS>(p, k, v, kb, win.hi, c0, msh, es, evs);
+      aft_stage_w<AFT_KB + 1, AFT_THREADS>(p, h, t0, kb, win.hi, rsh, gsh, ws);
       __syncthreads();
       // Causal blocks that reach past a row skip (not zero-weight) the keys after it, so a
       // non-finite later key cannot reach earlier rows through 0·NaN.

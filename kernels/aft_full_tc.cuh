@@ -3,15 +3,10 @@
 // then Y = σ(Q)·num/den. W is shared by every slice (AFT-full's bias has no head), so one
 // exp(w) tile made on the fly feeds two channel tiles (256 columns) of the product; bmat holds
 // [E⊙V | E] of each 64-channel tile (aft_full_b, E = exp(K − M_c) with M_c the channel max).
-// The window kernels instead rebuild W for every (b,h) and channel tile, on TF32 mma.
+// (The window kernel would rebuild W for every (b,h) and channel tile.)
 //
-// Operands are the storage type (mma.sync m16n8k16, fp32 accumulators): twice the TF32 rate and
-// half its shared-memory traffic. bf16 has fp32's range. f16 does not (normal down to 2^-14), so
-// its operands are scaled into [0, 2^15]: W and E by 2^15, E⊙V by 2^(15 − b_c) with |V| < 2^b_c on
-// channel c (vmax, from the chunk pass); values down to 2^-29 of their maximum stay normal. A
-// value below that loses at most 2^-25 of the scaled unit, so with n = T keys an output whose
-// scaled denominator is ≥ 4n (den ≥ n·2^-28) is off by at most 2^-11 relative; below that the
-// output is recomputed directly (aft_exact), as the window kernels do for an underflowed one.
+// Operands are the storage type (mma.sync m16n8k16, fp32 accumulators), f16 ones scaled into
+// range as in aft_tc.cuh (n = T keys for the denominator floor).
 //
 // Causal: a row tile stops at its last row's key; keys after a row get weight 0 (exact for finite
 // operands). A block reaching past the tile's first row that holds a non-finite bmat value is
@@ -24,7 +19,7 @@
 // bmat by cp.async, w through registers (loaded one block ahead, exp'd between the two k-steps
 // so MUFU work overlaps other warps' mma); one barrier per block.
 #pragma once
-#include "mma.cuh"
+#include "aft_tc.cuh"
 
 #define AFT_FG_ROWS 128
 #define AFT_FG_COLS 256  // two channel tiles
@@ -34,31 +29,9 @@
 #define AFT_FG_BLD 264  // B rows (halves): 528-byte steps, likewise
 #define AFT_FG_STAGE (AFT_FG_ROWS * AFT_FG_ALD + AFT_FG_KB * AFT_FG_BLD)  // halves
 #define AFT_FG_SMEM (2 * AFT_FG_STAGE * 2 + AFT_FG_ROWS * 4)             // bytes (+ row shifts)
-#define AFT_FG_SCALE 32768.f                                             // 2^15
 
 static_assert(AFT_FG_COLS == 2 * AFT_FG_TILE && AFT_FG_TILE == 2 * AFT_CT, "bmat tile layout");
 static_assert((AFT_FG_STAGE * 2) % 16 == 0 && (AFT_FG_ROWS * AFT_FG_ALD * 2) % 16 == 0, "16-byte stages");
-
-// Whether operands of type T are scaled into f16's range (see above).
-template <typename T> struct AftFgScaled;
-template <> struct AftFgScaled<f16> { static constexpr bool value = true; };
-template <> struct AftFgScaled<bf16> { static constexpr bool value = false; };
-
-// 2^k for −126 ≤ k ≤ 127.
-__device__ __forceinline__ float aft_pow2(int k) { return __uint_as_float((u32)(k + 127) << 23); }
-
-// b with |V| < 2^b for every V of a channel whose max |V| is vm (0 for none, NaN or Inf).
-__device__ __forceinline__ int aft_vexp(float vm) {
-  if (!(vm > 0.f) || !aft_finite(vm)) return 0;
-  const int e = (int)((__float_as_uint(vm) >> 23) & 0xffu) - 127;  // vm = m·2^e, 1 ≤ m < 2
-  return max(e + 1, -100);
-}
-
-// The scale of E⊙V on channel c of slice bh (1 without scaling).
-template <typename T> __device__ __forceinline__ float aft_fg_ev_scale(const AftParams& p, int bh, int c) {
-  if (!AftFgScaled<T>::value) return 1.f;
-  return aft_pow2(15 - aft_vexp(aft_vmax(p, bh, p.chunks)[c]));
-}
 
 // bmat[t][tile·128 + cc] = E⊙V and bmat[t][tile·128 + 64 + cc] = E of channel tile·64… (tile =
 // bh·ctiles + channel tile), scaled as above; zeros past d and in the padding tile.
@@ -80,9 +53,9 @@ __device__ void aft_full_b(const AftParams& p) {
       k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
       v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
       mc = aft_stats(p.pre, bh, p.chunks + 1, p.chunks, p.d)[c];
-      sev = aft_fg_ev_scale<T>(p, bh, c);
+      sev = aft_ev_scale<T>(p, bh, c);
     }
-    const float se = AftFgScaled<T>::value ? AFT_FG_SCALE : 1.f;
+    const float se = aft_w_scale<T>();
     for (int r = ty; r < AFT_CHUNK; r += LANES) {
       const int t = blockIdx.x * AFT_CHUNK + r;
       if (t >= p.t) break;
@@ -120,7 +93,7 @@ __device__ __forceinline__ void aft_fg_load_w(const AftParams& p, int t0, int kb
 template <typename T>
 __device__ __forceinline__ void aft_fg_exp_w(const AftParams& p, int t0, int kb, const float (&wr)[8][2],
                                              const float* rsh, u32 (&ap)[8]) {
-  const float s = AftFgScaled<T>::value ? AFT_FG_SCALE : 1.f;
+  const float s = aft_w_scale<T>();
   const int tp = kb + 2 * (threadIdx.x % 16);
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
@@ -284,15 +257,15 @@ __device__ void aft_full_tc(const AftParams& p) {
     const T* k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
     const T* v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
     T* o = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh;
-    // ratio = num / den · unscale; den below `tiny` → slow path (4·T: at most T keys per row).
-    const float tiny = AftFgScaled<T>::value ? 4.f * (float)p.t : AFT_DEN_MIN;
+    // ratio = num / den · unscale; den below `tiny` → slow path (at most T keys per row).
+    const float tiny = aft_den_floor<T>(p.t);
     float unscale[4][2];
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int e1 = 0; e1 < 2; ++e1) {
         const int c = c0 + 8 * j + 2 * tq + e1;
-        unscale[j][e1] = c < p.d ? 1.f / aft_fg_ev_scale<T>(p, bh, c) * (AftFgScaled<T>::value ? AFT_FG_SCALE : 1.f) : 1.f;
+        unscale[j][e1] = c < p.d ? aft_w_scale<T>() / aft_ev_scale<T>(p, bh, c) : 1.f;
       }
     u64 slow = 0;
 #pragma unroll

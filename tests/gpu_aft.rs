@@ -25,7 +25,7 @@ struct Case {
     /// K and the bias drawn from ±60 (with planted peaks) instead of ±1.
     adversarial: bool,
     /// K from ±8 and V scaled per channel from 1e-4 to 3e4 (the f16 operand scaling of the
-    /// AFT-full GEMM, kernels/aft_full_tc.cuh).
+    /// tensor-core kernels, kernels/aft_tc.cuh).
     value_range: bool,
 }
 
@@ -275,20 +275,27 @@ fn adversarial_magnitudes_stay_finite_and_correct() {
     }
 }
 
-/// AFT-full non-causal runs one GEMM on 16-bit operands; f16 ones are scaled into range per
-/// channel by max |V| (kernels/aft_full_tc.cuh): values across 8 decades, K over ±8.
+/// The tensor-core kernels multiply 16-bit operands; f16 ones are scaled into range per channel by
+/// max |V| (kernels/aft_tc.cuh): values across 8 decades, K over ±8, every variant.
 #[test]
-fn full_value_range() {
-    let Some(rt) = common::gpu("full_value_range") else {
+fn value_range() {
+    let Some(rt) = common::gpu("value_range") else {
         return;
     };
     for (t, d) in [(63, 64), (1000, 80), (4097, 64)] {
-        for causal in [false, true] {
-            let mut c = Case::new(t, d, Variant::Full, causal);
-            c.value_range = true;
-            check::<f16>(&rt, &c, 41);
-            check::<bf16>(&rt, &c, 42);
-            check::<f32>(&rt, &c, 43);
+        for variant in [
+            Variant::Full,
+            Variant::Local { window: 64 },
+            Variant::Conv { window: 64 },
+            Variant::Simple,
+        ] {
+            for causal in [false, true] {
+                let mut c = Case::new(t, d, variant, causal);
+                c.value_range = true;
+                check::<f16>(&rt, &c, 41);
+                check::<bf16>(&rt, &c, 42);
+                check::<f32>(&rt, &c, 43);
+            }
         }
     }
 }

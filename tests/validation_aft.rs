@@ -69,20 +69,23 @@ fn workspace_is_chunk_statistics() {
     let d = Dims::new(1, 16, 65536, 64);
     let chunks = 65536 / CHUNK;
     let per = 16 * 3 * 64 * 4;
+    // max |V| per chunk (the f16 operand scale), for every plan that runs a window or GEMM kernel
+    let vmax = 16 * 64 * (chunks + 1) * 4;
     let simple = workspace_bytes(d, Variant::Simple, &AftParams::default()).unwrap();
     assert_eq!(simple, per * (2 * chunks + 1));
     let local = workspace_bytes(d, Variant::Local { window: 64 }, &AftParams::default()).unwrap();
-    assert_eq!(local, per * (3 * chunks + 2));
+    assert_eq!(local, per * (3 * chunks + 2) + vmax);
     let causal = workspace_bytes(
         d,
         Variant::Local { window: 64 },
         &AftParams { causal: true },
     );
-    assert_eq!(causal.unwrap(), simple);
-    // Full (causal or not): + w's row maxima, max |V| per chunk and the tensor-core GEMM's
-    // 16-bit operand [E⊙V | E] (128 columns per 64-channel tile, + 16 bytes for alignment).
+    assert_eq!(causal.unwrap(), simple + vmax);
+    let causal_simple = workspace_bytes(d, Variant::Simple, &AftParams { causal: true });
+    assert_eq!(causal_simple.unwrap(), simple + vmax);
+    // Full (causal or not): + w's row maxima and the tensor-core GEMM's 16-bit operand
+    // [E⊙V | E] (128 columns per 64-channel tile, + 16 bytes for alignment).
     let full = workspace_bytes(d, Variant::Full, &AftParams::default()).unwrap();
-    let vmax = 16 * 64 * (chunks + 1) * 4;
     let bmat = 65536 * (16 * 128) * 2 + 16;
     assert_eq!(full, simple + 65536 * 4 + vmax + bmat);
     let causal_full = workspace_bytes(d, Variant::Full, &AftParams { causal: true });

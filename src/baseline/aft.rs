@@ -6,8 +6,9 @@
 //! 2. the column max of K per (b,h,channel) (reduction kernels), then `[E⊙V | E]` with
 //!    `E = exp(K − colmax)`, fp32, token-major `[T][B·H][2D]` (kernel);
 //! 3. `[num | den] = Wexp · [E⊙V | E]`: one GEMM `[T×T]·[T × B·H·2D]` for every head at once,
-//!    fp32 operands: multiplied as TF32 for f16/bf16 storage (the operand precision of sofa's
-//!    window kernel, so both sides of a comparison do the same math), as fp32 for f32 storage;
+//!    fp32 operands: multiplied as TF32 for f16/bf16 storage (cuBLAS's fastest path that keeps
+//!    the explicit matrix over fp32's range: an f16 `Wexp` would flush the small weights that
+//!    sofa's kernels keep by scaling each operand tile), as fp32 for f32 storage;
 //! 4. `Y = σ(Q) ⊙ num / den` (kernel). The denominator is not guarded: it underflows only when
 //!    K and w peak far apart (|ΔK| ≳ 87), which the baseline does not handle.
 //!

@@ -8,11 +8,11 @@
 //! (the band for local/conv, the diagonal when causal, every key for full), plus the statistics
 //! outside it. `exp` never sees an unshifted value; a denominator that still underflows (K and w
 //! peaking at different keys) is recomputed directly with the joint max. The window block product
-//! runs on tensor cores (TF32 operands: fp32 range, fp32 accumulation) for f16/bf16 storage and on
-//! fp32 CUDA cores for f32 storage (its 1e-5 tolerance); everything else is fp32 CUDA-core work.
-//! AFT-full with f16/bf16 storage instead runs one GEMM over every slice at once
-//! (`exp(w − r_t)` is shared by all of them) with 16-bit operands, f16 ones scaled into range by
-//! the channel's max |V| (kernels/aft_full_tc.cuh).
+//! runs on tensor cores for f16/bf16 storage (operands of the storage type, f16 ones scaled into
+//! range by the channel's max |V|; fp32 accumulation) and on fp32 CUDA cores for f32 storage (its
+//! 1e-5 tolerance); everything else is fp32 CUDA-core work. AFT-full with f16/bf16 storage runs
+//! one GEMM over every slice at once instead (`exp(w − r_t)` is shared by all of them;
+//! kernels/aft_full_tc.cuh).
 //! Any D ≤ 256, any strides with a unit last dim. The bias (`w`, `u`) is fp32 on the device.
 
 use super::{
@@ -241,11 +241,17 @@ impl Plan {
         !self.causal && matches!(self.variant, Variant::Local { .. } | Variant::Conv { .. })
     }
 
-    /// Whether the workspace holds the arrays of the AFT-full tensor-core GEMM (`vmax`,
-    /// `bmat`). They are used for f16/bf16 storage and sized for every dtype, so that the
-    /// workspace does not depend on it.
+    /// Whether the workspace holds the AFT-full tensor-core GEMM's operand (`bmat`). Used for
+    /// f16/bf16 storage; sized for every dtype, so that the workspace does not depend on it.
     fn full_gemm(&self) -> bool {
         self.variant == Variant::Full
+    }
+
+    /// Whether a window or GEMM kernel runs (everything but non-causal AFT-simple): then the
+    /// workspace holds max |V| per chunk (`vmax`, the f16 operand scale; also sized for every
+    /// dtype).
+    fn needs_vmax(&self) -> bool {
+        self.variant != Variant::Simple || self.causal
     }
 
     /// Columns of bmat: 128 per channel tile of every (b,h), an even number of tiles.
@@ -263,10 +269,11 @@ impl Plan {
         let pre = per.checked_mul(self.chunks + 1)?;
         let suf = if self.needs_suffix() { pre } else { 0 };
         let rmax = if self.variant == Variant::Full { n } else { 0 };
-        let (vmax, bmat) = if self.full_gemm() {
-            (pre / 3, n.checked_mul(self.bcols() / 2)?.checked_add(4)?)
+        let vmax = if self.needs_vmax() { pre / 3 } else { 0 };
+        let bmat = if self.full_gemm() {
+            n.checked_mul(self.bcols() / 2)?.checked_add(4)?
         } else {
-            (0, 0)
+            0
         };
         Some([part, pre, suf, rmax, vmax, bmat])
     }
@@ -279,9 +286,9 @@ impl Plan {
         sum.checked_mul(4).map(|_| sum)
     }
 
-    /// Scratch bytes: chunk statistics, their prefixes (and suffixes); for full also w's row
-    /// maxima, max |V| per chunk and the GEMM operand `[E⊙V | E]` (2·T·128 bytes per 64-channel
-    /// tile of every (b,h)).
+    /// Scratch bytes: chunk statistics, their prefixes (and suffixes), max |V| per chunk
+    /// (except non-causal simple); for full also w's row maxima and the GEMM operand `[E⊙V | E]`
+    /// (2·T·128 bytes per 64-channel tile of every (b,h)).
     pub fn workspace_bytes(&self) -> usize {
         self.workspace_floats().unwrap_or(usize::MAX / 4) * 4
     }
@@ -391,7 +398,12 @@ pub unsafe fn forward_raw(
         } else {
             0
         },
-        vmax: if gemm { at(part + pre + suf + rmax) } else { 0 },
+        // max |V| per chunk: the f16 operand scale of the tensor-core kernels.
+        vmax: if dtype != DType::F32 && plan.needs_vmax() {
+            at(part + pre + suf + rmax)
+        } else {
+            0
+        },
         bmat: if gemm {
             at(part + pre + suf + rmax + vmax).next_multiple_of(16)
         } else {
@@ -498,8 +510,8 @@ pub unsafe fn forward_raw(
     Ok(())
 }
 
-/// The window kernel for `dtype` and its CTA size: TF32 tensor cores for 16-bit storage, fp32
-/// CUDA cores for f32.
+/// The window kernel for `dtype` and its CTA size: tensor cores for 16-bit storage, fp32 CUDA
+/// cores for f32.
 fn window_kernel(dtype: DType) -> (String, u32) {
     match dtype {
         DType::F32 => ("aft_window_f32".into(), THREADS),

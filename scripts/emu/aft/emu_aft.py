@@ -611,15 +611,6 @@ def aft_window_of(p, t0):
 STATS = {"slow": 0, "kblocks": 0, "tc_scalar_blocks": 0}
 
 
-def tf32_round(x):
-    """cvt.rna.tf32.f32: nearest with ties away, to a 10-bit mantissa (low 13 bits zero);
-    Inf and NaN unchanged."""
-    b = f32(x).view(np.uint32)
-    special = (b & 0x7F800000) == 0x7F800000
-    r = ((b.astype(np.uint64) + 0x1000) & 0xFFFFE000).astype(np.uint32)
-    return np.where(special, b, r).astype(np.uint32).view(F32)
-
-
 def tile_shifts(cx, bh, h, c0, t0, msh, rsh, gsh, nt=AFT_THREADS):
     """aft_tile_shifts<nt>: msh (channel max), rsh / gsh (row shift and exp(-r))."""
     p, mem = cx.p, cx.mem
@@ -679,9 +670,9 @@ def outside(cx, bh, win, c, mc, cd):
     return a, z
 
 
-def stage_e(cx, k, v, kb, hi, c0, msh, es, evs, ld, tf32, nt=AFT_THREADS):
-    """aft_stage_e<nt> (every iteration of the idx loop at once: independent); returns `bad` per
-    thread (a non-finite staged value)."""
+def e_values(cx, k, v, kb, hi, c0, msh, nt):
+    """aft_e_of over a staging loop (every iteration at once: independent): per element the
+    thread, key row r, channel cc, E and E·V (0 past hi and d) and whether either is non-finite."""
     p, mem, sz = cx.p, cx.mem, cx.dt.size
     idx = (np.arange(nt)[None, :] + nt * np.arange(AFT_KB * AFT_CT // nt)[:, None]).ravel()
     tid = idx % nt
@@ -695,15 +686,11 @@ def stage_e(cx, k, v, kb, hi, c0, msh, es, evs, ld, tf32, nt=AFT_THREADS):
     ev = np.where(act, mul(e, vv), F32(0)).astype(F32)
     bad = np.zeros(nt, bool)
     np.logical_or.at(bad, tid, ~np.isfinite(e) | ~np.isfinite(ev))
-    if tf32:
-        e, ev = tf32_round(e), tf32_round(ev)
-    es.write(r * ld + cc, e, tid, None, "es[r][cc]")
-    evs.write(r * ld + cc, ev, tid, None, "evs[r][cc]")
-    return bad
+    return tid, r, cc, e, ev, bad
 
 
-def stage_w(cx, h, t0, kb, hi, rsh, gsh, ws, ld, tf32, nt=AFT_THREADS):
-    """aft_stage_w<nt>."""
+def w_values(cx, h, t0, kb, hi, rsh, gsh, nt):
+    """aft_weight over a staging loop: per element the thread, row i, key r and the weight."""
     p, mem = cx.p, cx.mem
     band = 2 * p.window - 1
     idx = (np.arange(nt)[None, :] + nt * np.arange(AFT_CHUNK * AFT_KB // nt)[:, None]).ravel()
@@ -727,8 +714,19 @@ def stage_w(cx, h, t0, kb, hi, rsh, gsh, ws, ld, tf32, nt=AFT_THREADS):
         wt = np.where(act, expf(sub(wv, rv)), wt).astype(F32)
     else:
         wt = np.where(act, F32(1), wt).astype(F32)
-    if tf32:
-        wt = tf32_round(wt)
+    return tid, i, r, wt
+
+
+def stage_e(cx, k, v, kb, hi, c0, msh, es, evs, ld, nt=AFT_THREADS):
+    """aft_stage_e<nt> (fp32, aft_window)."""
+    tid, r, cc, e, ev, _ = e_values(cx, k, v, kb, hi, c0, msh, nt)
+    es.write(r * ld + cc, e, tid, None, "es[r][cc]")
+    evs.write(r * ld + cc, ev, tid, None, "evs[r][cc]")
+
+
+def stage_w(cx, h, t0, kb, hi, rsh, gsh, ws, ld, nt=AFT_THREADS):
+    """aft_stage_w<nt> (fp32, aft_window)."""
+    tid, i, r, wt = w_values(cx, h, t0, kb, hi, rsh, gsh, nt)
     ws.write(i * ld + r, wt, tid, None, "ws[i][r]")
 
 
@@ -787,8 +785,8 @@ def aft_window(cx, bid):
         while kb < hi:
             STATS["kblocks"] += 1
             races.barrier()
-            stage_e(cx, k, v, kb, hi, c0, msh, es, evs, ES_LD, False)
-            stage_w(cx, h, t0, kb, hi, rsh, gsh, ws, WS_LD, False)
+            stage_e(cx, k, v, kb, hi, c0, msh, es, evs, ES_LD)
+            stage_w(cx, h, t0, kb, hi, rsh, gsh, ws, WS_LD)
             races.barrier()
 
             R = np.arange(AFT_KB)
@@ -842,38 +840,23 @@ def aft_window(cx, bid):
 
 
 # ----------------------------------------------------------------------------------------------
-# aft_window_tc (kernels/aft_tc.cuh): TF32 mma.sync m16n8k8 with the PTX fragment layouts
-TC_LD, TC_WLD = 72, 36
+# aft_window_tc (kernels/aft_tc.cuh): 16-bit operands (f16 scaled into range) on mma.sync m16n8k16
+TC_THREADS, TC_WLD, TC_KLD, TC_LD = 128, 40, 136, 72
+SCALE = F32(32768.0)
 
 
-def mma_tf32(acc, a, b0, b1):
-    """mma.sync.m16n8k8.row.col.f32.tf32.tf32.f32 for every warp: acc (threads, 4), a (threads, 4),
-    b0/b1 (threads,). Each lane's registers are placed where the PTX layout says; every matrix
-    element must be supplied exactly once. Products of TF32 values are exact in f64; the sum of
-    the 8 products and c is rounded to fp32 once."""
-    n = acc.shape[0]
-    nw, warp, g, tq = n // 32, np.arange(n) // 32, (np.arange(n) % 32) // 4, np.arange(n) % 4
-    A = np.full((nw, 16, 8), np.nan)
-    B = np.full((nw, 8, 8), np.nan)
-    C = np.full((nw, 16, 8), np.nan)
-    na, nb, nc = np.zeros((nw, 16, 8), int), np.zeros((nw, 8, 8), int), np.zeros((nw, 16, 8), int)
-    for j in range(4):
-        rr, kk = g + 8 * (j % 2), tq + 4 * (j // 2)
-        A[warp, rr, kk] = a[:, j]
-        np.add.at(na, (warp, rr, kk), 1)
-        rr, cc = g + 8 * (j // 2), 2 * tq + j % 2
-        C[warp, rr, cc] = acc[:, j]
-        np.add.at(nc, (warp, rr, cc), 1)
-    for j, bj in enumerate((b0, b1)):
-        B[warp, tq + 4 * j, g] = bj
-        np.add.at(nb, (warp, tq + 4 * j, g), 1)
-    assert (na == 1).all() and (nb == 1).all() and (nc == 1).all(), "fragment layout"
-    with np.errstate(all="ignore"):
-        D = (np.einsum("wmk,wkn->wmn", A, B) + C).astype(F32)
-    return np.stack([D[warp, g + 8 * (j // 2), 2 * tq + j % 2] for j in range(4)], axis=1)
+def w_scale(dt):
+    return SCALE if dt.name == "f16" else F32(1)
 
 
-TC_THREADS = 128
+def den_floor(dt, n):
+    return F32(max(4.0 * n, float(AFT_DEN_MIN))) if dt.name == "f16" else AFT_DEN_MIN
+
+
+def tc_pair_thread(flat, width, nt):
+    """The thread that stages element `flat` of a [rows][width] tile when each thread takes two
+    adjacent elements per iteration (idx = flat / 2 over rows × width / 2, thread idx % nt)."""
+    return (np.asarray(flat) // 2) % nt
 
 
 def aft_window_tc(cx, bid):
@@ -881,40 +864,33 @@ def aft_window_tc(cx, bid):
     bx, by, _ = bid
     gdy = cx.grid[1]
     races = Races(mem)
-    NT, ROWS = TC_THREADS, AFT_CHUNK
+    NT, ROWS, KB = TC_THREADS, AFT_CHUNK, AFT_KB
     tid = np.arange(NT, dtype=np.int64)
     lane, warp = tid % 32, tid // 32
-    G_, TQ_ = lane // 4, lane % 4
-    kv = Smem(2 * AFT_KB * TC_LD, "kv", races)  # es | evs, then the ratio tile [64][TC_LD]
-    EVS = AFT_KB * TC_LD  # offset of kv[1]
-    ws = Smem(ROWS * TC_WLD, "ws", races)
-    rsh = Smem(ROWS, "rsh", races)
-    gsh = Smem(ROWS, "gsh", races)
-    msh = Smem(AFT_CT, "msh", races)
-    ash = Smem(AFT_CT, "ash", races)
-    zsh = Smem(AFT_CT, "zsh", races)
+    g, tq = lane // 4, lane % 4
+    # kv [KB][TC_KLD] and ws [ROWS][TC_WLD] (16-bit), aliased by the float ratio tile after the
+    # key loop behind a barrier: modelled as separate arrays.
+    op = Smem(KB * TC_KLD + ROWS * TC_WLD, "kv|ws", races)
+    WS = KB * TC_KLD
+    ratio = Smem(ROWS * TC_LD, "ratio", races)
+    rsh, gsh, msh = Smem(ROWS, "rsh", races), Smem(ROWS, "gsh", races), Smem(AFT_CT, "msh", races)
+    ash, zsh, ssh = Smem(AFT_CT, "ash", races), Smem(AFT_CT, "zsh", races), Smem(AFT_CT, "ssh", races)
     ctiles = div_up(p.d, AFT_CT)
     bh, c0 = bx // ctiles, (bx % ctiles) * AFT_CT
     b, h = bh // p.h, bh % p.h
     rw, cw = (warp % 2) * 32, (warp // 2) * 32
     sz = dt.size
+    sw = w_scale(dt)
     q = p.q + (b * p.q_sb + h * p.q_sh) * sz
     k = p.k + (b * p.k_sb + h * p.k_sh) * sz
     v = p.v + (b * p.v_sb + h * p.v_sh) * sz
     o = p.o + (b * p.o_sb + h * p.o_sh) * sz
 
-    class View:  # kv[1] as its own array for stage_e
-        def __init__(self, base):
-            self.base = base
-
-        def write(self, off, vals, tid_, mask=None, tag=""):
-            kv.write(np.asarray(off) + self.base, vals, tid_, mask, tag)
-
     def row_of(mi, hh):
-        return rw + 16 * mi + G_ + 8 * hh
+        return rw + 16 * mi + g + 8 * hh
 
     def col_of(nj, e1):
-        return cw + 8 * nj + 2 * TQ_ + e1
+        return cw + 8 * nj + 2 * tq + e1
 
     tile = by
     while tile < p.chunks:
@@ -932,65 +908,71 @@ def aft_window_tc(cx, bid):
         if cd.any():
             mc = msh.read(tid, tid, cd, "msh[tid]")
             a, z = outside(cx, bh, win, c, mc, cd)
-        ash.write(tid, a, tid, first, "ash")
-        zsh.write(tid, z, tid, first, "zsh")
+        se = ev_scale(cx, bh, c, cd)
+        ssh.write(tid, se, tid, first, "ssh")
+        ash.write(tid, mul(mul(a, sw), se), tid, first, "ash")
+        zsh.write(tid, mul(mul(z, sw), sw), tid, first, "zsh")
         races.barrier()
 
-        num = np.zeros((NT, 2, 4, 4), F32)
-        den = np.zeros((NT, 2, 4, 4), F32)
+        acc = np.zeros((NT, 2, 2, 4, 4), F32)  # [num/den, mi, nj, e]
         for mi in range(2):
             for nj in range(4):
                 for e in range(4):
                     gr = gsh.read(row_of(mi, e // 2), tid, None, "gsh[row]")
                     cc = col_of(nj, e % 2)
-                    num[:, mi, nj, e] = mul(gr, ash.read(cc, tid, None, "ash"))
-                    den[:, mi, nj, e] = mul(gr, zsh.read(cc, tid, None, "zsh"))
+                    acc[:, 0, mi, nj, e] = mul(gr, ash.read(cc, tid, None, "ash"))
+                    acc[:, 1, mi, nj, e] = mul(gr, zsh.read(cc, tid, None, "zsh"))
 
         kb = lo
         while kb < hi:
             STATS["kblocks"] += 1
             races.barrier()
-            bad = stage_e(cx, k, v, kb, hi, c0, msh, kv, View(EVS), TC_LD, True, NT)
-            stage_w(cx, h, t0, kb, hi, rsh, gsh, ws, TC_WLD, True, NT)
+            et, er, ecc, e, ev, bad = e_values(cx, k, v, kb, hi, c0, msh, NT)
+            et = tc_pair_thread(er * AFT_CT + ecc, AFT_CT, NT)  # two adjacent channels per thread
+            sv = ssh.read(ecc, et, None, "ssh[cc]")
+            op.write(er * TC_KLD + ecc, dt.from_f32(mul(ev, sv)).astype(F32), et, None, "kv[r][cc] (E.V, u32)")
+            op.write(er * TC_KLD + AFT_CT + ecc, dt.from_f32(mul(e, sw)).astype(F32), et, None, "kv[r][64+cc] (E, u32)")
+            bad = np.zeros(NT, bool)
+            np.logical_or.at(bad, et, ~np.isfinite(e) | ~np.isfinite(ev))
+            wt_, wi, wr_, wt = w_values(cx, h, t0, kb, hi, rsh, gsh, NT)
+            wt_ = tc_pair_thread(wi * KB + wr_, KB, NT)  # two adjacent keys per thread
+            op.write(WS + wi * TC_WLD + wr_, dt.from_f32(mul(wt, sw)).astype(F32), wt_, None, "ws[i][r] (u32)")
             races.barrier()  # __syncthreads_or
-            if p.causal and kb + AFT_KB - 1 > t0 and bad.any():
+            if p.causal and kb + KB - 1 > t0 and bad.any():
                 STATS["tc_scalar_blocks"] += 1
-                for r in range(AFT_KB):
+                for r in range(KB):
                     for mi in range(2):
                         for hh in range(2):
                             row = row_of(mi, hh)
                             act = ~(kb + r > t0 + row)
-                            wt = ws.read(row * TC_WLD + r, tid, act, "ws[row][r]")
+                            wv = op.read(WS + row * TC_WLD + r, tid, act, "ws[row][r]")
                             for nj in range(4):
                                 for e1 in range(2):
                                     cc = col_of(nj, e1)
-                                    ev = kv.read(EVS + r * TC_LD + cc, tid, act, "evs[r][cc]")
-                                    e_ = kv.read(r * TC_LD + cc, tid, act, "es[r][cc]")
+                                    evv = op.read(r * TC_KLD + cc, tid, act, "kv E.V")
+                                    ee = op.read(r * TC_KLD + AFT_CT + cc, tid, act, "kv E")
                                     x = 2 * hh + e1
-                                    num[:, mi, nj, x] = np.where(act, fmaf(wt, ev, num[:, mi, nj, x]), num[:, mi, nj, x])
-                                    den[:, mi, nj, x] = np.where(act, fmaf(wt, e_, den[:, mi, nj, x]), den[:, mi, nj, x])
-                kb += AFT_KB
+                                    acc[:, 0, mi, nj, x] = np.where(act, fmaf(wv, evv, acc[:, 0, mi, nj, x]), acc[:, 0, mi, nj, x])
+                                    acc[:, 1, mi, nj, x] = np.where(act, fmaf(wv, ee, acc[:, 1, mi, nj, x]), acc[:, 1, mi, nj, x])
+                kb += KB
                 continue
-            for k0 in range(0, AFT_KB, 8):
-                af = np.zeros((NT, 2, 4), F32)
+            for ks in (0, 16):
+                af = np.zeros((NT, 2, 4, 2), F32)
                 for mi in range(2):
-                    r0 = rw + 16 * mi + G_
-                    af[:, mi, 0] = ws.read(r0 * TC_WLD + k0 + TQ_, tid, None, "a0")
-                    af[:, mi, 1] = ws.read((r0 + 8) * TC_WLD + k0 + TQ_, tid, None, "a1")
-                    af[:, mi, 2] = ws.read(r0 * TC_WLD + k0 + TQ_ + 4, tid, None, "a2")
-                    af[:, mi, 3] = ws.read((r0 + 8) * TC_WLD + k0 + TQ_ + 4, tid, None, "a3")
-                for nj in range(4):
-                    n = cw + 8 * nj + G_
-                    v0 = kv.read(EVS + (k0 + TQ_) * TC_LD + n, tid, None, "bv0")
-                    v1 = kv.read(EVS + (k0 + TQ_ + 4) * TC_LD + n, tid, None, "bv1")
-                    e0 = kv.read((k0 + TQ_) * TC_LD + n, tid, None, "be0")
-                    e1 = kv.read((k0 + TQ_ + 4) * TC_LD + n, tid, None, "be1")
-                    for mi in range(2):
-                        num[:, mi, nj] = mma_tf32(num[:, mi, nj], af[:, mi], v0, v1)
-                        den[:, mi, nj] = mma_tf32(den[:, mi, nj], af[:, mi], e0, e1)
-            kb += AFT_KB
+                    af[:, mi] = fg_ldsm(op, WS, (rw + 16 * mi + lane % 16) * TC_WLD + ks + (lane // 16) * 8, tid, False, "A")
+                key = ks + lane % 8 + ((lane // 8) % 2) * 8
+                bf = np.zeros((NT, 2, 4, 2, 2), F32)
+                for nj in (0, 2):
+                    off = key * TC_KLD + cw + 8 * nj + (lane // 16) * 8
+                    for nd in range(2):
+                        rr = fg_ldsm(op, 0, off + nd * AFT_CT, tid, True, "B")
+                        bf[:, nd, nj] = rr[:, 0:2]
+                        bf[:, nd, nj + 1] = rr[:, 2:4]
+                acc = fg_mma(acc, af, bf)
+            kb += KB
 
         races.barrier()
+        floor = den_floor(dt, hi - lo)
         slow = np.zeros(NT, np.int64)
         for mi in range(2):
             for nj in range(4):
@@ -999,18 +981,19 @@ def aft_window_tc(cx, bid):
                     for e1 in range(2):
                         x = 2 * hh + e1
                         cc = col_of(nj, e1)
-                        y = div(num[:, mi, nj, x], den[:, mi, nj, x])
-                        sl = (den[:, mi, nj, x] < AFT_DEN_MIN) & (t0 + row < p.t) & (c0 + cc < p.d)
+                        sv = ssh.read(cc, tid, None, "ssh[cc]")
+                        y = mul(div(acc[:, 0, mi, nj, x], acc[:, 1, mi, nj, x]), div(sw, sv))
+                        sl = (acc[:, 1, mi, nj, x] < floor) & (t0 + row < p.t) & (c0 + cc < p.d)
                         slow |= sl.astype(np.int64) << (((mi * 4 + nj) * 2 + hh) * 2 + e1)
-                        kv.write(row * TC_LD + cc, y, tid, None, "ratio (float2)")
+                        ratio.write(row * TC_LD + cc, y, tid, None, "ratio (float2)")
         th, bit = np.nonzero((slow[:, None] >> np.arange(32)[None, :]) & 1)
         if th.size:
             STATS["slow"] += th.size
             mi, nj, hh, e1 = bit // 16, (bit // 4) % 4, (bit // 2) % 2, bit % 2
-            row = rw[th] + 16 * mi + G_[th] + 8 * hh
-            cc = cw[th] + 8 * nj + 2 * TQ_[th] + e1
+            row = rw[th] + 16 * mi + g[th] + 8 * hh
+            cc = cw[th] + 8 * nj + 2 * tq[th] + e1
             y = aft_exact(cx, k, v, h, t0 + row, c0 + cc)
-            kv.write(row * TC_LD + cc, y, th, None, "ratio (slow)")
+            ratio.write(row * TC_LD + cc, y, th, None, "ratio (slow)")
         races.barrier()
         for it in range(ROWS * AFT_CT // NT):
             idx = tid + NT * it
@@ -1018,7 +1001,7 @@ def aft_window_tc(cx, bid):
             t, c = t0 + row, c0 + cc
             ok = (t < p.t) & (c < p.d)
             qv = mem.load(q + (t * p.q_sn + c) * sz, ok, "q")
-            rv = kv.read(row * TC_LD + cc, tid, ok, "ratio")
+            rv = ratio.read(row * TC_LD + cc, tid, ok, "ratio")
             y = mul(sigmoid(qv), rv)
             mem.store(o + (t * p.o_sn + c) * sz, dt.from_f32(y), ok, "o")
         tile += gdy
@@ -1028,7 +1011,6 @@ def aft_window_tc(cx, bid):
 # aft_full_b / aft_full_tc (kernels/aft_full_tc.cuh): the AFT-full GEMM (causal or not), 16-bit
 # operands on mma.sync m16n8k16 (ldmatrix fragments placed by the PTX layouts)
 FG_TILE, FG_ROWS, FG_COLS, FG_KB, FG_THREADS, FG_ALD, FG_BLD = 128, 128, 256, 32, 256, 40, 264
-FG_SCALE = F32(32768.0)
 STATS["fg_slow"] = 0
 
 
@@ -1077,7 +1059,7 @@ def aft_full_b(cx, bid):
         v = p.v + (b * p.v_sb + h * p.v_sh) * dt.size
         mc = np.where(live, mem.load(aft_stats(p.pre, bh, p.chunks + 1, p.chunks, p.d) + 4 * c, live, "pre"), F32(0))
         sev = ev_scale(cx, bh, c, live) if live.any() else np.ones(256, F32)
-        se = FG_SCALE if fg_scaled(dt) else F32(1)
+        se = w_scale(dt)
         for r0 in range(0, AFT_CHUNK, LANES):
             t = bx * AFT_CHUNK + r0 + ty
             inr = t < p.t
@@ -1115,25 +1097,25 @@ def fg_ldsm(sm, base, addr, tid, trans, tag):
 
 
 def fg_mma(acc, a, b):
-    """Every mma16816 of one k-step at once. acc (NT, 2, 4, 4, 4) [num/den, mi, j, e];
-    a (NT, 4, 4, 2) [mi, reg, half]; b (NT, 2, 4, 2, 2) [num/den, j, reg, half]."""
-    NT = acc.shape[0]
+    """Every mma16816 of one k-step at once. acc (NT, 2, M, J, 4) [num/den, mi, j, e];
+    a (NT, M, 4, 2) [mi, reg, half]; b (NT, 2, J, 2, 2) [num/den, j, reg, half]."""
+    NT, M, J = acc.shape[0], a.shape[1], b.shape[2]
     nw = NT // 32
     tid = np.arange(NT)
     warp, lane = tid // 32, tid % 32
     g, tq = lane // 4, lane % 4
-    A = np.full((nw, 4, 16, 16), np.nan)
-    B = np.full((nw, 2, 4, 16, 8), np.nan)
+    A = np.full((nw, M, 16, 16), np.nan)
+    B = np.full((nw, 2, J, 16, 8), np.nan)
     na = np.zeros(A.shape, int)
     nb = np.zeros(B.shape, int)
-    for mi in range(4):
+    for mi in range(M):
         for r in range(4):
             for x in range(2):
                 row, col = g + 8 * (r % 2), 2 * tq + x + 8 * (r // 2)
                 A[warp, mi, row, col] = a[:, mi, r, x]
                 np.add.at(na, (warp, mi, row, col), 1)
     for nd in range(2):
-        for j in range(4):
+        for j in range(J):
             for r in range(2):
                 for x in range(2):
                     kk = 2 * tq + x + 8 * r
@@ -1169,7 +1151,7 @@ def aft_full_tc(cx, bid):
     live = tile < p.b * p.h * ctiles
     bm = p.bmat + bx * FG_COLS * 2
     nkb = div_up(p.t, KB)
-    scale = FG_SCALE if fg_scaled(dt) else F32(1)
+    scale = w_scale(dt)
 
     def load_w(t0, kb):
         kp = tid % 16
@@ -1295,7 +1277,7 @@ def aft_full_tc(cx, bid):
         # epilogue (live warps only; every warp of a CTA shares `live` per channel-tile half)
         bh = tile // ctiles
         c0 = (tile % ctiles) * AFT_CT + (wt % 2) * 32
-        tiny = F32(4.0 * p.t) if fg_scaled(dt) else AFT_DEN_MIN
+        tiny = den_floor(dt, p.t)
         for bhv in np.unique(bh[live]):
             th = live & (bh == bhv)
             b_, h_ = int(bhv) // p.h, int(bhv) % p.h

@@ -291,7 +291,8 @@ def run_case(c, quiet=False):
     full_gemm = c.variant == "full"  # Plan::full_gemm: sized for every dtype
     gemm = full_gemm and c.dt != "f32"  # forward_raw: the tensor-core GEMM for 16-bit storage
     bcols = div_up(B * H * div_up(D, CT), 2) * 2 * 128
-    vmax = B * H * D * (chunks + 1) if full_gemm else 0
+    needs_vmax = not (c.variant == "simple" and not c.causal)  # Plan::needs_vmax
+    vmax = B * H * D * (chunks + 1) if needs_vmax else 0
     bmat = T * bcols // 2 + 4 if full_gemm else 0
     ws_floats = part + pre + suf + rmax + vmax + bmat
     wsa = mem.alloc("workspace", np.full(ws_floats, np.nan, F32), initialized=False)
@@ -301,7 +302,7 @@ def run_case(c, quiet=False):
     p.part, p.pre = wsa, at(part)
     p.suf = at(part + pre) if needs_suffix else 0
     p.rmax = at(part + pre + suf) if c.variant == "full" else 0
-    p.vmax = at(part + pre + suf + rmax) if gemm else 0
+    p.vmax = at(part + pre + suf + rmax) if needs_vmax and c.dt != "f32" else 0
     p.bmat, p.bcols = 0, 0
     if gemm:  # its own 16-bit allocation here; the Rust offset must leave room for it
         off = 4 * (part + pre + suf + rmax + vmax)
@@ -457,8 +458,10 @@ def matrix(mode="all", only=None):
                         cases.append(Case(T, 48, var, s, causal, dt=dtn, adversarial=True, seed=21))
             cases.append(Case(1000, 48, "local", 64, causal, adversarial=True, seed=22))
             cases.append(Case(1000, 48, "full", 0, causal, dt="f32", adversarial=True, seed=21))
-            for dtn in ("f16", "bf16", "f32"):  # tests' full_value_range
-                cases.append(Case(63, 64, "full", 0, causal, dt=dtn, vrange=True, seed=41))
+            for var, s in (("full", 0), ("local", 64), ("conv", 64), ("simple", 0)):  # tests' value_range
+                for dtn in ("f16", "bf16", "f32"):
+                    cases.append(Case(63, 64, var, s, causal, dt=dtn, vrange=True, seed=41))
+                cases.append(Case(200, 80, var, s, causal, vrange=True, seed=41))
     if only:
         cases = [c for c in cases if c.variant in only]
     return cases
