@@ -4,7 +4,7 @@
 # compute-sanitizer memcheck and racecheck, fatbin-vs-NVRTC runs, and a few timed runs.
 # Logs go to $1 (default: $OUT, else ./gpu-out). Exit status: non-zero if any step failed.
 # Phases (SOFA_PHASES, default all, in this order): info tests sanitize examples runs bench sweep
-# torch plot — a lent machine allows 10 minutes per command, so run them a few at a time, e.g.
+# torch plot profile — a lent machine allows 10 minutes per command, so run them a few at a time, e.g.
 #   SOFA_PHASES="info tests runs" ./run-gpu-checks.sh /tmp/g;  SOFA_PHASES="sanitize" ...
 # Every step is stopped after STEP_TIMEOUT seconds (default 480) with SIGINT: a sweep so stopped
 # keeps the records it has written.
@@ -22,7 +22,7 @@ done
 sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
 export SOFA_REQUIRE_GPU=1
 failed=()
-phases=" ${SOFA_PHASES:-info tests sanitize examples runs bench sweep torch plot} "
+phases=" ${SOFA_PHASES:-info tests sanitize examples runs bench sweep torch plot profile} "
 want() { [[ $phases == *" $1 "* ]]; }
 step() { # step NAME CMD...: runs CMD, logs to $out/NAME.log, records failure
   local name=$1; shift
@@ -92,5 +92,25 @@ if want torch && [[ -f torch_reference.py ]] && python3 -c 'import torch' 2>/dev
 fi
 
 want plot && [[ -f "$out/bench.jsonl" ]] && step plot ./sofa plot "$out/bench.jsonl" --out "$out/bench.svg"
+
+# Nsight Compute on the tensor-core kernels at benchmark shapes (one launch each): speed of light,
+# memory (L2 and shared-memory traffic) and compute (pipe utilisation) — what decides the next
+# lever for each (bench/NOTES.md), e.g. whether aft_full_tc is L2- or tensor-bound.
+ncu="$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || true)"
+profile() { # profile NAME KERNEL-REGEX SOFA-RUN-ARGS...
+  local name=$1 kernel=$2; shift 2
+  step "ncu-$name" "$ncu" --kernel-name "regex:$kernel" --launch-count 1 --section SpeedOfLight \
+    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy \
+    ./sofa run "$@" --dtype f16 --check never --iters 3
+}
+if want profile && [[ -n $ncu ]]; then
+  profile aft-full aft_full_tc --op aft_full --shape 1,16,16k,64
+  profile aft-full-causal aft_full_tc --op aft_full --shape 1,16,16k,64 --causal
+  profile aft-local aft_window_tc --op aft_local --window 64 --shape 1,16,64k,64
+  profile cosformer cosformer_ --op cosformer --shape 1,16,64k,64
+  profile cosformer-causal cosformer_causal --op cosformer --shape 1,16,64k,64 --causal
+  profile soft-pass1 soft_pass1 --op soft --shape 1,16,64k,64 --landmarks 64
+  profile soft-pass2 soft_pass2 --op soft --shape 1,16,64k,64 --landmarks 64
+fi
 echo "=== failed: ${failed[*]:-none}" | tee -a "$out/summary.log"
 [[ ${#failed[@]} -eq 0 ]]
