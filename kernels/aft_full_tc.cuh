@@ -183,6 +183,57 @@ __device__ void aft_fg_masked(const u16* as, const u16* bs, int t0, int kb, int 
   }
 }
 
+// Epilogue straight from the accumulators of the warp's 64 rows × 32 channels of channel tile
+// `tile` (element e of (mi, j) is row wr + 16·mi + g + 8·(e / 2), channel c0 + 8·j + 2·tq + e % 2):
+// Y = σ(Q)·num/den; underflowed outputs are recomputed after the others, once the accumulators
+// are dead.
+template <typename T>
+__device__ __forceinline__ void aft_fg_epilogue(const AftParams& p, int tile, int t0, int wr, int wt,
+                                                const float (&num)[4][4][4], const float (&den)[4][4][4]) {
+  const int lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+  const int ctiles = div_up(p.d, AFT_CT);
+  const int bh = tile / ctiles, b = bh / p.h, h = bh % p.h;
+  const int c0 = (tile % ctiles) * AFT_CT + (wt % 2) * 32;
+  const T* q = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
+  const T* k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
+  const T* v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
+  T* o = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh;
+  // ratio = num / den · unscale; den below `tiny` → slow path (at most T keys per row).
+  const float tiny = aft_den_floor<T>(p.t);
+  float unscale[4][2];
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int e1 = 0; e1 < 2; ++e1) {
+      const int c = c0 + 8 * j + 2 * tq + e1;
+      unscale[j][e1] = c < p.d ? aft_w_scale<T>() / aft_ev_scale<T>(p, bh, c) : 1.f;
+    }
+  u64 slow = 0;
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int t = t0 + wr + 16 * mi + g + 8 * (e / 2), c = c0 + 8 * j + 2 * tq + e % 2;
+        if (t >= p.t || c >= p.d) continue;
+        const float dn = den[mi][j][e];
+        if (dn < tiny) {
+          slow |= 1ull << ((mi * 4 + j) * 4 + e);
+          continue;
+        }
+        const float y = aft_sigmoid(to_f32(q[(i64)t * p.q_sn + c])) * (num[mi][j][e] / dn * unscale[j][e % 2]);
+        o[(i64)t * p.o_sn + c] = from_f32<T>(y);
+      }
+#pragma unroll 1
+  for (; slow; slow &= slow - 1) {
+    const int bit = __ffsll((long long)slow) - 1, mi = bit / 16, j = (bit / 4) % 4, e = bit % 4;
+    const int t = t0 + wr + 16 * mi + g + 8 * (e / 2), c = c0 + 8 * j + 2 * tq + e % 2;
+    const float y = aft_sigmoid(to_f32(q[(i64)t * p.q_sn + c])) * aft_exact<T>(p, k, v, h, t, c);
+    o[(i64)t * p.o_sn + c] = from_f32<T>(y);
+  }
+}
+
 // Grid: x = pair of channel tiles (bmat column block), y = 128-row tile (grid-stride, causal:
 // the longest tiles first); x runs fastest, so the CTAs sharing a row tile of w run together and
 // read it from L2.
@@ -191,7 +242,7 @@ __device__ void aft_full_tc(const AftParams& p) {
   constexpr int ROWS = AFT_FG_ROWS, KB = AFT_FG_KB;
   extern __shared__ __align__(16) u16 fg_smem[];
   float* rsh = reinterpret_cast<float*>(fg_smem + 2 * AFT_FG_STAGE);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, tq = lane % 4;
+  const int warp = threadIdx.x / 32;
   const int wr = (warp % 2) * 64, wt = warp / 2;  // wt: channel tile wt / 2 of the pair, half wt % 2
   const int ncol = (wt / 2) * AFT_FG_TILE + (wt % 2) * 32;
   const int ctiles = div_up(p.d, AFT_CT);
@@ -246,53 +297,134 @@ __device__ void aft_full_tc(const AftParams& p) {
       cp_async_wait<0>();
       __syncthreads();  // the other stage is complete; this one may be overwritten next
     }
-    if (!live) continue;
+    if (live) aft_fg_epilogue<T>(p, tile, t0, wr, wt, num, den);
+  }
+}
 
-    // Epilogue straight from the accumulators: element e of (mi, j) is row wr + 16·mi + g +
-    // 8·(e / 2), channel c0 + 8·j + 2·tq + e % 2. Underflowed outputs are recomputed after the
-    // others, once the accumulators are dead.
-    const int bh = tile / ctiles, b = bh / p.h, h = bh % p.h;
-    const int c0 = (tile % ctiles) * AFT_CT + (wt % 2) * 32;
-    const T* q = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
-    const T* k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
-    const T* v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
-    T* o = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh;
-    // ratio = num / den · unscale; den below `tiny` → slow path (at most T keys per row).
-    const float tiny = aft_den_floor<T>(p.t);
-    float unscale[4][2];
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+// The same product with the W tile shared by a cluster of AFT_FG_CL CTAs (consecutive channel
+// pairs of one row tile, sm_90): CTA r exps rows [32r, 32r + 32) of each 32-key block and stores
+// them into the A stage of every CTA of the cluster (distributed shared memory), so w is read and
+// exp'd once per cluster instead of once per CTA: L2 → SM traffic per block 16 KB of bmat + 4 KB of
+// w (was 16 + 16). Three A stages and one split cluster barrier per block: a CTA arrives after its
+// remote stores for block i + 1 and waits after its own second k-step; a stage written in block i
+// was last read in block i − 2, before every CTA's arrival of block i − 1.
+#define AFT_FG_CL 4
+#define AFT_FG_OWN (AFT_FG_ROWS / AFT_FG_CL)  // rows each CTA exps
+#define AFT_FG_CL_SMEM (3 * AFT_FG_ROWS * AFT_FG_ALD * 2 + 2 * AFT_FG_KB * AFT_FG_BLD * 2 + AFT_FG_OWN * 4)
+
+// w of keys [kb, kb + 32) for this CTA's rows: slot j holds own row (threadIdx.x + 256·j) / 16.
+__device__ __forceinline__ void aft_fgc_load_w(const AftParams& p, int t0, int rank, int kb, float (&wr)[2][2]) {
+  const float* wp = reinterpret_cast<const float*>(p.w);
+  const int kp = threadIdx.x % 16;
 #pragma unroll
-    for (int j = 0; j < 4; ++j)
+  for (int j = 0; j < 2; ++j) {
+    const int t = t0 + rank * AFT_FG_OWN + (threadIdx.x + AFT_FG_THREADS * j) / 16;
 #pragma unroll
-      for (int e1 = 0; e1 < 2; ++e1) {
-        const int c = c0 + 8 * j + 2 * tq + e1;
-        unscale[j][e1] = c < p.d ? aft_w_scale<T>() / aft_ev_scale<T>(p, bh, c) : 1.f;
-      }
-    u64 slow = 0;
+    for (int e = 0; e < 2; ++e) {
+      const int tp = kb + 2 * kp + e;
+      wr[j][e] = t < p.t && tp < p.t ? wp[(i64)t * p.t + tp] : 0.f;
+    }
+  }
+}
+
+// exp(w − r_t) of the loaded pairs (scaled; 0 past T and, causal, past the row), stored into A
+// stage `as` of every CTA of the cluster.
+template <typename T>
+__device__ __forceinline__ void aft_fgc_share_w(const AftParams& p, int t0, int rank, int kb, const float (&wr)[2][2],
+                                                const float* rsh, u16* as) {
+  const float s = aft_w_scale<T>();
+  const int tp = kb + 2 * (threadIdx.x % 16);
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const int own = (threadIdx.x + AFT_FG_THREADS * j) / 16, row = rank * AFT_FG_OWN + own;
+    const int end = p.causal ? min(p.t, t0 + row + 1) : p.t;
+    const float r = rsh[own];
+    const u32 v = pack2<T>(tp < end ? expf(wr[j][0] - r) * s : 0.f, tp + 1 < end ? expf(wr[j][1] - r) * s : 0.f);
+    const u16* dst = &as[row * AFT_FG_ALD + 2 * (threadIdx.x % 16)];
+#pragma unroll
+    for (int c = 0; c < AFT_FG_CL; ++c) st_cluster_u32(dst, c, v);
+  }
+}
+
+template <typename T>
+__device__ void aft_full_tc_cl(const AftParams& p) {
+  constexpr int ROWS = AFT_FG_ROWS, KB = AFT_FG_KB, ASZ = ROWS * AFT_FG_ALD, BSZ = KB * AFT_FG_BLD;
+  extern __shared__ __align__(16) u16 fg_smem[];
+  u16* const abase = fg_smem;           // three A stages
+  u16* const bbase = fg_smem + 3 * ASZ;  // two B stages
+  float* rsh = reinterpret_cast<float*>(bbase + 2 * BSZ);  // shifts of this CTA's own rows
+  const int rank = cluster_rank(), warp = threadIdx.x / 32;
+  const int wr = (warp % 2) * 64, wt = warp / 2;
+  const int ncol = (wt / 2) * AFT_FG_TILE + (wt % 2) * 32;
+  const int ctiles = div_up(p.d, AFT_CT);
+  const int tile = blockIdx.x * 2 + wt / 2;
+  const bool live = tile < p.b * p.h * ctiles;
+  const u16* bm = reinterpret_cast<const u16*>(p.bmat) + (i64)blockIdx.x * AFT_FG_COLS;
+  const float* rmax = reinterpret_cast<const float*>(p.rmax);
+  const int tiles_r = div_up(p.t, ROWS);
+
+  for (int it = blockIdx.y; it < tiles_r; it += gridDim.y) {
+    const int rt = p.causal ? tiles_r - 1 - it : it, t0 = rt * ROWS;
+    const int nkb = div_up(p.causal ? min(p.t, t0 + ROWS) : p.t, KB);
+    // Every CTA of the cluster has started, and is done with the previous row tile's A stages.
+    cluster_sync();
+    for (int i = threadIdx.x; i < AFT_FG_OWN; i += AFT_FG_THREADS) {
+      const int t = t0 + rank * AFT_FG_OWN + i;
+      rsh[i] = t < p.t ? rmax[t] : 0.f;
+    }
+    float num[4][4][4], den[4][4][4];
 #pragma unroll
     for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
       for (int j = 0; j < 4; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int t = t0 + wr + 16 * mi + g + 8 * (e / 2), c = c0 + 8 * j + 2 * tq + e % 2;
-          if (t >= p.t || c >= p.d) continue;
-          const float dn = den[mi][j][e];
-          if (dn < tiny) {
-            slow |= 1ull << ((mi * 4 + j) * 4 + e);
-            continue;
-          }
-          const float y = aft_sigmoid(to_f32(q[(i64)t * p.q_sn + c])) * (num[mi][j][e] / dn * unscale[j][e % 2]);
-          o[(i64)t * p.o_sn + c] = from_f32<T>(y);
-        }
-#pragma unroll 1
-    for (; slow; slow &= slow - 1) {
-      const int bit = __ffsll((long long)slow) - 1, mi = bit / 16, j = (bit / 4) % 4, e = bit % 4;
-      const int t = t0 + wr + 16 * mi + g + 8 * (e / 2), c = c0 + 8 * j + 2 * tq + e % 2;
-      const float y = aft_sigmoid(to_f32(q[(i64)t * p.q_sn + c])) * aft_exact<T>(p, k, v, h, t, c);
-      o[(i64)t * p.o_sn + c] = from_f32<T>(y);
+        for (int e = 0; e < 4; ++e) num[mi][j][e] = den[mi][j][e] = 0.f;
+    float wreg[2][2];
+    aft_fgc_load_w(p, t0, rank, 0, wreg);
+    aft_fg_copy_b(p, bm, 0, bbase);
+    cp_async_commit();
+    __syncthreads();  // rsh
+    aft_fgc_share_w<T>(p, t0, rank, 0, wreg, rsh, abase);
+    cp_async_wait<0>();
+    __syncthreads();
+    cluster_sync();  // A stage 0 complete in every CTA
+
+    for (int i = 0; i < nkb; ++i) {
+      const u16* as = abase + (i % 3) * ASZ;
+      const u16* bs = bbase + (i & 1) * BSZ;
+      const bool more = i + 1 < nkb;
+      // Causal blocks past the tile's first row holding a non-finite bmat value: key by key.
+      const bool masked = p.causal && i * KB + KB - 1 > t0 && __syncthreads_or(aft_fg_block_bad<T>(bs));
+      if (masked) aft_fg_masked<T>(as, bs, t0, i * KB, wr, ncol, num, den);
+      if (more) {
+        aft_fgc_load_w(p, t0, rank, (i + 1) * KB, wreg);
+        aft_fg_copy_b(p, bm, (i + 1) * KB, bbase + ((i + 1) & 1) * BSZ);
+        cp_async_commit();
+      }
+      if (!masked) aft_fg_mma<T>(as, bs, 0, wr, ncol, num, den);
+      if (more) aft_fgc_share_w<T>(p, t0, rank, (i + 1) * KB, wreg, rsh, abase + ((i + 1) % 3) * ASZ);
+      cluster_arrive();  // this CTA's stores of block i + 1 are done
+      if (!masked) aft_fg_mma<T>(as, bs, 16, wr, ncol, num, den);
+      cp_async_wait<0>();
+      __syncthreads();
+      cluster_wait();  // every CTA's stores of block i + 1 are visible
     }
+    if (live) aft_fg_epilogue<T>(p, tile, t0, wr, wt, num, den);
   }
+  cluster_sync();  // no CTA exits while another may still address its shared memory
 }
+
+#define AFT_FG_CL_DTYPE(T, NAME)                                                                   \
+  extern "C" __global__ void __launch_bounds__(AFT_FG_THREADS, 1) __cluster_dims__(AFT_FG_CL, 1, 1) \
+      aft_full_tc_cl_##NAME(const __grid_constant__ AftParams p) {                                 \
+    aft_full_tc_cl<T>(p);                                                                          \
+  }
+#else
+#define AFT_FG_CL_DTYPE(T, NAME)
+#endif
+AFT_FG_CL_DTYPE(f16, f16)
+AFT_FG_CL_DTYPE(bf16, bf16)
 
 // 1 CTA (8 warps, ≤ 255 registers, 54 KB of dynamic shared memory) per SM.
 #define AFT_FG_DTYPE(T, NAME)                                                                      \

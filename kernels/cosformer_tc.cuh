@@ -672,19 +672,6 @@ __host__ __device__ constexpr int cos_tc_short_causal_smem(int d) {
 }
 
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-// Every thread of the cluster arrives (release) and waits (acquire): memory operations before the
-// barrier, global ones included, are visible to the whole cluster after it.
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile(
-      "barrier.cluster.arrive.release.aligned;\n"
-      "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ int cluster_rank() {
-  u32 r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-  return (int)r;
-}
-
 template <typename T, int D>
 __device__ void cos_short_tc(const CosformerParams& p) {
   constexpr int THREADS = cos_tc_reduce_threads(D), CL = COS_TC_SHORT_CL;

@@ -131,3 +131,26 @@ __device__ __forceinline__ float pow2_scale(float mx) {
   ex = max(-120, min(120, ex));
   return mx > 0.f ? ldexpf(1.f, 1 - ex) : 1.f;
 }
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+// Thread-block clusters (sm_90). Every thread of the cluster arrives (release) and waits
+// (acquire): memory operations before the barrier, global and distributed shared ones included,
+// are visible to the whole cluster after it. The split halves let work run between them.
+__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_sync() {
+  cluster_arrive();
+  cluster_wait();
+}
+__device__ __forceinline__ int cluster_rank() {
+  u32 r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return (int)r;
+}
+// Stores v at the address of `local` in the shared memory of cluster CTA `rank`.
+__device__ __forceinline__ void st_cluster_u32(const void* local, int rank, u32 v) {
+  u32 remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
+  asm volatile("st.shared::cluster.u32 [%0], %1;" ::"r"(remote), "r"(v) : "memory");
+}
+#endif

@@ -300,6 +300,24 @@ fn value_range() {
     }
 }
 
+/// AFT-full's product runs on clusters of 4 CTAs sharing each exp(w) tile (sm_90) when the
+/// column-pair count (B·H·⌈D/64⌉ / 2) is a multiple of 4, else on single CTAs: both here.
+#[test]
+fn full_cluster_and_single_cta_products() {
+    let Some(rt) = common::gpu("full_cluster_and_single_cta_products") else {
+        return;
+    };
+    for (b, h, d) in [(1, 8, 64), (2, 4, 128), (1, 2, 64), (1, 3, 64)] {
+        for causal in [false, true] {
+            let mut c = Case::new(1000, d, Variant::Full, causal);
+            c.b = b;
+            c.h = h;
+            check::<f16>(&rt, &c, 51);
+            check::<bf16>(&rt, &c, 52);
+        }
+    }
+}
+
 #[test]
 fn engine_layout_bnhd() {
     let Some(rt) = common::gpu("engine_layout_bnhd") else {

@@ -41,6 +41,9 @@ const FG_ROWS: usize = 128; // AFT_FG_ROWS
 const FG_COLS: usize = 256; // AFT_FG_COLS
 const FG_THREADS: u32 = 256; // AFT_FG_THREADS
 const FG_SMEM: u32 = (2 * (128 * 40 + 32 * 264) * 2 + 128 * 4) as u32; // AFT_FG_SMEM
+                                                                       // aft_full_tc_cl (sm_90): clusters of FG_CL column CTAs share the exp(w) tile; three A stages.
+const FG_CL: usize = 4; // AFT_FG_CL
+const FG_CL_SMEM: u32 = (3 * 128 * 40 * 2 + 2 * 32 * 264 * 2 + 32 * 4) as u32; // AFT_FG_CL_SMEM
 const ROWMAX_ROWS: usize = 8; // warps per CTA of aft_rowmax
 const MAX_GRID_YZ: usize = 65535;
 /// Largest T accepted (rows are 32-bit ints in the kernels, with room for window arithmetic).
@@ -478,8 +481,6 @@ pub unsafe fn forward_raw(
         }
         if gemm {
             let operand = rt.function(FAMILY, &format!("aft_full_b_{dt}"))?;
-            let product = rt.function(FAMILY, &format!("aft_full_tc_{dt}"))?;
-            rt.allow_dynamic_smem(&product, FG_SMEM)?;
             launch(
                 stream,
                 &operand,
@@ -487,14 +488,13 @@ pub unsafe fn forward_raw(
                 THREADS,
                 &p,
             )?;
-            launch_smem(
-                stream,
-                &product,
-                ((bcols / FG_COLS) as u32, grid_yz(n.div_ceil(FG_ROWS)), 1),
-                FG_THREADS,
-                FG_SMEM,
-                &p,
-            )?;
+            let grid = ((bcols / FG_COLS) as u32, grid_yz(n.div_ceil(FG_ROWS)), 1);
+            if queue_full_cluster(rt, stream, dtype, grid, &p)? {
+                return Ok(());
+            }
+            let product = rt.function(FAMILY, &format!("aft_full_tc_{dt}"))?;
+            rt.allow_dynamic_smem(&product, FG_SMEM)?;
+            launch_smem(stream, &product, grid, FG_THREADS, FG_SMEM, &p)?;
             return Ok(());
         }
         let (window, threads) = window_kernel(dtype);
@@ -508,6 +508,31 @@ pub unsafe fn forward_raw(
         )?;
     }
     Ok(())
+}
+
+/// Queues the AFT-full product on clusters of `FG_CL` CTAs sharing each exp(w) tile (sm_90).
+/// False when it does not apply (an earlier device, a column-pair count that is not a multiple of
+/// the cluster), the build has no sm_90 image of it, or the driver refused the launch: nothing was
+/// queued, and the single-CTA kernel must run.
+///
+/// # Safety
+/// As the launch in [`forward_raw`]: `p` describes validated buffers and workspace.
+unsafe fn queue_full_cluster(
+    rt: &Runtime,
+    stream: &CudaStream,
+    dtype: DType,
+    grid: (u32, u32, u32),
+    p: &KernelParams,
+) -> Result<bool> {
+    if rt.info().compute_capability.0 < 9 || grid.0 as usize % FG_CL != 0 {
+        return Ok(false);
+    }
+    let Ok(f) = rt.function(FAMILY, &format!("aft_full_tc_cl_{}", dtype.name())) else {
+        return Ok(false);
+    };
+    rt.allow_dynamic_smem(&f, FG_CL_SMEM)?;
+    // SAFETY: forwarded contract; the grid's x is a whole number of clusters.
+    Ok(unsafe { launch_smem(stream, &f, grid, FG_THREADS, FG_CL_SMEM, p) }.is_ok())
 }
 
 /// The window kernel for `dtype` and its CTA size: tensor cores for 16-bit storage, fp32 CUDA
@@ -598,5 +623,9 @@ mod tests {
         let (ald, bld) = (define("AFT_FG_ALD"), define("AFT_FG_BLD"));
         let smem = 2 * (rows * ald + kb * bld) * 2 + rows * 4;
         assert_eq!(smem, super::FG_SMEM as usize);
+        let cl = define("AFT_FG_CL");
+        assert_eq!(cl, super::FG_CL);
+        let smem_cl = 3 * rows * ald * 2 + 2 * kb * bld * 2 + rows / cl * 4;
+        assert_eq!(smem_cl, super::FG_CL_SMEM as usize);
     }
 }

@@ -1133,14 +1133,42 @@ def fg_mma(acc, a, b):
 
 
 def aft_full_tc(cx, bid):
+    for _ in aft_full_tc_gen(cx, bid):
+        pass
+
+
+FG_CL = 4
+
+
+def fg_cluster_smem(mem, cl):
+    """The dynamic shared memory of aft_full_tc_cl for each CTA of a cluster (three A stages, two
+    B stages), each with its own race detector."""
+    size = 3 * FG_ROWS * FG_ALD + 2 * FG_KB * FG_BLD
+    return [Smem(size, f"fg_smem[cta {r}]", Races(mem)) for r in range(cl)]
+
+
+def aft_full_tc_gen(cx, bid, cl=1, rank=0, smems=None):
+    """aft_full_tc (cl = 1) or, as a generator yielding at every cluster arrive / wait, CTA `rank`
+    of aft_full_tc_cl (cl CTAs with shared memories `smems`, stepped in lockstep by the caller)."""
     p, mem, dt = cx.p, cx.mem, cx.dt
     bx, by, _ = bid
     gdy = cx.grid[1]
-    races = Races(mem)
     NT, ROWS, KB, ALD, BLD = FG_THREADS, FG_ROWS, FG_KB, FG_ALD, FG_BLD
     STAGE = ROWS * ALD + KB * BLD
-    sm = Smem(2 * STAGE, "fg_smem", races)
-    rsh = Smem(ROWS, "rsh", races)
+    ASZ, BSZ = ROWS * ALD, KB * BLD
+    if cl == 1:
+        races = Races(mem)
+        sm = Smem(2 * STAGE, "fg_smem", races)
+        a_off = lambda s_: s_ * STAGE
+        b_off = lambda s_: s_ * STAGE + ASZ
+        nown = ROWS
+    else:
+        sm = smems[rank]
+        races = sm.races
+        a_off = lambda s_: s_ * ASZ
+        b_off = lambda s_: 3 * ASZ + s_ * BSZ
+        nown = ROWS // cl
+    rsh = Smem(nown, "rsh", races)
     tid = np.arange(NT, dtype=np.int64)
     lane, warp = tid % 32, tid // 32
     g, tq = lane // 4, lane % 4
@@ -1153,11 +1181,19 @@ def aft_full_tc(cx, bid):
     nkb = div_up(p.t, KB)
     scale = w_scale(dt)
 
+    slots = 8 if cl == 1 else 2  # w pairs per thread: all 128 rows, or this CTA's own rows
+
+    def row_of_slot(i):  # row of the tile for slot i
+        return tid // 16 + 16 * i if cl == 1 else rank * nown + (tid + NT * i) // 16
+
+    def own_of_slot(i):  # index into rsh
+        return tid // 16 + 16 * i if cl == 1 else (tid + NT * i) // 16
+
     def load_w(t0, kb):
         kp = tid % 16
-        wreg = np.zeros((NT, 8, 2), F32)
-        for i in range(8):
-            t = t0 + tid // 16 + 16 * i
+        wreg = np.zeros((NT, slots, 2), F32)
+        for i in range(slots):
+            t = t0 + row_of_slot(i)
             for e in range(2):
                 tp = kb + 2 * kp + e
                 ok = (t < p.t) & (tp < p.t)
@@ -1166,23 +1202,25 @@ def aft_full_tc(cx, bid):
 
     def exp_w(t0, kb, wreg):
         tp = kb + 2 * (tid % 16)
-        ap = np.zeros((NT, 8, 2), F32)
-        for i in range(8):
-            row = tid // 16 + 16 * i
+        ap = np.zeros((NT, slots, 2), F32)
+        for i in range(slots):
+            row = row_of_slot(i)
             end = np.minimum(p.t, t0 + row + 1) if p.causal else p.t
-            r = rsh.read(row, tid, None, "rsh")
+            r = rsh.read(own_of_slot(i), tid, None, "rsh")
             for e in range(2):
                 ok = tp + e < end
                 ap[:, i, e] = np.where(ok, dt.from_f32(mul(expf(sub(wreg[:, i, e], r)), scale)).astype(F32), F32(0))
         return ap
 
-    def store_w(base, ap):
-        for i in range(8):
-            row = tid // 16 + 16 * i
+    def store_w(stage, ap):  # cl > 1: st.shared::cluster into every CTA's A stage
+        targets = [(sm, tid)] if cl == 1 else [(smems[c], tid + 100000 * (rank + 1)) for c in range(cl)]
+        for i in range(slots):
+            row = row_of_slot(i)
             for e in range(2):
-                sm.write(base + row * ALD + 2 * (tid % 16) + e, ap[:, i, e], tid, None, "As (u32)")
+                for tsm, wtid in targets:
+                    tsm.write(a_off(stage) + row * ALD + 2 * (tid % 16) + e, ap[:, i, e], wtid, None, "As (u32)")
 
-    def copy_b(kb, base):
+    def copy_b(kb, stage):
         for i in range(4):
             idx = tid + NT * i
             key, seg = idx // 32, idx % 32
@@ -1192,46 +1230,46 @@ def aft_full_tc(cx, bid):
                 mem.report("cp.async source not 16-byte aligned")
             for x in range(8):
                 val = np.where(ok, mem.load(src + 2 * x, ok, "bmat"), F32(0))
-                sm.write(base + ROWS * ALD + key * BLD + seg * 8 + x, val, tid, None, "Bs (cp.async)")
+                sm.write(b_off(stage) + key * BLD + seg * 8 + x, val, tid, None, "Bs (cp.async)")
 
-    def mma(base, ks, acc):
+    def mma(ast, bst, ks, acc):
         a = np.zeros((NT, 4, 4, 2), F32)
         for mi in range(4):
-            a[:, mi] = fg_ldsm(sm, base, (wr + 16 * mi + lane % 16) * ALD + ks + (lane // 16) * 8, tid, False, "A")
+            a[:, mi] = fg_ldsm(sm, a_off(ast), (wr + 16 * mi + lane % 16) * ALD + ks + (lane // 16) * 8, tid, False, "A")
         key = ks + lane % 8 + ((lane // 8) % 2) * 8
         b = np.zeros((NT, 2, 4, 2, 2), F32)
         for j in (0, 2):
-            off = ROWS * ALD + key * BLD + ncol + 8 * j + (lane // 16) * 8
+            off = key * BLD + ncol + 8 * j + (lane // 16) * 8
             for nd in range(2):
-                r = fg_ldsm(sm, base, off + nd * AFT_CT, tid, True, "B")
+                r = fg_ldsm(sm, b_off(bst), off + nd * AFT_CT, tid, True, "B")
                 b[:, nd, j] = r[:, 0:2]
                 b[:, nd, j + 1] = r[:, 2:4]
         return fg_mma(acc, a, b)
 
-    def block_bad(base):
+    def block_bad(bst):
         bad = np.zeros(NT, bool)
         for i in range(16):
             idx = tid + NT * i
             key, col = idx // 128, 2 * (idx % 128)
             for x in range(2):
-                val = sm.read(base + ROWS * ALD + key * BLD + col + x, tid, None, "Bs (check)")
+                val = sm.read(b_off(bst) + key * BLD + col + x, tid, None, "Bs (check)")
                 bad |= ~np.isfinite(val)
         return bad
 
-    def masked_sum(base, t0, kb, acc):
+    def masked_sum(ast, bst, t0, kb, acc):
         acc = acc.copy()
         for r in range(KB):
             for mi in range(4):
                 for hh in range(2):
                     row = wr + 16 * mi + g + 8 * hh
                     act = ~(kb + r > t0 + row)
-                    wt = sm.read(base + row * ALD + r, tid, act, "As (masked)")
+                    wt = sm.read(a_off(ast) + row * ALD + r, tid, act, "As (masked)")
                     for j in range(4):
                         for e1 in range(2):
                             col = ncol + 8 * j + 2 * tq + e1
                             x = 2 * hh + e1
-                            bn = sm.read(base + ROWS * ALD + r * BLD + col, tid, act, "Bs (masked)")
-                            bd = sm.read(base + ROWS * ALD + r * BLD + AFT_CT + col, tid, act, "Bs (masked)")
+                            bn = sm.read(b_off(bst) + r * BLD + col, tid, act, "Bs (masked)")
+                            bd = sm.read(b_off(bst) + r * BLD + AFT_CT + col, tid, act, "Bs (masked)")
                             acc[:, 0, mi, j, x] = np.where(act, fmaf(wt, bn, acc[:, 0, mi, j, x]), acc[:, 0, mi, j, x])
                             acc[:, 1, mi, j, x] = np.where(act, fmaf(wt, bd, acc[:, 1, mi, j, x]), acc[:, 1, mi, j, x])
         return acc
@@ -1242,38 +1280,56 @@ def aft_full_tc(cx, bid):
         rt = tiles_r - 1 - it if p.causal else it
         t0 = rt * ROWS
         nkb = div_up(min(p.t, t0 + ROWS) if p.causal else p.t, KB)
-        races.barrier()
-        act = tid < ROWS
-        rv = mem.load(p.rmax + 4 * (t0 + tid), act & (t0 + tid < p.t), "rmax")
-        rsh.write(tid, np.where(t0 + tid < p.t, rv, F32(0)), tid, act, "rsh")
+        if cl == 1:
+            races.barrier()
+        else:  # cluster_sync
+            yield "arrive"
+            yield "wait"
+            races.barrier()  # a cluster barrier orders this CTA too
+        row0 = t0 + (0 if cl == 1 else rank * nown)
+        act = tid < nown
+        rv = mem.load(p.rmax + 4 * (row0 + tid), act & (row0 + tid < p.t), "rmax")
+        rsh.write(tid, np.where(row0 + tid < p.t, rv, F32(0)), tid, act, "rsh")
         acc = np.zeros((NT, 2, 4, 4, 4), F32)
         wreg = load_w(t0, 0)
         copy_b(0, 0)
         races.barrier()
         store_w(0, exp_w(t0, 0, wreg))
         races.barrier()
+        if cl > 1:  # cluster_sync: A stage 0 complete everywhere
+            yield "arrive"
+            yield "wait"
+            races.barrier()  # a cluster barrier orders this CTA too
+        nas = 3 if cl > 1 else 2
         for i in range(nkb):
-            cur, nxt = (i & 1) * STAGE, ((i + 1) & 1) * STAGE
+            ast, bst, nast, nbst = i % nas, i % 2, (i + 1) % nas, (i + 1) % 2
             more = i + 1 < nkb
             masked = False
             if p.causal and i * KB + KB - 1 > t0:
-                masked = bool(block_bad(cur).any())
+                masked = bool(block_bad(bst).any())
                 races.barrier()  # __syncthreads_or
             if masked:
                 STATS["tc_scalar_blocks"] += 1
-                acc = masked_sum(cur, t0, i * KB, acc)
+                acc = masked_sum(ast, bst, t0, i * KB, acc)
             if more:
                 wreg = load_w(t0, (i + 1) * KB)
-                copy_b((i + 1) * KB, nxt)
+                copy_b((i + 1) * KB, nbst)
             if not masked:
-                acc = mma(cur, 0, acc)
+                acc = mma(ast, bst, 0, acc)
             if more:
                 ap = exp_w(t0, (i + 1) * KB, wreg)
+                if cl > 1:  # shared before the arrive
+                    store_w(nast, ap)
+            if cl > 1:
+                yield "arrive"
             if not masked:
-                acc = mma(cur, 16, acc)
-            if more:
-                store_w(nxt, ap)
+                acc = mma(ast, bst, 16, acc)
+            if more and cl == 1:
+                store_w(nast, ap)
             races.barrier()
+            if cl > 1:
+                yield "wait"
+                races.barrier()  # a cluster barrier orders this CTA too
         # epilogue (live warps only; every warp of a CTA shares `live` per channel-tile half)
         bh = tile // ctiles
         c0 = (tile % ctiles) * AFT_CT + (wt % 2) * 32
@@ -1316,6 +1372,48 @@ def aft_full_tc(cx, bid):
                 y = mul(sigmoid(qv), aft_exact(cx, k, v, h_, t, c))
                 mem.store(o + (t * p.o_sn + c) * sz, dt.from_f32(y), np.ones(t.shape, bool), "o")
         it += gdy
+    if cl > 1:  # final cluster_sync
+        yield "arrive"
+        yield "wait"
+        races.barrier()  # a cluster barrier orders this CTA too
+
+
+def launch_cluster(mem, name, grid, p, dt, cl=FG_CL):
+    """aft_full_tc_cl: the CTAs of each cluster of `cl` consecutive CTAs in x are interleaved as
+    the barrier allows, with CTA 0 running ahead: once every CTA has arrived at barrier k, CTA 0
+    passes wait k and runs on to its arrive k + 1 (its next block's remote stores included) before
+    the others leave wait k — so a remote store into a stage that another CTA still reads after
+    its arrive shows up as a race in that CTA's shared-memory race detector."""
+    mem.launch += 1
+    mem.kernel = name
+    cx = Ctx(p, mem, dt, grid)
+    gx, gy, gz = grid
+    assert gx % cl == 0, "grid x is a whole number of clusters"
+
+    def step(r, want):
+        mem.cta = by * gx + x0 + r
+        got = next(gens[r], None)
+        assert got == want, f"cluster CTA {r}: expected {want}, got {got}"
+
+    for by in range(gy):
+        for x0 in range(0, gx, cl):
+            smems = fg_cluster_smem(mem, cl)
+            gens = [aft_full_tc_gen(cx, (x0 + r, by, 0), cl, r, smems) for r in range(cl)]
+            for r in range(cl):
+                step(r, "arrive")
+            while True:  # every CTA is at an arrive
+                mem.cta = by * gx + x0
+                if next(gens[0], None) is None:  # none may finish before the others: check below
+                    for r in range(1, cl):
+                        step(r, None)
+                    break
+                mem.cta = by * gx + x0
+                lead = next(gens[0], None)  # CTA 0 runs to its next arrive (or to its end)
+                for r in range(1, cl):
+                    step(r, "wait")
+                    step(r, lead)
+                if lead is None:
+                    break
 
 
 def launch(mem, name, fn, grid, p, dt):

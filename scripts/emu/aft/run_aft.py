@@ -346,7 +346,11 @@ def run_case(c, quiet=False):
             E.launch(mem, "aft_rowmax", E.aft_rowmax, (div_up(T, ROWMAX_ROWS), 1, 1), p, dt)
         if gemm:
             E.launch(mem, "aft_full_b", E.aft_full_b, (chunks, gyz(bcols // 128), 1), p, dt)
-            E.launch(mem, "aft_full_tc", E.aft_full_tc, (bcols // 256, gyz(div_up(T, 128)), 1), p, dt)
+            grid = (bcols // 256, gyz(div_up(T, 128)), 1)
+            if grid[0] % E.FG_CL == 0:  # queue_full_cluster (an sm_90 device is assumed)
+                E.launch_cluster(mem, "aft_full_tc_cl", grid, p, dt)
+            else:
+                E.launch(mem, "aft_full_tc", E.aft_full_tc, grid, p, dt)
         elif dt.name == "f32":  # window_kernel in src/ops/aft.rs
             E.launch(mem, "aft_window", E.aft_window, (bh * ctiles, gyz(chunks), 1), p, dt)
         else:
@@ -421,6 +425,12 @@ def matrix(mode="all", only=None):
                 for poison in (("v", 100, 5, np.nan), ("k", 70, 3, np.inf), ("v", 127, 63, -np.inf),
                                ("v", 200, 7, np.nan)):  # last: key 200 in the diagonal block of rows 128…
                     cases.append(Case(260, 64, "full", 0, causal, dt=dtn, poison=poison, seed=31))
+                # clusters of 4 CTAs (aft_full_tc_cl): 8 or 16 channel tiles, i.e. 4 or 8 column pairs
+                cases.append(Case(200, 64, "full", 0, causal, dt=dtn, b=1, h=8))
+                cases.append(Case(130, 128, "full", 0, causal, dt=dtn, b=2, h=2, vrange=True, seed=41))
+                cases.append(Case(300, 48, "full", 0, causal, dt=dtn, b=2, h=8, kind="bnhd"))
+                cases.append(Case(200, 48, "full", 0, causal, dt=dtn, b=1, h=8, adversarial=True, seed=21))
+                cases.append(Case(260, 64, "full", 0, causal, dt=dtn, b=1, h=8, poison=("v", 200, 7, np.nan), seed=31))
     elif mode == "long":  # tests/gpu_aft.rs long_sequences (B·H reduced to keep the emulation short)
         for causal in (False, True):
             for var, s in (("simple", 0), ("local", 64), ("conv", 64), ("local", 4097), ("full", 0)):
