@@ -183,6 +183,41 @@ __device__ void aft_fg_masked(const u16* as, const u16* bs, int t0, int kb, int 
   }
 }
 
+// The warp's place in the CTA's 128 × 256 block: rows wr …, channel tile wt / 2 of the CTA's
+// pair (`tile` overall; `live` unless it is the padding tile), half wt % 2 (bmat columns from
+// ncol); bm: the pair's first bmat column.
+struct AftFgPlace {
+  int wr, wt, ncol, tile;
+  bool live;
+  const u16* bm;
+};
+__device__ __forceinline__ AftFgPlace aft_fg_place(const AftParams& p) {
+  const int warp = threadIdx.x / 32, wt = warp / 2, tile = blockIdx.x * 2 + wt / 2;
+  return {(warp % 2) * 64,
+          wt,
+          (wt / 2) * AFT_FG_TILE + (wt % 2) * 32,
+          tile,
+          tile < p.b * p.h * div_up(p.d, AFT_CT),
+          reinterpret_cast<const u16*>(p.bmat) + (i64)blockIdx.x * AFT_FG_COLS};
+}
+
+// Row tile `it` of the grid-stride loop: its first row and its 32-key blocks (causal: the longest
+// tiles first, each stopping at its last row's key).
+__device__ __forceinline__ void aft_fg_rows(const AftParams& p, int it, int& t0, int& nkb) {
+  const int tiles_r = div_up(p.t, AFT_FG_ROWS), rt = p.causal ? tiles_r - 1 - it : it;
+  t0 = rt * AFT_FG_ROWS;
+  nkb = div_up(p.causal ? min(p.t, t0 + AFT_FG_ROWS) : p.t, AFT_FG_KB);
+}
+
+__device__ __forceinline__ void aft_fg_zero(float (&num)[4][4][4], float (&den)[4][4][4]) {
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) num[mi][j][e] = den[mi][j][e] = 0.f;
+}
+
 // Epilogue straight from the accumulators of the warp's 64 rows × 32 channels of channel tile
 // `tile` (element e of (mi, j) is row wr + 16·mi + g + 8·(e / 2), channel c0 + 8·j + 2·tq + e % 2):
 // Y = σ(Q)·num/den; underflowed outputs are recomputed after the others, once the accumulators
@@ -242,28 +277,18 @@ __device__ void aft_full_tc(const AftParams& p) {
   constexpr int ROWS = AFT_FG_ROWS, KB = AFT_FG_KB;
   extern __shared__ __align__(16) u16 fg_smem[];
   float* rsh = reinterpret_cast<float*>(fg_smem + 2 * AFT_FG_STAGE);
-  const int warp = threadIdx.x / 32;
-  const int wr = (warp % 2) * 64, wt = warp / 2;  // wt: channel tile wt / 2 of the pair, half wt % 2
-  const int ncol = (wt / 2) * AFT_FG_TILE + (wt % 2) * 32;
-  const int ctiles = div_up(p.d, AFT_CT);
-  const int tile = blockIdx.x * 2 + wt / 2;
-  const bool live = tile < p.b * p.h * ctiles;
-  const u16* bm = reinterpret_cast<const u16*>(p.bmat) + (i64)blockIdx.x * AFT_FG_COLS;
+  const AftFgPlace pl = aft_fg_place(p);
+  const int wr = pl.wr, ncol = pl.ncol;
+  const u16* bm = pl.bm;
   const float* rmax = reinterpret_cast<const float*>(p.rmax);
-  const int tiles_r = div_up(p.t, ROWS);
 
-  for (int it = blockIdx.y; it < tiles_r; it += gridDim.y) {
-    const int rt = p.causal ? tiles_r - 1 - it : it, t0 = rt * ROWS;
-    const int nkb = div_up(p.causal ? min(p.t, t0 + ROWS) : p.t, KB);  // causal: keys ≤ the last row
+  for (int it = blockIdx.y; it < div_up(p.t, ROWS); it += gridDim.y) {
+    int t0, nkb;
+    aft_fg_rows(p, it, t0, nkb);
     __syncthreads();  // the previous row tile is done with shared memory
     for (int i = threadIdx.x; i < ROWS; i += AFT_FG_THREADS) rsh[i] = t0 + i < p.t ? rmax[t0 + i] : 0.f;
     float num[4][4][4], den[4][4][4];
-#pragma unroll
-    for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) num[mi][j][e] = den[mi][j][e] = 0.f;
+    aft_fg_zero(num, den);
     float wreg[8][2];
     u32 ap[8];
     aft_fg_load_w(p, t0, 0, wreg);
@@ -297,7 +322,7 @@ __device__ void aft_full_tc(const AftParams& p) {
       cp_async_wait<0>();
       __syncthreads();  // the other stage is complete; this one may be overwritten next
     }
-    if (live) aft_fg_epilogue<T>(p, tile, t0, wr, wt, num, den);
+    if (pl.live) aft_fg_epilogue<T>(p, pl.tile, t0, wr, pl.wt, num, den);
   }
 }
 
@@ -354,19 +379,15 @@ __device__ void aft_full_tc_cl(const AftParams& p) {
   u16* const abase = fg_smem;           // three A stages
   u16* const bbase = fg_smem + 3 * ASZ;  // two B stages
   float* rsh = reinterpret_cast<float*>(bbase + 2 * BSZ);  // shifts of this CTA's own rows
-  const int rank = cluster_rank(), warp = threadIdx.x / 32;
-  const int wr = (warp % 2) * 64, wt = warp / 2;
-  const int ncol = (wt / 2) * AFT_FG_TILE + (wt % 2) * 32;
-  const int ctiles = div_up(p.d, AFT_CT);
-  const int tile = blockIdx.x * 2 + wt / 2;
-  const bool live = tile < p.b * p.h * ctiles;
-  const u16* bm = reinterpret_cast<const u16*>(p.bmat) + (i64)blockIdx.x * AFT_FG_COLS;
+  const int rank = cluster_rank();
+  const AftFgPlace pl = aft_fg_place(p);
+  const int wr = pl.wr, ncol = pl.ncol;
+  const u16* bm = pl.bm;
   const float* rmax = reinterpret_cast<const float*>(p.rmax);
-  const int tiles_r = div_up(p.t, ROWS);
 
-  for (int it = blockIdx.y; it < tiles_r; it += gridDim.y) {
-    const int rt = p.causal ? tiles_r - 1 - it : it, t0 = rt * ROWS;
-    const int nkb = div_up(p.causal ? min(p.t, t0 + ROWS) : p.t, KB);
+  for (int it = blockIdx.y; it < div_up(p.t, ROWS); it += gridDim.y) {
+    int t0, nkb;
+    aft_fg_rows(p, it, t0, nkb);
     // Every CTA of the cluster has started, and is done with the previous row tile's A stages.
     cluster_sync();
     for (int i = threadIdx.x; i < AFT_FG_OWN; i += AFT_FG_THREADS) {
@@ -374,12 +395,7 @@ __device__ void aft_full_tc_cl(const AftParams& p) {
       rsh[i] = t < p.t ? rmax[t] : 0.f;
     }
     float num[4][4][4], den[4][4][4];
-#pragma unroll
-    for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) num[mi][j][e] = den[mi][j][e] = 0.f;
+    aft_fg_zero(num, den);
     float wreg[2][2];
     aft_fgc_load_w(p, t0, rank, 0, wreg);
     aft_fg_copy_b(p, bm, 0, bbase);
@@ -410,7 +426,7 @@ __device__ void aft_full_tc_cl(const AftParams& p) {
       __syncthreads();
       cluster_wait();  // every CTA's stores of block i + 1 are visible
     }
-    if (live) aft_fg_epilogue<T>(p, tile, t0, wr, wt, num, den);
+    if (pl.live) aft_fg_epilogue<T>(p, pl.tile, t0, wr, pl.wt, num, den);
   }
   cluster_sync();  // no CTA exits while another may still address its shared memory
 }
