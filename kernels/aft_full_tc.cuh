@@ -72,14 +72,16 @@ __device__ void aft_full_b(const AftParams& p) {
   }
 }
 
-// w of keys [kb, kb + 32) for the tile's 128 rows into registers: thread slot i holds row
-// threadIdx.x / 16 + 16·i, keys kb + 2·(threadIdx.x % 16) + {0, 1} (0 past T).
-__device__ __forceinline__ void aft_fg_load_w(const AftParams& p, int t0, int kb, float (&wr)[8][2]) {
+// w of keys [kb, kb + 32) for SLOTS × 16 rows starting at row r0 (the tile's 128 rows, or one
+// cluster CTA's 32) into registers: slot i holds row r0 + threadIdx.x / 16 + 16·i, keys
+// kb + 2·(threadIdx.x % 16) + {0, 1} (0 past T).
+template <int SLOTS>
+__device__ __forceinline__ void aft_fg_load_w(const AftParams& p, int r0, int kb, float (&wr)[SLOTS][2]) {
   const float* wp = reinterpret_cast<const float*>(p.w);
   const int kp = threadIdx.x % 16;
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const int t = t0 + threadIdx.x / 16 + 16 * i;
+  for (int i = 0; i < SLOTS; ++i) {
+    const int t = r0 + threadIdx.x / 16 + 16 * i;
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int tp = kb + 2 * kp + e;
@@ -88,16 +90,16 @@ __device__ __forceinline__ void aft_fg_load_w(const AftParams& p, int t0, int kb
   }
 }
 
-// The loaded w as packed operands exp(w − r_t) (scaled); 0 for keys past T and (causal) past
-// the row, whose w is never exp'd.
-template <typename T>
-__device__ __forceinline__ void aft_fg_exp_w(const AftParams& p, int t0, int kb, const float (&wr)[8][2],
-                                             const float* rsh, u32 (&ap)[8]) {
+// The loaded w as packed operands exp(w − r_t) (scaled; rsh holds r_t of the rows from r0); 0 for
+// keys past T and (causal) past the row, whose w is never exp'd.
+template <typename T, int SLOTS>
+__device__ __forceinline__ void aft_fg_exp_w(const AftParams& p, int r0, int kb, const float (&wr)[SLOTS][2],
+                                             const float* rsh, u32 (&ap)[SLOTS]) {
   const float s = aft_w_scale<T>();
   const int tp = kb + 2 * (threadIdx.x % 16);
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const int row = threadIdx.x / 16 + 16 * i, end = p.causal ? min(p.t, t0 + row + 1) : p.t;
+  for (int i = 0; i < SLOTS; ++i) {
+    const int row = threadIdx.x / 16 + 16 * i, end = p.causal ? min(p.t, r0 + row + 1) : p.t;
     const float r = rsh[row];
     const float a0 = tp < end ? expf(wr[i][0] - r) * s : 0.f;
     const float a1 = tp + 1 < end ? expf(wr[i][1] - r) * s : 0.f;
@@ -338,37 +340,15 @@ __device__ void aft_full_tc(const AftParams& p) {
 #define AFT_FG_OWN (AFT_FG_ROWS / AFT_FG_CL)  // rows each CTA exps
 #define AFT_FG_CL_SMEM (3 * AFT_FG_ROWS * AFT_FG_ALD * 2 + 2 * AFT_FG_KB * AFT_FG_BLD * 2 + AFT_FG_OWN * 4)
 
-// w of keys [kb, kb + 32) for this CTA's rows: slot j holds own row (threadIdx.x + 256·j) / 16.
-__device__ __forceinline__ void aft_fgc_load_w(const AftParams& p, int t0, int rank, int kb, float (&wr)[2][2]) {
-  const float* wp = reinterpret_cast<const float*>(p.w);
-  const int kp = threadIdx.x % 16;
-#pragma unroll
-  for (int j = 0; j < 2; ++j) {
-    const int t = t0 + rank * AFT_FG_OWN + (threadIdx.x + AFT_FG_THREADS * j) / 16;
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int tp = kb + 2 * kp + e;
-      wr[j][e] = t < p.t && tp < p.t ? wp[(i64)t * p.t + tp] : 0.f;
-    }
-  }
-}
-
-// exp(w − r_t) of the loaded pairs (scaled; 0 past T and, causal, past the row), stored into A
+// The packed operands of this CTA's rows (slot j: own row threadIdx.x / 16 + 16·j) stored into A
 // stage `as` of every CTA of the cluster.
-template <typename T>
-__device__ __forceinline__ void aft_fgc_share_w(const AftParams& p, int t0, int rank, int kb, const float (&wr)[2][2],
-                                                const float* rsh, u16* as) {
-  const float s = aft_w_scale<T>();
-  const int tp = kb + 2 * (threadIdx.x % 16);
+__device__ __forceinline__ void aft_fgc_share_w(int rank, const u32 (&ap)[2], u16* as) {
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
-    const int own = (threadIdx.x + AFT_FG_THREADS * j) / 16, row = rank * AFT_FG_OWN + own;
-    const int end = p.causal ? min(p.t, t0 + row + 1) : p.t;
-    const float r = rsh[own];
-    const u32 v = pack2<T>(tp < end ? expf(wr[j][0] - r) * s : 0.f, tp + 1 < end ? expf(wr[j][1] - r) * s : 0.f);
+    const int row = rank * AFT_FG_OWN + threadIdx.x / 16 + 16 * j;
     const u16* dst = &as[row * AFT_FG_ALD + 2 * (threadIdx.x % 16)];
 #pragma unroll
-    for (int c = 0; c < AFT_FG_CL; ++c) st_cluster_u32(dst, c, v);
+    for (int c = 0; c < AFT_FG_CL; ++c) st_cluster_u32(dst, c, ap[j]);
   }
 }
 
@@ -390,18 +370,18 @@ __device__ void aft_full_tc_cl(const AftParams& p) {
     aft_fg_rows(p, it, t0, nkb);
     // Every CTA of the cluster has started, and is done with the previous row tile's A stages.
     cluster_sync();
-    for (int i = threadIdx.x; i < AFT_FG_OWN; i += AFT_FG_THREADS) {
-      const int t = t0 + rank * AFT_FG_OWN + i;
-      rsh[i] = t < p.t ? rmax[t] : 0.f;
-    }
+    const int r0 = t0 + rank * AFT_FG_OWN;  // this CTA's rows of W
+    for (int i = threadIdx.x; i < AFT_FG_OWN; i += AFT_FG_THREADS) rsh[i] = r0 + i < p.t ? rmax[r0 + i] : 0.f;
     float num[4][4][4], den[4][4][4];
     aft_fg_zero(num, den);
     float wreg[2][2];
-    aft_fgc_load_w(p, t0, rank, 0, wreg);
+    u32 ap[2];
+    aft_fg_load_w(p, r0, 0, wreg);
     aft_fg_copy_b(p, bm, 0, bbase);
     cp_async_commit();
     __syncthreads();  // rsh
-    aft_fgc_share_w<T>(p, t0, rank, 0, wreg, rsh, abase);
+    aft_fg_exp_w<T>(p, r0, 0, wreg, rsh, ap);
+    aft_fgc_share_w(rank, ap, abase);
     cp_async_wait<0>();
     __syncthreads();
     cluster_sync();  // A stage 0 complete in every CTA
@@ -414,12 +394,15 @@ __device__ void aft_full_tc_cl(const AftParams& p) {
       const bool masked = p.causal && i * KB + KB - 1 > t0 && __syncthreads_or(aft_fg_block_bad<T>(bs));
       if (masked) aft_fg_masked<T>(as, bs, t0, i * KB, wr, ncol, num, den);
       if (more) {
-        aft_fgc_load_w(p, t0, rank, (i + 1) * KB, wreg);
+        aft_fg_load_w(p, r0, (i + 1) * KB, wreg);
         aft_fg_copy_b(p, bm, (i + 1) * KB, bbase + ((i + 1) & 1) * BSZ);
         cp_async_commit();
       }
       if (!masked) aft_fg_mma<T>(as, bs, 0, wr, ncol, num, den);
-      if (more) aft_fgc_share_w<T>(p, t0, rank, (i + 1) * KB, wreg, rsh, abase + ((i + 1) % 3) * ASZ);
+      if (more) {
+        aft_fg_exp_w<T>(p, r0, (i + 1) * KB, wreg, rsh, ap);
+        aft_fgc_share_w(rank, ap, abase + ((i + 1) % 3) * ASZ);
+      }
       cluster_arrive();  // this CTA's stores of block i + 1 are done
       if (!masked) aft_fg_mma<T>(as, bs, 16, wr, ncol, num, den);
       cp_async_wait<0>();

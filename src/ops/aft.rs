@@ -34,16 +34,20 @@ const THREADS: u32 = 256; // AFT_THREADS
 pub const CHUNK: usize = 64;
 const CT: usize = 64; // AFT_CT
 const TC_THREADS: u32 = 128; // AFT_TC_THREADS
-                             // aft_full_tc (kernels/aft_full_tc.cuh): bmat columns per channel tile, CTA rows and columns,
-                             // threads, dynamic shared memory (two stages of a 128 × 40 and a 32 × 264 16-bit tile + row shifts).
+
+// aft_full_tc (kernels/aft_full_tc.cuh): bmat columns per channel tile, CTA rows and columns,
+// threads, dynamic shared memory (two stages of a 128 × 40 and a 32 × 264 16-bit tile + row
+// shifts).
 const FG_TILE: usize = 128; // AFT_FG_TILE
 const FG_ROWS: usize = 128; // AFT_FG_ROWS
 const FG_COLS: usize = 256; // AFT_FG_COLS
 const FG_THREADS: u32 = 256; // AFT_FG_THREADS
 const FG_SMEM: u32 = (2 * (128 * 40 + 32 * 264) * 2 + 128 * 4) as u32; // AFT_FG_SMEM
-                                                                       // aft_full_tc_cl (sm_90): clusters of FG_CL column CTAs share the exp(w) tile; three A stages.
+
+// aft_full_tc_cl (sm_90): clusters of FG_CL column CTAs share the exp(w) tile; three A stages.
 const FG_CL: usize = 4; // AFT_FG_CL
 const FG_CL_SMEM: u32 = (3 * 128 * 40 * 2 + 2 * 32 * 264 * 2 + 32 * 4) as u32; // AFT_FG_CL_SMEM
+
 const ROWMAX_ROWS: usize = 8; // warps per CTA of aft_rowmax
 const MAX_GRID_YZ: usize = 65535;
 /// Largest T accepted (rows are 32-bit ints in the kernels, with room for window arithmetic).

@@ -845,12 +845,16 @@ TC_THREADS, TC_WLD, TC_KLD, TC_LD = 128, 40, 136, 72
 SCALE = F32(32768.0)
 
 
+def scaled(dt):  # AftScaled<T>: f16 operands are scaled into range, bf16 ones are not
+    return dt.name == "f16"
+
+
 def w_scale(dt):
-    return SCALE if dt.name == "f16" else F32(1)
+    return SCALE if scaled(dt) else F32(1)
 
 
 def den_floor(dt, n):
-    return F32(max(4.0 * n, float(AFT_DEN_MIN))) if dt.name == "f16" else AFT_DEN_MIN
+    return F32(max(4.0 * n, float(AFT_DEN_MIN))) if scaled(dt) else AFT_DEN_MIN
 
 
 def tc_pair_thread(flat, width, nt):
@@ -1011,11 +1015,6 @@ def aft_window_tc(cx, bid):
 # aft_full_b / aft_full_tc (kernels/aft_full_tc.cuh): the AFT-full GEMM (causal or not), 16-bit
 # operands on mma.sync m16n8k16 (ldmatrix fragments placed by the PTX layouts)
 FG_TILE, FG_ROWS, FG_COLS, FG_KB, FG_THREADS, FG_ALD, FG_BLD = 128, 128, 256, 32, 256, 40, 264
-STATS["fg_slow"] = 0
-
-
-def fg_scaled(dt):
-    return dt.name == "f16"
 
 
 def pow2(k):
@@ -1035,7 +1034,7 @@ def vexp(vm):
 
 def ev_scale(cx, bh, c, act):
     p, mem = cx.p, cx.mem
-    if not fg_scaled(cx.dt):
+    if not scaled(cx.dt):
         return np.ones(np.shape(c), F32)
     vm = mem.load(aft_vmax(p, bh, p.chunks) + 4 * c, act, "vmax")
     return np.where(act, pow2(15 - np.where(act, vexp(vm), 0)), F32(1)).astype(F32)
@@ -1349,7 +1348,7 @@ def aft_full_tc_gen(cx, bid, cl=1, rank=0, smems=None):
                     ok = th & (c < p.d)
                     if ok.any():
                         unscale[:, j, e1] = np.where(ok, mul(div(F32(1), ev_scale(cx, int(bhv), c, ok)), scale), F32(1))
-            slow_t, slow_c, slow_th = [], [], []
+            slow_t, slow_c = [], []
             for mi in range(4):
                 for j in range(4):
                     for e in range(4):
@@ -1362,12 +1361,12 @@ def aft_full_tc_gen(cx, bid, cl=1, rank=0, smems=None):
                         qv = mem.load(q + (t * p.q_sn + c) * sz, fast, "q")
                         y = mul(sigmoid(qv), mul(div(acc[:, 0, mi, j, e], dn), unscale[:, j, e % 2]))
                         mem.store(o + (t * p.o_sn + c) * sz, dt.from_f32(y), fast, "o")
-                        slow_t.append(t[sl]); slow_c.append(c[sl]); slow_th.append(tid[sl])
+                        slow_t.append(t[sl])
+                        slow_c.append(c[sl])
             t = np.concatenate(slow_t)
             if t.size:
                 c = np.concatenate(slow_c)
                 STATS["slow"] += t.size
-                STATS["fg_slow"] += t.size
                 qv = mem.load(q + (t * p.q_sn + c) * sz, np.ones(t.shape, bool), "q")
                 y = mul(sigmoid(qv), aft_exact(cx, k, v, h_, t, c))
                 mem.store(o + (t * p.o_sn + c) * sz, dt.from_f32(y), np.ones(t.shape, bool), "o")
