@@ -54,6 +54,29 @@ __device__ __forceinline__ bool aft_finite(float x) {
 
 __device__ __forceinline__ float aft_sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
+// exp(x − m) for a shift m fixed over many x. f32 storage keeps expf (its 1e-5 tolerance);
+// 16-bit storage takes one FFMA + MUFU (ex2_fast, ≤ 2 ulp) instead of expf's ~12 issue slots.
+// −m·log2(e) is rounded once per shift: a factor common to every term of a sum, so it cancels
+// in num/den. Same non-finite results as expf(x − m) (m = −inf with x = −inf gives NaN).
+// The 16-bit form also takes log2 of an operand scale folded into the exponent (exp(x − m)·2^l2s).
+template <typename T> struct AftExp {
+  float ml;
+  __device__ __forceinline__ explicit AftExp(float m, float l2s = 0.f) : ml(fmaf(-m, LOG2E_F, l2s)) {}
+  __device__ __forceinline__ float operator()(float x) const { return ex2_fast(fmaf(x, LOG2E_F, ml)); }
+};
+template <> struct AftExp<float> {
+  float m;
+  __device__ __forceinline__ explicit AftExp(float m_) : m(m_) {}
+  __device__ __forceinline__ float operator()(float x) const { return expf(x - m); }
+};
+
+// σ(x): exact for f32 storage; for 16-bit storage ex2 and an approximate reciprocal (≤ 2 ulp;
+// x → −∞ gives 1/inf = 0, NaN stays NaN).
+template <typename T> __device__ __forceinline__ float aft_sigmoid_t(float x) {
+  return __fdividef(1.f, 1.f + ex2_fast(-x * LOG2E_F));
+}
+template <> __device__ __forceinline__ float aft_sigmoid_t<float>(float x) { return aft_sigmoid(x); }
+
 // Statistics array `arr` ([bh][n][3][d]) at (bh, i).
 __device__ __forceinline__ float* aft_stats(u64 arr, int bh, int n, int i, int d) {
   return reinterpret_cast<float*>(arr) + ((i64)bh * n + i) * 3 * d;
@@ -85,7 +108,8 @@ __device__ __forceinline__ float aft_bias(const AftParams& p, int h, int t, int 
 
 // Chunk pass: part[bh][chunk] = (max K, Σ exp(K − max)·V, Σ exp(K − max)) per channel.
 // Grid: x = chunk, y = bh (grid-stride), z = channel tile; 4 row lanes × 64 channels per CTA.
-// Traffic: K and V read once; 3 floats per channel per chunk written.
+// Traffic: K and V read once; 3 floats per channel per chunk written. Issue slots: one pointer
+// step, load and convert per element of K and of V, then max, exp, FMA, add.
 template <typename T>
 __device__ void aft_chunk(const AftParams& p) {
   constexpr int LANES = AFT_THREADS / AFT_CT, PER = AFT_CHUNK / LANES;
@@ -93,28 +117,31 @@ __device__ void aft_chunk(const AftParams& p) {
   __shared__ float vred[LANES][AFT_CT];
   const int tx = threadIdx.x % AFT_CT, ty = threadIdx.x / AFT_CT;
   const int c = blockIdx.z * AFT_CT + tx;
-  const int row0 = blockIdx.x * AFT_CHUNK;
+  const int row0 = blockIdx.x * AFT_CHUNK + ty;
+  const int rows = c < p.d ? min(PER, div_up(p.t - row0, LANES)) : 0;  // this thread's valid rows
   for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
     const int b = bh / p.h, h = bh % p.h;
-    const T* k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
-    const T* v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
+    const T* k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh + (i64)row0 * p.k_sn + c;
+    const T* v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh + (i64)row0 * p.v_sn + c;
     float kx[PER], vx[PER];
     float m = AFT_NEG_INF, vm = 0.f;
 #pragma unroll
     for (int i = 0; i < PER; ++i) {
-      const int row = row0 + ty + LANES * i;
-      const bool ok = c < p.d && row < p.t;
-      kx[i] = ok ? to_f32(k[(i64)row * p.k_sn + c]) : AFT_NEG_INF;
-      vx[i] = ok ? to_f32(v[(i64)row * p.v_sn + c]) : 0.f;
+      const bool ok = i < rows;
+      kx[i] = ok ? to_f32(*k) : AFT_NEG_INF;
+      vx[i] = ok ? to_f32(*v) : 0.f;
+      k += LANES * p.k_sn;
+      v += LANES * p.v_sn;
       m = fmaxf(m, kx[i]);
       vm = fmaxf(vm, fabsf(vx[i]));  // NaN is skipped: vmax only sets a scale
     }
     AftStat s = {m, 0.f, 0.f};
     if (m != AFT_NEG_INF) {
+      const AftExp<T> ex(m);
 #pragma unroll
       for (int i = 0; i < PER; ++i) {
         if (kx[i] == AFT_NEG_INF) continue;  // a padding row (or a key of −inf: weight 0)
-        const float e = expf(kx[i] - m);
+        const float e = ex(kx[i]);
         s.a = fmaf(e, vx[i], s.a);
         s.z += e;
       }
@@ -192,10 +219,13 @@ __device__ void aft_scan(const AftParams& p) {
 }
 
 // AFT-simple, non-causal: Y = σ(Q) · a/z with (a, z) of the whole sequence (pre[chunks]).
-// Grid: x = block of AFT_CHUNK rows (grid-stride), y = bh (grid-stride). Traffic: Q read, Y written.
+// Grid: x = block of AFT_CHUNK rows (grid-stride), y = bh (grid-stride); 4 row lanes × 64
+// channels per pass over a channel tile. Traffic: Q read, Y written.
 template <typename T>
 __device__ void aft_map(const AftParams& p) {
+  constexpr int LANES = AFT_THREADS / AFT_CT;
   __shared__ float ratio[256];
+  const int tx = threadIdx.x % AFT_CT, ty = threadIdx.x / AFT_CT;
   for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
     const int b = bh / p.h, h = bh % p.h;
     const float* tot = aft_stats(p.pre, bh, p.chunks + 1, p.chunks, p.d);
@@ -205,11 +235,14 @@ __device__ void aft_map(const AftParams& p) {
     const T* q = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
     T* o = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh;
     for (int blk = blockIdx.x; blk < p.chunks; blk += gridDim.x) {
-      const int row0 = blk * AFT_CHUNK, rows = min(AFT_CHUNK, p.t - row0);
-      for (int i = threadIdx.x; i < rows * p.d; i += blockDim.x) {
-        const int r = row0 + i / p.d, c = i % p.d;
-        const float y = aft_sigmoid(to_f32(q[(i64)r * p.q_sn + c])) * ratio[c];
-        o[(i64)r * p.o_sn + c] = from_f32<T>(y);
+      const int row0 = blk * AFT_CHUNK + ty, rows = div_up(min(AFT_CHUNK, p.t - blk * AFT_CHUNK) - ty, LANES);
+      for (int c = tx; c < p.d; c += AFT_CT) {
+        const float rc = ratio[c];
+        const T* qp = q + (i64)row0 * p.q_sn + c;
+        T* op = o + (i64)row0 * p.o_sn + c;
+#pragma unroll 4
+        for (int i = 0; i < rows; ++i, qp += LANES * p.q_sn, op += LANES * p.o_sn)
+          *op = from_f32<T>(aft_sigmoid_t<T>(to_f32(*qp)) * rc);
       }
     }
   }

@@ -28,7 +28,7 @@
 #define AFT_FG_ALD 40   // A rows (halves): ldmatrix rows at 80-byte steps hit distinct banks
 #define AFT_FG_BLD 264  // B rows (halves): 528-byte steps, likewise
 #define AFT_FG_STAGE (AFT_FG_ROWS * AFT_FG_ALD + AFT_FG_KB * AFT_FG_BLD)  // halves
-#define AFT_FG_SMEM (2 * AFT_FG_STAGE * 2 + AFT_FG_ROWS * 4)             // bytes (+ row shifts)
+#define AFT_FG_SMEM (2 * AFT_FG_STAGE * 2 + AFT_FG_ROWS * 4)             // bytes (+ row exp coefficients)
 
 static_assert(AFT_FG_COLS == 2 * AFT_FG_TILE && AFT_FG_TILE == 2 * AFT_CT, "bmat tile layout");
 static_assert((AFT_FG_STAGE * 2) % 16 == 0 && (AFT_FG_ROWS * AFT_FG_ALD * 2) % 16 == 0, "16-byte stages");
@@ -56,14 +56,14 @@ __device__ void aft_full_b(const AftParams& p) {
       sev = aft_ev_scale<T>(p, bh, c);
     }
     const float se = aft_w_scale<T>();
+    const AftExp<T> ex(mc, AftScaled<T>::value ? 15.f : 0.f);
     for (int r = ty; r < AFT_CHUNK; r += LANES) {
       const int t = blockIdx.x * AFT_CHUNK + r;
       if (t >= p.t) break;
       float e = 0.f, ev = 0.f;
-      if (live) {
-        e = expf(to_f32(k[(i64)t * p.k_sn + c]) - mc);
-        ev = e * to_f32(v[(i64)t * p.v_sn + c]) * sev;
-        e *= se;
+      if (live) {  // E·se and E⊙V·sev = (E·se)·(V·sev/se)
+        e = ex(to_f32(k[(i64)t * p.k_sn + c]));
+        ev = e * (to_f32(v[(i64)t * p.v_sn + c]) * (sev / se));
       }
       u16* row = bm + (i64)t * p.bcols + (i64)tile * AFT_FG_TILE;
       row[cc] = from_f32<T>(ev).bits;
@@ -72,39 +72,88 @@ __device__ void aft_full_b(const AftParams& p) {
   }
 }
 
-// w of keys [kb, kb + 32) for SLOTS × 16 rows starting at row r0 (the tile's 128 rows, or one
-// cluster CTA's 32) into registers: slot i holds row r0 + threadIdx.x / 16 + 16·i, keys
-// kb + 2·(threadIdx.x % 16) + {0, 1} (0 past T).
-template <int SLOTS>
-__device__ __forceinline__ void aft_fg_load_w(const AftParams& p, int r0, int kb, float (&wr)[SLOTS][2]) {
-  const float* wp = reinterpret_cast<const float*>(p.w);
-  const int kp = threadIdx.x % 16;
+// Per row tile: where this thread's w values start, and which blocks take the unchecked forms.
+// Thread role: rows r0 + threadIdx.x / 16 + 16·i (slot i), keys kb + 2·(threadIdx.x % 16) + {0, 1}.
+struct AftFgW {
+  const float* row;  // w at the thread's first row and key offset (add kb)
+  i64 step;          // 16 rows
+  int r0;            // the first row of the SLOTS × 16
+  bool pairs;        // every (row, key pair) is 8-byte aligned: T even, w 8-byte aligned
+};
+__device__ __forceinline__ AftFgW aft_fg_w(const AftParams& p, int r0) {
+  return {reinterpret_cast<const float*>(p.w) + (i64)(r0 + (int)threadIdx.x / 16) * p.t + 2 * (threadIdx.x % 16),
+          16 * (i64)p.t, r0, (p.t % 2 == 0) && (p.w % 8 == 0)};
+}
+// Whether block kb loads without bounds checks (all SLOTS × 16 rows and 32 keys inside w) …
+template <int SLOTS> __device__ __forceinline__ bool aft_fg_load_fast(const AftParams& p, const AftFgW& w, int kb) {
+  return w.pairs && w.r0 + 16 * SLOTS <= p.t && kb + AFT_FG_KB <= p.t;
+}
+// … and exps without masks (no key past T; causal: none past the first row).
+__device__ __forceinline__ bool aft_fg_exp_fast(const AftParams& p, const AftFgW& w, int kb) {
+  return kb + AFT_FG_KB <= p.t && (!p.causal || kb + AFT_FG_KB - 1 <= w.r0);
+}
+
+// w of keys [kb, kb + 32) of the thread's SLOTS rows into registers (0 past T).
+template <int SLOTS, bool FAST>
+__device__ __forceinline__ void aft_fg_load_w(const AftParams& p, const AftFgW& w, int kb, float (&wr)[SLOTS][2]) {
+  const int t = w.r0 + threadIdx.x / 16, tp = kb + 2 * (threadIdx.x % 16);
 #pragma unroll
   for (int i = 0; i < SLOTS; ++i) {
-    const int t = r0 + threadIdx.x / 16 + 16 * i;
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int tp = kb + 2 * kp + e;
-      wr[i][e] = t < p.t && tp < p.t ? wp[(i64)t * p.t + tp] : 0.f;
+    const float* a = w.row + i * w.step + kb;
+    if (FAST) {
+      const float2 x = *reinterpret_cast<const float2*>(a);
+      wr[i][0] = x.x;
+      wr[i][1] = x.y;
+    } else {
+      const bool row = t + 16 * i < p.t;
+      wr[i][0] = row && tp < p.t ? a[0] : 0.f;
+      wr[i][1] = row && tp + 1 < p.t ? a[1] : 0.f;
     }
   }
 }
 
-// The loaded w as packed operands exp(w − r_t) (scaled; rsh holds r_t of the rows from r0); 0 for
-// keys past T and (causal) past the row, whose w is never exp'd.
-template <typename T, int SLOTS>
+// The loaded w as packed operands exp(w − r_t)·sw = 2^(w·log2(e) + rcf) (rcf[row] = log2(sw) −
+// r_t·log2(e) of the rows from r0); 0 for keys past T and (causal) past the row.
+template <typename T, int SLOTS, bool FAST>
 __device__ __forceinline__ void aft_fg_exp_w(const AftParams& p, int r0, int kb, const float (&wr)[SLOTS][2],
-                                             const float* rsh, u32 (&ap)[SLOTS]) {
-  const float s = aft_w_scale<T>();
+                                             const float* rcf, u32 (&ap)[SLOTS]) {
   const int tp = kb + 2 * (threadIdx.x % 16);
 #pragma unroll
   for (int i = 0; i < SLOTS; ++i) {
-    const int row = threadIdx.x / 16 + 16 * i, end = p.causal ? min(p.t, r0 + row + 1) : p.t;
-    const float r = rsh[row];
-    const float a0 = tp < end ? expf(wr[i][0] - r) * s : 0.f;
-    const float a1 = tp + 1 < end ? expf(wr[i][1] - r) * s : 0.f;
+    const int row = threadIdx.x / 16 + 16 * i;
+    const float c = rcf[row];
+    float a0 = ex2_fast(fmaf(wr[i][0], LOG2E_F, c)), a1 = ex2_fast(fmaf(wr[i][1], LOG2E_F, c));
+    if (!FAST) {
+      const int end = p.causal ? min(p.t, r0 + row + 1) : p.t;
+      a0 = tp < end ? a0 : 0.f;
+      a1 = tp + 1 < end ? a1 : 0.f;
+    }
     ap[i] = pack2<T>(a0, a1);
   }
+}
+
+// Next block's w (load, then exp) in the form the block allows.
+template <int SLOTS>
+__device__ __forceinline__ void aft_fg_load_any(const AftParams& p, const AftFgW& w, int kb, float (&wr)[SLOTS][2]) {
+  if (aft_fg_load_fast<SLOTS>(p, w, kb))
+    aft_fg_load_w<SLOTS, true>(p, w, kb, wr);
+  else
+    aft_fg_load_w<SLOTS, false>(p, w, kb, wr);
+}
+template <typename T, int SLOTS>
+__device__ __forceinline__ void aft_fg_exp_any(const AftParams& p, const AftFgW& w, int kb, const float (&wr)[SLOTS][2],
+                                               const float* rcf, u32 (&ap)[SLOTS]) {
+  if (aft_fg_exp_fast(p, w, kb))
+    aft_fg_exp_w<T, SLOTS, true>(p, w.r0, kb, wr, rcf, ap);
+  else
+    aft_fg_exp_w<T, SLOTS, false>(p, w.r0, kb, wr, rcf, ap);
+}
+
+// rcf[i] for rows r0 + i, i < n (CTA-strided; the caller synchronizes).
+template <typename T> __device__ __forceinline__ void aft_fg_row_coef(const AftParams& p, int r0, int n, float* rcf) {
+  const float* rmax = reinterpret_cast<const float*>(p.rmax);
+  const float l2s = AftScaled<T>::value ? 15.f : 0.f;
+  for (int i = threadIdx.x; i < n; i += AFT_FG_THREADS) rcf[i] = fmaf(r0 + i < p.t ? -rmax[r0 + i] : 0.f, LOG2E_F, l2s);
 }
 
 __device__ __forceinline__ void aft_fg_store_w(u16* as, const u32 (&ap)[8]) {
@@ -259,14 +308,14 @@ __device__ __forceinline__ void aft_fg_epilogue(const AftParams& p, int tile, in
           slow |= 1ull << ((mi * 4 + j) * 4 + e);
           continue;
         }
-        const float y = aft_sigmoid(to_f32(q[(i64)t * p.q_sn + c])) * (num[mi][j][e] / dn * unscale[j][e % 2]);
+        const float y = aft_sigmoid_t<T>(to_f32(q[(i64)t * p.q_sn + c])) * (__fdividef(num[mi][j][e], dn) * unscale[j][e % 2]);
         o[(i64)t * p.o_sn + c] = from_f32<T>(y);
       }
 #pragma unroll 1
   for (; slow; slow &= slow - 1) {
     const int bit = __ffsll((long long)slow) - 1, mi = bit / 16, j = (bit / 4) % 4, e = bit % 4;
     const int t = t0 + wr + 16 * mi + g + 8 * (e / 2), c = c0 + 8 * j + 2 * tq + e % 2;
-    const float y = aft_sigmoid(to_f32(q[(i64)t * p.q_sn + c])) * aft_exact<T>(p, k, v, h, t, c);
+    const float y = aft_sigmoid_t<T>(to_f32(q[(i64)t * p.q_sn + c])) * aft_exact<T>(p, k, v, h, t, c);
     o[(i64)t * p.o_sn + c] = from_f32<T>(y);
   }
 }
@@ -278,26 +327,26 @@ template <typename T>
 __device__ void aft_full_tc(const AftParams& p) {
   constexpr int ROWS = AFT_FG_ROWS, KB = AFT_FG_KB;
   extern __shared__ __align__(16) u16 fg_smem[];
-  float* rsh = reinterpret_cast<float*>(fg_smem + 2 * AFT_FG_STAGE);
+  float* rcf = reinterpret_cast<float*>(fg_smem + 2 * AFT_FG_STAGE);
   const AftFgPlace pl = aft_fg_place(p);
   const int wr = pl.wr, ncol = pl.ncol;
   const u16* bm = pl.bm;
-  const float* rmax = reinterpret_cast<const float*>(p.rmax);
 
   for (int it = blockIdx.y; it < div_up(p.t, ROWS); it += gridDim.y) {
     int t0, nkb;
     aft_fg_rows(p, it, t0, nkb);
     __syncthreads();  // the previous row tile is done with shared memory
-    for (int i = threadIdx.x; i < ROWS; i += AFT_FG_THREADS) rsh[i] = t0 + i < p.t ? rmax[t0 + i] : 0.f;
+    aft_fg_row_coef<T>(p, t0, ROWS, rcf);
+    const AftFgW w = aft_fg_w(p, t0);
     float num[4][4][4], den[4][4][4];
     aft_fg_zero(num, den);
     float wreg[8][2];
     u32 ap[8];
-    aft_fg_load_w(p, t0, 0, wreg);
+    aft_fg_load_any(p, w, 0, wreg);
     aft_fg_copy_b(p, bm, 0, fg_smem + ROWS * AFT_FG_ALD);
     cp_async_commit();
-    __syncthreads();  // rsh
-    aft_fg_exp_w<T>(p, t0, 0, wreg, rsh, ap);
+    __syncthreads();  // rcf
+    aft_fg_exp_any<T>(p, w, 0, wreg, rcf, ap);
     aft_fg_store_w(fg_smem, ap);
     cp_async_wait<0>();
     __syncthreads();
@@ -313,12 +362,12 @@ __device__ void aft_full_tc(const AftParams& p) {
       const bool masked = p.causal && i * KB + KB - 1 > t0 && __syncthreads_or(aft_fg_block_bad<T>(bs));
       if (masked) aft_fg_masked<T>(as, bs, t0, i * KB, wr, ncol, num, den);
       if (more) {  // next block: w into registers, bmat into the other stage
-        aft_fg_load_w(p, t0, (i + 1) * KB, wreg);
+        aft_fg_load_any(p, w, (i + 1) * KB, wreg);
         aft_fg_copy_b(p, bm, (i + 1) * KB, nas + ROWS * AFT_FG_ALD);
         cp_async_commit();
       }
       if (!masked) aft_fg_mma<T>(as, bs, 0, wr, ncol, num, den);
-      if (more) aft_fg_exp_w<T>(p, t0, (i + 1) * KB, wreg, rsh, ap);
+      if (more) aft_fg_exp_any<T>(p, w, (i + 1) * KB, wreg, rcf, ap);
       if (!masked) aft_fg_mma<T>(as, bs, 16, wr, ncol, num, den);
       if (more) aft_fg_store_w(nas, ap);
       cp_async_wait<0>();
@@ -358,12 +407,11 @@ __device__ void aft_full_tc_cl(const AftParams& p) {
   extern __shared__ __align__(16) u16 fg_smem[];
   u16* const abase = fg_smem;           // three A stages
   u16* const bbase = fg_smem + 3 * ASZ;  // two B stages
-  float* rsh = reinterpret_cast<float*>(bbase + 2 * BSZ);  // shifts of this CTA's own rows
+  float* rcf = reinterpret_cast<float*>(bbase + 2 * BSZ);  // exp coefficients of this CTA's own rows
   const int rank = cluster_rank();
   const AftFgPlace pl = aft_fg_place(p);
   const int wr = pl.wr, ncol = pl.ncol;
   const u16* bm = pl.bm;
-  const float* rmax = reinterpret_cast<const float*>(p.rmax);
 
   for (int it = blockIdx.y; it < div_up(p.t, ROWS); it += gridDim.y) {
     int t0, nkb;
@@ -371,16 +419,17 @@ __device__ void aft_full_tc_cl(const AftParams& p) {
     // Every CTA of the cluster has started, and is done with the previous row tile's A stages.
     cluster_sync();
     const int r0 = t0 + rank * AFT_FG_OWN;  // this CTA's rows of W
-    for (int i = threadIdx.x; i < AFT_FG_OWN; i += AFT_FG_THREADS) rsh[i] = r0 + i < p.t ? rmax[r0 + i] : 0.f;
+    aft_fg_row_coef<T>(p, r0, AFT_FG_OWN, rcf);
+    const AftFgW w = aft_fg_w(p, r0);
     float num[4][4][4], den[4][4][4];
     aft_fg_zero(num, den);
     float wreg[2][2];
     u32 ap[2];
-    aft_fg_load_w(p, r0, 0, wreg);
+    aft_fg_load_any(p, w, 0, wreg);
     aft_fg_copy_b(p, bm, 0, bbase);
     cp_async_commit();
-    __syncthreads();  // rsh
-    aft_fg_exp_w<T>(p, r0, 0, wreg, rsh, ap);
+    __syncthreads();  // rcf
+    aft_fg_exp_any<T>(p, w, 0, wreg, rcf, ap);
     aft_fgc_share_w(rank, ap, abase);
     cp_async_wait<0>();
     __syncthreads();
@@ -394,13 +443,13 @@ __device__ void aft_full_tc_cl(const AftParams& p) {
       const bool masked = p.causal && i * KB + KB - 1 > t0 && __syncthreads_or(aft_fg_block_bad<T>(bs));
       if (masked) aft_fg_masked<T>(as, bs, t0, i * KB, wr, ncol, num, den);
       if (more) {
-        aft_fg_load_w(p, r0, (i + 1) * KB, wreg);
+        aft_fg_load_any(p, w, (i + 1) * KB, wreg);
         aft_fg_copy_b(p, bm, (i + 1) * KB, bbase + ((i + 1) & 1) * BSZ);
         cp_async_commit();
       }
       if (!masked) aft_fg_mma<T>(as, bs, 0, wr, ncol, num, den);
       if (more) {
-        aft_fg_exp_w<T>(p, r0, (i + 1) * KB, wreg, rsh, ap);
+        aft_fg_exp_any<T>(p, w, (i + 1) * KB, wreg, rcf, ap);
         aft_fgc_share_w(rank, ap, abase + ((i + 1) % 3) * ASZ);
       }
       cluster_arrive();  // this CTA's stores of block i + 1 are done

@@ -56,6 +56,61 @@ template <typename T> __device__ __forceinline__ float aft_den_floor(int n) {
   return AftScaled<T>::value ? fmaxf(4.f * (float)n, AFT_DEN_MIN) : AFT_DEN_MIN;
 }
 
+// E staging of one key block for the thread's channels ep, ep + 1 and keys warp + 4i:
+// kv[r] = [E⊙V·se | E·sw] at dst (shared address of the thread's first pair). keys: the block's
+// valid keys from the warp's first one. FAST: all keys valid and both channels one aligned
+// 32-bit load. Returns NaN if a staged value is non-finite (E non-finite makes E⊙V so; 0·x is NaN
+// for x = ±inf, NaN), else 0.
+template <typename T, bool FAST>
+__device__ __forceinline__ float aft_tc_stage_e(const T* kr, const T* vr, i64 kstep, i64 vstep, u32 dst, int keys,
+                                               bool pair, bool ok0, bool ok1, const AftExp<T>& ex0,
+                                               const AftExp<T>& ex1, float vf0, float vf1) {
+  float chk = 0.f;
+#pragma unroll
+  for (int i = 0; i < AFT_KB / 4; ++i, kr += kstep, vr += vstep, dst += 4 * AFT_TC_KLD * 2) {
+    float e0 = 0.f, e1 = 0.f, ev0 = 0.f, ev1 = 0.f;
+    if (FAST || 4 * i < keys) {  // warp-uniform
+      float k0, k1, v0, v1;
+      if (FAST || pair) {
+        unpack2<T>(*reinterpret_cast<const u32*>(kr), k0, k1);
+        unpack2<T>(*reinterpret_cast<const u32*>(vr), v0, v1);
+      } else {
+        k0 = ok0 ? to_f32(kr[0]) : 0.f;
+        v0 = ok0 ? to_f32(vr[0]) : 0.f;
+        k1 = ok1 ? to_f32(kr[1]) : 0.f;
+        v1 = ok1 ? to_f32(vr[1]) : 0.f;
+      }
+      e0 = ok0 ? ex0(k0) : 0.f;
+      e1 = ok1 ? ex1(k1) : 0.f;
+      ev0 = e0 * (v0 * vf0);
+      ev1 = e1 * (v1 * vf1);
+    }
+    chk = fmaf(ev0, 0.f, fmaf(ev1, 0.f, chk));
+    sts_u32(dst, pack2<T>(ev0, ev1));
+    sts_u32(dst + AFT_CT * 2, pack2<T>(e0, e1));
+  }
+  return chk;
+}
+
+// W staging (local, conv) of one key block for the thread's keys tp, tp + 1 and rows t = t0 + wr
+// + 8n: ws[row] = W·sw at dst. wp: w at band index tp − t + s − 1 of the first row, wstep to the
+// next; o = tp − t + sb − 1, in the band if in [0, 2sb − 1) (s clamped to T: same membership, no
+// overflow); cf: shared address of wcf[wr]. Keys < lim(t) count (FAST: none masked).
+template <typename T, bool FAST>
+__device__ __forceinline__ void aft_tc_stage_w(const AftParams& p, const float* wp, i64 wstep, int o, int sb, u32 dst,
+                                               u32 cf, int t, int tp, int hi) {
+  const u32 nb = 2 * sb - 1;
+#pragma unroll
+  for (int n = 0; n < AFT_CHUNK / 8; ++n, wp += wstep, o -= 8, t += 8, dst += 8 * AFT_TC_WLD * 2, cf += 8 * 8) {
+    const float2 c = lds_f2(cf);  // log2(sw) − r_t·log2(e), g_t·sw
+    const int lim = FAST ? tp + 2 : (t >= p.t ? 0 : (p.causal ? min(hi, t + 1) : hi));
+    float w0 = tp < lim ? c.y : 0.f, w1 = tp + 1 < lim ? c.y : 0.f;
+    if (tp < lim && (u32)o < nb) w0 = ex2_fast(fmaf(wp[0], LOG2E_F, c.x));  // rows ≥ T have no w row
+    if (tp + 1 < lim && (u32)(o + 1) < nb) w1 = ex2_fast(fmaf(wp[1], LOG2E_F, c.x));
+    sts_u32(dst, pack2<T>(w0, w1));
+  }
+}
+
 template <typename T>
 __device__ void aft_window_tc(const AftParams& p) {
   constexpr int ROWS = AFT_CHUNK, THREADS = AFT_TC_THREADS, KB = AFT_KB;
@@ -67,19 +122,39 @@ __device__ void aft_window_tc(const AftParams& p) {
   u16* ws = kv + KB * AFT_TC_KLD;         // [ROWS][AFT_TC_WLD]
   float(*ratio)[AFT_TC_LD] = reinterpret_cast<float(*)[AFT_TC_LD]>(buf);
   __shared__ float rsh[ROWS], gsh[ROWS], msh[AFT_CT], ash[AFT_CT], zsh[AFT_CT], ssh[AFT_CT];
+  __shared__ float2 wcf[ROWS];  // per row: log2(sw) − r_t·log2(e), g_t·sw (W staging)
   const AftSlice<T> sl = aft_slice<T>(p);
   const int bh = sl.bh, h = sl.h, c0 = sl.c0;
   const T *q = sl.q, *k = sl.k, *v = sl.v;
   T* o = sl.o;
-  const float sw = aft_w_scale<T>();
+  const float sw = aft_w_scale<T>(), l2sw = AftScaled<T>::value ? 15.f : 0.f;
   // Warp w: rows rw … rw + 32 (two m-tiles), channels cw … cw + 32 (four n-tiles of E⊙V for
   // num and the same four of E for den).
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, tq = lane % 4;
   const int rw = (warp % 2) * 32, cw = (warp / 2) * 32;
+  // Staging roles, fixed per thread so its shifts and pointers are per tile, not per element:
+  // E: channels ep, ep + 1 of the tile, keys warp + 4i (a warp stores one 128-byte kv row);
+  // W: keys wk, wk + 1 of the block, rows wr + 8i (16 lanes per ws row, coalesced w reads).
+  const int ep = 2 * lane, wk = 2 * (threadIdx.x % 16), wr = threadIdx.x / 16;
+  const bool eok0 = c0 + ep < p.d, eok1 = c0 + ep + 1 < p.d;
+  const T* kc = k + c0 + ep;
+  const T* vc = v + c0 + ep;
+  // Both channels as one 32-bit load: both exist and every pair address is 4-byte aligned.
+  const bool epair = eok1 && ((reinterpret_cast<u64>(kc) | reinterpret_cast<u64>(vc)) & 3) == 0 &&
+                     ((p.k_sn | p.v_sn) & 1) == 0;
+  // w row of the band: local: row t (band floats each), conv: row h. wrow0 + tp is w at band
+  // index tp − t + s − 1 for t = t0 + wr; the next row of the thread (t + 8) is wstep further.
+  // The band test uses s clamped to T (same membership for keys and rows < T, no overflow).
+  const i64 band = 2 * (i64)p.window - 1;
+  const int sb = min(p.window, p.t);
+  const i64 wstep = p.variant == AFT_LOCAL ? 8 * (band - 1) : -8;
+  const u32 kv_addr = smem_addr(kv), ws_addr = smem_addr(ws), wcf_addr = smem_addr(&wcf[wr]);
 
   for (int tile = blockIdx.y; tile < p.chunks; tile += gridDim.y) {
     const int t0 = tile * ROWS;
     const AftWindow win = aft_window_of(p, t0);
+    const float* wrow0 = reinterpret_cast<const float*>(p.w) + (p.variant == AFT_LOCAL ? (i64)(t0 + wr) : (i64)h) * band +
+                         (p.window - 1) - (t0 + wr);
     __syncthreads();  // previous tile done with the shared arrays
     aft_tile_shifts<THREADS>(p, bh, h, c0, t0, msh, rsh, gsh);
     __syncthreads();
@@ -92,7 +167,11 @@ __device__ void aft_window_tc(const AftParams& p) {
       ash[threadIdx.x] = az.a * sw * se;
       zsh[threadIdx.x] = az.z * sw * sw;
     }
+    if (threadIdx.x < ROWS) wcf[threadIdx.x] = float2{fmaf(-rsh[threadIdx.x], LOG2E_F, l2sw), gsh[threadIdx.x] * sw};
     __syncthreads();
+    // E·sw = exp(K − M_c)·sw and E⊙V·se = (E·sw)·(V·se/sw) for the thread's two channels.
+    const AftExp<T> ex0(eok0 ? msh[ep] : 0.f, l2sw), ex1(eok1 ? msh[ep + 1] : 0.f, l2sw);
+    const float vf0 = eok0 ? ssh[ep] / sw : 0.f, vf1 = eok1 ? ssh[ep + 1] / sw : 0.f;
 
     // Accumulators start from the statistics outside [lo, hi), weighted g_t. Element e of
     // fragment (mi, nj) is row rw + 16·mi + g + 8·(e / 2), channel cw + 8·nj + 2·tq + e % 2.
@@ -112,23 +191,34 @@ __device__ void aft_window_tc(const AftParams& p) {
     for (int kb = win.lo; kb < win.hi; kb += KB) {
       __syncthreads();  // previous block consumed
       // Stage kv[r] = [E⊙V (scaled) | E (scaled)] and ws[i][r] = W (scaled), 16-bit, two
-      // adjacent values per 32-bit store.
-      bool bad = false;
-      for (int idx = threadIdx.x; idx < KB * AFT_CT / 2; idx += THREADS) {
-        const int r = idx / (AFT_CT / 2), cc = 2 * (idx % (AFT_CT / 2));
-        float e0, ev0, e1, ev1;
-        aft_e_of<T>(p, k, v, kb + r, win.hi, c0, cc, msh, e0, ev0);
-        aft_e_of<T>(p, k, v, kb + r, win.hi, c0, cc + 1, msh, e1, ev1);
-        bad |= !aft_finite(e0) || !aft_finite(ev0) || !aft_finite(e1) || !aft_finite(ev1);
-        *reinterpret_cast<u32*>(&kv[r * AFT_TC_KLD + cc]) = pack2<T>(ev0 * ssh[cc], ev1 * ssh[cc + 1]);
-        *reinterpret_cast<u32*>(&kv[r * AFT_TC_KLD + AFT_CT + cc]) = pack2<T>(e0 * sw, e1 * sw);
+      // adjacent values per 32-bit store; bad: a staged value is non-finite (0·x is NaN then).
+      // Fast forms: no masked key (keys < hi; causal: before the tile's first row; rows < T).
+      const bool efast = epair && kb + KB <= win.hi;
+      const bool wfast = kb + KB <= win.hi && t0 + ROWS <= p.t && (!p.causal || kb + KB - 1 <= t0);
+      const T* kr = kc + (i64)(kb + warp) * p.k_sn;
+      const T* vr = vc + (i64)(kb + warp) * p.v_sn;
+      const u32 edst = kv_addr + (warp * AFT_TC_KLD + ep) * 2;
+      const float chk =
+          efast ? aft_tc_stage_e<T, true>(kr, vr, 4 * p.k_sn, 4 * p.v_sn, edst, KB, true, true, true, ex0, ex1, vf0, vf1)
+                : aft_tc_stage_e<T, false>(kr, vr, 4 * p.k_sn, 4 * p.v_sn, edst, win.hi - kb - warp, epair, eok0, eok1,
+                                           ex0, ex1, vf0, vf1);
+      const int tp = kb + wk;  // the thread's first key
+      const u32 wdst = ws_addr + (wr * AFT_TC_WLD + wk) * 2;
+      if (p.variant == AFT_SIMPLE) {  // causal simple: weight 1 up to the row
+#pragma unroll 4
+        for (int i = wr; i < ROWS; i += 8) {
+          const int t = t0 + i, lim = t >= p.t ? 0 : min(win.hi, t + 1);
+          sts_u32(wdst + i / 8 * 8 * AFT_TC_WLD * 2, pack2<T>(tp < lim ? sw : 0.f, tp + 1 < lim ? sw : 0.f));
+        }
+      } else {
+        const int o = tp - (t0 + wr) + sb - 1;
+        const float* wp = wrow0 + tp;
+        if (wfast)
+          aft_tc_stage_w<T, true>(p, wp, wstep, o, sb, wdst, wcf_addr, t0 + wr, tp, win.hi);
+        else
+          aft_tc_stage_w<T, false>(p, wp, wstep, o, sb, wdst, wcf_addr, t0 + wr, tp, win.hi);
       }
-      for (int idx = threadIdx.x; idx < ROWS * KB / 2; idx += THREADS) {
-        const int i = idx / (KB / 2), r = 2 * (idx % (KB / 2));
-        const float w0 = aft_weight(p, h, t0, i, kb + r, win.hi, rsh, gsh);
-        const float w1 = aft_weight(p, h, t0, i, kb + r + 1, win.hi, rsh, gsh);
-        *reinterpret_cast<u32*>(&ws[i * AFT_TC_WLD + r]) = pack2<T>(w0 * sw, w1 * sw);
-      }
+      const bool bad = !aft_finite(chk);
       const bool any_bad = __syncthreads_or(bad);
       if (p.causal && kb + KB - 1 > t0 && any_bad) {
 #pragma unroll 1
@@ -194,7 +284,7 @@ __device__ void aft_window_tc(const AftParams& p) {
 #pragma unroll
           for (int e1 = 0; e1 < 2; ++e1) {
             const int e = 2 * hh + e1;
-            y[e1] = num[mi][nj][e] / den[mi][nj][e] * (sw / ssh[cc + e1]);
+            y[e1] = __fdividef(num[mi][nj][e], den[mi][nj][e]) * (sw / ssh[cc + e1]);  // ≤ 2 ulp
             if (den[mi][nj][e] < floor && t0 + row < p.t && c0 + cc + e1 < p.d)
               slow |= 1u << (((mi * 4 + nj) * 2 + hh) * 2 + e1);
           }
@@ -208,11 +298,14 @@ __device__ void aft_window_tc(const AftParams& p) {
       ratio[row][cc] = aft_exact<T>(p, k, v, h, t0 + row, c0 + cc);
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < ROWS * AFT_CT; idx += THREADS) {
-      const int row = idx / AFT_CT, cc = idx % AFT_CT, t = t0 + row, c = c0 + cc;
-      if (t >= p.t || c >= p.d) continue;
-      const float y = aft_sigmoid(to_f32(q[(i64)t * p.q_sn + c])) * ratio[row][cc];
-      o[(i64)t * p.o_sn + c] = from_f32<T>(y);
+    {  // Y = σ(Q)·ratio: the thread's channel lane + 32·(warp % 2), rows warp / 2 + 2i
+      const int cc = lane + 32 * (warp % 2), row0 = warp / 2, rows = min(ROWS, p.t - t0);
+      const T* qp = q + (i64)(t0 + row0) * p.q_sn + c0 + cc;
+      T* op = o + (i64)(t0 + row0) * p.o_sn + c0 + cc;
+      if (c0 + cc < p.d)
+#pragma unroll 4
+        for (int row = row0; row < rows; row += 2, qp += 2 * p.q_sn, op += 2 * p.o_sn)
+          *op = from_f32<T>(aft_sigmoid_t<T>(to_f32(*qp)) * ratio[row][cc]);
     }
   }
 }

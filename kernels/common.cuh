@@ -53,6 +53,24 @@ __device__ __forceinline__ void load8(const float* p, float* out) {
   out[4] = b.x; out[5] = b.y; out[6] = b.z; out[7] = b.w;
 }
 
+// Exponentials of the 16-bit-storage kernels. expf costs ~12 issue slots (range reduction,
+// two-step exp2, a rescale, and a branch when guarded); these cost one MUFU each, with the
+// argument pre-multiplied by log2(e) in an FFMA the caller already does. ex2.approx.ftz:
+// ≤ 2 ulp relative error (far below the 16-bit operands' 2^-9), results below 2^-126 flushed
+// to 0, ex2(−inf) = 0, ex2(NaN) = NaN.
+#define LOG2E_F 1.4426950408889634f
+__device__ __forceinline__ float ex2_fast(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+// min(a, b), NaN if either is NaN (fminf would return the other operand and hide a poison).
+__device__ __forceinline__ float fmin_nan(float a, float b) {
+  float y;
+  asm("min.NaN.f32 %0, %1, %2;" : "=f"(y) : "f"(a), "f"(b));
+  return y;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

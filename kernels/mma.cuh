@@ -20,6 +20,16 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 }
 
 // Four 8×8 b16 matrices; lane l gives the address of row l % 8 of matrix l / 8.
+// 32-bit store to a shared-window address (smem_addr): keeps staging loops from re-deriving the
+// generic-to-shared conversion per store when registers are tight.
+__device__ __forceinline__ void sts_u32(u32 addr, u32 v) {
+  asm volatile("st.shared.u32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
+}
+__device__ __forceinline__ float2 lds_f2(u32 addr) {
+  float2 v;
+  asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(v.x), "=f"(v.y) : "r"(addr) : "memory");
+  return v;
+}
 __device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -52,6 +62,12 @@ template <> __device__ __forceinline__ void mma16816<bf16>(float (&d)[4], const 
 // Two fp32 values rounded to T and packed low-first (the layout of two consecutive elements).
 template <typename T> __device__ __forceinline__ u32 pack2(float lo, float hi) {
   return (u32)from_f32<T>(lo).bits | ((u32)from_f32<T>(hi).bits << 16);
+}
+
+// The two values of a packed pair (low first) as fp32.
+template <typename T> __device__ __forceinline__ void unpack2(u32 x, float& lo, float& hi) {
+  lo = to_f32(T{(u16)(x & 0xffffu)});
+  hi = to_f32(T{(u16)(x >> 16)});
 }
 
 // Eight 16-bit values from 16 bytes of shared memory, widened to fp32.

@@ -5,9 +5,11 @@
 //   * distances d² = s²‖x‖² + ‖l‖² − 2s(x·l), clamped at 0: x (the stored 16-bit row, exact) on
 //     mma against l split as l_hi + l_lo (two mmas), each landmark row scaled by its own power of
 //     two σ_j into [1, 2) before the split (divided out in fp32), so x·l keeps ~fp32 accuracy
-//     where x ≈ l cancels; ‖x‖² in fp32 from the 16-bit fragments, ‖l‖² in fp32;
-//   * P = exp(−½d²) in fp32, times 2^12 (so the f16 remainder of any P ≳ 2^-14 is a normal
-//     number), split P_hi + P_lo;
+//     where x ≈ l cancels; ‖x‖² in fp32 from the stored 16-bit values, ‖l‖² in fp32;
+//   * P·2^12 (so the f16 remainder of any P ≳ 2^-14 is a normal number) in fp32 as one ex2:
+//     exp(−½d²)·2^12 = 2^(12 − k·d²), k = ½·log2(e), with the exponent assembled from a per-row
+//     term R = −k·s²‖x‖², a per-landmark term L = 12 − k‖l‖² and kc = k·2s/σ_j:
+//     ex2(min(12, R + L + kc·g)), g the mma dot product; then split P_hi + P_lo;
 //     pass 1: P_hi·V + P_lo·V (V exact); pass 2: P_hi·W_hi + P_lo·W_hi + P_hi·W_lo with W scaled
 //     per value column by a power of two into [1, 2) before its split; scales divided out in fp32.
 // Pass 1 computes the transposed tile Pᵀ (landmarks × rows) directly (A = L, B = Xᵀ), so its
@@ -23,6 +25,9 @@
 #define SOFT_TC_ROWS 64         // sequence rows per pipeline stage (pass 1) and per tile (pass 2)
 #define SOFT_TC_LM2 16          // landmarks per step of pass 2
 #define SOFT_TC_PSCALE 4096.f   // P enters mma as 2^12·P
+#define SOFT_TC_PLOG2 12.f      // log2(SOFT_TC_PSCALE)
+#define SOFT_TC_K (0.5f * LOG2E_F)  // exp(−½d²) = 2^(−k·d²)
+#define SOFT_TC_NEG_INF __int_as_float(0xff800000)
 
 static_assert(SOFT_TC_WARPS * 16 == SOFT_LM, "pass 1: one warp per 16 landmarks of a tile");
 
@@ -31,11 +36,11 @@ extern __shared__ __align__(16) u16 soft_tc_smem[];
 // Landmark rows of pass 2 in shared memory: m rounded up to a step.
 __host__ __device__ constexpr int soft_tc_mpad(int m) { return (m + SOFT_TC_LM2 - 1) / SOFT_TC_LM2 * SOFT_TC_LM2; }
 // Bytes: L hi/lo of the tile, K and V double-buffered (16-bit rows padded by 8 elements against
-// ldmatrix bank conflicts), ‖l‖² and the distance coefficients.
+// ldmatrix bank conflicts), the landmark terms L and kc, the row terms R of the current stage.
 __host__ __device__ constexpr int soft_tc_pass1_smem(int d) {
-  return (2 * SOFT_LM + 4 * SOFT_TC_ROWS) * (d + 8) * 2 + 2 * SOFT_LM * 4;
+  return (2 * SOFT_LM + 4 * SOFT_TC_ROWS) * (d + 8) * 2 + 2 * SOFT_LM * 4 + SOFT_TC_ROWS * 4;
 }
-// Bytes: L hi/lo and W hi/lo of all landmarks, Q double-buffered, ‖l‖² and coefficients per
+// Bytes: L hi/lo and W hi/lo of all landmarks, Q double-buffered, the terms L and kc per
 // landmark, the column scales of W and their inverses.
 __host__ __device__ constexpr int soft_tc_pass2_smem(int d, int m) {
   return (4 * soft_tc_mpad(m) + 2 * SOFT_TC_ROWS) * (d + 8) * 2 + 2 * soft_tc_mpad(m) * 4 + 2 * d * 4;
@@ -52,6 +57,13 @@ __device__ __forceinline__ void soft_ldsm_x4_trans(u32 (&r)[4], u32 addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
+}
+
+// 16 bytes from a 32-bit shared-window address.
+__device__ __forceinline__ uint4 soft_lds128(u32 addr) {
+  uint4 r;
+  asm volatile("ld.shared.v4.b32 {%0,%1,%2,%3}, [%4];\n" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "r"(addr));
+  return r;
 }
 
 // Two fp32 values rounded to T and packed low-first, in one cvt.
@@ -93,12 +105,22 @@ template <typename T> __device__ __forceinline__ float soft_sq4(u32 x, u32 y, fl
   return fmaf(e, e, acc);
 }
 
+// 2^12·exp(−½d²) from the exponent terms rl = R + L (see the header): FFMA, FMNMX, MUFU.
+// min(12, ·) is the clamp d² ≥ 0; min.NaN keeps a NaN distance NaN (fminf would return 12, i.e.
+// P = 2^12, and hide a poisoned row or landmark: docs/non-finite.md). rl = −inf (a masked row
+// or landmark) gives ex2(−inf) = 0 for finite g; masked operands are zero rows, so g = 0 unless
+// the other operand is non-finite (see the callers).
+__device__ __forceinline__ float soft_tc_p(float rl, float kc, float g) {
+  return ex2_fast(fmin_nan(SOFT_TC_PLOG2, fmaf(kc, g, rl)));
+}
+
 // Landmarks j0 + [0, rows) of one (b,h) (fp32, row length D, at l) into shared memory as 16-bit
-// hi/lo parts of σ_j·l_j (σ_j a power of two putting max_c |l_jc| in [1, 2)); lnorm[r] = ‖l_j‖²,
-// lcoef[r] = 2s/σ_j. Rows j ≥ m become zeros. One warp per landmark row, fixed reduction order.
+// hi/lo parts of σ_j·l_j (σ_j a power of two putting max_c |l_jc| in [1, 2)); lterm[r] =
+// 12 − k‖l_j‖², lkc[r] = k·2s/σ_j = log2(e)·s/σ_j. Rows j ≥ m become zeros with lterm = −inf (P = 0).
+// One warp per landmark row, fixed reduction order.
 template <typename T, int D>
-__device__ __forceinline__ void soft_tc_landmarks(u16 (*lh)[D + 8], u16 (*ll)[D + 8], float* lnorm, float* lcoef,
-                                                  const float* l, int j0, int rows, int m, float two_s) {
+__device__ __forceinline__ void soft_tc_landmarks(u16 (*lh)[D + 8], u16 (*ll)[D + 8], float* lterm, float* lkc,
+                                                  const float* l, int j0, int rows, int m, float log2e_s) {
   constexpr int CPL = (D + 31) / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll 1
@@ -129,8 +151,8 @@ __device__ __forceinline__ void soft_tc_landmarks(u16 (*lh)[D + 8], u16 (*ll)[D 
       }
     }
     if (lane == 0) {
-      lnorm[r] = nrm;
-      lcoef[r] = two_s / sg;
+      lterm[r] = j < m ? fmaf(-SOFT_TC_K, nrm, SOFT_TC_PLOG2) : SOFT_TC_NEG_INF;
+      lkc[r] = log2e_s / sg;
     }
   }
 }
@@ -139,7 +161,8 @@ __device__ __forceinline__ void soft_tc_landmarks(u16 (*lh)[D + 8], u16 (*ll)[D 
 // landmarks of tile blockIdx.z, all Dv columns. Grid: x = chunk, y = bh (grid-stride), z =
 // landmark tile. Warp w owns landmarks [16w, 16w + 16) of the tile; per 16 rows it computes
 // Gᵀ = (σL)·Xᵀ (hi, lo), Pᵀ in registers, then Pᵀ·V (hi, lo). K, V stream through two cp.async
-// stages of 64 rows. Traffic: K, V rows of the chunk once per landmark tile, L from L2.
+// stages of 64 rows; the row terms R of a stage are computed once by the whole CTA (xr).
+// Traffic: K, V rows of the chunk once per landmark tile, L from L2.
 template <typename T, int D>
 __device__ void soft_pass1_tc(const SoftKernelParams& p) {
   constexpr int LD = D + 8, KT = D / 16, NT = D / 8, ROWS = SOFT_TC_ROWS, THREADS = SOFT_TC_THREADS;
@@ -147,8 +170,9 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
   auto ll = lh + SOFT_LM;
   auto ks = reinterpret_cast<u16(*)[ROWS][LD]>(soft_tc_smem + 2 * SOFT_LM * LD);
   auto vs = ks + 2;
-  float* lnorm = reinterpret_cast<float*>(soft_tc_smem + (2 * SOFT_LM + 4 * ROWS) * LD);
-  float* lcoef = lnorm + SOFT_LM;
+  float* lterm = reinterpret_cast<float*>(soft_tc_smem + (2 * SOFT_LM + 4 * ROWS) * LD);
+  float* lkc = lterm + SOFT_LM;
+  float* xr = lkc + SOFT_LM;  // R of the current stage's rows (−inf past row_end)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int mat = lane / 8, r8 = lane % 8;
   const int j0 = blockIdx.z * SOFT_LM;
@@ -156,13 +180,17 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
   const int chunk = blockIdx.x;
   const int row_begin = chunk * p.rows_per_chunk;
   const int row_end = min(p.n, row_begin + p.rows_per_chunk);
-  const float s2 = p.scale * p.scale;
+  const float rk = -SOFT_TC_K * (p.scale * p.scale);
   // Per-lane byte addresses of the ldmatrix rows: stage 0 of K (B = Xᵀ) and of V (B = V), the
   // warp's landmark rows (A = σL, hi; lo one plane further).
   const u32 kaddr = smem_addr(&ks[0][(mat / 2) * 8 + r8][(mat % 2) * 8]);
   const u32 vaddr = smem_addr(&vs[0][r8 + (mat % 2) * 8][(mat / 2) * 8]);
   const u32 laddr = smem_addr(&lh[warp * 16 + lane % 16][(lane / 16) * 8]);
   constexpr u32 STAGE = ROWS * LD * 2;  // bytes of one stage of K or V
+  // Row terms: lane pair (l, l ^ 16) of warp w sums half the channels each of row 16w + l % 16
+  // (conflict-free 16-byte loads: 8 consecutive lanes read 8 different rows).
+  const int xrow = warp * 16 + lane % 16;
+  const u32 xaddr = smem_addr(&ks[0][xrow][(lane / 16) * (D / 2)]);
 
   for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
     const int b = bh / p.h, h = bh % p.h;
@@ -174,12 +202,12 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
     tc_stage<D, LD, ROWS, THREADS>(ks[0], k, p.k_sn, row_begin, row_end);
     tc_stage<D, LD, ROWS, THREADS>(vs[0], v, p.v_sn, row_begin, row_end);
     cp_async_commit();
-    soft_tc_landmarks<T, D>(lh, ll, lnorm, lcoef, l, j0, SOFT_LM, p.m, 2.f * p.scale);
+    soft_tc_landmarks<T, D>(lh, ll, lterm, lkc, l, j0, SOFT_LM, p.m, LOG2E_F * p.scale);
     __syncthreads();
 
-    // The warp's landmark norms and coefficients (rows g, g + 8).
-    const float ln0 = lnorm[warp * 16 + g], ln1 = lnorm[warp * 16 + g + 8];
-    const float cf0 = lcoef[warp * 16 + g], cf1 = lcoef[warp * 16 + g + 8];
+    // The warp's landmark terms (rows g, g + 8).
+    const float lt0 = lterm[warp * 16 + g], lt1 = lterm[warp * 16 + g + 8];
+    const float kc0 = lkc[warp * 16 + g], kc1 = lkc[warp * 16 + g + 8];
 
     float acc[NT][4];
 #pragma unroll
@@ -187,37 +215,38 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
 
     int buf = 0;
     for (int row0 = row_begin; row0 < row_end; row0 += ROWS, buf ^= 1) {
+      // Stage `buf` visible to all; every warp is done with stage buf ^ 1 and with xr, so the
+      // next stage is issued into buf ^ 1 now (it loads while this one is computed).
+      cp_async_wait<0>();
+      __syncthreads();
       if (row0 + ROWS < row_end) {
         tc_stage<D, LD, ROWS, THREADS>(ks[buf ^ 1], k, p.k_sn, row0 + ROWS, row_end);
         tc_stage<D, LD, ROWS, THREADS>(vs[buf ^ 1], v, p.v_sn, row0 + ROWS, row_end);
       }
       cp_async_commit();
-      cp_async_wait<1>();
+      {  // xr[r] = R of row row0 + r: fp32 sum of the squares of the stored 16-bit values
+        float sq = 0.f;
+#pragma unroll
+        for (int c = 0; c < D / 2; c += 8) {
+          const uint4 x = soft_lds128(xaddr + buf * STAGE + c * 2);
+          sq = soft_sq4<T>(x.z, x.w, soft_sq4<T>(x.x, x.y, sq));
+        }
+        sq += __shfl_xor_sync(0xffffffffu, sq, 16);  // a + b = b + a: both lanes get the same sum
+        // Rows past row_end (zero-filled): R = −inf, P = 0. g = 0 there unless a landmark is
+        // non-finite, and then Newton's Z makes every output of the (b,h) NaN anyway.
+        if (lane < 16) xr[xrow] = row0 + xrow < row_end ? rk * sq : SOFT_TC_NEG_INF;
+      }
       __syncthreads();
       if (active) {
 #pragma unroll 1
         for (int n0 = 0; n0 < ROWS; n0 += 16) {
           // B = Xᵀ (k = c, n = rows): bx[kt][0..1] rows n0 + g, bx[kt][2..3] rows n0 + 8 + g.
           u32 bx[KT][4];
-          float xa = 0.f, xb = 0.f;
 #pragma unroll
-          for (int kt = 0; kt < KT; ++kt) {
-            soft_ldsm_x4(bx[kt], kaddr + buf * STAGE + (n0 * LD + kt * 16) * 2);
-            xa = soft_sq4<T>(bx[kt][0], bx[kt][1], xa);
-            xb = soft_sq4<T>(bx[kt][2], bx[kt][3], xb);
-          }
-#pragma unroll
-          for (int off = 1; off < 4; off <<= 1) {  // the four lanes of a row, fixed order
-            xa += __shfl_xor_sync(0xffffffffu, xa, off);
-            xb += __shfl_xor_sync(0xffffffffu, xb, off);
-          }
-          // Accumulator columns 2t, 2t + 1 of n-tile nt are rows n0 + 8nt + 2t (+1): their norms
-          // sit in lanes g = 2t, 2t + 1.
-          float xn[2][2];
-          xn[0][0] = s2 * __shfl_sync(0xffffffffu, xa, 8 * t);
-          xn[0][1] = s2 * __shfl_sync(0xffffffffu, xa, 8 * t + 4);
-          xn[1][0] = s2 * __shfl_sync(0xffffffffu, xb, 8 * t);
-          xn[1][1] = s2 * __shfl_sync(0xffffffffu, xb, 8 * t + 4);
+          for (int kt = 0; kt < KT; ++kt) soft_ldsm_x4(bx[kt], kaddr + buf * STAGE + (n0 * LD + kt * 16) * 2);
+          // Accumulator columns 2t, 2t + 1 of n-tile nt are rows n0 + 8nt + 2t (+1).
+          const float2 xr0 = *reinterpret_cast<const float2*>(&xr[n0 + 2 * t]);
+          const float2 xr1 = *reinterpret_cast<const float2*>(&xr[n0 + 8 + 2 * t]);
 
           float gt[2][4];  // Gᵀ: landmarks g, g + 8 × rows n0 + 8nt + 2t (+1)
 #pragma unroll
@@ -235,10 +264,8 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
           for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
             for (int x = 0; x < 4; ++x) {
-              const float ln = x < 2 ? ln0 : ln1, cf = x < 2 ? cf0 : cf1;
-              const float d2 = nonneg(fmaf(-cf, gt[nt][x], xn[nt][x % 2] + ln));
-              const bool in = row0 + n0 + 8 * nt + 2 * t + (x % 2) < row_end;
-              gt[nt][x] = in ? expf(-0.5f * d2) * SOFT_TC_PSCALE : 0.f;
+              const float2 r = nt ? xr1 : xr0;
+              gt[nt][x] = soft_tc_p((x % 2 ? r.y : r.x) + (x < 2 ? lt0 : lt1), x < 2 ? kc0 : kc1, gt[nt][x]);
             }
           // Pᵀ as the A operand (m = landmarks, k = rows): the accumulator layout.
           u32 ph[4], pl[4];
@@ -257,7 +284,6 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
           }
         }
       }
-      __syncthreads();  // buffer `buf` is refilled two iterations from now
     }
     cp_async_wait<0>();
 
@@ -297,15 +323,15 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
   auto wh = ll + mpad;
   auto wl = wh + mpad;
   auto xs = reinterpret_cast<u16(*)[ROWS][LD]>(soft_tc_smem + 4 * mpad * LD);
-  float* lnorm = reinterpret_cast<float*>(soft_tc_smem + (4 * mpad + 2 * ROWS) * LD);
-  float* lcoef = lnorm + mpad;
-  float* csc = lcoef + mpad;  // per value column: max |W| (as bits), then its power-of-two scale
+  float* lterm = reinterpret_cast<float*>(soft_tc_smem + (4 * mpad + 2 * ROWS) * LD);
+  float* lkc = lterm + mpad;
+  float* csc = lkc + mpad;  // per value column: max |W| (as bits), then its power-of-two scale
   float* cinv = csc + D;     // 1 / (scale · 2^12)
   u32* cmax = reinterpret_cast<u32*>(csc);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int mat = lane / 8, r8 = lane % 8;
   const int tiles = div_up(p.n, ROWS);
-  const float s2 = p.scale * p.scale;
+  const float rk = -SOFT_TC_K * (p.scale * p.scale);
   // Per-lane byte addresses of the ldmatrix rows: (σL)ᵀ hi (lo one plane further), W hi (lo one
   // plane further).
   const u32 laddr = smem_addr(&lh[(mat / 2) * 8 + r8][(mat % 2) * 8]);
@@ -323,7 +349,7 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
     if (blockIdx.x < tiles) tc_stage<D, LD, ROWS, THREADS>(xs[0], q, p.q_sn, blockIdx.x * ROWS, p.n);
     cp_async_commit();
     for (int e = threadIdx.x; e < D; e += THREADS) cmax[e] = 0u;
-    soft_tc_landmarks<T, D>(lh, ll, lnorm, lcoef, l, 0, mpad, p.m, 2.f * p.scale);
+    soft_tc_landmarks<T, D>(lh, ll, lterm, lkc, l, 0, mpad, p.m, LOG2E_F * p.scale);
     __syncthreads();
     // Column maxima of |W| (non-negative floats order like their bits; NaN wins, then scale 1).
 #pragma unroll 1
@@ -369,8 +395,8 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
         x0 += __shfl_xor_sync(0xffffffffu, x0, off);
         x1 += __shfl_xor_sync(0xffffffffu, x1, off);
       }
-      x0 *= s2;
-      x1 *= s2;
+      x0 *= rk;  // R of rows g, g + 8
+      x1 *= rk;
 
       float acc[NT][4];
 #pragma unroll
@@ -393,16 +419,17 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
               mma16816<T>(gs[2 * np + 1], ax[kt], bl[2], bl[3]);
             }
         }
+        // Landmarks j ≥ m (zero rows, up to mpad) have lterm = −inf: P = 0 without a mask
+        // (g = 0 there unless the Q row is non-finite: that row is then NaN, which
+        // docs/non-finite.md allows).
 #pragma unroll
         for (int n = 0; n < NJ; ++n) {
           const int j = jb + n * 8 + 2 * t;
-          const float2 ln = *reinterpret_cast<const float2*>(&lnorm[j]);
-          const float2 cf = *reinterpret_cast<const float2*>(&lcoef[j]);
+          const float2 lt = *reinterpret_cast<const float2*>(&lterm[j]);
+          const float2 kc = *reinterpret_cast<const float2*>(&lkc[j]);
 #pragma unroll
-          for (int x = 0; x < 4; ++x) {
-            const float d2 = nonneg(fmaf(x % 2 ? -cf.y : -cf.x, gs[n][x], (x < 2 ? x0 : x1) + (x % 2 ? ln.y : ln.x)));
-            gs[n][x] = j + (x % 2) < p.m ? expf(-0.5f * d2) * SOFT_TC_PSCALE : 0.f;
-          }
+          for (int x = 0; x < 4; ++x)
+            gs[n][x] = soft_tc_p((x < 2 ? x0 : x1) + (x % 2 ? lt.y : lt.x), x % 2 ? kc.y : kc.x, gs[n][x]);
         }
 #pragma unroll
         for (int kk = 0; kk < NJ / 2; ++kk) {  // k-step: landmarks jb + 16kk + [0, 16)
@@ -468,7 +495,7 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
   SOFT_TC(64, 4, T, NAME)
 
 // Mirrored in src/ops/soft.rs (mod tc); a change here must be made there too.
-static_assert(soft_tc_pass1_smem(64) == 55808 && soft_tc_pass2_smem(64, 64) == 56320 &&
+static_assert(soft_tc_pass1_smem(64) == 56064 && soft_tc_pass2_smem(64, 64) == 56320 &&
                   soft_tc_pass2_smem(64, 256) == 168448 && soft_tc_pass2_smem(32, 7) == 15744 &&
                   SOFT_TC_THREADS == 128 && SOFT_TC_ROWS == 64,
               "SOFT tensor-core launch geometry changed: update Rust");

@@ -64,19 +64,20 @@ mod tc {
     fn mpad(m: usize) -> usize {
         m.div_ceil(16) * 16
     }
-    /// Dynamic shared memory of pass 1: L hi/lo of a tile, K and V double-buffered, norms.
+    /// Dynamic shared memory of pass 1: L hi/lo of a tile, K and V double-buffered, the
+    /// landmark terms, the row terms of one stage.
     pub fn pass1_smem(d: usize) -> usize {
-        (2 * LM + 4 * TC_ROWS) * (d + 8) * 2 + 2 * LM * 4
+        (2 * LM + 4 * TC_ROWS) * (d + 8) * 2 + 2 * LM * 4 + TC_ROWS * 4
     }
     /// Dynamic shared memory of pass 2: L and W hi/lo of all landmarks, Q double-buffered,
-    /// per-landmark norms and coefficients, per-column scales.
+    /// per-landmark exponent terms and coefficients, per-column scales.
     pub fn pass2_smem(d: usize, m: usize) -> usize {
         (4 * mpad(m) + 2 * TC_ROWS) * (d + 8) * 2 + 2 * mpad(m) * 4 + 2 * d * 4
     }
     // The values the static_assert in kernels/soft_tc.cuh pins.
     #[test]
     fn geometry_matches_the_kernel_header() {
-        assert_eq!(pass1_smem(64), 55808);
+        assert_eq!(pass1_smem(64), 56064);
         assert_eq!(pass2_smem(64, 64), 56320);
         assert_eq!(pass2_smem(64, 256), 168448);
         assert_eq!(pass2_smem(32, 7), 15744);

@@ -47,6 +47,33 @@ def expf(x):
         return np.exp(f32(x)).astype(F32)
 
 
+LOG2E = F32(1.4426950408889634)
+
+
+def ex2(x):  # ex2_fast: ex2.approx.ftz.f32 (≤ 2 ulp of exp2; emulated exactly rounded)
+    with np.errstate(all="ignore"):
+        return np.exp2(f32(x)).astype(F32)
+
+
+def aft_exp(dt, x, m, l2s=F32(0)):
+    """AftExp<T>(m, l2s)(x): expf(x − m) for f32 storage, else ex2(x·log2e + (−m·log2e + l2s))."""
+    if dt.name == "f32":
+        return expf(sub(x, m))
+    return ex2(fmaf(x, LOG2E, fmaf(-f32(m), LOG2E, l2s)))
+
+
+def fdividef(a, b):  # __fdividef: a·rcp(b) (≤ 2 ulp; 0 for 2^126 < |b| < 2^128)
+    with np.errstate(all="ignore"):
+        r = div(a, b)
+        return np.where(np.abs(f32(b)) > F32(2.0**126), F32(0) * f32(a), r).astype(F32)
+
+
+def sigmoid_t(dt, x):  # aft_sigmoid_t<T>
+    if dt.name == "f32":
+        return sigmoid(x)
+    return fdividef(F32(1), add(F32(1), ex2(mul(-f32(x), LOG2E))))
+
+
 def fmaf(a, b, c):
     with np.errstate(all="ignore"):
         return (f32(a).astype(F64) * f32(b).astype(F64) + f32(c).astype(F64)).astype(F32)
@@ -389,7 +416,7 @@ def aft_chunk(cx, bid):
         br = m != NEG_INF
         for i in range(PER):
             act = br & ~(kx[:, i] == NEG_INF)
-            e = expf(sub(kx[:, i], m))
+            e = aft_exp(dt, kx[:, i], m)
             sa = np.where(act, fmaf(e, vx[:, i], sa), sa).astype(F32)
             sz = np.where(act, add(sz, e), sz).astype(F32)
         for i in range(PER):
@@ -515,17 +542,21 @@ def aft_map(cx, bid):
         q = p.q + (b * p.q_sb + h * p.q_sh) * dt.size
         o = p.o + (b * p.o_sb + h * p.o_sh) * dt.size
         blk = bx
+        tx, ty = TID % AFT_CT, TID // AFT_CT
+        LANES = AFT_THREADS // AFT_CT
         while blk < p.chunks:
-            row0 = blk * AFT_CHUNK
-            rows = min(AFT_CHUNK, p.t - row0)
-            n = rows * p.d
-            for it in range(div_up(max(n, 0), 256)):
-                i = TID + 256 * it
-                act = i < n
-                r, c = row0 + i // p.d, i % p.d
-                qv = mem.load(q + (r * p.q_sn + c) * dt.size, act, "q")
-                y = mul(sigmoid(qv), ratio.read(c, TID, act, "ratio[c]"))
-                mem.store(o + (r * p.o_sn + c) * dt.size, dt.from_f32(y), act, "o")
+            row0 = blk * AFT_CHUNK + ty
+            rows = -((-(min(AFT_CHUNK, p.t - blk * AFT_CHUNK) - ty)) // LANES)  # div_up, ≥ 0 here
+            for ct in range(div_up(p.d, AFT_CT)):
+                c = tx + AFT_CT * ct
+                cok = c < p.d
+                rc = ratio.read(c, TID, cok, "ratio[c]")
+                for i in range(int(rows.max()) if cok.any() else 0):
+                    act = cok & (i < rows)
+                    r = row0 + LANES * i
+                    qv = mem.load(q + (r * p.q_sn + c) * dt.size, act, "q")
+                    y = mul(sigmoid_t(dt, qv), rc)
+                    mem.store(o + (r * p.o_sn + c) * dt.size, dt.from_f32(y), act, "o")
             blk += gdx
         bh += gdy
 
@@ -879,6 +910,9 @@ def aft_window_tc(cx, bid):
     ratio = Smem(ROWS * TC_LD, "ratio", races)
     rsh, gsh, msh = Smem(ROWS, "rsh", races), Smem(ROWS, "gsh", races), Smem(AFT_CT, "msh", races)
     ash, zsh, ssh = Smem(AFT_CT, "ash", races), Smem(AFT_CT, "zsh", races), Smem(AFT_CT, "ssh", races)
+    wcf = Smem(2 * ROWS, "wcf", races)  # float2 per row
+    l2sw = F32(15) if scaled(dt) else F32(0)
+    ep, wk, wr = 2 * lane, 2 * (tid % 16), tid // 16
     ctiles = div_up(p.d, AFT_CT)
     bh, c0 = bx // ctiles, (bx % ctiles) * AFT_CT
     b, h = bh // p.h, bh % p.h
@@ -916,7 +950,19 @@ def aft_window_tc(cx, bid):
         ssh.write(tid, se, tid, first, "ssh")
         ash.write(tid, mul(mul(a, sw), se), tid, first, "ash")
         zsh.write(tid, mul(mul(z, sw), sw), tid, first, "zsh")
+        rows_ = tid < ROWS
+        rr = np.minimum(tid, ROWS - 1)
+        wcf.write(2 * rr, fmaf(-rsh.read(rr, tid, rows_, "rsh"), LOG2E, l2sw), tid, rows_, "wcf.x")
+        wcf.write(2 * rr + 1, mul(gsh.read(rr, tid, rows_, "gsh"), sw), tid, rows_, "wcf.y")
         races.barrier()
+        # The staging threads' channel shifts and V factors (E: channels ep, ep + 1 of the tile).
+        eok = [c0 + ep < p.d, c0 + ep + 1 < p.d]
+        eml, evf = [], []
+        for x in range(2):
+            mc = np.where(eok[x], msh.read(np.minimum(ep + x, AFT_CT - 1), tid, eok[x], "msh[ep]"), F32(0))
+            eml.append(fmaf(-mc, LOG2E, l2sw).astype(F32))
+            sv = np.where(eok[x], ssh.read(np.minimum(ep + x, AFT_CT - 1), tid, eok[x], "ssh[ep]"), F32(0))
+            evf.append(np.where(eok[x], div(sv, sw), F32(0)).astype(F32))
 
         acc = np.zeros((NT, 2, 2, 4, 4), F32)  # [num/den, mi, nj, e]
         for mi in range(2):
@@ -931,16 +977,49 @@ def aft_window_tc(cx, bid):
         while kb < hi:
             STATS["kblocks"] += 1
             races.barrier()
-            et, er, ecc, e, ev, bad = e_values(cx, k, v, kb, hi, c0, msh, NT)
-            et = tc_pair_thread(er * AFT_CT + ecc, AFT_CT, NT)  # two adjacent channels per thread
-            sv = ssh.read(ecc, et, None, "ssh[cc]")
-            op.write(er * TC_KLD + ecc, dt.from_f32(mul(ev, sv)).astype(F32), et, None, "kv[r][cc] (E.V, u32)")
-            op.write(er * TC_KLD + AFT_CT + ecc, dt.from_f32(mul(e, sw)).astype(F32), et, None, "kv[r][64+cc] (E, u32)")
+            # E staging: thread (warp, lane) stages keys warp + 4i, channels ep, ep + 1.
             bad = np.zeros(NT, bool)
-            np.logical_or.at(bad, et, ~np.isfinite(e) | ~np.isfinite(ev))
-            wt_, wi, wr_, wt = w_values(cx, h, t0, kb, hi, rsh, gsh, NT)
-            wt_ = tc_pair_thread(wi * KB + wr_, KB, NT)  # two adjacent keys per thread
-            op.write(WS + wi * TC_WLD + wr_, dt.from_f32(mul(wt, sw)).astype(F32), wt_, None, "ws[i][r] (u32)")
+            for i in range(KB // 4):
+                r = warp + 4 * i
+                rok = kb + r < hi
+                evs, es = [], []
+                for x in range(2):
+                    c = c0 + ep + x
+                    act = rok & eok[x]
+                    kv_ = mem.load(k + ((kb + r) * p.k_sn + c) * sz, act, "k")
+                    vv = mem.load(v + ((kb + r) * p.v_sn + c) * sz, act, "v")
+                    e = np.where(act, ex2(fmaf(kv_, LOG2E, eml[x])), F32(0)).astype(F32)
+                    ev = np.where(act, mul(e, mul(vv, evf[x])), F32(0)).astype(F32)
+                    bad |= ~np.isfinite(ev)
+                    es.append(e)
+                    evs.append(ev)
+                    op.write(r * TC_KLD + ep + x, dt.from_f32(ev).astype(F32), tid, None, "kv[r][ep] (E.V, u32)")
+                    op.write(r * TC_KLD + AFT_CT + ep + x, dt.from_f32(e).astype(F32), tid, None, "kv[r][64+ep] (E, u32)")
+            # W staging: thread stages keys wk, wk + 1 of rows wr + 8n.
+            sb = min(p.window, p.t)
+            band = 2 * p.window - 1
+            for n in range(ROWS // 8):
+                i = wr + 8 * n
+                t = t0 + i
+                tp = kb + wk
+                if p.variant == AFT_SIMPLE:
+                    lim = np.where(t >= p.t, 0, np.minimum(hi, t + 1))
+                    for x in range(2):
+                        wv = np.where(tp + x < lim, sw, F32(0)).astype(F32)
+                        op.write(WS + i * TC_WLD + wk + x, dt.from_f32(wv).astype(F32), tid, None, "ws[i][wk] (u32)")
+                    continue
+                cfx = wcf.read(2 * i, tid, None, "wcf[i].x")
+                cfy = wcf.read(2 * i + 1, tid, None, "wcf[i].y")
+                lim = np.where(t >= p.t, 0, np.minimum(hi, t + 1) if p.causal else hi)
+                o_ = tp - t + sb - 1
+                for x in range(2):
+                    valid = tp + x < lim
+                    inb = valid & (o_ + x >= 0) & (o_ + x < 2 * sb - 1)
+                    row = t if p.variant == AFT_LOCAL else np.full(t.shape, h)
+                    wv = mem.load(p.w + (row * band + (tp + x - t + p.window - 1)) * 4, inb, "w")
+                    val = np.where(valid, cfy, F32(0)).astype(F32)
+                    val = np.where(inb, ex2(fmaf(wv, LOG2E, cfx)), val).astype(F32)
+                    op.write(WS + i * TC_WLD + wk + x, dt.from_f32(val).astype(F32), tid, None, "ws[i][wk] (u32)")
             races.barrier()  # __syncthreads_or
             if p.causal and kb + KB - 1 > t0 and bad.any():
                 STATS["tc_scalar_blocks"] += 1
@@ -986,7 +1065,7 @@ def aft_window_tc(cx, bid):
                         x = 2 * hh + e1
                         cc = col_of(nj, e1)
                         sv = ssh.read(cc, tid, None, "ssh[cc]")
-                        y = mul(div(acc[:, 0, mi, nj, x], acc[:, 1, mi, nj, x]), div(sw, sv))
+                        y = mul(fdividef(acc[:, 0, mi, nj, x], acc[:, 1, mi, nj, x]), div(sw, sv))
                         sl = (acc[:, 1, mi, nj, x] < floor) & (t0 + row < p.t) & (c0 + cc < p.d)
                         slow |= sl.astype(np.int64) << (((mi * 4 + nj) * 2 + hh) * 2 + e1)
                         ratio.write(row * TC_LD + cc, y, tid, None, "ratio (float2)")
@@ -999,14 +1078,14 @@ def aft_window_tc(cx, bid):
             y = aft_exact(cx, k, v, h, t0 + row, c0 + cc)
             ratio.write(row * TC_LD + cc, y, th, None, "ratio (slow)")
         races.barrier()
-        for it in range(ROWS * AFT_CT // NT):
-            idx = tid + NT * it
-            row, cc = idx // AFT_CT, idx % AFT_CT
-            t, c = t0 + row, c0 + cc
-            ok = (t < p.t) & (c < p.d)
+        occ, orow0 = lane + 32 * (warp % 2), warp // 2  # thread: one channel, rows orow0 + 2i
+        for it in range(ROWS // 2):
+            row = orow0 + 2 * it
+            t, c = t0 + row, c0 + occ
+            ok = (row < min(ROWS, p.t - t0)) & (c < p.d)
             qv = mem.load(q + (t * p.q_sn + c) * sz, ok, "q")
-            rv = ratio.read(row * TC_LD + cc, tid, ok, "ratio")
-            y = mul(sigmoid(qv), rv)
+            rv = ratio.read(row * TC_LD + occ, tid, ok, "ratio")
+            y = mul(sigmoid_t(dt, qv), rv)
             mem.store(o + (t * p.o_sn + c) * sz, dt.from_f32(y), ok, "o")
         tile += gdy
 
@@ -1065,9 +1144,8 @@ def aft_full_b(cx, bid):
             act = inr & live
             kv = mem.load(k + (t * p.k_sn + c) * dt.size, act, "k")
             vv = mem.load(v + (t * p.v_sn + c) * dt.size, act, "v")
-            e = np.where(act, expf(sub(kv, mc)), F32(0)).astype(F32)
-            ev = np.where(act, mul(mul(e, vv), sev), F32(0)).astype(F32)
-            e = np.where(act, mul(e, se), F32(0)).astype(F32)
+            e = np.where(act, aft_exp(dt, kv, mc, F32(15) if scaled(dt) else F32(0)), F32(0)).astype(F32)
+            ev = np.where(act, mul(e, mul(vv, div(sev, se))), F32(0)).astype(F32)
             row = p.bmat + (t * p.bcols + tile * FG_TILE) * 2
             mem.store(row + 2 * cc, dt.from_f32(ev), inr, "bmat")
             mem.store(row + 2 * (AFT_CT + cc), dt.from_f32(e), inr, "bmat")
@@ -1205,10 +1283,10 @@ def aft_full_tc_gen(cx, bid, cl=1, rank=0, smems=None):
         for i in range(slots):
             row = row_of_slot(i)
             end = np.minimum(p.t, t0 + row + 1) if p.causal else p.t
-            r = rsh.read(own_of_slot(i), tid, None, "rsh")
+            r = rsh.read(own_of_slot(i), tid, None, "rcf")
             for e in range(2):
                 ok = tp + e < end
-                ap[:, i, e] = np.where(ok, dt.from_f32(mul(expf(sub(wreg[:, i, e], r)), scale)).astype(F32), F32(0))
+                ap[:, i, e] = np.where(ok, dt.from_f32(ex2(fmaf(wreg[:, i, e], LOG2E, r))).astype(F32), F32(0))
         return ap
 
     def store_w(stage, ap):  # cl > 1: st.shared::cluster into every CTA's A stage
@@ -1288,7 +1366,8 @@ def aft_full_tc_gen(cx, bid, cl=1, rank=0, smems=None):
         row0 = t0 + (0 if cl == 1 else rank * nown)
         act = tid < nown
         rv = mem.load(p.rmax + 4 * (row0 + tid), act & (row0 + tid < p.t), "rmax")
-        rsh.write(tid, np.where(row0 + tid < p.t, rv, F32(0)), tid, act, "rsh")
+        l2s = F32(15) if scaled(dt) else F32(0)
+        rsh.write(tid, fmaf(-np.where(row0 + tid < p.t, rv, F32(0)), LOG2E, l2s), tid, act, "rcf")
         acc = np.zeros((NT, 2, 4, 4, 4), F32)
         wreg = load_w(t0, 0)
         copy_b(0, 0)
@@ -1359,7 +1438,7 @@ def aft_full_tc_gen(cx, bid, cl=1, rank=0, smems=None):
                         sl = ok & (dn < tiny)
                         fast = ok & ~sl
                         qv = mem.load(q + (t * p.q_sn + c) * sz, fast, "q")
-                        y = mul(sigmoid(qv), mul(div(acc[:, 0, mi, j, e], dn), unscale[:, j, e % 2]))
+                        y = mul(sigmoid_t(dt, qv), mul(fdividef(acc[:, 0, mi, j, e], dn), unscale[:, j, e % 2]))
                         mem.store(o + (t * p.o_sn + c) * sz, dt.from_f32(y), fast, "o")
                         slow_t.append(t[sl])
                         slow_c.append(c[sl])
@@ -1368,7 +1447,7 @@ def aft_full_tc_gen(cx, bid, cl=1, rank=0, smems=None):
                 c = np.concatenate(slow_c)
                 STATS["slow"] += t.size
                 qv = mem.load(q + (t * p.q_sn + c) * sz, np.ones(t.shape, bool), "q")
-                y = mul(sigmoid(qv), aft_exact(cx, k, v, h_, t, c))
+                y = mul(sigmoid_t(dt, qv), aft_exact(cx, k, v, h_, t, c))
                 mem.store(o + (t * p.o_sn + c) * sz, dt.from_f32(y), np.ones(t.shape, bool), "o")
         it += gdy
     if cl > 1:  # final cluster_sync

@@ -17,6 +17,10 @@ from emu import (F32, U16, U32, LANE, G, T4, MAT, R8, Races, Smem, CpAsync,  # n
 
 LM, ROWS, WARPS, LM2, PSCALE = 64, 64, 4, 16, F32(4096)
 THREADS = WARPS * 32
+PLOG2 = F32(12)                        # SOFT_TC_PLOG2
+LOG2E = F32(1.4426950408889634)        # LOG2E_F
+KEXP = F32(F32(0.5) * LOG2E)           # SOFT_TC_K
+NINF = F32(-np.inf)
 
 
 def mpad_of(m):
@@ -24,7 +28,7 @@ def mpad_of(m):
 
 
 def pass1_smem(d):
-    return (2 * LM + 4 * ROWS) * (d + 8) * 2 + 2 * LM * 4
+    return (2 * LM + 4 * ROWS) * (d + 8) * 2 + 2 * LM * 4 + ROWS * 4
 
 
 def pass2_smem(d, m):
@@ -65,21 +69,30 @@ def sq4(x, y, acc):
     return fmaf(e, e, acc)
 
 
-def nonneg(x):  # common.cuh nonneg: x < 0 ? 0 : x (NaN kept)
-    x = f32(x)
-    return np.where(x < 0, F32(0), x).astype(F32)
+def ex2_fast(x):  # ex2.approx.ftz.f32 (as exact exp2; results below 2^-126 flushed to 0)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        y = np.exp2(np.asarray(x, F32)).astype(F32)
+    return np.where(y < F32(2.0 ** -126), F32(0), y).astype(F32)
 
 
-def expf(x):
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.exp(np.asarray(x, np.float64)).astype(F32)
+def fmin_nan(a, b):  # min.NaN.f32
+    return np.minimum(np.asarray(a, F32), np.asarray(b, F32)).astype(F32)
+
+
+def fadd(a, b):
+    with np.errstate(invalid="ignore", over="ignore"):
+        return (np.asarray(a, F32) + np.asarray(b, F32)).astype(F32)
+
+
+def soft_tc_p(rl, kc, g):  # 2^12·exp(−½d²) from the exponent terms
+    return ex2_fast(fmin_nan(PLOG2, fmaf(kc, g, rl)))
 
 
 def shfl_xor(v, off):
     return v[LANE ^ off]
 
 
-def soft_tc_landmarks(D, dyn, lh, ll, fl, lnorm, lcoef, Lg, lbase, j0, rows, m, two_s):
+def soft_tc_landmarks(D, dyn, lh, ll, fl, lterm, lkc, Lg, lbase, j0, rows, m, log2e_s):
     """soft_tc_landmarks<T, D>: one warp per landmark row r (stride WARPS)."""
     LD = D + 8
     CPL = (D + 31) // 32
@@ -109,8 +122,9 @@ def soft_tc_landmarks(D, dyn, lh, ll, fl, lnorm, lcoef, Lg, lbase, j0, rows, m, 
                     lo = emu.f16bits(f32(y - emu.bits2f32(hi)))
                 dyn.write(lh + r * LD + c[ok], hi[ok], warp, "landmarks hi")
                 dyn.write(ll + r * LD + c[ok], lo[ok], warp, "landmarks lo")
-            fl.write(lnorm + r, nrm[0], warp, "lnorm")
-            fl.write(lcoef + r, f32(two_s / sg[0]), warp, "lcoef")
+            lt = fmaf(-KEXP, nrm[0], PLOG2) if j < m else NINF
+            fl.write(lterm + r, lt, warp, "lterm")
+            fl.write(lkc + r, f32(log2e_s / sg[0]), warp, "lkc")
 
 
 def soft_pass1_tc(p, D, bx, by, bz, gdy, races_out):
@@ -118,24 +132,26 @@ def soft_pass1_tc(p, D, bx, by, bz, gdy, races_out):
     races = Races()
     nu16 = (2 * LM + 4 * ROWS) * LD
     dyn = Smem(nu16, U16, "p1.dyn", races)
-    fl = Smem(2 * LM, F32, "p1.f32", races)
-    assert pass1_smem(D) == nu16 * 2 + 2 * LM * 4
+    fl = Smem(2 * LM + ROWS, F32, "p1.f32", races)
+    assert pass1_smem(D) == nu16 * 2 + (2 * LM + ROWS) * 4
     cpa = CpAsync([dyn])
     lh, ll = 0, LM * LD
     ks = lambda b: 2 * LM * LD + b * ROWS * LD
     vs = lambda b: 2 * LM * LD + (2 + b) * ROWS * LD
-    lnorm, lcoef = 0, LM
+    lterm, lkc, xr = 0, LM, 2 * LM
     m, n = p["m"], p["n"]
     j0 = bz * LM
     chunk = bx
     row_begin = chunk * p["rows_per_chunk"]
     row_end = min(n, row_begin + p["rows_per_chunk"])
     scale = F32(p["scale"])
-    s2 = f32(scale * scale)
+    rk = f32(-KEXP * f32(scale * scale))
     kaddr = ks(0) + ((MAT // 2) * 8 + R8) * LD + (MAT % 2) * 8
     vaddr = vs(0) + (R8 + (MAT % 2) * 8) * LD + (MAT // 2) * 8
     laddr = {w: lh + (w * 16 + LANE % 16) * LD + (LANE // 16) * 8 for w in range(WARPS)}
     STAGE = ROWS * LD
+    xrow = {w: w * 16 + LANE % 16 for w in range(WARPS)}
+    xaddr = {w: ks(0) + xrow[w] * LD + (LANE // 16) * (D // 2) for w in range(WARPS)}
     K, V, Lg, part = p["K"], p["V"], p["L"], p["partial"]
     for bh in range(by, p["b"] * p["h"], gdy):
         b, h = bh // p["h"], bh % p["h"]
@@ -146,22 +162,32 @@ def soft_pass1_tc(p, D, bx, by, bz, gdy, races_out):
         tc_stage(D, LD, ROWS, THREADS, dyn, ks(0), K, kb, p["k_sn"], row_begin, row_end, cpa)
         tc_stage(D, LD, ROWS, THREADS, dyn, vs(0), V, vb, p["v_sn"], row_begin, row_end, cpa)
         cpa.commit()
-        soft_tc_landmarks(D, dyn, lh, ll, fl, lnorm, lcoef, Lg, lbase, j0, LM, m, f32(F32(2) * scale))
+        soft_tc_landmarks(D, dyn, lh, ll, fl, lterm, lkc, Lg, lbase, j0, LM, m, f32(LOG2E * scale))
         races.barrier()
         st = {}
         for w in range(WARPS):
             st[w] = dict(
-                ln0=fl.read(lnorm + w * 16 + G, w, "ln0"), ln1=fl.read(lnorm + w * 16 + G + 8, w, "ln1"),
-                cf0=fl.read(lcoef + w * 16 + G, w, "cf0"), cf1=fl.read(lcoef + w * 16 + G + 8, w, "cf1"),
+                lt0=fl.read(lterm + w * 16 + G, w, "lt0"), lt1=fl.read(lterm + w * 16 + G + 8, w, "lt1"),
+                kc0=fl.read(lkc + w * 16 + G, w, "kc0"), kc1=fl.read(lkc + w * 16 + G + 8, w, "kc1"),
                 acc=np.zeros((NT, 4, 32), F32), active=j0 + w * 16 < m)
         buf = 0
         row0 = row_begin
         while row0 < row_end:
+            cpa.wait(0)
+            races.barrier()
             if row0 + ROWS < row_end:
                 tc_stage(D, LD, ROWS, THREADS, dyn, ks(buf ^ 1), K, kb, p["k_sn"], row0 + ROWS, row_end, cpa)
                 tc_stage(D, LD, ROWS, THREADS, dyn, vs(buf ^ 1), V, vb, p["v_sn"], row0 + ROWS, row_end, cpa)
             cpa.commit()
-            cpa.wait(1)
+            for w in range(WARPS):  # row terms: lanes l, l ^ 16 each sum half the channels of a row
+                vals = dyn.read(xaddr[w][:, None] + buf * STAGE + np.arange(D // 2)[None, :], w, "p1 K rows")
+                xv = emu.bits2f32(vals)
+                sq = np.zeros(32, F32)
+                for c in range(D // 2):
+                    sq = fmaf(xv[:, c], xv[:, c], sq)
+                sq = f32(sq + shfl_xor(sq, 16))
+                rr = np.where(row0 + xrow[w] < row_end, f32(rk * sq), NINF).astype(F32)
+                fl.write(xr + xrow[w][:16], rr[:16], w, "xr")
             races.barrier()
             for w in range(WARPS):
                 S = st[w]
@@ -170,17 +196,10 @@ def soft_pass1_tc(p, D, bx, by, bz, gdy, races_out):
                 acc = S["acc"]
                 for n0 in range(0, ROWS, 16):
                     bxs = []
-                    xa, xb = np.zeros(32, F32), np.zeros(32, F32)
                     for kt in range(KT):
-                        r = ldmatrix(dyn, kaddr + buf * STAGE + n0 * LD + kt * 16, w, 4, False, "p1 K")
-                        bxs.append(r)
-                        xa = sq4(r[0], r[1], xa)
-                        xb = sq4(r[2], r[3], xb)
-                    for off in (1, 2):
-                        xa = f32(xa + shfl_xor(xa, off))
-                        xb = f32(xb + shfl_xor(xb, off))
-                    xn = [[f32(s2 * xa[8 * T4]), f32(s2 * xa[8 * T4 + 4])],
-                          [f32(s2 * xb[8 * T4]), f32(s2 * xb[8 * T4 + 4])]]
+                        bxs.append(ldmatrix(dyn, kaddr + buf * STAGE + n0 * LD + kt * 16, w, 4, False, "p1 K"))
+                    xr0 = (fl.read(xr + n0 + 2 * T4, w, "xr"), fl.read(xr + n0 + 2 * T4 + 1, w, "xr"))
+                    xr1 = (fl.read(xr + n0 + 8 + 2 * T4, w, "xr"), fl.read(xr + n0 + 8 + 2 * T4 + 1, w, "xr"))
                     gt = [np.zeros((4, 32), F32), np.zeros((4, 32), F32)]
                     for prt in range(2):
                         for kt in range(KT):
@@ -189,11 +208,10 @@ def soft_pass1_tc(p, D, bx, by, bz, gdy, races_out):
                             gt[1] = mma16816(gt[1], al, bxs[kt][2], bxs[kt][3])
                     for nt in range(2):
                         for x in range(4):
-                            ln = S["ln0"] if x < 2 else S["ln1"]
-                            cf = S["cf0"] if x < 2 else S["cf1"]
-                            d2 = nonneg(fmaf(-cf, gt[nt][x], f32(xn[nt][x % 2] + ln)))
-                            inn = row0 + n0 + 8 * nt + 2 * T4 + (x % 2) < row_end
-                            gt[nt][x] = np.where(inn, f32(expf(f32(F32(-0.5) * d2)) * PSCALE), F32(0))
+                            r = (xr1 if nt else xr0)[x % 2]
+                            lt = S["lt0"] if x < 2 else S["lt1"]
+                            kc = S["kc0"] if x < 2 else S["kc1"]
+                            gt[nt][x] = soft_tc_p(fadd(r, lt), kc, gt[nt][x])
                     ph, pl = [None] * 4, [None] * 4
                     ph[0], pl[0] = split2(gt[0][0], gt[0][1])
                     ph[1], pl[1] = split2(gt[0][2], gt[0][3])
@@ -205,7 +223,6 @@ def soft_pass1_tc(p, D, bx, by, bz, gdy, races_out):
                         acc[e0 // 8 + 1] = mma16816(acc[e0 // 8 + 1], ph, bv[2], bv[3])
                         acc[e0 // 8] = mma16816(acc[e0 // 8], pl, bv[0], bv[1])
                         acc[e0 // 8 + 1] = mma16816(acc[e0 // 8 + 1], pl, bv[2], bv[3])
-            races.barrier()
             row0 += ROWS
             buf ^= 1
         cpa.wait(0)
@@ -241,10 +258,10 @@ def soft_pass2_tc(p, D, bx, by, gdx, gdy, races_out):
     cpa = CpAsync([dyn])
     lh, ll, wh, wl = 0, mpad * LD, 2 * mpad * LD, 3 * mpad * LD
     xs = lambda b: 4 * mpad * LD + b * ROWS * LD
-    lnorm, lcoef, csc, cinv = 0, mpad, 2 * mpad, 2 * mpad + D
+    lterm, lkc, csc, cinv = 0, mpad, 2 * mpad, 2 * mpad + D
     tiles = -(-n // ROWS)
     scale = F32(p["scale"])
-    s2 = f32(scale * scale)
+    rk = f32(-KEXP * f32(scale * scale))
     laddr = lh + ((MAT // 2) * 8 + R8) * LD + (MAT % 2) * 8
     waddr = wh + (R8 + (MAT % 2) * 8) * LD + (MAT // 2) * 8
     plane = mpad * LD
@@ -261,7 +278,7 @@ def soft_pass2_tc(p, D, bx, by, gdx, gdy, races_out):
         cpa.commit()
         for e in range(D):
             fl.write(csc + e, F32(0), (e % THREADS) // 32, "cmax zero")
-        soft_tc_landmarks(D, dyn, lh, ll, fl, lnorm, lcoef, Lg, lbase, 0, mpad, m, f32(F32(2) * scale))
+        soft_tc_landmarks(D, dyn, lh, ll, fl, lterm, lkc, Lg, lbase, 0, mpad, m, f32(LOG2E * scale))
         races.barrier()
         # atomicMax on the bits of |w| (order-free); bypasses the race detector (atomics)
         wv = np.abs(Wg.read(wbase + np.arange(m * D)).reshape(m, D)).astype(F32)
@@ -309,8 +326,8 @@ def soft_pass2_tc(p, D, bx, by, gdx, gdy, races_out):
                 for off in (1, 2):
                     x0 = f32(x0 + shfl_xor(x0, off))
                     x1 = f32(x1 + shfl_xor(x1, off))
-                x0 = f32(x0 * s2)
-                x1 = f32(x1 * s2)
+                x0 = f32(x0 * rk)
+                x1 = f32(x1 * rk)
                 acc = np.zeros((NT, 4, 32), F32)
                 for jb in range(0, m, LM2):
                     gs = [np.zeros((4, 32), F32) for _ in range(NJ)]
@@ -323,16 +340,15 @@ def soft_pass2_tc(p, D, bx, by, gdx, gdy, races_out):
                                 gs[2 * np_ + 1] = mma16816(gs[2 * np_ + 1], ax[kt], bl[2], bl[3])
                     for nn in range(NJ):
                         j = jb + nn * 8 + 2 * T4
-                        lnx = fl.read(lnorm + j, w, "lnorm")
-                        lny = fl.read(lnorm + j + 1, w, "lnorm")
-                        cfx = fl.read(lcoef + j, w, "lcoef")
-                        cfy = fl.read(lcoef + j + 1, w, "lcoef")
+                        ltx = fl.read(lterm + j, w, "lterm")
+                        lty = fl.read(lterm + j + 1, w, "lterm")
+                        kcx = fl.read(lkc + j, w, "lkc")
+                        kcy = fl.read(lkc + j + 1, w, "lkc")
                         for x in range(4):
-                            cf = cfy if x % 2 else cfx
-                            ln = lny if x % 2 else lnx
+                            kc = kcy if x % 2 else kcx
+                            lt = lty if x % 2 else ltx
                             xx = x0 if x < 2 else x1
-                            d2 = nonneg(fmaf(-cf, gs[nn][x], f32(xx + ln)))
-                            gs[nn][x] = np.where(j + (x % 2) < m, f32(expf(f32(F32(-0.5) * d2)) * PSCALE), F32(0))
+                            gs[nn][x] = soft_tc_p(fadd(xx, lt), kc, gs[nn][x])
                     for kk in range(NJ // 2):
                         ph, pl = [None] * 4, [None] * 4
                         ph[0], pl[0] = split2(gs[2 * kk][0], gs[2 * kk][1])
