@@ -51,16 +51,6 @@ __device__ __forceinline__ void cos_tc_angles(float (*tab)[ROWS], const Cosforme
   }
 }
 
-// A pair of 16-bit values times two fp32 factors: part 0 = the product rounded to 16 bits (hi),
-// part 1 = its rounding remainder (lo). hi + lo carries the fp32 product to ~2⁻²² relative: state
-// sums over many rows of operands rounded once would lose the fp32 accuracy the state promises.
-template <typename T> __device__ __forceinline__ u32 split_scale2(u32 x, float f0, float f1, int part) {
-  const float p0 = to_f32(T{(u16)(x & 0xffffu)}) * f0, p1 = to_f32(T{(u16)(x >> 16)}) * f1;
-  const u32 hi = pack2<T>(p0, p1);
-  if (part == 0) return hi;
-  return pack2<T>(p0 - to_f32(T{(u16)(hi & 0xffffu)}), p1 - to_f32(T{(u16)(hi >> 16)}));
-}
-
 // A = Kᵀ fragment: rows c ∈ [c0, c0+16), columns = key rows [n0, n0+16), ReLU applied.
 template <typename T, int LD>
 __device__ __forceinline__ void cos_tc_key_frag(u32 (&a)[4], u16 (*ks)[LD], int n0, int c0, int relu) {
@@ -72,19 +62,26 @@ __device__ __forceinline__ void cos_tc_key_frag(u32 (&a)[4], u16 (*ks)[LD], int 
   }
 }
 
-// The key fragment re-weighted by sinθ_j (as) and cosθ_j (ac) of its key rows, part 0 (hi) or
-// 1 (lo) of split_scale2; tab = angles of the stage, indexed from the stage's first row.
+// The key fragment re-weighted by sinθ_j (s) and cosθ_j (c) of its key rows as hi + lo pairs:
+// hi = the fp32 product rounded to 16 bits, lo = its rounding remainder, so hi + lo carries the
+// product to ~2⁻²² relative (state sums over many rows of operands rounded once would lose the
+// fp32 accuracy the state promises). Both parts in one pass (products and unpacking shared);
+// tab = angles of the stage, indexed from the stage's first row.
 template <typename T, int TAB>
-__device__ __forceinline__ void cos_tc_key_ops(u32 (&as)[4], u32 (&ac)[4], const u32 (&a)[4], int n0,
-                                               const float (*tab)[TAB], int part) {
+__device__ __forceinline__ void cos_tc_key_ops(u32 (&sh)[4], u32 (&ch)[4], u32 (&sl)[4], u32 (&cl)[4], const u32 (&a)[4],
+                                               int n0, const float (*tab)[TAB]) {
   const int t = threadIdx.x % 4;
   const float* sn = tab[0] + n0;
   const float* cs = tab[1] + n0;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {  // a0, a1 hold key columns 2t, 2t+1; a2, a3 hold 2t+8, 2t+9
     const int j = 2 * t + (i / 2) * 8;
-    as[i] = split_scale2<T>(a[i], sn[j], sn[j + 1], part);
-    ac[i] = split_scale2<T>(a[i], cs[j], cs[j + 1], part);
+    const float k0 = to_f32(T{(u16)(a[i] & 0xffffu)}), k1 = to_f32(T{(u16)(a[i] >> 16)});
+    const float s0 = k0 * sn[j], s1 = k1 * sn[j + 1], c0 = k0 * cs[j], c1 = k1 * cs[j + 1];
+    sh[i] = pack2<T>(s0, s1);
+    ch[i] = pack2<T>(c0, c1);
+    sl[i] = pack2<T>(s0 - to_f32(T{(u16)(sh[i] & 0xffffu)}), s1 - to_f32(T{(u16)(sh[i] >> 16)}));
+    cl[i] = pack2<T>(c0 - to_f32(T{(u16)(ch[i] & 0xffffu)}), c1 - to_f32(T{(u16)(ch[i] >> 16)}));
   }
 }
 
@@ -162,14 +159,14 @@ __device__ void cos_reduce_tc(const CosformerParams& p, int bh0, int bh_step, in
       for (int n0 = 0; n0 < ROWS; n0 += 16) {
         u32 a[4];
         cos_tc_key_frag<T, LD>(a, ks[buf], n0, ct * 16, p.relu);
-#pragma unroll 1
+        u32 op[2][2][4];  // [hi, lo][sin, cos]
+        cos_tc_key_ops<T, ROWS>(op[0][0], op[0][1], op[1][0], op[1][1], a, n0, ang[buf]);
+#pragma unroll
         for (int part = 0; part < 2; ++part) {  // hi, then lo
-          u32 asn[4], acs[4];
-          cos_tc_key_ops<T, ROWS>(asn, acs, a, n0, ang[buf], part);
-          cos_tc_kv_mma<T, LD, NT>(as, ac, asn, acs, vs[buf], n0, e0);
+          cos_tc_kv_mma<T, LD, NT>(as, ac, op[part][0], op[part][1], vs[buf], n0, e0);
           if (zw) {
-            mma16816<T>(zs, asn, one, one);
-            mma16816<T>(zc, acs, one, one);
+            mma16816<T>(zs, op[part][0], one, one);
+            mma16816<T>(zc, op[part][1], one, one);
           }
         }
       }
@@ -636,14 +633,14 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
       for (int n0 = 0; n0 < BR; n0 += 16) {
         u32 a[4];
         cos_tc_key_frag<T, LD>(a, ks, n0, ct * 16, p.relu);
-#pragma unroll 1
+        u32 op[2][2][4];  // [hi, lo][sin, cos]
+        cos_tc_key_ops<T, BR>(op[0][0], op[0][1], op[1][0], op[1][1], a, n0, tab);
+#pragma unroll
         for (int part = 0; part < 2; ++part) {  // hi, then lo: the carried state stays fp32-accurate
-          u32 asn[4], acs[4];
-          cos_tc_key_ops<T, BR>(asn, acs, a, n0, tab, part);
-          cos_tc_kv_mma<T, LD, UNT>(ss, sc, asn, acs, vs, n0, eu);
+          cos_tc_kv_mma<T, LD, UNT>(ss, sc, op[part][0], op[part][1], vs, n0, eu);
           if (zw) {
-            mma16816<T>(zs, asn, one, one);
-            mma16816<T>(zc, acs, one, one);
+            mma16816<T>(zs, op[part][0], one, one);
+            mma16816<T>(zc, op[part][1], one, one);
           }
         }
       }
