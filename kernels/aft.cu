@@ -106,63 +106,95 @@ __device__ __forceinline__ float aft_bias(const AftParams& p, int h, int t, int 
   }
 }
 
+// Two consecutive elements at p (channels c, c + 1 of a row) as fp32: one 4-byte (16-bit T) or
+// 8-byte (f32) load when `pair`, else one load per existing channel (0 for a missing one).
+template <typename T> __device__ __forceinline__ void aft_load2(const T* p, bool pair, bool ok0, bool ok1, float& x0, float& x1) {
+  if (pair) {
+    if constexpr (sizeof(T) == 2) {
+      const u32 w = *reinterpret_cast<const u32*>(p);
+      x0 = to_f32(T{(u16)(w & 0xffffu)});
+      x1 = to_f32(T{(u16)(w >> 16)});
+    } else {
+      const float2 w = *reinterpret_cast<const float2*>(p);
+      x0 = to_f32(w.x);
+      x1 = to_f32(w.y);
+    }
+  } else {
+    x0 = ok0 ? to_f32(p[0]) : 0.f;
+    x1 = ok1 ? to_f32(p[1]) : 0.f;
+  }
+}
+
 // Chunk pass: part[bh][chunk] = (max K, Σ exp(K − max)·V, Σ exp(K − max)) per channel.
-// Grid: x = chunk, y = bh (grid-stride), z = channel tile; 4 row lanes × 64 channels per CTA.
-// Traffic: K and V read once; 3 floats per channel per chunk written. Issue slots: one pointer
-// step, load and convert per element of K and of V, then max, exp, FMA, add.
+// Grid: x = chunk, y = bh (grid-stride), z = channel tile; 8 row lanes × 32 channel pairs per
+// CTA: a thread takes rows ty + 8i of channels 2tx, 2tx + 1 (one 4-byte load of each pair when
+// aligned), then the 8 lanes are combined in lane order (deterministic).
+// Traffic: K and V read once; 3 floats per channel per chunk written.
 template <typename T>
 __device__ void aft_chunk(const AftParams& p) {
-  constexpr int LANES = AFT_THREADS / AFT_CT, PER = AFT_CHUNK / LANES;
+  constexpr int PAIRS = AFT_CT / 2, LANES = AFT_THREADS / PAIRS, PER = AFT_CHUNK / LANES;
   __shared__ AftStat red[LANES][AFT_CT];
   __shared__ float vred[LANES][AFT_CT];
-  const int tx = threadIdx.x % AFT_CT, ty = threadIdx.x / AFT_CT;
-  const int c = blockIdx.z * AFT_CT + tx;
+  const int tx = threadIdx.x % PAIRS, ty = threadIdx.x / PAIRS;
+  const int c = blockIdx.z * AFT_CT + 2 * tx;  // the thread's first channel
+  const bool ok0 = c < p.d, ok1 = c + 1 < p.d;
   const int row0 = blockIdx.x * AFT_CHUNK + ty;
-  const int rows = c < p.d ? min(PER, div_up(p.t - row0, LANES)) : 0;  // this thread's valid rows
+  const int rows = ok0 ? min(PER, div_up(p.t - row0, LANES)) : 0;  // this thread's valid rows
   for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
     const int b = bh / p.h, h = bh % p.h;
     const T* k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh + (i64)row0 * p.k_sn + c;
     const T* v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh + (i64)row0 * p.v_sn + c;
-    float kx[PER], vx[PER];
-    float m = AFT_NEG_INF, vm = 0.f;
+    const bool pair = ok1 && ((reinterpret_cast<u64>(k) | reinterpret_cast<u64>(v)) % (2 * sizeof(T))) == 0 &&
+                      ((p.k_sn | p.v_sn) & 1) == 0;
+    float kx[2][PER], vx[2][PER];
+    float m[2] = {AFT_NEG_INF, AFT_NEG_INF}, vm[2] = {0.f, 0.f};
 #pragma unroll
-    for (int i = 0; i < PER; ++i) {
-      const bool ok = i < rows;
-      kx[i] = ok ? to_f32(*k) : AFT_NEG_INF;
-      vx[i] = ok ? to_f32(*v) : 0.f;
-      k += LANES * p.k_sn;
-      v += LANES * p.v_sn;
-      m = fmaxf(m, kx[i]);
-      vm = fmaxf(vm, fabsf(vx[i]));  // NaN is skipped: vmax only sets a scale
-    }
-    AftStat s = {m, 0.f, 0.f};
-    if (m != AFT_NEG_INF) {
-      const AftExp<T> ex(m);
-#pragma unroll
-      for (int i = 0; i < PER; ++i) {
-        if (kx[i] == AFT_NEG_INF) continue;  // a padding row (or a key of −inf: weight 0)
-        const float e = ex(kx[i]);
-        s.a = fmaf(e, vx[i], s.a);
-        s.z += e;
+    for (int i = 0; i < PER; ++i, k += LANES * p.k_sn, v += LANES * p.v_sn) {
+      kx[0][i] = kx[1][i] = AFT_NEG_INF;
+      vx[0][i] = vx[1][i] = 0.f;
+      if (i < rows) {
+        aft_load2<T>(k, pair, ok0, ok1, kx[0][i], kx[1][i]);
+        aft_load2<T>(v, pair, ok0, ok1, vx[0][i], vx[1][i]);
+        if (!ok1) kx[1][i] = AFT_NEG_INF;  // no channel c + 1: an empty one
       }
-    } else {
 #pragma unroll
-      for (int i = 0; i < PER; ++i)  // only NaN (or no) keys: keep the NaN
-        if (kx[i] != kx[i]) s.a = s.z = kx[i];
+      for (int x = 0; x < 2; ++x) {
+        m[x] = fmaxf(m[x], kx[x][i]);
+        vm[x] = fmaxf(vm[x], fabsf(vx[x][i]));  // NaN is skipped: vmax only sets a scale
+      }
     }
-    red[ty][tx] = s;
-    vred[ty][tx] = vm;
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      AftStat s = {m[x], 0.f, 0.f};
+      if (m[x] != AFT_NEG_INF) {
+        const AftExp<T> ex(m[x]);
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+          if (kx[x][i] == AFT_NEG_INF) continue;  // a padding row (or a key of −inf: weight 0)
+          const float e = ex(kx[x][i]);
+          s.a = fmaf(e, vx[x][i], s.a);
+          s.z += e;
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < PER; ++i)  // only NaN (or no) keys: keep the NaN
+          if (kx[x][i] != kx[x][i]) s.a = s.z = kx[x][i];
+      }
+      red[ty][2 * tx + x] = s;
+      vred[ty][2 * tx + x] = vm[x];
+    }
     __syncthreads();
-    if (ty == 0 && c < p.d) {
-      AftStat acc = red[0][tx];
-#pragma unroll
-      for (int l = 1; l < LANES; ++l) acc = aft_combine(acc, red[l][tx]);
-      aft_store(aft_stats(p.part, bh, p.chunks, blockIdx.x, p.d), p.d, c, acc);
-      if (p.vmax) {
-#pragma unroll
-        for (int l = 1; l < LANES; ++l) vm = fmaxf(vm, vred[l][tx]);
-        aft_vmax(p, bh, blockIdx.x)[c] = vm;
+    if (threadIdx.x < AFT_CT && blockIdx.z * AFT_CT + (int)threadIdx.x < p.d) {
+      const int cc = threadIdx.x;
+      AftStat acc = red[0][cc];
+      float vmax = vred[0][cc];
+#pragma unroll 1  // (unrolled, ptxas spills 8 bytes in the bf16 sm_80 build)
+      for (int l = 1; l < LANES; ++l) {
+        acc = aft_combine(acc, red[l][cc]);
+        vmax = fmaxf(vmax, vred[l][cc]);
       }
+      aft_store(aft_stats(p.part, bh, p.chunks, blockIdx.x, p.d), p.d, blockIdx.z * AFT_CT + cc, acc);
+      if (p.vmax) aft_vmax(p, bh, blockIdx.x)[blockIdx.z * AFT_CT + cc] = vmax;
     }
     __syncthreads();
   }

@@ -108,14 +108,19 @@ __device__ __forceinline__ void gauss_tile(GaussSmem& sm, const T* x, i64 x_sn, 
 }
 
 // Landmarks (SPEC §1.2): L_j = D^(-1/4) · mean of the key rows of segment / window j.
-// Grid: x = landmark j, y = bh (grid-stride); 8 warps stride over the rows, lanes over columns.
-// Traffic: every key row read once in all (segments and windows partition the rows it uses).
+// Grid: x = landmark j, y = bh (grid-stride). Traffic: every key row read once in all (segments
+// and windows partition the rows it uses).
+// 1-D segments with 8-element-aligned rows (the common case): each thread sums 8 channels (one
+// 16-byte load, 32 for f32) of rows r, r + RL, … (RL = 256 / (d/8) row lanes), four rows in
+// flight per step, then the row lanes are added in lane order. Otherwise 8 warps stride over the
+// rows, lanes over columns, the warps added in order. Both orders are fixed (deterministic).
 template <typename T>
 __device__ void soft_landmarks(const SoftKernelParams& p) {
-  __shared__ float part[SOFT_THREADS / 32][SOFT_MAX_D];
+  __shared__ float part[SOFT_THREADS / 32 * SOFT_MAX_D];  // row-lane (or warp) partial sums
   const int j = blockIdx.x;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  constexpr int WARPS = SOFT_THREADS / 32, CPL = SOFT_MAX_D / 32;
+  constexpr int WARPS = SOFT_THREADS / 32, CPL = SOFT_MAX_D / 32, V = 8;
+  static_assert(SOFT_THREADS * V <= WARPS * SOFT_MAX_D, "row-lane partials fit");
   int count, begin = 0, gw = 1;
   if (p.pool == 0) {
     begin = (int)((i64)j * p.n / p.m);
@@ -125,31 +130,66 @@ __device__ void soft_landmarks(const SoftKernelParams& p) {
     count = p.r * p.r;
   }
   const int wa = j / gw, wb = j % gw;  // AvgPool2d window (row, column) on the grid
+  const int vpr = p.d / V, rl = SOFT_THREADS / max(vpr, 1);  // vectors per row, row lanes
+  const int lr = threadIdx.x / max(vpr, 1), cv = threadIdx.x % max(vpr, 1);
   for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
     const int b = bh / p.h, h = bh % p.h;
     const T* k = sptr<T>(p.k) + b * p.k_sb + h * p.k_sh;
-    float acc[CPL];
-#pragma unroll
-    for (int i = 0; i < CPL; ++i) acc[i] = 0.f;
-    for (int e = warp; e < count; e += WARPS) {
-      const int row = p.pool == 0 ? begin + e
-                                  : (wa * p.r + e / p.r) * p.width + wb * p.r + e % p.r;
-      const T* kr = k + (i64)row * p.k_sn;
-#pragma unroll
-      for (int i = 0; i < CPL; ++i) {
-        const int c = lane + 32 * i;
-        if (c < p.d) acc[i] += to_f32(kr[c]);
-      }
-    }
+    const bool vec = p.pool == 0 && p.d % V == 0 && p.k_sn % V == 0 &&
+                     reinterpret_cast<u64>(k) % (V * sizeof(T)) == 0;  // CTA-uniform
+    int lanes;  // partial rows in `part`, each of p.d floats
     __syncthreads();  // previous (b,h) fully read `part`
+    if (vec) {
+      float acc[V];
 #pragma unroll
-    for (int i = 0; i < CPL; ++i) part[warp][lane + 32 * i] = acc[i];
+      for (int i = 0; i < V; ++i) acc[i] = 0.f;
+      if (lr < rl) {
+        const i64 step = (i64)rl * p.k_sn;
+        const T* kr = k + (i64)(begin + lr) * p.k_sn + cv * V;
+        int e = lr;
+        for (; e + 3 * rl < count; e += 4 * rl, kr += 4 * step) {
+          float x[4][V];
+#pragma unroll
+          for (int u = 0; u < 4; ++u) load8(kr + u * step, x[u]);
+#pragma unroll
+          for (int u = 0; u < 4; ++u)
+#pragma unroll
+            for (int i = 0; i < V; ++i) acc[i] += x[u][i];
+        }
+        for (; e < count; e += rl, kr += step) {
+          float x[V];
+          load8(kr, x);
+#pragma unroll
+          for (int i = 0; i < V; ++i) acc[i] += x[i];
+        }
+#pragma unroll
+        for (int i = 0; i < V; ++i) part[lr * p.d + cv * V + i] = acc[i];
+      }
+      lanes = rl;
+    } else {
+      float acc[CPL];
+#pragma unroll
+      for (int i = 0; i < CPL; ++i) acc[i] = 0.f;
+      for (int e = warp; e < count; e += WARPS) {
+        const int row = p.pool == 0 ? begin + e
+                                    : (wa * p.r + e / p.r) * p.width + wb * p.r + e % p.r;
+        const T* kr = k + (i64)row * p.k_sn;
+#pragma unroll
+        for (int i = 0; i < CPL; ++i) {
+          const int c = lane + 32 * i;
+          if (c < p.d) acc[i] += to_f32(kr[c]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < CPL; ++i)
+        if (lane + 32 * i < p.d) part[warp * p.d + lane + 32 * i] = acc[i];
+      lanes = WARPS;
+    }
     __syncthreads();
     float* out = fptr(p.l) + ((i64)bh * p.m + j) * p.d;
     for (int c = threadIdx.x; c < p.d; c += SOFT_THREADS) {
       float s = 0.f;
-#pragma unroll
-      for (int w = 0; w < WARPS; ++w) s += part[w][c];
+      for (int w = 0; w < lanes; ++w) s += part[w * p.d + c];
       out[c] = s / (float)count * p.scale;
     }
   }

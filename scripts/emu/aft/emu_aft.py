@@ -386,59 +386,66 @@ class Ctx:
 # ----------------------------------------------------------------------------------------------
 # aft_chunk
 def aft_chunk(cx, bid):
+    """aft_chunk<T>: 8 row lanes × 32 channel pairs; thread (ty, tx) takes rows ty + 8i of channels
+    2tx, 2tx + 1 (a channel past d is empty: m = −inf); lanes combined in lane order by the first
+    64 threads (one channel each)."""
     p, mem, dt = cx.p, cx.mem, cx.dt
     bx, by, bz = bid
     gdy = cx.grid[1]
-    LANES, PER = AFT_THREADS // AFT_CT, AFT_CHUNK // (AFT_THREADS // AFT_CT)
+    PAIRS = AFT_CT // 2
+    LANES, PER = AFT_THREADS // PAIRS, AFT_CHUNK // (AFT_THREADS // PAIRS)
     races = Races(mem)
     red = Smem(LANES * AFT_CT * 3, "red", races)  # AftStat red[LANES][AFT_CT]
     vred = Smem(LANES * AFT_CT, "vred", races)
-    tx, ty = TID % AFT_CT, TID // AFT_CT
-    c = bz * AFT_CT + tx
-    row0 = bx * AFT_CHUNK
+    tx, ty = TID % PAIRS, TID // PAIRS
+    row0 = bx * AFT_CHUNK + ty
     bh = by
     while bh < p.b * p.h:
         b, h = bh // p.h, bh % p.h
         k = p.k + (b * p.k_sb + h * p.k_sh) * dt.size
         v = p.v + (b * p.v_sb + h * p.v_sh) * dt.size
-        kx = np.zeros((256, PER), F32)
-        vx = np.zeros((256, PER), F32)
-        m = np.full(256, NEG_INF, F32)
-        vm = np.zeros(256, F32)
-        for i in range(PER):
-            row = row0 + ty + LANES * i
-            ok = (c < p.d) & (row < p.t)
-            kx[:, i] = np.where(ok, mem.load(k + (row * p.k_sn + c) * dt.size, ok, "k"), NEG_INF)
-            vx[:, i] = np.where(ok, mem.load(v + (row * p.v_sn + c) * dt.size, ok, "v"), F32(0))
-            m = fmaxf(m, kx[:, i])
-            vm = fmaxf(vm, np.abs(vx[:, i]))
-        sm, sa, sz = m.copy(), np.zeros(256, F32), np.zeros(256, F32)
-        br = m != NEG_INF
-        for i in range(PER):
-            act = br & ~(kx[:, i] == NEG_INF)
-            e = aft_exp(dt, kx[:, i], m)
-            sa = np.where(act, fmaf(e, vx[:, i], sa), sa).astype(F32)
-            sz = np.where(act, add(sz, e), sz).astype(F32)
-        for i in range(PER):
-            act = ~br & (kx[:, i] != kx[:, i])
-            sa = np.where(act, kx[:, i], sa).astype(F32)
-            sz = np.where(act, kx[:, i], sz).astype(F32)
-        slot = (ty * AFT_CT + tx) * 3
-        red.write(slot, sm, TID, tag="red[ty][tx].m")
-        red.write(slot + 1, sa, TID, tag="red[ty][tx].a")
-        red.write(slot + 2, sz, TID, tag="red[ty][tx].z")
-        vred.write(ty * AFT_CT + tx, vm, TID, tag="vred[ty][tx]")
+        for x in range(2):  # the two channels of the pair (loads of a pair are value-identical)
+            c = bz * AFT_CT + 2 * tx + x
+            kx = np.zeros((256, PER), F32)
+            vx = np.zeros((256, PER), F32)
+            m = np.full(256, NEG_INF, F32)
+            vm = np.zeros(256, F32)
+            for i in range(PER):
+                row = row0 + LANES * i
+                ok = (bz * AFT_CT + 2 * tx < p.d) & (row < p.t) & (c < p.d)
+                kx[:, i] = np.where(ok, mem.load(k + (row * p.k_sn + c) * dt.size, ok, "k"), NEG_INF)
+                vx[:, i] = np.where(ok, mem.load(v + (row * p.v_sn + c) * dt.size, ok, "v"), F32(0))
+                m = fmaxf(m, kx[:, i])
+                vm = fmaxf(vm, np.abs(vx[:, i]))
+            sm, sa, sz = m.copy(), np.zeros(256, F32), np.zeros(256, F32)
+            br = m != NEG_INF
+            for i in range(PER):
+                act = br & ~(kx[:, i] == NEG_INF)
+                e = aft_exp(dt, kx[:, i], m)
+                sa = np.where(act, fmaf(e, vx[:, i], sa), sa).astype(F32)
+                sz = np.where(act, add(sz, e), sz).astype(F32)
+            for i in range(PER):
+                act = ~br & (kx[:, i] != kx[:, i])
+                sa = np.where(act, kx[:, i], sa).astype(F32)
+                sz = np.where(act, kx[:, i], sz).astype(F32)
+            slot = (ty * AFT_CT + 2 * tx + x) * 3
+            red.write(slot, sm, TID, tag="red[ty][2tx+x].m")
+            red.write(slot + 1, sa, TID, tag="red[ty][2tx+x].a")
+            red.write(slot + 2, sz, TID, tag="red[ty][2tx+x].z")
+            vred.write(ty * AFT_CT + 2 * tx + x, vm, TID, tag="vred[ty][2tx+x]")
         races.barrier()
-        act = (ty == 0) & (c < p.d)
-        rd = lambda l: tuple(red.read((l * AFT_CT + tx) * 3 + f, TID, act, "red[l][tx]") for f in range(3))
+        cc = TID
+        act = (TID < AFT_CT) & (bz * AFT_CT + cc < p.d)
+        ccr = np.minimum(cc, AFT_CT - 1)
+        rd = lambda l: tuple(red.read((l * AFT_CT + ccr) * 3 + f, TID, act, "red[l][cc]") for f in range(3))
         acc = rd(0)
+        vmx = vred.read(ccr, TID, act, "vred[0][cc]")
         for l in range(1, LANES):
             acc = aft_combine(acc, rd(l))
-        aft_store(mem, aft_stats(p.part, bh, p.chunks, bx, p.d), p.d, c, acc, act, "part")
+            vmx = np.where(act, fmaxf(vmx, vred.read(l * AFT_CT + ccr, TID, act, "vred[l][cc]")), vmx).astype(F32)
+        aft_store(mem, aft_stats(p.part, bh, p.chunks, bx, p.d), p.d, bz * AFT_CT + cc, acc, act, "part")
         if p.vmax:
-            for l in range(1, LANES):
-                vm = np.where(act, fmaxf(vm, vred.read(l * AFT_CT + tx, TID, act, "vred[l][tx]")), vm).astype(F32)
-            mem.store(aft_vmax(p, bh, bx) + 4 * c, vm, act, "vmax")
+            mem.store(aft_vmax(p, bh, bx) + 4 * (bz * AFT_CT + cc), vmx, act, "vmax")
         races.barrier()
         bh += gdy
 
