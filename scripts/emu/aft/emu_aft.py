@@ -549,21 +549,24 @@ def aft_map(cx, bid):
         q = p.q + (b * p.q_sb + h * p.q_sh) * dt.size
         o = p.o + (b * p.o_sb + h * p.o_sh) * dt.size
         blk = bx
-        tx, ty = TID % AFT_CT, TID // AFT_CT
-        LANES = AFT_THREADS // AFT_CT
+        PAIRS = AFT_CT // 2
+        LANES, PER = AFT_THREADS // PAIRS, AFT_CHUNK // (AFT_THREADS // PAIRS)
+        tx, ty = TID % PAIRS, TID // PAIRS  # channel pair 2tx (+ 64·tile), rows ty + 8i
         while blk < p.chunks:
             row0 = blk * AFT_CHUNK + ty
-            rows = -((-(min(AFT_CHUNK, p.t - blk * AFT_CHUNK) - ty)) // LANES)  # div_up, ≥ 0 here
+            rows = np.minimum(PER, -((-(min(AFT_CHUNK, p.t - blk * AFT_CHUNK) - ty)) // LANES))
             for ct in range(div_up(p.d, AFT_CT)):
-                c = tx + AFT_CT * ct
-                cok = c < p.d
-                rc = ratio.read(c, TID, cok, "ratio[c]")
-                for i in range(int(rows.max()) if cok.any() else 0):
-                    act = cok & (i < rows)
-                    r = row0 + LANES * i
-                    qv = mem.load(q + (r * p.q_sn + c) * dt.size, act, "q")
-                    y = mul(sigmoid_t(dt, qv), rc)
-                    mem.store(o + (r * p.o_sn + c) * dt.size, dt.from_f32(y), act, "o")
+                c0 = 2 * tx + AFT_CT * ct
+                for x in range(2):
+                    c = c0 + x
+                    cok = (c0 < p.d) & (c < p.d)
+                    rc = ratio.read(np.minimum(c, 255), TID, cok, "ratio[c]")
+                    for i in range(PER):
+                        act = cok & (i < rows)
+                        r = row0 + LANES * i
+                        qv = mem.load(q + (r * p.q_sn + c) * dt.size, act, "q")
+                        y = mul(sigmoid_t(dt, qv), rc)
+                        mem.store(o + (r * p.o_sn + c) * dt.size, dt.from_f32(y), act, "o")
             blk += gdx
         bh += gdy
 
