@@ -35,39 +35,55 @@ static_assert((AFT_FG_STAGE * 2) % 16 == 0 && (AFT_FG_ROWS * AFT_FG_ALD * 2) % 1
 
 // bmat[t][tile·128 + cc] = E⊙V and bmat[t][tile·128 + 64 + cc] = E of channel tile·64… (tile =
 // bh·ctiles + channel tile), scaled as above; zeros past d and in the padding tile.
-// Grid: x = 64-row chunk, y = tile (grid-stride); 4 row lanes × 64 channels.
+// Grid: x = 64-row chunk, y = tile (grid-stride); 8 row lanes × 32 channel pairs, a thread's 8
+// rows loaded first (pair loads when aligned), 4-byte bmat stores.
 // Traffic: K, V read once, bmat (2·T·bcols bytes) written once.
 template <typename T>
 __device__ void aft_full_b(const AftParams& p) {
-  constexpr int LANES = AFT_THREADS / AFT_CT;
-  const int cc = threadIdx.x % AFT_CT, ty = threadIdx.x / AFT_CT;
+  constexpr int PAIRS = AFT_CT / 2, LANES = AFT_THREADS / PAIRS, PER = AFT_CHUNK / LANES;
+  const int tx = threadIdx.x % PAIRS, ty = threadIdx.x / PAIRS;
   const int ctiles = div_up(p.d, AFT_CT), tiles = p.b * p.h * ctiles;
-  u16* bm = reinterpret_cast<u16*>(p.bmat);
+  const int t0 = blockIdx.x * AFT_CHUNK + ty;  // rows t0 + 8i
+  const int rows = min(PER, div_up(p.t - t0, LANES));
+  const float se = aft_w_scale<T>(), l2s = AftScaled<T>::value ? 15.f : 0.f;
   for (int tile = blockIdx.y; tile < p.bcols / AFT_FG_TILE; tile += gridDim.y) {
-    const int bh = tile / ctiles, c = (tile % ctiles) * AFT_CT + cc;
-    const bool live = tile < tiles && c < p.d;
+    const int bh = tile / ctiles, c = (tile % ctiles) * AFT_CT + 2 * tx;  // channels c, c + 1
+    const bool live0 = tile < tiles && c < p.d, live1 = tile < tiles && c + 1 < p.d;
     const T *k = nullptr, *v = nullptr;
-    float mc = 0.f, sev = 1.f;
-    if (live) {
+    float mc[2] = {0.f, 0.f}, vf[2] = {0.f, 0.f};  // channel shift, V factor sev / se
+    bool pair = false;
+    if (live0) {
       const int b = bh / p.h, h = bh % p.h;
-      k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh;
-      v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh;
-      mc = aft_stats(p.pre, bh, p.chunks + 1, p.chunks, p.d)[c];
-      sev = aft_ev_scale<T>(p, bh, c);
-    }
-    const float se = aft_w_scale<T>();
-    const AftExp<T> ex(mc, AftScaled<T>::value ? 15.f : 0.f);
-    for (int r = ty; r < AFT_CHUNK; r += LANES) {
-      const int t = blockIdx.x * AFT_CHUNK + r;
-      if (t >= p.t) break;
-      float e = 0.f, ev = 0.f;
-      if (live) {  // E·se and E⊙V·sev = (E·se)·(V·sev/se)
-        e = ex(to_f32(k[(i64)t * p.k_sn + c]));
-        ev = e * (to_f32(v[(i64)t * p.v_sn + c]) * (sev / se));
+      k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh + (i64)t0 * p.k_sn + c;
+      v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh + (i64)t0 * p.v_sn + c;
+      const float* tot = aft_stats(p.pre, bh, p.chunks + 1, p.chunks, p.d);
+      mc[0] = tot[c];
+      vf[0] = aft_ev_scale<T>(p, bh, c) / se;
+      if (live1) {
+        mc[1] = tot[c + 1];
+        vf[1] = aft_ev_scale<T>(p, bh, c + 1) / se;
       }
-      u16* row = bm + (i64)t * p.bcols + (i64)tile * AFT_FG_TILE;
-      row[cc] = from_f32<T>(ev).bits;
-      row[AFT_CT + cc] = from_f32<T>(e).bits;
+      pair = live1 && ((reinterpret_cast<u64>(k) | reinterpret_cast<u64>(v)) % 4) == 0 && ((p.k_sn | p.v_sn) & 1) == 0;
+    }
+    const AftExp<T> ex0(mc[0], l2s), ex1(mc[1], l2s);
+    float kx[PER][2], vx[PER][2];  // all rows first: 8 loads in flight per thread
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      kx[i][0] = kx[i][1] = vx[i][0] = vx[i][1] = 0.f;
+      if (live0 && i < rows) {
+        aft_load2<T>(k + i * LANES * p.k_sn, pair, true, live1, kx[i][0], kx[i][1]);
+        aft_load2<T>(v + i * LANES * p.v_sn, pair, true, live1, vx[i][0], vx[i][1]);
+      }
+    }
+    u32* row = reinterpret_cast<u32*>(reinterpret_cast<u16*>(p.bmat) + (i64)t0 * p.bcols + (i64)tile * AFT_FG_TILE + 2 * tx);
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      if (i >= rows) break;
+      // E·se and E⊙V·sev = (E·se)·(V·sev/se); zeros past d and in the padding tile.
+      const float e0 = live0 ? ex0(kx[i][0]) : 0.f, e1 = live1 ? ex1(kx[i][1]) : 0.f;
+      u32* r = row + (i64)i * LANES * p.bcols / 2;
+      r[0] = (u32)from_f32<T>(e0 * (vx[i][0] * vf[0])).bits | ((u32)from_f32<T>(e1 * (vx[i][1] * vf[1])).bits << 16);
+      r[AFT_CT / 2] = (u32)from_f32<T>(e0).bits | ((u32)from_f32<T>(e1).bits << 16);
     }
   }
 }

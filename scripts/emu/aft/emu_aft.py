@@ -1130,35 +1130,46 @@ def ev_scale(cx, bh, c, act):
 
 
 def aft_full_b(cx, bid):
+    """aft_full_b<T>: 8 row lanes × 32 channel pairs; thread (ty, tx) writes rows ty + 8i of
+    channels 2tx, 2tx + 1 of each tile (zeros past d and in the padding tile)."""
     p, mem, dt = cx.p, cx.mem, cx.dt
     bx, by, _ = bid
     gdy = cx.grid[1]
-    LANES = AFT_THREADS // AFT_CT
-    cc, ty = TID % AFT_CT, TID // AFT_CT
+    PAIRS = AFT_CT // 2
+    LANES, PER = AFT_THREADS // PAIRS, AFT_CHUNK // (AFT_THREADS // PAIRS)
+    tx, ty = TID % PAIRS, TID // PAIRS
     ctiles = div_up(p.d, AFT_CT)
     tiles = p.b * p.h * ctiles
+    se = w_scale(dt)
+    l2s = F32(15) if scaled(dt) else F32(0)
     tile = by
     while tile < p.bcols // FG_TILE:
         bh = tile // ctiles
-        c = (tile % ctiles) * AFT_CT + cc
-        live = (tile < tiles) & (c < p.d)
         b, h = bh // p.h, bh % p.h
         k = p.k + (b * p.k_sb + h * p.k_sh) * dt.size
         v = p.v + (b * p.v_sb + h * p.v_sh) * dt.size
-        mc = np.where(live, mem.load(aft_stats(p.pre, bh, p.chunks + 1, p.chunks, p.d) + 4 * c, live, "pre"), F32(0))
-        sev = ev_scale(cx, bh, c, live) if live.any() else np.ones(256, F32)
-        se = w_scale(dt)
-        for r0 in range(0, AFT_CHUNK, LANES):
-            t = bx * AFT_CHUNK + r0 + ty
-            inr = t < p.t
-            act = inr & live
-            kv = mem.load(k + (t * p.k_sn + c) * dt.size, act, "k")
-            vv = mem.load(v + (t * p.v_sn + c) * dt.size, act, "v")
-            e = np.where(act, aft_exp(dt, kv, mc, F32(15) if scaled(dt) else F32(0)), F32(0)).astype(F32)
-            ev = np.where(act, mul(e, mul(vv, div(sev, se))), F32(0)).astype(F32)
-            row = p.bmat + (t * p.bcols + tile * FG_TILE) * 2
-            mem.store(row + 2 * cc, dt.from_f32(ev), inr, "bmat")
-            mem.store(row + 2 * (AFT_CT + cc), dt.from_f32(e), inr, "bmat")
+        c0 = (tile % ctiles) * AFT_CT + 2 * tx
+        live0 = (tile < tiles) & (c0 < p.d)
+        for x in range(2):
+            c = c0 + x
+            live = (tile < tiles) & (c < p.d)
+            mc = np.where(live, mem.load(aft_stats(p.pre, bh, p.chunks + 1, p.chunks, p.d) + 4 * c, live, "pre"), F32(0))
+            sev = ev_scale(cx, bh, c, live) if live.any() else np.ones(256, F32)
+            vf = np.where(live, div(sev, se), F32(0)).astype(F32)
+            for i in range(PER):
+                t = bx * AFT_CHUNK + ty + LANES * i
+                inr = t < p.t
+                act = inr & live & live0
+                kv = mem.load(k + (t * p.k_sn + c) * dt.size, act, "k")
+                vv = mem.load(v + (t * p.v_sn + c) * dt.size, act, "v")
+                kv = np.where(act, kv, F32(0)).astype(F32)
+                vv = np.where(act, vv, F32(0)).astype(F32)
+                e = np.where(live, aft_exp(dt, kv, mc, l2s), F32(0)).astype(F32)
+                ev = mul(e, mul(vv, vf))
+                row = p.bmat + (t * p.bcols + tile * FG_TILE) * 2
+                col = c - (tile % ctiles) * AFT_CT
+                mem.store(row + 2 * col, dt.from_f32(ev), inr, "bmat")
+                mem.store(row + 2 * (AFT_CT + col), dt.from_f32(e), inr, "bmat")
         tile += gdy
 
 
