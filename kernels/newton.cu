@@ -4,7 +4,9 @@
 //                         resident in dynamic shared memory (m ≤ S ≤ NEWTON_SMEM_MAX_M)
 //   newton_init_f32       multi-launch form (any m ≤ SOFT_MAX_M): α, Â and Z₀ in global memory
 //   newton_gemm_f32       then, per step, two launches: T = Z·Â, Z' = 2Z − T·Z
+//   newton_pinv_cl_f32    (sm_90, m ≤ 64) the one-launch form on a cluster of 8 CTAs per matrix
 // Both forms sum every product over k in increasing order with fp32 FMAs, so they agree.
+#include "mma.cuh"  // cluster helpers
 #include "soft.cuh"
 
 static_assert(sizeof(SoftKernelParams) == SOFT_PARAMS_SIZE,
@@ -198,6 +200,91 @@ NEWTON_SMEM(2, 32)
 NEWTON_SMEM(4, 64)
 NEWTON_SMEM(8, 128)
 static_assert(8 * 16 == NEWTON_SMEM_MAX_M, "largest one-launch tile");
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+// All T steps of one matrix on a cluster of NEWTON_CL CTAs (sm_90): one CTA per matrix is bound
+// by its SM's FMA pipe (2·m³ FMA per step: ≥ 4 k clk at m = 64, ≥ 47 µs for T = 20), so CTA r of
+// the cluster computes rows [r·rb, r·rb + rb) of T = Z·Â and of Z' = 2Z − T·Z (rb = ⌈m/8⌉) and
+// stores its new rows of Z into every CTA's copy (distributed shared memory). Per step: products
+// from the local Â and Z copies, a cluster barrier (every copy of Z read), the remote stores, a
+// second barrier (every copy complete). Each product sums over k in increasing order with fp32
+// FMAs like newton_smem, so the result is bit-identical to it. Thread: row i = t / 32 of the CTA's
+// rows, columns t % 32 and t % 32 + 32. Grid: x = NEWTON_CL × clusters, a cluster per matrix
+// (grid-stride over bh).
+#define NEWTON_CL 8
+#define NEWTON_CL_MAX_M 64
+static_assert(NEWTON_THREADS == 32 * NEWTON_CL && NEWTON_CL_MAX_M == 64, "row and column mapping");
+__device__ void newton_cluster(const SoftKernelParams& p) {
+  __shared__ float ah[NEWTON_CL_MAX_M * (NEWTON_CL_MAX_M + 1)];
+  __shared__ float zs[NEWTON_CL_MAX_M * (NEWTON_CL_MAX_M + 1)];
+  __shared__ float ts[NEWTON_CL * (NEWTON_CL_MAX_M + 1)];  // this CTA's rows of Z·Â
+  const int m = p.m, ld = m | 1, rank = cluster_rank();
+  const int rb = div_up(m, NEWTON_CL), row = rank * rb + (int)threadIdx.x / 32;  // global row
+  const bool live = (int)threadIdx.x / 32 < rb && row < m;
+  const int j0 = threadIdx.x % 32, j1 = j0 + 32;
+  const bool c0 = j0 < m, c1 = j1 < m;
+  float* trow = ts + (threadIdx.x / 32) * ld;
+  for (int bh = blockIdx.x / NEWTON_CL; bh < p.b * p.h; bh += gridDim.x / NEWTON_CL) {
+    const float* A = nptr(p.a) + (i64)bh * m * m;
+    cluster_sync();  // every CTA has started, and is done with the previous matrix's copies
+    for (int i = threadIdx.x; i < m * m; i += NEWTON_THREADS) ah[(i / m) * ld + i % m] = A[i];
+    __syncthreads();
+    const float alpha = newton_alpha(ah, ld, m, p.alpha_scale);
+    for (int i = threadIdx.x; i < m * m; i += NEWTON_THREADS) {
+      const int r = i / m, c = i % m;
+      const float v = ah[r * ld + c] + (r == c ? p.ridge : 0.f);
+      ah[r * ld + c] = v;
+      zs[r * ld + c] = alpha * v;
+    }
+    __syncthreads();
+    for (int it = 0; it < p.iters; ++it) {
+      float t0 = 0.f, t1 = 0.f, u0 = 0.f, u1 = 0.f, z0 = 0.f, z1 = 0.f;
+      if (live) {
+        const float* zr = zs + row * ld;
+#pragma unroll 4
+        for (int k = 0; k < m; ++k) {  // T = Z·Â, this row
+          const float x = zr[k];
+          t0 = fmaf(x, ah[k * ld + (c0 ? j0 : 0)], t0);
+          t1 = fmaf(x, ah[k * ld + (c1 ? j1 : 0)], t1);
+        }
+        if (c0) trow[j0] = t0;
+        if (c1) trow[j1] = t1;
+      }
+      __syncthreads();  // the CTA's rows of T complete
+      if (live) {
+#pragma unroll 4
+        for (int k = 0; k < m; ++k) {  // (Z·Â)·Z, this row
+          const float x = trow[k];
+          u0 = fmaf(x, zs[k * ld + (c0 ? j0 : 0)], u0);
+          u1 = fmaf(x, zs[k * ld + (c1 ? j1 : 0)], u1);
+        }
+        z0 = zs[row * ld + (c0 ? j0 : 0)];
+        z1 = zs[row * ld + (c1 ? j1 : 0)];
+      }
+      cluster_sync();  // every CTA has read its copy of Z (and its rows of T)
+      if (live) {
+        const float n0 = 2.f * z0 - u0, n1 = 2.f * z1 - u1;
+#pragma unroll
+        for (int c = 0; c < NEWTON_CL; ++c) {
+          if (c0) st_cluster_u32(&zs[row * ld + j0], c, __float_as_uint(n0));
+          if (c1) st_cluster_u32(&zs[row * ld + j1], c, __float_as_uint(n1));
+        }
+      }
+      cluster_sync();  // every copy of Z holds the new rows
+    }
+    if (live) {
+      float* Z = nptr(p.z) + (i64)bh * m * m + (i64)row * m;
+      if (c0) Z[j0] = zs[row * ld + j0];
+      if (c1) Z[j1] = zs[row * ld + j1];
+    }
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(NEWTON_THREADS, 1) __cluster_dims__(NEWTON_CL, 1, 1)
+    newton_pinv_cl_f32(const __grid_constant__ SoftKernelParams p) {
+  newton_cluster(p);
+}
+#endif
 
 extern "C" __global__ void __launch_bounds__(NEWTON_THREADS)
     newton_init_f32(const __grid_constant__ SoftKernelParams p) {

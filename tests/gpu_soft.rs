@@ -687,7 +687,9 @@ fn reference_newton(a: &[f64], m: usize, p: &SoftParams) -> Vec<f64> {
 fn paths_for(rt: &Runtime, m: usize) -> Vec<NewtonPath> {
     let mut paths = vec![NewtonPath::MultiLaunch];
     if soft::newton_fits_on_chip(m, rt.info().smem_per_block_optin) {
+        // OneLaunch takes the cluster kernel where it applies (sm_90, m ≤ 64).
         paths.push(NewtonPath::OneLaunch);
+        paths.push(NewtonPath::OneLaunchCta);
     } else if m <= soft::NEWTON_SMEM_MAX_M {
         println!("one-launch Newton skipped for m = {m}: not enough shared memory");
     }
@@ -718,12 +720,19 @@ fn soft_newton_matches_the_f64_iteration() {
                 );
                 outs.push(got);
             }
-            if let [multi, one] = &outs[..] {
+            if let [multi, one, rest @ ..] = &outs[..] {
                 let rel = reference::rel_frobenius(one, multi);
                 // Same sums in the same order; only FMA contraction may differ, and the
                 // iteration amplifies that on a nearly singular A.
                 let agree = if clustered { 1e-3 } else { 1e-5 };
                 assert!(rel <= agree, "m={m}: the two paths differ by {rel:.3e}");
+                // The cluster and one-CTA forms of the one launch: the same FMAs in the same order.
+                if let [cta] = rest {
+                    assert!(
+                        one.iter().zip(cta).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "m={m} clustered={clustered}: OneLaunch and OneLaunchCta differ"
+                    );
+                }
             }
         }
     }

@@ -207,6 +207,13 @@ fn newton_paths() {
     assert_eq!(multi.workspace_bytes(), 3 * 3 * 64 * 64 * 4);
     let single = NewtonPlan::new(3, 64, &p, NewtonPath::OneLaunch, H100_SMEM).unwrap();
     assert_eq!(single.workspace_bytes(), 0);
+    let cta = NewtonPlan::new(3, 64, &p, NewtonPath::OneLaunchCta, H100_SMEM).unwrap();
+    assert_eq!(
+        (cta.path, cta.workspace_bytes()),
+        (NewtonPath::OneLaunchCta, 0)
+    );
+    let forced = NewtonPlan::new(3, 200, &p, NewtonPath::OneLaunchCta, H100_SMEM).unwrap_err();
+    assert_eq!(arg_of(forced), "path");
     for (batch, m) in [(0, 8), (1, 0), (1, MAX_M + 1)] {
         let e = NewtonPlan::new(batch, m, &p, NewtonPath::Auto, H100_SMEM).unwrap_err();
         assert_eq!(arg_of(e), if batch == 0 { "batch" } else { "m" });

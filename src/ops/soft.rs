@@ -45,6 +45,10 @@ const NEWTON_TILE: usize = 64; // NEWTON_TILE
 pub const MAX_M: usize = 256;
 /// Largest m of the one-launch Newton kernel (NEWTON_SMEM_MAX_M).
 pub const NEWTON_SMEM_MAX_M: usize = 128;
+/// Largest m of the cluster form of the one-launch Newton kernel (NEWTON_CL_MAX_M).
+pub const NEWTON_CLUSTER_MAX_M: usize = 64;
+const NEWTON_CL: usize = 8; // NEWTON_CL: CTAs per matrix
+const MAX_NEWTON_CLUSTERS: usize = 1 << 16;
 /// Row chunks of attention pass 1 at most: bounds the workspace independently of N.
 pub const MAX_CHUNKS: usize = 256;
 const TARGET_CTAS: usize = 1024;
@@ -180,8 +184,12 @@ pub enum NewtonPath {
     /// One launch when m ≤ [`NEWTON_SMEM_MAX_M`] and the device's shared memory holds it.
     #[default]
     Auto,
-    /// All T steps in one launch, matrices in shared memory (m ≤ [`NEWTON_SMEM_MAX_M`]).
+    /// All T steps in one launch, matrices in shared memory (m ≤ [`NEWTON_SMEM_MAX_M`]); for
+    /// m ≤ [`NEWTON_CLUSTER_MAX_M`] on sm_90 a cluster of 8 CTAs per matrix (bit-identical to one
+    /// CTA, which runs where the cluster kernel is absent or its launch is refused).
     OneLaunch,
+    /// As [`NewtonPath::OneLaunch`], always one CTA per matrix (no cluster).
+    OneLaunchCta,
     /// One launch per GEMM over a global workspace (any m ≤ [`MAX_M`]).
     MultiLaunch,
 }
@@ -269,7 +277,8 @@ fn check_bh(dims: Dims) -> Result<()> {
 pub struct NewtonPlan {
     pub batch: usize,
     pub m: usize,
-    /// The resolved path: [`NewtonPath::OneLaunch`] or [`NewtonPath::MultiLaunch`].
+    /// The resolved path: [`NewtonPath::OneLaunch`], [`NewtonPath::OneLaunchCta`] or
+    /// [`NewtonPath::MultiLaunch`].
     pub path: NewtonPath,
     scalars: NewtonScalars,
 }
@@ -293,10 +302,10 @@ impl NewtonPlan {
         let path = match path {
             NewtonPath::Auto if fits => NewtonPath::OneLaunch,
             NewtonPath::Auto => NewtonPath::MultiLaunch,
-            NewtonPath::OneLaunch if !fits => {
+            NewtonPath::OneLaunch | NewtonPath::OneLaunchCta if !fits => {
                 return Err(Error::param(
                     "path",
-                    "OneLaunch",
+                    format!("{path:?}"),
                     format!(
                         "m = {m} needs m <= {NEWTON_SMEM_MAX_M} and {} bytes of shared memory \
                          (device allows {smem_optin})",
@@ -312,6 +321,19 @@ impl NewtonPlan {
             path,
             scalars,
         })
+    }
+
+    /// An error when a one-launch plan was made for a device with more shared memory than `rt`'s.
+    fn check_device(&self, rt: &Runtime) -> Result<()> {
+        let one = matches!(self.path, NewtonPath::OneLaunch | NewtonPath::OneLaunchCta);
+        if one && !newton_fits_on_chip(self.m, rt.info().smem_per_block_optin) {
+            return Err(Error::param(
+                "path",
+                format!("{:?}", self.path),
+                "the plan was made for a device with more shared memory",
+            ));
+        }
+        Ok(())
     }
 
     /// fp32 elements of the input A and of the output Z.
@@ -356,7 +378,24 @@ impl NewtonPlan {
             alpha_scale: self.scalars.alpha_scale,
             ..Default::default()
         };
-        if self.path == NewtonPath::OneLaunch {
+        if self.path == NewtonPath::OneLaunch
+            && m <= NEWTON_CLUSTER_MAX_M
+            && rt.info().compute_capability.0 >= 9
+        {
+            if let Ok(f) = rt.function(NEWTON_FAMILY, "newton_pinv_cl_f32") {
+                let grid = (
+                    (self.batch.min(MAX_NEWTON_CLUSTERS) * NEWTON_CL) as u32,
+                    1,
+                    1,
+                );
+                // SAFETY: the caller's contract; a cluster per matrix, static shared memory only.
+                // A refused launch queued nothing: the one-CTA kernel runs instead.
+                if unsafe { launch(stream, &f, grid, THREADS, &p) }.is_ok() {
+                    return Ok(());
+                }
+            }
+        }
+        if matches!(self.path, NewtonPath::OneLaunch | NewtonPath::OneLaunchCta) {
             let tile = [16, 32, 64, 128]
                 .into_iter()
                 .find(|&t| m <= t)
@@ -420,15 +459,7 @@ pub unsafe fn newton_pinv_raw(
     check_f32_buffer("a", a, a_len, plan.len())?;
     check_f32_buffer("z", z, z_len, plan.len())?;
     check_workspace(plan.workspace_bytes(), workspace, workspace_len)?;
-    if plan.path == NewtonPath::OneLaunch
-        && !newton_fits_on_chip(plan.m, rt.info().smem_per_block_optin)
-    {
-        return Err(Error::param(
-            "path",
-            "OneLaunch",
-            "the plan was made for a device with more shared memory",
-        ));
-    }
+    plan.check_device(rt)?;
     // SAFETY: forwarded contract; buffers checked above.
     unsafe { plan.queue(rt, stream, a, z, workspace) }
 }
@@ -952,15 +983,7 @@ pub unsafe fn attention_raw(
         }
         (_, None) => at(ws.l),
     };
-    if plan.newton.path == NewtonPath::OneLaunch
-        && !newton_fits_on_chip(m, rt.info().smem_per_block_optin)
-    {
-        return Err(Error::param(
-            "path",
-            "OneLaunch",
-            "the plan was made for a device with more shared memory",
-        ));
-    }
+    plan.newton.check_device(rt)?;
     let [q_sb, q_sh, q_sn] = strides(&q.layout);
     let [k_sb, k_sh, k_sn] = strides(&k.layout);
     let [v_sb, v_sh, v_sn] = strides(&v.layout);

@@ -1,0 +1,108 @@
+"""Model of newton_pinv_cl_f32 (kernels/newton.cu) against newton_pinv_t64_f32 (newton_smem): the
+cluster form splits the rows of both products over 8 CTAs (rb = ⌈m/8⌉ rows each, thread row
+t / 32, columns t % 32 and + 32) and all-gathers the new rows of Z between two cluster barriers;
+both sum every product over k in increasing order with fp32 FMAs, so Z must be bit-identical.
+Checks, for m ∈ {1 … 64}: every (row, column) of Z updated by exactly one thread of one CTA per
+step, nothing read from a copy of Z in the phase that writes it (the barrier placement), and
+the cluster result equal bit for bit to the one-CTA result.
+    python3 newton_cluster.py
+"""
+import numpy as np
+
+F32, F64 = np.float32, np.float64
+CL, THREADS = 8, 256
+
+
+def fma(a, b, c):  # fp32 fmaf: exact product, one rounding
+    return (F64(a) * F64(b) + F64(c)).astype(F32)
+
+
+def alpha_of(ah, m, c):  # newton_alpha: warp row sums (lane-strided, then a shuffle tree)
+    rows = []
+    for r in range(m):
+        lanes = np.zeros(32, F32)
+        for j in range(m):
+            lanes[j % 32] = F32(lanes[j % 32] + ah[r, j])
+        for off in (16, 8, 4, 2, 1):
+            lanes = (lanes + lanes[np.arange(32) ^ off]).astype(F32)
+        rows.append(lanes[0])
+    mx = rows[0]
+    for v in rows[1:]:
+        mx = max(mx, v)
+    return F32(F32(c * F32(2)) / F32(mx * mx))
+
+
+def init(a, m, ridge, c):
+    ah = a.astype(F32).copy()
+    al = alpha_of(ah, m, c)
+    ah = (ah + np.eye(m, dtype=F32) * F32(ridge)).astype(F32)
+    return ah, (al * ah).astype(F32)
+
+
+def one_cta(a, m, iters, ridge=0.01, c=0.9):
+    ah, z = init(a, m, ridge, c)
+    for _ in range(iters):
+        t = np.zeros((m, m), F32)
+        for k in range(m):
+            t = fma(z[:, k:k + 1], ah[k:k + 1, :], t)
+        u = np.zeros((m, m), F32)
+        for k in range(m):
+            u = fma(t[:, k:k + 1], z[k:k + 1, :], u)
+        z = (F32(2) * z - u).astype(F32)
+    return z
+
+
+def cluster(a, m, iters, ridge=0.01, c=0.9):
+    ah, z0 = init(a, m, ridge, c)
+    copies = [z0.copy() for _ in range(CL)]  # each CTA's shared-memory Z
+    rb = -(-m // CL)
+    for _ in range(iters):
+        writes = np.zeros((m, m), np.int64)
+        new = [[] for _ in range(CL)]
+        for r in range(CL):  # phase 1-2: products from the CTA's own copy (read-only here)
+            zc = copies[r]
+            for t in range(THREADS):
+                row, j0 = r * rb + t // 32, t % 32
+                if t // 32 >= rb or row >= m:
+                    continue
+                # The CTA's T row (every lane of the warp writes its two columns before the
+                # __syncthreads; each thread then reads all m): the same FMAs for every column.
+                trow = np.zeros(m, F32)
+                for j in range(m):
+                    acc = F32(0)
+                    for k in range(m):
+                        acc = fma(zc[row, k], ah[k, j], acc)
+                    trow[j] = acc
+                for j in (j0, j0 + 32):
+                    if j < m:
+                        acc = F32(0)
+                        for k in range(m):
+                            acc = fma(trow[k], zc[k, j], acc)
+                        new[r].append((row, j, F32(F32(2) * zc[row, j] - acc)))
+                        writes[row, j] += 1
+        assert (writes == 1).all(), "each element of Z is written by exactly one thread"
+        for r in range(CL):  # phase 3 (after cluster barrier 1): stores into every copy
+            for row, j, v in new[r]:
+                for cp in copies:
+                    cp[row, j] = v
+        # cluster barrier 2: all copies identical
+        assert all((cp == copies[0]).all() for cp in copies)
+    return copies[0]
+
+
+def main():
+    rng = np.random.default_rng(3)
+    fails = 0
+    for m in (1, 2, 7, 8, 9, 16, 17, 33, 49, 63, 64):
+        x = rng.standard_normal((m, 2 * m)).astype(F32)
+        a = np.exp(-0.5 * ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1) / (2 * m)).astype(F32)
+        iters = 6 if m > 32 else 20
+        z1, zc = one_cta(a, m, iters), cluster(a, m, iters)
+        same = z1.view(np.uint32).tobytes() == zc.view(np.uint32).tobytes()
+        fails += not same
+        print(f"{'PASS' if same else 'FAIL'} m={m} T={iters}: cluster == one CTA bit for bit")
+    print("ALL PASS" if not fails else f"{fails} FAILED")
+
+
+if __name__ == "__main__":
+    main()
