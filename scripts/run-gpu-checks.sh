@@ -111,6 +111,8 @@ if want profile && [[ -n $ncu ]]; then
   profile cosformer-causal cosformer_causal --op cosformer --shape 1,16,64k,64 --causal
   profile soft-pass1 soft_pass1 --op soft --shape 1,16,64k,64 --landmarks 64
   profile soft-pass2 soft_pass2 --op soft --shape 1,16,64k,64 --landmarks 64
+  profile soft-newton newton_pinv --op soft --shape 1,16,64k,64 --landmarks 64
+  profile soft-landmarks soft_landmarks --op soft --shape 1,16,64k,64 --landmarks 64
 fi
 echo "=== failed: ${failed[*]:-none}" | tee -a "$out/summary.log"
 [[ ${#failed[@]} -eq 0 ]]
