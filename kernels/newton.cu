@@ -61,6 +61,24 @@ __device__ __forceinline__ void smem_gemm(const float* x, const float* y, int ld
   }
 }
 
+// Â = A + λI and Z₀ = αÂ of matrix bh into shared memory (leading dim ld), α from A's row sums
+// before the ridge. Starts and ends with the shared arrays complete for the whole CTA (the caller
+// has made them free).
+__device__ void newton_start(const SoftKernelParams& p, int bh, int ld, float* ah, float* zs) {
+  const int m = p.m;
+  const float* A = nptr(p.a) + (i64)bh * m * m;
+  for (int i = threadIdx.x; i < m * m; i += NEWTON_THREADS) ah[(i / m) * ld + i % m] = A[i];
+  __syncthreads();
+  const float alpha = newton_alpha(ah, ld, m, p.alpha_scale);
+  for (int i = threadIdx.x; i < m * m; i += NEWTON_THREADS) {
+    const int r = i / m, c = i % m;
+    const float v = ah[r * ld + c] + (r == c ? p.ridge : 0.f);
+    ah[r * ld + c] = v;
+    zs[r * ld + c] = alpha * v;
+  }
+  __syncthreads();
+}
+
 // One launch, all T steps. Grid: x = bh (grid-stride), one CTA per matrix; 16×16 threads, each
 // owning rows ty + 16a and columns tx + 16b (a, b < R) of every product. Dynamic shared memory:
 // 3·m·(m|1) floats. Traffic: A read once, Z written once; the 2T GEMMs stay on chip.
@@ -79,18 +97,8 @@ __device__ void newton_smem(const SoftKernelParams& p) {
     ci[a] = min(tx + 16 * a, m - 1);
   }
   for (int bh = blockIdx.x; bh < p.b * p.h; bh += gridDim.x) {
-    const float* A = nptr(p.a) + (i64)bh * m * m;
     __syncthreads();  // the previous matrix is written out
-    for (int i = t; i < m * m; i += NEWTON_THREADS) ah[(i / m) * ld + i % m] = A[i];
-    __syncthreads();
-    const float alpha = newton_alpha(ah, ld, m, p.alpha_scale);
-    for (int i = t; i < m * m; i += NEWTON_THREADS) {
-      const int r = i / m, c = i % m;
-      const float v = ah[r * ld + c] + (r == c ? p.ridge : 0.f);
-      ah[r * ld + c] = v;
-      zs[r * ld + c] = alpha * v;
-    }
-    __syncthreads();
+    newton_start(p, bh, ld, ah, zs);
     for (int it = 0; it < p.iters; ++it) {
       float acc[R][R];
       smem_gemm<R>(zs, ah, ld, m, roff, ci, acc);  // ts = Z·Â
@@ -225,18 +233,8 @@ __device__ void newton_cluster(const SoftKernelParams& p) {
   const bool c0 = j0 < m, c1 = j1 < m;
   float* trow = ts + (threadIdx.x / 32) * ld;
   for (int bh = blockIdx.x / NEWTON_CL; bh < p.b * p.h; bh += gridDim.x / NEWTON_CL) {
-    const float* A = nptr(p.a) + (i64)bh * m * m;
     cluster_sync();  // every CTA has started, and is done with the previous matrix's copies
-    for (int i = threadIdx.x; i < m * m; i += NEWTON_THREADS) ah[(i / m) * ld + i % m] = A[i];
-    __syncthreads();
-    const float alpha = newton_alpha(ah, ld, m, p.alpha_scale);
-    for (int i = threadIdx.x; i < m * m; i += NEWTON_THREADS) {
-      const int r = i / m, c = i % m;
-      const float v = ah[r * ld + c] + (r == c ? p.ridge : 0.f);
-      ah[r * ld + c] = v;
-      zs[r * ld + c] = alpha * v;
-    }
-    __syncthreads();
+    newton_start(p, bh, ld, ah, zs);
     for (int it = 0; it < p.iters; ++it) {
       float t0 = 0.f, t1 = 0.f, u0 = 0.f, u1 = 0.f, z0 = 0.f, z1 = 0.f;
       if (live) {
