@@ -399,23 +399,41 @@ __device__ void aft_tile_shifts(const AftParams& p, int bh, int h, int c0, int t
     const int upto = p.causal ? min(t0 / AFT_CHUNK + 1, p.chunks) : p.chunks;
     msh[threadIdx.x] = aft_stats(p.pre, bh, p.chunks + 1, upto, p.d)[c0 + threadIdx.x];
   }
-  for (int i = warp; i < AFT_CHUNK; i += THREADS / 32) {
-    const int t = t0 + i;
-    float r = 0.f;
-    if (t < p.t && p.variant == AFT_FULL) {
-      r = reinterpret_cast<const float*>(p.rmax)[t];
-    } else if (t < p.t && (p.variant == AFT_LOCAL || p.variant == AFT_CONV)) {
-      const int s = p.window;
-      const i64 first = max((i64)0, (i64)t - s + 1);
-      const i64 last = p.causal ? t : min((i64)p.t - 1, (i64)t + s - 1);
-      const float* row = wp + (p.variant == AFT_LOCAL ? (i64)t : (i64)h) * band;
-      for (i64 tp = first + lane; tp <= last; tp += 32) r = fmaxf(r, row[tp - t + s - 1]);
+  constexpr int NW = THREADS / 32, RP = 4;  // warps; rows per pass, whose band loads overlap
+  for (int i0 = warp; i0 < AFT_CHUNK; i0 += RP * NW) {
+    float r[RP];
+    const float* row[RP];  // w of row i at band index first − t + s − 1 (local, conv)
+    int len[RP], lmax = 0;  // band keys of each row
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) r = fmaxf(r, __shfl_xor_sync(0xffffffffu, r, o));
+    for (int u = 0; u < RP; ++u) {
+      const int i = i0 + u * NW, t = t0 + i;
+      r[u] = 0.f;
+      len[u] = 0;
+      row[u] = wp;
+      if (i < AFT_CHUNK && t < p.t && p.variant == AFT_FULL) {
+        r[u] = reinterpret_cast<const float*>(p.rmax)[t];
+      } else if (i < AFT_CHUNK && t < p.t && (p.variant == AFT_LOCAL || p.variant == AFT_CONV)) {
+        const int s = p.window;
+        const int first = (int)max((i64)0, (i64)t - s + 1);
+        const int last = p.causal ? t : (int)min((i64)p.t - 1, (i64)t + s - 1);
+        row[u] = wp + (p.variant == AFT_LOCAL ? (i64)t : (i64)h) * band + ((i64)(first - t) + s - 1);
+        len[u] = last - first + 1;
+        lmax = max(lmax, len[u]);
+      }
     }
-    if (lane == 0) {
-      rsh[i] = r;
-      gsh[i] = p.variant == AFT_FULL ? 0.f : expf(-r);  // full has no keys outside [lo, hi)
+    for (int off = lane; off < lmax; off += 32)  // max is order-free: same r as a row at a time
+#pragma unroll
+      for (int u = 0; u < RP; ++u)
+        if (off < len[u]) r[u] = fmaxf(r[u], row[u][off]);
+#pragma unroll
+    for (int u = 0; u < RP; ++u) {
+      const int i = i0 + u * NW;
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) r[u] = fmaxf(r[u], __shfl_xor_sync(0xffffffffu, r[u], o));
+      if (lane == 0 && i < AFT_CHUNK) {
+        rsh[i] = r[u];
+        gsh[i] = p.variant == AFT_FULL ? 0.f : expf(-r[u]);  // full has no keys outside [lo, hi)
+      }
     }
   }
 }
