@@ -111,9 +111,7 @@ __device__ __forceinline__ float aft_bias(const AftParams& p, int h, int t, int 
 template <typename T> __device__ __forceinline__ void aft_load2(const T* p, bool pair, bool ok0, bool ok1, float& x0, float& x1) {
   if (pair) {
     if constexpr (sizeof(T) == 2) {
-      const u32 w = *reinterpret_cast<const u32*>(p);
-      x0 = to_f32(T{(u16)(w & 0xffffu)});
-      x1 = to_f32(T{(u16)(w >> 16)});
+      unpack2<T>(*reinterpret_cast<const u32*>(p), x0, x1);
     } else {
       const float2 w = *reinterpret_cast<const float2*>(p);
       x0 = to_f32(w.x);
@@ -255,7 +253,7 @@ __device__ void aft_scan(const AftParams& p) {
 template <typename T> __device__ __forceinline__ void aft_store2(T* p, bool pair, bool ok1, float y0, float y1) {
   if (pair) {
     if constexpr (sizeof(T) == 2) {
-      *reinterpret_cast<u32*>(p) = (u32)from_f32<T>(y0).bits | ((u32)from_f32<T>(y1).bits << 16);
+      *reinterpret_cast<u32*>(p) = pack2<T>(y0, y1);
     } else {
       *reinterpret_cast<float2*>(p) = float2{y0, y1};
     }

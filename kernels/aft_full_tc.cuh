@@ -31,6 +31,7 @@
 #define AFT_FG_SMEM (2 * AFT_FG_STAGE * 2 + AFT_FG_ROWS * 4)             // bytes (+ row exp coefficients)
 
 static_assert(AFT_FG_COLS == 2 * AFT_FG_TILE && AFT_FG_TILE == 2 * AFT_CT, "bmat tile layout");
+static_assert(AFT_FG_KB == AFT_KB, "key blocks of aft_tc_masked_keys");
 static_assert((AFT_FG_STAGE * 2) % 16 == 0 && (AFT_FG_ROWS * AFT_FG_ALD * 2) % 16 == 0, "16-byte stages");
 
 // bmat[t][tile·128 + cc] = E⊙V and bmat[t][tile·128 + 64 + cc] = E of channel tile·64… (tile =
@@ -82,8 +83,8 @@ __device__ void aft_full_b(const AftParams& p) {
       // E·se and E⊙V·sev = (E·se)·(V·sev/se); zeros past d and in the padding tile.
       const float e0 = live0 ? ex0(kx[i][0]) : 0.f, e1 = live1 ? ex1(kx[i][1]) : 0.f;
       u32* r = row + (i64)i * LANES * p.bcols / 2;
-      r[0] = (u32)from_f32<T>(e0 * (vx[i][0] * vf[0])).bits | ((u32)from_f32<T>(e1 * (vx[i][1] * vf[1])).bits << 16);
-      r[AFT_CT / 2] = (u32)from_f32<T>(e0).bits | ((u32)from_f32<T>(e1).bits << 16);
+      r[0] = pack2<T>(e0 * (vx[i][0] * vf[0]), e1 * (vx[i][1] * vf[1]));
+      r[AFT_CT / 2] = pack2<T>(e0, e1);
     }
   }
 }
@@ -188,31 +189,6 @@ __device__ __forceinline__ void aft_fg_copy_b(const AftParams& p, const u16* bm,
   }
 }
 
-// One 16-key step of the warp's 64 × (32 + 32) block: keys ks … ks + 15 of the stage.
-template <typename T>
-__device__ __forceinline__ void aft_fg_mma(const u16* as, const u16* bs, int ks, int wr, int ncol,
-                                           float (&num)[4][4][4], float (&den)[4][4][4]) {
-  const int lane = threadIdx.x % 32;
-  u32 a[4][4];
-#pragma unroll
-  for (int mi = 0; mi < 4; ++mi) ldmatrix_x4(a[mi], &as[(wr + 16 * mi + lane % 16) * AFT_FG_ALD + ks + (lane / 16) * 8]);
-  const int key = ks + lane % 8 + ((lane / 8) % 2) * 8;
-#pragma unroll
-  for (int j = 0; j < 4; j += 2) {
-    u32 bn[4], bd[4];
-    const u16* b = &bs[key * AFT_FG_BLD + ncol + 8 * j + (lane / 16) * 8];
-    ldmatrix_x4_trans(bn, b);
-    ldmatrix_x4_trans(bd, b + AFT_CT);
-#pragma unroll
-    for (int mi = 0; mi < 4; ++mi) {
-      mma16816<T>(num[mi][j], a[mi], bn[0], bn[1]);
-      mma16816<T>(num[mi][j + 1], a[mi], bn[2], bn[3]);
-      mma16816<T>(den[mi][j], a[mi], bd[0], bd[1]);
-      mma16816<T>(den[mi][j + 1], a[mi], bd[2], bd[3]);
-    }
-  }
-}
-
 // Whether the stage's bmat block holds a non-finite value (every thread checks 16 words).
 template <typename T> __device__ __forceinline__ bool aft_fg_block_bad(const u16* bs) {
   bool bad = false;
@@ -222,32 +198,6 @@ template <typename T> __device__ __forceinline__ bool aft_fg_block_bad(const u16
     bad |= nonfinite2<T>(*reinterpret_cast<const u32*>(&bs[key * AFT_FG_BLD + col]));
   }
   return bad;
-}
-
-// Causal block [kb, kb + 32) summed key by key, each key only into the rows at or after it.
-template <typename T>
-__device__ void aft_fg_masked(const u16* as, const u16* bs, int t0, int kb, int wr, int ncol,
-                              float (&num)[4][4][4], float (&den)[4][4][4]) {
-  const int lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
-#pragma unroll 1
-  for (int r = 0; r < AFT_FG_KB; ++r) {
-#pragma unroll
-    for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const int row = wr + 16 * mi + g + 8 * hh;
-        if (kb + r > t0 + row) continue;
-        const float wt = to_f32(T{as[row * AFT_FG_ALD + r]});
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-          for (int e1 = 0; e1 < 2; ++e1) {
-            const int col = ncol + 8 * j + 2 * tq + e1;
-            num[mi][j][2 * hh + e1] = fmaf(wt, to_f32(T{bs[r * AFT_FG_BLD + col]}), num[mi][j][2 * hh + e1]);
-            den[mi][j][2 * hh + e1] = fmaf(wt, to_f32(T{bs[r * AFT_FG_BLD + AFT_CT + col]}), den[mi][j][2 * hh + e1]);
-          }
-      }
-  }
 }
 
 // The warp's place in the CTA's 128 × 256 block: rows wr …, channel tile wt / 2 of the CTA's
@@ -376,15 +326,15 @@ __device__ void aft_full_tc(const AftParams& p) {
       // non-finite (0·NaN); then this block goes key by key (a uniform branch, taken before the
       // next block's loads so that their registers are not live across it).
       const bool masked = p.causal && i * KB + KB - 1 > t0 && __syncthreads_or(aft_fg_block_bad<T>(bs));
-      if (masked) aft_fg_masked<T>(as, bs, t0, i * KB, wr, ncol, num, den);
+      if (masked) aft_tc_masked_keys<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, t0, i * KB, wr, ncol, num, den);
       if (more) {  // next block: w into registers, bmat into the other stage
         aft_fg_load_any(p, w, (i + 1) * KB, wreg);
         aft_fg_copy_b(p, bm, (i + 1) * KB, nas + ROWS * AFT_FG_ALD);
         cp_async_commit();
       }
-      if (!masked) aft_fg_mma<T>(as, bs, 0, wr, ncol, num, den);
+      if (!masked) aft_tc_mma16<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, 0, wr, ncol, num, den);
       if (more) aft_fg_exp_any<T>(p, w, (i + 1) * KB, wreg, rcf, ap);
-      if (!masked) aft_fg_mma<T>(as, bs, 16, wr, ncol, num, den);
+      if (!masked) aft_tc_mma16<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, 16, wr, ncol, num, den);
       if (more) aft_fg_store_w(nas, ap);
       cp_async_wait<0>();
       __syncthreads();  // the other stage is complete; this one may be overwritten next
@@ -457,19 +407,19 @@ __device__ void aft_full_tc_cl(const AftParams& p) {
       const bool more = i + 1 < nkb;
       // Causal blocks past the tile's first row holding a non-finite bmat value: key by key.
       const bool masked = p.causal && i * KB + KB - 1 > t0 && __syncthreads_or(aft_fg_block_bad<T>(bs));
-      if (masked) aft_fg_masked<T>(as, bs, t0, i * KB, wr, ncol, num, den);
+      if (masked) aft_tc_masked_keys<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, t0, i * KB, wr, ncol, num, den);
       if (more) {
         aft_fg_load_any(p, w, (i + 1) * KB, wreg);
         aft_fg_copy_b(p, bm, (i + 1) * KB, bbase + ((i + 1) & 1) * BSZ);
         cp_async_commit();
       }
-      if (!masked) aft_fg_mma<T>(as, bs, 0, wr, ncol, num, den);
+      if (!masked) aft_tc_mma16<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, 0, wr, ncol, num, den);
       if (more) {
         aft_fg_exp_any<T>(p, w, (i + 1) * KB, wreg, rcf, ap);
         aft_fgc_share_w(rank, ap, abase + ((i + 1) % 3) * ASZ);
       }
       cluster_arrive();  // this CTA's stores of block i + 1 are done
-      if (!masked) aft_fg_mma<T>(as, bs, 16, wr, ncol, num, den);
+      if (!masked) aft_tc_mma16<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, 16, wr, ncol, num, den);
       cp_async_wait<0>();
       __syncthreads();
       cluster_wait();  // every CTA's stores of block i + 1 are visible

@@ -111,6 +111,64 @@ __device__ __forceinline__ void aft_tc_stage_w(const AftParams& p, const float* 
   }
 }
 
+// One 16-key step of a warp's (16·MI rows) × (32 E⊙V + the same 32 E) block on mma.sync: keys
+// ks … ks + 15 of a: weights [row][key] (row stride ALD) and b: [key][E⊙V | E] (row stride BLD,
+// E at +AFT_CT); rows row0 + 16·mi …, columns col0 + 8·j … of the accumulators. Per step: MI + 4
+// ldmatrix.x4 for 16·MI mma.
+template <typename T, int MI, int ALD, int BLD>
+__device__ __forceinline__ void aft_tc_mma16(const u16* a, const u16* b, int ks, int row0, int col0,
+                                             float (&num)[MI][4][4], float (&den)[MI][4][4]) {
+  const int lane = threadIdx.x % 32;
+  u32 af[MI][4];
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi) ldmatrix_x4(af[mi], &a[(row0 + 16 * mi + lane % 16) * ALD + ks + (lane / 16) * 8]);
+  const int key = ks + lane % 8 + ((lane / 8) % 2) * 8;
+#pragma unroll
+  for (int j = 0; j < 4; j += 2) {
+    u32 bn[4], bd[4];
+    const u16* bp = &b[key * BLD + col0 + 8 * j + (lane / 16) * 8];
+    ldmatrix_x4_trans(bn, bp);
+    ldmatrix_x4_trans(bd, bp + AFT_CT);
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+      mma16816<T>(num[mi][j], af[mi], bn[0], bn[1]);
+      mma16816<T>(num[mi][j + 1], af[mi], bn[2], bn[3]);
+      mma16816<T>(den[mi][j], af[mi], bd[0], bd[1]);
+      mma16816<T>(den[mi][j + 1], af[mi], bd[2], bd[3]);
+    }
+  }
+}
+
+// A causal key block [kb, kb + AFT_KB) summed key by key, each key only into the rows at or after
+// it (the tensor-core kernels' path for a block holding a non-finite operand: 0·NaN must not
+// reach earlier rows). a: weights [row][key] (row stride ALD), b: [key][E⊙V | E] (row stride
+// BLD, E at +AFT_CT); the warp's accumulators cover rows row0 + 16·mi + g + 8·(e / 2) and
+// columns col0 + 8·j + 2·tq + e % 2, tile rows starting at sequence row t0.
+template <typename T, int MI, int ALD, int BLD>
+__device__ void aft_tc_masked_keys(const u16* a, const u16* b, int t0, int kb, int row0, int col0,
+                                   float (&num)[MI][4][4], float (&den)[MI][4][4]) {
+  const int lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+#pragma unroll 1
+  for (int r = 0; r < AFT_KB; ++r) {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int row = row0 + 16 * mi + g + 8 * hh;
+        if (kb + r > t0 + row) continue;
+        const float wt = to_f32(T{a[row * ALD + r]});
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int e1 = 0; e1 < 2; ++e1) {
+            const int col = col0 + 8 * j + 2 * tq + e1;
+            num[mi][j][2 * hh + e1] = fmaf(wt, to_f32(T{b[r * BLD + col]}), num[mi][j][2 * hh + e1]);
+            den[mi][j][2 * hh + e1] = fmaf(wt, to_f32(T{b[r * BLD + AFT_CT + col]}), den[mi][j][2 * hh + e1]);
+          }
+      }
+  }
+}
+
 template <typename T>
 __device__ void aft_window_tc(const AftParams& p) {
   constexpr int ROWS = AFT_CHUNK, THREADS = AFT_TC_THREADS, KB = AFT_KB;
@@ -221,50 +279,11 @@ __device__ void aft_window_tc(const AftParams& p) {
       const bool bad = !aft_finite(chk);
       const bool any_bad = __syncthreads_or(bad);
       if (p.causal && kb + KB - 1 > t0 && any_bad) {
-#pragma unroll 1
-        for (int r = 0; r < KB; ++r) {
-#pragma unroll
-          for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-              const int row = rw + 16 * mi + g + 8 * hh;
-              if (kb + r > t0 + row) continue;
-              const float wt = to_f32(T{ws[row * AFT_TC_WLD + r]});
-#pragma unroll
-              for (int nj = 0; nj < 4; ++nj)
-#pragma unroll
-                for (int e1 = 0; e1 < 2; ++e1) {
-                  const int cc = cw + 8 * nj + 2 * tq + e1;
-                  const float ev = to_f32(T{kv[r * AFT_TC_KLD + cc]}), e = to_f32(T{kv[r * AFT_TC_KLD + AFT_CT + cc]});
-                  num[mi][nj][2 * hh + e1] = fmaf(wt, ev, num[mi][nj][2 * hh + e1]);
-                  den[mi][nj][2 * hh + e1] = fmaf(wt, e, den[mi][nj][2 * hh + e1]);
-                }
-            }
-        }
+        aft_tc_masked_keys<T, 2, AFT_TC_WLD, AFT_TC_KLD>(ws, kv, t0, kb, rw, cw, num, den);
         continue;
       }
 #pragma unroll
-      for (int ks = 0; ks < KB; ks += 16) {
-        u32 a[2][4];
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
-          ldmatrix_x4(a[mi], &ws[(rw + 16 * mi + lane % 16) * AFT_TC_WLD + ks + (lane / 16) * 8]);
-        const int key = ks + lane % 8 + ((lane / 8) % 2) * 8;
-#pragma unroll
-        for (int nj = 0; nj < 4; nj += 2) {
-          u32 bn[4], bd[4];
-          const u16* b = &kv[key * AFT_TC_KLD + cw + 8 * nj + (lane / 16) * 8];
-          ldmatrix_x4_trans(bn, b);
-          ldmatrix_x4_trans(bd, b + AFT_CT);
-#pragma unroll
-          for (int mi = 0; mi < 2; ++mi) {
-            mma16816<T>(num[mi][nj], a[mi], bn[0], bn[1]);
-            mma16816<T>(num[mi][nj + 1], a[mi], bn[2], bn[3]);
-            mma16816<T>(den[mi][nj], a[mi], bd[0], bd[1]);
-            mma16816<T>(den[mi][nj + 1], a[mi], bd[2], bd[3]);
-          }
-        }
-      }
+      for (int ks = 0; ks < KB; ks += 16) aft_tc_mma16<T, 2, AFT_TC_WLD, AFT_TC_KLD>(ws, kv, ks, rw, cw, num, den);
     }
 
     // num/den (unscaled) into the ratio tile; outputs whose denominator is below the floor are

@@ -32,6 +32,32 @@ template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) {
   return h;
 }
 
+// Two fp32 values rounded to T (f16, bf16) and packed low-first, in one cvt.
+template <typename T> __device__ __forceinline__ u32 pack2(float lo, float hi);
+template <> __device__ __forceinline__ u32 pack2<f16>(float lo, float hi) {
+  u32 r;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+template <> __device__ __forceinline__ u32 pack2<bf16>(float lo, float hi) {
+  u32 r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+// The two values of a packed pair (low first) as fp32.
+template <typename T> __device__ __forceinline__ void unpack2(u32 x, float& lo, float& hi) {
+  lo = to_f32(T{(u16)(x & 0xffffu)});
+  hi = to_f32(T{(u16)(x >> 16)});
+}
+
+// a ≈ hi + lo, b likewise: hi = the pair rounded to T, lo = the remainders rounded to T.
+template <typename T> __device__ __forceinline__ void split2(float a, float b, u32& hi, u32& lo) {
+  hi = pack2<T>(a, b);
+  float ha, hb;
+  unpack2<T>(hi, ha, hb);
+  lo = pack2<T>(a - ha, b - hb);
+}
+
 // Loads 8 consecutive elements (16 bytes for 16-bit types) into fp32. `p` must be 16-byte
 // aligned for 16-bit types and 32-byte aligned for f32 (callers check alignment on the host).
 __device__ __forceinline__ void load8(const f16* p, float* out) {

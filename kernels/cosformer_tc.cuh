@@ -76,12 +76,10 @@ __device__ __forceinline__ void cos_tc_key_ops(u32 (&sh)[4], u32 (&ch)[4], u32 (
 #pragma unroll
   for (int i = 0; i < 4; ++i) {  // a0, a1 hold key columns 2t, 2t+1; a2, a3 hold 2t+8, 2t+9
     const int j = 2 * t + (i / 2) * 8;
-    const float k0 = to_f32(T{(u16)(a[i] & 0xffffu)}), k1 = to_f32(T{(u16)(a[i] >> 16)});
-    const float s0 = k0 * sn[j], s1 = k1 * sn[j + 1], c0 = k0 * cs[j], c1 = k1 * cs[j + 1];
-    sh[i] = pack2<T>(s0, s1);
-    ch[i] = pack2<T>(c0, c1);
-    sl[i] = pack2<T>(s0 - to_f32(T{(u16)(sh[i] & 0xffffu)}), s1 - to_f32(T{(u16)(sh[i] >> 16)}));
-    cl[i] = pack2<T>(c0 - to_f32(T{(u16)(ch[i] & 0xffffu)}), c1 - to_f32(T{(u16)(ch[i] >> 16)}));
+    float k0, k1;
+    unpack2<T>(a[i], k0, k1);
+    split2<T>(k0 * sn[j], k1 * sn[j + 1], sh[i], sl[i]);
+    split2<T>(k0 * cs[j], k1 * cs[j + 1], ch[i], cl[i]);
   }
 }
 

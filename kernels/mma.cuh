@@ -62,17 +62,6 @@ template <> __device__ __forceinline__ void mma16816<bf16>(float (&d)[4], const 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Two fp32 values rounded to T and packed low-first (the layout of two consecutive elements).
-template <typename T> __device__ __forceinline__ u32 pack2(float lo, float hi) {
-  return (u32)from_f32<T>(lo).bits | ((u32)from_f32<T>(hi).bits << 16);
-}
-
-// The two values of a packed pair (low first) as fp32.
-template <typename T> __device__ __forceinline__ void unpack2(u32 x, float& lo, float& hi) {
-  lo = to_f32(T{(u16)(x & 0xffffu)});
-  hi = to_f32(T{(u16)(x >> 16)});
-}
-
 // Eight 16-bit values from 16 bytes of shared memory, widened to fp32.
 template <typename T> __device__ __forceinline__ void unpack8(const u16* p, float* out) {
   uint4 raw = *reinterpret_cast<const uint4*>(p);
@@ -132,7 +121,9 @@ template <> __device__ __forceinline__ u32 relu2<bf16>(u32 x) {
 
 // Two packed values times two fp32 factors, computed in fp32 and rounded once.
 template <typename T> __device__ __forceinline__ u32 scale2(u32 x, float lo, float hi) {
-  return pack2<T>(to_f32(T{(u16)(x & 0xffffu)}) * lo, to_f32(T{(u16)(x >> 16)}) * hi);
+  float a, b;
+  unpack2<T>(x, a, b);
+  return pack2<T>(a * lo, b * hi);
 }
 
 // Two packed ones: a B fragment of ones turns an mma into row sums of A.

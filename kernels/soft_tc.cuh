@@ -66,39 +66,12 @@ __device__ __forceinline__ uint4 soft_lds128(u32 addr) {
   return r;
 }
 
-// Two fp32 values rounded to T and packed low-first, in one cvt.
-template <typename T> __device__ __forceinline__ u32 soft_pack2(float lo, float hi);
-template <> __device__ __forceinline__ u32 soft_pack2<f16>(float lo, float hi) {
-  u32 r;
-  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
-}
-template <> __device__ __forceinline__ u32 soft_pack2<bf16>(float lo, float hi) {
-  u32 r;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
-}
-__device__ __forceinline__ float soft_lo16(u16 x, f16) { return to_f32(f16{x}); }
-__device__ __forceinline__ float soft_lo16(u16 x, bf16) { return to_f32(bf16{x}); }
-// The two values of a packed pair as fp32.
-template <typename T> __device__ __forceinline__ void soft_unpack2(u32 x, float& lo, float& hi) {
-  lo = soft_lo16((u16)(x & 0xffffu), T{});
-  hi = soft_lo16((u16)(x >> 16), T{});
-}
-
-// a ≈ hi + lo, b likewise: hi = the pair rounded to T, lo = the remainders rounded to T.
-template <typename T> __device__ __forceinline__ void soft_split2(float a, float b, u32& hi, u32& lo) {
-  hi = soft_pack2<T>(a, b);
-  float ha, hb;
-  soft_unpack2<T>(hi, ha, hb);
-  lo = soft_pack2<T>(a - ha, b - hb);
-}
 
 // Σ of the squares of the four 16-bit values in two packed pairs (exact products, fp32 sums).
 template <typename T> __device__ __forceinline__ float soft_sq4(u32 x, u32 y, float acc) {
   float a, b, c, e;
-  soft_unpack2<T>(x, a, b);
-  soft_unpack2<T>(y, c, e);
+  unpack2<T>(x, a, b);
+  unpack2<T>(y, c, e);
   acc = fmaf(a, a, acc);
   acc = fmaf(b, b, acc);
   acc = fmaf(c, c, acc);
@@ -269,10 +242,10 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
             }
           // Pᵀ as the A operand (m = landmarks, k = rows): the accumulator layout.
           u32 ph[4], pl[4];
-          soft_split2<T>(gt[0][0], gt[0][1], ph[0], pl[0]);
-          soft_split2<T>(gt[0][2], gt[0][3], ph[1], pl[1]);
-          soft_split2<T>(gt[1][0], gt[1][1], ph[2], pl[2]);
-          soft_split2<T>(gt[1][2], gt[1][3], ph[3], pl[3]);
+          split2<T>(gt[0][0], gt[0][1], ph[0], pl[0]);
+          split2<T>(gt[0][2], gt[0][3], ph[1], pl[1]);
+          split2<T>(gt[1][0], gt[1][1], ph[2], pl[2]);
+          split2<T>(gt[1][2], gt[1][3], ph[3], pl[3]);
 #pragma unroll
           for (int e0 = 0; e0 < D; e0 += 16) {
             u32 bv[4];  // B = V (k = rows, n = e): n-tiles e0, e0 + 8
@@ -434,10 +407,10 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
 #pragma unroll
         for (int kk = 0; kk < NJ / 2; ++kk) {  // k-step: landmarks jb + 16kk + [0, 16)
           u32 ph[4], pl[4];  // P as the A operand (m = rows, k = landmarks): the accumulator layout
-          soft_split2<T>(gs[2 * kk][0], gs[2 * kk][1], ph[0], pl[0]);
-          soft_split2<T>(gs[2 * kk][2], gs[2 * kk][3], ph[1], pl[1]);
-          soft_split2<T>(gs[2 * kk + 1][0], gs[2 * kk + 1][1], ph[2], pl[2]);
-          soft_split2<T>(gs[2 * kk + 1][2], gs[2 * kk + 1][3], ph[3], pl[3]);
+          split2<T>(gs[2 * kk][0], gs[2 * kk][1], ph[0], pl[0]);
+          split2<T>(gs[2 * kk][2], gs[2 * kk][3], ph[1], pl[1]);
+          split2<T>(gs[2 * kk + 1][0], gs[2 * kk + 1][1], ph[2], pl[2]);
+          split2<T>(gs[2 * kk + 1][2], gs[2 * kk + 1][3], ph[3], pl[3]);
           const u32 wrow = waddr + (jb + kk * 16) * LD * 2;
 #pragma unroll
           for (int e0 = 0; e0 < D; e0 += 16) {
@@ -461,8 +434,8 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
       for (int j = 0; j < NT; ++j) {
         const int e = j * 8 + 2 * t;
         const float c0 = cinv[e], c1 = cinv[e + 1];
-        *reinterpret_cast<u32*>(&stage[g][e]) = soft_pack2<T>(acc[j][0] * c0, acc[j][1] * c1);
-        *reinterpret_cast<u32*>(&stage[g + 8][e]) = soft_pack2<T>(acc[j][2] * c0, acc[j][3] * c1);
+        *reinterpret_cast<u32*>(&stage[g][e]) = pack2<T>(acc[j][0] * c0, acc[j][1] * c1);
+        *reinterpret_cast<u32*>(&stage[g + 8][e]) = pack2<T>(acc[j][2] * c0, acc[j][3] * c1);
       }
       __syncwarp();
       const int row0 = tile * ROWS + r0;
