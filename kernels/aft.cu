@@ -365,18 +365,34 @@ __device__ __forceinline__ AftWindow aft_window_of(const AftParams& p, int t0) {
   }
 }
 
-// A window-kernel CTA's (b,h) slice (x = bh × channel tile) and first channel.
+// A window-kernel CTA's work, grid (B·H·ctiles, ≤ chunks): slice sx = bh·ctiles + channel tile,
+// tiles tile0, tile0 + gridDim.y, … (one tile when gridDim.y = chunks). Slice-major in the reverse of the chunk pass's order (grid
+// (chunks, bh, ctile): channel tile, then bh, then chunk), so that the first CTAs re-read the K, V
+// slices that pass read last and L2 may still hold. With a grid-stride over tiles (gridDim.y <
+// chunks) the plain mapping.
+struct AftBlock {
+  int sx, tile0;
+};
+__device__ __forceinline__ AftBlock aft_window_block(const AftParams& p) {
+  if ((int)gridDim.y != p.chunks || (u64)gridDim.x * gridDim.y > 0xffffffffull)
+    return {(int)blockIdx.x, (int)blockIdx.y};
+  const u32 bhn = p.b * p.h, l = blockIdx.x + gridDim.x * blockIdx.y;
+  const u32 key = gridDim.x - 1 - l / (u32)p.chunks;  // ctile · B·H + bh
+  return {(int)((key % bhn) * (gridDim.x / bhn) + key / bhn), (int)(l % (u32)p.chunks)};
+}
+
+// The (b,h) slice of window-kernel slice index sx (bh × channel tile) and its first channel.
 template <typename T> struct AftSlice {
   int bh, h, c0;
   const T *q, *k, *v;
   T* o;
 };
-template <typename T> __device__ __forceinline__ AftSlice<T> aft_slice(const AftParams& p) {
+template <typename T> __device__ __forceinline__ AftSlice<T> aft_slice(const AftParams& p, int sx) {
   const int ctiles = div_up(p.d, AFT_CT);
-  const int bh = blockIdx.x / ctiles, b = bh / p.h, h = bh % p.h;
+  const int bh = sx / ctiles, b = bh / p.h, h = bh % p.h;
   return {bh,
           h,
-          (int)(blockIdx.x % ctiles) * AFT_CT,
+          (sx % ctiles) * AFT_CT,
           reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh,
           reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh,
           reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh,
@@ -523,13 +539,14 @@ __device__ void aft_window(const AftParams& p) {
   __shared__ float evs[AFT_KB][AFT_CT + 1];
   __shared__ float ws[AFT_CHUNK][AFT_KB + 1];
   __shared__ float rsh[AFT_CHUNK], gsh[AFT_CHUNK], msh[AFT_CT];
-  const AftSlice<T> sl = aft_slice<T>(p);
+  const AftBlock blk = aft_window_block(p);
+  const AftSlice<T> sl = aft_slice<T>(p, blk.sx);
   const int bh = sl.bh, h = sl.h, c0 = sl.c0;
   const T *q = sl.q, *k = sl.k, *v = sl.v;
   T* o = sl.o;
   const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
 
-  for (int tile = blockIdx.y; tile < p.chunks; tile += gridDim.y) {
+  for (int tile = blk.tile0; tile < p.chunks; tile += gridDim.y) {
     const int t0 = tile * AFT_CHUNK;
     const AftWindow win = aft_window_of(p, t0);
     __syncthreads();  // previous tile done with the shared arrays

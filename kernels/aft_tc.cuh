@@ -181,7 +181,8 @@ __device__ void aft_window_tc(const AftParams& p) {
   float(*ratio)[AFT_TC_LD] = reinterpret_cast<float(*)[AFT_TC_LD]>(buf);
   __shared__ float rsh[ROWS], gsh[ROWS], msh[AFT_CT], ash[AFT_CT], zsh[AFT_CT], ssh[AFT_CT];
   __shared__ float2 wcf[ROWS];  // per row: log2(sw) − r_t·log2(e), g_t·sw (W staging)
-  const AftSlice<T> sl = aft_slice<T>(p);
+  const AftBlock blk = aft_window_block(p);
+  const AftSlice<T> sl = aft_slice<T>(p, blk.sx);
   const int bh = sl.bh, h = sl.h, c0 = sl.c0;
   const T *q = sl.q, *k = sl.k, *v = sl.v;
   T* o = sl.o;
@@ -208,7 +209,7 @@ __device__ void aft_window_tc(const AftParams& p) {
   const i64 wstep = p.variant == AFT_LOCAL ? 8 * (band - 1) : -8;
   const u32 kv_addr = smem_addr(kv), ws_addr = smem_addr(ws), wcf_addr = smem_addr(&wcf[wr]);
 
-  for (int tile = blockIdx.y; tile < p.chunks; tile += gridDim.y) {
+  for (int tile = blk.tile0; tile < p.chunks; tile += gridDim.y) {
     const int t0 = tile * ROWS;
     const AftWindow win = aft_window_of(p, t0);
     const float* wrow0 = reinterpret_cast<const float*>(p.w) + (p.variant == AFT_LOCAL ? (i64)(t0 + wr) : (i64)h) * band +

@@ -1,7 +1,8 @@
 // cosFormer tensor-core path (SPEC §2) for f16/bf16, D == Dv, 16-byte-aligned rows. Features are
 // never stored: ReLU is applied to the loaded 16-bit fragments, and the sin/cos re-weighting is
-// folded into an operand in fp32 right before each mma (state sums: as hi + lo 16-bit parts, two
-// mmas, so the fp32 state matches the CUDA-core kernels' accuracy). Accumulation is fp32.
+// folded into an operand in fp32 right before each mma (reduce state sums: as hi + lo 16-bit parts,
+// two mmas, so the fp32 state matches the CUDA-core kernels' accuracy), or applied to the fp32
+// products (the state product of the map and causal passes). Accumulation is fp32.
 //   cos_reduce_tc  D ∈ {32, 48, 64}: per-chunk states, the layout of cos_reduce (so the
 //                  CUDA-core finalize and scan are shared)
 //   cos_map_tc     D ∈ {32, 48, 64}: non-causal outputs from the summed state
@@ -80,6 +81,25 @@ __device__ __forceinline__ void cos_tc_key_ops(u32 (&sh)[4], u32 (&ch)[4], u32 (
     unpack2<T>(a[i], k0, k1);
     split2<T>(k0 * sn[j], k1 * sn[j + 1], sh[i], sl[i]);
     split2<T>(k0 * cs[j], k1 * cs[j + 1], ch[i], cl[i]);
+  }
+}
+
+// The hi parts of cos_tc_key_ops alone (the same values): for the causal pass's carried state,
+// which only ever feeds the 16-bit state operand, never the returned state (that comes from the
+// reduce and the scan, which keep hi + lo).
+template <typename T, int TAB>
+__device__ __forceinline__ void cos_tc_key_ops_hi(u32 (&sh)[4], u32 (&ch)[4], const u32 (&a)[4], int n0,
+                                                  const float (*tab)[TAB]) {
+  const int t = threadIdx.x % 4;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int j = n0 + 2 * t + (i / 2) * 8;
+    const float2 sn = *reinterpret_cast<const float2*>(&tab[0][j]);
+    const float2 cs = *reinterpret_cast<const float2*>(&tab[1][j]);
+    float k0, k1;
+    unpack2<T>(a[i], k0, k1);
+    sh[i] = pack2<T>(k0 * sn.x, k1 * sn.y);
+    ch[i] = pack2<T>(k0 * cs.x, k1 * cs.y);
   }
 }
 
@@ -220,48 +240,66 @@ __device__ __forceinline__ void cos_tc_block_max(float& mk, float& mz, float (*r
   }
 }
 
-// Row-tile state product: for the warp's A fragments of ReLU(q) (KT k-steps), folds sinθ/cosθ of
-// rows g and g + 8 into the operand and accumulates acc += A_c·αKVc + A_s·αKVs over value columns
-// [e0, e0 + 8·NT), and dz += A_c·βzc + A_s·βzs (all columns of dz equal).
-template <typename T, int D, int LB, int NT, bool DEN>
+// Row-tile state product: acc += cosθ_i·(q_i·αKVc) + sinθ_i·(q_i·αKVs) over value columns
+// [e0, e0 + 8·NT), and dz += cosθ_i·(q_i·βzc) + sinθ_i·(q_i·βzs) (all columns of dz equal), for
+// the warp's A fragments of ReLU(q) (KT k-steps) and rows g, g + 8 (angles sn0/cs0, sn1/cs1).
+// FOLD: the angles folded into the A operand in fp32 and rounded once (the map pass: fewest
+// registers, for its occupancy); else applied to separate fp32 products (the causal pass, which
+// has registers to spare at one CTA per SM: no re-rounded operands, ~100 fewer instructions).
+template <typename T, int D, int LB, int NT, bool DEN, bool FOLD>
 __device__ __forceinline__ void cos_tc_state_mma(float (&acc)[NT][4], float (&dz)[4], const u32 (&aq)[D / 16][4],
                                                  u16 (*bs)[LB], float sn0, float cs0, float sn1, float cs1,
                                                  int e0) {
   const int lane = threadIdx.x % 32, mat = lane / 8, r = lane % 8;
+  float pc[NT][4], ps[NT][4], zc[4] = {0, 0, 0, 0}, zs[4] = {0, 0, 0, 0};  // !FOLD only
+#pragma unroll
+  for (int j = 0; j < NT; ++j) pc[j][0] = pc[j][1] = pc[j][2] = pc[j][3] = ps[j][0] = ps[j][1] = ps[j][2] = ps[j][3] = 0.f;
+  float(*oc)[4] = FOLD ? acc : pc;  // where the cos and sin products accumulate
+  float(*os)[4] = FOLD ? acc : ps;
+  float(&ozc)[4] = *(FOLD ? &dz : &zc);
+  float(&ozs)[4] = *(FOLD ? &dz : &zs);
 #pragma unroll
   for (int kt = 0; kt < D / 16; ++kt) {
-    u32 a_c[4], a_s[4];  // a0, a2: row g; a1, a3: row g + 8
-    a_c[0] = scale2<T>(aq[kt][0], cs0, cs0);
-    a_c[1] = scale2<T>(aq[kt][1], cs1, cs1);
-    a_c[2] = scale2<T>(aq[kt][2], cs0, cs0);
-    a_c[3] = scale2<T>(aq[kt][3], cs1, cs1);
-    a_s[0] = scale2<T>(aq[kt][0], sn0, sn0);
-    a_s[1] = scale2<T>(aq[kt][1], sn1, sn1);
-    a_s[2] = scale2<T>(aq[kt][2], sn0, sn0);
-    a_s[3] = scale2<T>(aq[kt][3], sn1, sn1);
+    u32 ac[4], as[4];  // the A operands: FOLD: rows g (0, 2) and g + 8 (1, 3) scaled; else q
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      ac[i] = FOLD ? scale2<T>(aq[kt][i], i % 2 ? cs1 : cs0, i % 2 ? cs1 : cs0) : aq[kt][i];
+      as[i] = FOLD ? scale2<T>(aq[kt][i], i % 2 ? sn1 : sn0, i % 2 ? sn1 : sn0) : aq[kt][i];
+    }
     u16(*brow)[LB] = bs + kt * 16 + r + (mat % 2) * 8;
 #pragma unroll
     for (int j = 0; j + 1 < NT; j += 2) {
       u32 bc[4], bsn[4];
       ldmatrix_x4_trans(bc, &brow[0][e0 + j * 8 + (mat / 2) * 8]);
       ldmatrix_x4_trans(bsn, &brow[0][D + e0 + j * 8 + (mat / 2) * 8]);
-      mma16816<T>(acc[j], a_c, bc[0], bc[1]);
-      mma16816<T>(acc[j + 1], a_c, bc[2], bc[3]);
-      mma16816<T>(acc[j], a_s, bsn[0], bsn[1]);
-      mma16816<T>(acc[j + 1], a_s, bsn[2], bsn[3]);
+      mma16816<T>(oc[j], ac, bc[0], bc[1]);
+      mma16816<T>(oc[j + 1], ac, bc[2], bc[3]);
+      mma16816<T>(os[j], as, bsn[0], bsn[1]);
+      mma16816<T>(os[j + 1], as, bsn[2], bsn[3]);
     }
     if (NT % 2) {
       u32 bc[2], bsn[2];
       ldmatrix_x2_trans(bc, &brow[0][e0 + (NT - 1) * 8]);
       ldmatrix_x2_trans(bsn, &brow[0][D + e0 + (NT - 1) * 8]);
-      mma16816<T>(acc[NT - 1], a_c, bc[0], bc[1]);
-      mma16816<T>(acc[NT - 1], a_s, bsn[0], bsn[1]);
+      mma16816<T>(oc[NT - 1], ac, bc[0], bc[1]);
+      mma16816<T>(os[NT - 1], as, bsn[0], bsn[1]);
     }
     if (DEN) {
       u32 bz[4];  // n-tile 0: βzc, n-tile 1: βzs
       ldmatrix_x4_trans(bz, &brow[0][2 * D + (mat / 2) * 8]);
-      mma16816<T>(dz, a_c, bz[0], bz[1]);
-      mma16816<T>(dz, a_s, bz[2], bz[3]);
+      mma16816<T>(ozc, ac, bz[0], bz[1]);
+      mma16816<T>(ozs, as, bz[2], bz[3]);
+    }
+  }
+  if (!FOLD) {
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int x = 0; x < 4; ++x)  // elements 0, 1: row g; 2, 3: row g + 8
+        acc[j][x] = fmaf(x < 2 ? sn0 : sn1, ps[j][x], fmaf(x < 2 ? cs0 : cs1, pc[j][x], acc[j][x]));
+    if (DEN) {
+#pragma unroll
+      for (int x = 0; x < 4; ++x) dz[x] = fmaf(x < 2 ? sn0 : sn1, zs[x], fmaf(x < 2 ? cs0 : cs1, zc[x], dz[x]));
     }
   }
 }
@@ -325,7 +363,7 @@ __device__ void cos_map_tc(const CosformerParams& p, int bh0, int bh_step, int t
     for (int i = threadIdx.x; i < 2 * D; i += THREADS) mz = fmaxf(mz, fabsf(st[2 * ddv + i]));
     cos_tc_block_max<WARPS>(mk, mz, red);
     const float alpha = pow2_scale(mk), beta = pow2_scale(mz);
-    const float inv_alpha = 1.f / alpha, inv_beta = 1.f / beta;
+    const float inv_alpha = pow2_inv(alpha), inv_beta = pow2_inv(beta);
     for (int i = threadIdx.x; i < D * D; i += THREADS) {
       const int c = i / D, e = i % D;
       bs[c][e] = from_f32<T>(st[ddv + i] * alpha).bits;  // KVc
@@ -358,12 +396,12 @@ __device__ void cos_map_tc(const CosformerParams& p, int bh0, int bh_step, int t
 #pragma unroll
         for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
         if (ep == 0) {
-          cos_tc_state_mma<T, D, LB, NT, true>(acc, dz, aq, bs, sn0, cs0, sn1, cs1, 0);
+          cos_tc_state_mma<T, D, LB, NT, true, true>(acc, dz, aq, bs, sn0, cs0, sn1, cs1, 0);
           inv0 = inv_alpha / fmaxf(dz[0] * inv_beta, p.eps);
           inv1 = inv_alpha / fmaxf(dz[2] * inv_beta, p.eps);
           __syncwarp();  // every lane's ldmatrix reads of the Q rows precede the staging writes
         } else {
-          cos_tc_state_mma<T, D, LB, NT, false>(acc, dz, aq, bs, sn0, cs0, sn1, cs1, ep * EW);
+          cos_tc_state_mma<T, D, LB, NT, false, true>(acc, dz, aq, bs, sn0, cs0, sn1, cs1, ep * EW);
         }
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
@@ -380,14 +418,19 @@ __device__ void cos_map_tc(const CosformerParams& p, int bh0, int bh_step, int t
   }
 }
 
-// Causal pass (N = S), D ∈ {32, 64}. Grid: x = chunk, y = bh (grid-stride); 8 warps. `partial`
-// holds each chunk's exclusive prefix state (after cos_scan). Per 64-row block of the chunk:
-//  1. output: warp (rt, eh) = (warp % 4, warp / 4) owns query rows [16rt, 16rt+16) × value
-//     columns [eh·D/2, …): scores S = ReLU(Q)ReLU(K)ᵀ over key groups ≤ rt, weights
-//     W = S·cos(θ_i − θ_j) masked to j ≤ i (selected, never multiplied, so later keys cannot leak),
-//     scaled per row by a power of two σ_i into the 16-bit range, then W·V; plus the state product
-//     of the state before the block; denominators Σ_j W_ij (fp32) + the z product.
-//  2. update: warp (ct, ue) adds the block's Kᵀ·diag(sin|cos)·V to its fp32 state registers.
+// Causal pass (N = S), D ∈ {32, 64}. Grid: (chunks, bh), mapped by cos_causal_block; 8 warps.
+// `partial` holds each chunk's exclusive prefix state (after cos_scan). Per 64-row block of the
+// chunk (Q and K tiles ReLU'd once in shared memory, tc_relu_own):
+//  1. output: warp (rt, eh) owns query rows [16rt, 16rt+16) × value columns [eh·D/2, …) (rt
+//     paired across schedulers, see rt below): scores S = ReLU(Q)ReLU(K)ᵀ over key groups ≤ rt,
+//     weights W = S·cos(θ_i − θ_j) (a table over i − j) masked to j ≤ i (selected, never
+//     multiplied, so later keys cannot leak), scaled per row by a power of two σ_i into the
+//     16-bit range, then W·V; plus the state product of the state before the block (angles
+//     applied to its fp32 products); denominators Σ_j W_ij (fp32) + the z product.
+//  2. update: warp (ct, ue) adds the block's Kᵀ·diag(sin|cos)·V to its fp32 state registers,
+//     with the re-weighted keys rounded once to 16 bits (hi parts only: this carried state only
+//     feeds the 16-bit state operand of step 3; the state a prefill returns comes from the reduce
+//     and the scan, which keep hi + lo).
 //  3. the new state is scaled and written as the 16-bit B operand for the next block.
 // Non-finite values in V of the diagonal key group: the mma takes them as zero and their
 // contribution is added for rows j ≤ i only, so rows before a poisoned token stay unchanged.
@@ -404,18 +447,25 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
   auto tiles = reinterpret_cast<u16(*)[3][BR][LD]>(cos_tc_smem);  // [buf][q, k, v]
   auto os = reinterpret_cast<u16(*)[LD]>(cos_tc_smem + 6 * BR * LD);
   auto bs = reinterpret_cast<u16(*)[LB]>(cos_tc_smem + 7 * BR * LD);
-  __shared__ float ang[2][2][BR];
+  __shared__ __align__(8) float ang[2][2][BR];
   __shared__ float red[2][WARPS];
   __shared__ float wdiag[WARPS][16][17];  // non-finite fallback: the warp's diagonal weights
+  // cos(θ_i − θ_j) = cos(π(i − j)/2M) depends on i − j alone: wdt[64 + d] for d = i − j in
+  // [−64, 64) (the output phase reads [−15, 63]); read after the first barrier of the bh loop.
+  __shared__ float wdt[2 * BR];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int mat = lane / 8, r8 = lane % 8;
-  const int rt = warp % 4, eo = (warp / 4) * OW;             // output phase
+  // Output phase: warp (rt, eh) has rows [16rt, +16) × value half eh. Row tile rt multiplies
+  // rt + 1 key groups, so the tiles are paired on the four schedulers (warps s and s + 4 share
+  // scheduler s): (0, 3), (1, 2), (2, 1), (3, 0) keep every scheduler's share equal.
+  const int eh = warp / 4, rt = eh == 0 ? warp % 4 : 3 - warp % 4, eo = eh * OW;
   const int ct = warp % WC, eu = (warp / WC) * UW;           // update phase
   const bool zw = warp < WC;
   const int row_begin = chunk * p.rows_per_chunk;
   const int row_end = min(p.n, row_begin + p.rows_per_chunk);
   const i64 ddv = (i64)D * D;
   const u32 one = ones2<T>();
+  if (threadIdx.x < 2 * BR) wdt[threadIdx.x] = cospif((float)((int)threadIdx.x - BR) / (2.0f * (float)p.m));
 
   for (int bh = bh0; bh < p.b * p.h; bh += bh_step) {
     const int b = bh / p.h, h = bh % p.h;
@@ -456,6 +506,13 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
 
     int buf = 0;
     for (int row0 = row_begin; row0 < row_end; row0 += BR, buf ^= 1) {
+      // This block's Q, K tiles (issued a block earlier) with ReLU applied once, in place, by
+      // the threads that copied them; the barrier in cos_tc_block_max publishes them.
+      cp_async_wait<0>();
+      if (p.relu) {
+        tc_relu_own<T, D, LD, BR, THREADS>(tiles[buf][0]);
+        tc_relu_own<T, D, LD, BR, THREADS>(tiles[buf][1]);
+      }
       // (3) of the previous block, or the prefix: the state as a scaled 16-bit operand.
       float alpha, beta;
       {
@@ -502,7 +559,7 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
       {
         const int r0 = rt * 16, i0 = r0 + g, i1 = i0 + 8;
         u32 aq[KT][4];
-        cos_tc_query_ops<T, D, LD>(aq, qs, r0, p.relu);
+        cos_tc_query_ops<T, D, LD>(aq, qs, r0, 0);  // tiles already ReLU'd
         float s[8][4];
 #pragma unroll
         for (int n = 0; n < 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
@@ -513,23 +570,21 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
           for (int kt = 0; kt < KT; ++kt) {
             u32 bk[4];  // B = Kᵀ: n = key rows, k = c; keys kg·16 + {0–7, 8–15}
             ldmatrix_x4(bk, &ks[kg * 16 + (mat / 2) * 8 + r8][kt * 16 + (mat % 2) * 8]);
-            if (p.relu) {
-#pragma unroll
-              for (int i = 0; i < 4; ++i) bk[i] = relu2<T>(bk[i]);
-            }
             mma16816<T>(s[2 * kg], aq[kt], bk[0], bk[1]);
             mma16816<T>(s[2 * kg + 1], aq[kt], bk[2], bk[3]);
           }
         }
         const float sn0 = tab[0][i0], cs0 = tab[1][i0], sn1 = tab[0][i1], cs1 = tab[1][i1];
+        const float* wd = &wdt[BR + i0 - 2 * t];  // wd[i − i0 − (j − 2t)] = cos(θ_i − θ_j)
         float rs0 = 0.f, rs1 = 0.f, mx0 = 0.f, mx1 = 0.f;
 #pragma unroll
         for (int n = 0; n < 8; ++n) {
+          if (n / 2 > rt) continue;  // masked group: s stays 0
 #pragma unroll
           for (int x = 0; x < 4; ++x) {
             const int i = x < 2 ? i0 : i1, j = n * 8 + 2 * t + (x % 2);
-            const float w = (x < 2 ? sn0 : sn1) * tab[0][j] + (x < 2 ? cs0 : cs1) * tab[1][j];
-            const float val = (n / 2 <= rt && j <= i) ? s[n][x] * w : 0.f;
+            const float w = wd[(x < 2 ? 0 : 8) - n * 8 - (x % 2)];
+            const float val = j <= i ? s[n][x] * w : 0.f;
             s[n][x] = val;
             if (x < 2) {
               rs0 += val;
@@ -603,7 +658,7 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
           __syncwarp();
         }
         // To α units (exact powers of two), then the state product on top.
-        const float f0 = alpha / sg0, f1 = alpha / sg1;
+        const float f0 = alpha * pow2_inv(sg0), f1 = alpha * pow2_inv(sg1);
 #pragma unroll
         for (int j = 0; j < ONT; ++j) {
           acc[j][0] *= f0;
@@ -612,8 +667,8 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
           acc[j][3] *= f1;
         }
         float dz[4] = {0, 0, 0, 0};
-        cos_tc_state_mma<T, D, LB, ONT, true>(acc, dz, aq, bs, sn0, cs0, sn1, cs1, eo);
-        const float inv_alpha = 1.f / alpha, inv_beta = 1.f / beta;
+        cos_tc_state_mma<T, D, LB, ONT, true, false>(acc, dz, aq, bs, sn0, cs0, sn1, cs1, eo);
+        const float inv_alpha = pow2_inv(alpha), inv_beta = pow2_inv(beta);
         const float inv0 = inv_alpha / fmaxf(rs0 + dz[0] * inv_beta, p.eps);
         const float inv1 = inv_alpha / fmaxf(rs1 + dz[2] * inv_beta, p.eps);
 #pragma unroll
@@ -630,16 +685,13 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
 #pragma unroll 1
       for (int n0 = 0; n0 < BR; n0 += 16) {
         u32 a[4];
-        cos_tc_key_frag<T, LD>(a, ks, n0, ct * 16, p.relu);
-        u32 op[2][2][4];  // [hi, lo][sin, cos]
-        cos_tc_key_ops<T, BR>(op[0][0], op[0][1], op[1][0], op[1][1], a, n0, tab);
-#pragma unroll
-        for (int part = 0; part < 2; ++part) {  // hi, then lo: the carried state stays fp32-accurate
-          cos_tc_kv_mma<T, LD, UNT>(ss, sc, op[part][0], op[part][1], vs, n0, eu);
-          if (zw) {
-            mma16816<T>(zs, op[part][0], one, one);
-            mma16816<T>(zc, op[part][1], one, one);
-          }
+        cos_tc_key_frag<T, LD>(a, ks, n0, ct * 16, 0);
+        u32 as[4], ac[4];  // hi parts only: see cos_tc_key_ops_hi
+        cos_tc_key_ops_hi<T, BR>(as, ac, a, n0, tab);
+        cos_tc_kv_mma<T, LD, UNT>(ss, sc, as, ac, vs, n0, eu);
+        if (zw) {
+          mma16816<T>(zs, as, one, one);
+          mma16816<T>(zc, ac, one, one);
         }
       }
     }
@@ -728,10 +780,30 @@ __device__ void cos_short_causal_tc(const CosformerParams& p) {
       cosformer_map_tc##DIM##_##NAME(const __grid_constant__ CosformerParams p) {                \
     cos_map_tc<T, DIM, COS_TC_MAP_WARPS>(p, blockIdx.y, gridDim.y, blockIdx.x, gridDim.x);      \
   }
+// The causal pass's block → (bh slices, chunk), grid (chunks, ≤ B·H): chunk-major from the last
+// chunk, so that the first CTAs re-read the K, V rows that the reduce pass (grid x = bh, y =
+// chunk, so chunk-major too) read last and L2 may still hold. With a grid-stride over bh
+// (gridDim.y < B·H) the plain mapping.
+__device__ __forceinline__ void cos_causal_block(const CosformerParams& p, int& bh0, int& bh_step, int& chunk) {
+  const int bhn = p.b * p.h;
+  if ((int)gridDim.y == bhn && (u64)gridDim.x * gridDim.y <= 0xffffffffull) {
+    const u32 l = blockIdx.x + gridDim.x * blockIdx.y;
+    bh0 = (int)(l % (u32)bhn);
+    bh_step = bhn;
+    chunk = (int)(gridDim.x - 1 - l / (u32)bhn);
+  } else {
+    bh0 = blockIdx.y;
+    bh_step = gridDim.y;
+    chunk = blockIdx.x;
+  }
+}
+
 #define COS_TC_CAUSAL(DIM, T, NAME)                                                             \
   extern "C" __global__ void __launch_bounds__(COS_TC_CAUSAL_WARPS * 32, 1)                      \
       cosformer_causal_tc##DIM##_##NAME(const __grid_constant__ CosformerParams p) {             \
-    cos_causal_tc<T, DIM>(p, blockIdx.y, gridDim.y, blockIdx.x);                                \
+    int bh0, bh_step, chunk;                                                                    \
+    cos_causal_block(p, bh0, bh_step, chunk);                                                   \
+    cos_causal_tc<T, DIM>(p, bh0, bh_step, chunk);                                              \
   }
 
 #define COS_TC_DTYPE(T, NAME)                                                                   \

@@ -119,6 +119,27 @@ template <> __device__ __forceinline__ u32 relu2<bf16>(u32 x) {
   return r;
 }
 
+// ReLU in place of the 16-byte vectors this thread copied with tc_stage<D, LD, ROWS, THREADS>
+// (same assignment), once its copies are complete (cp_async_wait): a thread sees its own cp.async
+// data; a barrier then publishes the result. Rows past the end are zeros and stay so.
+template <typename T, int D, int LD, int ROWS, int THREADS>
+__device__ __forceinline__ void tc_relu_own(u16 (*dst)[LD]) {
+  constexpr int VPR = D / 8;
+  static_assert(THREADS % VPR == 0, "tc_stage's stepped assignment");
+  constexpr int RSTEP = THREADS / VPR;
+  const int c = (threadIdx.x % VPR) * 8;
+#pragma unroll
+  for (int r = threadIdx.x / VPR; r < ROWS; r += RSTEP) {
+    uint4* x = reinterpret_cast<uint4*>(&dst[r][c]);
+    uint4 y = *x;
+    y.x = relu2<T>(y.x);
+    y.y = relu2<T>(y.y);
+    y.z = relu2<T>(y.z);
+    y.w = relu2<T>(y.w);
+    *x = y;
+  }
+}
+
 // Two packed values times two fp32 factors, computed in fp32 and rounded once.
 template <typename T> __device__ __forceinline__ u32 scale2(u32 x, float lo, float hi) {
   float a, b;
@@ -149,14 +170,18 @@ template <typename T> __device__ __forceinline__ u32 finite_or_zero2(u32 x) {
   return lo | (hi << 16);
 }
 
-// A power of two 2^e with mx·2^e ∈ [1, 2) (e clamped to ±120; 1 when mx is 0 or NaN): scales
-// fp32 values into the 16-bit operand range without changing their mantissas.
+// A power of two 2^e with mx·2^e ∈ [1, 2) (e clamped to ±120; 1 when mx is 0 or NaN, 2 when it
+// is +inf): scales fp32 values into the 16-bit operand range without changing their mantissas.
+// From the exponent bits (frexpf's exponent for normal mx; subnormal ones clamp to −120 either
+// way), so no frexpf/ldexpf call sequences in the hot loops.
 __device__ __forceinline__ float pow2_scale(float mx) {
-  int ex = 0;
-  frexpf(mx, &ex);  // mx = m·2^ex, m ∈ [0.5, 1)
-  ex = max(-120, min(120, ex));
-  return mx > 0.f ? ldexpf(1.f, 1 - ex) : 1.f;
+  const int be = (int)((__float_as_uint(mx) >> 23) & 0xffu);
+  const int ex = be == 255 ? 0 : max(-120, min(120, be - 126));  // mx = m·2^ex, m ∈ [0.5, 1)
+  return mx > 0.f ? __uint_as_float((u32)(128 - ex) << 23) : 1.f;  // 2^(1 − ex)
 }
+
+// 1/x for a power of two x = 2^k, |k| ≤ 126, exactly (no division).
+__device__ __forceinline__ float pow2_inv(float x) { return __uint_as_float((254u << 23) - __float_as_uint(x)); }
 
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 // Thread-block clusters (sm_90). Every thread of the cluster arrives (release) and waits

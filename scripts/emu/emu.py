@@ -92,6 +92,12 @@ def pow2_scale(mx):
         return np.where(mx > 0, np.ldexp(F32(1), 1 - ex).astype(F32), F32(1)).astype(F32)
 
 
+def fmaf(a, b, c):
+    """fp32 fused multiply-add: the f64 product of two f32 values is exact, rounded once."""
+    return (np.asarray(a, F32).astype(np.float64) * np.asarray(b, F32).astype(np.float64)
+            + np.asarray(c, F32).astype(np.float64)).astype(F32)
+
+
 def fmaxf(a, b):
     return np.fmax(np.asarray(a, F32), np.asarray(b, F32)).astype(F32)
 
@@ -156,7 +162,7 @@ class Smem:
         self.re[fo] = ep
         return self.a[off]
 
-    def write(self, off, vals, warp, tag=""):
+    def write(self, off, vals, warp, tag="", own=False):
         off = np.asarray(off, dtype=np.int64)
         self._chk(off, "write " + tag)
         w = np.broadcast_to(np.asarray(warp), off.shape)
@@ -168,7 +174,9 @@ class Smem:
         if np.any(bad):
             i = np.nonzero(bad)[0][0]
             self.races.report(f"{self.name}: WAR race, warp {fw[i]} writes elem {fo[i]} read by warp {self.rw[fo[i]]} in the same interval ({tag})")
-        bad = (self.we[fo] == ep) & (self.ww[fo] != fw)
+        # own: overwriting this warp's own completed cp.async data (tc_relu_own)
+        prev = np.where((self.ww[fo] == -1) & (self.pend_warp[fo] == fw), fw, self.ww[fo]) if own else self.ww[fo]
+        bad = (self.we[fo] == ep) & (prev != fw)
         if np.any(bad):
             self.races.report(f"{self.name}: WAW race ({tag})")
         self.a[off] = np.broadcast_to(vals, off.shape)
@@ -191,6 +199,20 @@ class Smem:
         self.written[fo] = True
         self.pend[fo] = group
         self.pend_warp[fo] = fw
+
+    def read_own(self, off, warp, tag=""):
+        """A read of cp.async data by the warp that copied it, after its wait (no barrier needed)."""
+        off = np.asarray(off, dtype=np.int64)
+        self._chk(off, "read_own " + tag)
+        fo = off.ravel()
+        if np.any(self.pend[fo] >= 0):
+            self.races.report(f"{self.name}: read of cp.async-pending data ({tag})")
+        if not np.all(self.written[fo]):
+            self.races.report(f"{self.name}: read of never-written shared memory ({tag})")
+        fresh = self.we[fo] == self.races.epoch
+        if np.any(fresh & (self.pend_warp[fo] != warp)):
+            self.races.report(f"{self.name}: read_own of another warp's fresh cp.async data ({tag})")
+        return self.a[off]
 
     def complete(self, max_group):
         m = (self.pend >= 0) & (self.pend <= max_group)
@@ -292,6 +314,19 @@ def tc_stage(D, LD, ROWS, THREADS, dst, dst_base, src, src_base, sn, row0, row_e
         else:
             vals = np.zeros(8, U16)
         dst.async_write(dst_base + r * LD + c + np.arange(8), vals, warp, cpa.open, "tc_stage")
+
+
+def tc_relu_own(D, LD, ROWS, THREADS, dst, dst_base):
+    """tc_relu_own: each thread's tc_stage vectors ReLU'd in place (its own completed copies)."""
+    VPR = D // 8
+    for i in range(ROWS * VPR):
+        thread = i % THREADS
+        r, c = i // VPR, (i % VPR) * 8
+        addr = dst_base + r * LD + c + np.arange(8)
+        v = dst.read_own(addr, thread // 32, "relu_own")
+        f = bits2f32(v.astype(U16))
+        out = f16bits(np.where(np.isnan(f), F32(0), np.maximum(f, F32(0))).astype(F32))
+        dst.write(addr, out, thread // 32, "relu_own", own=True)
 
 
 def cos_tc_angles(ROWS, THREADS, tab, tab_base, p, row0, row_end):
@@ -447,29 +482,52 @@ def cos_tc_block_max(mk, mz, red, WARPS, warps_order):
     return res
 
 
-def cos_tc_state_mma(acc, dz, aq, dyn, bs_base, LB, D, NT, DEN, sn0, cs0, sn1, cs1, e0, warp):
+def cos_tc_state_mma(acc, dz, aq, dyn, bs_base, LB, D, NT, DEN, sn0, cs0, sn1, cs1, e0, warp, fold=True):
+    """acc += cosθ·(q·αKVc) + sinθ·(q·αKVs); dz += cosθ·(q·βzc) + sinθ·(q·βzs). fold: the angles
+    folded into the A operand (rounded once; the map pass); else applied to separate fp32
+    products (the causal pass)."""
+    pc = np.zeros((NT, 4, 32), F32); ps = np.zeros((NT, 4, 32), F32)
+    zc = np.zeros((4, 32), F32); zs = np.zeros((4, 32), F32)
+    oc, os_ = (acc, acc) if fold else (pc, ps)
     for kt in range(D // 16):
-        a_c = [scale2(aq[kt][0], cs0, cs0), scale2(aq[kt][1], cs1, cs1), scale2(aq[kt][2], cs0, cs0), scale2(aq[kt][3], cs1, cs1)]
-        a_s = [scale2(aq[kt][0], sn0, sn0), scale2(aq[kt][1], sn1, sn1), scale2(aq[kt][2], sn0, sn0), scale2(aq[kt][3], sn1, sn1)]
+        if fold:
+            a_c = [scale2(aq[kt][0], cs0, cs0), scale2(aq[kt][1], cs1, cs1), scale2(aq[kt][2], cs0, cs0), scale2(aq[kt][3], cs1, cs1)]
+            a_s = [scale2(aq[kt][0], sn0, sn0), scale2(aq[kt][1], sn1, sn1), scale2(aq[kt][2], sn0, sn0), scale2(aq[kt][3], sn1, sn1)]
+        else:
+            a_c = a_s = aq[kt]
         brow = bs_base + (kt * 16 + R8 + (MAT % 2) * 8) * LB
         j = 0
         while j + 1 < NT:
             bc = ldmatrix(dyn, brow + e0 + j * 8 + (MAT // 2) * 8, warp, 4, True, "state_mma KVc")
             bsn = ldmatrix(dyn, brow + D + e0 + j * 8 + (MAT // 2) * 8, warp, 4, True, "state_mma KVs")
-            acc[j] = mma16816(acc[j], a_c, bc[0], bc[1])
-            acc[j + 1] = mma16816(acc[j + 1], a_c, bc[2], bc[3])
-            acc[j] = mma16816(acc[j], a_s, bsn[0], bsn[1])
-            acc[j + 1] = mma16816(acc[j + 1], a_s, bsn[2], bsn[3])
+            oc[j] = mma16816(oc[j], a_c, bc[0], bc[1])
+            oc[j + 1] = mma16816(oc[j + 1], a_c, bc[2], bc[3])
+            os_[j] = mma16816(os_[j], a_s, bsn[0], bsn[1])
+            os_[j + 1] = mma16816(os_[j + 1], a_s, bsn[2], bsn[3])
             j += 2
         if NT % 2:
             bc = ldmatrix(dyn, brow + e0 + (NT - 1) * 8, warp, 2, True, "state_mma KVc x2")
             bsn = ldmatrix(dyn, brow + D + e0 + (NT - 1) * 8, warp, 2, True, "state_mma KVs x2")
-            acc[NT - 1] = mma16816(acc[NT - 1], a_c, bc[0], bc[1])
-            acc[NT - 1] = mma16816(acc[NT - 1], a_s, bsn[0], bsn[1])
+            oc[NT - 1] = mma16816(oc[NT - 1], a_c, bc[0], bc[1])
+            os_[NT - 1] = mma16816(os_[NT - 1], a_s, bsn[0], bsn[1])
         if DEN:
             bz = ldmatrix(dyn, brow + 2 * D + (MAT // 2) * 8, warp, 4, True, "state_mma z")
-            dz[:] = mma16816(dz, a_c, bz[0], bz[1])
-            dz[:] = mma16816(dz, a_s, bz[2], bz[3])
+            if fold:
+                dz[:] = mma16816(dz, a_c, bz[0], bz[1])
+                dz[:] = mma16816(dz, a_s, bz[2], bz[3])
+            else:
+                zc = mma16816(zc, a_c, bz[0], bz[1])
+                zs = mma16816(zs, a_s, bz[2], bz[3])
+    if not fold:
+        with np.errstate(invalid="ignore", over="ignore"):
+            for j in range(NT):
+                for x in range(4):
+                    sn, cs = (sn0, cs0) if x < 2 else (sn1, cs1)
+                    acc[j][x] = fmaf(sn, ps[j][x], fmaf(cs, pc[j][x], acc[j][x]))
+            if DEN:
+                for x in range(4):
+                    sn, cs = (sn0, cs0) if x < 2 else (sn1, cs1)
+                    dz[x] = fmaf(sn, zs[x], fmaf(cs, zc[x], dz[x]))
 
 
 def cos_tc_query_ops(dyn, qs_base, LD, D, r0, relu, warp):
@@ -616,6 +674,11 @@ def cos_causal_tc(p, D, bx, by, gdx, gdy, races_out, trace=None):
     one = ones2()
     Q, K, V, O, part = p["Q"], p["K"], p["V"], p["O"], p["partial"]
     eps = F32(p["eps"])
+    # wdt[64 + d] = cospi(d / 2M): cos(θ_i − θ_j) for d = i − j
+    wdt = Smem(2 * BR, F32, "causal.wdt", races)
+    for tid in range(2 * BR):
+        x = (F32(tid - BR) / (F32(2.0) * F32(p["m"]))).astype(np.float64)
+        wdt.write(tid, np.cos(np.pi * x).astype(F32), tid // 32, "wdt")
     for bh in range(by, p["b"] * p["h"], gdy):
         b, h = bh // p["h"], bh % p["h"]
         qb, kb, vb, ob = (bh_base(p, t, b, h) for t in "qkvo")
@@ -652,6 +715,10 @@ def cos_causal_tc(p, D, bx, by, gdx, gdy, races_out, trace=None):
         buf = 0
         row0 = row_begin
         while row0 < row_end:
+            cpa.wait(0)
+            if p["relu"]:
+                tc_relu_own(D, LD, BR, THREADS, dyn, tiles(buf, 0))
+                tc_relu_own(D, LD, BR, THREADS, dyn, tiles(buf, 1))
             mk, mz = {}, {}
             for warp in range(WARPS):
                 zw = warp < WC
@@ -701,7 +768,8 @@ def cos_causal_tc(p, D, bx, by, gdx, gdy, races_out, trace=None):
             T0 = lambda idx, w: ang.read(tab + idx, w, "tab sin")
             T1 = lambda idx, w: ang.read(tab + BR + idx, w, "tab cos")
             for warp in range(WARPS):
-                rt, eo = warp % 4, (warp // 4) * OW
+                eh = warp // 4
+                rt, eo = (warp % 4 if eh == 0 else 3 - warp % 4), eh * OW
                 ct, eu = warp % WC, (warp // WC) * UW
                 zw = warp < WC
                 al, be = alpha[warp], beta[warp]
@@ -709,26 +777,26 @@ def cos_causal_tc(p, D, bx, by, gdx, gdy, races_out, trace=None):
                 r0 = rt * 16
                 i0 = r0 + G
                 i1 = i0 + 8
-                aq = cos_tc_query_ops(dyn, qs, LD, D, r0, p["relu"], warp)
+                aq = cos_tc_query_ops(dyn, qs, LD, D, r0, 0, warp)  # tiles already ReLU'd
                 s = np.zeros((8, 4, 32), F32)
                 for kg in range(4):
                     if kg > rt:
                         continue
                     for kt in range(KT):
                         bk = ldmatrix(dyn, ks + (kg * 16 + (MAT // 2) * 8 + R8) * LD + kt * 16 + (MAT % 2) * 8, warp, 4, False, "scores K")
-                        if p["relu"]:
-                            bk = [relu2(x) for x in bk]
                         s[2 * kg] = mma16816(s[2 * kg], aq[kt], bk[0], bk[1])
                         s[2 * kg + 1] = mma16816(s[2 * kg + 1], aq[kt], bk[2], bk[3])
                 sn0, cs0, sn1, cs1 = T0(i0, warp), T1(i0, warp), T0(i1, warp), T1(i1, warp)
                 rs0 = np.zeros(32, F32); rs1 = np.zeros(32, F32); mx0 = np.zeros(32, F32); mx1 = np.zeros(32, F32)
                 for n in range(8):
+                    if n // 2 > rt:
+                        continue  # masked group: s stays 0
                     for x in range(4):
                         i = i0 if x < 2 else i1
                         j = n * 8 + 2 * T4 + (x % 2)
-                        w = (sn0 if x < 2 else sn1) * T0(j, warp) + (cs0 if x < 2 else cs1) * T1(j, warp)
+                        w = wdt.read(BR + i - j, warp, "wdt")
                         with np.errstate(invalid="ignore", over="ignore"):
-                            val = np.where((n // 2 <= rt) & (j <= i), s[n][x] * w, F32(0)).astype(F32)
+                            val = np.where(j <= i, s[n][x] * w, F32(0)).astype(F32)
                         s[n][x] = val
                         if x < 2:
                             rs0 = rs0 + val
@@ -790,7 +858,7 @@ def cos_causal_tc(p, D, bx, by, gdx, gdy, races_out, trace=None):
                 for j in range(ONT):
                     acc[j][0] *= f0; acc[j][1] *= f0; acc[j][2] *= f1; acc[j][3] *= f1
                 dz = np.zeros((4, 32), F32)
-                cos_tc_state_mma(acc, dz, aq, dyn, bs_base, LB, D, ONT, True, sn0, cs0, sn1, cs1, eo, warp)
+                cos_tc_state_mma(acc, dz, aq, dyn, bs_base, LB, D, ONT, True, sn0, cs0, sn1, cs1, eo, warp, fold=False)
                 inv_alpha, inv_beta = F32(1) / al, F32(1) / be
                 with np.errstate(divide="ignore", invalid="ignore"):
                     inv0 = inv_alpha / fmaxf(rs0 + dz[0] * inv_beta, eps)
@@ -806,8 +874,8 @@ def cos_causal_tc(p, D, bx, by, gdx, gdy, races_out, trace=None):
                 # (2) state update
                 St = S[warp]
                 for n0 in range(0, BR, 16):
-                  for hl in (0, 1):  # hi, then lo
-                    asn, acs = cos_tc_key_ops(dyn, ks, LD, n0, ct * 16, ang, tab, BR, p["relu"], warp, hl)
+                  for hl in (0,):  # hi parts only (cos_tc_key_ops_hi)
+                    asn, acs = cos_tc_key_ops(dyn, ks, LD, n0, ct * 16, ang, tab, BR, 0, warp, hl)
                     cos_tc_kv_mma(St["ss"], St["sc"], asn, acs, dyn, vs, LD, UNT, n0, eu, warp)
                     if zw:
                         St["zs"] = mma16816(St["zs"], asn, one, one)

@@ -135,9 +135,10 @@ def run_pipeline(q16, k16, v16, causal, relu, D, rows_override=None, kind="bhnd"
                 emu.cos_reduce_tc(p, D, bx, by, bh, p["chunks"], races)
         emu.cos_scan(p, elem_blocks, bh)
         trace = []
-        for bx in range(p["chunks"]):
-            for by in range(bh):
-                emu.cos_causal_tc(p, D, bx, by, p["chunks"], bh, races, trace)
+        for by in range(bh):  # grid (chunks, bh); cos_causal_block: chunk-major from the last chunk
+            for bx in range(p["chunks"]):
+                lin = bx + p["chunks"] * by
+                emu.cos_causal_tc(p, D, p["chunks"] - 1 - lin // bh, lin % bh, p["chunks"], bh, races, trace)
         p["trace"] = trace
     elif short and one_launch:
         # cosformer_short_tc: per cluster (one bh at a time) reduce chunk r → barrier → fixed-order

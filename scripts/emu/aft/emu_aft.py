@@ -771,10 +771,22 @@ def stage_w(cx, h, t0, kb, hi, rsh, gsh, ws, ld, nt=AFT_THREADS):
     ws.write(i * ld + r, wt, tid, None, "ws[i][r]")
 
 
+def window_block(cx, bid):
+    """aft_window_block: (slice, first tile, tile step) of a window-kernel CTA."""
+    p = cx.p
+    gx, gy = cx.grid[0], cx.grid[1]
+    if gy != p.chunks:
+        return bid[0], bid[1], gy
+    bhn = p.b * p.h
+    ctiles = gx // bhn
+    lin = bid[0] + gx * bid[1]
+    key = gx - 1 - lin // p.chunks
+    return (key % bhn) * ctiles + key // bhn, lin % p.chunks, p.chunks
+
+
 def aft_window(cx, bid):
     p, mem, dt = cx.p, cx.mem, cx.dt
-    bx, by, _ = bid
-    gdy = cx.grid[1]
+    bx, by, gdy = window_block(cx, bid)
     RT, CT = AFT_CHUNK // 16, AFT_CT // 16
     races = Races(mem)
     ES_LD = AFT_CT + 1
@@ -906,8 +918,7 @@ def tc_pair_thread(flat, width, nt):
 
 def aft_window_tc(cx, bid):
     p, mem, dt = cx.p, cx.mem, cx.dt
-    bx, by, _ = bid
-    gdy = cx.grid[1]
+    bx, by, gdy = window_block(cx, bid)
     races = Races(mem)
     NT, ROWS, KB = TC_THREADS, AFT_CHUNK, AFT_KB
     tid = np.arange(NT, dtype=np.int64)
