@@ -165,8 +165,11 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
   const int xrow = warp * 16 + lane % 16;
   const u32 xaddr = smem_addr(&ks[0][xrow][(lane / 16) * (D / 2)]);
 
-  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
-    const int b = bh / p.h, h = bh % p.h;
+  // (b,h) slices in reverse: the landmark pooling reads Q slice by slice, ascending, so the
+  // first CTAs read the key rows (Q when tied) it read last, which L2 may still hold; pass 2
+  // goes ascending and so starts on the slice this pass reads last.
+  for (int r = blockIdx.y; r < p.b * p.h; r += gridDim.y) {
+    const int bh = p.b * p.h - 1 - r, b = bh / p.h, h = bh % p.h;
     const u16* k = reinterpret_cast<const u16*>(p.k) + (b * p.k_sb + h * p.k_sh);
     const u16* v = reinterpret_cast<const u16*>(p.v) + (b * p.v_sb + h * p.v_sh);
     const float* l = reinterpret_cast<const float*>(p.l) + (i64)bh * p.m * D;

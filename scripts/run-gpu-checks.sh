@@ -103,7 +103,20 @@ profile() { # profile NAME KERNEL-REGEX SOFA-RUN-ARGS...
     --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy \
     ./sofa run "$@" --dtype f16 --check never --iters 3
 }
+# L2 seams (bench/NOTES.md): a pass that starts on the rows the previous pass read last. Application
+# replay without cache control keeps the L2 state the preceding kernels left: DRAM bytes read and
+# the L2 hit rate of the first such launch, against the pass's own K/V/Q bytes.
+seam() { # seam NAME KERNEL-REGEX SOFA-RUN-ARGS...
+  local name=$1 kernel=$2; shift 2
+  step "ncu-seam-$name" "$ncu" --replay-mode application --cache-control none --kernel-name "regex:$kernel" \
+    --launch-count 1 --metrics dram__bytes_read.sum,lts__t_sector_hit_rate.pct \
+    ./sofa run "$@" --dtype f16 --check never --iters 1
+}
 if want profile && [[ -n $ncu ]]; then
+  seam soft-pass1 soft_pass1 --op soft --shape 1,16,64k,64 --landmarks 64
+  seam soft-pass2 soft_pass2 --op soft --shape 1,16,64k,64 --landmarks 64
+  seam cosformer-causal cosformer_causal --op cosformer --shape 1,16,64k,64 --causal
+  seam aft-local aft_window_tc --op aft_local --window 64 --shape 1,16,64k,64
   profile aft-full aft_full_tc --op aft_full --shape 1,16,16k,64
   profile aft-full-causal aft_full_tc --op aft_full --shape 1,16,16k,64 --causal
   profile aft-local aft_window_tc --op aft_local --window 64 --shape 1,16,64k,64

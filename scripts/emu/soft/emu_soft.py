@@ -153,7 +153,8 @@ def soft_pass1_tc(p, D, bx, by, bz, gdy, races_out):
     xrow = {w: w * 16 + LANE % 16 for w in range(WARPS)}
     xaddr = {w: ks(0) + xrow[w] * LD + (LANE // 16) * (D // 2) for w in range(WARPS)}
     K, V, Lg, part = p["K"], p["V"], p["L"], p["partial"]
-    for bh in range(by, p["b"] * p["h"], gdy):
+    for r in range(by, p["b"] * p["h"], gdy):
+        bh = p["b"] * p["h"] - 1 - r  # slices in reverse (L2 seam with the pooling)
         b, h = bh // p["h"], bh % p["h"]
         kb = b * p["k_sb"] + h * p["k_sh"]
         vb = b * p["v_sb"] + h * p["v_sh"]
