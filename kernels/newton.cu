@@ -213,19 +213,25 @@ static_assert(8 * 16 == NEWTON_SMEM_MAX_M, "largest one-launch tile");
 // All T steps of one matrix on a cluster of NEWTON_CL CTAs (sm_90): one CTA per matrix is bound
 // by its SM's FMA pipe (2·m³ FMA per step: ≥ 4 k clk at m = 64, ≥ 47 µs for T = 20), so CTA r of
 // the cluster computes rows [r·rb, r·rb + rb) of T = Z·Â and of Z' = 2Z − T·Z (rb = ⌈m/8⌉) and
-// stores its new rows of Z into every CTA's copy (distributed shared memory). Per step: products
-// from the local Â and Z copies, a cluster barrier (every copy of Z read), the remote stores, a
-// second barrier (every copy complete). Each product sums over k in increasing order with fp32
-// FMAs like newton_smem, so the result is bit-identical to it. Thread: row i = t / 32 of the CTA's
-// rows, columns t % 32 and t % 32 + 32. Grid: x = NEWTON_CL × clusters, a cluster per matrix
-// (grid-stride over bh).
+// stores its new rows of Z into every CTA's copy (distributed shared memory). Z is double
+// buffered: step k reads buffer k % 2 and stores into buffer (k + 1) % 2, so one cluster barrier
+// per step suffices — it completes every copy of the new buffer, and since each CTA arrives after
+// its reads of the old one, no CTA still reads the buffer that step k + 1 overwrites. Each product
+// sums over k in increasing order with fp32 FMAs like newton_smem, so the result is bit-identical
+// to it. Thread: row i = t / 32 of the CTA's rows, columns t % 32 and t % 32 + 32. Grid: x =
+// NEWTON_CL × clusters, a cluster per matrix (grid-stride over bh). Dynamic shared memory
+// NEWTON_CL_SMEM: Â, the two Z buffers, the CTA's rows of T (leading dim m | 1).
 #define NEWTON_CL 8
 #define NEWTON_CL_MAX_M 64
+#define NEWTON_CL_MAT (NEWTON_CL_MAX_M * (NEWTON_CL_MAX_M + 1))  // floats of one padded matrix
+#define NEWTON_CL_SMEM ((3 * NEWTON_CL_MAT + NEWTON_CL * (NEWTON_CL_MAX_M + 1)) * 4)
 static_assert(NEWTON_THREADS == 32 * NEWTON_CL && NEWTON_CL_MAX_M == 64, "row and column mapping");
+static_assert(NEWTON_CL_SMEM == 52000, "mirrored in src/ops/soft.rs (NEWTON_CL_SMEM)");
 __device__ void newton_cluster(const SoftKernelParams& p) {
-  __shared__ float ah[NEWTON_CL_MAX_M * (NEWTON_CL_MAX_M + 1)];
-  __shared__ float zs[NEWTON_CL_MAX_M * (NEWTON_CL_MAX_M + 1)];
-  __shared__ float ts[NEWTON_CL * (NEWTON_CL_MAX_M + 1)];  // this CTA's rows of Z·Â
+  extern __shared__ __align__(16) float newton_cl_smem[];
+  float* ah = newton_cl_smem;
+  float* zs = ah + NEWTON_CL_MAT;        // Z_k at zs + (k % 2)·NEWTON_CL_MAT
+  float* ts = zs + 2 * NEWTON_CL_MAT;    // this CTA's rows of Z·Â
   const int m = p.m, ld = m | 1, rank = cluster_rank();
   const int rb = div_up(m, NEWTON_CL), row = rank * rb + (int)threadIdx.x / 32;  // global row
   const bool live = (int)threadIdx.x / 32 < rb && row < m;
@@ -234,11 +240,13 @@ __device__ void newton_cluster(const SoftKernelParams& p) {
   float* trow = ts + (threadIdx.x / 32) * ld;
   for (int bh = blockIdx.x / NEWTON_CL; bh < p.b * p.h; bh += gridDim.x / NEWTON_CL) {
     cluster_sync();  // every CTA has started, and is done with the previous matrix's copies
-    newton_start(p, bh, ld, ah, zs);
+    newton_start(p, bh, ld, ah, zs);  // Z₀ into buffer 0
     for (int it = 0; it < p.iters; ++it) {
+      const float* cur = zs + (it % 2) * NEWTON_CL_MAT;
+      float* nxt = zs + ((it + 1) % 2) * NEWTON_CL_MAT;
       float t0 = 0.f, t1 = 0.f, u0 = 0.f, u1 = 0.f, z0 = 0.f, z1 = 0.f;
       if (live) {
-        const float* zr = zs + row * ld;
+        const float* zr = cur + row * ld;
 #pragma unroll 4
         for (int k = 0; k < m; ++k) {  // T = Z·Â, this row
           const float x = zr[k];
@@ -253,27 +261,25 @@ __device__ void newton_cluster(const SoftKernelParams& p) {
 #pragma unroll 4
         for (int k = 0; k < m; ++k) {  // (Z·Â)·Z, this row
           const float x = trow[k];
-          u0 = fmaf(x, zs[k * ld + (c0 ? j0 : 0)], u0);
-          u1 = fmaf(x, zs[k * ld + (c1 ? j1 : 0)], u1);
+          u0 = fmaf(x, cur[k * ld + (c0 ? j0 : 0)], u0);
+          u1 = fmaf(x, cur[k * ld + (c1 ? j1 : 0)], u1);
         }
-        z0 = zs[row * ld + (c0 ? j0 : 0)];
-        z1 = zs[row * ld + (c1 ? j1 : 0)];
-      }
-      cluster_sync();  // every CTA has read its copy of Z (and its rows of T)
-      if (live) {
+        z0 = cur[row * ld + (c0 ? j0 : 0)];
+        z1 = cur[row * ld + (c1 ? j1 : 0)];
         const float n0 = 2.f * z0 - u0, n1 = 2.f * z1 - u1;
 #pragma unroll
         for (int c = 0; c < NEWTON_CL; ++c) {
-          if (c0) st_cluster_u32(&zs[row * ld + j0], c, __float_as_uint(n0));
-          if (c1) st_cluster_u32(&zs[row * ld + j1], c, __float_as_uint(n1));
+          if (c0) st_cluster_u32(&nxt[row * ld + j0], c, __float_as_uint(n0));
+          if (c1) st_cluster_u32(&nxt[row * ld + j1], c, __float_as_uint(n1));
         }
       }
-      cluster_sync();  // every copy of Z holds the new rows
+      cluster_sync();  // every copy of the new buffer complete; the old one is no longer read
     }
     if (live) {
+      const float* zf = zs + (p.iters % 2) * NEWTON_CL_MAT;
       float* Z = nptr(p.z) + (i64)bh * m * m + (i64)row * m;
-      if (c0) Z[j0] = zs[row * ld + j0];
-      if (c1) Z[j1] = zs[row * ld + j1];
+      if (c0) Z[j0] = zf[row * ld + j0];
+      if (c1) Z[j1] = zf[row * ld + j1];
     }
   }
 }

@@ -48,6 +48,8 @@ pub const NEWTON_SMEM_MAX_M: usize = 128;
 /// Largest m of the cluster form of the one-launch Newton kernel (NEWTON_CL_MAX_M).
 pub const NEWTON_CLUSTER_MAX_M: usize = 64;
 const NEWTON_CL: usize = 8; // NEWTON_CL: CTAs per matrix
+/// Dynamic shared memory of the cluster kernel (NEWTON_CL_SMEM): Â, two Z buffers, 8 rows of T.
+const NEWTON_CL_SMEM: u32 = 52000;
 const MAX_NEWTON_CLUSTERS: usize = 1 << 16;
 /// Row chunks of attention pass 1 at most: bounds the workspace independently of N.
 pub const MAX_CHUNKS: usize = 256;
@@ -388,9 +390,12 @@ impl NewtonPlan {
                     1,
                     1,
                 );
-                // SAFETY: the caller's contract; a cluster per matrix, static shared memory only.
-                // A refused launch queued nothing: the one-CTA kernel runs instead.
-                if unsafe { launch(stream, &f, grid, THREADS, &p) }.is_ok() {
+                // SAFETY: the caller's contract; a cluster per matrix with the shared memory the
+                // kernel is built for. A refused launch queued nothing: the one-CTA kernel runs
+                // instead.
+                if rt.allow_dynamic_smem(&f, NEWTON_CL_SMEM).is_ok()
+                    && unsafe { launch_smem(stream, &f, grid, THREADS, NEWTON_CL_SMEM, &p) }.is_ok()
+                {
                     return Ok(());
                 }
             }

@@ -1,9 +1,11 @@
 """Model of newton_pinv_cl_f32 (kernels/newton.cu) against newton_pinv_t64_f32 (newton_smem): the
 cluster form splits the rows of both products over 8 CTAs (rb = ⌈m/8⌉ rows each, thread row
-t / 32, columns t % 32 and + 32) and all-gathers the new rows of Z between two cluster barriers;
-both sum every product over k in increasing order with fp32 FMAs, so Z must be bit-identical.
+t / 32, columns t % 32 and + 32) and all-gathers the new rows of Z into the other of two Z
+buffers of every CTA, one cluster barrier per step; both sum every product over k in increasing
+order with fp32 FMAs, so Z must be bit-identical.
 Checks, for m ∈ {1 … 64}: every (row, column) of Z updated by exactly one thread of one CTA per
-step, nothing read from a copy of Z in the phase that writes it (the barrier placement), and
+step; within each barrier interval no element of any CTA's copy is both read and written (CTAs
+run unordered between barriers, so that is the race-freedom condition of the single barrier);
 the cluster result equal bit for bit to the one-CTA result.
     python3 newton_cluster.py
 """
@@ -54,13 +56,16 @@ def one_cta(a, m, iters, ridge=0.01, c=0.9):
 
 def cluster(a, m, iters, ridge=0.01, c=0.9):
     ah, z0 = init(a, m, ridge, c)
-    copies = [z0.copy() for _ in range(CL)]  # each CTA's shared-memory Z
+    # each CTA's shared-memory Z buffers: Z_k in buffer k % 2
+    copies = [[z0.copy(), np.zeros((m, m), F32)] for _ in range(CL)]
     rb = -(-m // CL)
-    for _ in range(iters):
+    for it in range(iters):
+        cur, nxt = it % 2, (it + 1) % 2
         writes = np.zeros((m, m), np.int64)
-        new = [[] for _ in range(CL)]
-        for r in range(CL):  # phase 1-2: products from the CTA's own copy (read-only here)
-            zc = copies[r]
+        read = np.zeros((CL, 2, m, m), bool)  # (copy, buffer, row, col) touched in this interval
+        written = np.zeros((CL, 2, m, m), bool)
+        for r in range(CL):  # the interval between barriers it − 1 and it, CTAs in any order
+            zc = copies[r][cur]
             for t in range(THREADS):
                 row, j0 = r * rb + t // 32, t % 32
                 if t // 32 >= rb or row >= m:
@@ -73,21 +78,24 @@ def cluster(a, m, iters, ridge=0.01, c=0.9):
                     for k in range(m):
                         acc = fma(zc[row, k], ah[k, j], acc)
                     trow[j] = acc
+                read[r, cur, row, :] = True
                 for j in (j0, j0 + 32):
                     if j < m:
                         acc = F32(0)
                         for k in range(m):
                             acc = fma(trow[k], zc[k, j], acc)
-                        new[r].append((row, j, F32(F32(2) * zc[row, j] - acc)))
+                        read[r, cur, :, j] = True
+                        v = F32(F32(2) * zc[row, j] - acc)
                         writes[row, j] += 1
+                        for cp in range(CL):  # st.shared::cluster into every copy's other buffer
+                            copies[cp][nxt][row, j] = v
+                            written[cp, nxt, row, j] = True
         assert (writes == 1).all(), "each element of Z is written by exactly one thread"
-        for r in range(CL):  # phase 3 (after cluster barrier 1): stores into every copy
-            for row, j, v in new[r]:
-                for cp in copies:
-                    cp[row, j] = v
-        # cluster barrier 2: all copies identical
-        assert all((cp == copies[0]).all() for cp in copies)
-    return copies[0]
+        assert not (read & written).any(), "an element read and written in one barrier interval"
+        # cluster barrier it: every copy of the new buffer complete and identical
+        assert all((cp[nxt] == copies[0][nxt]).all() for cp in copies)
+        assert written[:, nxt].all()
+    return copies[0][iters % 2]
 
 
 def main():
