@@ -21,7 +21,8 @@ struct CosformerParams {
   int relu;               // 1: features are ReLU(x); 0: x as given
   int state_in;           // scan: start from `state` instead of zero
   float eps;              // denominator clamp
-  int pad_;
+  int exact_state;        // tensor-core reduce: state sums as hi + lo parts (causal: prefix
+                          // states and a prefill's state); 0: hi parts (only feeds the map)
 };
 
 #define COSFORMER_PARAMS_SIZE 200

@@ -84,9 +84,9 @@ __device__ __forceinline__ void cos_tc_key_ops(u32 (&sh)[4], u32 (&ch)[4], u32 (
   }
 }
 
-// The hi parts of cos_tc_key_ops alone (the same values): for the causal pass's carried state,
-// which only ever feeds the 16-bit state operand, never the returned state (that comes from the
-// reduce and the scan, which keep hi + lo).
+// The hi parts of cos_tc_key_ops alone (the same values): for states that only ever feed a 16-bit
+// state operand — the causal pass's carried state and the non-causal reduce's sums. Prefix states
+// and the state a prefill returns keep hi + lo (reduce with exact_state, then the scan).
 template <typename T, int TAB>
 __device__ __forceinline__ void cos_tc_key_ops_hi(u32 (&sh)[4], u32 (&ch)[4], const u32 (&a)[4], int n0,
                                                   const float (*tab)[TAB]) {
@@ -140,7 +140,7 @@ __device__ void cos_reduce_tc(const CosformerParams& p, int bh0, int bh_step, in
   constexpr int THREADS = WC * ES * 32, EW = D / ES, NT = EW / 8;
   auto ks = reinterpret_cast<u16(*)[ROWS][LD]>(cos_tc_smem);
   auto vs = ks + 2;
-  __shared__ float ang[2][2][ROWS];
+  __shared__ __align__(8) float ang[2][2][ROWS];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int ct = warp % WC, e0 = (warp / WC) * EW;
   const bool zw = warp < WC;
@@ -177,14 +177,23 @@ __device__ void cos_reduce_tc(const CosformerParams& p, int bh0, int bh_step, in
       for (int n0 = 0; n0 < ROWS; n0 += 16) {
         u32 a[4];
         cos_tc_key_frag<T, LD>(a, ks[buf], n0, ct * 16, p.relu);
-        u32 op[2][2][4];  // [hi, lo][sin, cos]
-        cos_tc_key_ops<T, ROWS>(op[0][0], op[0][1], op[1][0], op[1][1], a, n0, ang[buf]);
-#pragma unroll
-        for (int part = 0; part < 2; ++part) {  // hi, then lo
-          cos_tc_kv_mma<T, LD, NT>(as, ac, op[part][0], op[part][1], vs[buf], n0, e0);
+        // exact_state (prefix states, a prefill's returned state): hi + lo, fp32-accurate; else
+        // the summed state only feeds the map's 16-bit state operand: hi parts.
+        u32 sh[4], ch[4], sl[4], cl[4];
+        if (p.exact_state)
+          cos_tc_key_ops<T, ROWS>(sh, ch, sl, cl, a, n0, ang[buf]);
+        else
+          cos_tc_key_ops_hi<T, ROWS>(sh, ch, a, n0, ang[buf]);
+        cos_tc_kv_mma<T, LD, NT>(as, ac, sh, ch, vs[buf], n0, e0);
+        if (zw) {
+          mma16816<T>(zs, sh, one, one);
+          mma16816<T>(zc, ch, one, one);
+        }
+        if (p.exact_state) {
+          cos_tc_kv_mma<T, LD, NT>(as, ac, sl, cl, vs[buf], n0, e0);
           if (zw) {
-            mma16816<T>(zs, op[part][0], one, one);
-            mma16816<T>(zc, op[part][1], one, one);
+            mma16816<T>(zs, sl, one, one);
+            mma16816<T>(zc, cl, one, one);
           }
         }
       }

@@ -424,7 +424,7 @@ def cos_reduce_tc(p, D, bx, by, gdx, gdy, races_out):
                 zw = warp < WC
                 A = acc[warp]
                 for n0 in range(0, ROWS, 16):
-                  for hl in (0, 1):  # hi, then lo
+                  for hl in ((0, 1) if p["exact_state"] else (0,)):  # hi, then lo (exact_state), else hi
                     asn, acs = cos_tc_key_ops(dyn, ks(buf), LD, n0, ct * 16, ang, angb(buf), ROWS, p["relu"], warp, hl)
                     cos_tc_kv_mma(A["as_"], A["ac"], asn, acs, dyn, vs(buf), LD, NT, n0, e0, warp)
                     if zw:

@@ -141,7 +141,9 @@ pub struct KernelParams {
     pub relu: i32,
     pub state_in: i32,
     pub eps: f32,
-    pub pad_: i32,
+    /// Tensor-core reduce: state sums as hi + lo parts (1 when causal: the prefix states and a
+    /// prefill's returned state stay fp32-accurate); 0: hi parts, the state only feeds the map.
+    pub exact_state: i32,
 }
 
 // SAFETY: plain old data with the C layout asserted below.
@@ -409,6 +411,7 @@ fn kernel_params(
         m: plan.m as i32,
         relu: plan.relu as i32,
         eps: plan.eps,
+        exact_state: plan.causal as i32,
         ..Default::default()
     }
 }
