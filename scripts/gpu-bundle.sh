@@ -36,6 +36,10 @@ cargo build --release --example embed_two_layer
 cp "${CARGO_TARGET_DIR:-target}/release/examples/embed_two_layer" "$bundle/"
 strip "$bundle/sofa" "$bundle/sofa_example" "$bundle/embed_two_layer" "$bundle"/tests/* "$bundle"/benches/* 2>/dev/null || true
 cp scripts/run-gpu-checks.sh scripts/gpu-verify.sh scripts/torch_reference.py scripts/torch_ops.py "$bundle/"
+# flash-linear-attention (pure Python + Triton) and what it imports, for torch_reference.py's
+# cosformer_fla timings on a GPU machine that cannot reach PyPI (~1.2 MB).
+python3 -m pip download --quiet --no-deps -d "$bundle/wheels" fla-core==0.6.0 einops==0.8.2 packaging==26.3 ||
+  echo "note: no fla-core wheels in the bundle (offline?): cosformer_fla will be skipped" >&2
 git rev-parse --short HEAD >"$bundle/COMMIT" 2>/dev/null || echo unknown >"$bundle/COMMIT"
 # Every test binary embeds all fatbins (~23 MB each, 380 MB in all on 2026-11-23), far more than a
 # 64 MiB transfer to a GPU machine carries. xz -9's 64 MiB dictionary finds each binary's fatbins

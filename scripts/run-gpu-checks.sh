@@ -88,6 +88,10 @@ want sweep && step sweep-full ./sofa bench --baseline --op aft_full --causal --s
 want sweep && step sweep-d128 ./sofa bench --op $linear --heads 8 --head-dim 128 --seq 4k,64k,1M --dtype f16 --out "$out/bench.jsonl"
 if want torch && [[ -f torch_reference.py ]] && python3 -c 'import torch' 2>/dev/null; then
   step torch-check python3 torch_reference.py --check --backend gpu --sofa ./sofa
+  # Issue 5's outside reference for causal cosFormer: fla's chunk kernel on the 2D-wide features
+  # (wheels/ from gpu-bundle.sh), first, so the long run below cannot crowd it out.
+  step torch-fla python3 torch_reference.py --ops cosformer_fla --shapes 1,16,8k,64 1,16,64k,64 1,16,256k,64 \
+    --dtypes f16,bf16 --out "$out/torch.jsonl"
   step torch python3 torch_reference.py --out "$out/torch.jsonl"
 fi
 

@@ -18,7 +18,11 @@ Timing mode (default):
   one JSON object per run appended to --out as it finishes, in the schema `sofa bench` writes
   (src/bench/record.rs): ops are named `<op>_torch` (sima_torch, cosformer_torch, soft_torch,
   aft_simple_torch, aft_local_torch, aft_conv_torch, aft_full_torch, softmax_torch for the
-  explicit softmax) and `softmax_sdpa`; variant labels, minimum bytes and FLOPs are sofa's for the
+  explicit softmax), `softmax_sdpa`, and `cosformer_fla`: causal cosFormer as flash-linear-
+  attention's chunk kernel (fla-core `chunk_linear_attn`, normalized, scale 1) fed the 2D-wide
+  features [ReLU(x)·sinθ, ReLU(x)·cosθ], built untimed in fla's [B, T, H, K] layout (the kernel
+  alone is timed; its error against the PyTorch cosFormer is recorded up to N = 16k; fla-core
+  from the environment or scripts/wheels/); variant labels, minimum bytes and FLOPs are sofa's for the
   same op, and the copy/GEMM peaks are measured in the same run, so `sofa plot` draws sofa, its
   cuBLAS baselines, PyTorch and SDPA side by side. A size that does not fit in device memory is
   skipped with a note.
@@ -53,8 +57,10 @@ DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32}
 ELEM = {"f16": 2, "bf16": 2, "f32": 4}
 TOL = {"f16": 2e-3, "bf16": 1.6e-2, "f32": 1e-5}
 TIMED_OPS = ["sima", "cosformer", "soft", "aft_simple", "aft_local", "aft_conv", "aft_full",
-             "softmax", "sdpa"]
+             "softmax", "sdpa", "cosformer_fla"]
 CAUSAL_OPS = {"cosformer", "aft_simple", "aft_local", "aft_conv", "aft_full", "softmax", "sdpa"}
+CAUSAL_ONLY_OPS = {"cosformer_fla"}
+WHEELS = Path(__file__).resolve().parent / "wheels"  # gpu-bundle.sh puts fla-core and einops here
 
 
 def count(s):
@@ -72,6 +78,47 @@ def parse_shape(s):
 def out_of_memory(e):
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
     return isinstance(e, oom) or "out of memory" in str(e).lower()
+
+
+# ============================================================================================
+# flash-linear-attention (issue 5's outside reference for causal cosFormer)
+
+_FLA = {}
+
+
+def fla_chunk_linear_attn():
+    """fla-core's chunk_linear_attn, or None. Imported from the environment, else from the wheels
+    next to this script (pure Python + Triton: unpacked into a temporary directory, because
+    Triton's JIT reads kernel sources from files)."""
+    if "fn" in _FLA:
+        return _FLA["fn"]
+    fn = None
+    try:
+        from fla.ops.linear_attn import chunk_linear_attn as fn
+    except ImportError:
+        wheels = sorted(WHEELS.glob("*.whl")) if WHEELS.is_dir() else []
+        if wheels:
+            import tempfile
+            import zipfile
+            root = tempfile.mkdtemp(prefix="sofa-fla-")
+            for w in wheels:
+                zipfile.ZipFile(w).extractall(root)
+            sys.path.append(root)  # after the environment's own packages (packaging, einops)
+            try:
+                from fla.ops.linear_attn import chunk_linear_attn as fn
+            except ImportError as e:
+                print(f"note: fla-core from {WHEELS} does not import: {e}", file=sys.stderr)
+    _FLA["fn"] = fn
+    return fn
+
+
+def fla_cosformer_inputs(q, k, v):
+    """Causal cosFormer as fla's normalized linear attention: the 2D-wide features
+    [ReLU(x)·sinθ, ReLU(x)·cosθ] (θ_i = π(i+1)/2N, M = N) in the storage dtype, fla's [B, T, H, K]
+    layout; (q·k' summed over the 2D features) = ReLU(q)·ReLU(k)·cos(θ_i − θ_j)."""
+    qs, qc, ks, kc = T._cosformer_features(q, k, None, True, torch.float32)
+    to = lambda x: x.to(q.dtype).transpose(1, 2).contiguous()  # noqa: E731
+    return to(torch.cat([qs, qc], -1)), to(torch.cat([ks, kc], -1)), v.transpose(1, 2).contiguous()
 
 
 # ============================================================================================
@@ -169,7 +216,7 @@ class TimedCase:
 
     @property
     def name(self):
-        return {"sdpa": "softmax_sdpa"}.get(self.op, f"{self.op}_torch")
+        return {"sdpa": "softmax_sdpa", "cosformer_fla": "cosformer_fla"}.get(self.op, f"{self.op}_torch")
 
     def label(self):
         parts = ["causal"] if self.causal else []
@@ -194,6 +241,7 @@ class TimedCase:
         return float({
             "sima": 4 * rows * d * d,
             "cosformer": 8 * rows * d * d,
+            "cosformer_fla": 8 * rows * d * d,
             "soft": bh * 4 * self.m**3 * 20 + 6 * rows * self.m * d,
             "aft_simple": 4 * rows * d,
             "aft_local": 8 * rows * self.window * d,
@@ -213,6 +261,10 @@ class TimedCase:
 
         if op == "sdpa":
             return lambda: T.sdpa(q, k, v, causal=c)
+        if op == "cosformer_fla":  # fla's chunk kernel alone: features and layout made here
+            fla = fla_chunk_linear_attn()
+            q2, k2, vt = fla_cosformer_inputs(q, k, v)
+            return lambda: fla(q2, k2, vt, scale=1.0, normalize=True)[0]
         if op == "sima":
             f = lambda: T.sima(q, k, v)  # noqa: E731
         elif op == "cosformer":
@@ -238,11 +290,14 @@ class TimedCase:
 
 
 def timed_cases(a, b, h, n, d, dtype):
-    ops = TIMED_OPS if a.ops == "all" else [o.strip() for o in a.ops.split(",")]
+    # all: the causal-only ops (fla) with --causal; by name they always run
+    ops = ([o for o in TIMED_OPS if a.causal or o not in CAUSAL_ONLY_OPS] if a.ops == "all"
+           else [o.strip() for o in a.ops.split(",")])
     for op in ops:
         if op not in TIMED_OPS:
             sys.exit(f"unknown op {op!r}: expected {', '.join(TIMED_OPS)} or all")
-        for causal in ([False, True] if a.causal and op in CAUSAL_OPS else [False]):
+        causals = [False, True] if a.causal and op in CAUSAL_OPS else [False]
+        for causal in ([True] if op in CAUSAL_ONLY_OPS else causals):
             if op in ("aft_local", "aft_conv"):
                 for s in a.window.split(","):
                     yield TimedCase(op, b, h, n, d, dtype, causal, window=count(s))
@@ -253,13 +308,18 @@ def timed_cases(a, b, h, n, d, dtype):
                 yield TimedCase(op, b, h, n, d, dtype, causal)
 
 
-def skip_reason(a, c):
+def skip_reason(a, c, dev):
     if c.op == "sdpa" and c.n > a.sdpa_max_n:
         return f"N > --sdpa-max-n {a.sdpa_max_n}"
     if c.op in ("softmax", "aft_full") and c.n > a.quadratic_max_n:
         return f"quadratic in N, N > --quadratic-max-n {a.quadratic_max_n}"
     if c.op == "soft" and c.m > c.n:
         return f"m = {c.m} > N"
+    if c.op == "cosformer_fla":
+        if dev.type != "cuda":
+            return "fla's kernels are Triton (CUDA only)"
+        if fla_chunk_linear_attn() is None:
+            return f"fla-core is not importable (pip install fla-core, or its wheel in {WHEELS})"
     return None
 
 
@@ -319,7 +379,7 @@ def bench(a):
                       file=sys.stderr)
                 continue
             for c in timed_cases(a, b, h, n, d, dt):
-                why = skip_reason(a, c)
+                why = skip_reason(a, c, dev)
                 if why:
                     print(f"note: skip {c.name} {c.label()} {b},{h},{n},{d} {dt}: {why}",
                           file=sys.stderr)
@@ -327,14 +387,27 @@ def bench(a):
                 try:
                     fn = c.runner(q, k, v, gen)
                     r = record(c, timer.time(fn), peaks, devf, a.flush_l2)
+                    if c.op == "cosformer_fla" and n <= 16384:  # the features are right
+                        got = fn().transpose(1, 2).double()
+                        want = T.cosformer(q, k, v, causal=True).double()
+                        r["rel_err"] = float((got - want).norm() / want.norm())
+                        r["err_bound"] = TOL[dt]
                 except (RuntimeError, MemoryError) as e:
-                    if not out_of_memory(e):
+                    if not out_of_memory(e) and c.op != "cosformer_fla":
                         raise
                     fn = None
-                    print(f"note: skip {c.name} {c.label()} {b},{h},{n},{d} {dt}: out of memory",
+                    why = "out of memory" if out_of_memory(e) else f"{type(e).__name__}: {e}"
+                    print(f"note: skip {c.name} {c.label()} {b},{h},{n},{d} {dt}: {why}",
                           file=sys.stderr)
                     if dev.type == "cuda":
                         torch.cuda.empty_cache()
+                    continue
+                except Exception as e:  # noqa: BLE001 — Triton's compile errors, in fla only
+                    if c.op != "cosformer_fla":
+                        raise
+                    fn = None
+                    print(f"note: skip {c.name} {b},{h},{n},{d} {dt}: {type(e).__name__}: {e}",
+                          file=sys.stderr)
                     continue
                 print(table_row(r), flush=True)
                 if out:
