@@ -366,15 +366,18 @@ __device__ __forceinline__ AftWindow aft_window_of(const AftParams& p, int t0) {
 }
 
 // A window-kernel CTA's work, grid (B·H·ctiles, ≤ chunks): slice sx = bh·ctiles + channel tile,
-// tiles tile0, tile0 + gridDim.y, … (one tile when gridDim.y = chunks). Slice-major in the reverse of the chunk pass's order (grid
-// (chunks, bh, ctile): channel tile, then bh, then chunk), so that the first CTAs re-read the K, V
-// slices that pass read last and L2 may still hold. With a grid-stride over tiles (gridDim.y <
-// chunks) the plain mapping.
+// tiles tile0, tile0 + gridDim.y, … (one tile when gridDim.y = chunks). Slice-major in the reverse
+// of the chunk pass's order (grid (chunks, bh, ctile): channel tile, then bh, then chunk), so that
+// the first CTAs re-read the K, V slices that pass read last and L2 may still hold. Not for
+// AFT-local: its bias w [T, 2s−1] is shared by every slice and as large as a head's K, V, so the
+// plain, tile-major order (the slices of a tile together) reads it from DRAM once, where a
+// slice-major one would stream it once per slice. Nor with a grid-stride over tiles (gridDim.y <
+// chunks).
 struct AftBlock {
   int sx, tile0;
 };
 __device__ __forceinline__ AftBlock aft_window_block(const AftParams& p) {
-  if ((int)gridDim.y != p.chunks || (u64)gridDim.x * gridDim.y > 0xffffffffull)
+  if (p.variant == AFT_LOCAL || (int)gridDim.y != p.chunks || (u64)gridDim.x * gridDim.y > 0xffffffffull)
     return {(int)blockIdx.x, (int)blockIdx.y};
   const u32 bhn = p.b * p.h, l = blockIdx.x + gridDim.x * blockIdx.y;
   const u32 key = gridDim.x - 1 - l / (u32)p.chunks;  // ctile · B·H + bh

@@ -775,7 +775,7 @@ def window_block(cx, bid):
     """aft_window_block: (slice, first tile, tile step) of a window-kernel CTA."""
     p = cx.p
     gx, gy = cx.grid[0], cx.grid[1]
-    if gy != p.chunks:
+    if p.variant == AFT_LOCAL or gy != p.chunks:  # local: tile-major, so w is read once
         return bid[0], bid[1], gy
     bhn = p.b * p.h
     ctiles = gx // bhn
