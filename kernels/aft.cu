@@ -405,17 +405,19 @@ template <typename T> __device__ __forceinline__ AftSlice<T> aft_slice(const Aft
 // Channel shifts M_c (msh: the max over every key the rows [t0, t0 + AFT_CHUNK) see) and row
 // shifts r_t (rsh; gsh = exp(−r_t), the weight of keys outside a local/conv row's band) of one
 // tile: full from rmax, local/conv over the row's band (≥ 0: far keys have w = 0), 0 otherwise.
-// THREADS: the CTA's threads (AFT_CT at least).
-template <int THREADS>
+// THREADS: the CTA's threads (AFT_CT at least). CH / ROWS: compute msh / rsh and gsh (the row
+// shifts of AFT-local do not depend on the slice).
+template <int THREADS, bool CH = true, bool ROWS = true>
 __device__ void aft_tile_shifts(const AftParams& p, int bh, int h, int c0, int t0, float* msh, float* rsh,
                                 float* gsh) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const float* wp = reinterpret_cast<const float*>(p.w);
   const i64 band = 2 * (i64)p.window - 1;
-  if (threadIdx.x < AFT_CT && c0 + (int)threadIdx.x < p.d) {
+  if (CH && threadIdx.x < AFT_CT && c0 + (int)threadIdx.x < p.d) {
     const int upto = p.causal ? min(t0 / AFT_CHUNK + 1, p.chunks) : p.chunks;
     msh[threadIdx.x] = aft_stats(p.pre, bh, p.chunks + 1, upto, p.d)[c0 + threadIdx.x];
   }
+  if (!ROWS) return;
   constexpr int NW = THREADS / 32, RP = 4;  // warps; rows per pass, whose band loads overlap
   for (int i0 = warp; i0 < AFT_CHUNK; i0 += RP * NW) {
     float r[RP];

@@ -29,8 +29,9 @@ struct AftParams {
   int window;   // s (local, conv)
   int causal;
   int chunks;   // ceil(t / AFT_CHUNK)
-  int bcols;    // columns of bmat: AFT_FG_TILE per channel tile, an even number of tiles
-  int pad_;
+  int bcols;    // full: columns of bmat (AFT_FG_TILE per channel tile, an even number of
+                // tiles); local band kernel: band keys per tile (a multiple of AFT_KB)
+  int group;    // local band kernel: slices per CTA
 };
 
 #define AFT_PARAMS_SIZE 224

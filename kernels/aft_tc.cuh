@@ -95,13 +95,14 @@ __device__ __forceinline__ float aft_tc_stage_e(const T* kr, const T* vr, i64 ks
 // W staging (local, conv) of one key block for the thread's keys tp, tp + 1 and rows t = t0 + wr
 // + 8n: ws[row] = W·sw at dst. wp: w at band index tp − t + s − 1 of the first row, wstep to the
 // next; o = tp − t + sb − 1, in the band if in [0, 2sb − 1) (s clamped to T: same membership, no
-// overflow); cf: shared address of wcf[wr]. Keys < lim(t) count (FAST: none masked).
+// overflow); cf: shared address of wcf[wr]; dstep: bytes from a ws row to the one 8 further.
+// Keys < lim(t) count (FAST: none masked).
 template <typename T, bool FAST>
 __device__ __forceinline__ void aft_tc_stage_w(const AftParams& p, const float* wp, i64 wstep, int o, int sb, u32 dst,
-                                               u32 cf, int t, int tp, int hi) {
+                                               u32 cf, int t, int tp, int hi, u32 dstep = 8 * AFT_TC_WLD * 2) {
   const u32 nb = 2 * sb - 1;
 #pragma unroll
-  for (int n = 0; n < AFT_CHUNK / 8; ++n, wp += wstep, o -= 8, t += 8, dst += 8 * AFT_TC_WLD * 2, cf += 8 * 8) {
+  for (int n = 0; n < AFT_CHUNK / 8; ++n, wp += wstep, o -= 8, t += 8, dst += dstep, cf += 8 * 8) {
     const float2 c = lds_f2(cf);  // log2(sw) − r_t·log2(e), g_t·sw
     const int lim = FAST ? tp + 2 : (t >= p.t ? 0 : (p.causal ? min(hi, t + 1) : hi));
     float w0 = tp < lim ? c.y : 0.f, w1 = tp + 1 < lim ? c.y : 0.f;
@@ -114,14 +115,14 @@ __device__ __forceinline__ void aft_tc_stage_w(const AftParams& p, const float* 
 // One 16-key step of a warp's (16·MI rows) × (32 E⊙V + the same 32 E) block on mma.sync: keys
 // ks … ks + 15 of a: weights [row][key] (row stride ALD) and b: [key][E⊙V | E] (row stride BLD,
 // E at +AFT_CT); rows row0 + 16·mi …, columns col0 + 8·j … of the accumulators. Per step: MI + 4
-// ldmatrix.x4 for 16·MI mma.
+// ldmatrix.x4 for 16·MI mma. ald: a's row stride when not the compile-time ALD (the shared band).
 template <typename T, int MI, int ALD, int BLD>
 __device__ __forceinline__ void aft_tc_mma16(const u16* a, const u16* b, int ks, int row0, int col0,
-                                             float (&num)[MI][4][4], float (&den)[MI][4][4]) {
+                                             float (&num)[MI][4][4], float (&den)[MI][4][4], int ald = ALD) {
   const int lane = threadIdx.x % 32;
   u32 af[MI][4];
 #pragma unroll
-  for (int mi = 0; mi < MI; ++mi) ldmatrix_x4(af[mi], &a[(row0 + 16 * mi + lane % 16) * ALD + ks + (lane / 16) * 8]);
+  for (int mi = 0; mi < MI; ++mi) ldmatrix_x4(af[mi], &a[(row0 + 16 * mi + lane % 16) * ald + ks + (lane / 16) * 8]);
   const int key = ks + lane % 8 + ((lane / 8) % 2) * 8;
 #pragma unroll
   for (int j = 0; j < 4; j += 2) {
@@ -146,7 +147,7 @@ __device__ __forceinline__ void aft_tc_mma16(const u16* a, const u16* b, int ks,
 // columns col0 + 8·j + 2·tq + e % 2, tile rows starting at sequence row t0.
 template <typename T, int MI, int ALD, int BLD>
 __device__ void aft_tc_masked_keys(const u16* a, const u16* b, int t0, int kb, int row0, int col0,
-                                   float (&num)[MI][4][4], float (&den)[MI][4][4]) {
+                                   float (&num)[MI][4][4], float (&den)[MI][4][4], int ald = ALD) {
   const int lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
 #pragma unroll 1
   for (int r = 0; r < AFT_KB; ++r) {
@@ -156,7 +157,7 @@ __device__ void aft_tc_masked_keys(const u16* a, const u16* b, int t0, int kb, i
       for (int hh = 0; hh < 2; ++hh) {
         const int row = row0 + 16 * mi + g + 8 * hh;
         if (kb + r > t0 + row) continue;
-        const float wt = to_f32(T{a[row * ALD + r]});
+        const float wt = to_f32(T{a[row * ald + r]});
 #pragma unroll
         for (int j = 0; j < 4; ++j)
 #pragma unroll
@@ -166,6 +167,60 @@ __device__ void aft_tc_masked_keys(const u16* a, const u16* b, int t0, int kb, i
             den[mi][j][2 * hh + e1] = fmaf(wt, to_f32(T{b[r * BLD + AFT_CT + col]}), den[mi][j][2 * hh + e1]);
           }
       }
+  }
+}
+
+// The end of a window tile: num/den (unscaled) of the warps' accumulators, then Y = σ(Q)·ratio
+// for rows [t0, t0 + AFT_CHUNK) × channels [c0, c0 + AFT_CT) of slice (q, k, v, o) of head h;
+// nkeys: the tile's dense keys (the denominator floor). ratio aliases the operand tiles: the
+// first barrier ends their use. The warp layout of aft_window_tc (4 warps, 2 × 2).
+template <typename T>
+__device__ __forceinline__ void aft_tc_epilogue(const AftParams& p, float (*ratio)[AFT_TC_LD], const float* ssh,
+                                                float (&num)[2][4][4], float (&den)[2][4][4], int t0, int c0,
+                                                int h, int nkeys, const T* q, const T* k, const T* v, T* o) {
+  constexpr int ROWS = AFT_CHUNK;
+  const float sw = aft_w_scale<T>();
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, tq = lane % 4;
+  const int rw = (warp % 2) * 32, cw = (warp / 2) * 32;
+  // num/den (unscaled) into the ratio tile; outputs whose denominator is below the floor are
+  // recomputed after the others, once the accumulators are dead (keeps the call out of the
+  // unrolled loop).
+  __syncthreads();  // every warp done with kv/ws
+  const float floor = aft_den_floor<T>(nkeys);
+  u32 slow = 0;
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int nj = 0; nj < 4; ++nj)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int row = rw + 16 * mi + g + 8 * hh, cc = cw + 8 * nj + 2 * tq;
+        float y[2];
+#pragma unroll
+        for (int e1 = 0; e1 < 2; ++e1) {
+          const int e = 2 * hh + e1;
+          y[e1] = __fdividef(num[mi][nj][e], den[mi][nj][e]) * (sw / ssh[cc + e1]);  // ≤ 2 ulp
+          if (den[mi][nj][e] < floor && t0 + row < p.t && c0 + cc + e1 < p.d)
+            slow |= 1u << (((mi * 4 + nj) * 2 + hh) * 2 + e1);
+        }
+        *reinterpret_cast<float2*>(&ratio[row][cc]) = float2{y[0], y[1]};
+      }
+#pragma unroll 1
+  for (; slow; slow &= slow - 1) {
+    const int bit = __ffs(slow) - 1;
+    const int mi = bit / 16, nj = (bit / 4) % 4, hh = (bit / 2) % 2, e1 = bit % 2;
+    const int row = rw + 16 * mi + g + 8 * hh, cc = cw + 8 * nj + 2 * tq + e1;
+    ratio[row][cc] = aft_exact<T>(p, k, v, h, t0 + row, c0 + cc);
+  }
+  __syncthreads();
+  {  // Y = σ(Q)·ratio: the thread's channel lane + 32·(warp % 2), rows warp / 2 + 2i
+    const int cc = lane + 32 * (warp % 2), row0 = warp / 2, rows = min(ROWS, p.t - t0);
+    const T* qp = q + (i64)(t0 + row0) * p.q_sn + c0 + cc;
+    T* op = o + (i64)(t0 + row0) * p.o_sn + c0 + cc;
+    if (c0 + cc < p.d)
+#pragma unroll 4
+      for (int row = row0; row < rows; row += 2, qp += 2 * p.q_sn, op += 2 * p.o_sn)
+        *op = from_f32<T>(aft_sigmoid_t<T>(to_f32(*qp)) * ratio[row][cc]);
   }
 }
 
@@ -287,45 +342,122 @@ __device__ void aft_window_tc(const AftParams& p) {
       for (int ks = 0; ks < KB; ks += 16) aft_tc_mma16<T, 2, AFT_TC_WLD, AFT_TC_KLD>(ws, kv, ks, rw, cw, num, den);
     }
 
-    // num/den (unscaled) into the ratio tile; outputs whose denominator is below the floor are
-    // recomputed after the others, once the accumulators are dead (keeps the call out of the
-    // unrolled loop).
-    __syncthreads();  // every warp done with kv/ws
-    const float floor = aft_den_floor<T>(win.hi - win.lo);
-    u32 slow = 0;
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int nj = 0; nj < 4; ++nj)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int row = rw + 16 * mi + g + 8 * hh, cc = cw + 8 * nj + 2 * tq;
-          float y[2];
-#pragma unroll
-          for (int e1 = 0; e1 < 2; ++e1) {
-            const int e = 2 * hh + e1;
-            y[e1] = __fdividef(num[mi][nj][e], den[mi][nj][e]) * (sw / ssh[cc + e1]);  // ≤ 2 ulp
-            if (den[mi][nj][e] < floor && t0 + row < p.t && c0 + cc + e1 < p.d)
-              slow |= 1u << (((mi * 4 + nj) * 2 + hh) * 2 + e1);
-          }
-          *reinterpret_cast<float2*>(&ratio[row][cc]) = float2{y[0], y[1]};
-        }
-#pragma unroll 1
-    for (; slow; slow &= slow - 1) {
-      const int bit = __ffs(slow) - 1;
-      const int mi = bit / 16, nj = (bit / 4) % 4, hh = (bit / 2) % 2, e1 = bit % 2;
-      const int row = rw + 16 * mi + g + 8 * hh, cc = cw + 8 * nj + 2 * tq + e1;
-      ratio[row][cc] = aft_exact<T>(p, k, v, h, t0 + row, c0 + cc);
-    }
+    aft_tc_epilogue<T>(p, ratio, ssh, num, den, t0, c0, h, win.hi - win.lo, q, k, v, o);
+  }
+}
+
+// AFT-local with its band of W shared by a group of slices. w is shared over batch, heads and
+// channels, so the row shifts and W (scaled, 16-bit) of every key block of a tile depend on the
+// tile alone: they are staged once per tile into a band [ROWS][bcols + 8] (keys lo … lo + bcols),
+// then each of the CTA's p.group consecutive slices runs aft_window_tc's E staging, mma and
+// epilogue against it. Same values and summation order as aft_window_tc, so the same outputs bit
+// for bit; per 32-key block a warp skips the W staging (≈ 140 of its ≈ 455 instructions) and per
+// tile all but one slice skip the band maxima of the row shifts. Grid: x = slice groups, y =
+// tiles (grid-stride), tile-major. Dynamic shared memory aft_band_smem_bytes(bcols): the band,
+// then the kv | ratio union.
+__host__ __device__ constexpr int aft_band_smem_bytes(int bcols) {
+  return AFT_CHUNK * (bcols + 8) * 2 + AFT_CHUNK * AFT_TC_LD * 4;
+}
+template <typename T>
+__device__ void aft_window_band_tc(const AftParams& p) {
+  constexpr int ROWS = AFT_CHUNK, THREADS = AFT_TC_THREADS, KB = AFT_KB;
+  static_assert(KB * AFT_TC_KLD * 2 <= ROWS * AFT_TC_LD * 4, "kv fits the ratio tile");
+  extern __shared__ __align__(16) float aft_band_smem[];
+  const int bld = p.bcols + 8;  // band row (halves): ≡ 8 mod 32, so ldmatrix rows hit distinct banks
+  u16* ws = reinterpret_cast<u16*>(aft_band_smem);  // [ROWS][bld]
+  float* buf = aft_band_smem + ROWS * bld / 2;
+  u16* kv = reinterpret_cast<u16*>(buf);  // [KB][AFT_TC_KLD]
+  float(*ratio)[AFT_TC_LD] = reinterpret_cast<float(*)[AFT_TC_LD]>(buf);
+  __shared__ float rsh[ROWS], gsh[ROWS], msh[AFT_CT], ash[AFT_CT], zsh[AFT_CT], ssh[AFT_CT];
+  __shared__ float2 wcf[ROWS];
+  const float sw = aft_w_scale<T>(), l2sw = AftScaled<T>::value ? 15.f : 0.f;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, tq = lane % 4;
+  const int rw = (warp % 2) * 32, cw = (warp / 2) * 32;
+  const int ep = 2 * lane, wk = 2 * (threadIdx.x % 16), wr = threadIdx.x / 16;
+  const i64 band = 2 * (i64)p.window - 1;
+  const int sb = min(p.window, p.t);
+  const i64 wstep = 8 * (band - 1);
+  const u32 kv_addr = smem_addr(kv), ws_addr = smem_addr(ws), wcf_addr = smem_addr(&wcf[wr]);
+  const int slices = p.b * p.h * div_up(p.d, AFT_CT);
+  const int sx0 = blockIdx.x * p.group, sx1 = min(slices, sx0 + p.group);
+
+  for (int tile = blockIdx.y; tile < p.chunks; tile += gridDim.y) {
+    const int t0 = tile * ROWS;
+    const AftWindow win = aft_window_of(p, t0);
+    __syncthreads();  // previous tile done with the band and the row shifts
+    aft_tile_shifts<THREADS, false, true>(p, 0, 0, 0, t0, msh, rsh, gsh);
     __syncthreads();
-    {  // Y = σ(Q)·ratio: the thread's channel lane + 32·(warp % 2), rows warp / 2 + 2i
-      const int cc = lane + 32 * (warp % 2), row0 = warp / 2, rows = min(ROWS, p.t - t0);
-      const T* qp = q + (i64)(t0 + row0) * p.q_sn + c0 + cc;
-      T* op = o + (i64)(t0 + row0) * p.o_sn + c0 + cc;
-      if (c0 + cc < p.d)
-#pragma unroll 4
-        for (int row = row0; row < rows; row += 2, qp += 2 * p.q_sn, op += 2 * p.o_sn)
-          *op = from_f32<T>(aft_sigmoid_t<T>(to_f32(*qp)) * ratio[row][cc]);
+    if (threadIdx.x < ROWS) wcf[threadIdx.x] = float2{fmaf(-rsh[threadIdx.x], LOG2E_F, l2sw), gsh[threadIdx.x] * sw};
+    __syncthreads();
+    {  // the band: W of every key block, as aft_window_tc stages it block by block
+      const float* wrow0 = reinterpret_cast<const float*>(p.w) + (i64)(t0 + wr) * band + (p.window - 1) - (t0 + wr);
+      const u32 dstep = 8 * bld * 2;
+      for (int kb = win.lo; kb < win.hi; kb += KB) {
+        const bool wfast = kb + KB <= win.hi && t0 + ROWS <= p.t && (!p.causal || kb + KB - 1 <= t0);
+        const int tp = kb + wk;
+        const int o = tp - (t0 + wr) + sb - 1;
+        const u32 wdst = ws_addr + (wr * bld + (kb - win.lo) + wk) * 2;
+        if (wfast)
+          aft_tc_stage_w<T, true>(p, wrow0 + tp, wstep, o, sb, wdst, wcf_addr, t0 + wr, tp, win.hi, dstep);
+        else
+          aft_tc_stage_w<T, false>(p, wrow0 + tp, wstep, o, sb, wdst, wcf_addr, t0 + wr, tp, win.hi, dstep);
+      }
+    }
+    for (int sx = sx0; sx < sx1; ++sx) {
+      const AftSlice<T> sl = aft_slice<T>(p, sx);
+      const int bh = sl.bh, c0 = sl.c0;
+      const bool eok0 = c0 + ep < p.d, eok1 = c0 + ep + 1 < p.d;
+      const T* kc = sl.k + c0 + ep;
+      const T* vc = sl.v + c0 + ep;
+      const bool epair = eok1 && ((reinterpret_cast<u64>(kc) | reinterpret_cast<u64>(vc)) & 3) == 0 &&
+                         ((p.k_sn | p.v_sn) & 1) == 0;
+      __syncthreads();  // the previous slice's epilogue done with ratio and ssh (and the band staged)
+      aft_tile_shifts<THREADS, true, false>(p, bh, sl.h, c0, t0, msh, rsh, gsh);
+      __syncthreads();
+      if (threadIdx.x < AFT_CT) {  // outside statistics and the E⊙V scale, in scaled units
+        const int c = c0 + threadIdx.x;
+        const bool ok = c < p.d;
+        const AftStat az = ok ? aft_outside(p, bh, win, c, msh[threadIdx.x]) : AftStat{0.f, 0.f, 0.f};
+        const float se = ok ? aft_ev_scale<T>(p, bh, c) : 1.f;
+        ssh[threadIdx.x] = se;
+        ash[threadIdx.x] = az.a * sw * se;
+        zsh[threadIdx.x] = az.z * sw * sw;
+      }
+      __syncthreads();
+      const AftExp<T> ex0(eok0 ? msh[ep] : 0.f, l2sw), ex1(eok1 ? msh[ep + 1] : 0.f, l2sw);
+      const float vf0 = eok0 ? ssh[ep] / sw : 0.f, vf1 = eok1 ? ssh[ep + 1] / sw : 0.f;
+      float num[2][4][4], den[2][4][4];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int nj = 0; nj < 4; ++nj)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float gr = gsh[rw + 16 * mi + g + 8 * (e / 2)];
+            const int cc = cw + 8 * nj + 2 * tq + e % 2;
+            num[mi][nj][e] = gr * ash[cc];
+            den[mi][nj][e] = gr * zsh[cc];
+          }
+      for (int kb = win.lo; kb < win.hi; kb += KB) {
+        __syncthreads();  // previous block consumed
+        const bool efast = epair && kb + KB <= win.hi;
+        const T* kr = kc + (i64)(kb + warp) * p.k_sn;
+        const T* vr = vc + (i64)(kb + warp) * p.v_sn;
+        const u32 edst = kv_addr + (warp * AFT_TC_KLD + ep) * 2;
+        const float chk =
+            efast ? aft_tc_stage_e<T, true>(kr, vr, 4 * p.k_sn, 4 * p.v_sn, edst, KB, true, true, true, ex0, ex1, vf0, vf1)
+                  : aft_tc_stage_e<T, false>(kr, vr, 4 * p.k_sn, 4 * p.v_sn, edst, win.hi - kb - warp, epair, eok0,
+                                             eok1, ex0, ex1, vf0, vf1);
+        const bool any_bad = __syncthreads_or(!aft_finite(chk));
+        const u16* wb = ws + (kb - win.lo);  // this block's columns of the band
+        if (p.causal && kb + KB - 1 > t0 && any_bad) {
+          aft_tc_masked_keys<T, 2, 0, AFT_TC_KLD>(wb, kv, t0, kb, rw, cw, num, den, bld);
+          continue;
+        }
+#pragma unroll
+        for (int ks = 0; ks < KB; ks += 16) aft_tc_mma16<T, 2, 0, AFT_TC_KLD>(wb, kv, ks, rw, cw, num, den, bld);
+      }
+      aft_tc_epilogue<T>(p, ratio, ssh, num, den, t0, c0, sl.h, win.hi - win.lo, sl.q, sl.k, sl.v, sl.o);
     }
   }
 }
@@ -335,7 +467,14 @@ __device__ void aft_window_tc(const AftParams& p) {
   extern "C" __global__ void __launch_bounds__(AFT_TC_THREADS, 4) aft_window_tc_##NAME(               \
       const __grid_constant__ AftParams p) {                                                       \
     aft_window_tc<T>(p);                                                                           \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(AFT_TC_THREADS, 4) aft_window_band_tc_##NAME(          \
+      const __grid_constant__ AftParams p) {                                                       \
+    aft_window_band_tc<T>(p);                                                                      \
   }
 
 AFT_TC_DTYPE(f16, f16)
 AFT_TC_DTYPE(bf16, bf16)
+
+// Mirrored in src/ops/aft.rs (band_smem_bytes).
+static_assert(aft_band_smem_bytes(192) == 44032, "band kernel shared memory changed: update Rust");

@@ -34,6 +34,7 @@ const THREADS: u32 = 256; // AFT_THREADS
 pub const CHUNK: usize = 64;
 const CT: usize = 64; // AFT_CT
 const TC_THREADS: u32 = 128; // AFT_TC_THREADS
+const TC_LD: usize = 72; // AFT_TC_LD: floats per row of the window kernels' ratio tile
 
 // aft_full_tc (kernels/aft_full_tc.cuh): bmat columns per channel tile, CTA rows and columns,
 // threads, dynamic shared memory (two stages of a 128 × 40 and a 32 × 264 16-bit tile + row
@@ -156,7 +157,8 @@ pub struct KernelParams {
     pub causal: i32,
     pub chunks: i32,
     pub bcols: i32,
-    pub pad_: i32,
+    /// Local band kernel: slices per CTA.
+    pub group: i32,
 }
 
 // SAFETY: plain old data with the C layout asserted below.
@@ -259,6 +261,17 @@ impl Plan {
     /// dtype).
     fn needs_vmax(&self) -> bool {
         self.variant != Variant::Simple || self.causal
+    }
+
+    /// AFT-local's band for the band kernel: the most keys a 64-row tile sums densely (its window
+    /// [lo, hi) of aft_window_of), when at most [`BAND_MAX_KEYS`].
+    fn band_keys(&self) -> Option<usize> {
+        let Variant::Local { window } = self.variant else {
+            return None;
+        };
+        let reach = (window - 1).div_ceil(CHUNK); // chunks of keys on each side of the tile
+        let keys = CHUNK * (1 + if self.causal { reach } else { 2 * reach });
+        (keys <= BAND_MAX_KEYS).then_some(keys)
     }
 
     /// Columns of bmat: 128 per channel tile of every (b,h), an even number of tiles.
@@ -387,7 +400,7 @@ pub unsafe fn forward_raw(
     let [k_sb, k_sh, k_sn] = strides(&k.layout);
     let [v_sb, v_sh, v_sn] = strides(&v.layout);
     let [o_sb, o_sh, o_sn] = strides(&o.layout);
-    let p = KernelParams {
+    let mut p = KernelParams {
         q: q.ptr,
         k: k.ptr,
         v: v.ptr,
@@ -437,7 +450,7 @@ pub unsafe fn forward_raw(
         causal: params.causal as i32,
         chunks: plan.chunks as i32,
         bcols: bcols as i32,
-        pad_: 0,
+        group: 0,
     };
     let bh = b * h;
     let ctiles = d.div_ceil(CT);
@@ -502,6 +515,20 @@ pub unsafe fn forward_raw(
             return Ok(());
         }
         let (window, threads) = window_kernel(dtype);
+        if let Some(keys) = plan.band_keys().filter(|_| dtype != DType::F32) {
+            // AFT-local: the W band staged once per tile for a group of slices (w is shared by
+            // all of them); groups small enough to keep ≥ 4 CTAs per SM busy.
+            let slices = bh * ctiles;
+            let sms = rt.info().multiprocessors as usize;
+            let group = (slices * plan.chunks / (4 * sms)).clamp(1, BAND_MAX_GROUP);
+            p.bcols = keys as i32;
+            p.group = group as i32;
+            let f = rt.function(FAMILY, &format!("aft_window_band_tc_{}", dtype.name()))?;
+            let smem = band_smem_bytes(keys);
+            rt.allow_dynamic_smem(&f, smem)?;
+            let grid = (slices.div_ceil(group) as u32, grid_yz(plan.chunks), 1);
+            return launch_smem(stream, &f, grid, TC_THREADS, smem, &p);
+        }
         let window = rt.function(FAMILY, &window)?;
         launch(
             stream,
@@ -513,6 +540,19 @@ pub unsafe fn forward_raw(
     }
     Ok(())
 }
+
+/// Largest slice group of the AFT-local band kernel.
+const BAND_MAX_GROUP: usize = 8;
+/// Largest band (keys per 64-row tile) the band kernel stages: s ≤ 65, causal s ≤ 129; wider
+/// windows keep the per-block W staging (the band's shared memory would cut occupancy).
+const BAND_MAX_KEYS: usize = 192;
+
+/// Dynamic shared memory of `aft_window_band_tc` (aft_band_smem_bytes): the band [64][keys + 8]
+/// of 16-bit W, then the kv | ratio union.
+const fn band_smem_bytes(keys: usize) -> u32 {
+    (CHUNK * (keys + 8) * 2 + CHUNK * TC_LD * 4) as u32
+}
+const _: () = assert!(band_smem_bytes(BAND_MAX_KEYS) == 44032); // aft_band_smem_bytes(192)
 
 /// Queues the AFT-full product on clusters of `FG_CL` CTAs sharing each exp(w) tile (sm_90).
 /// False when it does not apply (an earlier device, a column-pair count that is not a multiple of

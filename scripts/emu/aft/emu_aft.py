@@ -652,18 +652,19 @@ def aft_window_of(p, t0):
 STATS = {"slow": 0, "kblocks": 0, "tc_scalar_blocks": 0}
 
 
-def tile_shifts(cx, bh, h, c0, t0, msh, rsh, gsh, nt=AFT_THREADS):
-    """aft_tile_shifts<nt>: msh (channel max), rsh / gsh (row shift and exp(-r))."""
+def tile_shifts(cx, bh, h, c0, t0, msh, rsh, gsh, nt=AFT_THREADS, ch=True, rows=True):
+    """aft_tile_shifts<nt, ch, rows>: msh (channel max), rsh / gsh (row shift and exp(-r))."""
     p, mem = cx.p, cx.mem
     tid = np.arange(nt, dtype=np.int64)
     lane, warp = tid % 32, tid // 32
     wp = p.w
     band = 2 * p.window - 1
-    act = (tid < AFT_CT) & (c0 + tid < p.d)
-    upto = min(t0 // AFT_CHUNK + 1, p.chunks) if p.causal else p.chunks
-    mv = mem.load(aft_stats(p.pre, bh, p.chunks + 1, upto, p.d) + 4 * (c0 + tid), act, "pre")
-    msh.write(tid, mv, tid, act, "msh[threadIdx.x]")
-    for it in range(AFT_CHUNK // (nt // 32)):
+    if ch:
+        act = (tid < AFT_CT) & (c0 + tid < p.d)
+        upto = min(t0 // AFT_CHUNK + 1, p.chunks) if p.causal else p.chunks
+        mv = mem.load(aft_stats(p.pre, bh, p.chunks + 1, upto, p.d) + 4 * (c0 + tid), act, "pre")
+        msh.write(tid, mv, tid, act, "msh[threadIdx.x]")
+    for it in range(AFT_CHUNK // (nt // 32) if rows else 0):
         i = warp + (nt // 32) * it
         t = t0 + i
         r = np.zeros(nt, F32)
@@ -916,18 +917,31 @@ def tc_pair_thread(flat, width, nt):
     return (np.asarray(flat) // 2) % nt
 
 
-def aft_window_tc(cx, bid):
+def aft_window_band_tc(cx, bid):
+    """aft_window_band_tc: AFT-local, the W band staged once per tile for p.group slices."""
+    aft_window_tc(cx, bid, band=True)
+
+
+def aft_window_tc(cx, bid, band=False):
     p, mem, dt = cx.p, cx.mem, cx.dt
-    bx, by, gdy = window_block(cx, bid)
+    if band:
+        nsl = p.b * p.h * div_up(p.d, AFT_CT)
+        slices = range(bid[0] * p.group, min(nsl, bid[0] * p.group + p.group))
+        by, gdy = bid[1], cx.grid[1]
+    else:
+        bx, by, gdy = window_block(cx, bid)
+        slices = [bx]
     races = Races(mem)
     NT, ROWS, KB = TC_THREADS, AFT_CHUNK, AFT_KB
     tid = np.arange(NT, dtype=np.int64)
     lane, warp = tid % 32, tid // 32
     g, tq = lane // 4, lane % 4
     # kv [KB][TC_KLD] and ws [ROWS][TC_WLD] (16-bit), aliased by the float ratio tile after the
-    # key loop behind a barrier: modelled as separate arrays.
+    # key loop behind a barrier: modelled as separate arrays. Band: ws is the band [ROWS][bld].
     op = Smem(KB * TC_KLD + ROWS * TC_WLD, "kv|ws", races)
     WS = KB * TC_KLD
+    bld = p.bcols + 8 if band else TC_WLD
+    wsm, wbase = (Smem(ROWS * bld, "band", races), 0) if band else (op, WS)
     ratio = Smem(ROWS * TC_LD, "ratio", races)
     rsh, gsh, msh = Smem(ROWS, "rsh", races), Smem(ROWS, "gsh", races), Smem(AFT_CT, "msh", races)
     ash, zsh, ssh = Smem(AFT_CT, "ash", races), Smem(AFT_CT, "zsh", races), Smem(AFT_CT, "ssh", races)
@@ -935,15 +949,101 @@ def aft_window_tc(cx, bid):
     l2sw = F32(15) if scaled(dt) else F32(0)
     ep, wk, wr = 2 * lane, 2 * (tid % 16), tid // 16
     ctiles = div_up(p.d, AFT_CT)
-    bh, c0 = bx // ctiles, (bx % ctiles) * AFT_CT
-    b, h = bh // p.h, bh % p.h
     rw, cw = (warp % 2) * 32, (warp // 2) * 32
     sz = dt.size
     sw = w_scale(dt)
-    q = p.q + (b * p.q_sb + h * p.q_sh) * sz
-    k = p.k + (b * p.k_sb + h * p.k_sh) * sz
-    v = p.v + (b * p.v_sb + h * p.v_sh) * sz
-    o = p.o + (b * p.o_sb + h * p.o_sh) * sz
+
+    def write_wcf():
+        rows_ = tid < ROWS
+        rr = np.minimum(tid, ROWS - 1)
+        wcf.write(2 * rr, fmaf(-rsh.read(rr, tid, rows_, "rsh"), LOG2E, l2sw), tid, rows_, "wcf.x")
+        wcf.write(2 * rr + 1, mul(gsh.read(rr, tid, rows_, "gsh"), sw), tid, rows_, "wcf.y")
+
+    def stage_w(t0, kb, hi, h, base):
+        """W staging of key block kb into wsm at base (row stride bld): keys wk, wk + 1 of rows
+        wr + 8n."""
+        sb = min(p.window, p.t)
+        bandw = 2 * p.window - 1
+        for n in range(ROWS // 8):
+            i = wr + 8 * n
+            t = t0 + i
+            tp = kb + wk
+            if p.variant == AFT_SIMPLE:
+                lim = np.where(t >= p.t, 0, np.minimum(hi, t + 1))
+                for x in range(2):
+                    wv = np.where(tp + x < lim, sw, F32(0)).astype(F32)
+                    wsm.write(base + i * bld + wk + x, dt.from_f32(wv).astype(F32), tid, None, "ws[i][wk] (u32)")
+                continue
+            cfx = wcf.read(2 * i, tid, None, "wcf[i].x")
+            cfy = wcf.read(2 * i + 1, tid, None, "wcf[i].y")
+            lim = np.where(t >= p.t, 0, np.minimum(hi, t + 1) if p.causal else hi)
+            o_ = tp - t + sb - 1
+            for x in range(2):
+                valid = tp + x < lim
+                inb = valid & (o_ + x >= 0) & (o_ + x < 2 * sb - 1)
+                row = t if p.variant == AFT_LOCAL else np.full(t.shape, h)
+                wv = mem.load(p.w + (row * bandw + (tp + x - t + p.window - 1)) * 4, inb, "w")
+                val = np.where(valid, cfy, F32(0)).astype(F32)
+                val = np.where(inb, ex2(fmaf(wv, LOG2E, cfx)), val).astype(F32)
+                wsm.write(base + i * bld + wk + x, dt.from_f32(val).astype(F32), tid, None, "ws[i][wk] (u32)")
+
+    tile = by
+    while tile < p.chunks:
+        t0 = tile * ROWS
+        win = aft_window_of(p, t0)
+        lo, hi, _, _ = win
+        if band:  # the row shifts and the band, once per tile
+            races.barrier()
+            tile_shifts(cx, 0, 0, 0, t0, msh, rsh, gsh, NT, ch=False)
+            races.barrier()
+            write_wcf()
+            races.barrier()
+            for kb in range(lo, hi, KB):
+                stage_w(t0, kb, hi, 0, kb - lo)
+        for sx in slices:
+            bh, c0 = sx // ctiles, (sx % ctiles) * AFT_CT
+            b, h = bh // p.h, bh % p.h
+            q = p.q + (b * p.q_sb + h * p.q_sh) * sz
+            k = p.k + (b * p.k_sb + h * p.k_sh) * sz
+            v = p.v + (b * p.v_sb + h * p.v_sh) * sz
+            o = p.o + (b * p.o_sb + h * p.o_sh) * sz
+            races.barrier()
+            tile_shifts(cx, bh, h, c0, t0, msh, rsh, gsh, NT, rows=not band)
+            races.barrier()
+            first = tid < AFT_CT
+            c = c0 + tid
+            cd = first & (c < p.d)
+            a = np.zeros(NT, F32)
+            z = np.zeros(NT, F32)
+            if cd.any():
+                mc = msh.read(tid, tid, cd, "msh[tid]")
+                a, z = outside(cx, bh, win, c, mc, cd)
+            se = ev_scale(cx, bh, c, cd)
+            ssh.write(tid, se, tid, first, "ssh")
+            ash.write(tid, mul(mul(a, sw), se), tid, first, "ash")
+            zsh.write(tid, mul(mul(z, sw), sw), tid, first, "zsh")
+            if not band:
+                write_wcf()
+            races.barrier()
+            window_slice(cx, tid, t0, win, c0, h, k, v, q, o, op, WS, wsm, wbase, bld, ratio, rsh, gsh, msh,
+                         ash, zsh, ssh, band, stage_w, races)
+        tile += gdy
+
+
+def window_slice(cx, tid, t0, win, c0, h, k, v, q, o, op, WS, wsm, wbase, bld, ratio, rsh, gsh, msh, ash,
+                 zsh, ssh, band, stage_w, races):
+    """One slice's tile of aft_window_tc / aft_window_band_tc: E staging (and W staging unless
+    band) per key block, the mma or the masked key-by-key sums, the epilogue."""
+    p, mem, dt = cx.p, cx.mem, cx.dt
+    NT, ROWS, KB = TC_THREADS, AFT_CHUNK, AFT_KB
+    lane, warp = tid % 32, tid // 32
+    g, tq = lane // 4, lane % 4
+    l2sw = F32(15) if scaled(dt) else F32(0)
+    ep = 2 * lane
+    rw, cw = (warp % 2) * 32, (warp // 2) * 32
+    sz = dt.size
+    sw = w_scale(dt)
+    lo, hi, _, _ = win
 
     def row_of(mi, hh):
         return rw + 16 * mi + g + 8 * hh
@@ -951,164 +1051,113 @@ def aft_window_tc(cx, bid):
     def col_of(nj, e1):
         return cw + 8 * nj + 2 * tq + e1
 
-    tile = by
-    while tile < p.chunks:
-        t0 = tile * ROWS
-        win = aft_window_of(p, t0)
-        lo, hi, _, _ = win
-        races.barrier()
-        tile_shifts(cx, bh, h, c0, t0, msh, rsh, gsh, NT)
-        races.barrier()
-        first = tid < AFT_CT
-        c = c0 + tid
-        cd = first & (c < p.d)
-        a = np.zeros(NT, F32)
-        z = np.zeros(NT, F32)
-        if cd.any():
-            mc = msh.read(tid, tid, cd, "msh[tid]")
-            a, z = outside(cx, bh, win, c, mc, cd)
-        se = ev_scale(cx, bh, c, cd)
-        ssh.write(tid, se, tid, first, "ssh")
-        ash.write(tid, mul(mul(a, sw), se), tid, first, "ash")
-        zsh.write(tid, mul(mul(z, sw), sw), tid, first, "zsh")
-        rows_ = tid < ROWS
-        rr = np.minimum(tid, ROWS - 1)
-        wcf.write(2 * rr, fmaf(-rsh.read(rr, tid, rows_, "rsh"), LOG2E, l2sw), tid, rows_, "wcf.x")
-        wcf.write(2 * rr + 1, mul(gsh.read(rr, tid, rows_, "gsh"), sw), tid, rows_, "wcf.y")
-        races.barrier()
-        # The staging threads' channel shifts and V factors (E: channels ep, ep + 1 of the tile).
-        eok = [c0 + ep < p.d, c0 + ep + 1 < p.d]
-        eml, evf = [], []
-        for x in range(2):
-            mc = np.where(eok[x], msh.read(np.minimum(ep + x, AFT_CT - 1), tid, eok[x], "msh[ep]"), F32(0))
-            eml.append(fmaf(-mc, LOG2E, l2sw).astype(F32))
-            sv = np.where(eok[x], ssh.read(np.minimum(ep + x, AFT_CT - 1), tid, eok[x], "ssh[ep]"), F32(0))
-            evf.append(np.where(eok[x], div(sv, sw), F32(0)).astype(F32))
+    # The staging threads' channel shifts and V factors (E: channels ep, ep + 1 of the tile).
+    eok = [c0 + ep < p.d, c0 + ep + 1 < p.d]
+    eml, evf = [], []
+    for x in range(2):
+        mc = np.where(eok[x], msh.read(np.minimum(ep + x, AFT_CT - 1), tid, eok[x], "msh[ep]"), F32(0))
+        eml.append(fmaf(-mc, LOG2E, l2sw).astype(F32))
+        sv = np.where(eok[x], ssh.read(np.minimum(ep + x, AFT_CT - 1), tid, eok[x], "ssh[ep]"), F32(0))
+        evf.append(np.where(eok[x], div(sv, sw), F32(0)).astype(F32))
 
-        acc = np.zeros((NT, 2, 2, 4, 4), F32)  # [num/den, mi, nj, e]
-        for mi in range(2):
-            for nj in range(4):
-                for e in range(4):
-                    gr = gsh.read(row_of(mi, e // 2), tid, None, "gsh[row]")
-                    cc = col_of(nj, e % 2)
-                    acc[:, 0, mi, nj, e] = mul(gr, ash.read(cc, tid, None, "ash"))
-                    acc[:, 1, mi, nj, e] = mul(gr, zsh.read(cc, tid, None, "zsh"))
+    acc = np.zeros((NT, 2, 2, 4, 4), F32)  # [num/den, mi, nj, e]
+    for mi in range(2):
+        for nj in range(4):
+            for e in range(4):
+                gr = gsh.read(row_of(mi, e // 2), tid, None, "gsh[row]")
+                cc = col_of(nj, e % 2)
+                acc[:, 0, mi, nj, e] = mul(gr, ash.read(cc, tid, None, "ash"))
+                acc[:, 1, mi, nj, e] = mul(gr, zsh.read(cc, tid, None, "zsh"))
 
-        kb = lo
-        while kb < hi:
-            STATS["kblocks"] += 1
-            races.barrier()
-            # E staging: thread (warp, lane) stages keys warp + 4i, channels ep, ep + 1.
-            bad = np.zeros(NT, bool)
-            for i in range(KB // 4):
-                r = warp + 4 * i
-                rok = kb + r < hi
-                evs, es = [], []
-                for x in range(2):
-                    c = c0 + ep + x
-                    act = rok & eok[x]
-                    kv_ = mem.load(k + ((kb + r) * p.k_sn + c) * sz, act, "k")
-                    vv = mem.load(v + ((kb + r) * p.v_sn + c) * sz, act, "v")
-                    e = np.where(act, ex2(fmaf(kv_, LOG2E, eml[x])), F32(0)).astype(F32)
-                    ev = np.where(act, mul(e, mul(vv, evf[x])), F32(0)).astype(F32)
-                    bad |= ~np.isfinite(ev)
-                    es.append(e)
-                    evs.append(ev)
-                    op.write(r * TC_KLD + ep + x, dt.from_f32(ev).astype(F32), tid, None, "kv[r][ep] (E.V, u32)")
-                    op.write(r * TC_KLD + AFT_CT + ep + x, dt.from_f32(e).astype(F32), tid, None, "kv[r][64+ep] (E, u32)")
-            # W staging: thread stages keys wk, wk + 1 of rows wr + 8n.
-            sb = min(p.window, p.t)
-            band = 2 * p.window - 1
-            for n in range(ROWS // 8):
-                i = wr + 8 * n
-                t = t0 + i
-                tp = kb + wk
-                if p.variant == AFT_SIMPLE:
-                    lim = np.where(t >= p.t, 0, np.minimum(hi, t + 1))
-                    for x in range(2):
-                        wv = np.where(tp + x < lim, sw, F32(0)).astype(F32)
-                        op.write(WS + i * TC_WLD + wk + x, dt.from_f32(wv).astype(F32), tid, None, "ws[i][wk] (u32)")
-                    continue
-                cfx = wcf.read(2 * i, tid, None, "wcf[i].x")
-                cfy = wcf.read(2 * i + 1, tid, None, "wcf[i].y")
-                lim = np.where(t >= p.t, 0, np.minimum(hi, t + 1) if p.causal else hi)
-                o_ = tp - t + sb - 1
-                for x in range(2):
-                    valid = tp + x < lim
-                    inb = valid & (o_ + x >= 0) & (o_ + x < 2 * sb - 1)
-                    row = t if p.variant == AFT_LOCAL else np.full(t.shape, h)
-                    wv = mem.load(p.w + (row * band + (tp + x - t + p.window - 1)) * 4, inb, "w")
-                    val = np.where(valid, cfy, F32(0)).astype(F32)
-                    val = np.where(inb, ex2(fmaf(wv, LOG2E, cfx)), val).astype(F32)
-                    op.write(WS + i * TC_WLD + wk + x, dt.from_f32(val).astype(F32), tid, None, "ws[i][wk] (u32)")
-            races.barrier()  # __syncthreads_or
-            if p.causal and kb + KB - 1 > t0 and bad.any():
-                STATS["tc_scalar_blocks"] += 1
-                for r in range(KB):
-                    for mi in range(2):
-                        for hh in range(2):
-                            row = row_of(mi, hh)
-                            act = ~(kb + r > t0 + row)
-                            wv = op.read(WS + row * TC_WLD + r, tid, act, "ws[row][r]")
-                            for nj in range(4):
-                                for e1 in range(2):
-                                    cc = col_of(nj, e1)
-                                    evv = op.read(r * TC_KLD + cc, tid, act, "kv E.V")
-                                    ee = op.read(r * TC_KLD + AFT_CT + cc, tid, act, "kv E")
-                                    x = 2 * hh + e1
-                                    acc[:, 0, mi, nj, x] = np.where(act, fmaf(wv, evv, acc[:, 0, mi, nj, x]), acc[:, 0, mi, nj, x])
-                                    acc[:, 1, mi, nj, x] = np.where(act, fmaf(wv, ee, acc[:, 1, mi, nj, x]), acc[:, 1, mi, nj, x])
-                kb += KB
-                continue
-            for ks in (0, 16):
-                af = np.zeros((NT, 2, 4, 2), F32)
+    kb = lo
+    while kb < hi:
+        STATS["kblocks"] += 1
+        races.barrier()
+        # E staging: thread (warp, lane) stages keys warp + 4i, channels ep, ep + 1.
+        bad = np.zeros(NT, bool)
+        for i in range(KB // 4):
+            r = warp + 4 * i
+            rok = kb + r < hi
+            for x in range(2):
+                c = c0 + ep + x
+                act = rok & eok[x]
+                kv_ = mem.load(k + ((kb + r) * p.k_sn + c) * sz, act, "k")
+                vv = mem.load(v + ((kb + r) * p.v_sn + c) * sz, act, "v")
+                e = np.where(act, ex2(fmaf(kv_, LOG2E, eml[x])), F32(0)).astype(F32)
+                ev = np.where(act, mul(e, mul(vv, evf[x])), F32(0)).astype(F32)
+                bad |= ~np.isfinite(ev)
+                op.write(r * TC_KLD + ep + x, dt.from_f32(ev).astype(F32), tid, None, "kv[r][ep] (E.V, u32)")
+                op.write(r * TC_KLD + AFT_CT + ep + x, dt.from_f32(e).astype(F32), tid, None, "kv[r][64+ep] (E, u32)")
+        if not band:  # W staging: thread stages keys wk, wk + 1 of rows wr + 8n.
+            stage_w(t0, kb, hi, h, wbase)
+        wb = wbase + (kb - lo if band else 0)  # this block's weights: band columns or ws
+        races.barrier()  # __syncthreads_or
+        if p.causal and kb + KB - 1 > t0 and bad.any():
+            STATS["tc_scalar_blocks"] += 1
+            for r in range(KB):
                 for mi in range(2):
-                    af[:, mi] = fg_ldsm(op, WS, (rw + 16 * mi + lane % 16) * TC_WLD + ks + (lane // 16) * 8, tid, False, "A")
-                key = ks + lane % 8 + ((lane // 8) % 2) * 8
-                bf = np.zeros((NT, 2, 4, 2, 2), F32)
-                for nj in (0, 2):
-                    off = key * TC_KLD + cw + 8 * nj + (lane // 16) * 8
-                    for nd in range(2):
-                        rr = fg_ldsm(op, 0, off + nd * AFT_CT, tid, True, "B")
-                        bf[:, nd, nj] = rr[:, 0:2]
-                        bf[:, nd, nj + 1] = rr[:, 2:4]
-                acc = fg_mma(acc, af, bf)
+                    for hh in range(2):
+                        row = row_of(mi, hh)
+                        act = ~(kb + r > t0 + row)
+                        wv = wsm.read(wb + row * bld + r, tid, act, "ws[row][r]")
+                        for nj in range(4):
+                            for e1 in range(2):
+                                cc = col_of(nj, e1)
+                                evv = op.read(r * TC_KLD + cc, tid, act, "kv E.V")
+                                ee = op.read(r * TC_KLD + AFT_CT + cc, tid, act, "kv E")
+                                x = 2 * hh + e1
+                                acc[:, 0, mi, nj, x] = np.where(act, fmaf(wv, evv, acc[:, 0, mi, nj, x]), acc[:, 0, mi, nj, x])
+                                acc[:, 1, mi, nj, x] = np.where(act, fmaf(wv, ee, acc[:, 1, mi, nj, x]), acc[:, 1, mi, nj, x])
             kb += KB
+            continue
+        for ks in (0, 16):
+            af = np.zeros((NT, 2, 4, 2), F32)
+            for mi in range(2):
+                af[:, mi] = fg_ldsm(wsm, wb, (rw + 16 * mi + lane % 16) * bld + ks + (lane // 16) * 8, tid, False, "A")
+            key = ks + lane % 8 + ((lane // 8) % 2) * 8
+            bf = np.zeros((NT, 2, 4, 2, 2), F32)
+            for nj in (0, 2):
+                off = key * TC_KLD + cw + 8 * nj + (lane // 16) * 8
+                for nd in range(2):
+                    rr = fg_ldsm(op, 0, off + nd * AFT_CT, tid, True, "B")
+                    bf[:, nd, nj] = rr[:, 0:2]
+                    bf[:, nd, nj + 1] = rr[:, 2:4]
+            acc = fg_mma(acc, af, bf)
+        kb += KB
 
-        races.barrier()
-        floor = den_floor(dt, hi - lo)
-        slow = np.zeros(NT, np.int64)
-        for mi in range(2):
-            for nj in range(4):
-                for hh in range(2):
-                    row = row_of(mi, hh)
-                    for e1 in range(2):
-                        x = 2 * hh + e1
-                        cc = col_of(nj, e1)
-                        sv = ssh.read(cc, tid, None, "ssh[cc]")
-                        y = mul(fdividef(acc[:, 0, mi, nj, x], acc[:, 1, mi, nj, x]), div(sw, sv))
-                        sl = (acc[:, 1, mi, nj, x] < floor) & (t0 + row < p.t) & (c0 + cc < p.d)
-                        slow |= sl.astype(np.int64) << (((mi * 4 + nj) * 2 + hh) * 2 + e1)
-                        ratio.write(row * TC_LD + cc, y, tid, None, "ratio (float2)")
-        th, bit = np.nonzero((slow[:, None] >> np.arange(32)[None, :]) & 1)
-        if th.size:
-            STATS["slow"] += th.size
-            mi, nj, hh, e1 = bit // 16, (bit // 4) % 4, (bit // 2) % 2, bit % 2
-            row = rw[th] + 16 * mi + g[th] + 8 * hh
-            cc = cw[th] + 8 * nj + 2 * tq[th] + e1
-            y = aft_exact(cx, k, v, h, t0 + row, c0 + cc)
-            ratio.write(row * TC_LD + cc, y, th, None, "ratio (slow)")
-        races.barrier()
-        occ, orow0 = lane + 32 * (warp % 2), warp // 2  # thread: one channel, rows orow0 + 2i
-        for it in range(ROWS // 2):
-            row = orow0 + 2 * it
-            t, c = t0 + row, c0 + occ
-            ok = (row < min(ROWS, p.t - t0)) & (c < p.d)
-            qv = mem.load(q + (t * p.q_sn + c) * sz, ok, "q")
-            rv = ratio.read(row * TC_LD + occ, tid, ok, "ratio")
-            y = mul(sigmoid_t(dt, qv), rv)
-            mem.store(o + (t * p.o_sn + c) * sz, dt.from_f32(y), ok, "o")
-        tile += gdy
+    races.barrier()
+    floor = den_floor(dt, hi - lo)
+    slow = np.zeros(NT, np.int64)
+    for mi in range(2):
+        for nj in range(4):
+            for hh in range(2):
+                row = row_of(mi, hh)
+                for e1 in range(2):
+                    x = 2 * hh + e1
+                    cc = col_of(nj, e1)
+                    sv = ssh.read(cc, tid, None, "ssh[cc]")
+                    y = mul(fdividef(acc[:, 0, mi, nj, x], acc[:, 1, mi, nj, x]), div(sw, sv))
+                    sl = (acc[:, 1, mi, nj, x] < floor) & (t0 + row < p.t) & (c0 + cc < p.d)
+                    slow |= sl.astype(np.int64) << (((mi * 4 + nj) * 2 + hh) * 2 + e1)
+                    ratio.write(row * TC_LD + cc, y, tid, None, "ratio (float2)")
+    th, bit = np.nonzero((slow[:, None] >> np.arange(32)[None, :]) & 1)
+    if th.size:
+        STATS["slow"] += th.size
+        mi, nj, hh, e1 = bit // 16, (bit // 4) % 4, (bit // 2) % 2, bit % 2
+        row = rw[th] + 16 * mi + g[th] + 8 * hh
+        cc = cw[th] + 8 * nj + 2 * tq[th] + e1
+        y = aft_exact(cx, k, v, h, t0 + row, c0 + cc)
+        ratio.write(row * TC_LD + cc, y, th, None, "ratio (slow)")
+    races.barrier()
+    occ, orow0 = lane + 32 * (warp % 2), warp // 2  # thread: one channel, rows orow0 + 2i
+    for it in range(ROWS // 2):
+        row = orow0 + 2 * it
+        t, c = t0 + row, c0 + occ
+        ok = (row < min(ROWS, p.t - t0)) & (c < p.d)
+        qv = mem.load(q + (t * p.q_sn + c) * sz, ok, "q")
+        rv = ratio.read(row * TC_LD + occ, tid, ok, "ratio")
+        y = mul(sigmoid_t(dt, qv), rv)
+        mem.store(o + (t * p.o_sn + c) * sz, dt.from_f32(y), ok, "o")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Inputs are drawn like tests/gpu_aft.rs (its splitmix Rng, same draw order and ad
     python3 run_aft.py nonfinite  # NaN/Inf planted in K or V: affected outputs non-finite, others exact
     python3 run_aft.py gemm       # the non-causal AFT-full GEMM: value ranges, tails, padding tile, poison
     python3 run_aft.py long       # T = 4097 (B·H = 1), T = 65536 local s=64, T = 65539 simple bf16
+    python3 run_aft.py band       # AFT-local's band kernel bit for bit against the per-block one
     python3 run_aft.py VARIANT... # only these: simple full local conv (combinable with a mode)
 """
 import sys
@@ -259,6 +260,19 @@ def rel_frob(got, want):
 
 # ----------------------------------------------------------------------------------------------
 # src/ops/aft.rs: Plan::new / arrays / forward_raw
+# The band kernel's choice (Plan::band_keys, forward_raw in src/ops/aft.rs). The emulated device
+# has EMU_SMS multiprocessors: one, so that slice groups of more than one occur at test sizes.
+BAND_MAX_KEYS, BAND_MAX_GROUP, EMU_SMS = 192, 8, 1
+
+
+def band_keys(c):
+    if c.variant != "local":
+        return None
+    reach = div_up(c.window - 1, CHUNK)
+    keys = CHUNK * (1 + (reach if c.causal else 2 * reach))
+    return keys if keys <= BAND_MAX_KEYS else None
+
+
 class P:
     pass
 
@@ -353,6 +367,11 @@ def run_case(c, quiet=False):
                 E.launch(mem, "aft_full_tc", E.aft_full_tc, grid, p, dt)
         elif dt.name == "f32":  # window_kernel in src/ops/aft.rs
             E.launch(mem, "aft_window", E.aft_window, (bh * ctiles, gyz(chunks), 1), p, dt)
+        elif band_keys(c) is not None:  # forward_raw: AFT-local's band kernel
+            slices = bh * ctiles
+            p.bcols = band_keys(c)
+            p.group = min(max(slices * chunks // (4 * EMU_SMS), 1), BAND_MAX_GROUP)
+            E.launch(mem, "aft_window_band_tc", E.aft_window_band_tc, (div_up(slices, p.group), gyz(chunks), 1), p, dt)
         else:
             E.launch(mem, "aft_window_tc", E.aft_window_tc, (bh * ctiles, gyz(chunks), 1), p, dt)
 
@@ -477,8 +496,38 @@ def matrix(mode="all", only=None):
     return cases
 
 
+def band_equality():
+    """The band kernel against the per-block window kernel on the same AFT-local inputs: outputs
+    bit for bit (same W values, same summation order), slice groups of 1 … 8, mixed channel
+    tiles, causal and not, the widest bands it takes (s = 65; causal s = 129)."""
+    global band_keys
+    fails = 0
+    for dt in ("f16", "bf16"):
+        for causal in (False, True):
+            for (t, d, s, b, h, adv) in ((200, 64, 64, 1, 3, False), (130, 80, 2, 2, 2, False),
+                                         (300, 48, 65, 1, 2, True), (97, 64, 1, 1, 5, False),
+                                         (260, 64, 129, 1, 2, False)):
+                c = Case(t, d, "local", s, causal, dt=dt, b=b, h=h, adversarial=adv)
+                keys = band_keys(c)
+                rel, _, _, ok, msgs, _, got_band, _ = run_case(c, quiet=True)
+                chosen = band_keys
+                band_keys = lambda c: None  # noqa: E731 — forward_raw's other branch
+                rel2, _, _, ok2, _, _, got_old, _ = run_case(c, quiet=True)
+                band_keys = chosen
+                bits = lambda x: np.ascontiguousarray(x).view(np.uint8)  # noqa: E731
+                same = np.array_equal(bits(got_band), bits(got_old))
+                good = ok and ok2 and same
+                fails += not good
+                print(f"{'PASS' if good else 'FAIL'} {c.name()} band keys {keys}: rel {rel:.2e} "
+                      f"(per-block {rel2:.2e}) bit-identical {same} {list(msgs)[:2]}", flush=True)
+    print("ALL PASS" if not fails else f"{fails} FAILED")
+    sys.exit(1 if fails else 0)
+
+
 def main():
     args = sys.argv[1:]
+    if "band" in args:
+        band_equality()
     global GRID_YZ_CAP
     mode = next((a for a in args if a in ("quick", "stride", "long", "nonfinite", "gemm")), "all")
     if mode == "stride":
