@@ -245,6 +245,13 @@ fn long_sequences() {
         c.b = 1;
         c.h = 1;
         check::<f16>(&rt, &c, 13);
+        // Enough slices × tiles that the band kernel groups several slices per CTA (B·H = 64,
+        // 64 tiles: groups of 7–8 on 132 SMs), two channel tiles, engine layout.
+        let mut g = Case::new(4096, 80, Variant::Local { window: 64 }, causal);
+        g.b = 4;
+        g.h = 16;
+        g.kind = LayoutKind::Bnhd;
+        check::<bf16>(&rt, &g, 15);
         let mut s = Case::new(65536 + 3, 48, Variant::Simple, causal);
         s.h = 1;
         check::<bf16>(&rt, &s, 14);
