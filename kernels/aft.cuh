@@ -30,8 +30,8 @@ struct AftParams {
   int causal;
   int chunks;   // ceil(t / AFT_CHUNK)
   int bcols;    // full: columns of bmat (AFT_FG_TILE per channel tile, an even number of
-                // tiles); local band kernel: band keys per tile (a multiple of AFT_KB)
-  int group;    // local band kernel: slices per CTA
+                // tiles); band kernels: band keys per tile (a multiple of AFT_KB)
+  int group;    // band kernels: slices per CTA (conv: 1)
 };
 
 #define AFT_PARAMS_SIZE 224

@@ -346,19 +346,22 @@ __device__ void aft_window_tc(const AftParams& p) {
   }
 }
 
-// AFT-local with its band of W shared by a group of slices. w is shared over batch, heads and
-// channels, so the row shifts and W (scaled, 16-bit) of every key block of a tile depend on the
-// tile alone: they are staged once per tile into a band [ROWS][bcols + 8] (keys lo … lo + bcols),
-// then each of the CTA's p.group consecutive slices runs aft_window_tc's E staging, mma and
-// epilogue against it. Same values and summation order as aft_window_tc, so the same outputs bit
-// for bit; per 32-key block a warp skips the W staging (≈ 140 of its ≈ 455 instructions) and per
-// tile all but one slice skip the band maxima of the row shifts. Grid: x = slice groups, y =
-// tiles (grid-stride), tile-major. Dynamic shared memory aft_band_smem_bytes(bcols): the band,
-// then the kv | ratio union.
+// The window kernel with the whole band of W staged at once ([ROWS][bcols + 8], keys lo … lo +
+// bcols) and reused:
+//  * AFT-local: w is shared over batch, heads and channels, so a tile's row shifts and W depend on
+//    the tile alone; they are staged once per tile for a group of p.group consecutive slices.
+//  * AFT-conv (p.group = 1: u is per head): an interior tile (every row's band inside [0, T), the
+//    key window unclipped) has the same row shifts and W, relative to t0, as the next interior
+//    one; a CTA walks a contiguous strip of tiles and restages only at the sequence's ends.
+// Each slice then runs aft_window_tc's E staging, mma and epilogue against the band. Same values
+// and summation order as aft_window_tc, so the same outputs bit for bit; per 32-key block a warp
+// skips the W staging (≈ 140 of its ≈ 455 instructions), and the band maxima of the row shifts
+// are paid once per group or strip. Grid: x = slice groups, y = strips of ⌈chunks / gridDim.y⌉
+// tiles. Dynamic shared memory aft_band_smem_bytes(bcols): the band, then the kv | ratio union.
 __host__ __device__ constexpr int aft_band_smem_bytes(int bcols) {
   return AFT_CHUNK * (bcols + 8) * 2 + AFT_CHUNK * AFT_TC_LD * 4;
 }
-template <typename T>
+template <typename T, bool CONV>
 __device__ void aft_window_band_tc(const AftParams& p) {
   constexpr int ROWS = AFT_CHUNK, THREADS = AFT_TC_THREADS, KB = AFT_KB;
   static_assert(KB * AFT_TC_KLD * 2 <= ROWS * AFT_TC_LD * 4, "kv fits the ratio tile");
@@ -376,21 +379,39 @@ __device__ void aft_window_band_tc(const AftParams& p) {
   const int ep = 2 * lane, wk = 2 * (threadIdx.x % 16), wr = threadIdx.x / 16;
   const i64 band = 2 * (i64)p.window - 1;
   const int sb = min(p.window, p.t);
-  const i64 wstep = 8 * (band - 1);
   const u32 kv_addr = smem_addr(kv), ws_addr = smem_addr(ws), wcf_addr = smem_addr(&wcf[wr]);
   const int slices = p.b * p.h * div_up(p.d, AFT_CT);
-  const int sx0 = blockIdx.x * p.group, sx1 = min(slices, sx0 + p.group);
-
-  for (int tile = blockIdx.y; tile < p.chunks; tile += gridDim.y) {
+  const int sx0 = blockIdx.x * p.group, sx1 = CONV ? sx0 + 1 : min(slices, sx0 + p.group);
+  // Interior tiles (every row's band inside [0, T), the key window unclipped) have the same row
+  // shifts and W relative to t0 under AFT-conv (u per head): staged once, reused by the next ones.
+  bool staged_interior = false;
+  // Tiles: local: grid-stride; conv: a contiguous strip per CTA (long, so the band is reused).
+  // Bounds and per-variant constants are recomputed from the parameters where used (registers
+  // are tight).
+  for (int tile = CONV ? blockIdx.y * div_up(p.chunks, gridDim.y) : blockIdx.y;
+       tile < (CONV ? min(p.chunks, (int)(blockIdx.y + 1) * div_up(p.chunks, gridDim.y)) : p.chunks);
+       tile += CONV ? 1 : gridDim.y) {
     const int t0 = tile * ROWS;
     const AftWindow win = aft_window_of(p, t0);
+    const int reach = AFT_CHUNK * div_up(p.window - 1, AFT_CHUNK);
+    const bool interior = CONV && t0 >= p.window - 1 && win.lo == t0 - reach &&
+                          win.hi == t0 + ROWS + (p.causal ? 0 : reach) &&
+                          (p.causal ? t0 + ROWS <= p.t : t0 + ROWS + p.window - 1 <= p.t);
+    const bool restage = !(interior && staged_interior);
+    staged_interior = interior;
     __syncthreads();  // previous tile done with the band and the row shifts
-    aft_tile_shifts<THREADS, false, true>(p, 0, 0, 0, t0, msh, rsh, gsh);
-    __syncthreads();
-    if (threadIdx.x < ROWS) wcf[threadIdx.x] = float2{fmaf(-rsh[threadIdx.x], LOG2E_F, l2sw), gsh[threadIdx.x] * sw};
-    __syncthreads();
-    {  // the band: W of every key block, as aft_window_tc stages it block by block
-      const float* wrow0 = reinterpret_cast<const float*>(p.w) + (i64)(t0 + wr) * band + (p.window - 1) - (t0 + wr);
+    // conv: the head of the CTA's one slice
+    const int hw = CONV ? (sx0 / div_up(p.d, AFT_CT)) % p.h : 0;
+    if (restage) {
+      aft_tile_shifts<THREADS, false, true>(p, 0, hw, 0, t0, msh, rsh, gsh);
+      __syncthreads();
+      if (threadIdx.x < ROWS) wcf[threadIdx.x] = float2{fmaf(-rsh[threadIdx.x], LOG2E_F, l2sw), gsh[threadIdx.x] * sw};
+      __syncthreads();
+    }
+    if (restage) {  // the band: W of every key block, as aft_window_tc stages it block by block
+      const i64 wstep = CONV ? -8 : 8 * (band - 1);
+      const float* wrow0 = reinterpret_cast<const float*>(p.w) + (CONV ? (i64)hw : (i64)(t0 + wr)) * band +
+                           (p.window - 1) - (t0 + wr);
       const u32 dstep = 8 * bld * 2;
       for (int kb = win.lo; kb < win.hi; kb += KB) {
         const bool wfast = kb + KB <= win.hi && t0 + ROWS <= p.t && (!p.causal || kb + KB - 1 <= t0);
@@ -470,7 +491,11 @@ __device__ void aft_window_band_tc(const AftParams& p) {
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(AFT_TC_THREADS, 4) aft_window_band_tc_##NAME(          \
       const __grid_constant__ AftParams p) {                                                       \
-    aft_window_band_tc<T>(p);                                                                      \
+    aft_window_band_tc<T, false>(p);                                                               \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(AFT_TC_THREADS, 4) aft_window_band_conv_tc_##NAME(     \
+      const __grid_constant__ AftParams p) {                                                       \
+    aft_window_band_tc<T, true>(p);                                                                \
   }
 
 AFT_TC_DTYPE(f16, f16)

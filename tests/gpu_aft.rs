@@ -252,6 +252,12 @@ fn long_sequences() {
         g.h = 16;
         g.kind = LayoutKind::Bnhd;
         check::<bf16>(&rt, &g, 15);
+        // AFT-conv's band kernel: strips of 16 tiles per CTA (B·H = 16, 512 tiles on 132 SMs),
+        // the interior ones reusing the staged band.
+        let mut cv = Case::new(32768, 64, Variant::Conv { window: 64 }, causal);
+        cv.b = 1;
+        cv.h = 16;
+        check::<f16>(&rt, &cv, 16);
         let mut s = Case::new(65536 + 3, 48, Variant::Simple, causal);
         s.h = 1;
         check::<bf16>(&rt, &s, 14);

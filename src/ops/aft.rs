@@ -157,7 +157,7 @@ pub struct KernelParams {
     pub causal: i32,
     pub chunks: i32,
     pub bcols: i32,
-    /// Local band kernel: slices per CTA.
+    /// Band kernels: slices per CTA (conv: 1).
     pub group: i32,
 }
 
@@ -263,10 +263,10 @@ impl Plan {
         self.variant != Variant::Simple || self.causal
     }
 
-    /// AFT-local's band for the band kernel: the most keys a 64-row tile sums densely (its window
-    /// [lo, hi) of aft_window_of), when at most [`BAND_MAX_KEYS`].
+    /// AFT-local's or AFT-conv's band for the band kernels: the most keys a 64-row tile sums
+    /// densely (its window [lo, hi) of aft_window_of), when at most [`BAND_MAX_KEYS`].
     fn band_keys(&self) -> Option<usize> {
-        let Variant::Local { window } = self.variant else {
+        let (Variant::Local { window } | Variant::Conv { window }) = self.variant else {
             return None;
         };
         let reach = (window - 1).div_ceil(CHUNK); // chunks of keys on each side of the tile
@@ -516,17 +516,25 @@ pub unsafe fn forward_raw(
         }
         let (window, threads) = window_kernel(dtype);
         if let Some(keys) = plan.band_keys().filter(|_| dtype != DType::F32) {
-            // AFT-local: the W band staged once per tile for a group of slices (w is shared by
-            // all of them); groups small enough to keep ≥ 4 CTAs per SM busy.
+            // The W band staged at once and reused: AFT-local, once per tile for a group of
+            // slices (w is shared by all of them), groups small enough to keep ≥ 4 CTAs per SM
+            // busy; AFT-conv, once per strip of tiles of one slice (u is per head; interior tiles
+            // share it), strips long but ≥ 4 CTAs per SM.
             let slices = bh * ctiles;
             let sms = rt.info().multiprocessors as usize;
-            let group = (slices * plan.chunks / (4 * sms)).clamp(1, BAND_MAX_GROUP);
+            let (name, group, grid_y) = if matches!(variant, Variant::Conv { .. }) {
+                let strips = (4 * sms).div_ceil(slices).clamp(1, plan.chunks);
+                ("aft_window_band_conv_tc", 1, grid_yz(strips))
+            } else {
+                let group = (slices * plan.chunks / (4 * sms)).clamp(1, BAND_MAX_GROUP);
+                ("aft_window_band_tc", group, grid_yz(plan.chunks))
+            };
             p.bcols = keys as i32;
             p.group = group as i32;
-            let f = rt.function(FAMILY, &format!("aft_window_band_tc_{}", dtype.name()))?;
+            let f = rt.function(FAMILY, &format!("{name}_{}", dtype.name()))?;
             let smem = band_smem_bytes(keys);
             rt.allow_dynamic_smem(&f, smem)?;
-            let grid = (slices.div_ceil(group) as u32, grid_yz(plan.chunks), 1);
+            let grid = (slices.div_ceil(group) as u32, grid_y, 1);
             return launch_smem(stream, &f, grid, TC_THREADS, smem, &p);
         }
         let window = rt.function(FAMILY, &window)?;

@@ -649,7 +649,7 @@ def aft_window_of(p, t0):
     return t0, end, t0 // AFT_CHUNK, -1
 
 
-STATS = {"slow": 0, "kblocks": 0, "tc_scalar_blocks": 0}
+STATS = {"slow": 0, "kblocks": 0, "tc_scalar_blocks": 0, "band_reused": 0}
 
 
 def tile_shifts(cx, bh, h, c0, t0, msh, rsh, gsh, nt=AFT_THREADS, ch=True, rows=True):
@@ -918,19 +918,34 @@ def tc_pair_thread(flat, width, nt):
 
 
 def aft_window_band_tc(cx, bid):
-    """aft_window_band_tc: AFT-local, the W band staged once per tile for p.group slices."""
+    """aft_window_band_tc<T, false>: AFT-local, the W band staged once per tile for p.group
+    slices."""
     aft_window_tc(cx, bid, band=True)
 
 
-def aft_window_tc(cx, bid, band=False):
+def aft_window_band_conv_tc(cx, bid):
+    """aft_window_band_tc<T, true>: AFT-conv, one slice, a strip of tiles; the band staged again
+    only when a tile is not interior or follows one that is not."""
+    aft_window_tc(cx, bid, band=True, conv=True)
+
+
+def aft_window_tc(cx, bid, band=False, conv=False):
     p, mem, dt = cx.p, cx.mem, cx.dt
     if band:
         nsl = p.b * p.h * div_up(p.d, AFT_CT)
-        slices = range(bid[0] * p.group, min(nsl, bid[0] * p.group + p.group))
-        by, gdy = bid[1], cx.grid[1]
+        sx0 = bid[0] * p.group
+        slices = range(sx0, sx0 + 1) if conv else range(sx0, min(nsl, sx0 + p.group))
+        gy = cx.grid[1]
+        if conv:  # a contiguous strip of tiles
+            strip = div_up(p.chunks, gy)
+            tiles = range(bid[1] * strip, min(p.chunks, (bid[1] + 1) * strip))
+        else:
+            tiles = range(bid[1], p.chunks, gy)
+        hw = (sx0 // div_up(p.d, AFT_CT)) % p.h if conv else 0
     else:
         bx, by, gdy = window_block(cx, bid)
         slices = [bx]
+        tiles = range(by, p.chunks, gdy)
     races = Races(mem)
     NT, ROWS, KB = TC_THREADS, AFT_CHUNK, AFT_KB
     tid = np.arange(NT, dtype=np.int64)
@@ -987,19 +1002,27 @@ def aft_window_tc(cx, bid, band=False):
                 val = np.where(inb, ex2(fmaf(wv, LOG2E, cfx)), val).astype(F32)
                 wsm.write(base + i * bld + wk + x, dt.from_f32(val).astype(F32), tid, None, "ws[i][wk] (u32)")
 
-    tile = by
-    while tile < p.chunks:
+    staged_interior = False
+    for tile in tiles:
         t0 = tile * ROWS
         win = aft_window_of(p, t0)
         lo, hi, _, _ = win
-        if band:  # the row shifts and the band, once per tile
+        reach = AFT_CHUNK * div_up(p.window - 1, AFT_CHUNK)
+        interior = (conv and t0 >= p.window - 1 and lo == t0 - reach
+                    and hi == t0 + ROWS + (0 if p.causal else reach)
+                    and (t0 + ROWS <= p.t if p.causal else t0 + ROWS + p.window - 1 <= p.t))
+        restage = not (interior and staged_interior)
+        staged_interior = interior
+        STATS["band_reused"] += band and not restage
+        if band:  # the row shifts and the band, once per tile (conv: unless reused)
             races.barrier()
-            tile_shifts(cx, 0, 0, 0, t0, msh, rsh, gsh, NT, ch=False)
-            races.barrier()
-            write_wcf()
-            races.barrier()
-            for kb in range(lo, hi, KB):
-                stage_w(t0, kb, hi, 0, kb - lo)
+            if restage:
+                tile_shifts(cx, 0, hw, 0, t0, msh, rsh, gsh, NT, ch=False)
+                races.barrier()
+                write_wcf()
+                races.barrier()
+                for kb in range(lo, hi, KB):
+                    stage_w(t0, kb, hi, hw, kb - lo)
         for sx in slices:
             bh, c0 = sx // ctiles, (sx % ctiles) * AFT_CT
             b, h = bh // p.h, bh % p.h
@@ -1027,7 +1050,6 @@ def aft_window_tc(cx, bid, band=False):
             races.barrier()
             window_slice(cx, tid, t0, win, c0, h, k, v, q, o, op, WS, wsm, wbase, bld, ratio, rsh, gsh, msh,
                          ash, zsh, ssh, band, stage_w, races)
-        tile += gdy
 
 
 def window_slice(cx, tid, t0, win, c0, h, k, v, q, o, op, WS, wsm, wbase, bld, ratio, rsh, gsh, msh, ash,

@@ -8,7 +8,7 @@ Inputs are drawn like tests/gpu_aft.rs (its splitmix Rng, same draw order and ad
     python3 run_aft.py nonfinite  # NaN/Inf planted in K or V: affected outputs non-finite, others exact
     python3 run_aft.py gemm       # the non-causal AFT-full GEMM: value ranges, tails, padding tile, poison
     python3 run_aft.py long       # T = 4097 (B·H = 1), T = 65536 local s=64, T = 65539 simple bf16
-    python3 run_aft.py band       # AFT-local's band kernel bit for bit against the per-block one
+    python3 run_aft.py band       # the band kernels (local, conv) bit for bit against the per-block one
     python3 run_aft.py VARIANT... # only these: simple full local conv (combinable with a mode)
 """
 import sys
@@ -266,7 +266,7 @@ BAND_MAX_KEYS, BAND_MAX_GROUP, EMU_SMS = 192, 8, 1
 
 
 def band_keys(c):
-    if c.variant != "local":
+    if c.variant not in ("local", "conv"):
         return None
     reach = div_up(c.window - 1, CHUNK)
     keys = CHUNK * (1 + (reach if c.causal else 2 * reach))
@@ -367,11 +367,16 @@ def run_case(c, quiet=False):
                 E.launch(mem, "aft_full_tc", E.aft_full_tc, grid, p, dt)
         elif dt.name == "f32":  # window_kernel in src/ops/aft.rs
             E.launch(mem, "aft_window", E.aft_window, (bh * ctiles, gyz(chunks), 1), p, dt)
-        elif band_keys(c) is not None:  # forward_raw: AFT-local's band kernel
+        elif band_keys(c) is not None:  # forward_raw: the band kernels
             slices = bh * ctiles
             p.bcols = band_keys(c)
-            p.group = min(max(slices * chunks // (4 * EMU_SMS), 1), BAND_MAX_GROUP)
-            E.launch(mem, "aft_window_band_tc", E.aft_window_band_tc, (div_up(slices, p.group), gyz(chunks), 1), p, dt)
+            if c.variant == "conv":
+                p.group = 1
+                strips = min(max(div_up(4 * EMU_SMS, slices), 1), chunks)
+                E.launch(mem, "aft_window_band_conv_tc", E.aft_window_band_conv_tc, (slices, gyz(strips), 1), p, dt)
+            else:
+                p.group = min(max(slices * chunks // (4 * EMU_SMS), 1), BAND_MAX_GROUP)
+                E.launch(mem, "aft_window_band_tc", E.aft_window_band_tc, (div_up(slices, p.group), gyz(chunks), 1), p, dt)
         else:
             E.launch(mem, "aft_window_tc", E.aft_window_tc, (bh * ctiles, gyz(chunks), 1), p, dt)
 
@@ -497,17 +502,22 @@ def matrix(mode="all", only=None):
 
 
 def band_equality():
-    """The band kernel against the per-block window kernel on the same AFT-local inputs: outputs
-    bit for bit (same W values, same summation order), slice groups of 1 … 8, mixed channel
-    tiles, causal and not, the widest bands it takes (s = 65; causal s = 129)."""
+    """The band kernels against the per-block window kernel on the same AFT-local / AFT-conv
+    inputs: outputs bit for bit (same W values, same summation order): slice groups of 1 … 8,
+    mixed channel tiles, conv strips whose interior tiles reuse the band, causal and not, the
+    widest bands they take (s = 65; causal s = 129)."""
     global band_keys
     fails = 0
     for dt in ("f16", "bf16"):
         for causal in (False, True):
-            for (t, d, s, b, h, adv) in ((200, 64, 64, 1, 3, False), (130, 80, 2, 2, 2, False),
-                                         (300, 48, 65, 1, 2, True), (97, 64, 1, 1, 5, False),
-                                         (260, 64, 129, 1, 2, False)):
-                c = Case(t, d, "local", s, causal, dt=dt, b=b, h=h, adversarial=adv)
+            for (var, t, d, s, b, h, adv) in (
+                    ("local", 200, 64, 64, 1, 3, False), ("local", 130, 80, 2, 2, 2, False),
+                    ("local", 300, 48, 65, 1, 2, True), ("local", 97, 64, 1, 1, 5, False),
+                    ("local", 260, 64, 129, 1, 2, False),
+                    # conv: strips of several tiles, interior ones reusing the band
+                    ("conv", 700, 64, 64, 1, 2, False), ("conv", 650, 80, 2, 1, 1, True),
+                    ("conv", 900, 48, 65, 1, 1, False), ("conv", 520, 64, 100, 1, 2, False)):
+                c = Case(t, d, var, s, causal, dt=dt, b=b, h=h, adversarial=adv)
                 keys = band_keys(c)
                 rel, _, _, ok, msgs, _, got_band, _ = run_case(c, quiet=True)
                 chosen = band_keys
@@ -520,6 +530,7 @@ def band_equality():
                 fails += not good
                 print(f"{'PASS' if good else 'FAIL'} {c.name()} band keys {keys}: rel {rel:.2e} "
                       f"(per-block {rel2:.2e}) bit-identical {same} {list(msgs)[:2]}", flush=True)
+    print(f"conv tiles that reused the staged band: {E.STATS['band_reused']}")
     print("ALL PASS" if not fails else f"{fails} FAILED")
     sys.exit(1 if fails else 0)
 
