@@ -170,6 +170,59 @@ __device__ void aft_tc_masked_keys(const u16* a, const u16* b, int t0, int kb, i
   }
 }
 
+// E staging of key block kb (keys < hi) for the thread's two channels (kc, vc: K, V at them),
+// the unchecked form when every key is valid and both channels load as one pair; kv at kv_addr.
+template <typename T>
+__device__ __forceinline__ float aft_tc_stage_e_block(const AftParams& p, const T* kc, const T* vc, u32 kv_addr, int kb,
+                                                      int hi, bool epair, bool eok0, bool eok1, const AftExp<T>& ex0,
+                                                      const AftExp<T>& ex1, float vf0, float vf1) {
+  const int warp = threadIdx.x / 32, ep = 2 * (threadIdx.x % 32);
+  const T* kr = kc + (i64)(kb + warp) * p.k_sn;
+  const T* vr = vc + (i64)(kb + warp) * p.v_sn;
+  const u32 edst = kv_addr + (warp * AFT_TC_KLD + ep) * 2;
+  return epair && kb + AFT_KB <= hi
+             ? aft_tc_stage_e<T, true>(kr, vr, 4 * p.k_sn, 4 * p.v_sn, edst, AFT_KB, true, true, true, ex0, ex1, vf0, vf1)
+             : aft_tc_stage_e<T, false>(kr, vr, 4 * p.k_sn, 4 * p.v_sn, edst, hi - kb - warp, epair, eok0, eok1, ex0, ex1,
+                                        vf0, vf1);
+}
+
+// Threads < AFT_CT: the statistics of their channel outside the tile's dense keys and its E⊙V
+// scale, in scaled units (ssh = se, ash = a·sw·se, zsh = z·sw²), after the channel maxima msh.
+template <typename T>
+__device__ __forceinline__ void aft_tc_outside(const AftParams& p, int bh, const AftWindow& win, int c0,
+                                               const float* msh, float* ssh, float* ash, float* zsh) {
+  if (threadIdx.x < AFT_CT) {
+    const float sw = aft_w_scale<T>();
+    const int c = c0 + threadIdx.x;
+    const bool ok = c < p.d;
+    const AftStat az = ok ? aft_outside(p, bh, win, c, msh[threadIdx.x]) : AftStat{0.f, 0.f, 0.f};
+    const float se = ok ? aft_ev_scale<T>(p, bh, c) : 1.f;
+    ssh[threadIdx.x] = se;
+    ash[threadIdx.x] = az.a * sw * se;
+    zsh[threadIdx.x] = az.z * sw * sw;
+  }
+}
+
+// The accumulators of a window tile start from the statistics outside [lo, hi), weighted g_t.
+// Element e of fragment (mi, nj) is row rw + 16·mi + g + 8·(e / 2), channel cw + 8·nj + 2·tq +
+// e % 2 (the 2 × 2 warp layout of aft_window_tc).
+__device__ __forceinline__ void aft_tc_init_acc(const float* gsh, const float* ash, const float* zsh,
+                                                float (&num)[2][4][4], float (&den)[2][4][4]) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, tq = lane % 4;
+  const int rw = (warp % 2) * 32, cw = (warp / 2) * 32;
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int nj = 0; nj < 4; ++nj)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float gr = gsh[rw + 16 * mi + g + 8 * (e / 2)];
+        const int cc = cw + 8 * nj + 2 * tq + e % 2;
+        num[mi][nj][e] = gr * ash[cc];
+        den[mi][nj][e] = gr * zsh[cc];
+      }
+}
+
 // The end of a window tile: num/den (unscaled) of the warps' accumulators, then Y = σ(Q)·ratio
 // for rows [t0, t0 + AFT_CHUNK) × channels [c0, c0 + AFT_CT) of slice (q, k, v, o) of head h;
 // nkeys: the tile's dense keys (the denominator floor). ratio aliases the operand tiles: the
@@ -272,50 +325,23 @@ __device__ void aft_window_tc(const AftParams& p) {
     __syncthreads();  // previous tile done with the shared arrays
     aft_tile_shifts<THREADS>(p, bh, h, c0, t0, msh, rsh, gsh);
     __syncthreads();
-    if (threadIdx.x < AFT_CT) {  // outside statistics and the E⊙V scale, in scaled units
-      const int c = c0 + threadIdx.x;
-      const bool ok = c < p.d;
-      const AftStat az = ok ? aft_outside(p, bh, win, c, msh[threadIdx.x]) : AftStat{0.f, 0.f, 0.f};
-      const float se = ok ? aft_ev_scale<T>(p, bh, c) : 1.f;
-      ssh[threadIdx.x] = se;
-      ash[threadIdx.x] = az.a * sw * se;
-      zsh[threadIdx.x] = az.z * sw * sw;
-    }
+    aft_tc_outside<T>(p, bh, win, c0, msh, ssh, ash, zsh);
     if (threadIdx.x < ROWS) wcf[threadIdx.x] = float2{fmaf(-rsh[threadIdx.x], LOG2E_F, l2sw), gsh[threadIdx.x] * sw};
     __syncthreads();
     // E·sw = exp(K − M_c)·sw and E⊙V·se = (E·sw)·(V·se/sw) for the thread's two channels.
     const AftExp<T> ex0(eok0 ? msh[ep] : 0.f, l2sw), ex1(eok1 ? msh[ep + 1] : 0.f, l2sw);
     const float vf0 = eok0 ? ssh[ep] / sw : 0.f, vf1 = eok1 ? ssh[ep + 1] / sw : 0.f;
 
-    // Accumulators start from the statistics outside [lo, hi), weighted g_t. Element e of
-    // fragment (mi, nj) is row rw + 16·mi + g + 8·(e / 2), channel cw + 8·nj + 2·tq + e % 2.
     float num[2][4][4], den[2][4][4];
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-      for (int nj = 0; nj < 4; ++nj)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float gr = gsh[rw + 16 * mi + g + 8 * (e / 2)];
-          const int cc = cw + 8 * nj + 2 * tq + e % 2;
-          num[mi][nj][e] = gr * ash[cc];
-          den[mi][nj][e] = gr * zsh[cc];
-        }
+    aft_tc_init_acc(gsh, ash, zsh, num, den);
 
     for (int kb = win.lo; kb < win.hi; kb += KB) {
       __syncthreads();  // previous block consumed
       // Stage kv[r] = [E⊙V (scaled) | E (scaled)] and ws[i][r] = W (scaled), 16-bit, two
       // adjacent values per 32-bit store; bad: a staged value is non-finite (0·x is NaN then).
       // Fast forms: no masked key (keys < hi; causal: before the tile's first row; rows < T).
-      const bool efast = epair && kb + KB <= win.hi;
       const bool wfast = kb + KB <= win.hi && t0 + ROWS <= p.t && (!p.causal || kb + KB - 1 <= t0);
-      const T* kr = kc + (i64)(kb + warp) * p.k_sn;
-      const T* vr = vc + (i64)(kb + warp) * p.v_sn;
-      const u32 edst = kv_addr + (warp * AFT_TC_KLD + ep) * 2;
-      const float chk =
-          efast ? aft_tc_stage_e<T, true>(kr, vr, 4 * p.k_sn, 4 * p.v_sn, edst, KB, true, true, true, ex0, ex1, vf0, vf1)
-                : aft_tc_stage_e<T, false>(kr, vr, 4 * p.k_sn, 4 * p.v_sn, edst, win.hi - kb - warp, epair, eok0, eok1,
-                                           ex0, ex1, vf0, vf1);
+      const float chk = aft_tc_stage_e_block<T>(p, kc, vc, kv_addr, kb, win.hi, epair, eok0, eok1, ex0, ex1, vf0, vf1);
       const int tp = kb + wk;  // the thread's first key
       const u32 wdst = ws_addr + (wr * AFT_TC_WLD + wk) * 2;
       if (p.variant == AFT_SIMPLE) {  // causal simple: weight 1 up to the row
@@ -435,40 +461,16 @@ __device__ void aft_window_band_tc(const AftParams& p) {
       __syncthreads();  // the previous slice's epilogue done with ratio and ssh (and the band staged)
       aft_tile_shifts<THREADS, true, false>(p, bh, sl.h, c0, t0, msh, rsh, gsh);
       __syncthreads();
-      if (threadIdx.x < AFT_CT) {  // outside statistics and the E⊙V scale, in scaled units
-        const int c = c0 + threadIdx.x;
-        const bool ok = c < p.d;
-        const AftStat az = ok ? aft_outside(p, bh, win, c, msh[threadIdx.x]) : AftStat{0.f, 0.f, 0.f};
-        const float se = ok ? aft_ev_scale<T>(p, bh, c) : 1.f;
-        ssh[threadIdx.x] = se;
-        ash[threadIdx.x] = az.a * sw * se;
-        zsh[threadIdx.x] = az.z * sw * sw;
-      }
+      aft_tc_outside<T>(p, bh, win, c0, msh, ssh, ash, zsh);
       __syncthreads();
       const AftExp<T> ex0(eok0 ? msh[ep] : 0.f, l2sw), ex1(eok1 ? msh[ep + 1] : 0.f, l2sw);
       const float vf0 = eok0 ? ssh[ep] / sw : 0.f, vf1 = eok1 ? ssh[ep + 1] / sw : 0.f;
       float num[2][4][4], den[2][4][4];
-#pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int nj = 0; nj < 4; ++nj)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const float gr = gsh[rw + 16 * mi + g + 8 * (e / 2)];
-            const int cc = cw + 8 * nj + 2 * tq + e % 2;
-            num[mi][nj][e] = gr * ash[cc];
-            den[mi][nj][e] = gr * zsh[cc];
-          }
+      aft_tc_init_acc(gsh, ash, zsh, num, den);
       for (int kb = win.lo; kb < win.hi; kb += KB) {
         __syncthreads();  // previous block consumed
-        const bool efast = epair && kb + KB <= win.hi;
-        const T* kr = kc + (i64)(kb + warp) * p.k_sn;
-        const T* vr = vc + (i64)(kb + warp) * p.v_sn;
-        const u32 edst = kv_addr + (warp * AFT_TC_KLD + ep) * 2;
         const float chk =
-            efast ? aft_tc_stage_e<T, true>(kr, vr, 4 * p.k_sn, 4 * p.v_sn, edst, KB, true, true, true, ex0, ex1, vf0, vf1)
-                  : aft_tc_stage_e<T, false>(kr, vr, 4 * p.k_sn, 4 * p.v_sn, edst, win.hi - kb - warp, epair, eok0,
-                                             eok1, ex0, ex1, vf0, vf1);
+            aft_tc_stage_e_block<T>(p, kc, vc, kv_addr, kb, win.hi, epair, eok0, eok1, ex0, ex1, vf0, vf1);
         const bool any_bad = __syncthreads_or(!aft_finite(chk));
         const u16* wb = ws + (kb - win.lo);  // this block's columns of the band
         if (p.causal && kb + KB - 1 > t0 && any_bad) {
