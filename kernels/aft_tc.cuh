@@ -266,10 +266,37 @@ __device__ __forceinline__ void aft_tc_epilogue(const AftParams& p, float (*rati
     ratio[row][cc] = aft_exact<T>(p, k, v, h, t0 + row, c0 + cc);
   }
   __syncthreads();
-  {  // Y = σ(Q)·ratio: the thread's channel lane + 32·(warp % 2), rows warp / 2 + 2i
-    const int cc = lane + 32 * (warp % 2), row0 = warp / 2, rows = min(ROWS, p.t - t0);
-    const T* qp = q + (i64)(t0 + row0) * p.q_sn + c0 + cc;
-    T* op = o + (i64)(t0 + row0) * p.o_sn + c0 + cc;
+  const int rows = min(ROWS, p.t - t0);
+  const T* qt = q + (i64)t0 * p.q_sn + c0;
+  T* ot = o + (i64)t0 * p.o_sn + c0;
+  // Y = σ(Q)·ratio. By 16-byte vectors when the tile's 64 channels exist and Q, O rows are 16-byte
+  // aligned: the thread's 8 channels 8·(tid % 8) … of rows tid / 8 + 16i (a quarter-warp reads
+  // one 256-byte ratio row: no bank conflict); else one channel per thread, rows strided.
+  if (c0 + AFT_CT <= p.d && ((p.q_sn | p.o_sn) & 7) == 0 && ((reinterpret_cast<u64>(qt) | reinterpret_cast<u64>(ot)) & 15) == 0) {
+    const int cv = 8 * (threadIdx.x % 8);
+#pragma unroll
+    for (int row = threadIdx.x / 8; row < ROWS; row += AFT_TC_THREADS / 8) {
+      if (row >= rows) break;
+      const uint4 qv = *reinterpret_cast<const uint4*>(qt + (i64)row * p.q_sn + cv);
+      const float4 r0 = *reinterpret_cast<const float4*>(&ratio[row][cv]);
+      const float4 r1 = *reinterpret_cast<const float4*>(&ratio[row][cv + 4]);
+      float x[8];
+      unpack2<T>(qv.x, x[0], x[1]);
+      unpack2<T>(qv.y, x[2], x[3]);
+      unpack2<T>(qv.z, x[4], x[5]);
+      unpack2<T>(qv.w, x[6], x[7]);
+      const uint4 yv = {pack2<T>(aft_sigmoid_t<T>(x[0]) * r0.x, aft_sigmoid_t<T>(x[1]) * r0.y),
+                        pack2<T>(aft_sigmoid_t<T>(x[2]) * r0.z, aft_sigmoid_t<T>(x[3]) * r0.w),
+                        pack2<T>(aft_sigmoid_t<T>(x[4]) * r1.x, aft_sigmoid_t<T>(x[5]) * r1.y),
+                        pack2<T>(aft_sigmoid_t<T>(x[6]) * r1.z, aft_sigmoid_t<T>(x[7]) * r1.w)};
+      *reinterpret_cast<uint4*>(ot + (i64)row * p.o_sn + cv) = yv;
+    }
+    return;
+  }
+  {  // the thread's channel lane + 32·(warp % 2), rows warp / 2 + 2i
+    const int cc = lane + 32 * (warp % 2), row0 = warp / 2;
+    const T* qp = qt + (i64)row0 * p.q_sn + cc;
+    T* op = ot + (i64)row0 * p.o_sn + cc;
     if (c0 + cc < p.d)
 #pragma unroll 4
       for (int row = row0; row < rows; row += 2, qp += 2 * p.q_sn, op += 2 * p.o_sn)

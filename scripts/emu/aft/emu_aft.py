@@ -1171,11 +1171,24 @@ def window_slice(cx, tid, t0, win, c0, h, k, v, q, o, op, WS, wsm, wbase, bld, r
         y = aft_exact(cx, k, v, h, t0 + row, c0 + cc)
         ratio.write(row * TC_LD + cc, y, th, None, "ratio (slow)")
     races.barrier()
+    rows = min(ROWS, p.t - t0)
+    qt, ot = q + (t0 * p.q_sn + c0) * sz, o + (t0 * p.o_sn + c0) * sz
+    if c0 + AFT_CT <= p.d and (p.q_sn | p.o_sn) % 8 == 0 and qt % 16 == 0 and ot % 16 == 0:
+        # aft_tc_epilogue's vector path: 8 channels 8·(tid % 8) … of rows tid / 8 + 16i
+        cv = 8 * (tid % 8)
+        for it in range(ROWS // (NT // 8)):
+            row = tid // 8 + (NT // 8) * it
+            ok = row < rows
+            for x in range(8):
+                qv = mem.load(qt + (row * p.q_sn + cv + x) * sz, ok, "q (16-byte)")
+                rv = ratio.read(row * TC_LD + cv + x, tid, ok, "ratio (float4)")
+                mem.store(ot + (row * p.o_sn + cv + x) * sz, dt.from_f32(mul(sigmoid_t(dt, qv), rv)), ok, "o (16-byte)")
+        return
     occ, orow0 = lane + 32 * (warp % 2), warp // 2  # thread: one channel, rows orow0 + 2i
     for it in range(ROWS // 2):
         row = orow0 + 2 * it
         t, c = t0 + row, c0 + occ
-        ok = (row < min(ROWS, p.t - t0)) & (c < p.d)
+        ok = (row < rows) & (c < p.d)
         qv = mem.load(q + (t * p.q_sn + c) * sz, ok, "q")
         rv = ratio.read(row * TC_LD + occ, tid, ok, "ratio")
         y = mul(sigmoid_t(dt, qv), rv)
