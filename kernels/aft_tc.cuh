@@ -170,20 +170,50 @@ __device__ void aft_tc_masked_keys(const u16* a, const u16* b, int t0, int kb, i
   }
 }
 
-// E staging of key block kb (keys < hi) for the thread's two channels (kc, vc: K, V at them),
-// the unchecked form when every key is valid and both channels load as one pair; kv at kv_addr.
+// A thread's E staging role in a slice: channels ep, ep + 1 (ep = 2·lane) of the channel tile at
+// c0; kc, vc: K and V at them. pair: both channels as one 32-bit load (both exist and every pair
+// address is 4-byte aligned).
+template <typename T> struct AftTcE {
+  const T *kc, *vc;
+  bool ok0, ok1, pair;
+  __device__ __forceinline__ AftTcE(const AftParams& p, const T* k, const T* v, int c0) {
+    const int ep = 2 * (threadIdx.x % 32);
+    ok0 = c0 + ep < p.d;
+    ok1 = c0 + ep + 1 < p.d;
+    kc = k + c0 + ep;
+    vc = v + c0 + ep;
+    pair = ok1 && ((reinterpret_cast<u64>(kc) | reinterpret_cast<u64>(vc)) & 3) == 0 && ((p.k_sn | p.v_sn) & 1) == 0;
+  }
+};
+
+// E staging of key block kb (keys < hi) for role e, the unchecked form when every key is valid
+// and both channels load as one pair; kv at kv_addr.
 template <typename T>
-__device__ __forceinline__ float aft_tc_stage_e_block(const AftParams& p, const T* kc, const T* vc, u32 kv_addr, int kb,
-                                                      int hi, bool epair, bool eok0, bool eok1, const AftExp<T>& ex0,
-                                                      const AftExp<T>& ex1, float vf0, float vf1) {
+__device__ __forceinline__ float aft_tc_stage_e_block(const AftParams& p, const AftTcE<T>& e, u32 kv_addr, int kb, int hi,
+                                                      const AftExp<T>& ex0, const AftExp<T>& ex1, float vf0, float vf1) {
   const int warp = threadIdx.x / 32, ep = 2 * (threadIdx.x % 32);
-  const T* kr = kc + (i64)(kb + warp) * p.k_sn;
-  const T* vr = vc + (i64)(kb + warp) * p.v_sn;
+  const T* kr = e.kc + (i64)(kb + warp) * p.k_sn;
+  const T* vr = e.vc + (i64)(kb + warp) * p.v_sn;
   const u32 edst = kv_addr + (warp * AFT_TC_KLD + ep) * 2;
-  return epair && kb + AFT_KB <= hi
+  return e.pair && kb + AFT_KB <= hi
              ? aft_tc_stage_e<T, true>(kr, vr, 4 * p.k_sn, 4 * p.v_sn, edst, AFT_KB, true, true, true, ex0, ex1, vf0, vf1)
-             : aft_tc_stage_e<T, false>(kr, vr, 4 * p.k_sn, 4 * p.v_sn, edst, hi - kb - warp, epair, eok0, eok1, ex0, ex1,
-                                        vf0, vf1);
+             : aft_tc_stage_e<T, false>(kr, vr, 4 * p.k_sn, 4 * p.v_sn, edst, hi - kb - warp, e.pair, e.ok0, e.ok1, ex0,
+                                        ex1, vf0, vf1);
+}
+
+// W staging (local, conv) of key block kb of the tile at t0 (keys < hi) for the thread's keys
+// wk, wk + 1 and rows wr + 8i: wrow0 (w at band index −(t0 + wr) + s − 1, wstep to the thread's
+// next row), into shared memory at wdst (rows dstep bytes per 8), the unchecked form when no key
+// or row is masked.
+template <typename T>
+__device__ __forceinline__ void aft_tc_stage_w_block(const AftParams& p, const float* wrow0, i64 wstep, int sb, u32 wdst,
+                                                     u32 cf, int t0, int kb, int hi, u32 dstep) {
+  const int wk = 2 * (threadIdx.x % 16), wr = threadIdx.x / 16, tp = kb + wk;
+  const int o = tp - (t0 + wr) + sb - 1;
+  if (kb + AFT_KB <= hi && t0 + AFT_CHUNK <= p.t && (!p.causal || kb + AFT_KB - 1 <= t0))
+    aft_tc_stage_w<T, true>(p, wrow0 + tp, wstep, o, sb, wdst, cf, t0 + wr, tp, hi, dstep);
+  else
+    aft_tc_stage_w<T, false>(p, wrow0 + tp, wstep, o, sb, wdst, cf, t0 + wr, tp, hi, dstep);
 }
 
 // Threads < AFT_CT: the statistics of their channel outside the tile's dense keys and its E⊙V
@@ -324,18 +354,13 @@ __device__ void aft_window_tc(const AftParams& p) {
   const float sw = aft_w_scale<T>(), l2sw = AftScaled<T>::value ? 15.f : 0.f;
   // Warp w: rows rw … rw + 32 (two m-tiles), channels cw … cw + 32 (four n-tiles of E⊙V for
   // num and the same four of E for den).
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, tq = lane % 4;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int rw = (warp % 2) * 32, cw = (warp / 2) * 32;
   // Staging roles, fixed per thread so its shifts and pointers are per tile, not per element:
   // E: channels ep, ep + 1 of the tile, keys warp + 4i (a warp stores one 128-byte kv row);
   // W: keys wk, wk + 1 of the block, rows wr + 8i (16 lanes per ws row, coalesced w reads).
   const int ep = 2 * lane, wk = 2 * (threadIdx.x % 16), wr = threadIdx.x / 16;
-  const bool eok0 = c0 + ep < p.d, eok1 = c0 + ep + 1 < p.d;
-  const T* kc = k + c0 + ep;
-  const T* vc = v + c0 + ep;
-  // Both channels as one 32-bit load: both exist and every pair address is 4-byte aligned.
-  const bool epair = eok1 && ((reinterpret_cast<u64>(kc) | reinterpret_cast<u64>(vc)) & 3) == 0 &&
-                     ((p.k_sn | p.v_sn) & 1) == 0;
+  const AftTcE<T> er(p, k, v, c0);
   // w row of the band: local: row t (band floats each), conv: row h. wrow0 + tp is w at band
   // index tp − t + s − 1 for t = t0 + wr; the next row of the thread (t + 8) is wstep further.
   // The band test uses s clamped to T (same membership for keys and rows < T, no overflow).
@@ -356,8 +381,8 @@ __device__ void aft_window_tc(const AftParams& p) {
     if (threadIdx.x < ROWS) wcf[threadIdx.x] = float2{fmaf(-rsh[threadIdx.x], LOG2E_F, l2sw), gsh[threadIdx.x] * sw};
     __syncthreads();
     // E·sw = exp(K − M_c)·sw and E⊙V·se = (E·sw)·(V·se/sw) for the thread's two channels.
-    const AftExp<T> ex0(eok0 ? msh[ep] : 0.f, l2sw), ex1(eok1 ? msh[ep + 1] : 0.f, l2sw);
-    const float vf0 = eok0 ? ssh[ep] / sw : 0.f, vf1 = eok1 ? ssh[ep + 1] / sw : 0.f;
+    const AftExp<T> ex0(er.ok0 ? msh[ep] : 0.f, l2sw), ex1(er.ok1 ? msh[ep + 1] : 0.f, l2sw);
+    const float vf0 = er.ok0 ? ssh[ep] / sw : 0.f, vf1 = er.ok1 ? ssh[ep + 1] / sw : 0.f;
 
     float num[2][4][4], den[2][4][4];
     aft_tc_init_acc(gsh, ash, zsh, num, den);
@@ -367,23 +392,17 @@ __device__ void aft_window_tc(const AftParams& p) {
       // Stage kv[r] = [E⊙V (scaled) | E (scaled)] and ws[i][r] = W (scaled), 16-bit, two
       // adjacent values per 32-bit store; bad: a staged value is non-finite (0·x is NaN then).
       // Fast forms: no masked key (keys < hi; causal: before the tile's first row; rows < T).
-      const bool wfast = kb + KB <= win.hi && t0 + ROWS <= p.t && (!p.causal || kb + KB - 1 <= t0);
-      const float chk = aft_tc_stage_e_block<T>(p, kc, vc, kv_addr, kb, win.hi, epair, eok0, eok1, ex0, ex1, vf0, vf1);
-      const int tp = kb + wk;  // the thread's first key
+      const float chk = aft_tc_stage_e_block<T>(p, er, kv_addr, kb, win.hi, ex0, ex1, vf0, vf1);
       const u32 wdst = ws_addr + (wr * AFT_TC_WLD + wk) * 2;
       if (p.variant == AFT_SIMPLE) {  // causal simple: weight 1 up to the row
+        const int tp = kb + wk;  // the thread's first key
 #pragma unroll 4
         for (int i = wr; i < ROWS; i += 8) {
           const int t = t0 + i, lim = t >= p.t ? 0 : min(win.hi, t + 1);
           sts_u32(wdst + i / 8 * 8 * AFT_TC_WLD * 2, pack2<T>(tp < lim ? sw : 0.f, tp + 1 < lim ? sw : 0.f));
         }
       } else {
-        const int o = tp - (t0 + wr) + sb - 1;
-        const float* wp = wrow0 + tp;
-        if (wfast)
-          aft_tc_stage_w<T, true>(p, wp, wstep, o, sb, wdst, wcf_addr, t0 + wr, tp, win.hi);
-        else
-          aft_tc_stage_w<T, false>(p, wp, wstep, o, sb, wdst, wcf_addr, t0 + wr, tp, win.hi);
+        aft_tc_stage_w_block<T>(p, wrow0, wstep, sb, wdst, wcf_addr, t0, kb, win.hi, 8 * AFT_TC_WLD * 2);
       }
       const bool bad = !aft_finite(chk);
       const bool any_bad = __syncthreads_or(bad);
@@ -427,7 +446,7 @@ __device__ void aft_window_band_tc(const AftParams& p) {
   __shared__ float rsh[ROWS], gsh[ROWS], msh[AFT_CT], ash[AFT_CT], zsh[AFT_CT], ssh[AFT_CT];
   __shared__ float2 wcf[ROWS];
   const float sw = aft_w_scale<T>(), l2sw = AftScaled<T>::value ? 15.f : 0.f;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, tq = lane % 4;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int rw = (warp % 2) * 32, cw = (warp / 2) * 32;
   const int ep = 2 * lane, wk = 2 * (threadIdx.x % 16), wr = threadIdx.x / 16;
   const i64 band = 2 * (i64)p.window - 1;
@@ -453,51 +472,35 @@ __device__ void aft_window_band_tc(const AftParams& p) {
     const bool restage = !(interior && staged_interior);
     staged_interior = interior;
     __syncthreads();  // previous tile done with the band and the row shifts
-    // conv: the head of the CTA's one slice
-    const int hw = CONV ? (sx0 / div_up(p.d, AFT_CT)) % p.h : 0;
-    if (restage) {
+    if (restage) {  // the row shifts, then W of every key block, as aft_window_tc stages it
+      const int hw = CONV ? (sx0 / div_up(p.d, AFT_CT)) % p.h : 0;  // conv: the CTA's one head
       aft_tile_shifts<THREADS, false, true>(p, 0, hw, 0, t0, msh, rsh, gsh);
       __syncthreads();
       if (threadIdx.x < ROWS) wcf[threadIdx.x] = float2{fmaf(-rsh[threadIdx.x], LOG2E_F, l2sw), gsh[threadIdx.x] * sw};
       __syncthreads();
-    }
-    if (restage) {  // the band: W of every key block, as aft_window_tc stages it block by block
       const i64 wstep = CONV ? -8 : 8 * (band - 1);
       const float* wrow0 = reinterpret_cast<const float*>(p.w) + (CONV ? (i64)hw : (i64)(t0 + wr)) * band +
                            (p.window - 1) - (t0 + wr);
-      const u32 dstep = 8 * bld * 2;
-      for (int kb = win.lo; kb < win.hi; kb += KB) {
-        const bool wfast = kb + KB <= win.hi && t0 + ROWS <= p.t && (!p.causal || kb + KB - 1 <= t0);
-        const int tp = kb + wk;
-        const int o = tp - (t0 + wr) + sb - 1;
-        const u32 wdst = ws_addr + (wr * bld + (kb - win.lo) + wk) * 2;
-        if (wfast)
-          aft_tc_stage_w<T, true>(p, wrow0 + tp, wstep, o, sb, wdst, wcf_addr, t0 + wr, tp, win.hi, dstep);
-        else
-          aft_tc_stage_w<T, false>(p, wrow0 + tp, wstep, o, sb, wdst, wcf_addr, t0 + wr, tp, win.hi, dstep);
-      }
+      for (int kb = win.lo; kb < win.hi; kb += KB)
+        aft_tc_stage_w_block<T>(p, wrow0, wstep, sb, ws_addr + (wr * bld + (kb - win.lo) + wk) * 2, wcf_addr, t0, kb,
+                                win.hi, 8 * bld * 2);
     }
     for (int sx = sx0; sx < sx1; ++sx) {
       const AftSlice<T> sl = aft_slice<T>(p, sx);
       const int bh = sl.bh, c0 = sl.c0;
-      const bool eok0 = c0 + ep < p.d, eok1 = c0 + ep + 1 < p.d;
-      const T* kc = sl.k + c0 + ep;
-      const T* vc = sl.v + c0 + ep;
-      const bool epair = eok1 && ((reinterpret_cast<u64>(kc) | reinterpret_cast<u64>(vc)) & 3) == 0 &&
-                         ((p.k_sn | p.v_sn) & 1) == 0;
+      const AftTcE<T> er(p, sl.k, sl.v, c0);
       __syncthreads();  // the previous slice's epilogue done with ratio and ssh (and the band staged)
       aft_tile_shifts<THREADS, true, false>(p, bh, sl.h, c0, t0, msh, rsh, gsh);
       __syncthreads();
       aft_tc_outside<T>(p, bh, win, c0, msh, ssh, ash, zsh);
       __syncthreads();
-      const AftExp<T> ex0(eok0 ? msh[ep] : 0.f, l2sw), ex1(eok1 ? msh[ep + 1] : 0.f, l2sw);
-      const float vf0 = eok0 ? ssh[ep] / sw : 0.f, vf1 = eok1 ? ssh[ep + 1] / sw : 0.f;
+      const AftExp<T> ex0(er.ok0 ? msh[ep] : 0.f, l2sw), ex1(er.ok1 ? msh[ep + 1] : 0.f, l2sw);
+      const float vf0 = er.ok0 ? ssh[ep] / sw : 0.f, vf1 = er.ok1 ? ssh[ep + 1] / sw : 0.f;
       float num[2][4][4], den[2][4][4];
       aft_tc_init_acc(gsh, ash, zsh, num, den);
       for (int kb = win.lo; kb < win.hi; kb += KB) {
         __syncthreads();  // previous block consumed
-        const float chk =
-            aft_tc_stage_e_block<T>(p, kc, vc, kv_addr, kb, win.hi, epair, eok0, eok1, ex0, ex1, vf0, vf1);
+        const float chk = aft_tc_stage_e_block<T>(p, er, kv_addr, kb, win.hi, ex0, ex1, vf0, vf1);
         const bool any_bad = __syncthreads_or(!aft_finite(chk));
         const u16* wb = ws + (kb - win.lo);  // this block's columns of the band
         if (p.causal && kb + KB - 1 > t0 && any_bad) {

@@ -63,43 +63,30 @@ __device__ __forceinline__ void cos_tc_key_frag(u32 (&a)[4], u16 (*ks)[LD], int 
   }
 }
 
-// The key fragment re-weighted by sinθ_j (s) and cosθ_j (c) of its key rows as hi + lo pairs:
-// hi = the fp32 product rounded to 16 bits, lo = its rounding remainder, so hi + lo carries the
-// product to ~2⁻²² relative (state sums over many rows of operands rounded once would lose the
-// fp32 accuracy the state promises). Both parts in one pass (products and unpacking shared);
-// tab = angles of the stage, indexed from the stage's first row.
-template <typename T, int TAB>
+// The key fragment re-weighted by sinθ_j (s) and cosθ_j (c) of its key rows, rounded to 16 bits
+// (sh, ch). LO: also the rounding remainders (sl, cl), so that hi + lo carries the product to
+// ~2⁻²² relative — for prefix states and the state a prefill returns (reduce with exact_state,
+// then the scan): sums over many rows of operands rounded once would lose the fp32 accuracy the
+// state promises. Without LO for states that only feed a 16-bit state operand (the causal pass's
+// carried state, the non-causal reduce). tab = angles of the stage, indexed from its first row.
+template <typename T, int TAB, bool LO>
 __device__ __forceinline__ void cos_tc_key_ops(u32 (&sh)[4], u32 (&ch)[4], u32 (&sl)[4], u32 (&cl)[4], const u32 (&a)[4],
                                                int n0, const float (*tab)[TAB]) {
   const int t = threadIdx.x % 4;
-  const float* sn = tab[0] + n0;
-  const float* cs = tab[1] + n0;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {  // a0, a1 hold key columns 2t, 2t+1; a2, a3 hold 2t+8, 2t+9
-    const int j = 2 * t + (i / 2) * 8;
-    float k0, k1;
-    unpack2<T>(a[i], k0, k1);
-    split2<T>(k0 * sn[j], k1 * sn[j + 1], sh[i], sl[i]);
-    split2<T>(k0 * cs[j], k1 * cs[j + 1], ch[i], cl[i]);
-  }
-}
-
-// The hi parts of cos_tc_key_ops alone (the same values): for states that only ever feed a 16-bit
-// state operand — the causal pass's carried state and the non-causal reduce's sums. Prefix states
-// and the state a prefill returns keep hi + lo (reduce with exact_state, then the scan).
-template <typename T, int TAB>
-__device__ __forceinline__ void cos_tc_key_ops_hi(u32 (&sh)[4], u32 (&ch)[4], const u32 (&a)[4], int n0,
-                                                  const float (*tab)[TAB]) {
-  const int t = threadIdx.x % 4;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
     const int j = n0 + 2 * t + (i / 2) * 8;
     const float2 sn = *reinterpret_cast<const float2*>(&tab[0][j]);
     const float2 cs = *reinterpret_cast<const float2*>(&tab[1][j]);
     float k0, k1;
     unpack2<T>(a[i], k0, k1);
-    sh[i] = pack2<T>(k0 * sn.x, k1 * sn.y);
-    ch[i] = pack2<T>(k0 * cs.x, k1 * cs.y);
+    if (LO) {
+      split2<T>(k0 * sn.x, k1 * sn.y, sh[i], sl[i]);
+      split2<T>(k0 * cs.x, k1 * cs.y, ch[i], cl[i]);
+    } else {
+      sh[i] = pack2<T>(k0 * sn.x, k1 * sn.y);
+      ch[i] = pack2<T>(k0 * cs.x, k1 * cs.y);
+    }
   }
 }
 
@@ -181,9 +168,9 @@ __device__ void cos_reduce_tc(const CosformerParams& p, int bh0, int bh_step, in
         // the summed state only feeds the map's 16-bit state operand: hi parts.
         u32 sh[4], ch[4], sl[4], cl[4];
         if (p.exact_state)
-          cos_tc_key_ops<T, ROWS>(sh, ch, sl, cl, a, n0, ang[buf]);
+          cos_tc_key_ops<T, ROWS, true>(sh, ch, sl, cl, a, n0, ang[buf]);
         else
-          cos_tc_key_ops_hi<T, ROWS>(sh, ch, a, n0, ang[buf]);
+          cos_tc_key_ops<T, ROWS, false>(sh, ch, sl, cl, a, n0, ang[buf]);
         cos_tc_kv_mma<T, LD, NT>(as, ac, sh, ch, vs[buf], n0, e0);
         if (zw) {
           mma16816<T>(zs, sh, one, one);
@@ -695,8 +682,8 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
       for (int n0 = 0; n0 < BR; n0 += 16) {
         u32 a[4];
         cos_tc_key_frag<T, LD>(a, ks, n0, ct * 16, 0);
-        u32 as[4], ac[4];  // hi parts only: see cos_tc_key_ops_hi
-        cos_tc_key_ops_hi<T, BR>(as, ac, a, n0, tab);
+        u32 as[4], ac[4], unused[4];  // hi parts only: see cos_tc_key_ops
+        cos_tc_key_ops<T, BR, false>(as, ac, unused, unused, a, n0, tab);
         cos_tc_kv_mma<T, LD, UNT>(ss, sc, as, ac, vs, n0, eu);
         if (zw) {
           mma16816<T>(zs, as, one, one);

@@ -874,7 +874,7 @@ def cos_causal_tc(p, D, bx, by, gdx, gdy, races_out, trace=None):
                 # (2) state update
                 St = S[warp]
                 for n0 in range(0, BR, 16):
-                  for hl in (0,):  # hi parts only (cos_tc_key_ops_hi)
+                  for hl in (0,):  # hi parts only (cos_tc_key_ops<..., false>)
                     asn, acs = cos_tc_key_ops(dyn, ks, LD, n0, ct * 16, ang, tab, BR, 0, warp, hl)
                     cos_tc_kv_mma(St["ss"], St["sc"], asn, acs, dyn, vs, LD, UNT, n0, eu, warp)
                     if zw:
