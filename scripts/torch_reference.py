@@ -121,6 +121,23 @@ def fla_cosformer_inputs(q, k, v):
     return to(torch.cat([qs, qc], -1)), to(torch.cat([ks, kc], -1)), v.transpose(1, 2).contiguous()
 
 
+def fla_selfcheck():
+    """The feature mapping of cosformer_fla, checked without a GPU: fla's naive recurrent
+    normalized linear attention on fla_cosformer_inputs against the PyTorch cosFormer (float64)."""
+    if fla_chunk_linear_attn() is None:
+        print(f"fla-core is not importable (pip install fla-core, or its wheel in {WHEELS})", file=sys.stderr)
+        return 1
+    from fla.ops.linear_attn.naive import naive_recurrent_linear_attn
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.rand(1, 2, 200, 16, generator=gen, dtype=torch.float64) * 2 - 1 for _ in range(3))
+    q2, k2, vt = fla_cosformer_inputs(q, k, v)
+    got = naive_recurrent_linear_attn(q2, k2, vt, scale=1.0, normalize=True)[0].transpose(1, 2)
+    want = T.cosformer(q, k, v, causal=True).double()
+    err = float((got - want).norm() / want.norm())
+    print(f"fla naive form vs PyTorch cosFormer (causal, B=1 H=2 N=200 D=16): rel. Frobenius {err:.2e}")
+    return 0 if err < 1e-5 else 1
+
+
 # ============================================================================================
 # Timing
 
@@ -710,7 +727,11 @@ def main():
                     help="check shapes B,H,N,D (cases with a fixed shape keep theirs)")
     ap.add_argument("--keep", help="check: keep the safetensors inputs in this directory")
     ap.add_argument("--check-json", help="check: write one JSON line per case to this file")
+    ap.add_argument("--fla-selfcheck", action="store_true",
+                    help="check cosformer_fla's feature mapping with fla's naive form (CPU) and exit")
     a = ap.parse_args()
+    if a.fla_selfcheck:
+        return fla_selfcheck()
     if a.dtypes is None:
         a.dtypes = "f16,bf16,f32" if a.check else "f16,bf16"
     if a.check:
