@@ -428,7 +428,7 @@ fn bad_bias_is_a_typed_error() {
         arg(call(Variant::Conv { window: 3 }, Some(&narrow))),
         Some("u")
     );
-    assert_eq!(arg(call(Variant::Simple, Some(&narrow))), Some("w"));
+    assert_eq!(arg(call(Variant::Simple, Some(&narrow))), Some("bias"));
     // The right band works.
     call(Variant::Local { window: 3 }, Some(&narrow)).unwrap();
 }

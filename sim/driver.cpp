@@ -1,0 +1,339 @@
+// The CUDA driver API subset sofa (through cudarc) calls, over host memory and the simulator in
+// exec.cpp: built as libcuda.so.1 and found first on LD_LIBRARY_PATH, it lets the GPU test suite
+// run the real kernel sources on a machine without a GPU. Work is synchronous: a call returns when
+// its copy or kernel is done, so every stream is trivially ordered and events time host work.
+// The device it reports is an H100-like sm_90 part (clusters available) named "sofa-sim (CPU)".
+#include <algorithm>
+#include <chrono>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include <unistd.h>
+
+#include "exec.h"
+
+typedef int CUresult;
+typedef int CUdevice;
+typedef uint64_t CUdeviceptr;
+typedef void* CUcontext;
+typedef void* CUmodule;
+typedef void* CUstream;
+typedef void* CUevent;
+typedef const sim::Entry* CUfunction;
+
+enum : int {
+  OK = 0,
+  INVALID_VALUE = 1,
+  OUT_OF_MEMORY = 2,
+  INVALID_DEVICE = 101,
+  INVALID_HANDLE = 400,
+  NOT_FOUND = 500,
+  LAUNCH_FAILED = 719,
+  NOT_SUPPORTED = 801,
+};
+
+namespace {
+
+std::mutex mu;  // one launch or allocation change at a time
+std::unordered_map<uintptr_t, size_t> allocs;
+size_t allocated = 0;
+std::unordered_map<CUfunction, int> max_dyn_smem;  // opt-in per function (default 48 KiB)
+int ctx_token;
+int module_token;
+
+size_t mem_limit() {
+  static const size_t lim = [] {
+    const char* v = std::getenv("SOFA_SIM_MEM_GB");
+    if (v && *v) return (size_t)(std::atof(v) * (1ull << 30));
+    return (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGE_SIZE) / 2;  // half the host's memory
+  }();
+  return lim;
+}
+
+bool trace() {
+  static const bool t = [] {
+    const char* v = std::getenv("SOFA_SIM_TRACE");
+    return v && *v && *v != '0';
+  }();
+  return t;
+}
+
+// Fresh device memory holds 0xFF bytes (NaN in every float format) unless SOFA_SIM_MEM=zero,
+// so a kernel that reads what nobody wrote produces NaN instead of plausible zeros.
+unsigned char fresh_byte() {
+  const char* v = std::getenv("SOFA_SIM_MEM");
+  return v && std::strcmp(v, "zero") == 0 ? 0 : 0xFF;
+}
+
+CUresult alloc(CUdeviceptr* p, size_t bytes) {
+  if (!p) return INVALID_VALUE;
+  std::lock_guard<std::mutex> g(mu);
+  if (bytes == 0) bytes = 1;
+  if (allocated + bytes > mem_limit()) return OUT_OF_MEMORY;
+  void* q = std::aligned_alloc(256, (bytes + 255) & ~size_t(255));
+  if (!q) return OUT_OF_MEMORY;
+  std::memset(q, fresh_byte(), bytes);
+  allocs[(uintptr_t)q] = bytes;
+  allocated += bytes;
+  *p = (CUdeviceptr)q;
+  return OK;
+}
+
+CUresult release(CUdeviceptr p) {
+  if (!p) return OK;
+  std::lock_guard<std::mutex> g(mu);
+  auto it = allocs.find((uintptr_t)p);
+  if (it == allocs.end()) return INVALID_VALUE;
+  allocated -= it->second;
+  allocs.erase(it);
+  std::free((void*)p);
+  return OK;
+}
+
+struct Event {
+  std::chrono::steady_clock::time_point t;
+};
+
+}  // namespace
+
+extern "C" {
+
+CUresult cuInit(unsigned) { return OK; }
+CUresult cuDriverGetVersion(int* v) { return v ? (*v = 13000, OK) : INVALID_VALUE; }
+CUresult cuDeviceGetCount(int* n) { return n ? (*n = 1, OK) : INVALID_VALUE; }
+CUresult cuDeviceGet(CUdevice* d, int ordinal) {
+  if (!d) return INVALID_VALUE;
+  if (ordinal != 0) return INVALID_DEVICE;
+  *d = 0;
+  return OK;
+}
+CUresult cuDeviceGetName(char* name, int len, CUdevice) {
+  if (!name || len <= 0) return INVALID_VALUE;
+  std::snprintf(name, (size_t)len, "sofa-sim (CPU)");
+  return OK;
+}
+CUresult cuDeviceTotalMem_v2(size_t* b, CUdevice) { return b ? (*b = mem_limit(), OK) : INVALID_VALUE; }
+CUresult cuDeviceGetUuid(void* u, CUdevice) { return u ? (std::memset(u, 0, 16), OK) : INVALID_VALUE; }
+CUresult cuDeviceGetUuid_v2(void* u, CUdevice d) { return cuDeviceGetUuid(u, d); }
+
+CUresult cuDeviceGetAttribute(int* v, int attr, CUdevice) {
+  if (!v) return INVALID_VALUE;
+  switch (attr) {
+    case 1: *v = 1024; break;                                  // max threads per block
+    case 2: case 3: *v = 1024; break;                          // max block dims x, y
+    case 4: *v = 64; break;                                    // max block dim z
+    case 5: *v = 0x7fffffff; break;                            // max grid x
+    case 6: case 7: *v = 65535; break;                         // max grid y, z
+    case 8: *v = 48 * 1024; break;                             // shared memory per block
+    case 10: *v = 32; break;                                   // warp size
+    case 13: *v = 1980000; break;                              // SM clock, kHz
+    case 16: *v = 132; break;                                  // multiprocessors
+    case 36: *v = 2619000; break;                              // memory clock, kHz
+    case 37: *v = 5120; break;                                 // bus width, bits
+    case 38: *v = 50 * 1024 * 1024; break;                     // L2 bytes
+    case 39: *v = 2048; break;                                 // max threads per SM
+    case 75: *v = 9; break;                                    // compute capability
+    case 76: *v = 0; break;
+    case 81: *v = 228 * 1024; break;                           // shared memory per SM
+    case 82: *v = 65536; break;                                // registers per SM
+    case 97: *v = (int)sim::kMaxSmem; break;                   // opt-in shared memory per block
+    case 106: *v = 32; break;                                  // max blocks per SM
+    case 115: *v = 1; break;                                   // memory pools
+    case 120: *v = 1; break;                                   // cluster launch
+    default: *v = 0; break;
+  }
+  return OK;
+}
+
+CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice) { return c ? (*c = &ctx_token, OK) : INVALID_VALUE; }
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice) { return OK; }
+CUresult cuCtxSetCurrent(CUcontext) { return OK; }
+CUresult cuCtxGetCurrent(CUcontext* c) { return c ? (*c = &ctx_token, OK) : INVALID_VALUE; }
+CUresult cuCtxPushCurrent_v2(CUcontext) { return OK; }
+CUresult cuCtxPopCurrent_v2(CUcontext* c) { if (c) *c = &ctx_token; return OK; }
+CUresult cuCtxGetDevice(CUdevice* d) { return d ? (*d = 0, OK) : INVALID_VALUE; }
+CUresult cuCtxSynchronize() { return OK; }
+CUresult cuCtxSetFlags(unsigned) { return OK; }
+CUresult cuCtxSetLimit(int, size_t) { return OK; }
+CUresult cuCtxGetLimit(size_t* v, int) { return v ? (*v = 0, OK) : INVALID_VALUE; }
+CUresult cuCtxGetStreamPriorityRange(int* lo, int* hi) { if (lo) *lo = 0; if (hi) *hi = 0; return OK; }
+
+CUresult cuStreamCreate(CUstream* s, unsigned) { return s ? (*s = new int(0), OK) : INVALID_VALUE; }
+CUresult cuStreamCreateWithPriority(CUstream* s, unsigned f, int) { return cuStreamCreate(s, f); }
+CUresult cuStreamDestroy_v2(CUstream s) { delete static_cast<int*>(s); return OK; }
+CUresult cuStreamSynchronize(CUstream) { return OK; }
+CUresult cuStreamQuery(CUstream) { return OK; }
+CUresult cuStreamWaitEvent(CUstream, CUevent, unsigned) { return OK; }
+CUresult cuStreamGetCtx(CUstream, CUcontext* c) { return c ? (*c = &ctx_token, OK) : INVALID_VALUE; }
+CUresult cuStreamIsCapturing(CUstream, int* status) { return status ? (*status = 0, OK) : INVALID_VALUE; }
+CUresult cuStreamBeginCapture_v2(CUstream, int) { return NOT_SUPPORTED; }
+CUresult cuStreamEndCapture(CUstream, void**) { return NOT_SUPPORTED; }
+CUresult cuLaunchHostFunc(CUstream, void (*fn)(void*), void* data) { if (fn) fn(data); return OK; }
+
+CUresult cuEventCreate(CUevent* e, unsigned) { return e ? (*e = new Event{std::chrono::steady_clock::now()}, OK) : INVALID_VALUE; }
+CUresult cuEventDestroy_v2(CUevent e) { delete static_cast<Event*>(e); return OK; }
+CUresult cuEventRecord(CUevent e, CUstream) {
+  if (!e) return INVALID_HANDLE;
+  static_cast<Event*>(e)->t = std::chrono::steady_clock::now();
+  return OK;
+}
+CUresult cuEventRecordWithFlags(CUevent e, CUstream s, unsigned) { return cuEventRecord(e, s); }
+CUresult cuEventSynchronize(CUevent) { return OK; }
+CUresult cuEventQuery(CUevent) { return OK; }
+CUresult cuEventElapsedTime(float* ms, CUevent a, CUevent b) {
+  if (!ms || !a || !b) return INVALID_VALUE;
+  *ms = std::chrono::duration<float, std::milli>(static_cast<Event*>(b)->t - static_cast<Event*>(a)->t).count();
+  return OK;
+}
+CUresult cuEventElapsedTime_v2(float* ms, CUevent a, CUevent b) { return cuEventElapsedTime(ms, a, b); }
+
+CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) { return alloc(p, n); }
+CUresult cuMemAllocAsync(CUdeviceptr* p, size_t n, CUstream) { return alloc(p, n); }
+CUresult cuMemFree_v2(CUdeviceptr p) { return release(p); }
+CUresult cuMemFreeAsync(CUdeviceptr p, CUstream) { return release(p); }
+CUresult cuMemGetInfo_v2(size_t* free, size_t* total) {
+  std::lock_guard<std::mutex> g(mu);
+  if (free) *free = mem_limit() - allocated;
+  if (total) *total = mem_limit();
+  return OK;
+}
+CUresult cuMemHostAlloc(void** p, size_t n, unsigned) { return p ? ((*p = std::malloc(n ? n : 1)) ? OK : OUT_OF_MEMORY) : INVALID_VALUE; }
+CUresult cuMemAllocHost_v2(void** p, size_t n) { return cuMemHostAlloc(p, n, 0); }
+CUresult cuMemFreeHost(void* p) { std::free(p); return OK; }
+
+CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void* s, size_t n) { if (n) std::memmove((void*)d, s, n); return OK; }
+CUresult cuMemcpyDtoH_v2(void* d, CUdeviceptr s, size_t n) { if (n) std::memmove(d, (const void*)s, n); return OK; }
+CUresult cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr s, size_t n) { if (n) std::memmove((void*)d, (const void*)s, n); return OK; }
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* s, size_t n, CUstream) { return cuMemcpyHtoD_v2(d, s, n); }
+CUresult cuMemcpyDtoHAsync_v2(void* d, CUdeviceptr s, size_t n, CUstream) { return cuMemcpyDtoH_v2(d, s, n); }
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr s, size_t n, CUstream) { return cuMemcpyDtoD_v2(d, s, n); }
+CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) { if (n) std::memset((void*)d, v, n); return OK; }
+CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, CUstream) { return cuMemsetD8_v2(d, v, n); }
+CUresult cuMemsetD32_v2(CUdeviceptr d, unsigned v, size_t n) {
+  for (size_t i = 0; i < n; ++i) std::memcpy((char*)d + 4 * i, &v, 4);
+  return OK;
+}
+CUresult cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, CUstream) { return cuMemsetD32_v2(d, v, n); }
+
+// Every kernel of every family is linked in; a module is only a token.
+CUresult cuModuleLoadData(CUmodule* m, const void*) { return m ? (*m = &module_token, OK) : INVALID_VALUE; }
+CUresult cuModuleUnload(CUmodule) { return OK; }
+CUresult cuModuleGetFunction(CUfunction* f, CUmodule, const char* name) {
+  if (!f || !name) return INVALID_VALUE;
+  const sim::Entry* e = sim::find_entry(name);
+  if (!e) return NOT_FOUND;
+  *f = e;
+  return OK;
+}
+CUresult cuFuncGetAttribute(int* v, int attr, CUfunction f) {
+  if (!v || !f) return INVALID_VALUE;
+  switch (attr) {
+    case 0: *v = 1024; break;  // max threads per block
+    case 4: *v = 64; break;    // registers (nominal)
+    case 8: {                  // max dynamic shared memory
+      std::lock_guard<std::mutex> g(mu);
+      auto it = max_dyn_smem.find(f);
+      *v = it == max_dyn_smem.end() ? 48 * 1024 : it->second;
+      break;
+    }
+    case 5: *v = 90; break;    // PTX version
+    case 6: *v = 90; break;    // binary version
+    default: *v = 0; break;
+  }
+  return OK;
+}
+CUresult cuFuncSetAttribute(CUfunction f, int attr, int v) {
+  if (!f) return INVALID_HANDLE;
+  if (attr == 8) {
+    if (v < 0 || (size_t)v > sim::kMaxSmem) return INVALID_VALUE;
+    std::lock_guard<std::mutex> g(mu);
+    max_dyn_smem[f] = v;
+  }
+  return OK;
+}
+CUresult cuFuncSetCacheConfig(CUfunction, int) { return OK; }
+
+CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int* n, CUfunction f, int threads, size_t smem) {
+  if (!n || !f || threads <= 0) return INVALID_VALUE;
+  int by_threads = 2048 / threads, by_smem = (int)((228 * 1024) / (smem + 1024));
+  *n = std::max(0, std::min(std::min(by_threads, by_smem), 32));
+  return OK;
+}
+CUresult cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* n, CUfunction f, int t, size_t s, unsigned) {
+  return cuOccupancyMaxActiveBlocksPerMultiprocessor(n, f, t, s);
+}
+
+CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                        unsigned smem, CUstream, void** params, void** extra) {
+  if (!f) return INVALID_HANDLE;
+  if (extra) return NOT_SUPPORTED;
+  const unsigned long long threads = (unsigned long long)bx * by * bz;
+  if (!gx || !gy || !gz || !bx || !by || !bz || threads > 1024 || bz > 64 || gy > 65535 || gz > 65535 ||
+      gx > 0x7fffffffu)
+    return INVALID_VALUE;
+  int limit = 48 * 1024;
+  {
+    std::lock_guard<std::mutex> g(mu);
+    auto it = max_dyn_smem.find(f);
+    if (it != max_dyn_smem.end()) limit = std::max(limit, it->second);
+  }
+  if (smem > (unsigned)limit) {
+    std::fprintf(stderr, "sofa-sim: %s: %u bytes of dynamic shared memory without the opt-in (%d)\n", f->name,
+                 smem, limit);
+    return INVALID_VALUE;
+  }
+  const unsigned csize = std::max(1u, f->cluster[0]) * std::max(1u, f->cluster[1]) * std::max(1u, f->cluster[2]);
+  if (csize > 8) return INVALID_VALUE;
+  sim::Launch l{{gx, gy, gz}, {bx, by, bz}, {f->cluster[0], f->cluster[1], f->cluster[2]}, smem};
+  std::string error;
+  const auto t0 = std::chrono::steady_clock::now();
+  bool ok;
+  {
+    std::lock_guard<std::mutex> g(mu);
+    ok = sim::run(*f, l, params, error);
+  }
+  if (trace())
+    std::fprintf(stderr, "sofa-sim: %s grid (%u,%u,%u) block (%u,%u,%u) smem %u: %.1f ms\n", f->name, gx, gy, gz, bx,
+                 by, bz, smem,
+                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  if (!ok) {
+    std::fprintf(stderr, "sofa-sim: kernel fault: %s\n", error.c_str());
+    return LAUNCH_FAILED;
+  }
+  return OK;
+}
+
+CUresult cuGetErrorString(CUresult r, const char** s) {
+  if (!s) return INVALID_VALUE;
+  switch (r) {
+    case OK: *s = "no error"; break;
+    case INVALID_VALUE: *s = "invalid argument"; break;
+    case OUT_OF_MEMORY: *s = "out of memory"; break;
+    case NOT_FOUND: *s = "named symbol not found"; break;
+    case LAUNCH_FAILED: *s = "unspecified launch failure (sofa-sim: see stderr)"; break;
+    case NOT_SUPPORTED: *s = "operation not supported (sofa-sim)"; break;
+    default: *s = "unknown error"; break;
+  }
+  return OK;
+}
+CUresult cuGetErrorName(CUresult r, const char** s) {
+  if (!s) return INVALID_VALUE;
+  switch (r) {
+    case OK: *s = "CUDA_SUCCESS"; break;
+    case INVALID_VALUE: *s = "CUDA_ERROR_INVALID_VALUE"; break;
+    case OUT_OF_MEMORY: *s = "CUDA_ERROR_OUT_OF_MEMORY"; break;
+    case NOT_FOUND: *s = "CUDA_ERROR_NOT_FOUND"; break;
+    case LAUNCH_FAILED: *s = "CUDA_ERROR_LAUNCH_FAILED"; break;
+    case NOT_SUPPORTED: *s = "CUDA_ERROR_NOT_SUPPORTED"; break;
+    default: *s = "CUDA_ERROR_UNKNOWN"; break;
+  }
+  return OK;
+}
+
+}  // extern "C"

@@ -1,0 +1,38 @@
+// Kernel execution on the CPU: one cooperative fiber per simulated thread, one scheduler per
+// cluster (or block), kernels found by name in a registry filled by the generated entry stubs.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace sim {
+
+using Invoke = void (*)(void** args);
+
+// One kernel entry: its name, how to call it from a cuLaunchKernel argument array, and the
+// cluster shape it was compiled with (0 = none).
+struct Entry {
+  const char* name;
+  Invoke invoke;
+  unsigned cluster[3];
+};
+
+struct Registrar {
+  Registrar(const char* name, Invoke invoke, unsigned cx, unsigned cy, unsigned cz);
+};
+
+const Entry* find_entry(const char* name);
+
+struct Launch {
+  unsigned grid[3], block[3], cluster[3];
+  size_t dyn_smem;
+};
+
+// Runs the whole grid to completion. Returns false (with a message) on a detected fault:
+// deadlock, shared-memory access out of bounds, misaligned ldmatrix, inconsistent collectives.
+bool run(const Entry& e, const Launch& l, void** args, std::string& error);
+
+// Largest dynamic shared memory a block may ask for (the H100's opt-in limit).
+constexpr size_t kMaxSmem = 227 * 1024;
+
+}  // namespace sim
