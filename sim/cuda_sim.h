@@ -105,12 +105,20 @@ inline int __ffs(int x) { return __builtin_ffs(x); }
 inline int __ffsll(long long x) { return __builtin_ffsll(x); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned)x); }
-// Blocks run one simulated thread at a time, so read-modify-write is atomic as written.
-inline int atomicMax(int* p, int v) { int o = *p; if (v > o) *p = v; return o; }
-inline unsigned atomicMax(unsigned* p, unsigned v) { unsigned o = *p; if (v > o) *p = v; return o; }
-inline int atomicAdd(int* p, int v) { int o = *p; *p = o + v; return o; }
-inline unsigned atomicAdd(unsigned* p, unsigned v) { unsigned o = *p; *p = o + v; return o; }
-inline float atomicAdd(float* p, float v) { float o = *p; *p = o + v; return o; }
+// Atomics: real ones (blocks of different clusters run on several OS threads), made by the
+// simulator so that racecheck treats them as atomics, not as a racing load and store.
+namespace sim {
+int atomic_max(int* p, int v);
+unsigned atomic_max(unsigned* p, unsigned v);
+int atomic_add(int* p, int v);
+unsigned atomic_add(unsigned* p, unsigned v);
+float atomic_add(float* p, float v);
+}  // namespace sim
+inline int atomicMax(int* p, int v) { return sim::atomic_max(p, v); }
+inline unsigned atomicMax(unsigned* p, unsigned v) { return sim::atomic_max(p, v); }
+inline int atomicAdd(int* p, int v) { return sim::atomic_add(p, v); }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return sim::atomic_add(p, v); }
+inline float atomicAdd(float* p, float v) { return sim::atomic_add(p, v); }
 
 using std::ceil; using std::cos; using std::exp; using std::floor; using std::log2; using std::sqrt;
 inline int min(int a, int b) { return a < b ? a : b; }

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Every kernel family once, on the CPU simulator (sim/README.md) with racecheck on: `sofa run
+# --check always` against the f64 reference for each op, dtype and variant at small, odd sizes.
+# CI runs this (no GPU needed); scripts/sim-test.sh runs the full GPU test files the same way.
+#   scripts/sim-smoke.sh [SOFA_BINARY]   (default: target/debug/sofa, built if missing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-target}"
+sofa="${1:-$target/debug/sofa}"
+[[ -x "$sofa" ]] || cargo build --bin sofa
+python3 sim/build.py --out "$target/sim-race" --racecheck
+export LD_LIBRARY_PATH="$(cd "$target/sim-race" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export SOFA_KERNELS=fatbin
+run() {
+  local out
+  if ! out=$("$sofa" run --backend gpu --check always --iters 1 --warmup 0 "$@" 2>&1); then
+    echo "$out"
+    echo "sim-smoke: FAILED: sofa run $*"
+    exit 1
+  fi
+  grep -q "sofa-sim" <<<"$out" || { echo "$out"; echo "sim-smoke: not on the simulator"; exit 1; }
+  printf '%-70s %s\n' "$*" "$(grep -o 'rel. Frobenius [^ ]*' <<<"$out")"
+}
+for dt in f16 bf16 f32; do
+  run --op soft --shape 1,2,300,64 --m 49 --dtype $dt
+  run --op cosformer --shape 1,2,300,64 --dtype $dt
+  run --op cosformer --shape 1,2,300,64 --dtype $dt --causal
+  run --op aft_simple --shape 1,2,300,64 --dtype $dt --causal
+  run --op aft_local --shape 1,2,300,64 --window 64 --dtype $dt
+  run --op aft_full --shape 1,2,200,64 --dtype $dt --causal
+  run --op sima --shape 1,2,300,64 --dtype $dt
+done
+run --op soft --shape 1,3,257,80 --m 7 --dtype f16
+run --op soft --shape 1,2,256,64 --landmarks avgpool2d --height 16 --pool 2 --dtype bf16
+run --op cosformer --shape 2,2,77,32 --dv 48 --kv-len 130 --dtype f16
+run --op cosformer --shape 1,2,1000,128 --dtype bf16 --causal
+run --op aft_simple --shape 1,3,333,80 --dtype f16
+run --op aft_local --shape 1,2,300,64 --window 5 --dtype f16 --causal
+run --op aft_local --shape 1,2,300,64 --window 64 --dtype bf16 --causal
+run --op aft_conv --shape 1,2,300,64 --window 17 --dtype f16
+run --op aft_conv --shape 1,2,300,48 --window 64 --dtype bf16 --causal
+run --op aft_full --shape 1,2,200,64 --dtype bf16
+run --op sima --shape 1,3,129,80 --dtype bf16
+echo "sim-smoke: every case passed"
