@@ -309,31 +309,25 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
   return OK;
 }
 
-CUresult cuGetErrorString(CUresult r, const char** s) {
+// The codes this driver returns: name and description.
+static const struct { CUresult code; const char* name; const char* text; } kErrors[] = {
+    {OK, "CUDA_SUCCESS", "no error"},
+    {INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument"},
+    {OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"},
+    {INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"},
+    {INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"},
+    {NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
+    {LAUNCH_FAILED, "CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure (sofa-sim: see stderr)"},
+    {NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported (sofa-sim)"},
+};
+static CUresult describe(CUresult r, const char** s, bool name) {
   if (!s) return INVALID_VALUE;
-  switch (r) {
-    case OK: *s = "no error"; break;
-    case INVALID_VALUE: *s = "invalid argument"; break;
-    case OUT_OF_MEMORY: *s = "out of memory"; break;
-    case NOT_FOUND: *s = "named symbol not found"; break;
-    case LAUNCH_FAILED: *s = "unspecified launch failure (sofa-sim: see stderr)"; break;
-    case NOT_SUPPORTED: *s = "operation not supported (sofa-sim)"; break;
-    default: *s = "unknown error"; break;
-  }
+  *s = name ? "CUDA_ERROR_UNKNOWN" : "unknown error";
+  for (const auto& e : kErrors)
+    if (e.code == r) *s = name ? e.name : e.text;
   return OK;
 }
-CUresult cuGetErrorName(CUresult r, const char** s) {
-  if (!s) return INVALID_VALUE;
-  switch (r) {
-    case OK: *s = "CUDA_SUCCESS"; break;
-    case INVALID_VALUE: *s = "CUDA_ERROR_INVALID_VALUE"; break;
-    case OUT_OF_MEMORY: *s = "CUDA_ERROR_OUT_OF_MEMORY"; break;
-    case NOT_FOUND: *s = "CUDA_ERROR_NOT_FOUND"; break;
-    case LAUNCH_FAILED: *s = "CUDA_ERROR_LAUNCH_FAILED"; break;
-    case NOT_SUPPORTED: *s = "CUDA_ERROR_NOT_SUPPORTED"; break;
-    default: *s = "CUDA_ERROR_UNKNOWN"; break;
-  }
-  return OK;
-}
+CUresult cuGetErrorString(CUresult r, const char** s) { return describe(r, s, false); }
+CUresult cuGetErrorName(CUresult r, const char** s) { return describe(r, s, true); }
 
 }  // extern "C"
