@@ -9,9 +9,9 @@
 // range as in aft_tc.cuh (n = T keys for the denominator floor).
 //
 // Causal: a row tile stops at its last row's key; keys after a row get weight 0 (exact for finite
-// operands). A block reaching past the tile's first row that holds a non-finite bmat value is
-// summed key by key instead, skipping masked keys, so a poisoned later key never reaches earlier
-// rows (the window kernels' rule).
+// operands). In a block reaching past the tile's first row that holds a non-finite bmat value,
+// those values are summed key by key into the rows at or after their key and zeroed for the mma,
+// so a poisoned later key never reaches earlier rows (aft_tc_nonfinite_block, as the window kernels).
 //
 // CTA: 128 rows × 256 columns, 8 warps in a 2 × 4 grid of 64 rows × (32 E⊙V + the same 32 E)
 // columns, so num and den of an output sit in one thread; per 16-key step a warp issues 8
@@ -31,7 +31,7 @@
 #define AFT_FG_SMEM (2 * AFT_FG_STAGE * 2 + AFT_FG_ROWS * 4)             // bytes (+ row exp coefficients)
 
 static_assert(AFT_FG_COLS == 2 * AFT_FG_TILE && AFT_FG_TILE == 2 * AFT_CT, "bmat tile layout");
-static_assert(AFT_FG_KB == AFT_KB, "key blocks of aft_tc_masked_keys");
+static_assert(AFT_FG_KB == AFT_KB, "key blocks of aft_tc_nonfinite_keys");
 static_assert((AFT_FG_STAGE * 2) % 16 == 0 && (AFT_FG_ROWS * AFT_FG_ALD * 2) % 16 == 0, "16-byte stages");
 
 // bmat[t][tile·128 + cc] = E⊙V and bmat[t][tile·128 + 64 + cc] = E of channel tile·64… (tile =
@@ -319,22 +319,23 @@ __device__ void aft_full_tc(const AftParams& p) {
 
     for (int i = 0; i < nkb; ++i) {
       const u16* as = fg_smem + (i & 1) * AFT_FG_STAGE;
-      const u16* bs = as + ROWS * AFT_FG_ALD;
+      u16* bs = fg_smem + (i & 1) * AFT_FG_STAGE + ROWS * AFT_FG_ALD;  // non-finite values may be zeroed
       u16* nas = fg_smem + ((i + 1) & 1) * AFT_FG_STAGE;
       const bool more = i + 1 < nkb;
       // Causal blocks past the tile's first row: 0 weights mask later keys unless one is
-      // non-finite (0·NaN); then this block goes key by key (a uniform branch, taken before the
-      // next block's loads so that their registers are not live across it).
-      const bool masked = p.causal && i * KB + KB - 1 > t0 && __syncthreads_or(aft_fg_block_bad<T>(bs));
-      if (masked) aft_tc_masked_keys<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, t0, i * KB, wr, ncol, num, den);
+      // non-finite (0·NaN); then its non-finite values go key by key (a uniform branch, taken
+      // before the next block's loads so that their registers are not live across it).
+      if (p.causal && i * KB + KB - 1 > t0 && __syncthreads_or(aft_fg_block_bad<T>(bs)))
+        aft_tc_nonfinite_block<T, 4, AFT_FG_ALD, AFT_FG_BLD, AFT_FG_COLS, AFT_FG_THREADS>(as, bs, t0, i * KB, wr, ncol,
+                                                                                    num, den);
       if (more) {  // next block: w into registers, bmat into the other stage
         aft_fg_load_any(p, w, (i + 1) * KB, wreg);
         aft_fg_copy_b(p, bm, (i + 1) * KB, nas + ROWS * AFT_FG_ALD);
         cp_async_commit();
       }
-      if (!masked) aft_tc_mma16<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, 0, wr, ncol, num, den);
+      aft_tc_mma16<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, 0, wr, ncol, num, den);
       if (more) aft_fg_exp_any<T>(p, w, (i + 1) * KB, wreg, rcf, ap);
-      if (!masked) aft_tc_mma16<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, 16, wr, ncol, num, den);
+      aft_tc_mma16<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, 16, wr, ncol, num, den);
       if (more) aft_fg_store_w(nas, ap);
       cp_async_wait<0>();
       __syncthreads();  // the other stage is complete; this one may be overwritten next
@@ -403,23 +404,25 @@ __device__ void aft_full_tc_cl(const AftParams& p) {
 
     for (int i = 0; i < nkb; ++i) {
       const u16* as = abase + (i % 3) * ASZ;
-      const u16* bs = bbase + (i & 1) * BSZ;
+      u16* bs = bbase + (i & 1) * BSZ;  // non-finite values may be zeroed
       const bool more = i + 1 < nkb;
-      // Causal blocks past the tile's first row holding a non-finite bmat value: key by key.
-      const bool masked = p.causal && i * KB + KB - 1 > t0 && __syncthreads_or(aft_fg_block_bad<T>(bs));
-      if (masked) aft_tc_masked_keys<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, t0, i * KB, wr, ncol, num, den);
+      // Causal blocks past the tile's first row holding a non-finite bmat value: those values
+      // key by key.
+      if (p.causal && i * KB + KB - 1 > t0 && __syncthreads_or(aft_fg_block_bad<T>(bs)))
+        aft_tc_nonfinite_block<T, 4, AFT_FG_ALD, AFT_FG_BLD, AFT_FG_COLS, AFT_FG_THREADS>(as, bs, t0, i * KB, wr, ncol,
+                                                                                    num, den);
       if (more) {
         aft_fg_load_any(p, w, (i + 1) * KB, wreg);
         aft_fg_copy_b(p, bm, (i + 1) * KB, bbase + ((i + 1) & 1) * BSZ);
         cp_async_commit();
       }
-      if (!masked) aft_tc_mma16<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, 0, wr, ncol, num, den);
+      aft_tc_mma16<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, 0, wr, ncol, num, den);
       if (more) {
         aft_fg_exp_any<T>(p, w, (i + 1) * KB, wreg, rcf, ap);
         aft_fgc_share_w(rank, ap, abase + ((i + 1) % 3) * ASZ);
       }
       cluster_arrive();  // this CTA's stores of block i + 1 are done
-      if (!masked) aft_tc_mma16<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, 16, wr, ncol, num, den);
+      aft_tc_mma16<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, 16, wr, ncol, num, den);
       cp_async_wait<0>();
       __syncthreads();
       cluster_wait();  // every CTA's stores of block i + 1 are visible

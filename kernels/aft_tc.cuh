@@ -15,8 +15,9 @@
 // warp issues 2 ldmatrix.x4 (A) + 4 ldmatrix.x4.trans (B) for 16 mma. Staging writes the scaled
 // 16-bit operands (half TF32's shared-memory bytes and twice its mma rate).
 // Causal blocks that reach past a row multiply masked keys by a zero weight, which is exact for
-// finite E, E⊙V; a block holding a non-finite one is summed key by key instead (skipping masked
-// keys, as aft_window does), so a poisoned later key never reaches earlier rows.
+// finite E, E⊙V; in a block holding non-finite ones, those alone are summed key by key (skipping
+// masked keys, as aft_window does) and zeroed for the mma, so a poisoned later key never reaches
+// earlier rows and every other column rounds as in a clean run (aft_tc_nonfinite_keys).
 // Epilogue: num/den through shared memory, then Y = σ(Q)·ratio with coalesced Q reads and Y writes.
 #pragma once
 #include "mma.cuh"
@@ -140,34 +141,57 @@ __device__ __forceinline__ void aft_tc_mma16(const u16* a, const u16* b, int ks,
   }
 }
 
-// A causal key block [kb, kb + AFT_KB) summed key by key, each key only into the rows at or after
-// it (the tensor-core kernels' path for a block holding a non-finite operand: 0·NaN must not
-// reach earlier rows). a: weights [row][key] (row stride ALD), b: [key][E⊙V | E] (row stride
-// BLD, E at +AFT_CT); the warp's accumulators cover rows row0 + 16·mi + g + 8·(e / 2) and
-// columns col0 + 8·j + 2·tq + e % 2, tile rows starting at sequence row t0.
+// Causal key blocks holding a non-finite staged value: the zero weights of keys after a row would
+// turn 0·NaN into NaN in that earlier row. The fix keeps every other value on the mma path, so the
+// columns of other channels (and slices) round exactly as in a clean run:
+//  1. aft_tc_nonfinite_keys: each warp adds the block's non-finite values key by key, each only
+//     into the rows at or after its key;
+//  2. (barrier) they become zeros in shared memory (aft_tc_nonfinite_block does 1 and 2);
+//  3. (barrier) the usual mma over the block, now finite.
+// a: weights [row][key] (row stride ALD), b: [key][E⊙V | E] (row stride BLD, E at +AFT_CT); the
+// warp's accumulators cover rows row0 + 16·mi + g + 8·(e / 2) and columns col0 + 8·j + 2·tq + e % 2,
+// tile rows starting at sequence row t0.
 template <typename T, int MI, int ALD, int BLD>
-__device__ void aft_tc_masked_keys(const u16* a, const u16* b, int t0, int kb, int row0, int col0,
-                                   float (&num)[MI][4][4], float (&den)[MI][4][4], int ald = ALD) {
+__device__ void aft_tc_nonfinite_keys(const u16* a, const u16* b, int t0, int kb, int row0, int col0,
+                                      float (&num)[MI][4][4], float (&den)[MI][4][4], int ald = ALD) {
   const int lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+  const u16 e = exp_mask<T>();
 #pragma unroll 1
-  for (int r = 0; r < AFT_KB; ++r) {
+  for (int r = 0; r < AFT_KB; ++r)
 #pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
+    for (int j = 0; j < 4; ++j)
 #pragma unroll
-      for (int hh = 0; hh < 2; ++hh) {
-        const int row = row0 + 16 * mi + g + 8 * hh;
-        if (kb + r > t0 + row) continue;
-        const float wt = to_f32(T{a[row * ald + r]});
+      for (int e1 = 0; e1 < 2; ++e1) {
+        const int col = col0 + 8 * j + 2 * tq + e1;
+        const u16 bn = b[r * BLD + col], bd = b[r * BLD + AFT_CT + col];
+        if ((bn & e) != e && (bd & e) != e) continue;
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-          for (int e1 = 0; e1 < 2; ++e1) {
-            const int col = col0 + 8 * j + 2 * tq + e1;
-            num[mi][j][2 * hh + e1] = fmaf(wt, to_f32(T{b[r * BLD + col]}), num[mi][j][2 * hh + e1]);
-            den[mi][j][2 * hh + e1] = fmaf(wt, to_f32(T{b[r * BLD + AFT_CT + col]}), den[mi][j][2 * hh + e1]);
+          for (int hh = 0; hh < 2; ++hh) {
+            const int row = row0 + 16 * mi + g + 8 * hh;
+            if (kb + r > t0 + row) continue;
+            const float wt = to_f32(T{a[row * ald + r]});
+            float& n = num[mi][j][2 * hh + e1];
+            float& d = den[mi][j][2 * hh + e1];
+            if ((bn & e) == e) n = fmaf(wt, to_f32(T{bn}), n);
+            if ((bd & e) == e) d = fmaf(wt, to_f32(T{bd}), d);
           }
       }
+}
+
+// Steps 1–2 above for a staged block b of COLS columns (the CTA's; a CTA-uniform call).
+template <typename T, int MI, int ALD, int BLD, int COLS, int THREADS>
+__device__ void aft_tc_nonfinite_block(const u16* a, u16* b, int t0, int kb, int row0, int col0,
+                                       float (&num)[MI][4][4], float (&den)[MI][4][4], int ald = ALD) {
+  aft_tc_nonfinite_keys<T, MI, ALD, BLD>(a, b, t0, kb, row0, col0, num, den, ald);
+  __syncthreads();  // every warp has read the non-finite values
+#pragma unroll 1
+  for (int i = threadIdx.x; i < AFT_KB * COLS / 2; i += THREADS) {
+    u32* x = reinterpret_cast<u32*>(&b[(i / (COLS / 2)) * BLD + 2 * (i % (COLS / 2))]);
+    *x = finite_or_zero2<T>(*x);
   }
+  __syncthreads();
 }
 
 // A thread's E staging role in a slice: channels ep, ep + 1 (ep = 2·lane) of the channel tile at
@@ -406,9 +430,8 @@ __device__ void aft_window_tc(const AftParams& p) {
       }
       const bool bad = !aft_finite(chk);
       const bool any_bad = __syncthreads_or(bad);
-      if (p.causal && kb + KB - 1 > t0 && any_bad) {
-        aft_tc_masked_keys<T, 2, AFT_TC_WLD, AFT_TC_KLD>(ws, kv, t0, kb, rw, cw, num, den);
-        continue;
+      if (p.causal && kb + KB - 1 > t0 && any_bad) {  // CTA-uniform
+        aft_tc_nonfinite_block<T, 2, AFT_TC_WLD, AFT_TC_KLD, 2 * AFT_CT, THREADS>(ws, kv, t0, kb, rw, cw, num, den);
       }
 #pragma unroll
       for (int ks = 0; ks < KB; ks += 16) aft_tc_mma16<T, 2, AFT_TC_WLD, AFT_TC_KLD>(ws, kv, ks, rw, cw, num, den);
@@ -503,9 +526,8 @@ __device__ void aft_window_band_tc(const AftParams& p) {
         const float chk = aft_tc_stage_e_block<T>(p, er, kv_addr, kb, win.hi, ex0, ex1, vf0, vf1);
         const bool any_bad = __syncthreads_or(!aft_finite(chk));
         const u16* wb = ws + (kb - win.lo);  // this block's columns of the band
-        if (p.causal && kb + KB - 1 > t0 && any_bad) {
-          aft_tc_masked_keys<T, 2, 0, AFT_TC_KLD>(wb, kv, t0, kb, rw, cw, num, den, bld);
-          continue;
+        if (p.causal && kb + KB - 1 > t0 && any_bad) {  // CTA-uniform
+          aft_tc_nonfinite_block<T, 2, 0, AFT_TC_KLD, 2 * AFT_CT, THREADS>(wb, kv, t0, kb, rw, cw, num, den, bld);
         }
 #pragma unroll
         for (int ks = 0; ks < KB; ks += 16) aft_tc_mma16<T, 2, 0, AFT_TC_KLD>(wb, kv, ks, rw, cw, num, den, bld);

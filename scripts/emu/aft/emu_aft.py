@@ -324,6 +324,17 @@ class Smem:
         self.written[fo] = True
 
 
+def zero_nonfinite(mem, base, ld, cols, tid, nt):
+    """aft_tc_zero_nonfinite: the non-finite values of a staged [AFT_KB][cols] block become +0."""
+    for it in range(AFT_KB * cols // 2 // nt):
+        i = tid + nt * it
+        key, col = i // (cols // 2), 2 * (i % (cols // 2))
+        for x in range(2):
+            a = base + key * ld + col + x
+            val = mem.read(a, tid, None, "zero non-finite (check)")
+            mem.write(a, np.where(np.isfinite(val), val, F32(0)).astype(F32), tid, None, "zero non-finite")
+
+
 def shfl_xor(v, o):
     """__shfl_xor_sync(0xffffffff, v, o) for every warp of the CTA."""
     return v.reshape(-1, 32)[:, np.arange(32) ^ o].reshape(v.shape)
@@ -1114,24 +1125,26 @@ def window_slice(cx, tid, t0, win, c0, h, k, v, q, o, op, WS, wsm, wbase, bld, r
             stage_w(t0, kb, hi, h, wbase)
         wb = wbase + (kb - lo if band else 0)  # this block's weights: band columns or ws
         races.barrier()  # __syncthreads_or
-        if p.causal and kb + KB - 1 > t0 and bad.any():
+        if p.causal and kb + KB - 1 > t0 and bad.any():  # aft_tc_nonfinite_keys, zero, mma
             STATS["tc_scalar_blocks"] += 1
             for r in range(KB):
-                for mi in range(2):
-                    for hh in range(2):
-                        row = row_of(mi, hh)
-                        act = ~(kb + r > t0 + row)
-                        wv = wsm.read(wb + row * bld + r, tid, act, "ws[row][r]")
-                        for nj in range(4):
-                            for e1 in range(2):
-                                cc = col_of(nj, e1)
-                                evv = op.read(r * TC_KLD + cc, tid, act, "kv E.V")
-                                ee = op.read(r * TC_KLD + AFT_CT + cc, tid, act, "kv E")
+                for nj in range(4):
+                    for e1 in range(2):
+                        cc = col_of(nj, e1)
+                        evv = op.read(r * TC_KLD + cc, tid, None, "kv E.V")
+                        ee = op.read(r * TC_KLD + AFT_CT + cc, tid, None, "kv E")
+                        bn, bd = ~np.isfinite(evv), ~np.isfinite(ee)
+                        for mi in range(2):
+                            for hh in range(2):
+                                row = row_of(mi, hh)
+                                act = ~(kb + r > t0 + row) & (bn | bd)
+                                wv = wsm.read(wb + row * bld + r, tid, act, "ws[row][r]")
                                 x = 2 * hh + e1
-                                acc[:, 0, mi, nj, x] = np.where(act, fmaf(wv, evv, acc[:, 0, mi, nj, x]), acc[:, 0, mi, nj, x])
-                                acc[:, 1, mi, nj, x] = np.where(act, fmaf(wv, ee, acc[:, 1, mi, nj, x]), acc[:, 1, mi, nj, x])
-            kb += KB
-            continue
+                                acc[:, 0, mi, nj, x] = np.where(act & bn, fmaf(wv, evv, acc[:, 0, mi, nj, x]), acc[:, 0, mi, nj, x])
+                                acc[:, 1, mi, nj, x] = np.where(act & bd, fmaf(wv, ee, acc[:, 1, mi, nj, x]), acc[:, 1, mi, nj, x])
+            races.barrier()
+            zero_nonfinite(op, 0, TC_KLD, 2 * AFT_CT, tid, NT)
+            races.barrier()
         for ks in (0, 16):
             af = np.zeros((NT, 2, 4, 2), F32)
             for mi in range(2):
@@ -1449,22 +1462,23 @@ def aft_full_tc_gen(cx, bid, cl=1, rank=0, smems=None):
                 bad |= ~np.isfinite(val)
         return bad
 
-    def masked_sum(ast, bst, t0, kb, acc):
+    def nonfinite_sum(ast, bst, t0, kb, acc):  # aft_tc_nonfinite_keys
         acc = acc.copy()
         for r in range(KB):
-            for mi in range(4):
-                for hh in range(2):
-                    row = wr + 16 * mi + g + 8 * hh
-                    act = ~(kb + r > t0 + row)
-                    wt = sm.read(a_off(ast) + row * ALD + r, tid, act, "As (masked)")
-                    for j in range(4):
-                        for e1 in range(2):
-                            col = ncol + 8 * j + 2 * tq + e1
+            for j in range(4):
+                for e1 in range(2):
+                    col = ncol + 8 * j + 2 * tq + e1
+                    bn = sm.read(b_off(bst) + r * BLD + col, tid, None, "Bs (non-finite)")
+                    bd = sm.read(b_off(bst) + r * BLD + AFT_CT + col, tid, None, "Bs (non-finite)")
+                    fn, fd = ~np.isfinite(bn), ~np.isfinite(bd)
+                    for mi in range(4):
+                        for hh in range(2):
+                            row = wr + 16 * mi + g + 8 * hh
+                            act = ~(kb + r > t0 + row) & (fn | fd)
+                            wt = sm.read(a_off(ast) + row * ALD + r, tid, act, "As (non-finite)")
                             x = 2 * hh + e1
-                            bn = sm.read(b_off(bst) + r * BLD + col, tid, act, "Bs (masked)")
-                            bd = sm.read(b_off(bst) + r * BLD + AFT_CT + col, tid, act, "Bs (masked)")
-                            acc[:, 0, mi, j, x] = np.where(act, fmaf(wt, bn, acc[:, 0, mi, j, x]), acc[:, 0, mi, j, x])
-                            acc[:, 1, mi, j, x] = np.where(act, fmaf(wt, bd, acc[:, 1, mi, j, x]), acc[:, 1, mi, j, x])
+                            acc[:, 0, mi, j, x] = np.where(act & fn, fmaf(wt, bn, acc[:, 0, mi, j, x]), acc[:, 0, mi, j, x])
+                            acc[:, 1, mi, j, x] = np.where(act & fd, fmaf(wt, bd, acc[:, 1, mi, j, x]), acc[:, 1, mi, j, x])
         return acc
 
     tiles_r = div_up(p.t, ROWS)
@@ -1498,26 +1512,26 @@ def aft_full_tc_gen(cx, bid, cl=1, rank=0, smems=None):
         for i in range(nkb):
             ast, bst, nast, nbst = i % nas, i % 2, (i + 1) % nas, (i + 1) % 2
             more = i + 1 < nkb
-            masked = False
             if p.causal and i * KB + KB - 1 > t0:
                 masked = bool(block_bad(bst).any())
                 races.barrier()  # __syncthreads_or
-            if masked:
-                STATS["tc_scalar_blocks"] += 1
-                acc = masked_sum(ast, bst, t0, i * KB, acc)
+                if masked:  # aft_fg_nonfinite_keys
+                    STATS["tc_scalar_blocks"] += 1
+                    acc = nonfinite_sum(ast, bst, t0, i * KB, acc)
+                    races.barrier()
+                    zero_nonfinite(sm, b_off(bst), BLD, FG_COLS, tid, NT)
+                    races.barrier()
             if more:
                 wreg = load_w(t0, (i + 1) * KB)
                 copy_b((i + 1) * KB, nbst)
-            if not masked:
-                acc = mma(ast, bst, 0, acc)
+            acc = mma(ast, bst, 0, acc)
             if more:
                 ap = exp_w(t0, (i + 1) * KB, wreg)
                 if cl > 1:  # shared before the arrive
                     store_w(nast, ap)
             if cl > 1:
                 yield "arrive"
-            if not masked:
-                acc = mma(ast, bst, 16, acc)
+            acc = mma(ast, bst, 16, acc)
             if more and cl == 1:
                 store_w(nast, ap)
             races.barrier()
