@@ -42,7 +42,7 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["executable"])' | tail -1)
-  echo "== $f (sofa-sim${asan:+, asan=$asan})"
+  echo "== $f (sofa-sim$([[ $asan -eq 1 ]] && echo ", AddressSanitizer"))"
   start=$(date +%s)
   if "$exe" --test-threads 1 "$@"; then
     echo "== $f passed in $(( $(date +%s) - start )) s"

@@ -69,7 +69,6 @@ float h2f(unsigned short h);
 float ex2_approx_ftz(float x);
 float min_nan(float a, float b);
 unsigned hmax2(unsigned x, unsigned y, int bf);
-void trap(const char* what);
 }  // namespace sim
 
 #define threadIdx (sim::coords->tid)

@@ -67,8 +67,11 @@ bool trace() {
 // Fresh device memory holds 0xFF bytes (NaN in every float format) unless SOFA_SIM_MEM=zero,
 // so a kernel that reads what nobody wrote produces NaN instead of plausible zeros.
 unsigned char fresh_byte() {
-  const char* v = std::getenv("SOFA_SIM_MEM");
-  return v && std::strcmp(v, "zero") == 0 ? 0 : 0xFF;
+  static const unsigned char b = [] {
+    const char* v = std::getenv("SOFA_SIM_MEM");
+    return v && std::strcmp(v, "zero") == 0 ? 0 : 0xFF;
+  }();
+  return b;
 }
 
 CUresult alloc(CUdeviceptr* p, size_t bytes) {

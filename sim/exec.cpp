@@ -816,8 +816,6 @@ unsigned hmax2(unsigned x, unsigned y, int bf) {
   return r;
 }
 
-void trap(const char* what) { fault(what); }
-
 namespace {
 template <typename T> T fetch_max(T* p, T v) {
   T old = __atomic_load_n(p, __ATOMIC_RELAXED);
