@@ -202,7 +202,9 @@ def register_entries(src):
         params = [p for p in split_top(src[m.end():close], ",") if p.strip() and p.strip() != "void"]
         args = ", ".join(f"*reinterpret_cast<{param_type(p)}*>(a[{i}])" for i, p in enumerate(params))
         dims = ", ".join(f"(unsigned)({d.strip()})" for d in split_top(cluster[1:-1], ",")) if cluster else "0, 0, 0"
-        regs.append(f'static sim::Registrar sim_reg_{name}("{name}", [](void** a) {{ {name}({args}); }}, {dims});')
+        sizes = ", ".join(f"sizeof({param_type(p)})" for p in params)
+        regs.append(f'static sim::Registrar sim_reg_{name}("{name}", [](void** a) {{ {name}({args}); }}, {dims}, '
+                    f'{{{sizes}}});')
     src = re.sub(r"SIM_GLOBAL\s+", "", src)
     src = re.sub(r"SIM_CLUSTER\s*\((?:[^()]|\([^()]*\))*\)\s*", "", src)
     return src, regs

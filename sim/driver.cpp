@@ -10,7 +10,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <mutex>
+#include <vector>
 #include <string>
 #include <unordered_map>
 
@@ -36,6 +38,8 @@ enum : int {
   NOT_FOUND = 500,
   LAUNCH_FAILED = 719,
   NOT_SUPPORTED = 801,
+  CAPTURE_UNSUPPORTED = 900,
+  CAPTURE_INVALIDATED = 901,
 };
 
 namespace {
@@ -44,8 +48,32 @@ std::mutex mu;  // one launch or allocation change at a time
 std::unordered_map<uintptr_t, size_t> allocs;
 size_t allocated = 0;
 std::unordered_map<CUfunction, int> max_dyn_smem;  // opt-in per function (default 48 KiB)
-int ctx_token;
 int module_token;
+
+// Contexts are tokens: the primary one, and non-primary ones made by cuCtxCreate. A stream
+// remembers the context current when it was made (cuStreamGetCtx).
+struct Context {};
+Context primary;
+thread_local CUcontext current = nullptr;
+CUcontext cur_ctx() { return current ? current : &primary; }
+
+// Work recorded by stream capture, replayed in order by cuGraphLaunch.
+struct Graph {
+  std::vector<std::function<CUresult()>> nodes;
+};
+struct Stream {
+  CUcontext ctx;
+  Graph* capture = nullptr;  // non-null while capturing
+};
+// Runs `work` now, or records it when `s` is capturing.
+CUresult submit(CUstream s, std::function<CUresult()> work) {
+  Stream* st = static_cast<Stream*>(s);
+  if (st && st->capture) {
+    st->capture->nodes.push_back(std::move(work));
+    return OK;
+  }
+  return work();
+}
 
 size_t mem_limit() {
   static const size_t lim = [] {
@@ -99,6 +127,27 @@ CUresult release(CUdeviceptr p) {
   return OK;
 }
 
+CUresult run_kernel(CUfunction f, const sim::Launch& l, std::vector<std::vector<unsigned char>>& args) {
+  void* ptrs[sim::kMaxParams];
+  for (size_t i = 0; i < args.size(); ++i) ptrs[i] = args[i].data();
+  std::string error;
+  const auto t0 = std::chrono::steady_clock::now();
+  bool ok;
+  {
+    std::lock_guard<std::mutex> g(mu);
+    ok = sim::run(*f, l, ptrs, error);
+  }
+  if (trace())
+    std::fprintf(stderr, "sofa-sim: %s grid (%u,%u,%u) block (%u,%u,%u) smem %zu: %.1f ms\n", f->name, l.grid[0],
+                 l.grid[1], l.grid[2], l.block[0], l.block[1], l.block[2], l.dyn_smem,
+                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  if (!ok) {
+    std::fprintf(stderr, "sofa-sim: kernel fault: %s\n", error.c_str());
+    return LAUNCH_FAILED;
+  }
+  return OK;
+}
+
 struct Event {
   std::chrono::steady_clock::time_point t;
 };
@@ -108,6 +157,12 @@ struct Event {
 extern "C" {
 
 CUresult cuInit(unsigned) { return OK; }
+// Private driver tables (NVRTC looks one up when libcuda is present): none here, as a driver
+// without that table would answer.
+CUresult cuGetExportTable(const void** table, const void*) {
+  if (table) *table = nullptr;
+  return NOT_SUPPORTED;
+}
 CUresult cuDriverGetVersion(int* v) { return v ? (*v = 13000, OK) : INVALID_VALUE; }
 CUresult cuDeviceGetCount(int* n) { return n ? (*n = 1, OK) : INVALID_VALUE; }
 CUresult cuDeviceGet(CUdevice* d, int ordinal) {
@@ -154,12 +209,25 @@ CUresult cuDeviceGetAttribute(int* v, int attr, CUdevice) {
   return OK;
 }
 
-CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice) { return c ? (*c = &ctx_token, OK) : INVALID_VALUE; }
+CUresult cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice) { return c ? (*c = &primary, OK) : INVALID_VALUE; }
 CUresult cuDevicePrimaryCtxRelease_v2(CUdevice) { return OK; }
-CUresult cuCtxSetCurrent(CUcontext) { return OK; }
-CUresult cuCtxGetCurrent(CUcontext* c) { return c ? (*c = &ctx_token, OK) : INVALID_VALUE; }
+CUresult cuCtxSetCurrent(CUcontext c) { current = c; return OK; }
+CUresult cuCtxCreate_v4(CUcontext* c, void*, unsigned, CUdevice d) {
+  if (!c) return INVALID_VALUE;
+  if (d != 0) return INVALID_DEVICE;
+  *c = current = new Context;
+  return OK;
+}
+CUresult cuCtxCreate_v3(CUcontext* c, void*, int, unsigned f, CUdevice d) { return cuCtxCreate_v4(c, nullptr, f, d); }
+CUresult cuCtxDestroy_v2(CUcontext c) {
+  if (!c || c == &primary) return INVALID_VALUE;
+  if (current == c) current = nullptr;
+  delete static_cast<Context*>(c);
+  return OK;
+}
+CUresult cuCtxGetCurrent(CUcontext* c) { return c ? (*c = cur_ctx(), OK) : INVALID_VALUE; }
 CUresult cuCtxPushCurrent_v2(CUcontext) { return OK; }
-CUresult cuCtxPopCurrent_v2(CUcontext* c) { if (c) *c = &ctx_token; return OK; }
+CUresult cuCtxPopCurrent_v2(CUcontext* c) { if (c) *c = cur_ctx(); return OK; }
 CUresult cuCtxGetDevice(CUdevice* d) { return d ? (*d = 0, OK) : INVALID_VALUE; }
 CUresult cuCtxSynchronize() { return OK; }
 CUresult cuCtxSetFlags(unsigned) { return OK; }
@@ -167,16 +235,51 @@ CUresult cuCtxSetLimit(int, size_t) { return OK; }
 CUresult cuCtxGetLimit(size_t* v, int) { return v ? (*v = 0, OK) : INVALID_VALUE; }
 CUresult cuCtxGetStreamPriorityRange(int* lo, int* hi) { if (lo) *lo = 0; if (hi) *hi = 0; return OK; }
 
-CUresult cuStreamCreate(CUstream* s, unsigned) { return s ? (*s = new int(0), OK) : INVALID_VALUE; }
+CUresult cuStreamCreate(CUstream* s, unsigned) { return s ? (*s = new Stream{cur_ctx()}, OK) : INVALID_VALUE; }
 CUresult cuStreamCreateWithPriority(CUstream* s, unsigned f, int) { return cuStreamCreate(s, f); }
-CUresult cuStreamDestroy_v2(CUstream s) { delete static_cast<int*>(s); return OK; }
+CUresult cuStreamDestroy_v2(CUstream s) { delete static_cast<Stream*>(s); return OK; }
 CUresult cuStreamSynchronize(CUstream) { return OK; }
 CUresult cuStreamQuery(CUstream) { return OK; }
 CUresult cuStreamWaitEvent(CUstream, CUevent, unsigned) { return OK; }
-CUresult cuStreamGetCtx(CUstream, CUcontext* c) { return c ? (*c = &ctx_token, OK) : INVALID_VALUE; }
-CUresult cuStreamIsCapturing(CUstream, int* status) { return status ? (*status = 0, OK) : INVALID_VALUE; }
-CUresult cuStreamBeginCapture_v2(CUstream, int) { return NOT_SUPPORTED; }
-CUresult cuStreamEndCapture(CUstream, void**) { return NOT_SUPPORTED; }
+CUresult cuStreamGetCtx(CUstream s, CUcontext* c) { return c ? (*c = s ? static_cast<Stream*>(s)->ctx : cur_ctx(), OK) : INVALID_VALUE; }
+CUresult cuStreamIsCapturing(CUstream s, int* status) {
+  if (!status) return INVALID_VALUE;
+  *status = s && static_cast<Stream*>(s)->capture ? 1 : 0;  // CU_STREAM_CAPTURE_STATUS_ACTIVE
+  return OK;
+}
+// Capture on a created stream: launches, copies and memsets are recorded, not run (the legacy
+// NULL stream cannot capture, as with the real driver).
+CUresult cuStreamBeginCapture_v2(CUstream s, int) {
+  if (!s) return CAPTURE_UNSUPPORTED;
+  Stream* st = static_cast<Stream*>(s);
+  if (st->capture) return CAPTURE_INVALIDATED;
+  st->capture = new Graph;
+  return OK;
+}
+CUresult cuStreamEndCapture(CUstream s, void** graph) {
+  Stream* st = static_cast<Stream*>(s);
+  if (!st || !st->capture || !graph) return CAPTURE_INVALIDATED;
+  *graph = st->capture;
+  st->capture = nullptr;
+  return OK;
+}
+CUresult cuGraphInstantiateWithFlags(void** exec, void* graph, unsigned long long) {
+  if (!exec || !graph) return INVALID_VALUE;
+  *exec = new Graph(*static_cast<Graph*>(graph));
+  return OK;
+}
+CUresult cuGraphLaunch(void* exec, CUstream s) {
+  if (!exec) return INVALID_HANDLE;
+  const Graph g = *static_cast<Graph*>(exec);
+  return submit(s, [g] {
+    for (const auto& node : g.nodes)
+      if (CUresult r = node()) return r;
+    return (CUresult)OK;
+  });
+}
+CUresult cuGraphUpload(void*, CUstream) { return OK; }
+CUresult cuGraphDestroy(void* g) { delete static_cast<Graph*>(g); return OK; }
+CUresult cuGraphExecDestroy(void* e) { delete static_cast<Graph*>(e); return OK; }
 CUresult cuLaunchHostFunc(CUstream, void (*fn)(void*), void* data) { if (fn) fn(data); return OK; }
 
 CUresult cuEventCreate(CUevent* e, unsigned) { return e ? (*e = new Event{std::chrono::steady_clock::now()}, OK) : INVALID_VALUE; }
@@ -213,16 +316,16 @@ CUresult cuMemFreeHost(void* p) { std::free(p); return OK; }
 CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void* s, size_t n) { if (n) std::memmove((void*)d, s, n); return OK; }
 CUresult cuMemcpyDtoH_v2(void* d, CUdeviceptr s, size_t n) { if (n) std::memmove(d, (const void*)s, n); return OK; }
 CUresult cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr s, size_t n) { if (n) std::memmove((void*)d, (const void*)s, n); return OK; }
-CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* s, size_t n, CUstream) { return cuMemcpyHtoD_v2(d, s, n); }
-CUresult cuMemcpyDtoHAsync_v2(void* d, CUdeviceptr s, size_t n, CUstream) { return cuMemcpyDtoH_v2(d, s, n); }
-CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr s, size_t n, CUstream) { return cuMemcpyDtoD_v2(d, s, n); }
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* s, size_t n, CUstream st) { return submit(st, [=] { return cuMemcpyHtoD_v2(d, s, n); }); }
+CUresult cuMemcpyDtoHAsync_v2(void* d, CUdeviceptr s, size_t n, CUstream st) { return submit(st, [=] { return cuMemcpyDtoH_v2(d, s, n); }); }
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr s, size_t n, CUstream st) { return submit(st, [=] { return cuMemcpyDtoD_v2(d, s, n); }); }
 CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) { if (n) std::memset((void*)d, v, n); return OK; }
-CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, CUstream) { return cuMemsetD8_v2(d, v, n); }
+CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, CUstream st) { return submit(st, [=] { return cuMemsetD8_v2(d, v, n); }); }
 CUresult cuMemsetD32_v2(CUdeviceptr d, unsigned v, size_t n) {
   for (size_t i = 0; i < n; ++i) std::memcpy((char*)d + 4 * i, &v, 4);
   return OK;
 }
-CUresult cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, CUstream) { return cuMemsetD32_v2(d, v, n); }
+CUresult cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, CUstream st) { return submit(st, [=] { return cuMemsetD32_v2(d, v, n); }); }
 
 // Every kernel of every family is linked in; a module is only a token.
 CUresult cuModuleLoadData(CUmodule* m, const void*) { return m ? (*m = &module_token, OK) : INVALID_VALUE; }
@@ -273,7 +376,7 @@ CUresult cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* n, CUfunction
 }
 
 CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                        unsigned smem, CUstream, void** params, void** extra) {
+                        unsigned smem, CUstream stream, void** params, void** extra) {
   if (!f) return INVALID_HANDLE;
   if (extra) return NOT_SUPPORTED;
   const unsigned long long threads = (unsigned long long)bx * by * bz;
@@ -293,23 +396,15 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
   }
   const unsigned csize = std::max(1u, f->cluster[0]) * std::max(1u, f->cluster[1]) * std::max(1u, f->cluster[2]);
   if (csize > 8) return INVALID_VALUE;
-  sim::Launch l{{gx, gy, gz}, {bx, by, bz}, {f->cluster[0], f->cluster[1], f->cluster[2]}, smem};
-  std::string error;
-  const auto t0 = std::chrono::steady_clock::now();
-  bool ok;
-  {
-    std::lock_guard<std::mutex> g(mu);
-    ok = sim::run(*f, l, params, error);
+  const sim::Launch l{{gx, gy, gz}, {bx, by, bz}, {f->cluster[0], f->cluster[1], f->cluster[2]}, smem};
+  if (!params && f->nparams) return INVALID_VALUE;
+  // The argument values, copied now (a captured launch replays them later).
+  std::vector<std::vector<unsigned char>> args(f->nparams);
+  for (int i = 0; i < f->nparams; ++i) {
+    const unsigned char* a = static_cast<const unsigned char*>(params[i]);
+    args[i].assign(a, a + f->param_bytes[i]);
   }
-  if (trace())
-    std::fprintf(stderr, "sofa-sim: %s grid (%u,%u,%u) block (%u,%u,%u) smem %u: %.1f ms\n", f->name, gx, gy, gz, bx,
-                 by, bz, smem,
-                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-  if (!ok) {
-    std::fprintf(stderr, "sofa-sim: kernel fault: %s\n", error.c_str());
-    return LAUNCH_FAILED;
-  }
-  return OK;
+  return submit(stream, [f, l, args]() mutable { return run_kernel(f, l, args); });
 }
 
 // The codes this driver returns: name and description.
@@ -322,6 +417,8 @@ static const struct { CUresult code; const char* name; const char* text; } kErro
     {NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
     {LAUNCH_FAILED, "CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure (sofa-sim: see stderr)"},
     {NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported (sofa-sim)"},
+    {CAPTURE_UNSUPPORTED, "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED", "operation not permitted when stream is capturing"},
+    {CAPTURE_INVALIDATED, "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED", "operation failed due to a previous error during capture"},
 };
 static CUresult describe(CUresult r, const char** s, bool name) {
   if (!s) return INVALID_VALUE;

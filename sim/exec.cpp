@@ -445,8 +445,17 @@ unsigned sim_threads() {
 
 }  // namespace
 
-Registrar::Registrar(const char* name, Invoke invoke, unsigned cx, unsigned cy, unsigned cz) {
-  registry()[name] = Entry{name, invoke, {cx, cy, cz}};
+Registrar::Registrar(const char* name, Invoke invoke, unsigned cx, unsigned cy, unsigned cz,
+                     std::initializer_list<size_t> param_bytes) {
+  Entry e{name, invoke, {cx, cy, cz}, 0, {}};
+  for (size_t b : param_bytes) {
+    if (e.nparams == kMaxParams) {
+      std::fprintf(stderr, "sofa-sim: %s: more than %d parameters\n", name, kMaxParams);
+      std::abort();
+    }
+    e.param_bytes[e.nparams++] = b;
+  }
+  registry()[name] = e;
 }
 
 const Entry* find_entry(const char* name) {

@@ -3,22 +3,29 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 namespace sim {
 
 using Invoke = void (*)(void** args);
 
-// One kernel entry: its name, how to call it from a cuLaunchKernel argument array, and the
-// cluster shape it was compiled with (0 = none).
+constexpr int kMaxParams = 8;
+
+// One kernel entry: its name, how to call it from a cuLaunchKernel argument array, the byte size
+// of each parameter (a captured launch copies them), and the cluster shape it was compiled with
+// (0 = none).
 struct Entry {
   const char* name;
   Invoke invoke;
   unsigned cluster[3];
+  int nparams;
+  size_t param_bytes[kMaxParams];
 };
 
 struct Registrar {
-  Registrar(const char* name, Invoke invoke, unsigned cx, unsigned cy, unsigned cz);
+  Registrar(const char* name, Invoke invoke, unsigned cx, unsigned cy, unsigned cz,
+            std::initializer_list<size_t> param_bytes);
 };
 
 const Entry* find_entry(const char* name);
