@@ -3,8 +3,8 @@
 # (or target/sim-asan with --asan), builds the test executables (needs nvcc: the runtime loads the
 # embedded fatbin), then runs each named tests/gpu_*.rs file with the simulator as the driver.
 #   scripts/sim-test.sh [--asan] [TEST_FILE ...] [-- TEST_ARGS]
-# With no file named: every GPU test file the simulator can run (not gpu_baseline / gpu_bench,
-# which need cuBLAS). Exit status: 0 only if every file passed.
+# With no file named: every GPU test file (the simulator brings its own cuBLAS for gpu_baseline
+# and gpu_bench). Exit status: 0 only if every file passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 asan=0
@@ -17,7 +17,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 if [[ ${#files[@]} -eq 0 ]]; then
-  files=(gpu_aft gpu_cosformer gpu_soft gpu_sima gpu_non_finite gpu_determinism gpu_embedding gpu_oom)
+  files=(gpu_aft gpu_cosformer gpu_soft gpu_sima gpu_non_finite gpu_determinism gpu_embedding gpu_oom
+    gpu_baseline gpu_bench)
 fi
 target="${CARGO_TARGET_DIR:-target}"
 simdir="$target/sim"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Builds the CPU simulator's libcuda.so.1 from kernels/*.cu (sim/README.md).
+"""Builds the CPU simulator's libcuda.so.1 from kernels/*.cu, and its libcublas.so (sim/README.md).
 
 Each kernel file is preprocessed as C++ with sim/cuda_sim.h force-included, then rewritten:
   * every inline-PTX statement becomes the sim:: call of the table below (an unknown one is an
@@ -268,6 +268,15 @@ def main():
     if os.path.lexists(link):
         os.remove(link)
     os.symlink("libcuda.so.1", link)
+    # The cuBLAS subset (cublas.cpp) on top of it, found by cudarc as libcublas.so.
+    blas_obj, _ = build_runtime("cublas.cpp", out, a.cxx, flags)
+    blas = os.path.join(out, "libcublas.so.13")
+    run([a.cxx, *flags, "-shared", "-Wl,-soname,libcublas.so.13", "-Wl,-rpath,$ORIGIN", "-o", blas, blas_obj,
+         lib])
+    link = os.path.join(out, "libcublas.so")
+    if os.path.lexists(link):
+        os.remove(link)
+    os.symlink("libcublas.so.13", link)
     print(f"sofa-sim: {sum(n for _, n in results)} kernels in {lib}" + (" (AddressSanitizer)" if a.asan else "") + (" (racecheck)" if a.racecheck else ""))
 
 

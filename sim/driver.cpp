@@ -280,7 +280,20 @@ CUresult cuGraphLaunch(void* exec, CUstream s) {
 CUresult cuGraphUpload(void*, CUstream) { return OK; }
 CUresult cuGraphDestroy(void* g) { delete static_cast<Graph*>(g); return OK; }
 CUresult cuGraphExecDestroy(void* e) { delete static_cast<Graph*>(e); return OK; }
-CUresult cuLaunchHostFunc(CUstream, void (*fn)(void*), void* data) { if (fn) fn(data); return OK; }
+CUresult cuLaunchHostFunc(CUstream s, void (*fn)(void*), void* data) {
+  if (!fn) return INVALID_VALUE;
+  return submit(s, [fn, data] { fn(data); return OK; });
+}
+
+// For the simulated cuBLAS (cublas.cpp): queue host work in stream order (recorded under
+// capture), and check that a byte range lies inside one live allocation.
+bool sofa_sim_in_allocation(const void* p, size_t bytes) {
+  std::lock_guard<std::mutex> g(mu);
+  const uintptr_t lo = (uintptr_t)p;
+  for (const auto& [base, size] : allocs)
+    if (lo >= base && lo - base <= size && bytes <= size - (lo - base)) return true;
+  return false;
+}
 
 CUresult cuEventCreate(CUevent* e, unsigned) { return e ? (*e = new Event{std::chrono::steady_clock::now()}, OK) : INVALID_VALUE; }
 CUresult cuEventDestroy_v2(CUevent e) { delete static_cast<Event*>(e); return OK; }
@@ -431,3 +444,6 @@ CUresult cuGetErrorString(CUresult r, const char** s) { return describe(r, s, fa
 CUresult cuGetErrorName(CUresult r, const char** s) { return describe(r, s, true); }
 
 }  // extern "C"
+
+// C++ linkage (it takes a std::function): the simulated cuBLAS queues its GEMMs through it.
+CUresult sofa_sim_submit(CUstream s, std::function<CUresult()> work) { return submit(s, std::move(work)); }

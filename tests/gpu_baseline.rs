@@ -4,6 +4,8 @@
 //! The `plan_*` tests at the end need no device: bad inputs are typed errors before any launch.
 
 mod common;
+#[path = "common/soft32.rs"]
+mod soft32;
 
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
@@ -318,92 +320,6 @@ fn cosformer_without_relu_and_a_larger_m() {
 // SOFT
 
 /// `C = A·B` in f32 for row-major `A [r,k]`, `B [k,c]`.
-fn matmul32(a: &[f32], b: &[f32], r: usize, k: usize, c: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; r * c];
-    for i in 0..r {
-        for kk in 0..k {
-            let x = a[i * k + kk];
-            for j in 0..c {
-                out[i * c + j] = x.mul_add(b[kk * c + j], out[i * c + j]);
-            }
-        }
-    }
-    out
-}
-
-/// SPEC §1.4 in f32 on one `m×m` matrix (what any fp32 evaluation can reach).
-fn newton32(a: &[f32], m: usize, p: &SoftParams) -> Vec<f32> {
-    let max_row = a
-        .chunks_exact(m)
-        .map(|r| r.iter().sum::<f32>())
-        .fold(f32::NEG_INFINITY, f32::max);
-    let alpha = p.alpha_scale as f32 * 2.0 / (max_row * max_row);
-    let mut ah = a.to_vec();
-    (0..m).for_each(|i| ah[i * m + i] += p.ridge as f32);
-    let mut z: Vec<f32> = ah.iter().map(|&v| alpha * v).collect();
-    for _ in 0..p.newton_iters {
-        let zaz = matmul32(&matmul32(&z, &ah, m, m, m), &z, m, m, m);
-        z.iter_mut()
-            .zip(&zaz)
-            .for_each(|(zi, t)| *zi = 2.0 * *zi - t);
-    }
-    z
-}
-
-/// The baseline's algorithm evaluated on the CPU in f32 (landmarks in f64 then rounded, P from
-/// `‖x‖² + ‖l‖² − 2x·l`, A from differences, fp32 Newton). Its distance from the f64 reference is
-/// the floor of any fp32 evaluation: the Newton iteration on a nearly singular A (clustered
-/// landmarks) amplifies rounding. The same emulation as tests/gpu_soft.rs.
-fn soft_f32(x: &Qkv, given: Option<&[f64]>, p: &SoftParams) -> Vec<f64> {
-    let (n, d, dv) = (x.dims.n, x.dims.d, x.dv);
-    let m = p.landmarks.count();
-    let scale = (d as f64).powf(-0.25) as f32;
-    let mut out = Vec::with_capacity(x.heads() * n * dv);
-    for bh in 0..x.heads() {
-        let keys = if p.tied { x.q_of(bh) } else { x.k_of(bh) };
-        let g = given.map(|g| &g[bh * m * d..(bh + 1) * m * d]);
-        let l64 = reference::soft::landmarks(&reference::soft::scaled(keys, d), d, &p.landmarks, g);
-        let l: Vec<f32> = l64.iter().map(|&v| v as f32).collect();
-        let q: Vec<f32> = x.q_of(bh).iter().map(|&v| v as f32 * scale).collect();
-        let k: Vec<f32> = keys.iter().map(|&v| v as f32 * scale).collect();
-        let v: Vec<f32> = x.v_of(bh).iter().map(|&v| v as f32).collect();
-        let mut a = vec![0.0f32; m * m];
-        for i in 0..m {
-            for j in 0..m {
-                let d2: f32 = (0..d).map(|c| (l[i * d + c] - l[j * d + c]).powi(2)).sum();
-                a[i * m + j] = (-0.5 * d2).exp();
-            }
-        }
-        let z = newton32(&a, m, p);
-        let l2: Vec<f32> = l
-            .chunks_exact(d)
-            .map(|r| r.iter().map(|t| t * t).sum())
-            .collect();
-        let prow = |xi: &[f32]| -> Vec<f32> {
-            let x2: f32 = xi.iter().map(|t| t * t).sum();
-            l.chunks_exact(d)
-                .zip(&l2)
-                .map(|(lj, &lj2)| {
-                    let dot: f32 = xi.iter().zip(lj).map(|(s, t)| s * t).sum();
-                    (-0.5 * (x2 + lj2 - 2.0 * dot).max(0.0)).exp()
-                })
-                .collect()
-        };
-        let mut ptv = vec![0.0f32; m * dv];
-        for (ki, vi) in k.chunks_exact(d).zip(v.chunks_exact(dv)) {
-            for (pj, acc) in prow(ki).iter().zip(ptv.chunks_exact_mut(dv)) {
-                acc.iter_mut().zip(vi).for_each(|(s, t)| *s += pj * t);
-            }
-        }
-        let w = matmul32(&z, &ptv, m, m, dv);
-        for qi in q.chunks_exact(d) {
-            let pr = prow(qi);
-            out.extend((0..dv).map(|e| (0..m).map(|j| pr[j] * w[j * dv + e]).sum::<f32>() as f64));
-        }
-    }
-    out
-}
-
 fn soft_case<T: Element>(dev: &Dev, dims: Dims, dv: usize, params: SoftParams, seed: u64) {
     let x = Inputs::<T>::new(dims, dims.n, dv, seed);
     let m = params.landmarks.count();
@@ -431,7 +347,13 @@ fn soft_case<T: Element>(dev: &Dev, dims: Dims, dv: usize, params: SoftParams, s
     let given64 = given.as_deref().map(widen);
     let want = reference::soft::forward(&qkv, given64.as_deref(), &params).unwrap();
     let mut c = compare::<T>(&got, &want);
-    let floor = reference::rel_frobenius(&soft_f32(&qkv, given64.as_deref(), &params), &want);
+    let floor = soft32::attention_floor(
+        &qkv,
+        given64.as_deref(),
+        &params,
+        soft32::Step::ZTimesTwoIMinusAz,
+        &want,
+    );
     c.bound = c.bound.max(4.0 * floor);
     let label = format!(
         "baseline {} soft {dims} dv={dv} {:?} tied={}; f32 CPU evaluation {floor:.1e}",
@@ -526,15 +448,14 @@ fn soft_newton_pinv_matches_reference() {
             )
             .unwrap();
             let got = widen(&stream.clone_dtoh(&z_dev).unwrap());
-            let mut want = Vec::new();
-            let mut emulated = Vec::new();
             // The reference starts from the fp32 A the device sees.
-            for a32 in a32.chunks_exact(m * m) {
-                want.extend(reference::soft::newton_pinv(&widen(a32), m, &params));
-                emulated.extend(widen(&newton32(a32, m, &params)));
-            }
+            let want: Vec<f64> = a32
+                .chunks_exact(m * m)
+                .flat_map(|a| reference::soft::newton_pinv(&widen(a), m, &params))
+                .collect();
             let mut c = compare::<f32>(&got, &want);
-            let floor = reference::rel_frobenius(&emulated, &want);
+            let floor =
+                soft32::newton_floor(&a32, m, &params, soft32::Step::ZTimesTwoIMinusAz, &want);
             c.bound = c.bound.max(4.0 * floor);
             report(
                 &c,

@@ -4,6 +4,8 @@
 //! Skips (with a SKIP line) without a device.
 
 mod common;
+#[path = "common/soft32.rs"]
+mod soft32;
 
 use half::{bf16, f16};
 use sofa::ops::soft::{self, Landmarks, NewtonPath, NewtonPlan, SoftParams};
@@ -30,18 +32,6 @@ fn nan_f32(len: usize) -> Vec<f32> {
 
 fn widen(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| v as f64).collect()
-}
-
-/// Reference landmarks `[B,H,m,D]` of the keys (q when tied), from the f64 reference.
-fn reference_landmarks(x: &Qkv, p: &SoftParams, given: Option<&[f64]>) -> Vec<f64> {
-    let (d, m) = (x.dims.d, p.landmarks.count());
-    (0..x.heads())
-        .flat_map(|bh| {
-            let keys = if p.tied { x.q_of(bh) } else { x.k_of(bh) };
-            let g = given.map(|g| &g[bh * m * d..(bh + 1) * m * d]);
-            rsoft::landmarks(&rsoft::scaled(keys, d), d, &p.landmarks, g)
-        })
-        .collect()
 }
 
 /// One attention problem: host inputs (already rounded to T) and layouts.
@@ -143,89 +133,6 @@ impl<T: Element> Case<T> {
     }
 }
 
-/// `C = A·B` in f32 with sums in increasing k (the kernels' order), for row-major `A [r,k]`,
-/// `B [k,c]`.
-fn matmul32(a: &[f32], b: &[f32], r: usize, k: usize, c: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; r * c];
-    for i in 0..r {
-        for kk in 0..k {
-            let x = a[i * k + kk];
-            for j in 0..c {
-                out[i * c + j] = x.mul_add(b[kk * c + j], out[i * c + j]);
-            }
-        }
-    }
-    out
-}
-
-/// The fused algorithm evaluated on the CPU in f32 the way the kernels evaluate it (landmarks
-/// and A from differences, P from `‖x‖² + ‖l‖² − 2x·l`, fp32 Newton). Its distance from the f64
-/// reference is the error any fp32 evaluation has: the Newton iteration on a nearly singular A
-/// (clustered landmarks, e.g. means over long segments) amplifies fp32 rounding.
-fn emulate_f32(x: &Qkv, given: Option<&[f64]>, p: &SoftParams) -> Vec<f64> {
-    let (n, d, dv) = (x.dims.n, x.dims.d, x.dv);
-    let m = p.landmarks.count();
-    let ls = reference_landmarks(x, p, given);
-    let scale = (d as f64).powf(-0.25) as f32;
-    let mut out = Vec::with_capacity(x.heads() * n * dv);
-    for bh in 0..x.heads() {
-        let l: Vec<f32> = ls[bh * m * d..(bh + 1) * m * d]
-            .iter()
-            .map(|&v| v as f32)
-            .collect();
-        let q: Vec<f32> = x.q_of(bh).iter().map(|&v| v as f32 * scale).collect();
-        let keys = if p.tied { x.q_of(bh) } else { x.k_of(bh) };
-        let k: Vec<f32> = keys.iter().map(|&v| v as f32 * scale).collect();
-        let v: Vec<f32> = x.v_of(bh).iter().map(|&v| v as f32).collect();
-        let mut a = vec![0.0f32; m * m];
-        for i in 0..m {
-            for j in 0..m {
-                let d2: f32 = (0..d).map(|c| (l[i * d + c] - l[j * d + c]).powi(2)).sum();
-                a[i * m + j] = (-0.5 * d2).exp();
-            }
-        }
-        let max_row = a
-            .chunks_exact(m)
-            .map(|r| r.iter().sum::<f32>())
-            .fold(f32::NEG_INFINITY, f32::max);
-        let alpha = p.alpha_scale as f32 * 2.0 / (max_row * max_row);
-        (0..m).for_each(|i| a[i * m + i] += p.ridge as f32);
-        let mut z: Vec<f32> = a.iter().map(|&v| alpha * v).collect();
-        for _ in 0..p.newton_iters {
-            let zaz = matmul32(&matmul32(&z, &a, m, m, m), &z, m, m, m);
-            z.iter_mut()
-                .zip(&zaz)
-                .for_each(|(zi, t)| *zi = 2.0 * *zi - t);
-        }
-        let l2: Vec<f32> = l
-            .chunks_exact(d)
-            .map(|r| r.iter().map(|t| t * t).sum())
-            .collect();
-        let prow = |xi: &[f32]| -> Vec<f32> {
-            let x2: f32 = xi.iter().map(|t| t * t).sum();
-            l.chunks_exact(d)
-                .zip(&l2)
-                .map(|(lj, &lj2)| {
-                    let dot: f32 = xi.iter().zip(lj).map(|(s, t)| s * t).sum();
-                    (-0.5 * (x2 + lj2 - 2.0 * dot).max(0.0)).exp()
-                })
-                .collect()
-        };
-        let mut ptv = vec![0.0f32; m * dv];
-        for (ki, vi) in k.chunks_exact(d).zip(v.chunks_exact(dv)) {
-            for (pj, acc) in prow(ki).iter().zip(ptv.chunks_exact_mut(dv)) {
-                acc.iter_mut().zip(vi).for_each(|(s, t)| *s += pj * t);
-            }
-        }
-        let w = matmul32(&z, &ptv, m, m, dv);
-        for qi in q.chunks_exact(d) {
-            let pr = prow(qi);
-            out.extend((0..dv).map(|e| (0..m).map(|j| pr[j] * w[j * dv + e]).sum::<f32>() as f64));
-        }
-    }
-    out
-}
-
 fn check_attention<T: Element>(rt: &Runtime, case: &Case<T>, label: &str) {
     let got = case.run(rt);
     let want = case.reference();
@@ -234,7 +141,13 @@ fn check_attention<T: Element>(rt: &Runtime, case: &Case<T>, label: &str) {
     // Newton iteration on nearly singular A is the floor then, not the storage type.
     let (hq, hk, hv, hg) = case.host();
     let x = Qkv::self_attn(&hq, &hk, &hv, case.dims(), case.lv.dims.d).unwrap();
-    let emulated = reference::rel_frobenius(&emulate_f32(&x, hg.as_deref(), &case.params), &want);
+    let emulated = soft32::attention_floor(
+        &x,
+        hg.as_deref(),
+        &case.params,
+        soft32::Step::TwoZMinusZaz,
+        &want,
+    );
     c.bound = c.bound.max(4.0 * emulated);
     let dims = case.dims();
     let dv = case.lv.dims.d;
@@ -550,7 +463,7 @@ fn check_products<T: Element>(rt: &Runtime, case: &Case<T>, label: &str) {
 
     let (hq, hk, hv, hg) = case.host();
     let x = Qkv::self_attn(&hq, &hk, &hv, case.dims(), case.lv.dims.d).unwrap();
-    let want_l = reference_landmarks(&x, &case.params, hg.as_deref());
+    let want_l = soft32::landmarks(&x, &case.params, hg.as_deref());
     let (want_p, want_a) = rsoft::gaussian_products(&x, hg.as_deref(), &case.params).unwrap();
     for (what, got, want) in [
         ("landmarks", &got_l, &want_l),
