@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every kernel family once, on the CPU simulator (sim/README.md) with racecheck on: `sofa run
-# --check always` against the f64 reference for each op, dtype and variant at small, odd sizes.
+# --check always` against the f64 reference for each op, dtype and variant at small, odd sizes;
+# then one `sofa bench` sweep of every op with its cuBLAS baseline, as graphs.
 # CI runs this (no GPU needed); scripts/sim-test.sh runs the full GPU test files the same way.
 #   scripts/sim-smoke.sh [SOFA_BINARY]   (default: target/debug/sofa, built if missing)
 set -euo pipefail
@@ -41,4 +42,18 @@ run --op aft_conv --shape 1,2,300,64 --window 17 --dtype f16
 run --op aft_conv --shape 1,2,300,48 --window 64 --dtype bf16 --causal
 run --op aft_full --shape 1,2,200,64 --dtype bf16
 run --op sima --shape 1,3,129,80 --dtype bf16
+# The instrument end to end: every op, its cuBLAS-composed baseline (the simulator's cuBLAS) and
+# softmax, each captured as a CUDA graph and replayed. Times mean nothing here; the records must.
+records=$("$sofa" bench --op all --seq 300 --heads 2 --iters 1 --warmup 0 --no-peaks --baseline --graph \
+  --format json 2>/dev/null) || { echo "sim-smoke: FAILED: sofa bench"; exit 1; }
+python3 - "$records" <<'PY'
+import json, sys
+recs = [json.loads(l) for l in sys.argv[1].splitlines()]
+ops = sorted(r["op"] for r in recs)
+want = sorted(["sima", "baseline:sima", "softmax", "cosformer", "baseline:cosformer", "soft", "baseline:soft",
+               "aft_simple", "aft_local", "baseline:aft_local", "aft_conv", "aft_full", "baseline:aft_full"])
+assert ops == want, f"bench records {ops} != {want}"
+assert all(r["graph"] and r["device"] == "sofa-sim (CPU)" and r["median_ms"] > 0 for r in recs), recs
+print(f"{'sofa bench --op all --baseline --graph':70s} {len(recs)} records")
+PY
 echo "sim-smoke: every case passed"

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Builds the CPU simulator's libcuda.so.1 from kernels/*.cu, and its libcublas.so (sim/README.md).
+"""Builds the CPU simulator's libcuda.so.1 from kernels/*.cu, and its libcublas.so and
+libcudart.so.13 (sim/README.md).
 
 Each kernel file is preprocessed as C++ with sim/cuda_sim.h force-included, then rewritten:
   * every inline-PTX statement becomes the sim:: call of the table below (an unknown one is an
@@ -277,6 +278,14 @@ def main():
     if os.path.lexists(link):
         os.remove(link)
     os.symlink("libcublas.so.13", link)
+    # The CUDA runtime subset of the C example (cudart.cpp), with the toolkit library's symbol
+    # version so a binary linked against the real libcudart.so.13 binds to it.
+    rt_obj, _ = build_runtime("cudart.cpp", out, a.cxx, flags)
+    vers = os.path.join(out, "cudart.map")
+    with open(vers, "w") as f:
+        f.write("libcudart.so.13 { global: cuda*; local: *; };\n")
+    run([a.cxx, *flags, "-shared", "-Wl,-soname,libcudart.so.13", f"-Wl,--version-script={vers}",
+         "-Wl,-rpath,$ORIGIN", "-o", os.path.join(out, "libcudart.so.13"), rt_obj, lib])
     print(f"sofa-sim: {sum(n for _, n in results)} kernels in {lib}" + (" (AddressSanitizer)" if a.asan else "") + (" (racecheck)" if a.racecheck else ""))
 
 

@@ -212,6 +212,15 @@ fn gb(bytes: usize) -> String {
 impl Sweep<'_> {
     /// Measures the ceilings, makes the cuBLAS handle, prints the header.
     fn start(&mut self) -> Result<()> {
+        let info = self.rt.info().clone();
+        let (major, minor) = info.compute_capability;
+        self.say(format!(
+            "device: {} (sm_{major}{minor}, driver {})",
+            info.name, info.driver_version
+        ));
+        if info.name.contains("sofa-sim") {
+            self.note("the CPU simulator (sim/): its times are not GPU times".into());
+        }
         if !self.a.no_peaks {
             match Peaks::measure(&self.rt, &self.stream) {
                 Ok(p) => {
