@@ -131,6 +131,7 @@ struct Cta {
   std::vector<Warp> warps;
   unsigned char* arena = nullptr;
   size_t dyn = 0, top = 0;
+  size_t static_bytes = 0;  // the block's static __shared__ variables, as the hardware counts them
   std::vector<unsigned char> valid;  // 1 per arena byte a variable or the dynamic region owns
   std::map<std::pair<const char*, int>, size_t> vars;
   unsigned bar_arrived = 0, bar_gen = 0, alive = 0;
@@ -347,6 +348,7 @@ void init_cta(Cta& b, Cluster& cl, const uint3& bid, unsigned rank) {
   std::fill(b.valid.begin(), b.valid.begin() + b.dyn, 1);
   b.top = (b.dyn + kRedzone + 127) & ~size_t(127);
   b.vars.clear();
+  b.static_bytes = 0;
   static std::atomic<unsigned long long> serials{1};
   b.serial = serials.fetch_add(1);
   b.epoch = 0;
@@ -713,6 +715,9 @@ void* shared_var(const char* fn, int site, size_t bytes, size_t align) {
   align = std::max<size_t>(align, 16);
   const size_t off = (b.top + align - 1) & ~(align - 1);
   if (off + bytes + kRedzone > kArena) fault("static shared memory beyond the arena");
+  // The hardware's limit is on static plus dynamic shared memory per block.
+  b.static_bytes = ((b.static_bytes + align - 1) & ~(align - 1)) + bytes;
+  if (b.dyn + b.static_bytes > kMaxSmem) fault("static + dynamic shared memory above the 227 KiB a block may have");
   b.vars[key] = off;
   b.top = off + bytes + kRedzone;
   std::fill(b.valid.begin() + off, b.valid.begin() + off + bytes, 1);
