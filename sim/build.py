@@ -242,6 +242,18 @@ def build_runtime(src, out, cxx, flags):
     return obj, 0
 
 
+def link_library(out, soname, alias, inputs, cxx, flags):
+    """Links `inputs` into out/soname (finding its siblings through $ORIGIN), plus a symlink `alias`."""
+    lib = os.path.join(out, soname)
+    run([cxx, *flags, "-shared", f"-Wl,-soname,{soname}", "-Wl,-rpath,$ORIGIN", "-o", lib, *inputs])
+    if alias:
+        link = os.path.join(out, alias)
+        if os.path.lexists(link):
+            os.remove(link)
+        os.symlink(soname, link)
+    return lib
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "sim"))
@@ -263,29 +275,18 @@ def main():
         jobs = [ex.submit(build_kernel, cu, out, a.cxx, kflags, kdir) for cu in kernels]
         jobs += [ex.submit(build_runtime, src, out, a.cxx, flags) for src in ("exec.cpp", "driver.cpp")]
         results = [j.result() for j in jobs]
-    lib = os.path.join(out, "libcuda.so.1")
-    run([a.cxx, *flags, "-shared", "-Wl,-soname,libcuda.so.1", "-o", lib, *[o for o, _ in results]])
-    link = os.path.join(out, "libcuda.so")
-    if os.path.lexists(link):
-        os.remove(link)
-    os.symlink("libcuda.so.1", link)
-    # The cuBLAS subset (cublas.cpp) on top of it, found by cudarc as libcublas.so.
-    blas_obj, _ = build_runtime("cublas.cpp", out, a.cxx, flags)
-    blas = os.path.join(out, "libcublas.so.13")
-    run([a.cxx, *flags, "-shared", "-Wl,-soname,libcublas.so.13", "-Wl,-rpath,$ORIGIN", "-o", blas, blas_obj,
-         lib])
-    link = os.path.join(out, "libcublas.so")
-    if os.path.lexists(link):
-        os.remove(link)
-    os.symlink("libcublas.so.13", link)
+    with concurrent.futures.ThreadPoolExecutor(a.jobs) as ex:
+        extra = {src: ex.submit(build_runtime, src, out, a.cxx, flags) for src in ("cublas.cpp", "cudart.cpp")}
+    lib = link_library(out, "libcuda.so.1", "libcuda.so", [o for o, _ in results], a.cxx, flags)
+    # The cuBLAS subset (cublas.cpp), found by cudarc as libcublas.so.
+    link_library(out, "libcublas.so.13", "libcublas.so", [extra["cublas.cpp"].result()[0], lib], a.cxx, flags)
     # The CUDA runtime subset of the C example (cudart.cpp), with the toolkit library's symbol
     # version so a binary linked against the real libcudart.so.13 binds to it.
-    rt_obj, _ = build_runtime("cudart.cpp", out, a.cxx, flags)
     vers = os.path.join(out, "cudart.map")
     with open(vers, "w") as f:
         f.write("libcudart.so.13 { global: cuda*; local: *; };\n")
-    run([a.cxx, *flags, "-shared", "-Wl,-soname,libcudart.so.13", f"-Wl,--version-script={vers}",
-         "-Wl,-rpath,$ORIGIN", "-o", os.path.join(out, "libcudart.so.13"), rt_obj, lib])
+    link_library(out, "libcudart.so.13", None, [extra["cudart.cpp"].result()[0], lib], a.cxx,
+                 flags + [f"-Wl,--version-script={vers}"])
     print(f"sofa-sim: {sum(n for _, n in results)} kernels in {lib}" + (" (AddressSanitizer)" if a.asan else "") + (" (racecheck)" if a.racecheck else ""))
 
 
