@@ -95,7 +95,10 @@ if want torch && [[ -f torch_reference.py ]] && python3 -c 'import torch' 2>/dev
   step torch python3 torch_reference.py --out "$out/torch.jsonl"
 fi
 
-want plot && [[ -f "$out/bench.jsonl" ]] && step plot ./sofa plot "$out/bench.jsonl" --out "$out/bench.svg"
+# One plot of sofa's sweep with the PyTorch and SDPA references when the torch phase ran.
+plot_inputs=("$out/bench.jsonl")
+[[ -f "$out/torch.jsonl" ]] && plot_inputs+=("$out/torch.jsonl")
+want plot && [[ -f "$out/bench.jsonl" ]] && step plot ./sofa plot "${plot_inputs[@]}" --out "$out/bench.svg"
 
 # Nsight Compute on the tensor-core kernels at benchmark shapes (one launch each): speed of light,
 # memory (L2 and shared-memory traffic) and compute (pipe utilisation) — what decides the next

@@ -31,8 +31,11 @@ python3 sim/build.py --out "$simdir" "${build_args[@]}"
 cargo test --release --no-run "${files[@]/#/--test=}" 2>&1 | grep -v '^ *Executable' >&2 || true
 export LD_LIBRARY_PATH="$(cd "$simdir" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export SOFA_REQUIRE_GPU=1 SOFA_KERNELS=fatbin
+# ASan's runtime is preloaded into the test executables only: under it, the cargo and rustc
+# that locate them crash (and cargo caches rustc's crash in target/.rustc_info.json).
+preload=()
 if [[ $asan -eq 1 ]]; then
-  export LD_PRELOAD="$(${CXX:-g++} -print-file-name=libasan.so)"
+  preload=(env "LD_PRELOAD=$(${CXX:-g++} -print-file-name=libasan.so)")
   export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:${ASAN_OPTIONS:-}"
 fi
 failed=()
@@ -45,7 +48,12 @@ for l in sys.stdin:
         print(m["executable"])' | tail -1)
   echo "== $f (sofa-sim$([[ $asan -eq 1 ]] && echo ", AddressSanitizer"))"
   start=$(date +%s)
-  if "$exe" --test-threads 1 "$@"; then
+  if [[ -z "$exe" ]]; then
+    echo "== $f: no test executable (did the build fail?)"
+    failed+=("$f")
+    continue
+  fi
+  if "${preload[@]}" "$exe" --test-threads 1 "$@"; then
     echo "== $f passed in $(( $(date +%s) - start )) s"
   else
     echo "== $f FAILED after $(( $(date +%s) - start )) s"

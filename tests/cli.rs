@@ -448,3 +448,36 @@ fn plot_writes_an_svg_from_json_lines() {
         .unwrap()
         .contains("sima f16 D=64"));
 }
+
+#[test]
+fn plot_draws_several_files_together() {
+    // sofa's sweep and torch_reference.py's records in one plot (issue 7: side by side).
+    let (ours, torch) = (tmp("plot-ours.jsonl"), tmp("plot-torch.jsonl"));
+    let svg = tmp("plot-both.svg");
+    let line = |op: &str, n: usize, t: f64| {
+        format!("{{\"op\":\"{op}\",\"variant\":\"\",\"n\":{n},\"d\":64,\"dtype\":\"f16\",\"tokens_per_s\":{t}}}\n")
+    };
+    std::fs::write(
+        &ours,
+        line("sima", 4096, 9.7e7) + &line("sima", 65536, 2.3e8),
+    )
+    .unwrap();
+    // No trailing newline: the files must still not run together.
+    let t = line("softmax_sdpa", 4096, 5e7) + line("softmax_sdpa", 65536, 1e7).trim_end();
+    std::fs::write(&torch, t).unwrap();
+    let out = sofa(&[
+        "plot",
+        ours.to_str().unwrap(),
+        torch.to_str().unwrap(),
+        "--out",
+        svg.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("(4 records)"), "{stdout}");
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        drawn.contains("sima f16 D=64") && drawn.contains("softmax_sdpa"),
+        "{drawn}"
+    );
+}
