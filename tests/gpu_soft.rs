@@ -600,7 +600,7 @@ fn reference_newton(a: &[f64], m: usize, p: &SoftParams) -> Vec<f64> {
 fn paths_for(rt: &Runtime, m: usize) -> Vec<NewtonPath> {
     let mut paths = vec![NewtonPath::MultiLaunch];
     if soft::newton_fits_on_chip(m, rt.info().smem_per_block_optin) {
-        // OneLaunch takes the cluster kernel where it applies (sm_90, m ≤ 64).
+        // OneLaunch takes the cluster kernel where it applies (sm_90, 17 ≤ m ≤ 64).
         paths.push(NewtonPath::OneLaunch);
         paths.push(NewtonPath::OneLaunchCta);
     } else if m <= soft::NEWTON_SMEM_MAX_M {

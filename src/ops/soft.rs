@@ -47,6 +47,10 @@ pub const MAX_M: usize = 256;
 pub const NEWTON_SMEM_MAX_M: usize = 128;
 /// Largest m of the cluster form of the one-launch Newton kernel (NEWTON_CL_MAX_M).
 pub const NEWTON_CLUSTER_MAX_M: usize = 64;
+/// Smallest m given a cluster: below it one CTA does a step's 2m³ FMAs (≤ 8192, about 64
+/// clocks of an SM's FP32 pipes) in less time than the cluster barrier each step pays, and 8
+/// CTAs of 256 threads per matrix would mostly wait (arithmetic, not yet timed).
+pub const NEWTON_CLUSTER_MIN_M: usize = 17;
 const NEWTON_CL: usize = 8; // NEWTON_CL: CTAs per matrix
 /// Dynamic shared memory of the cluster kernel (NEWTON_CL_SMEM): Â, two Z buffers, 8 rows of T.
 const NEWTON_CL_SMEM: u32 = 52000;
@@ -187,8 +191,9 @@ pub enum NewtonPath {
     #[default]
     Auto,
     /// All T steps in one launch, matrices in shared memory (m ≤ [`NEWTON_SMEM_MAX_M`]); for
-    /// m ≤ [`NEWTON_CLUSTER_MAX_M`] on sm_90 a cluster of 8 CTAs per matrix (bit-identical to one
-    /// CTA, which runs where the cluster kernel is absent or its launch is refused).
+    /// [`NEWTON_CLUSTER_MIN_M`] ≤ m ≤ [`NEWTON_CLUSTER_MAX_M`] on sm_90 a cluster of 8 CTAs per
+    /// matrix (bit-identical to one CTA, which runs where the cluster kernel is absent or its
+    /// launch is refused).
     OneLaunch,
     /// As [`NewtonPath::OneLaunch`], always one CTA per matrix (no cluster).
     OneLaunchCta,
@@ -381,7 +386,7 @@ impl NewtonPlan {
             ..Default::default()
         };
         if self.path == NewtonPath::OneLaunch
-            && m <= NEWTON_CLUSTER_MAX_M
+            && (NEWTON_CLUSTER_MIN_M..=NEWTON_CLUSTER_MAX_M).contains(&m)
             && rt.info().compute_capability.0 >= 9
         {
             if let Ok(f) = rt.function(NEWTON_FAMILY, "newton_pinv_cl_f32") {
