@@ -48,8 +48,13 @@ if ! want sanitize; then
 elif [[ -n "$sanitizer" ]]; then
   for t in tests/gpu_*; do
     n=$(basename "$t")
-    step "memcheck-$n" "$sanitizer" --tool memcheck --error-exitcode 99 --leak-check full "$t" --test-threads=1 ${SANITIZE_FILTER:-}
-    step "racecheck-$n" "$sanitizer" --tool racecheck --error-exitcode 99 "$t" --test-threads=1 ${RACECHECK_FILTER:-short}
+    # gpu_large's 2^31-element cases would outlast the step limit under the sanitizers: its
+    # harness (every operator, tensor-core paths included, at a small scale) runs instead, and
+    # is racecheck's widest cheap coverage.
+    mfilter=${SANITIZE_FILTER:-} rfilter=${RACECHECK_FILTER:-short}
+    [[ $n == gpu_large ]] && mfilter=${SANITIZE_FILTER:-harness} rfilter=${RACECHECK_FILTER:-harness}
+    step "memcheck-$n" "$sanitizer" --tool memcheck --error-exitcode 99 --leak-check full "$t" --test-threads=1 $mfilter
+    step "racecheck-$n" "$sanitizer" --tool racecheck --error-exitcode 99 "$t" --test-threads=1 $rfilter
   done
 else
   echo "compute-sanitizer not found" | tee -a "$out/summary.log"; failed+=(sanitizer-missing)
