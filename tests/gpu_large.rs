@@ -84,7 +84,7 @@ fn device(need: usize, large: bool) -> Option<Arc<Runtime>> {
         println!("SKIP offsets beyond 2^31: 2^31 elements take hours on the CPU simulator");
         return None;
     }
-    let (free, _) = cudarc::driver::result::mem_get_info().unwrap();
+    let (free, _) = rt.context().mem_get_info().unwrap();
     if free < need {
         println!(
             "SKIP offsets beyond 2^31: needs {:.1} GB of device memory, {:.1} GB free",
@@ -181,6 +181,7 @@ fn reference_slice((op, d): (Op, Dims), x: &[f64], h: usize, bias: &[f64]) -> (V
 /// 0xFF bytes (NaN in f16) over all of `o`, so a row the kernels skip fails the comparison.
 fn poison(stream: &Arc<CudaStream>, o: &mut CudaSlice<f16>) {
     let bytes = o.len() * 2;
+    stream.context().bind_to_thread().unwrap();
     let (ptr, _sync) = o.device_ptr_mut(stream);
     // SAFETY: `ptr` addresses `bytes` bytes of `o`, allocated on `stream`'s context; the guard
     // orders the memset with later uses of `o` on the stream.
