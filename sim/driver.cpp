@@ -34,6 +34,7 @@ enum : int {
   INVALID_VALUE = 1,
   OUT_OF_MEMORY = 2,
   INVALID_DEVICE = 101,
+  INVALID_CONTEXT = 201,
   INVALID_HANDLE = 400,
   NOT_FOUND = 500,
   LAUNCH_FAILED = 719,
@@ -54,8 +55,16 @@ int module_token;
 // remembers the context current when it was made (cuStreamGetCtx).
 struct Context {};
 Context primary;
+// As in the real driver, a thread starts with no current context: calls that act in "the
+// current context" fail with CUDA_ERROR_INVALID_CONTEXT until cuCtxSetCurrent or
+// cuCtxPushCurrent gives it one (cudarc binds before its calls; raw paths must too).
 thread_local CUcontext current = nullptr;
+thread_local std::vector<CUcontext> pushed;  // cuCtxPushCurrent's stack below `current`
 CUcontext cur_ctx() { return current ? current : &primary; }
+#define NEED_CTX \
+  do {           \
+    if (!current) return INVALID_CONTEXT; \
+  } while (0)
 
 // Work recorded by stream capture, replayed in order by cuGraphLaunch.
 struct Graph {
@@ -225,17 +234,28 @@ CUresult cuCtxDestroy_v2(CUcontext c) {
   delete static_cast<Context*>(c);
   return OK;
 }
-CUresult cuCtxGetCurrent(CUcontext* c) { return c ? (*c = cur_ctx(), OK) : INVALID_VALUE; }
-CUresult cuCtxPushCurrent_v2(CUcontext) { return OK; }
-CUresult cuCtxPopCurrent_v2(CUcontext* c) { if (c) *c = cur_ctx(); return OK; }
-CUresult cuCtxGetDevice(CUdevice* d) { return d ? (*d = 0, OK) : INVALID_VALUE; }
-CUresult cuCtxSynchronize() { return OK; }
+CUresult cuCtxGetCurrent(CUcontext* c) { return c ? (*c = current, OK) : INVALID_VALUE; }
+CUresult cuCtxPushCurrent_v2(CUcontext c) {
+  if (!c) return INVALID_CONTEXT;
+  pushed.push_back(current);
+  current = c;
+  return OK;
+}
+CUresult cuCtxPopCurrent_v2(CUcontext* c) {
+  NEED_CTX;
+  if (c) *c = current;
+  current = pushed.empty() ? nullptr : pushed.back();
+  if (!pushed.empty()) pushed.pop_back();
+  return OK;
+}
+CUresult cuCtxGetDevice(CUdevice* d) { NEED_CTX; return d ? (*d = 0, OK) : INVALID_VALUE; }
+CUresult cuCtxSynchronize() { NEED_CTX; return OK; }
 CUresult cuCtxSetFlags(unsigned) { return OK; }
 CUresult cuCtxSetLimit(int, size_t) { return OK; }
 CUresult cuCtxGetLimit(size_t* v, int) { return v ? (*v = 0, OK) : INVALID_VALUE; }
 CUresult cuCtxGetStreamPriorityRange(int* lo, int* hi) { if (lo) *lo = 0; if (hi) *hi = 0; return OK; }
 
-CUresult cuStreamCreate(CUstream* s, unsigned) { return s ? (*s = new Stream{cur_ctx()}, OK) : INVALID_VALUE; }
+CUresult cuStreamCreate(CUstream* s, unsigned) { NEED_CTX; return s ? (*s = new Stream{cur_ctx()}, OK) : INVALID_VALUE; }
 CUresult cuStreamCreateWithPriority(CUstream* s, unsigned f, int) { return cuStreamCreate(s, f); }
 CUresult cuStreamDestroy_v2(CUstream s) { delete static_cast<Stream*>(s); return OK; }
 CUresult cuStreamSynchronize(CUstream) { return OK; }
@@ -295,7 +315,7 @@ bool sofa_sim_in_allocation(const void* p, size_t bytes) {
   return false;
 }
 
-CUresult cuEventCreate(CUevent* e, unsigned) { return e ? (*e = new Event{std::chrono::steady_clock::now()}, OK) : INVALID_VALUE; }
+CUresult cuEventCreate(CUevent* e, unsigned) { NEED_CTX; return e ? (*e = new Event{std::chrono::steady_clock::now()}, OK) : INVALID_VALUE; }
 CUresult cuEventDestroy_v2(CUevent e) { delete static_cast<Event*>(e); return OK; }
 CUresult cuEventRecord(CUevent e, CUstream) {
   if (!e) return INVALID_HANDLE;
@@ -312,11 +332,12 @@ CUresult cuEventElapsedTime(float* ms, CUevent a, CUevent b) {
 }
 CUresult cuEventElapsedTime_v2(float* ms, CUevent a, CUevent b) { return cuEventElapsedTime(ms, a, b); }
 
-CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) { return alloc(p, n); }
+CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t n) { NEED_CTX; return alloc(p, n); }
 CUresult cuMemAllocAsync(CUdeviceptr* p, size_t n, CUstream) { return alloc(p, n); }
-CUresult cuMemFree_v2(CUdeviceptr p) { return release(p); }
+CUresult cuMemFree_v2(CUdeviceptr p) { NEED_CTX; return release(p); }
 CUresult cuMemFreeAsync(CUdeviceptr p, CUstream) { return release(p); }
 CUresult cuMemGetInfo_v2(size_t* free, size_t* total) {
+  NEED_CTX;
   std::lock_guard<std::mutex> g(mu);
   if (free) *free = mem_limit() - allocated;
   if (total) *total = mem_limit();
@@ -341,7 +362,7 @@ CUresult cuMemsetD32_v2(CUdeviceptr d, unsigned v, size_t n) {
 CUresult cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, CUstream st) { return submit(st, [=] { return cuMemsetD32_v2(d, v, n); }); }
 
 // Every kernel of every family is linked in; a module is only a token.
-CUresult cuModuleLoadData(CUmodule* m, const void*) { return m ? (*m = &module_token, OK) : INVALID_VALUE; }
+CUresult cuModuleLoadData(CUmodule* m, const void*) { NEED_CTX; return m ? (*m = &module_token, OK) : INVALID_VALUE; }
 CUresult cuModuleUnload(CUmodule) { return OK; }
 CUresult cuModuleGetFunction(CUfunction* f, CUmodule, const char* name) {
   if (!f || !name) return INVALID_VALUE;
@@ -390,6 +411,7 @@ CUresult cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* n, CUfunction
 
 CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                         unsigned smem, CUstream stream, void** params, void** extra) {
+  NEED_CTX;
   if (!f) return INVALID_HANDLE;
   if (extra) return NOT_SUPPORTED;
   const unsigned long long threads = (unsigned long long)bx * by * bz;
@@ -426,6 +448,7 @@ static const struct { CUresult code; const char* name; const char* text; } kErro
     {INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument"},
     {OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"},
     {INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"},
+    {INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT", "invalid device context"},
     {INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"},
     {NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
     {LAUNCH_FAILED, "CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure (sofa-sim: see stderr)"},
