@@ -200,10 +200,7 @@ fn soft_params(n: usize) -> SoftParams {
 /// fp32 values of the op's bias (AFT local, conv, full), 0 without one.
 fn bias_len(op: Op, dims: Dims) -> usize {
     match op {
-        Op::Aft(variant, _) => variant
-            .bias_len(dims.n, dims.h)
-            .unwrap()
-            .map_or(0, |(_, n)| n),
+        Op::Aft(variant, _) => common::aft_bias_len(variant, dims),
         _ => 0,
     }
 }

@@ -216,10 +216,7 @@ fn check_at(op: Op, dims: Dims, boundary: usize) {
     let mut o = rt.alloc::<f16>(&stream, len).unwrap();
     poison(&stream, &mut o);
     let bias_len = match op {
-        Op::Aft { variant, .. } => variant
-            .bias_len(dims.n, dims.h)
-            .unwrap()
-            .map_or(0, |(_, n)| n),
+        Op::Aft { variant, .. } => common::aft_bias_len(variant, dims),
         _ => 0,
     };
     let bias: Vec<f32> = Rng::new(5).fill(bias_len, -1.0, 1.0);

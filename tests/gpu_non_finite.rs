@@ -29,10 +29,7 @@ impl Op {
     /// fp32 values of the op's bias at `dims` (AFT local, conv, full), 0 without one.
     fn bias_len(self, dims: Dims) -> usize {
         match self {
-            Op::Aft { variant, .. } => variant
-                .bias_len(dims.n, dims.h)
-                .unwrap()
-                .map_or(0, |(_, n)| n),
+            Op::Aft { variant, .. } => common::aft_bias_len(variant, dims),
             _ => 0,
         }
     }

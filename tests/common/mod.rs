@@ -3,7 +3,7 @@
 
 use sofa::ops::aft::Variant;
 use sofa::reference::Rng;
-use sofa::{Element, Error, Layout, LoadPolicy, Runtime};
+use sofa::{Dims, Element, Error, Layout, LoadPolicy, Runtime};
 use std::io::Write;
 use std::sync::Arc;
 
@@ -49,4 +49,13 @@ pub fn aft_variants() -> [Variant; 5] {
         Variant::Conv { window: 7 },
         Variant::Full,
     ]
+}
+
+/// fp32 values of an AFT variant's bias at `dims` (`w` for local and full, `u` for conv; 0 for
+/// simple).
+pub fn aft_bias_len(variant: Variant, dims: Dims) -> usize {
+    variant
+        .bias_len(dims.n, dims.h)
+        .unwrap()
+        .map_or(0, |(_, n)| n)
 }
