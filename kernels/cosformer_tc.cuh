@@ -9,6 +9,11 @@
 //   cos_causal_tc  D ∈ {32, 64}: one CTA per (chunk, bh) walks the chunk's 64-row blocks,
 //                  carrying the fp32 state in registers: per block, the masked intra-block
 //                  products, the state product, then the state update.
+//   cos_causal_chain_tc  D = 64: reduce, scan and causal pass in one launch; each CTA reduces
+//                  its chunk into the registers that carry the causal state, takes its prefix
+//                  from the previous chunk's CTA (a chained scan, fixed order), then runs the
+//                  chunk's outputs. K, V read twice within one kernel (the second time mostly
+//                  from L2), no separate reduce or scan launch.
 //   cos_short_tc   sm_90, N, S ≤ 4096: reduce, the fixed-order sum and map in one launch, one
 //                  thread-block cluster of 8 CTAs per (b,h); cos_short_causal_tc (D = 64) the
 //                  same for reduce, scan and the causal pass.
@@ -117,76 +122,99 @@ __device__ __forceinline__ void cos_tc_kv_mma(float (&acc_s)[NT][4], float (&acc
 __host__ __device__ constexpr int cos_tc_reduce_esplit(int d) { return d >= 64 ? 2 : 1; }
 __host__ __device__ constexpr int cos_tc_reduce_threads(int d) { return d / 16 * cos_tc_reduce_esplit(d) * 32; }
 
-// Reduce pass. Grid: x = bh (grid-stride), y = chunk. Warps: (D/16 c-tiles) × ES e-parts; warp
-// (ct, ep) owns state rows [16ct, 16ct+16) × columns [ep·D/ES, …) of KVs and KVc, and the ep = 0
-// warps also zs, zc (an mma against ones). Traffic: K, V of the chunk read once, one state written.
-// (b,h) slices bh0, bh0 + bh_step, …; key chunk `chunk`.
+// Value columns per reduce warp and its n-tiles (8 columns each).
+__host__ __device__ constexpr int cos_tc_reduce_nt(int d) { return d / cos_tc_reduce_esplit(d) / 8; }
+
+// The sums of key rows [row_begin, row_end) of one (b,h) slice into the calling warp's registers:
+// warp (ct, ep) of (D/16 c-tiles) × ES e-parts holds state rows c = 16ct + g (+8) × columns
+// ep·D/ES + 8j + 2t (+1) of KVs (as) and KVc (ac), and the ep = 0 warps zs, zc of rows c (+8) in
+// every column of the ones-product (zs[0] = zs[1] = row c, zs[2] = zs[3] = row c + 8; other warps
+// 0). The causal pass holds its state in this layout for D = 64. Staging: cos_tc_smem. Ends after
+// a barrier, with every read of the staging buffers done.
 template <typename T, int D>
-__device__ void cos_reduce_tc(const CosformerParams& p, int bh0, int bh_step, int chunk) {
+__device__ __forceinline__ void cos_reduce_tc_sums(const CosformerParams& p, const u16* k, const u16* v,
+                                                   int row_begin, int row_end,
+                                                   float (&as)[cos_tc_reduce_nt(D)][4],
+                                                   float (&ac)[cos_tc_reduce_nt(D)][4], float (&zs)[4],
+                                                   float (&zc)[4]) {
   constexpr int WC = D / 16, ES = cos_tc_reduce_esplit(D), LD = D + 8, ROWS = COS_TC_ROWS;
-  constexpr int THREADS = WC * ES * 32, EW = D / ES, NT = EW / 8;
+  constexpr int THREADS = WC * ES * 32, EW = D / ES, NT = cos_tc_reduce_nt(D);
   auto ks = reinterpret_cast<u16(*)[ROWS][LD]>(cos_tc_smem);
   auto vs = ks + 2;
   __shared__ __align__(8) float ang[2][2][ROWS];
+  const int warp = threadIdx.x / 32;
+  const int ct = warp % WC, e0 = (warp / WC) * EW;
+  const bool zw = warp < WC;
+  const u32 one = ones2<T>();
+#pragma unroll
+  for (int i = 0; i < 4; ++i) zs[i] = zc[i] = 0.f;
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) as[j][i] = ac[j][i] = 0.f;
+
+  __syncthreads();  // earlier reads of the buffers are done
+  tc_stage<D, LD, ROWS, THREADS>(ks[0], k, p.k_sn, row_begin, row_end);
+  tc_stage<D, LD, ROWS, THREADS>(vs[0], v, p.v_sn, row_begin, row_end);
+  cos_tc_angles<ROWS>(ang[0], p, row_begin, row_end);
+  cp_async_commit();
+  int buf = 0;
+  for (int row0 = row_begin; row0 < row_end; row0 += ROWS, buf ^= 1) {
+    if (row0 + ROWS < row_end) {
+      tc_stage<D, LD, ROWS, THREADS>(ks[buf ^ 1], k, p.k_sn, row0 + ROWS, row_end);
+      tc_stage<D, LD, ROWS, THREADS>(vs[buf ^ 1], v, p.v_sn, row0 + ROWS, row_end);
+      cos_tc_angles<ROWS>(ang[buf ^ 1], p, row0 + ROWS, row_end);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+#pragma unroll 1
+    for (int n0 = 0; n0 < ROWS; n0 += 16) {
+      u32 a[4];
+      cos_tc_key_frag<T, LD>(a, ks[buf], n0, ct * 16, p.relu);
+      // exact_state (prefix states, a prefill's returned state): hi + lo, fp32-accurate; else
+      // the summed state only feeds the map's 16-bit state operand: hi parts.
+      u32 sh[4], ch[4], sl[4], cl[4];
+      if (p.exact_state)
+        cos_tc_key_ops<T, ROWS, true>(sh, ch, sl, cl, a, n0, ang[buf]);
+      else
+        cos_tc_key_ops<T, ROWS, false>(sh, ch, sl, cl, a, n0, ang[buf]);
+      cos_tc_kv_mma<T, LD, NT>(as, ac, sh, ch, vs[buf], n0, e0);
+      if (zw) {
+        mma16816<T>(zs, sh, one, one);
+        mma16816<T>(zc, ch, one, one);
+      }
+      if (p.exact_state) {
+        cos_tc_kv_mma<T, LD, NT>(as, ac, sl, cl, vs[buf], n0, e0);
+        if (zw) {
+          mma16816<T>(zs, sl, one, one);
+          mma16816<T>(zc, cl, one, one);
+        }
+      }
+    }
+    __syncthreads();  // buffer `buf` is refilled two iterations from now
+  }
+  cp_async_wait<0>();
+}
+
+// Reduce pass. Grid: x = bh (grid-stride), y = chunk. Warps and registers: cos_reduce_tc_sums.
+// Traffic: K, V of the chunk read once, one state written.
+// (b,h) slices bh0, bh0 + bh_step, …; key chunk `chunk`.
+template <typename T, int D>
+__device__ void cos_reduce_tc(const CosformerParams& p, int bh0, int bh_step, int chunk) {
+  constexpr int WC = D / 16, EW = D / cos_tc_reduce_esplit(D), NT = cos_tc_reduce_nt(D);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int ct = warp % WC, e0 = (warp / WC) * EW;
   const bool zw = warp < WC;
   const int row_begin = chunk * p.rows_per_chunk;
   const int row_end = min(p.s, row_begin + p.rows_per_chunk);
-  const u32 one = ones2<T>();
 
   for (int bh = bh0; bh < p.b * p.h; bh += bh_step) {
     const int b = bh / p.h, h = bh % p.h;
     const u16* k = reinterpret_cast<const u16*>(p.k) + (b * p.k_sb + h * p.k_sh);
     const u16* v = reinterpret_cast<const u16*>(p.v) + (b * p.v_sb + h * p.v_sh);
-    float as[NT][4], ac[NT][4], zs[4] = {0, 0, 0, 0}, zc[4] = {0, 0, 0, 0};
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) as[j][i] = ac[j][i] = 0.f;
-
-    __syncthreads();  // the previous (b,h) iteration's reads of the buffers are done
-    tc_stage<D, LD, ROWS, THREADS>(ks[0], k, p.k_sn, row_begin, row_end);
-    tc_stage<D, LD, ROWS, THREADS>(vs[0], v, p.v_sn, row_begin, row_end);
-    cos_tc_angles<ROWS>(ang[0], p, row_begin, row_end);
-    cp_async_commit();
-    int buf = 0;
-    for (int row0 = row_begin; row0 < row_end; row0 += ROWS, buf ^= 1) {
-      if (row0 + ROWS < row_end) {
-        tc_stage<D, LD, ROWS, THREADS>(ks[buf ^ 1], k, p.k_sn, row0 + ROWS, row_end);
-        tc_stage<D, LD, ROWS, THREADS>(vs[buf ^ 1], v, p.v_sn, row0 + ROWS, row_end);
-        cos_tc_angles<ROWS>(ang[buf ^ 1], p, row0 + ROWS, row_end);
-      }
-      cp_async_commit();
-      cp_async_wait<1>();
-      __syncthreads();
-#pragma unroll 1
-      for (int n0 = 0; n0 < ROWS; n0 += 16) {
-        u32 a[4];
-        cos_tc_key_frag<T, LD>(a, ks[buf], n0, ct * 16, p.relu);
-        // exact_state (prefix states, a prefill's returned state): hi + lo, fp32-accurate; else
-        // the summed state only feeds the map's 16-bit state operand: hi parts.
-        u32 sh[4], ch[4], sl[4], cl[4];
-        if (p.exact_state)
-          cos_tc_key_ops<T, ROWS, true>(sh, ch, sl, cl, a, n0, ang[buf]);
-        else
-          cos_tc_key_ops<T, ROWS, false>(sh, ch, sl, cl, a, n0, ang[buf]);
-        cos_tc_kv_mma<T, LD, NT>(as, ac, sh, ch, vs[buf], n0, e0);
-        if (zw) {
-          mma16816<T>(zs, sh, one, one);
-          mma16816<T>(zc, ch, one, one);
-        }
-        if (p.exact_state) {
-          cos_tc_kv_mma<T, LD, NT>(as, ac, sl, cl, vs[buf], n0, e0);
-          if (zw) {
-            mma16816<T>(zs, sl, one, one);
-            mma16816<T>(zc, cl, one, one);
-          }
-        }
-      }
-      __syncthreads();  // buffer `buf` is refilled two iterations from now
-    }
-    cp_async_wait<0>();
+    float as[NT][4], ac[NT][4], zs[4], zc[4];
+    cos_reduce_tc_sums<T, D>(p, k, v, row_begin, row_end, as, ac, zs, zc);
 
     const i64 ddv = (i64)D * D;
     float* out = reinterpret_cast<float*>(p.partial) + ((i64)bh * p.chunks + chunk) * cos_state_len(p);
@@ -414,6 +442,81 @@ __device__ void cos_map_tc(const CosformerParams& p, int bh0, int bh_step, int t
   }
 }
 
+// The chained causal launch's flags: one u32 per (bh, chunk) after the partials, then the ticket
+// counter. All zero when the kernel starts (Rust queues a memset before it).
+__device__ __forceinline__ u32* cos_chain_flags(const CosformerParams& p) {
+  return reinterpret_cast<u32*>(reinterpret_cast<float*>(p.partial) + (i64)p.b * p.h * p.chunks * cos_state_len(p));
+}
+
+// One link of the chained scan over the chunks of slice bh. On entry the thread's registers hold
+// its elements of the chunk's own sums T (update layout: KV rows c, c + 8 × columns e0 + 8j + 2t
+// (+1); zs, zc rows c, c + 8 in warps zw, in all four lanes t). Waits until chunk − 1 has published
+// its inclusive prefix P (partial slot chunk − 1; chunk 0: `state` when state_in, else zero),
+// writes P + T to slot `chunk` (and to `state` for the last chunk when state is non-null),
+// publishes it, and leaves P, the exclusive prefix, in the registers. Each element gets
+// cos_scan's add in cos_scan's order, so outputs and state equal those of the reduce → scan →
+// causal launches bit for bit.
+template <int D, int NT>
+__device__ __forceinline__ void cos_tc_chain_link(const CosformerParams& p, int bh, int chunk, int c, int e0,
+                                                  bool zw, int t, float (&ss)[NT][4], float (&sc)[NT][4],
+                                                  float (&zs)[4], float (&zc)[4]) {
+  const i64 slen = cos_state_len(p), ddv = (i64)D * D;
+  u32* flags = cos_chain_flags(p) + (i64)bh * p.chunks;
+  float* own = reinterpret_cast<float*>(p.partial) + ((i64)bh * p.chunks + chunk) * slen;
+  float* st = p.state ? reinterpret_cast<float*>(p.state) + (i64)bh * slen : nullptr;
+  const float* prev = chunk > 0 ? own - slen : (p.state_in ? st : nullptr);
+  float* total = chunk == p.chunks - 1 ? st : nullptr;
+  if (chunk > 0) {
+    if (threadIdx.x == 0) {
+      while (atomicAdd(&flags[chunk - 1], 0u) == 0u) __nanosleep(64);
+      __threadfence();
+    }
+    __syncthreads();
+  }
+  auto at = [&](int j, int x) { return (i64)(x < 2 ? c : c + 8) * D + e0 + j * 8 + 2 * t + (x % 2); };
+  auto load = [&](i64 i) { return prev ? __ldcg(prev + i) : 0.f; };
+  float ps[NT][4], pc[NT][4], pz[4];
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      ps[j][x] = load(at(j, x));
+      pc[j][x] = load(ddv + at(j, x));
+    }
+  // zs, zc of rows c and c + 8
+  pz[0] = zw ? load(2 * ddv + c) : 0.f;
+  pz[1] = zw ? load(2 * ddv + c + 8) : 0.f;
+  pz[2] = zw ? load(2 * ddv + D + c) : 0.f;
+  pz[3] = zw ? load(2 * ddv + D + c + 8) : 0.f;
+  __syncthreads();  // every read of `state` is done before it is written (one chunk, state_in)
+  auto put = [&](i64 i, float v) {
+    own[i] = v;
+    if (total) total[i] = v;
+  };
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      put(at(j, x), ps[j][x] + ss[j][x]);
+      put(ddv + at(j, x), pc[j][x] + sc[j][x]);
+      ss[j][x] = ps[j][x];
+      sc[j][x] = pc[j][x];
+    }
+  if (zw && t == 0) {
+    put(2 * ddv + c, pz[0] + zs[0]);
+    put(2 * ddv + c + 8, pz[1] + zs[2]);
+    put(2 * ddv + D + c, pz[2] + zc[0]);
+    put(2 * ddv + D + c + 8, pz[3] + zc[2]);
+  }
+  zs[0] = zs[1] = pz[0];
+  zs[2] = zs[3] = pz[1];
+  zc[0] = zc[1] = pz[2];
+  zc[2] = zc[3] = pz[3];
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0 && chunk + 1 < p.chunks) atomicAdd(&flags[chunk], 1u);
+}
+
 // Causal pass (N = S), D ∈ {32, 64}. Grid: (chunks, bh), mapped by cos_causal_block; 8 warps.
 // `partial` holds each chunk's exclusive prefix state (after cos_scan). Per 64-row block of the
 // chunk (Q and K tiles ReLU'd once in shared memory, tc_relu_own):
@@ -433,7 +536,11 @@ __device__ void cos_map_tc(const CosformerParams& p, int bh0, int bh_step, int t
 // Traffic: Q, K, V of the chunk read once (K, V again by the reduce pass), O written once, the
 // prefix state read once.
 // (b,h) slices bh0, bh0 + bh_step, …; chunk `chunk` of the sequence.
-template <typename T, int D>
+// CHAIN (D = 64, cosformer_causal_chain_tc): the CTA first reduces its chunk's keys into the
+// state registers (the reduce's register layout is this pass's update layout), then takes its
+// exclusive prefix from the previous chunk's CTA and publishes its inclusive one
+// (cos_tc_chain_link), so no separate reduce or scan runs.
+template <typename T, int D, bool CHAIN = false>
 __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, int chunk) {
   constexpr int WARPS = COS_TC_CAUSAL_WARPS, THREADS = WARPS * 32, BR = COS_TC_BLOCK;
   constexpr int LD = D + 8, LB = cos_tc_state_ld(D), KT = D / 16;
@@ -471,16 +578,24 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
     u16* o = reinterpret_cast<u16*>(p.o) + (b * p.o_sb + h * p.o_sh);
     const float* pre = reinterpret_cast<const float*>(p.partial) + ((i64)bh * p.chunks + chunk) * cos_state_len(p);
 
-    __syncthreads();  // the previous bh's readers of every buffer are done
+    // The running state in the update layout: rows c = 16ct + g (+8), columns eu + 8j + 2t (+1).
+    float ss[UNT][4], sc[UNT][4], zs[4], zc[4];
+    if constexpr (CHAIN) {
+      static_assert(cos_tc_reduce_threads(D) == THREADS && cos_tc_reduce_nt(D) == UNT,
+                    "the reduce's register layout is the update layout");
+      cos_reduce_tc_sums<T, D>(p, k, v, row_begin, row_end, ss, sc, zs, zc);  // ends on a barrier
+    } else {
+      __syncthreads();  // the previous bh's readers of every buffer are done
+    }
     tc_stage<D, LD, BR, THREADS>(tiles[0][0], q, p.q_sn, row_begin, row_end);
     tc_stage<D, LD, BR, THREADS>(tiles[0][1], k, p.k_sn, row_begin, row_end);
     tc_stage<D, LD, BR, THREADS>(tiles[0][2], v, p.v_sn, row_begin, row_end);
     cos_tc_angles<BR>(ang[0], p, row_begin, row_end);
     cp_async_commit();
 
-    // The running state in the update layout: rows c = 16ct + g (+8), columns eu + 8j + 2t (+1).
-    float ss[UNT][4], sc[UNT][4], zs[4], zc[4];
-    {
+    if constexpr (CHAIN) {
+      cos_tc_chain_link<D, UNT>(p, bh, chunk, ct * 16 + g, eu, zw, t, ss, sc, zs, zc);
+    } else {
       const int c = ct * 16 + g;
 #pragma unroll
       for (int j = 0; j < UNT; ++j) {
@@ -802,12 +917,33 @@ __device__ __forceinline__ void cos_causal_block(const CosformerParams& p, int& 
     cos_causal_tc<T, DIM>(p, bh0, bh_step, chunk);                                              \
   }
 
+// Causal D = 64 in one launch (after a memset of cos_chain_flags): each CTA reduces its chunk,
+// links the chained scan (cos_tc_chain_link) and runs the causal pass of the chunk. Grid: B·H·chunks
+// CTAs. CTAs take tickets from the counter in start order: ticket i → chunk i / (B·H), slice
+// i % (B·H). A CTA thus waits only on a chunk whose CTA took an earlier ticket, so it is running
+// or done whatever order the hardware starts CTAs in, and each slice's chunks start in order.
+template <typename T>
+__device__ void cos_causal_chain_tc(const CosformerParams& p) {
+  __shared__ int ticket;
+  const int bhn = p.b * p.h;
+  if (threadIdx.x == 0) ticket = (int)atomicAdd(&cos_chain_flags(p)[(i64)bhn * p.chunks], 1u);
+  __syncthreads();
+  cos_causal_tc<T, 64, true>(p, ticket % bhn, bhn, ticket / bhn);
+}
+
+#define COS_TC_CAUSAL_CHAIN(T, NAME)                                                            \
+  extern "C" __global__ void __launch_bounds__(COS_TC_CAUSAL_WARPS * 32, 1)                      \
+      cosformer_causal_chain_tc64_##NAME(const __grid_constant__ CosformerParams p) {            \
+    cos_causal_chain_tc<T>(p);                                                                  \
+  }
+
 #define COS_TC_DTYPE(T, NAME)                                                                   \
   COS_TC(32, 6, 6, T, NAME)                                                                     \
   COS_TC(48, 4, 3, T, NAME)                                                                     \
   COS_TC(64, 2, 3, T, NAME)                                                                     \
   COS_TC_CAUSAL(32, T, NAME)                                                                    \
   COS_TC_CAUSAL(64, T, NAME)                                                                    \
+  COS_TC_CAUSAL_CHAIN(T, NAME)                                                                  \
   COS_TC_SHORT(32, T, NAME)                                                                     \
   COS_TC_SHORT(48, T, NAME)                                                                     \
   COS_TC_SHORT(64, T, NAME)                                                                     \

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <sched.h>
 
 #define SOFA_SIM 1
 #define __global__ SIM_GLOBAL            // marker: build.py registers the entry, then drops it
@@ -118,6 +119,18 @@ inline unsigned atomicMax(unsigned* p, unsigned v) { return sim::atomic_max(p, v
 inline int atomicAdd(int* p, int v) { return sim::atomic_add(p, v); }
 inline unsigned atomicAdd(unsigned* p, unsigned v) { return sim::atomic_add(p, v); }
 inline float atomicAdd(float* p, float v) { return sim::atomic_add(p, v); }
+
+// Memory ordering between blocks (the chained causal cosFormer scan): blocks of different
+// clusters run on different OS threads, so a fence is a real one and an L2 load a relaxed atomic
+// load. __nanosleep yields the OS thread, never the fiber: a spinning thread must not stall the
+// block's scheduler into reporting a deadlock while another OS thread runs the block it waits on.
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline void __nanosleep(unsigned) { sched_yield(); }
+template <typename T> inline T __ldcg(const T* p) {
+  T v;
+  __atomic_load(p, &v, __ATOMIC_RELAXED);
+  return v;
+}
 
 using std::ceil; using std::cos; using std::exp; using std::floor; using std::log2; using std::sqrt;
 inline int min(int a, int b) { return a < b ? a : b; }

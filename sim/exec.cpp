@@ -923,4 +923,9 @@ SIM_TSAN(4)
 SIM_TSAN(8)
 SIM_TSAN(16)
 #undef SIM_TSAN
+// Atomics in kernel code (__threadfence, __ldcg of global flags and states) are not shared-memory
+// accesses: performed as they are, not checked.
+void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+int __tsan_atomic32_load(const volatile int* a, int) { return __atomic_load_n(a, __ATOMIC_SEQ_CST); }
+long long __tsan_atomic64_load(const volatile long long* a, int) { return __atomic_load_n(a, __ATOMIC_SEQ_CST); }
 }

@@ -43,6 +43,8 @@ struct Case {
     rows_per_chunk: Option<usize>,
     /// Short non-causal plans: allow the one-launch path (sm_90 tensor cores; the default).
     one_launch: bool,
+    /// Causal D = 64 tensor-core plans: allow the chained launch (the default).
+    chained: bool,
 }
 
 impl Case {
@@ -63,6 +65,7 @@ impl Case {
             dead_rows: false,
             rows_per_chunk: None,
             one_launch: true,
+            chained: true,
         }
     }
 
@@ -145,7 +148,7 @@ fn run_gpu<T: Element>(rt: &Runtime, c: &Case, x: &Host<T>) -> Vec<f64> {
     if let Some(rows) = c.rows_per_chunk {
         plan = plan.with_rows_per_chunk(rows).unwrap();
     }
-    plan = plan.with_one_launch(c.one_launch);
+    plan = plan.with_one_launch(c.one_launch).with_chained(c.chained);
     cosformer::forward_with_plan(
         rt,
         &stream,
@@ -442,6 +445,51 @@ fn cosformer_tensor_core_causal() {
     check::<f16>(&rt, &c, seed);
 }
 
+/// The chained causal launch (D = 64: each CTA reduces its chunk, links the chained scan and
+/// writes the chunk's outputs) against the separate reduce → scan → causal launches: the same
+/// adds in the same order, so bit-identical outputs; both against the reference. Several slices
+/// interleave their chains, chunks of one and of several 64-row blocks, a ragged last chunk.
+#[test]
+fn cosformer_tensor_core_causal_chained_equals_separate() {
+    let Some(rt) = common::gpu("cosformer tensor cores, chained causal launch") else {
+        return;
+    };
+    let cases = [
+        (65, Some(64), (2, 2)),
+        (1000, Some(64), (3, 5)),
+        (1000, Some(192), (2, 2)),
+        (4097, None, (1, 2)),
+        (5000, Some(128), (1, 1)),
+        (9000, None, (1, 3)),
+    ];
+    for (i, (n, rows, (b, h))) in cases.into_iter().enumerate() {
+        let mut c = Case::new(n, n, 64, 64, kind_of(i), true);
+        (c.b, c.h, c.rows_per_chunk, c.one_launch) = (b, h, rows, false);
+        chained_equals_separate::<f16>(&rt, c, 9900 + 2 * i as u64);
+        chained_equals_separate::<bf16>(&rt, c, 9901 + 2 * i as u64);
+    }
+}
+
+fn chained_equals_separate<T: Element>(rt: &Runtime, mut c: Case, seed: u64) {
+    let x = host_inputs::<T>(&c, seed);
+    c.chained = true;
+    let chained = run_gpu::<T>(rt, &c, &x);
+    c.chained = false;
+    let separate = run_gpu::<T>(rt, &c, &x);
+    let cmp = compare::<T>(&chained, &reference_of(&c, &x));
+    println!("cosformer chained {} {c:?}: {cmp}", T::DTYPE);
+    assert!(cmp.pass(), "{} chained {c:?}: {cmp}", T::DTYPE);
+    let same = chained
+        .iter()
+        .zip(&separate)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(
+        same,
+        "{} {c:?}: chained and separate launches differ",
+        T::DTYPE
+    );
+}
+
 #[test]
 fn cosformer_tensor_core_relu_off_dead_rows_and_grid_stride() {
     let Some(rt) = common::gpu("cosformer tensor cores, edge cases") else {
@@ -515,6 +563,7 @@ fn check_decode<T: Element>(
         dead_rows: false,
         rows_per_chunk: None,
         one_launch: true,
+        chained: true,
     };
     let x = host_inputs::<T>(&c, seed);
     let want = reference_of(&c, &x);
@@ -629,6 +678,16 @@ fn cosformer_prefill_then_decode_equals_causal() {
         check_decode::<f16>(&rt, (2, 3, 64, 64), prefills, 3, kind, 8500 + i as u64);
         check_decode::<bf16>(&rt, (2, 3, 32, 32), prefills, 3, kind, 8600 + i as u64);
     }
+    // Prefills past the one-launch length (D = 64: the chained launch), the second one from the
+    // state the first returned.
+    check_decode::<f16>(
+        &rt,
+        (1, 2, 64, 64),
+        &[4200, 4100],
+        2,
+        LayoutKind::Bhnd,
+        8700,
+    );
 }
 
 #[test]

@@ -144,7 +144,8 @@ fn causal_chunks_and_workspace() {
         } else {
             pl.chunks
         };
-        assert_eq!(pl.workspace_bytes(), b * h * slots * per * 4);
+        // Per slot a state and a flag of the chained launch, then its ticket counter.
+        assert_eq!(pl.workspace_bytes(), b * h * slots * (per + 1) * 4 + 4);
         assert_eq!(
             workspace_bytes(Dims::new(b, h, n, d), n, dv, &causal()).unwrap(),
             pl.workspace_bytes()
@@ -278,8 +279,11 @@ fn short_plans_hold_the_one_launch_partials() {
     assert!(!long.one_launch() && !long.with_one_launch(true).one_launch());
     // Causal short plans too, unless the caller fixes the chunking.
     let c = plan(Dims::new(1, 2, 300, d), 300, dv, &causal()).unwrap();
-    assert!(c.one_launch() && c.workspace_bytes() == 2 * 8 * per * 4);
+    assert!(c.one_launch() && c.workspace_bytes() == 2 * 8 * (per + 1) * 4 + 4);
     let fixed = c.with_rows_per_chunk(128).unwrap();
     assert!(!fixed.one_launch() && !fixed.with_one_launch(true).one_launch());
-    assert_eq!(fixed.workspace_bytes(), 2 * 3 * per * 4);
+    assert_eq!(fixed.workspace_bytes(), 2 * 3 * (per + 1) * 4 + 4);
+    // The chained causal launch is the default and can be turned off; the workspace stays.
+    assert!(c.chained() && !c.with_chained(false).chained());
+    assert_eq!(c.with_chained(false).workspace_bytes(), c.workspace_bytes());
 }

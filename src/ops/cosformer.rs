@@ -189,6 +189,10 @@ pub struct Plan {
     partials: usize,
     /// Short plans may run as one launch (sm_90 tensor-core path); see [`Plan::with_one_launch`].
     one_launch: bool,
+    /// Causal D = 64 tensor-core plans run as one chained launch; see [`Plan::with_chained`].
+    chained: bool,
+    /// `rows_per_chunk` was given by [`Plan::with_rows_per_chunk`]: every path uses it as is.
+    explicit_rows: bool,
     layouts: [Layout; 4],
 }
 
@@ -271,6 +275,8 @@ impl Plan {
             rows_per_chunk,
             partials: if short { chunks.max(SHORT_CL) } else { chunks },
             one_launch: short,
+            chained: true,
+            explicit_rows: false,
             layouts: [*q, *k, *v, *o],
         })
     }
@@ -287,6 +293,21 @@ impl Plan {
     /// launches, e.g. to compare them).
     pub fn with_one_launch(mut self, allow: bool) -> Self {
         self.one_launch = allow && self.partials >= SHORT_CL && short_plan(self.n, self.s);
+        self
+    }
+
+    /// Whether a causal plan on the tensor-core path with D = 64 runs as one chained launch: each
+    /// CTA reduces its chunk, takes the prefix state from the previous chunk's CTA, and runs the
+    /// chunk's outputs, so K and V are read twice within one kernel (the second time mostly from
+    /// L2). The default; `false` queues the separate reduce → scan → causal launches. Both give
+    /// bit-identical outputs and state.
+    pub fn chained(&self) -> bool {
+        self.chained
+    }
+
+    /// The same plan with the chained causal launch allowed (the default) or not.
+    pub fn with_chained(mut self, allow: bool) -> Self {
+        self.chained = allow;
         self
     }
 
@@ -307,7 +328,8 @@ impl Plan {
         // Many short chunks of a long sequence: the workspace size must not overflow.
         let ws = (self.b * self.h)
             .checked_mul(chunks)
-            .and_then(|x| x.checked_mul(state_len(self.d, self.dv)))
+            .and_then(|x| x.checked_mul(state_len(self.d, self.dv) + 1))
+            .and_then(|x| x.checked_add(1))
             .and_then(|x| x.checked_mul(4));
         if ws.is_none_or(|x| x > isize::MAX as usize) {
             return Err(Error::param(
@@ -317,6 +339,7 @@ impl Plan {
             ));
         }
         self.rows_per_chunk = rows;
+        self.explicit_rows = true;
         self.chunks = chunks;
         // An explicit chunking is what runs: no one-launch path (it chunks by 8).
         self.partials = chunks;
@@ -324,12 +347,17 @@ impl Plan {
         Ok(self)
     }
 
-    /// Scratch bytes: the per-chunk states, plus the summed state when non-causal.
+    /// Scratch bytes: the per-chunk states, then the summed state (non-causal) or the chained
+    /// launch's flags, one `u32` per chunk state and a ticket counter (causal).
     pub fn workspace_bytes(&self) -> usize {
         let per = state_len(self.d, self.dv);
-        let bh = self.b * self.h;
-        let total = if self.causal { 0 } else { bh * per };
-        (bh * self.partials * per + total) * 4
+        let slots = self.b * self.h * self.partials;
+        let after = if self.causal {
+            slots + 1
+        } else {
+            self.b * self.h * per
+        };
+        (slots * per + after) * 4
     }
 
     fn check_layouts(&self, q: &Layout, k: &Layout, v: &Layout, o: &Layout) -> Result<()> {
@@ -486,13 +514,53 @@ fn tensor_cores(plan: &Plan, dtype: DType, p: &KernelParams) -> bool {
     dtype != DType::F32 && plan.d == plan.dv && dims.contains(&plan.d) && aligned
 }
 
-/// Causal chunk rows of the tensor-core pass: a multiple of the plan's chunk (so the workspace,
-/// sized for the plan's chunks, holds the fewer chunks) long enough that there are about
-/// [`TC_CAUSAL_CTAS`] chunks in all: each CTA carries its state across the chunk's blocks.
+/// Causal chunk rows of the tensor-core pass: the plan's when given explicitly, else a multiple of
+/// the plan's chunk (so the workspace, sized for the plan's chunks, holds the fewer chunks) long
+/// enough that there are about [`TC_CAUSAL_CTAS`] chunks in all: each CTA carries its state
+/// across the chunk's blocks.
 fn tc_causal_rows(plan: &Plan) -> usize {
+    if plan.explicit_rows {
+        return plan.rows_per_chunk;
+    }
     let bh = plan.b * plan.h;
     let want = plan.n.div_ceil(TC_CAUSAL_CTAS.div_ceil(bh));
     want.max(1).div_ceil(plan.rows_per_chunk) * plan.rows_per_chunk
+}
+
+/// Queues the chained causal kernel (D = 64): a memset of its flags, then one launch of
+/// `B·H·chunks` CTAs. False when the plan does not take it (not chained, D ≠ 64, or more CTAs
+/// than a grid holds): nothing was queued.
+///
+/// # Safety
+/// As [`queue_tc`], with `p.partial`, `p.chunks` and `p.rows_per_chunk` set for the causal pass
+/// (`p.chunks` ≤ the plan's chunk slots).
+unsafe fn queue_chained(
+    rt: &Runtime,
+    stream: &CudaStream,
+    plan: &Plan,
+    dtype: DType,
+    p: &KernelParams,
+) -> Result<bool> {
+    let ctas = plan.b * plan.h * p.chunks as usize;
+    if !plan.chained || plan.d != 64 || ctas > i32::MAX as usize {
+        return Ok(false);
+    }
+    let f = rt.function(
+        FAMILY,
+        &format!("cosformer_causal_chain_tc64_{}", dtype.name()),
+    )?;
+    let smem = tc::short_causal_smem(64);
+    rt.allow_dynamic_smem(&f, smem)?;
+    // The flags (one per chunk state) and the ticket counter follow the partials.
+    let flags = p.partial + (ctas * state_len(64, 64) * 4) as u64;
+    // SAFETY: the workspace holds the plan's slots' states and as many flags + 1 after them; the
+    // p.chunks ≤ slots states used end where these flags begin, and the grid covers every chunk.
+    stream.context().bind_to_thread()?;
+    unsafe {
+        cudarc::driver::sys::cuMemsetD32Async(flags, 0, ctas + 1, stream.cu_stream()).result()?;
+        launch_smem(stream, &f, (ctas as u32, 1, 1), TC_CAUSAL_THREADS, smem, p)?;
+    }
+    Ok(true)
 }
 
 /// Queues the one-launch kernel of a short plan (sm_90 thread-block clusters; causal: D = 64,
@@ -573,6 +641,10 @@ unsafe fn queue_tc(
         let rows = tc_causal_rows(plan);
         p.rows_per_chunk = rows as i32;
         p.chunks = plan.n.div_ceil(rows) as i32;
+        // SAFETY: forwarded contract, with the causal chunking set just above.
+        if unsafe { queue_chained(rt, stream, plan, dtype, &p)? } {
+            return Ok(());
+        }
         let scan = rt.function(FAMILY, "cosformer_scan_f32")?;
         let causal = rt.function(FAMILY, &format!("cosformer_causal_tc{d}_{dt}"))?;
         let csmem = tc::causal_smem(d);
