@@ -6,7 +6,8 @@
 // Causal (N = S), three launches over chunks of `rows_per_chunk` rows:
 //   cosformer_reduce   the same kernel: each chunk's own state contribution
 //   cosformer_scan     exclusive prefix over chunks in place (fixed order); total into `state`
-//   cosformer_causal   per (query block, bh, e tile): prefix state + masked intra-chunk products
+//   cosformer_causal   per (chunk, bh, e tile): walks the chunk's blocks from its prefix state,
+//                      masked products inside each block, the state carried across blocks
 // Decode: cosformer_step adds one token per (b,h) to `state` and reads its output.
 // Features sin/cos are never stored in global memory; every reduction runs in a fixed order.
 #include "cosformer.cuh"
@@ -179,9 +180,10 @@ __device__ __forceinline__ void cos_stage_feat(float (*dst)[COS_KC + 1], const T
   }
 }
 
-// Stages state rows [c0, c0 + COS_KC) × columns [e0, e0 + COS_TILE) of KVs and KVc plus zs, zc.
+// Stages state rows [c0, c0 + COS_KC) × columns [e0, e0 + COS_TILE) of KVs and KVc (from st)
+// plus zs, zc (from z = [zs | zc], d each: the state's own or a copy in shared memory).
 __device__ __forceinline__ void cos_stage_state(float (*kvs)[COS_TILE + 1], float (*kvc)[COS_TILE + 1],
-                                                float* zs, float* zc, const float* st,
+                                                float* zs, float* zc, const float* st, const float* z,
                                                 const CosformerParams& p, int c0, int e0) {
   const i64 ddv = (i64)p.d * p.dv;
   for (int i = threadIdx.x; i < COS_KC * COS_TILE; i += COS_THREADS) {
@@ -193,17 +195,18 @@ __device__ __forceinline__ void cos_stage_state(float (*kvs)[COS_TILE + 1], floa
   }
   if (threadIdx.x < COS_KC) {
     const int c = c0 + threadIdx.x;
-    zs[threadIdx.x] = c < p.d ? st[2 * ddv + c] : 0.f;
-    zc[threadIdx.x] = c < p.d ? st[2 * ddv + p.d + c] : 0.f;
+    zs[threadIdx.x] = c < p.d ? z[c] : 0.f;
+    zc[threadIdx.x] = c < p.d ? z[p.d + c] : 0.f;
   }
 }
 
 // Accumulates the state part for the thread's rows: aS += q·KVs, aC += q·KVc, dS += q·zs,
-// dC += q·zc over all d columns (sin/cos of the query applied by the caller).
+// dC += q·zc over all d columns (sin/cos of the query applied by the caller); KV from st, z as in
+// cos_stage_state.
 // Uses shared: qf[COS_BLOCK][COS_KC+1], kvs/kvc[COS_KC][COS_TILE+1], zs/zc[COS_KC].
 template <typename T>
 __device__ __forceinline__ void cos_state_product(const CosformerParams& p, const T* q,
-                                                  const float* st, int row0, int e0,
+                                                  const float* st, const float* z, int row0, int e0,
                                                   float (*qf)[COS_KC + 1],
                                                   float (*kvs)[COS_TILE + 1],
                                                   float (*kvc)[COS_TILE + 1], float* zs, float* zc,
@@ -213,7 +216,7 @@ __device__ __forceinline__ void cos_state_product(const CosformerParams& p, cons
   for (int c0 = 0; c0 < p.d; c0 += COS_KC) {
     __syncthreads();
     cos_stage_feat<T>(qf, q, p.q_sn, row0, p.n, c0, p.d, p.relu);
-    cos_stage_state(kvs, kvc, zs, zc, st, p, c0, e0);
+    cos_stage_state(kvs, kvc, zs, zc, st, z, p, c0, e0);
     __syncthreads();
 #pragma unroll 4
     for (int c = 0; c < COS_KC; ++c) {
@@ -263,7 +266,7 @@ __device__ void cos_map(const CosformerParams& p) {
 #pragma unroll
       for (int j = 0; j < 4; ++j) aS[a][j] = aC[a][j] = 0.f;
     }
-    cos_state_product<T>(p, q, st, row0, e0, qf, kvs, kvc, zs, zc, aS, aC, dS, dC);
+    cos_state_product<T>(p, q, st, st + 2 * (i64)p.d * p.dv, row0, e0, qf, kvs, kvc, zs, zc, aS, aC, dS, dC);
 
     T* o = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh;
 #pragma unroll
@@ -282,23 +285,106 @@ __device__ void cos_map(const CosformerParams& p) {
   }
 }
 
-// Causal output: for query rows i of one block, with P the exclusive prefix state of its chunk,
-// O_i = (sinθ_i q_i·P_s + cosθ_i q_i·P_c + Σ_{chunk start ≤ j ≤ i} (q_i·k_j) cos(θ_i−θ_j) v_j) / max(den, ε),
-// cos(θ_i−θ_j) = sinθ_i sinθ_j + cosθ_i cosθ_j. Grid: x = block of COS_BLOCK query rows,
-// y = bh (grid-stride), z = e-tile. Traffic: Q, K, V rows of the chunk up to the block once per
-// e-tile, the prefix state from L2, each O element written once.
+// The causal pass's state update after block [row0, row0 + COS_BLOCK): the KV columns
+// [e0, e0 + COS_TILE) of st += Σ_r (k_r sinθ_r)ᵀ v_r and (k_r cosθ_r)ᵀ v_r, and z (= [zs | zc]) +=
+// Σ_r k_r sinθ_r, k_r cosθ_r, by c-tiles of COS_TILE and stages of COS_ROWS rows (cos_reduce's
+// arithmetic). sn, cs: the angles of the block's rows. Starts with a barrier (the staging buffers
+// alias the output phase's).
+template <typename T>
+__device__ __forceinline__ void cos_causal_update(const CosformerParams& p, const T* k, const T* v, float* st,
+                                                  float* z, int row0, int e0, float (*ks)[COS_TILE + 1],
+                                                  float (*kc)[COS_TILE + 1], float (*vs)[COS_TILE + 1],
+                                                  const float* sn, const float* cs) {
+  constexpr int MT = COS_TILE / 16;
+  const int tc = threadIdx.x / 16, te = threadIdx.x % 16;
+  const i64 ddv = (i64)p.d * p.dv;
+  for (int c0 = 0; c0 < p.d; c0 += COS_TILE) {
+    float as[MT][MT], ac[MT][MT];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < MT; ++j) as[i][j] = ac[i][j] = 0.f;
+    float zs = 0.f, zc = 0.f;  // thread t < COS_TILE owns column c0 + t
+    for (int r0 = 0; r0 < COS_BLOCK; r0 += COS_ROWS) {
+      __syncthreads();  // the previous stage (or the output phase) consumed the buffers
+      for (int i = threadIdx.x; i < COS_ROWS * COS_TILE; i += COS_THREADS) {
+        const int r = i / COS_TILE, c = i % COS_TILE, row = row0 + r0 + r;
+        float kx = 0.f, vx = 0.f;
+        if (row < p.n) {
+          if (c0 + c < p.d) kx = cos_feat(to_f32(k[(i64)row * p.k_sn + c0 + c]), p.relu);
+          if (e0 + c < p.dv) vx = to_f32(v[(i64)row * p.v_sn + e0 + c]);
+        }
+        ks[r][c] = kx * sn[r0 + r];
+        kc[r][c] = kx * cs[r0 + r];
+        vs[r][c] = vx;
+      }
+      __syncthreads();
+      if (threadIdx.x < COS_TILE) {
+        for (int r = 0; r < COS_ROWS; ++r) {
+          zs += ks[r][threadIdx.x];
+          zc += kc[r][threadIdx.x];
+        }
+      }
+#pragma unroll 4
+      for (int r = 0; r < COS_ROWS; ++r) {
+        float ksr[MT], kcr[MT], vr[MT];
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+          ksr[i] = ks[r][tc + 16 * i];
+          kcr[i] = kc[r][tc + 16 * i];
+          vr[i] = vs[r][te + 16 * i];
+        }
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+          for (int j = 0; j < MT; ++j) {
+            as[i][j] = fmaf(ksr[i], vr[j], as[i][j]);
+            ac[i][j] = fmaf(kcr[i], vr[j], ac[i][j]);
+          }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < MT; ++j) {
+        const int c = c0 + tc + 16 * i, e = e0 + te + 16 * j;
+        if (c < p.d && e < p.dv) {
+          st[(i64)c * p.dv + e] += as[i][j];
+          st[ddv + (i64)c * p.dv + e] += ac[i][j];
+        }
+      }
+    if (threadIdx.x < COS_TILE && c0 + (int)threadIdx.x < p.d) {
+      z[c0 + threadIdx.x] += zs;
+      z[p.d + c0 + threadIdx.x] += zc;
+    }
+  }
+}
+
+// Causal pass: one CTA per (chunk, bh, e-tile) walks the chunk's COS_BLOCK-row blocks in order,
+// carrying the state P of the rows before the block. P starts as the chunk's exclusive prefix
+// (partial slot after cos_scan); its KV columns [e0, e0 + COS_TILE) are updated in place in the
+// slot (only this CTA touches them), its zs, zc in a shared copy (every e-tile CTA of the chunk
+// sums them alike). Per block, for query rows i:
+// O_i = (sinθ_i q_i·P_s + cosθ_i q_i·P_c + Σ_{block start ≤ j ≤ i} (q_i·k_j) cos(θ_i−θ_j) v_j) / max(den, ε),
+// cos(θ_i−θ_j) = sinθ_i sinθ_j + cosθ_i cosθ_j; then P += the block's keys. Grid: x = chunk,
+// y = bh (grid-stride), z = e-tile. Traffic: Q, K, V rows of the chunk once per e-tile (K, V
+// again from L1/L2 for the update), the state slot from L2, each O element written once.
+// Workspace: one state per chunk, and chunks are few (Plan): each CTA's walk is long.
 template <typename T>
 __device__ void cos_causal(const CosformerParams& p) {
   // Shared memory is one buffer reused by phase: the state product (qf, kvs, kvc, zs, zc), the
-  // intra-chunk scores (qf, kf, then vt), and the masked weight block `wa` throughout phase 2.
+  // intra-block scores (qf, kf, then vt), the masked weight block `wa` throughout phase 2, and
+  // the update's staged features (ks, kc, vs).
   constexpr int QF = COS_BLOCK * (COS_KC + 1), KV = COS_KC * (COS_TILE + 1);
   constexpr int VT = COS_BLOCK * (COS_TILE + 1), WA = COS_BLOCK * (COS_BLOCK + 1);
+  constexpr int UP = COS_ROWS * (COS_TILE + 1);
   constexpr int PHASE1 = QF + 2 * KV + 2 * COS_KC;
   constexpr int PHASE2 = (2 * QF > VT ? 2 * QF : VT);
-  constexpr int UNION = PHASE1 > PHASE2 ? PHASE1 : PHASE2;
+  constexpr int UNION = PHASE1 > PHASE2 ? (PHASE1 > 3 * UP ? PHASE1 : 3 * UP) : (PHASE2 > 3 * UP ? PHASE2 : 3 * UP);
   __shared__ float sm[UNION + WA];
   __shared__ float qsn[COS_BLOCK], qcs[COS_BLOCK], ksn[COS_BLOCK], kcs[COS_BLOCK];
   __shared__ float dint[COS_BLOCK];
+  __shared__ float zrun[2 * 256];  // [zs | zc] of P, d ≤ 256 each
   auto qf = reinterpret_cast<float(*)[COS_KC + 1]>(sm);
   auto kvs = reinterpret_cast<float(*)[COS_TILE + 1]>(sm + QF);
   auto kvc = reinterpret_cast<float(*)[COS_TILE + 1]>(sm + QF + KV);
@@ -307,39 +393,44 @@ __device__ void cos_causal(const CosformerParams& p) {
   auto kf = reinterpret_cast<float(*)[COS_KC + 1]>(sm + QF);
   auto vt = reinterpret_cast<float(*)[COS_TILE + 1]>(sm);
   auto wa = reinterpret_cast<float(*)[COS_BLOCK + 1]>(sm + UNION);
+  auto uks = reinterpret_cast<float(*)[COS_TILE + 1]>(sm);
+  auto ukc = reinterpret_cast<float(*)[COS_TILE + 1]>(sm + UP);
+  auto uvs = reinterpret_cast<float(*)[COS_TILE + 1]>(sm + 2 * UP);
 
-  const int row0 = blockIdx.x * COS_BLOCK, e0 = blockIdx.z * COS_TILE;
-  const int chunk = row0 / p.rows_per_chunk;
+  const int chunk = blockIdx.x, e0 = blockIdx.z * COS_TILE;
   const int chunk_row0 = chunk * p.rows_per_chunk;
+  const int chunk_end = min(p.n, chunk_row0 + p.rows_per_chunk);
   const int tr = threadIdx.x / 16, te = threadIdx.x % 16;
-  const i64 slen = cos_state_len(p);
+  const i64 slen = cos_state_len(p), ddv = (i64)p.d * p.dv;
 
   for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
     const int b = bh / p.h, h = bh % p.h;
     const T* q = cptr<T>(p.q) + b * p.q_sb + h * p.q_sh;
     const T* k = cptr<T>(p.k) + b * p.k_sb + h * p.k_sh;
     const T* v = cptr<T>(p.v) + b * p.v_sb + h * p.v_sh;
-    const float* st =
-        reinterpret_cast<const float*>(p.partial) + ((i64)bh * p.chunks + chunk) * slen;
+    T* o = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh;
+    float* st = reinterpret_cast<float*>(p.partial) + ((i64)bh * p.chunks + chunk) * slen;
+    __syncthreads();  // the previous bh's readers of zrun are done
+    for (int c = threadIdx.x; c < 2 * p.d; c += COS_THREADS) zrun[c] = st[2 * ddv + c];
 
-    // Phase 1: the prefix state of the chunk.
-    float aS[4][4], aC[4][4], dS[4], dC[4], acc[4][4];
+    for (int row0 = chunk_row0; row0 < chunk_end; row0 += COS_BLOCK) {
+      // Phase 1: the state before the block.
+      float aS[4][4], aC[4][4], dS[4], dC[4], acc[4][4];
 #pragma unroll
-    for (int a = 0; a < 4; ++a) {
-      dS[a] = dC[a] = 0.f;
+      for (int a = 0; a < 4; ++a) {
+        dS[a] = dC[a] = 0.f;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) aS[a][j] = aC[a][j] = acc[a][j] = 0.f;
-    }
-    __syncthreads();  // the previous bh's readers of qsn/qcs/dint are done
-    if (threadIdx.x < COS_BLOCK) {
-      cos_angle(p, row0 + threadIdx.x, &qsn[threadIdx.x], &qcs[threadIdx.x]);
-      dint[threadIdx.x] = 0.f;
-    }
-    cos_state_product<T>(p, q, st, row0, e0, qf, kvs, kvc, zs, zc, aS, aC, dS, dC);
+        for (int j = 0; j < 4; ++j) aS[a][j] = aC[a][j] = acc[a][j] = 0.f;
+      }
+      __syncthreads();  // the previous block's readers of qsn/qcs/dint are done; zrun written
+      if (threadIdx.x < COS_BLOCK) {
+        cos_angle(p, row0 + threadIdx.x, &qsn[threadIdx.x], &qcs[threadIdx.x]);
+        ksn[threadIdx.x] = qsn[threadIdx.x];  // the diagonal key block is the query block
+        kcs[threadIdx.x] = qcs[threadIdx.x];
+      }
+      cos_state_product<T>(p, q, st, zrun, row0, e0, qf, kvs, kvc, zs, zc, aS, aC, dS, dC);
 
-    // Phase 2: key blocks of the chunk up to and including the diagonal block.
-    float drow = 0.f;  // thread t < COS_BLOCK: Σ_j w_tj of query row row0 + t
-    for (int kb0 = chunk_row0; kb0 <= row0; kb0 += COS_BLOCK) {
+      // Phase 2: the diagonal block, keys j ≤ i.
       float sc[4][4];
 #pragma unroll
       for (int a = 0; a < 4; ++a)
@@ -347,10 +438,8 @@ __device__ void cos_causal(const CosformerParams& p) {
         for (int j = 0; j < 4; ++j) sc[a][j] = 0.f;
       for (int c0 = 0; c0 < p.d; c0 += COS_KC) {
         __syncthreads();
-        if (c0 == 0 && threadIdx.x < COS_BLOCK)
-          cos_angle(p, kb0 + threadIdx.x, &ksn[threadIdx.x], &kcs[threadIdx.x]);
         cos_stage_feat<T>(qf, q, p.q_sn, row0, p.n, c0, p.d, p.relu);
-        cos_stage_feat<T>(kf, k, p.k_sn, kb0, p.s, c0, p.d, p.relu);
+        cos_stage_feat<T>(kf, k, p.k_sn, row0, p.s, c0, p.d, p.relu);
         __syncthreads();
 #pragma unroll 4
         for (int c = 0; c < COS_KC; ++c) {
@@ -372,16 +461,19 @@ __device__ void cos_causal(const CosformerParams& p) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const int i = tr + 16 * a, jj = te + 16 * j;
-          const bool keep = kb0 + jj < p.s && kb0 + jj <= row0 + i;
+          const bool keep = row0 + jj < p.s && jj <= i;
           wa[i][jj] = keep ? sc[a][j] * (qsn[i] * ksn[jj] + qcs[i] * kcs[jj]) : 0.f;
         }
       __syncthreads();  // wa complete; qf/kf no longer read
-      if (threadIdx.x < COS_BLOCK)
+      if (threadIdx.x < COS_BLOCK) {
+        float drow = 0.f;  // Σ_j w_ij of query row row0 + i
         for (int j = 0; j < COS_BLOCK; ++j) drow += wa[threadIdx.x][j];
+        dint[threadIdx.x] = drow;
+      }
       for (int i = threadIdx.x; i < COS_BLOCK * COS_TILE; i += COS_THREADS) {
         const int r = i / COS_TILE, e = i % COS_TILE;
-        const bool in = kb0 + r < p.s && e0 + e < p.dv;
-        vt[r][e] = in ? to_f32(v[(i64)(kb0 + r) * p.v_sn + e0 + e]) : 0.f;
+        const bool in = row0 + r < p.s && e0 + e < p.dv;
+        vt[r][e] = in ? to_f32(v[(i64)(row0 + r) * p.v_sn + e0 + e]) : 0.f;
       }
       __syncthreads();
       // Masked pairs are skipped, not multiplied by zero: a non-finite v_j must not reach rows
@@ -396,28 +488,26 @@ __device__ void cos_causal(const CosformerParams& p) {
         }
 #pragma unroll
         for (int a = 0; a < 4; ++a) {
-          const bool seen = kb0 + j <= row0 + tr + 16 * a;
+          const bool seen = j <= tr + 16 * a;
 #pragma unroll
           for (int jj = 0; jj < 4; ++jj) acc[a][jj] = seen ? fmaf(wv[a], vv[jj], acc[a][jj]) : acc[a][jj];
         }
       }
-    }
-    if (threadIdx.x < COS_BLOCK) dint[threadIdx.x] = drow;
-    __syncthreads();
 
-    T* o = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh;
 #pragma unroll
-    for (int a = 0; a < 4; ++a) {
-      const int i = tr + 16 * a, row = row0 + i;
-      if (row >= p.n) continue;
-      const float sn = qsn[i], cs = qcs[i];
-      const float inv = 1.f / fmaxf(sn * dS[a] + cs * dC[a] + dint[i], p.eps);
+      for (int a = 0; a < 4; ++a) {
+        const int i = tr + 16 * a, row = row0 + i;
+        if (row >= p.n) continue;
+        const float sn = qsn[i], cs = qcs[i];
+        const float inv = 1.f / fmaxf(sn * dS[a] + cs * dC[a] + dint[i], p.eps);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int e = e0 + te + 16 * j;
-        if (e < p.dv)
-          o[(i64)row * p.o_sn + e] = from_f32<T>((sn * aS[a][j] + cs * aC[a][j] + acc[a][j]) * inv);
+        for (int j = 0; j < 4; ++j) {
+          const int e = e0 + te + 16 * j;
+          if (e < p.dv)
+            o[(i64)row * p.o_sn + e] = from_f32<T>((sn * aS[a][j] + cs * aC[a][j] + acc[a][j]) * inv);
+        }
       }
+      if (row0 + COS_BLOCK < chunk_end) cos_causal_update<T>(p, k, v, st, zrun, row0, e0, uks, ukc, uvs, qsn, qcs);
     }
   }
 }

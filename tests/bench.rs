@@ -73,6 +73,13 @@ fn aft_and_soft_count_their_own_bytes_and_flops() {
         16.0 * (6.0 * 65536.0 * m * 64.0 + 4.0 * m * m * m * 20.0)
     );
     assert_eq!(soft.label(), "m=49");
+    // Causal cosFormer through the separate launches (`sofa bench --no-chain`) says so.
+    let mut cos = Case::new(BenchOp::Cosformer, dims, DType::F16, true);
+    assert_eq!(cos.label(), "causal");
+    cos.chained = false;
+    assert_eq!(cos.label(), "causal,separate");
+    cos.causal = false;
+    assert_eq!(cos.label(), "");
 }
 
 fn record(n: usize, ms: f64) -> Record {

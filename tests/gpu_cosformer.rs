@@ -449,6 +449,7 @@ fn cosformer_tensor_core_causal() {
 /// writes the chunk's outputs) against the separate reduce → scan → causal launches: the same
 /// adds in the same order, so bit-identical outputs; both against the reference. Several slices
 /// interleave their chains, chunks of one and of several 64-row blocks, a ragged last chunk.
+/// (Default plans chain only long chunks of many slices: the prefill test below runs one.)
 #[test]
 fn cosformer_tensor_core_causal_chained_equals_separate() {
     let Some(rt) = common::gpu("cosformer tensor cores, chained causal launch") else {
@@ -460,7 +461,7 @@ fn cosformer_tensor_core_causal_chained_equals_separate() {
         (1000, Some(192), (2, 2)),
         (4097, None, (1, 2)),
         (5000, Some(128), (1, 1)),
-        (9000, None, (1, 3)),
+        (5000, Some(1024), (2, 8)),
     ];
     for (i, (n, rows, (b, h))) in cases.into_iter().enumerate() {
         let mut c = Case::new(n, n, 64, 64, kind_of(i), true);
@@ -678,16 +679,9 @@ fn cosformer_prefill_then_decode_equals_causal() {
         check_decode::<f16>(&rt, (2, 3, 64, 64), prefills, 3, kind, 8500 + i as u64);
         check_decode::<bf16>(&rt, (2, 3, 32, 32), prefills, 3, kind, 8600 + i as u64);
     }
-    // Prefills past the one-launch length (D = 64: the chained launch), the second one from the
-    // state the first returned.
-    check_decode::<f16>(
-        &rt,
-        (1, 2, 64, 64),
-        &[4200, 4100],
-        2,
-        LayoutKind::Bhnd,
-        8700,
-    );
+    // A prefill that a default plan chains (D = 64, 32 slices of 8200 rows: chunks of 640 rows),
+    // from the state a short prefill returned, writing the state the decode steps go on from.
+    check_decode::<f16>(&rt, (4, 8, 64, 64), &[100, 8200], 2, LayoutKind::Bhnd, 8700);
 }
 
 #[test]

@@ -194,7 +194,7 @@ fn to_f64(x: &[f16]) -> Vec<f64> {
 }
 
 /// One large case at a time: the test threads of this file would otherwise each take up to
-/// 26 GB (causal cosFormer's chunk states) at once.
+/// 18.5 GB (AFT-full) at once.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Runs `op` at `dims` and checks the slices on both sides of element `boundary` and the last.

@@ -1,7 +1,7 @@
 //! cosFormer input validation needs no GPU: every refusal is a typed error naming the argument.
 
 use sofa::ops::cosformer::{
-    state_len, workspace_bytes, CosformerParams, Plan, StateShape, BLOCK, MAX_CAUSAL_CHUNKS,
+    state_len, workspace_bytes, CosformerParams, Plan, StateShape, BLOCK, CAUSAL_CTAS,
 };
 use sofa::{Dims, Error, Layout};
 
@@ -154,9 +154,28 @@ fn causal_chunks_and_workspace() {
     // Long sequences: the chunk count is capped, so chunks grow (in multiples of BLOCK).
     let n = 1 << 20;
     let pl = plan(Dims::new(1, 1, n, d), n, dv, &causal()).unwrap();
-    assert!(pl.chunks <= MAX_CAUSAL_CHUNKS);
+    assert!(pl.chunks <= CAUSAL_CTAS);
     assert_eq!(pl.rows_per_chunk % BLOCK, 0);
     assert!(pl.chunks * pl.rows_per_chunk >= n);
+    // About CAUSAL_CTAS chunks over all slices and value tiles, whatever N: the workspace holds
+    // max(CAUSAL_CTAS, B·H) states at most (8 × 32 heads of D = Dv = 128: 2 chunks each, 68 MB).
+    for (b, h, d, n) in [
+        (8, 32, 128, 1 << 16),
+        (1, 16, 64, 1 << 20),
+        (1, 2048, 64, 1 << 14),
+    ] {
+        let pl = plan(Dims::new(b, h, n, d), n, d, &causal()).unwrap();
+        assert!(pl.chunks * pl.rows_per_chunk >= n && pl.rows_per_chunk % BLOCK == 0);
+        let states = (b * h * pl.chunks) as f64;
+        assert!(
+            states <= (CAUSAL_CTAS.max(b * h)) as f64,
+            "{b}×{h} heads: {states} states"
+        );
+        assert_eq!(
+            pl.workspace_bytes(),
+            b * h * pl.chunks * (state_len(d, d) + 1) * 4 + 4
+        );
+    }
     // Larger chunks on request; a size that is not a multiple of BLOCK is refused.
     let pl = plan(Dims::new(1, 1, 1000, d), 1000, dv, &causal()).unwrap();
     let big = pl.with_rows_per_chunk(192).unwrap();

@@ -9,7 +9,7 @@ import numpy as np
 import emu
 from emu import F32, U16
 
-BLOCK, TILE, ROWS, MAX_CHUNKS, MAX_CAUSAL_CHUNKS, TARGET_CTAS = 64, 64, 32, 256, 1024, 1024
+BLOCK, TILE, ROWS, MAX_CHUNKS, CAUSAL_CTAS, TARGET_CTAS = 64, 64, 32, 256, 1024, 1024
 TC_CAUSAL_CTAS, TC_MAP_ROWS = 512, 64
 SHORT_CL, SHORT_MAX = 8, 4096  # the one-launch path (cosformer_short_tc, sm_90 clusters)
 div_up = lambda a, b: -(-a // b)
@@ -17,8 +17,9 @@ div_up = lambda a, b: -(-a // b)
 
 def plan(b, h, n, s, d, dv, causal, rows_override=None):
     if causal:
-        blocks = div_up(n, BLOCK)
-        rows = div_up(blocks, MAX_CAUSAL_CHUNKS) * BLOCK
+        blocks = max(div_up(n, BLOCK), 1)
+        per_bh = min(max(div_up(CAUSAL_CTAS, b * h * div_up(dv, TILE)), 1), blocks)
+        rows = div_up(blocks, per_bh) * BLOCK
         chunks = div_up(n, rows)
         if rows_override is not None:
             assert rows_override % BLOCK == 0
@@ -125,7 +126,7 @@ def run_pipeline(q16, k16, v16, causal, relu, D, rows_override=None, kind="bhnd"
                 emu.cos_causal_tc(p, D, rank, by, SHORT_CL, bh, races, trace)
         p["trace"] = trace
     elif causal:
-        rows = tc_causal_rows(B, H, N, rpc)
+        rows = rpc if rows_override is not None else tc_causal_rows(B, H, N, rpc)
         p["rows_per_chunk"] = rows
         p["chunks"] = div_up(N, rows)
         assert p["chunks"] <= chunks

@@ -80,6 +80,9 @@ pub struct Case {
     pub window: usize,
     /// SOFT landmarks m (ignored by other ops).
     pub landmarks: usize,
+    /// Causal cosFormer: allow the chained launch (the default; `false` labels the record
+    /// `separate` and times the reduce → scan → causal launches).
+    pub chained: bool,
 }
 
 impl Case {
@@ -92,6 +95,7 @@ impl Case {
             causal,
             window: 64,
             landmarks: 64,
+            chained: true,
         }
     }
 
@@ -131,6 +135,9 @@ impl Case {
         }
         if self.op == BenchOp::Soft {
             parts.push(format!("m={}", self.landmarks));
+        }
+        if self.op == BenchOp::Cosformer && self.causal && !self.chained {
+            parts.push("separate".to_string());
         }
         parts.join(",")
     }
@@ -305,6 +312,13 @@ fn runner<T: Element>(
         mut ws,
         bias,
     } = Buffers::<T>::new(rt, stream, case.dims, ws_bytes, bias_len, seed)?;
+    let cos_plan = match case.op {
+        BenchOp::Cosformer => {
+            let p = case.cosformer_params();
+            Some(cosformer::Plan::new(&l, &l, &l, &l, &p)?.with_chained(case.chained))
+        }
+        _ => None,
+    };
     let (rt, stream) = (rt.clone(), stream.clone());
     Ok(Box::new(move || {
         let t = |x| TensorRef { data: x, layout: l };
@@ -316,8 +330,8 @@ fn runner<T: Element>(
         match case.op {
             BenchOp::Sima => sima::forward(&rt, &stream, t(&q), t(&k), t(&v), out, ws),
             BenchOp::Cosformer => {
-                let p = case.cosformer_params();
-                cosformer::forward(&rt, &stream, &p, t(&q), t(&k), t(&v), out, ws)
+                let plan = cos_plan.as_ref().expect("made above");
+                cosformer::forward_with_plan(&rt, &stream, plan, t(&q), t(&k), t(&v), out, ws)
             }
             BenchOp::Soft => {
                 let p = case.soft_params();

@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// to eager calls, with a note, where a call cannot be captured).
     #[arg(long)]
     graph: bool,
+    /// Causal cosFormer through the separate reduce → scan → causal launches instead of the
+    /// chained launch where a plan would take it (records labelled `separate`), to compare them.
+    #[arg(long)]
+    no_chain: bool,
     /// Skip measuring the copy and GEMM peaks (no % of roofline then).
     #[arg(long)]
     no_peaks: bool,
@@ -136,6 +140,7 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
                         let mut case = Case::new(op, dims, dtype, causal);
                         case.window = window;
                         case.landmarks = m;
+                        case.chained = !a.no_chain;
                         out.push(case);
                     }
                 }

@@ -32,8 +32,10 @@ const ROWS: usize = 32; // COS_ROWS
 /// Query rows per CTA of the causal pass; causal chunks are multiples of it (COS_BLOCK).
 pub const BLOCK: usize = 64;
 const MAX_CHUNKS: usize = 256; // non-causal row chunks
-/// Causal chunks per (b,h) before chunks grow past [`BLOCK`] rows (bounds the workspace).
-pub const MAX_CAUSAL_CHUNKS: usize = 1024;
+/// Causal chunks aimed for over all (b,h) slices and value tiles of 64: each chunk's CTA walks its
+/// [`BLOCK`]-row blocks carrying the state, so the workspace holds one state per chunk, about
+/// `max(CAUSAL_CTAS, B·H)` states whatever N.
+pub const CAUSAL_CTAS: usize = 1024;
 const TARGET_CTAS: usize = 1024;
 const MAX_GRID_YZ: usize = 65535;
 /// Head dims (D == Dv) with tensor-core passes for f16/bf16 and 16-byte-aligned rows: the
@@ -46,6 +48,14 @@ const TC_MAP_ROWS: usize = 64; // COS_TC_MAP_WARPS · 16
 const TC_CAUSAL_THREADS: u32 = 256; // COS_TC_CAUSAL_WARPS · 32
 /// Causal tensor-core CTAs aimed for (one per chunk and (b,h)): a few waves of one CTA per SM.
 const TC_CAUSAL_CTAS: usize = 512;
+/// Least `rows_per_chunk · B·H` for which a default plan takes the chained launch. A link of the
+/// chain (see the flag, read the previous prefix, write its own, fence) takes ~2–3 µs. The next
+/// chunk of a slice starts B·H tickets later, i.e. after ≈ (a CTA's time) · B·H / 132 SMs, and a
+/// CTA streams ≈ 768 B per row (K, V, then Q, K, V, O) at ≈ 22 GB/s per SM, ≈ 35 ns per row.
+/// The chain keeps up when rows · B·H · 35 ns / 132 ≥ ~3.5 µs: at B·H = 16 that is chunks of
+/// ≥ 1024 rows (N ≥ 32k with 32 chunks per slice); with fewer slices or shorter chunks the
+/// separate launches are faster.
+const CHAIN_MIN_ROWS_SLICES: usize = 16384;
 /// One-launch path for short non-causal sequences (sm_90 clusters): CTAs per cluster, each
 /// reducing one of as many key chunks (COS_TC_SHORT_CL), and the longest N and S it takes
 /// (COS_TC_SHORT_MAX).
@@ -250,8 +260,11 @@ impl Plan {
         }
         let short = short_plan(n, s);
         let (chunks, rows_per_chunk) = if params.causal {
-            let blocks = n.div_ceil(BLOCK);
-            let rows = blocks.div_ceil(MAX_CAUSAL_CHUNKS) * BLOCK;
+            let blocks = n.div_ceil(BLOCK).max(1);
+            let per_bh = CAUSAL_CTAS
+                .div_ceil(b * h * dv.div_ceil(TILE))
+                .clamp(1, blocks);
+            let rows = blocks.div_ceil(per_bh) * BLOCK;
             (n.div_ceil(rows), rows)
         } else {
             let tiles = d.div_ceil(TILE) * dv.div_ceil(TILE);
@@ -296,11 +309,12 @@ impl Plan {
         self
     }
 
-    /// Whether a causal plan on the tensor-core path with D = 64 runs as one chained launch: each
-    /// CTA reduces its chunk, takes the prefix state from the previous chunk's CTA, and runs the
-    /// chunk's outputs, so K and V are read twice within one kernel (the second time mostly from
-    /// L2). The default; `false` queues the separate reduce → scan → causal launches. Both give
-    /// bit-identical outputs and state.
+    /// Whether a causal plan on the tensor-core path with D = 64 may run as one chained launch:
+    /// each CTA reduces its chunk, takes the prefix state from the previous chunk's CTA, and runs
+    /// the chunk's outputs, so K and V are read twice within one kernel (the second time partly
+    /// from L2). The default, taken where the chain keeps up with the CTAs (chunk rows × B·H ≥
+    /// 16384, e.g. B·H = 16 and N ≥ 32k; or an explicit chunking); `false` always queues the
+    /// separate reduce → scan → causal launches. Both give bit-identical outputs and state.
     pub fn chained(&self) -> bool {
         self.chained
     }
@@ -490,7 +504,13 @@ unsafe fn queue(
         let reduce_grid = (grid_dim(plan.chunks), bh_y, tiles);
         launch(stream, &reduce, reduce_grid, THREADS, &p)?;
         launch(stream, &middle, (elem_blocks, bh_y, 1), THREADS, &p)?;
-        let out_grid = (grid_dim(plan.n.div_ceil(BLOCK)), bh_y, e_tiles);
+        // Causal: one CTA per chunk walks its blocks; non-causal: one per block of queries.
+        let out_x = if plan.causal {
+            plan.chunks
+        } else {
+            plan.n.div_ceil(BLOCK)
+        };
+        let out_grid = (grid_dim(out_x), bh_y, e_tiles);
         launch(stream, &out, out_grid, THREADS, &p)?;
     }
     Ok(())
@@ -528,8 +548,9 @@ fn tc_causal_rows(plan: &Plan) -> usize {
 }
 
 /// Queues the chained causal kernel (D = 64): a memset of its flags, then one launch of
-/// `B·H·chunks` CTAs. False when the plan does not take it (not chained, D ≠ 64, or more CTAs
-/// than a grid holds): nothing was queued.
+/// `B·H·chunks` CTAs. False when the plan does not take it (not chained, D ≠ 64, a default
+/// chunking below [`CHAIN_MIN_ROWS_SLICES`], or more CTAs than a grid holds): nothing was
+/// queued.
 ///
 /// # Safety
 /// As [`queue_tc`], with `p.partial`, `p.chunks` and `p.rows_per_chunk` set for the causal pass
@@ -541,8 +562,11 @@ unsafe fn queue_chained(
     dtype: DType,
     p: &KernelParams,
 ) -> Result<bool> {
-    let ctas = plan.b * plan.h * p.chunks as usize;
-    if !plan.chained || plan.d != 64 || ctas > i32::MAX as usize {
+    let bh = plan.b * plan.h;
+    let ctas = bh * p.chunks as usize;
+    let slow_chain =
+        !plan.explicit_rows && (p.rows_per_chunk as usize) * bh < CHAIN_MIN_ROWS_SLICES;
+    if !plan.chained || plan.d != 64 || slow_chain || ctas > i32::MAX as usize {
         return Ok(false);
     }
     let f = rt.function(
