@@ -5,6 +5,7 @@
 
 mod common;
 
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use half::{bf16, f16};
 use sofa::ops::cosformer::{self, CosformerParams, Plan, State};
 use sofa::ops::{TensorMut, TensorRef};
@@ -489,6 +490,71 @@ fn chained_equals_separate<T: Element>(rt: &Runtime, mut c: Case, seed: u64) {
         "{} {c:?}: chained and separate launches differ",
         T::DTYPE
     );
+}
+
+/// The chained launch captured into a CUDA graph: the captured memset zeroes its flags and
+/// ticket counter on every replay, so each replay equals the eager run bit for bit.
+#[test]
+fn cosformer_chained_graph_replays_equal_eager() {
+    let Some(rt) = common::gpu("cosformer chained launch in a CUDA graph") else {
+        return;
+    };
+    let mut c = Case::new(1000, 1000, 64, 64, LayoutKind::Bhnd, true);
+    (c.b, c.h, c.rows_per_chunk, c.one_launch) = (2, 3, Some(128), false);
+    let x = host_inputs::<f16>(&c, 77);
+    let eager = run_gpu::<f16>(&rt, &c, &x);
+    let [lq, lk, lv, lo] = c.layouts();
+    let plan = Plan::new(&lq, &lk, &lv, &lo, &c.params)
+        .unwrap()
+        .with_rows_per_chunk(128)
+        .unwrap();
+    assert!(plan.chained());
+    let stream = rt.new_stream().unwrap();
+    let q = stream.clone_htod(&x.q).unwrap();
+    let k = stream.clone_htod(&x.k).unwrap();
+    let v = stream.clone_htod(&x.v).unwrap();
+    let mut o = stream.clone_htod(&common::poisoned::<f16>(&lo)).unwrap();
+    let mut ws = stream.alloc_zeros::<u8>(plan.workspace_bytes()).unwrap();
+    stream.synchronize().unwrap();
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .unwrap();
+    cosformer::forward_with_plan(
+        &rt,
+        &stream,
+        &plan,
+        TensorRef {
+            data: &q,
+            layout: lq,
+        },
+        TensorRef {
+            data: &k,
+            layout: lk,
+        },
+        TensorRef {
+            data: &v,
+            layout: lv,
+        },
+        TensorMut {
+            data: &mut o,
+            layout: lo,
+        },
+        Some(&mut ws),
+    )
+    .unwrap();
+    let graph = stream
+        .end_capture(CUgraphInstantiate_flags(0))
+        .unwrap()
+        .expect("a captured graph");
+    for replay in 0..3 {
+        graph.launch().unwrap();
+        let got = gather(&stream.clone_dtoh(&o).unwrap(), &lo);
+        let same = got
+            .iter()
+            .zip(&eager)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "replay {replay} differs from the eager run");
+    }
 }
 
 #[test]
