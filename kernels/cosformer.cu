@@ -30,6 +30,57 @@ __device__ __forceinline__ void cos_angle(const CosformerParams& p, int row, flo
 
 __device__ __forceinline__ float cos_feat(float x, int relu) { return relu ? fmaxf(x, 0.f) : x; }
 
+// One stage of key rows for the state sums: stages rows [row0, row0 + COS_ROWS) (zero at or past
+// row_end) of k columns [c0, c0 + COS_TILE) as ks = k·sinθ, kc = k·cosθ and of v columns
+// [e0, e0 + COS_TILE) as vs (sn, cs: the stage's angles), then, after a barrier, adds them to the
+// thread's 4×4 tile: as += ksᵀv, ac += kcᵀv; with zcols, threads below COS_TILE also sum their
+// column into zs, zc. The caller's barrier must precede it (the buffers' previous readers).
+template <typename T>
+__device__ __forceinline__ void cos_sum_stage(const CosformerParams& p, const T* k, const T* v, int row0, int row_end,
+                                              int c0, int e0, const float* sn, const float* cs,
+                                              float (*ks)[COS_TILE + 1], float (*kc)[COS_TILE + 1],
+                                              float (*vs)[COS_TILE + 1], float (&as)[COS_TILE / 16][COS_TILE / 16],
+                                              float (&ac)[COS_TILE / 16][COS_TILE / 16], bool zcols, float& zs,
+                                              float& zc) {
+  constexpr int MT = COS_TILE / 16;
+  const int tc = threadIdx.x / 16, te = threadIdx.x % 16;
+  for (int i = threadIdx.x; i < COS_ROWS * COS_TILE; i += COS_THREADS) {
+    const int r = i / COS_TILE, c = i % COS_TILE, row = row0 + r;
+    float kx = 0.f, vx = 0.f;
+    if (row < row_end) {
+      if (c0 + c < p.d) kx = cos_feat(to_f32(k[(i64)row * p.k_sn + c0 + c]), p.relu);
+      if (e0 + c < p.dv) vx = to_f32(v[(i64)row * p.v_sn + e0 + c]);
+    }
+    ks[r][c] = kx * sn[r];
+    kc[r][c] = kx * cs[r];
+    vs[r][c] = vx;
+  }
+  __syncthreads();
+  if (zcols && threadIdx.x < COS_TILE) {
+    for (int r = 0; r < COS_ROWS; ++r) {
+      zs += ks[r][threadIdx.x];
+      zc += kc[r][threadIdx.x];
+    }
+  }
+#pragma unroll 4
+  for (int r = 0; r < COS_ROWS; ++r) {
+    float ksr[MT], kcr[MT], vr[MT];
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+      ksr[i] = ks[r][tc + 16 * i];
+      kcr[i] = kc[r][tc + 16 * i];
+      vr[i] = vs[r][te + 16 * i];
+    }
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < MT; ++j) {
+        as[i][j] = fmaf(ksr[i], vr[j], as[i][j]);
+        ac[i][j] = fmaf(kcr[i], vr[j], ac[i][j]);
+      }
+  }
+}
+
 // Reduce pass: partial[bh][chunk] = Σ_{j in chunk} (k_j sinθ_j) v_jᵀ, (k_j cosθ_j) v_jᵀ, k_j sinθ_j,
 // k_j cosθ_j, restricted to one 64×64 (c, e) tile. Grid: x = chunk, y = bh (grid-stride),
 // z = c-tile × e-tile. Traffic: K, V rows of the chunk once per tile; one state tile written.
@@ -69,41 +120,7 @@ __device__ void cos_reduce(const CosformerParams& p) {
         rc[threadIdx.x] = cs;
       }
       __syncthreads();
-      for (int i = threadIdx.x; i < COS_ROWS * COS_TILE; i += COS_THREADS) {
-        const int r = i / COS_TILE, c = i % COS_TILE, row = row0 + r;
-        float kx = 0.f, vx = 0.f;
-        if (row < row_end) {
-          if (c0 + c < p.d) kx = cos_feat(to_f32(k[(i64)row * p.k_sn + c0 + c]), p.relu);
-          if (e0 + c < p.dv) vx = to_f32(v[(i64)row * p.v_sn + e0 + c]);
-        }
-        ks[r][c] = kx * rs[r];
-        kc[r][c] = kx * rc[r];
-        vs[r][c] = vx;
-      }
-      __syncthreads();
-      if (zcols && threadIdx.x < COS_TILE) {
-        for (int r = 0; r < COS_ROWS; ++r) {
-          zs += ks[r][threadIdx.x];
-          zc += kc[r][threadIdx.x];
-        }
-      }
-#pragma unroll 4
-      for (int r = 0; r < COS_ROWS; ++r) {
-        float ksr[MT], kcr[MT], vr[MT];
-#pragma unroll
-        for (int i = 0; i < MT; ++i) {
-          ksr[i] = ks[r][tc + 16 * i];
-          kcr[i] = kc[r][tc + 16 * i];
-          vr[i] = vs[r][te + 16 * i];
-        }
-#pragma unroll
-        for (int i = 0; i < MT; ++i)
-#pragma unroll
-          for (int j = 0; j < MT; ++j) {
-            as[i][j] = fmaf(ksr[i], vr[j], as[i][j]);
-            ac[i][j] = fmaf(kcr[i], vr[j], ac[i][j]);
-          }
-      }
+      cos_sum_stage<T>(p, k, v, row0, row_end, c0, e0, rs, rc, ks, kc, vs, as, ac, zcols, zs, zc);
     }
 
     float* out = reinterpret_cast<float*>(p.partial) + ((i64)bh * p.chunks + chunk) * slen;
@@ -287,8 +304,8 @@ __device__ void cos_map(const CosformerParams& p) {
 
 // The causal pass's state update after block [row0, row0 + COS_BLOCK): the KV columns
 // [e0, e0 + COS_TILE) of st += Σ_r (k_r sinθ_r)ᵀ v_r and (k_r cosθ_r)ᵀ v_r, and z (= [zs | zc]) +=
-// Σ_r k_r sinθ_r, k_r cosθ_r, by c-tiles of COS_TILE and stages of COS_ROWS rows (cos_reduce's
-// arithmetic). sn, cs: the angles of the block's rows. Starts with a barrier (the staging buffers
+// Σ_r k_r sinθ_r, k_r cosθ_r, by c-tiles of COS_TILE and stages of COS_ROWS rows (cos_sum_stage,
+// as the reduce pass). sn, cs: the angles of the block's rows. Starts with a barrier (the staging buffers
 // alias the output phase's).
 template <typename T>
 __device__ __forceinline__ void cos_causal_update(const CosformerParams& p, const T* k, const T* v, float* st,
@@ -307,41 +324,7 @@ __device__ __forceinline__ void cos_causal_update(const CosformerParams& p, cons
     float zs = 0.f, zc = 0.f;  // thread t < COS_TILE owns column c0 + t
     for (int r0 = 0; r0 < COS_BLOCK; r0 += COS_ROWS) {
       __syncthreads();  // the previous stage (or the output phase) consumed the buffers
-      for (int i = threadIdx.x; i < COS_ROWS * COS_TILE; i += COS_THREADS) {
-        const int r = i / COS_TILE, c = i % COS_TILE, row = row0 + r0 + r;
-        float kx = 0.f, vx = 0.f;
-        if (row < p.n) {
-          if (c0 + c < p.d) kx = cos_feat(to_f32(k[(i64)row * p.k_sn + c0 + c]), p.relu);
-          if (e0 + c < p.dv) vx = to_f32(v[(i64)row * p.v_sn + e0 + c]);
-        }
-        ks[r][c] = kx * sn[r0 + r];
-        kc[r][c] = kx * cs[r0 + r];
-        vs[r][c] = vx;
-      }
-      __syncthreads();
-      if (threadIdx.x < COS_TILE) {
-        for (int r = 0; r < COS_ROWS; ++r) {
-          zs += ks[r][threadIdx.x];
-          zc += kc[r][threadIdx.x];
-        }
-      }
-#pragma unroll 4
-      for (int r = 0; r < COS_ROWS; ++r) {
-        float ksr[MT], kcr[MT], vr[MT];
-#pragma unroll
-        for (int i = 0; i < MT; ++i) {
-          ksr[i] = ks[r][tc + 16 * i];
-          kcr[i] = kc[r][tc + 16 * i];
-          vr[i] = vs[r][te + 16 * i];
-        }
-#pragma unroll
-        for (int i = 0; i < MT; ++i)
-#pragma unroll
-          for (int j = 0; j < MT; ++j) {
-            as[i][j] = fmaf(ksr[i], vr[j], as[i][j]);
-            ac[i][j] = fmaf(kcr[i], vr[j], ac[i][j]);
-          }
-      }
+      cos_sum_stage<T>(p, k, v, row0 + r0, p.n, c0, e0, sn + r0, cs + r0, ks, kc, vs, as, ac, true, zs, zc);
     }
 #pragma unroll
     for (int i = 0; i < MT; ++i)
