@@ -3,9 +3,9 @@
 // folded into an operand in fp32 right before each mma (reduce state sums: as hi + lo 16-bit parts,
 // two mmas, so the fp32 state matches the CUDA-core kernels' accuracy), or applied to the fp32
 // products (the state product of the map and causal passes). Accumulation is fp32.
-//   cos_reduce_tc  D ∈ {32, 48, 64}: per-chunk states, the layout of cos_reduce (so the
+//   cos_reduce_tc  D ∈ {32, 48, 64, 128}: per-chunk states, the layout of cos_reduce (so the
 //                  CUDA-core finalize and scan are shared)
-//   cos_map_tc     D ∈ {32, 48, 64}: non-causal outputs from the summed state
+//   cos_map_tc     D ∈ {32, 48, 64, 128}: non-causal outputs from the summed state
 //   cos_causal_tc  D ∈ {32, 64}: one CTA per (chunk, bh) walks the chunk's 64-row blocks,
 //                  carrying the fp32 state in registers: per block, the masked intra-block
 //                  products, the state product, then the state update.
@@ -20,8 +20,8 @@
 // The state enters mma as a 16-bit operand scaled by a power of two (α for KV, β for z) chosen
 // from its maximum, so that sums over millions of rows neither overflow nor underflow; outputs
 // divide the scales out in fp32. Dynamic shared memory sizes: cos_tc_*_smem (mirrored in Rust).
-// D = 128 is not instantiated: both passes spill at the register budgets that keep two CTAs per
-// SM (measured by ptxas); it needs a split of the state across CTAs first.
+// D = 128 (non-causal, sm_90): the reduce at one CTA per SM, the map at two (more spill: ptxas);
+// causal D = 128 is not instantiated (its carried state needs a split across CTAs first).
 #pragma once
 #include "cosformer.cuh"
 #include "mma.cuh"
@@ -365,7 +365,7 @@ template <typename T, int D, int WARPS>
 __device__ void cos_map_tc(const CosformerParams& p, int bh0, int bh_step, int tile0, int tile_step) {
   constexpr int THREADS = WARPS * 32, ROWS = WARPS * 16;
   constexpr int LD = D + 8, LB = cos_tc_state_ld(D), KT = D / 16;
-  constexpr int EP = D > 64 ? 2 : 1, EW = D / EP, NT = EW / 8;
+  constexpr int EP = D > 64 ? 4 : 1, EW = D / EP, NT = EW / 8;  // D = 128: quarters (registers)
   auto bs = reinterpret_cast<u16(*)[LB]>(cos_tc_smem);
   auto qs = reinterpret_cast<u16(*)[ROWS][LD]>(cos_tc_smem + D * LB);
   __shared__ float red[2][WARPS];
@@ -937,10 +937,20 @@ __device__ void cos_causal_chain_tc(const CosformerParams& p) {
     cos_causal_chain_tc<T>(p);                                                                  \
   }
 
+// D = 128 (non-causal): one CTA per SM for the reduce (512 threads, 127 registers), two for the
+// map (238 registers, 106 KB of shared memory). sm_90 only: on sm_80 the bf16 map spills, and Rust
+// takes the CUDA-core kernels there.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+#define COS_TC_128(T, NAME) COS_TC(128, 1, 1, T, NAME)
+#else
+#define COS_TC_128(T, NAME)
+#endif
+
 #define COS_TC_DTYPE(T, NAME)                                                                   \
   COS_TC(32, 6, 6, T, NAME)                                                                     \
   COS_TC(48, 4, 3, T, NAME)                                                                     \
   COS_TC(64, 2, 3, T, NAME)                                                                     \
+  COS_TC_128(T, NAME)                                                                           \
   COS_TC_CAUSAL(32, T, NAME)                                                                    \
   COS_TC_CAUSAL(64, T, NAME)                                                                    \
   COS_TC_CAUSAL_CHAIN(T, NAME)                                                                  \

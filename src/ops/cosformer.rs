@@ -39,8 +39,10 @@ pub const CAUSAL_CTAS: usize = 1024;
 const TARGET_CTAS: usize = 1024;
 const MAX_GRID_YZ: usize = 65535;
 /// Head dims (D == Dv) with tensor-core passes for f16/bf16 and 16-byte-aligned rows: the
-/// non-causal reduce/map, and the causal pass.
-const TC_DIMS: [usize; 3] = [32, 48, 64];
+/// non-causal reduce/map (D = 128 on sm_90 only: [`TC_SM90_DIMS`]), and the causal pass.
+const TC_DIMS: [usize; 4] = [32, 48, 64, 128];
+/// Tensor-core head dims built for sm_90 only (on sm_80 the bf16 map would spill).
+const TC_SM90_DIMS: [usize; 1] = [128];
 const TC_CAUSAL_DIMS: [usize; 2] = [32, 64];
 const TC_ROWS: usize = 32; // COS_TC_ROWS
 const TC_MAP_THREADS: u32 = 128; // COS_TC_MAP_WARPS · 32
@@ -472,7 +474,7 @@ unsafe fn queue(
     mut p: KernelParams,
     workspace: u64,
 ) -> Result<()> {
-    if tensor_cores(plan, dtype, &p) {
+    if tensor_cores(plan, dtype, &p, rt.info().compute_capability.0 >= 9) {
         // SAFETY: forwarded contract; `tensor_cores` checked the dims and 16-byte alignment.
         return unsafe { queue_tc(rt, stream, plan, dtype, p, workspace) };
     }
@@ -516,9 +518,10 @@ unsafe fn queue(
     Ok(())
 }
 
-/// Whether the tensor-core kernels apply: f16/bf16, D == Dv with a tensor-core build, and every
-/// row of q, k, v, o 16-byte aligned (pointers and batch/head/seq strides).
-fn tensor_cores(plan: &Plan, dtype: DType, p: &KernelParams) -> bool {
+/// Whether the tensor-core kernels apply: f16/bf16, D == Dv with a tensor-core build for this
+/// device (`sm90`: compute capability ≥ 9), and every row of q, k, v, o 16-byte aligned
+/// (pointers and batch/head/seq strides).
+fn tensor_cores(plan: &Plan, dtype: DType, p: &KernelParams, sm90: bool) -> bool {
     let dims: &[usize] = if plan.causal {
         &TC_CAUSAL_DIMS
     } else {
@@ -531,7 +534,8 @@ fn tensor_cores(plan: &Plan, dtype: DType, p: &KernelParams) -> bool {
             p.o_sn,
         ],
     );
-    dtype != DType::F32 && plan.d == plan.dv && dims.contains(&plan.d) && aligned
+    let built = sm90 || !TC_SM90_DIMS.contains(&plan.d);
+    dtype != DType::F32 && plan.d == plan.dv && dims.contains(&plan.d) && built && aligned
 }
 
 /// Causal chunk rows of the tensor-core pass: the plan's when given explicitly, else a multiple of
