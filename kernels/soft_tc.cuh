@@ -1,5 +1,5 @@
-// SOFT tensor-core passes (SPEC §1.5) for f16/bf16 storage, D == Dv ∈ {32, 48, 64}, any m ≤ 256,
-// 16-byte-aligned rows. They write the same pass-1 workspace (partial [bh][chunk][m][dv], fp32)
+// SOFT tensor-core passes (SPEC §1.5) for f16/bf16 storage, D == Dv ∈ {32, 48, 64} with any
+// m ≤ 256 and D = 128 with m ≤ 176 (pass 2's shared memory), 16-byte-aligned rows. They write the same pass-1 workspace (partial [bh][chunk][m][dv], fp32)
 // and the same output as soft_pass1 / soft_pass2, so landmarks, A, Newton, soft_sum and soft_w are
 // shared. Accumulation is fp32 throughout; the operands enter mma.sync as 16-bit values:
 //   * distances d² = s²‖x‖² + ‖l‖² − 2s(x·l), clamped at 0: x (the stored 16-bit row, exact) on
@@ -454,7 +454,8 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
   }
 }
 
-// MIN: CTAs per SM the register allocation must allow (4 × 128 threads: ≤ 128 registers).
+// MIN: CTAs per SM the register allocation must allow (4 × 128 threads: ≤ 128 registers; D =
+// 128 at 1: 153 and 204 registers, no spills).
 #define SOFT_TC(DIM, MIN, T, NAME)                                                              \
   extern "C" __global__ void __launch_bounds__(SOFT_TC_THREADS, MIN)                            \
       soft_pass1_tc##DIM##_##NAME(const __grid_constant__ SoftKernelParams p) {                 \
@@ -468,7 +469,8 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
 #define SOFT_TC_DTYPE(T, NAME)                                                                  \
   SOFT_TC(32, 4, T, NAME)                                                                       \
   SOFT_TC(48, 4, T, NAME)                                                                       \
-  SOFT_TC(64, 4, T, NAME)
+  SOFT_TC(64, 4, T, NAME)                                                                       \
+  SOFT_TC(128, 1, T, NAME)
 
 // Mirrored in src/ops/soft.rs (mod tc); a change here must be made there too.
 static_assert(soft_tc_pass1_smem(64) == 56064 && soft_tc_pass2_smem(64, 64) == 56320 &&

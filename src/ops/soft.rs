@@ -62,8 +62,9 @@ const MAX_GRID_YZ: usize = 65535;
 /// Largest N accepted (the kernels index rows with 32-bit ints).
 const MAX_LEN: usize = (i32::MAX / 2) as usize;
 /// Head dims (D == Dv) whose attention passes run on tensor cores for f16/bf16 storage and
-/// 16-byte-aligned rows (kernels/soft_tc.cuh).
-const TC_DIMS: [usize; 3] = [32, 48, 64];
+/// 16-byte-aligned rows (kernels/soft_tc.cuh); D = 128 where pass 2's landmarks fit in shared
+/// memory (m ≤ 176 at the H100's 227 KB).
+const TC_DIMS: [usize; 4] = [32, 48, 64, 128];
 const TC_THREADS: u32 = 128; // SOFT_TC_THREADS
 const TC_ROWS: usize = 64; // SOFT_TC_ROWS
 
