@@ -6,12 +6,14 @@
 mod common;
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaSlice, CudaStream};
 use half::{bf16, f16};
 use sofa::ops::cosformer::{self, CosformerParams, Plan, State};
 use sofa::ops::{TensorMut, TensorRef};
 use sofa::reference::{self, gather, Qkv, Rng};
 use sofa::verify::compare;
 use sofa::{Dims, Element, Error, Layout, LayoutKind, LoadPath, LoadPolicy, Runtime};
+use std::sync::Arc;
 
 const LENS: [usize; 7] = [1, 2, 63, 64, 65, 1000, 4097];
 const DS: [usize; 5] = [1, 32, 64, 128, 80];
@@ -137,43 +139,68 @@ fn reference_of<T: Element>(c: &Case, x: &Host<T>) -> Vec<f64> {
     reference::cosformer::forward(&qkv, &c.params).unwrap()
 }
 
-/// Runs cosFormer once on the GPU; returns its output as contiguous f64.
-fn run_gpu<T: Element>(rt: &Runtime, c: &Case, x: &Host<T>) -> Vec<f64> {
+/// The plan `c` asks for.
+fn plan_of(c: &Case) -> Plan {
     let [lq, lk, lv, lo] = c.layouts();
-    let stream = rt.new_stream().unwrap();
-    let q = stream.clone_htod(&x.q).unwrap();
-    let k = stream.clone_htod(&x.k).unwrap();
-    let v = stream.clone_htod(&x.v).unwrap();
-    let mut o = stream.clone_htod(&common::poisoned::<T>(&lo)).unwrap();
     let mut plan = Plan::new(&lq, &lk, &lv, &lo, &c.params).unwrap();
     if let Some(rows) = c.rows_per_chunk {
         plan = plan.with_rows_per_chunk(rows).unwrap();
     }
-    plan = plan.with_one_launch(c.one_launch).with_chained(c.chained);
+    plan.with_one_launch(c.one_launch).with_chained(c.chained)
+}
+
+/// The inputs on the device and a poisoned output.
+struct Dev<T> {
+    q: CudaSlice<T>,
+    k: CudaSlice<T>,
+    v: CudaSlice<T>,
+    o: CudaSlice<T>,
+}
+
+fn upload<T: Element>(stream: &Arc<CudaStream>, c: &Case, x: &Host<T>) -> Dev<T> {
+    let lo = c.layouts()[3];
+    Dev {
+        q: stream.clone_htod(&x.q).unwrap(),
+        k: stream.clone_htod(&x.k).unwrap(),
+        v: stream.clone_htod(&x.v).unwrap(),
+        o: stream.clone_htod(&common::poisoned::<T>(&lo)).unwrap(),
+    }
+}
+
+/// Queues `plan` on `d` (the call allocates the workspace when `ws` is `None`).
+fn queue<T: Element>(
+    rt: &Runtime,
+    stream: &Arc<CudaStream>,
+    plan: &Plan,
+    c: &Case,
+    d: &mut Dev<T>,
+    ws: Option<&mut CudaSlice<u8>>,
+) {
+    let [lq, lk, lv, lo] = c.layouts();
+    let t = |data, layout| TensorRef { data, layout };
+    let o = TensorMut {
+        data: &mut d.o,
+        layout: lo,
+    };
     cosformer::forward_with_plan(
         rt,
-        &stream,
-        &plan,
-        TensorRef {
-            data: &q,
-            layout: lq,
-        },
-        TensorRef {
-            data: &k,
-            layout: lk,
-        },
-        TensorRef {
-            data: &v,
-            layout: lv,
-        },
-        TensorMut {
-            data: &mut o,
-            layout: lo,
-        },
-        None,
+        stream,
+        plan,
+        t(&d.q, lq),
+        t(&d.k, lk),
+        t(&d.v, lv),
+        o,
+        ws,
     )
     .unwrap();
-    gather(&stream.clone_dtoh(&o).unwrap(), &lo)
+}
+
+/// Runs cosFormer once on the GPU; returns its output as contiguous f64.
+fn run_gpu<T: Element>(rt: &Runtime, c: &Case, x: &Host<T>) -> Vec<f64> {
+    let stream = rt.new_stream().unwrap();
+    let mut d = upload(&stream, c, x);
+    queue(rt, &stream, &plan_of(c), c, &mut d, None);
+    gather(&stream.clone_dtoh(&d.o).unwrap(), &c.layouts()[3])
 }
 
 fn check<T: Element>(rt: &Runtime, c: &Case, seed: u64) {
@@ -504,52 +531,23 @@ fn cosformer_chained_graph_replays_equal_eager() {
     (c.b, c.h, c.rows_per_chunk, c.one_launch) = (2, 3, Some(128), false);
     let x = host_inputs::<f16>(&c, 77);
     let eager = run_gpu::<f16>(&rt, &c, &x);
-    let [lq, lk, lv, lo] = c.layouts();
-    let plan = Plan::new(&lq, &lk, &lv, &lo, &c.params)
-        .unwrap()
-        .with_rows_per_chunk(128)
-        .unwrap();
+    let plan = plan_of(&c);
     assert!(plan.chained());
     let stream = rt.new_stream().unwrap();
-    let q = stream.clone_htod(&x.q).unwrap();
-    let k = stream.clone_htod(&x.k).unwrap();
-    let v = stream.clone_htod(&x.v).unwrap();
-    let mut o = stream.clone_htod(&common::poisoned::<f16>(&lo)).unwrap();
+    let mut d = upload(&stream, &c, &x);
     let mut ws = stream.alloc_zeros::<u8>(plan.workspace_bytes()).unwrap();
     stream.synchronize().unwrap();
     stream
         .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .unwrap();
-    cosformer::forward_with_plan(
-        &rt,
-        &stream,
-        &plan,
-        TensorRef {
-            data: &q,
-            layout: lq,
-        },
-        TensorRef {
-            data: &k,
-            layout: lk,
-        },
-        TensorRef {
-            data: &v,
-            layout: lv,
-        },
-        TensorMut {
-            data: &mut o,
-            layout: lo,
-        },
-        Some(&mut ws),
-    )
-    .unwrap();
+    queue(&rt, &stream, &plan, &c, &mut d, Some(&mut ws));
     let graph = stream
         .end_capture(CUgraphInstantiate_flags(0))
         .unwrap()
         .expect("a captured graph");
     for replay in 0..3 {
         graph.launch().unwrap();
-        let got = gather(&stream.clone_dtoh(&o).unwrap(), &lo);
+        let got = gather(&stream.clone_dtoh(&d.o).unwrap(), &c.layouts()[3]);
         let same = got
             .iter()
             .zip(&eager)
