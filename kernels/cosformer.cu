@@ -30,6 +30,16 @@ __device__ __forceinline__ void cos_angle(const CosformerParams& p, int row, flo
 
 __device__ __forceinline__ float cos_feat(float x, int relu) { return relu ? fmaxf(x, 0.f) : x; }
 
+// Zeroes a thread's state-sum accumulators (cos_sum_stage's).
+__device__ __forceinline__ void cos_zero_sums(float (&as)[COS_TILE / 16][COS_TILE / 16],
+                                              float (&ac)[COS_TILE / 16][COS_TILE / 16], float& zs, float& zc) {
+#pragma unroll
+  for (int i = 0; i < COS_TILE / 16; ++i)
+#pragma unroll
+    for (int j = 0; j < COS_TILE / 16; ++j) as[i][j] = ac[i][j] = 0.f;
+  zs = zc = 0.f;
+}
+
 // One stage of key rows for the state sums: stages rows [row0, row0 + COS_ROWS) (zero at or past
 // row_end) of k columns [c0, c0 + COS_TILE) as ks = k·sinθ, kc = k·cosθ and of v columns
 // [e0, e0 + COS_TILE) as vs (sn, cs: the stage's angles), then, after a barrier, adds them to the
@@ -104,12 +114,8 @@ __device__ void cos_reduce(const CosformerParams& p) {
     const int b = bh / p.h, h = bh % p.h;
     const T* k = cptr<T>(p.k) + b * p.k_sb + h * p.k_sh;
     const T* v = cptr<T>(p.v) + b * p.v_sb + h * p.v_sh;
-    float as[MT][MT], ac[MT][MT];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-      for (int j = 0; j < MT; ++j) as[i][j] = ac[i][j] = 0.f;
-    float zs = 0.f, zc = 0.f;  // thread t < COS_TILE owns column c0 + t
+    float as[MT][MT], ac[MT][MT], zs, zc;  // zs, zc: thread t < COS_TILE owns column c0 + t
+    cos_zero_sums(as, ac, zs, zc);
 
     for (int row0 = row_begin; row0 < row_end; row0 += COS_ROWS) {
       __syncthreads();  // previous stage fully consumed
@@ -316,12 +322,8 @@ __device__ __forceinline__ void cos_causal_update(const CosformerParams& p, cons
   const int tc = threadIdx.x / 16, te = threadIdx.x % 16;
   const i64 ddv = (i64)p.d * p.dv;
   for (int c0 = 0; c0 < p.d; c0 += COS_TILE) {
-    float as[MT][MT], ac[MT][MT];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-      for (int j = 0; j < MT; ++j) as[i][j] = ac[i][j] = 0.f;
-    float zs = 0.f, zc = 0.f;  // thread t < COS_TILE owns column c0 + t
+    float as[MT][MT], ac[MT][MT], zs, zc;  // zs, zc: thread t < COS_TILE owns column c0 + t
+    cos_zero_sums(as, ac, zs, zc);
     for (int r0 = 0; r0 < COS_BLOCK; r0 += COS_ROWS) {
       __syncthreads();  // the previous stage (or the output phase) consumed the buffers
       cos_sum_stage<T>(p, k, v, row0 + r0, p.n, c0, e0, sn + r0, cs + r0, ks, kc, vs, as, ac, true, zs, zc);
