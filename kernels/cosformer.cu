@@ -40,6 +40,28 @@ __device__ __forceinline__ void cos_zero_sums(float (&as)[COS_TILE / 16][COS_TIL
   zs = zc = 0.f;
 }
 
+// Writes (ADD: adds) a thread's tile of the sums into state `st`: KVs[c][e] and KVc[c][e] for its
+// c = c0 + tc + 16i, e = e0 + te + 16j inside (d, dv).
+template <bool ADD>
+__device__ __forceinline__ void cos_put_sums(const CosformerParams& p, float* st, int c0, int e0,
+                                             const float (&as)[COS_TILE / 16][COS_TILE / 16],
+                                             const float (&ac)[COS_TILE / 16][COS_TILE / 16]) {
+  const int tc = threadIdx.x / 16, te = threadIdx.x % 16;
+  const i64 ddv = (i64)p.d * p.dv;
+#pragma unroll
+  for (int i = 0; i < COS_TILE / 16; ++i)
+#pragma unroll
+    for (int j = 0; j < COS_TILE / 16; ++j) {
+      const int c = c0 + tc + 16 * i, e = e0 + te + 16 * j;
+      if (c < p.d && e < p.dv) {
+        float& ks = st[(i64)c * p.dv + e];
+        float& kc = st[ddv + (i64)c * p.dv + e];
+        ks = ADD ? ks + as[i][j] : as[i][j];
+        kc = ADD ? kc + ac[i][j] : ac[i][j];
+      }
+    }
+}
+
 // One stage of key rows for the state sums: stages rows [row0, row0 + COS_ROWS) (zero at or past
 // row_end) of k columns [c0, c0 + COS_TILE) as ks = k·sinθ, kc = k·cosθ and of v columns
 // [e0, e0 + COS_TILE) as vs (sn, cs: the stage's angles), then, after a barrier, adds them to the
@@ -107,7 +129,6 @@ __device__ void cos_reduce(const CosformerParams& p) {
   const int chunk = blockIdx.x;
   const int row_begin = chunk * p.rows_per_chunk;
   const int row_end = min(p.s, row_begin + p.rows_per_chunk);
-  const int tc = threadIdx.x / 16, te = threadIdx.x % 16;
   const i64 slen = cos_state_len(p);
 
   for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
@@ -131,16 +152,7 @@ __device__ void cos_reduce(const CosformerParams& p) {
 
     float* out = reinterpret_cast<float*>(p.partial) + ((i64)bh * p.chunks + chunk) * slen;
     const i64 ddv = (i64)p.d * p.dv;
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-      for (int j = 0; j < MT; ++j) {
-        const int c = c0 + tc + 16 * i, e = e0 + te + 16 * j;
-        if (c < p.d && e < p.dv) {
-          out[(i64)c * p.dv + e] = as[i][j];
-          out[ddv + (i64)c * p.dv + e] = ac[i][j];
-        }
-      }
+    cos_put_sums<false>(p, out, c0, e0, as, ac);
     if (zcols && threadIdx.x < COS_TILE && c0 + (int)threadIdx.x < p.d) {
       out[2 * ddv + c0 + threadIdx.x] = zs;
       out[2 * ddv + p.d + c0 + threadIdx.x] = zc;
@@ -319,8 +331,6 @@ __device__ __forceinline__ void cos_causal_update(const CosformerParams& p, cons
                                                   float (*kc)[COS_TILE + 1], float (*vs)[COS_TILE + 1],
                                                   const float* sn, const float* cs) {
   constexpr int MT = COS_TILE / 16;
-  const int tc = threadIdx.x / 16, te = threadIdx.x % 16;
-  const i64 ddv = (i64)p.d * p.dv;
   for (int c0 = 0; c0 < p.d; c0 += COS_TILE) {
     float as[MT][MT], ac[MT][MT], zs, zc;  // zs, zc: thread t < COS_TILE owns column c0 + t
     cos_zero_sums(as, ac, zs, zc);
@@ -328,16 +338,7 @@ __device__ __forceinline__ void cos_causal_update(const CosformerParams& p, cons
       __syncthreads();  // the previous stage (or the output phase) consumed the buffers
       cos_sum_stage<T>(p, k, v, row0 + r0, p.n, c0, e0, sn + r0, cs + r0, ks, kc, vs, as, ac, true, zs, zc);
     }
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-      for (int j = 0; j < MT; ++j) {
-        const int c = c0 + tc + 16 * i, e = e0 + te + 16 * j;
-        if (c < p.d && e < p.dv) {
-          st[(i64)c * p.dv + e] += as[i][j];
-          st[ddv + (i64)c * p.dv + e] += ac[i][j];
-        }
-      }
+    cos_put_sums<true>(p, st, c0, e0, as, ac);
     if (threadIdx.x < COS_TILE && c0 + (int)threadIdx.x < p.d) {
       z[c0 + threadIdx.x] += zs;
       z[p.d + c0 + threadIdx.x] += zc;
