@@ -154,7 +154,7 @@ impl Record {
     /// The table's column titles, aligned with [`Record::to_table_row`].
     pub fn table_header() -> String {
         format!(
-            "{:<18} {:<12} {:>3} {:>3} {:>8} {:>4} {:>5} {:>10} {:>11} {:>8} {:>8} {:>6} {:>8} {:>10} {:>6}",
+            "{:<18} {:<15} {:>3} {:>3} {:>8} {:>4} {:>5} {:>10} {:>11} {:>8} {:>8} {:>6} {:>8} {:>10} {:>6}",
             "op",
             "variant",
             "B",
@@ -178,7 +178,7 @@ impl Record {
     pub fn to_table_row(&self) -> String {
         let speedup = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.2}x"));
         format!(
-            "{:<18} {:<12} {:>3} {:>3} {:>8} {:>4} {:>5} {:>10.4} {:>11.3e} {:>8.0} {:>8.2} {:>6} {:>8} {:>10} {:>6}",
+            "{:<18} {:<15} {:>3} {:>3} {:>8} {:>4} {:>5} {:>10.4} {:>11.3e} {:>8.0} {:>8.2} {:>6} {:>8} {:>10} {:>6}",
             self.op,
             if self.variant.is_empty() { "-" } else { &self.variant },
             self.b,
