@@ -93,6 +93,11 @@ want sweep && step sweep-full ./sofa bench --baseline --op aft_full --causal --s
 # Causal cosFormer through the separate launches, beside the chained launch of the sweep above
 # (records labelled causal,separate): which one wins where (bench/NOTES.md, session 10).
 want sweep && step sweep-separate ./sofa bench --op cosformer --causal --no-chain --seq 8k,16k,32k,64k,256k,1M --dtype f16 --out "$out/bench.jsonl"
+# The chained launch's chunk length (the default plan takes 2048 rows at H = 16, N = 64k): L2
+# reuse of the second K, V read against prefix traffic and chain latency.
+for rows in 512 1024 4096; do
+  want sweep && step "sweep-rows-$rows" ./sofa bench --op cosformer --causal --chunk-rows $rows --seq 64k,256k --dtype f16 --out "$out/bench.jsonl"
+done
 want sweep && step sweep-d128 ./sofa bench --op $linear --heads 8 --head-dim 128 --seq 4k,64k,1M --dtype f16 --out "$out/bench.jsonl"
 if want torch && [[ -f torch_reference.py ]] && python3 -c 'import torch' 2>/dev/null; then
   step torch-check python3 torch_reference.py --check --backend gpu --sofa ./sofa

@@ -78,6 +78,8 @@ fn aft_and_soft_count_their_own_bytes_and_flops() {
     assert_eq!(cos.label(), "causal");
     cos.chained = false;
     assert_eq!(cos.label(), "causal,separate");
+    cos.chunk_rows = Some(1024);
+    assert_eq!(cos.label(), "causal,separate,rows=1024");
     cos.causal = false;
     assert_eq!(cos.label(), "");
 }

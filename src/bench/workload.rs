@@ -83,6 +83,9 @@ pub struct Case {
     /// Causal cosFormer: allow the chained launch (the default; `false` labels the record
     /// `separate` and times the reduce → scan → causal launches).
     pub chained: bool,
+    /// Causal cosFormer: chunks of this many rows (a multiple of 64) instead of the plan's
+    /// (labelled `rows=N`); with the chained launch allowed, it then always chains.
+    pub chunk_rows: Option<usize>,
 }
 
 impl Case {
@@ -96,7 +99,19 @@ impl Case {
             window: 64,
             landmarks: 64,
             chained: true,
+            chunk_rows: None,
         }
+    }
+
+    /// The cosFormer plan of this case on contiguous tensors (chained or not, its chunking).
+    pub(crate) fn cosformer_plan(&self) -> Result<cosformer::Plan> {
+        let l = Layout::contiguous(self.dims);
+        let p = self.cosformer_params();
+        let mut plan = cosformer::Plan::new(&l, &l, &l, &l, &p)?.with_chained(self.chained);
+        if let (true, Some(rows)) = (self.causal, self.chunk_rows) {
+            plan = plan.with_rows_per_chunk(rows)?;
+        }
+        Ok(plan)
     }
 
     pub(crate) fn cosformer_params(&self) -> CosformerParams {
@@ -136,8 +151,13 @@ impl Case {
         if self.op == BenchOp::Soft {
             parts.push(format!("m={}", self.landmarks));
         }
-        if self.op == BenchOp::Cosformer && self.causal && !self.chained {
-            parts.push("separate".to_string());
+        if self.op == BenchOp::Cosformer && self.causal {
+            if !self.chained {
+                parts.push("separate".to_string());
+            }
+            if let Some(rows) = self.chunk_rows {
+                parts.push(format!("rows={rows}"));
+            }
         }
         parts.join(",")
     }
@@ -200,9 +220,7 @@ impl Case {
         let d = self.dims.d;
         match self.op {
             BenchOp::Sima => sima::workspace_bytes(self.dims, d),
-            BenchOp::Cosformer => {
-                cosformer::workspace_bytes(self.dims, self.dims.n, d, &self.cosformer_params())
-            }
+            BenchOp::Cosformer => Ok(self.cosformer_plan()?.workspace_bytes()),
             BenchOp::Soft => soft::workspace_bytes(self.dims, d, &self.soft_params()),
             _ => {
                 let v = self.aft_variant().expect("an AFT op");
@@ -313,10 +331,7 @@ fn runner<T: Element>(
         bias,
     } = Buffers::<T>::new(rt, stream, case.dims, ws_bytes, bias_len, seed)?;
     let cos_plan = match case.op {
-        BenchOp::Cosformer => {
-            let p = case.cosformer_params();
-            Some(cosformer::Plan::new(&l, &l, &l, &l, &p)?.with_chained(case.chained))
-        }
+        BenchOp::Cosformer => Some(case.cosformer_plan()?),
         _ => None,
     };
     let (rt, stream) = (rt.clone(), stream.clone());

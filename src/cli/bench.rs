@@ -72,9 +72,15 @@ pub struct BenchArgs {
     #[arg(long)]
     graph: bool,
     /// Causal cosFormer through the separate reduce → scan → causal launches instead of the
-    /// chained launch where a plan would take it (records labelled `separate`), to compare them.
+    /// chained launch where a plan would take it (records labelled `separate`), to compare them;
+    /// non-causal cosFormer is then not run.
     #[arg(long)]
     no_chain: bool,
+    /// Causal cosFormer chunks of this many rows (a multiple of 64) instead of the plan's
+    /// (records labelled `rows=N`; chained where allowed), to tune the chunking; non-causal
+    /// cosFormer is then not run.
+    #[arg(long)]
+    chunk_rows: Option<usize>,
     /// Skip measuring the copy and GEMM peaks (no % of roofline then).
     #[arg(long)]
     no_peaks: bool,
@@ -129,8 +135,14 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
             BenchOp::Soft => landmarks.iter().map(|&m| (64, m)).collect(),
             _ => vec![(64, 64)],
         };
+        // --no-chain and --chunk-rows select causal cosFormer variants: its non-causal cases
+        // (the same as without them) are left out.
+        let causal_variant = a.no_chain || a.chunk_rows.is_some();
         for causal in [false, true] {
             if causal && !(a.causal && op.has_causal()) {
+                continue;
+            }
+            if !causal && causal_variant && op == BenchOp::Cosformer {
                 continue;
             }
             for &(window, m) in &extents {
@@ -141,6 +153,7 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
                         case.window = window;
                         case.landmarks = m;
                         case.chained = !a.no_chain;
+                        case.chunk_rows = a.chunk_rows;
                         out.push(case);
                     }
                 }
