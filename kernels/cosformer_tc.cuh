@@ -20,7 +20,7 @@
 // The state enters mma as a 16-bit operand scaled by a power of two (α for KV, β for z) chosen
 // from its maximum, so that sums over millions of rows neither overflow nor underflow; outputs
 // divide the scales out in fp32. Dynamic shared memory sizes: cos_tc_*_smem (mirrored in Rust).
-// D = 128 (non-causal, sm_90): the reduce at one CTA per SM, the map at two (more spill: ptxas);
+// D = 128 (non-causal, sm_90 only): the reduce at one 512-thread CTA per SM, the map at two
 // causal D = 128 is not instantiated (its carried state needs a split across CTAs first).
 #pragma once
 #include "cosformer.cuh"
