@@ -21,8 +21,9 @@ struct CosformerParams {
   int relu;               // 1: features are ReLU(x); 0: x as given
   int state_in;           // scan: start from `state` instead of zero
   float eps;              // denominator clamp
-  int exact_state;        // tensor-core reduce: state sums as hi + lo parts (causal: prefix
-                          // states and a prefill's state); 0: hi parts (only feeds the map)
+  int exact_state;        // tensor-core reduce: state sums as hi + lo parts (a causal prefill,
+                          // whose state is returned); 0: hi parts (they only feed the 16-bit
+                          // state operand of the map or causal pass)
 };
 
 #define COSFORMER_PARAMS_SIZE 200

@@ -6,9 +6,10 @@
 //   cos_reduce_tc  D ∈ {32, 48, 64, 128}: per-chunk states, the layout of cos_reduce (so the
 //                  CUDA-core finalize and scan are shared)
 //   cos_map_tc     D ∈ {32, 48, 64, 128}: non-causal outputs from the summed state
-//   cos_causal_tc  D ∈ {32, 64}: one CTA per (chunk, bh) walks the chunk's 64-row blocks,
+//   cos_causal_tc  D ∈ {32, 64, 128}: one CTA per (chunk, bh) walks the chunk's 64-row blocks,
 //                  carrying the fp32 state in registers: per block, the masked intra-block
-//                  products, the state product, then the state update.
+//                  products, the state product, then the state update. D = 128: two CTAs per
+//                  chunk, each with half of the value columns (and of the state).
 //   cos_causal_chain_tc  D = 64: reduce, scan and causal pass in one launch; each CTA reduces
 //                  its chunk into the registers that carry the causal state, takes its prefix
 //                  from the previous chunk's CTA (a chained scan, fixed order), then runs the
@@ -20,8 +21,7 @@
 // The state enters mma as a 16-bit operand scaled by a power of two (α for KV, β for z) chosen
 // from its maximum, so that sums over millions of rows neither overflow nor underflow; outputs
 // divide the scales out in fp32. Dynamic shared memory sizes: cos_tc_*_smem (mirrored in Rust).
-// D = 128 (non-causal, sm_90 only): the reduce at one 512-thread CTA per SM, the map at two
-// causal D = 128 is not instantiated (its carried state needs a split across CTAs first).
+// D = 128 is built for sm_90 only (see COS_TC_128).
 #pragma once
 #include "cosformer.cuh"
 #include "mma.cuh"
@@ -40,8 +40,15 @@ __host__ __device__ constexpr int cos_tc_reduce_smem(int d) { return 4 * COS_TC_
 __host__ __device__ constexpr int cos_tc_map_smem(int d, int warps = COS_TC_MAP_WARPS) {
   return (d * cos_tc_state_ld(d) + 2 * warps * 16 * (d + 8)) * 2;
 }
+// Value columns per causal CTA: all of them up to D = 64; D = 128 splits them between two CTAs
+// (the carried fp32 state of all 128 would not fit in registers).
+__host__ __device__ constexpr int cos_tc_causal_dv(int d) { return d > 64 ? 64 : d; }
+// Q, K tiles (two buffers), V tiles of the CTA's value columns (two buffers), the output stage, and
+// the state operand [D][cos_tc_state_ld(DV)].
 __host__ __device__ constexpr int cos_tc_causal_smem(int d) {
-  return (7 * COS_TC_BLOCK * (d + 8) + d * cos_tc_state_ld(d)) * 2;
+  return (4 * COS_TC_BLOCK * (d + 8) + 3 * COS_TC_BLOCK * (cos_tc_causal_dv(d) + 8) +
+          d * cos_tc_state_ld(cos_tc_causal_dv(d))) *
+         2;
 }
 
 // Writes the angle table of rows [row0, row0 + ROWS): tab[0][r] = sinθ, tab[1][r] = cosθ (0 past
@@ -70,10 +77,12 @@ __device__ __forceinline__ void cos_tc_key_frag(u32 (&a)[4], u16 (*ks)[LD], int 
 
 // The key fragment re-weighted by sinθ_j (s) and cosθ_j (c) of its key rows, rounded to 16 bits
 // (sh, ch). LO: also the rounding remainders (sl, cl), so that hi + lo carries the product to
-// ~2⁻²² relative — for prefix states and the state a prefill returns (reduce with exact_state,
-// then the scan): sums over many rows of operands rounded once would lose the fp32 accuracy the
-// state promises. Without LO for states that only feed a 16-bit state operand (the causal pass's
-// carried state, the non-causal reduce). tab = angles of the stage, indexed from its first row.
+// ~2⁻²² relative — for the state a prefill returns (reduce with exact_state, then the scan): sums
+// over many rows of operands rounded once would lose the fp32 accuracy the state promises.
+// Without LO for sums that only feed a 16-bit state operand (the causal pass's carried state, the
+// reduce of a plain forward call, causal or not: its rounding, ≤ 2⁻¹² relative per term and
+// independent between terms, is below the operand's own). tab = angles of the stage, indexed from
+// its first row.
 template <typename T, int TAB, bool LO>
 __device__ __forceinline__ void cos_tc_key_ops(u32 (&sh)[4], u32 (&ch)[4], u32 (&sl)[4], u32 (&cl)[4], const u32 (&a)[4],
                                                int n0, const float (*tab)[TAB]) {
@@ -125,6 +134,53 @@ __host__ __device__ constexpr int cos_tc_reduce_threads(int d) { return d / 16 *
 // Value columns per reduce warp and its n-tiles (8 columns each).
 __host__ __device__ constexpr int cos_tc_reduce_nt(int d) { return d / cos_tc_reduce_esplit(d) / 8; }
 
+// A (b,h) state [KVs | KVc | zs | zc] (D × D KV) in the registers of the fragment layout that the
+// reduce and the causal update share: KV rows c (elements 0, 1) and c + 8 (2, 3) × columns e0 + 8j
+// + 2t (+1) of n-tile j; zs, zc rows c ([0], [1]) and c + 8 ([2], [3]) in the z warps (zw), zero
+// in the others. get(i) / put(i, value) read and write state element i.
+template <int D>
+__device__ __forceinline__ i64 cos_tc_kv_at(int c, int e0, int j, int x) {
+  return (i64)(x < 2 ? c : c + 8) * D + e0 + j * 8 + 2 * (threadIdx.x % 4) + x % 2;
+}
+
+template <int D, int NT, typename Get>
+__device__ __forceinline__ void cos_tc_get_state(Get get, int c, int e0, bool zw, float (&ss)[NT][4],
+                                                 float (&sc)[NT][4], float (&zs)[4], float (&zc)[4]) {
+  constexpr i64 DD = (i64)D * D;
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      ss[j][x] = get(cos_tc_kv_at<D>(c, e0, j, x));
+      sc[j][x] = get(DD + cos_tc_kv_at<D>(c, e0, j, x));
+    }
+  zs[0] = zs[1] = zw ? get(2 * DD + c) : 0.f;
+  zs[2] = zs[3] = zw ? get(2 * DD + c + 8) : 0.f;
+  zc[0] = zc[1] = zw ? get(2 * DD + D + c) : 0.f;
+  zc[2] = zc[3] = zw ? get(2 * DD + D + c + 8) : 0.f;
+}
+
+// Scalar stores (workspaces are 4-byte aligned); z by one lane of each row.
+template <int D, int NT, typename Put>
+__device__ __forceinline__ void cos_tc_put_state(Put put, int c, int e0, bool zw, const float (&ss)[NT][4],
+                                                 const float (&sc)[NT][4], const float (&zs)[4],
+                                                 const float (&zc)[4]) {
+  constexpr i64 DD = (i64)D * D;
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      put(cos_tc_kv_at<D>(c, e0, j, x), ss[j][x]);
+      put(DD + cos_tc_kv_at<D>(c, e0, j, x), sc[j][x]);
+    }
+  if (zw && threadIdx.x % 4 == 0) {
+    put(2 * DD + c, zs[0]);
+    put(2 * DD + c + 8, zs[2]);
+    put(2 * DD + D + c, zc[0]);
+    put(2 * DD + D + c + 8, zc[2]);
+  }
+}
+
 // The sums of key rows [row_begin, row_end) of one (b,h) slice into the calling warp's registers:
 // warp (ct, ep) of (D/16 c-tiles) × ES e-parts holds state rows c = 16ct + g (+8) × columns
 // ep·D/ES + 8j + 2t (+1) of KVs (as) and KVc (ac), and the ep = 0 warps zs, zc of rows c (+8) in
@@ -172,8 +228,8 @@ __device__ __forceinline__ void cos_reduce_tc_sums(const CosformerParams& p, con
     for (int n0 = 0; n0 < ROWS; n0 += 16) {
       u32 a[4];
       cos_tc_key_frag<T, LD>(a, ks[buf], n0, ct * 16, p.relu);
-      // exact_state (prefix states, a prefill's returned state): hi + lo, fp32-accurate; else
-      // the summed state only feeds the map's 16-bit state operand: hi parts.
+      // exact_state (a prefill, whose state is returned): hi + lo, fp32-accurate; else the sums
+      // only feed a 16-bit state operand: hi parts.
       u32 sh[4], ch[4], sl[4], cl[4];
       if (p.exact_state)
         cos_tc_key_ops<T, ROWS, true>(sh, ch, sl, cl, a, n0, ang[buf]);
@@ -203,7 +259,7 @@ __device__ __forceinline__ void cos_reduce_tc_sums(const CosformerParams& p, con
 template <typename T, int D>
 __device__ void cos_reduce_tc(const CosformerParams& p, int bh0, int bh_step, int chunk) {
   constexpr int WC = D / 16, EW = D / cos_tc_reduce_esplit(D), NT = cos_tc_reduce_nt(D);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
   const int ct = warp % WC, e0 = (warp / WC) * EW;
   const bool zw = warp < WC;
   const int row_begin = chunk * p.rows_per_chunk;
@@ -216,27 +272,8 @@ __device__ void cos_reduce_tc(const CosformerParams& p, int bh0, int bh_step, in
     float as[NT][4], ac[NT][4], zs[4], zc[4];
     cos_reduce_tc_sums<T, D>(p, k, v, row_begin, row_end, as, ac, zs, zc);
 
-    const i64 ddv = (i64)D * D;
     float* out = reinterpret_cast<float*>(p.partial) + ((i64)bh * p.chunks + chunk) * cos_state_len(p);
-    const int c = ct * 16 + g;
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      const int e = e0 + j * 8 + 2 * t;  // scalar stores: the workspace is 4-byte aligned
-      out[(i64)c * D + e] = as[j][0];
-      out[(i64)c * D + e + 1] = as[j][1];
-      out[(i64)(c + 8) * D + e] = as[j][2];
-      out[(i64)(c + 8) * D + e + 1] = as[j][3];
-      out[ddv + (i64)c * D + e] = ac[j][0];
-      out[ddv + (i64)c * D + e + 1] = ac[j][1];
-      out[ddv + (i64)(c + 8) * D + e] = ac[j][2];
-      out[ddv + (i64)(c + 8) * D + e + 1] = ac[j][3];
-    }
-    if (zw && t == 0) {  // every column of the ones-product holds the row sum
-      out[2 * ddv + c] = zs[0];
-      out[2 * ddv + c + 8] = zs[2];
-      out[2 * ddv + D + c] = zc[0];
-      out[2 * ddv + D + c + 8] = zc[2];
-    }
+    cos_tc_put_state<D, NT>([&](i64 i, float x) { out[i] = x; }, ct * 16 + g, e0, zw, as, ac, zs, zc);
   }
 }
 
@@ -267,10 +304,11 @@ __device__ __forceinline__ void cos_tc_block_max(float& mk, float& mz, float (*r
 // Row-tile state product: acc += cosθ_i·(q_i·αKVc) + sinθ_i·(q_i·αKVs) over value columns
 // [e0, e0 + 8·NT), and dz += cosθ_i·(q_i·βzc) + sinθ_i·(q_i·βzs) (all columns of dz equal), for
 // the warp's A fragments of ReLU(q) (KT k-steps) and rows g, g + 8 (angles sn0/cs0, sn1/cs1).
-// FOLD: the angles folded into the A operand in fp32 and rounded once (the map pass: fewest
+// bs rows hold [αKVc | αKVs | βzc ×8 | βzs ×8] of W value columns each (W = D, or the causal
+// CTA's share of them). FOLD: the angles folded into the A operand in fp32 and rounded once (the map pass: fewest
 // registers, for its occupancy); else applied to separate fp32 products (the causal pass, which
 // has registers to spare at one CTA per SM: no re-rounded operands, ~100 fewer instructions).
-template <typename T, int D, int LB, int NT, bool DEN, bool FOLD>
+template <typename T, int D, int W, int LB, int NT, bool DEN, bool FOLD>
 __device__ __forceinline__ void cos_tc_state_mma(float (&acc)[NT][4], float (&dz)[4], const u32 (&aq)[D / 16][4],
                                                  u16 (*bs)[LB], float sn0, float cs0, float sn1, float cs1,
                                                  int e0) {
@@ -295,7 +333,7 @@ __device__ __forceinline__ void cos_tc_state_mma(float (&acc)[NT][4], float (&dz
     for (int j = 0; j + 1 < NT; j += 2) {
       u32 bc[4], bsn[4];
       ldmatrix_x4_trans(bc, &brow[0][e0 + j * 8 + (mat / 2) * 8]);
-      ldmatrix_x4_trans(bsn, &brow[0][D + e0 + j * 8 + (mat / 2) * 8]);
+      ldmatrix_x4_trans(bsn, &brow[0][W + e0 + j * 8 + (mat / 2) * 8]);
       mma16816<T>(oc[j], ac, bc[0], bc[1]);
       mma16816<T>(oc[j + 1], ac, bc[2], bc[3]);
       mma16816<T>(os[j], as, bsn[0], bsn[1]);
@@ -304,13 +342,13 @@ __device__ __forceinline__ void cos_tc_state_mma(float (&acc)[NT][4], float (&dz
     if (NT % 2) {
       u32 bc[2], bsn[2];
       ldmatrix_x2_trans(bc, &brow[0][e0 + (NT - 1) * 8]);
-      ldmatrix_x2_trans(bsn, &brow[0][D + e0 + (NT - 1) * 8]);
+      ldmatrix_x2_trans(bsn, &brow[0][W + e0 + (NT - 1) * 8]);
       mma16816<T>(oc[NT - 1], ac, bc[0], bc[1]);
       mma16816<T>(os[NT - 1], as, bsn[0], bsn[1]);
     }
     if (DEN) {
       u32 bz[4];  // n-tile 0: βzc, n-tile 1: βzs
-      ldmatrix_x4_trans(bz, &brow[0][2 * D + (mat / 2) * 8]);
+      ldmatrix_x4_trans(bz, &brow[0][2 * W + (mat / 2) * 8]);
       mma16816<T>(ozc, ac, bz[0], bz[1]);
       mma16816<T>(ozs, as, bz[2], bz[3]);
     }
@@ -420,12 +458,12 @@ __device__ void cos_map_tc(const CosformerParams& p, int bh0, int bh_step, int t
 #pragma unroll
         for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
         if (ep == 0) {
-          cos_tc_state_mma<T, D, LB, NT, true, true>(acc, dz, aq, bs, sn0, cs0, sn1, cs1, 0);
+          cos_tc_state_mma<T, D, D, LB, NT, true, true>(acc, dz, aq, bs, sn0, cs0, sn1, cs1, 0);
           inv0 = inv_alpha / fmaxf(dz[0] * inv_beta, p.eps);
           inv1 = inv_alpha / fmaxf(dz[2] * inv_beta, p.eps);
           __syncwarp();  // every lane's ldmatrix reads of the Q rows precede the staging writes
         } else {
-          cos_tc_state_mma<T, D, LB, NT, false, true>(acc, dz, aq, bs, sn0, cs0, sn1, cs1, ep * EW);
+          cos_tc_state_mma<T, D, D, LB, NT, false, true>(acc, dz, aq, bs, sn0, cs0, sn1, cs1, ep * EW);
         }
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
@@ -449,18 +487,17 @@ __device__ __forceinline__ u32* cos_chain_flags(const CosformerParams& p) {
 }
 
 // One link of the chained scan over the chunks of slice bh. On entry the thread's registers hold
-// its elements of the chunk's own sums T (update layout: KV rows c, c + 8 × columns e0 + 8j + 2t
-// (+1); zs, zc rows c, c + 8 in warps zw, in all four lanes t). Waits until chunk − 1 has published
-// its inclusive prefix P (partial slot chunk − 1; chunk 0: `state` when state_in, else zero),
-// writes P + T to slot `chunk` (and to `state` for the last chunk when state is non-null),
-// publishes it, and leaves P, the exclusive prefix, in the registers. Each element gets
-// cos_scan's add in cos_scan's order, so outputs and state equal those of the reduce → scan →
-// causal launches bit for bit.
+// its elements of the chunk's own sums T (cos_tc_get_state's layout). Waits until chunk − 1 has
+// published its inclusive prefix P (partial slot chunk − 1; chunk 0: `state` when state_in, else
+// zero), writes P + T to slot `chunk` (and to `state` for the last chunk when state is non-null),
+// publishes it, and leaves P, the exclusive prefix, in the registers. Each element gets cos_scan's
+// add in cos_scan's order, so outputs and state equal those of the reduce → scan → causal
+// launches bit for bit.
 template <int D, int NT>
 __device__ __forceinline__ void cos_tc_chain_link(const CosformerParams& p, int bh, int chunk, int c, int e0,
-                                                  bool zw, int t, float (&ss)[NT][4], float (&sc)[NT][4],
+                                                  bool zw, float (&ss)[NT][4], float (&sc)[NT][4],
                                                   float (&zs)[4], float (&zc)[4]) {
-  const i64 slen = cos_state_len(p), ddv = (i64)D * D;
+  const i64 slen = cos_state_len(p);
   u32* flags = cos_chain_flags(p) + (i64)bh * p.chunks;
   float* own = reinterpret_cast<float*>(p.partial) + ((i64)bh * p.chunks + chunk) * slen;
   float* st = p.state ? reinterpret_cast<float*>(p.state) + (i64)bh * slen : nullptr;
@@ -473,54 +510,50 @@ __device__ __forceinline__ void cos_tc_chain_link(const CosformerParams& p, int 
     }
     __syncthreads();
   }
-  auto at = [&](int j, int x) { return (i64)(x < 2 ? c : c + 8) * D + e0 + j * 8 + 2 * t + (x % 2); };
-  auto load = [&](i64 i) { return prev ? __ldcg(prev + i) : 0.f; };
-  float ps[NT][4], pc[NT][4], pz[4];
+  float ps[NT][4], pc[NT][4], pzs[4], pzc[4];  // P
+  cos_tc_get_state<D, NT>([&](i64 i) { return prev ? __ldcg(prev + i) : 0.f; }, c, e0, zw, ps, pc, pzs, pzc);
+  __syncthreads();  // every read of `state` is done before it is written (one chunk, state_in)
 #pragma unroll
   for (int j = 0; j < NT; ++j)
 #pragma unroll
     for (int x = 0; x < 4; ++x) {
-      ps[j][x] = load(at(j, x));
-      pc[j][x] = load(ddv + at(j, x));
+      ss[j][x] += ps[j][x];  // the scan's P + T
+      sc[j][x] += pc[j][x];
     }
-  // zs, zc of rows c and c + 8
-  pz[0] = zw ? load(2 * ddv + c) : 0.f;
-  pz[1] = zw ? load(2 * ddv + c + 8) : 0.f;
-  pz[2] = zw ? load(2 * ddv + D + c) : 0.f;
-  pz[3] = zw ? load(2 * ddv + D + c + 8) : 0.f;
-  __syncthreads();  // every read of `state` is done before it is written (one chunk, state_in)
+#pragma unroll
+  for (int x = 0; x < 4; ++x) {
+    zs[x] += pzs[x];
+    zc[x] += pzc[x];
+  }
   auto put = [&](i64 i, float v) {
     own[i] = v;
     if (total) total[i] = v;
   };
+  cos_tc_put_state<D, NT>(put, c, e0, zw, ss, sc, zs, zc);
 #pragma unroll
   for (int j = 0; j < NT; ++j)
 #pragma unroll
     for (int x = 0; x < 4; ++x) {
-      put(at(j, x), ps[j][x] + ss[j][x]);
-      put(ddv + at(j, x), pc[j][x] + sc[j][x]);
       ss[j][x] = ps[j][x];
       sc[j][x] = pc[j][x];
     }
-  if (zw && t == 0) {
-    put(2 * ddv + c, pz[0] + zs[0]);
-    put(2 * ddv + c + 8, pz[1] + zs[2]);
-    put(2 * ddv + D + c, pz[2] + zc[0]);
-    put(2 * ddv + D + c + 8, pz[3] + zc[2]);
+#pragma unroll
+  for (int x = 0; x < 4; ++x) {
+    zs[x] = pzs[x];
+    zc[x] = pzc[x];
   }
-  zs[0] = zs[1] = pz[0];
-  zs[2] = zs[3] = pz[1];
-  zc[0] = zc[1] = pz[2];
-  zc[2] = zc[3] = pz[3];
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0 && chunk + 1 < p.chunks) atomicAdd(&flags[chunk], 1u);
 }
 
-// Causal pass (N = S), D ∈ {32, 64}. Grid: (chunks, bh), mapped by cos_causal_block; 8 warps.
+// Causal pass (N = S), D ∈ {32, 64, 128}. Grid: (chunks · D/DV, bh), mapped by cos_causal_block;
+// 8 warps. The CTA owns value columns [ev, ev + DV) (DV = cos_tc_causal_dv(D)): its V tiles,
+// outputs and state columns; the scores need all of Q and K, so D = 128's two CTAs per chunk
+// both read them (the second time mostly from L2) and both compute them.
 // `partial` holds each chunk's exclusive prefix state (after cos_scan). Per 64-row block of the
 // chunk (Q and K tiles ReLU'd once in shared memory, tc_relu_own):
-//  1. output: warp (rt, eh) owns query rows [16rt, 16rt+16) × value columns [eh·D/2, …) (rt
+//  1. output: warp (rt, eh) owns query rows [16rt, 16rt+16) × value columns [eh·DV/2, …) (rt
 //     paired across schedulers, see rt below): scores S = ReLU(Q)ReLU(K)ᵀ over key groups ≤ rt,
 //     weights W = S·cos(θ_i − θ_j) (a table over i − j) masked to j ≤ i (selected, never
 //     multiplied, so later keys cannot leak), scaled per row by a power of two σ_i into the
@@ -541,15 +574,22 @@ __device__ __forceinline__ void cos_tc_chain_link(const CosformerParams& p, int 
 // exclusive prefix from the previous chunk's CTA and publishes its inclusive one
 // (cos_tc_chain_link), so no separate reduce or scan runs.
 template <typename T, int D, bool CHAIN = false>
-__device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, int chunk) {
+__device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, int chunk, int ev = 0) {
   constexpr int WARPS = COS_TC_CAUSAL_WARPS, THREADS = WARPS * 32, BR = COS_TC_BLOCK;
-  constexpr int LD = D + 8, LB = cos_tc_state_ld(D), KT = D / 16;
-  constexpr int OW = D / 2, ONT = OW / 8;                    // output phase: columns per warp
-  constexpr int WC = D / 16, UES = WARPS / WC, UW = D / UES, UNT = UW / 8;  // update phase
-  static_assert(D == 32 || D == 64, "causal tensor-core path: D in {32, 64}");
-  auto tiles = reinterpret_cast<u16(*)[3][BR][LD]>(cos_tc_smem);  // [buf][q, k, v]
-  auto os = reinterpret_cast<u16(*)[LD]>(cos_tc_smem + 6 * BR * LD);
-  auto bs = reinterpret_cast<u16(*)[LB]>(cos_tc_smem + 7 * BR * LD);
+  constexpr int DV = cos_tc_causal_dv(D);  // value columns [ev, ev + DV) are this CTA's
+  constexpr int LD = D + 8, LDV = DV + 8, LB = cos_tc_state_ld(DV), KT = D / 16;
+  constexpr int OW = DV / 2, ONT = OW / 8;                    // output phase: columns per warp
+  constexpr int WC = D / 16, UES = WARPS / WC, UW = DV / UES, UNT = UW / 8;  // update phase
+  static_assert(D == 32 || D == 64 || D == 128, "causal tensor-core path: D in {32, 64, 128}");
+  static_assert(!CHAIN || D == DV, "the chained link carries every value column");
+  // Two pipeline buffers of [Q tile | K tile | V tile] (one base per buffer, so the tiles' addresses
+  // differ by constants), then the output stage and the state operand.
+  constexpr int BUF = 2 * BR * LD + BR * LDV;
+  auto q_tile = [](int b) { return reinterpret_cast<u16(*)[LD]>(cos_tc_smem + b * BUF); };
+  auto k_tile = [](int b) { return reinterpret_cast<u16(*)[LD]>(cos_tc_smem + b * BUF + BR * LD); };
+  auto v_tile = [](int b) { return reinterpret_cast<u16(*)[LDV]>(cos_tc_smem + b * BUF + 2 * BR * LD); };
+  auto os = reinterpret_cast<u16(*)[LDV]>(cos_tc_smem + 2 * BUF);
+  auto bs = reinterpret_cast<u16(*)[LB]>(cos_tc_smem + 2 * BUF + BR * LDV);
   __shared__ __align__(8) float ang[2][2][BR];
   __shared__ float red[2][WARPS];
   __shared__ float wdiag[WARPS][16][17];  // non-finite fallback: the warp's diagonal weights
@@ -566,7 +606,6 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
   const bool zw = warp < WC;
   const int row_begin = chunk * p.rows_per_chunk;
   const int row_end = min(p.n, row_begin + p.rows_per_chunk);
-  const i64 ddv = (i64)D * D;
   const u32 one = ones2<T>();
   if (threadIdx.x < 2 * BR) wdt[threadIdx.x] = cospif((float)((int)threadIdx.x - BR) / (2.0f * (float)p.m));
 
@@ -574,11 +613,12 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
     const int b = bh / p.h, h = bh % p.h;
     const u16* q = reinterpret_cast<const u16*>(p.q) + (b * p.q_sb + h * p.q_sh);
     const u16* k = reinterpret_cast<const u16*>(p.k) + (b * p.k_sb + h * p.k_sh);
-    const u16* v = reinterpret_cast<const u16*>(p.v) + (b * p.v_sb + h * p.v_sh);
-    u16* o = reinterpret_cast<u16*>(p.o) + (b * p.o_sb + h * p.o_sh);
+    const u16* v = reinterpret_cast<const u16*>(p.v) + (b * p.v_sb + h * p.v_sh) + ev;
+    u16* o = reinterpret_cast<u16*>(p.o) + (b * p.o_sb + h * p.o_sh) + ev;
     const float* pre = reinterpret_cast<const float*>(p.partial) + ((i64)bh * p.chunks + chunk) * cos_state_len(p);
 
-    // The running state in the update layout: rows c = 16ct + g (+8), columns eu + 8j + 2t (+1).
+    // The running state in the update layout: rows c = 16ct + g (+8), columns eu + 8j + 2t (+1)
+    // of the CTA's value columns (state columns ev + …).
     float ss[UNT][4], sc[UNT][4], zs[4], zc[4];
     if constexpr (CHAIN) {
       static_assert(cos_tc_reduce_threads(D) == THREADS && cos_tc_reduce_nt(D) == UNT,
@@ -587,32 +627,16 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
     } else {
       __syncthreads();  // the previous bh's readers of every buffer are done
     }
-    tc_stage<D, LD, BR, THREADS>(tiles[0][0], q, p.q_sn, row_begin, row_end);
-    tc_stage<D, LD, BR, THREADS>(tiles[0][1], k, p.k_sn, row_begin, row_end);
-    tc_stage<D, LD, BR, THREADS>(tiles[0][2], v, p.v_sn, row_begin, row_end);
+    tc_stage<D, LD, BR, THREADS>(q_tile(0), q, p.q_sn, row_begin, row_end);
+    tc_stage<D, LD, BR, THREADS>(k_tile(0), k, p.k_sn, row_begin, row_end);
+    tc_stage<DV, LDV, BR, THREADS>(v_tile(0), v, p.v_sn, row_begin, row_end);
     cos_tc_angles<BR>(ang[0], p, row_begin, row_end);
     cp_async_commit();
 
     if constexpr (CHAIN) {
-      cos_tc_chain_link<D, UNT>(p, bh, chunk, ct * 16 + g, eu, zw, t, ss, sc, zs, zc);
+      cos_tc_chain_link<D, UNT>(p, bh, chunk, ct * 16 + g, eu, zw, ss, sc, zs, zc);
     } else {
-      const int c = ct * 16 + g;
-#pragma unroll
-      for (int j = 0; j < UNT; ++j) {
-        const int e = eu + j * 8 + 2 * t;
-        ss[j][0] = pre[(i64)c * D + e];
-        ss[j][1] = pre[(i64)c * D + e + 1];
-        ss[j][2] = pre[(i64)(c + 8) * D + e];
-        ss[j][3] = pre[(i64)(c + 8) * D + e + 1];
-        sc[j][0] = pre[ddv + (i64)c * D + e];
-        sc[j][1] = pre[ddv + (i64)c * D + e + 1];
-        sc[j][2] = pre[ddv + (i64)(c + 8) * D + e];
-        sc[j][3] = pre[ddv + (i64)(c + 8) * D + e + 1];
-      }
-      zs[0] = zs[1] = zw ? pre[2 * ddv + c] : 0.f;
-      zs[2] = zs[3] = zw ? pre[2 * ddv + c + 8] : 0.f;
-      zc[0] = zc[1] = zw ? pre[2 * ddv + D + c] : 0.f;
-      zc[2] = zc[3] = zw ? pre[2 * ddv + D + c + 8] : 0.f;
+      cos_tc_get_state<D, UNT>([&](i64 i) { return pre[i]; }, ct * 16 + g, ev + eu, zw, ss, sc, zs, zc);
     }
 
     int buf = 0;
@@ -621,8 +645,8 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
       // the threads that copied them; the barrier in cos_tc_block_max publishes them.
       cp_async_wait<0>();
       if (p.relu) {
-        tc_relu_own<T, D, LD, BR, THREADS>(tiles[buf][0]);
-        tc_relu_own<T, D, LD, BR, THREADS>(tiles[buf][1]);
+        tc_relu_own<T, D, LD, BR, THREADS>(q_tile(buf));
+        tc_relu_own<T, D, LD, BR, THREADS>(k_tile(buf));
       }
       // (3) of the previous block, or the prefix: the state as a scaled 16-bit operand.
       float alpha, beta;
@@ -642,28 +666,28 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
           const int e = eu + j * 8 + 2 * t;
           *reinterpret_cast<u32*>(&bs[c][e]) = pack2<T>(sc[j][0] * alpha, sc[j][1] * alpha);
           *reinterpret_cast<u32*>(&bs[c + 8][e]) = pack2<T>(sc[j][2] * alpha, sc[j][3] * alpha);
-          *reinterpret_cast<u32*>(&bs[c][D + e]) = pack2<T>(ss[j][0] * alpha, ss[j][1] * alpha);
-          *reinterpret_cast<u32*>(&bs[c + 8][D + e]) = pack2<T>(ss[j][2] * alpha, ss[j][3] * alpha);
+          *reinterpret_cast<u32*>(&bs[c][DV + e]) = pack2<T>(ss[j][0] * alpha, ss[j][1] * alpha);
+          *reinterpret_cast<u32*>(&bs[c + 8][DV + e]) = pack2<T>(ss[j][2] * alpha, ss[j][3] * alpha);
         }
         if (zw) {  // 4 lanes per row fill the 16 z columns: zc in 0–7, zs in 8–15
-          *reinterpret_cast<u32*>(&bs[c][2 * D + 2 * t]) = pack2<T>(zc[0] * beta, zc[0] * beta);
-          *reinterpret_cast<u32*>(&bs[c + 8][2 * D + 2 * t]) = pack2<T>(zc[2] * beta, zc[2] * beta);
-          *reinterpret_cast<u32*>(&bs[c][2 * D + 8 + 2 * t]) = pack2<T>(zs[0] * beta, zs[0] * beta);
-          *reinterpret_cast<u32*>(&bs[c + 8][2 * D + 8 + 2 * t]) = pack2<T>(zs[2] * beta, zs[2] * beta);
+          *reinterpret_cast<u32*>(&bs[c][2 * DV + 2 * t]) = pack2<T>(zc[0] * beta, zc[0] * beta);
+          *reinterpret_cast<u32*>(&bs[c + 8][2 * DV + 2 * t]) = pack2<T>(zc[2] * beta, zc[2] * beta);
+          *reinterpret_cast<u32*>(&bs[c][2 * DV + 8 + 2 * t]) = pack2<T>(zs[0] * beta, zs[0] * beta);
+          *reinterpret_cast<u32*>(&bs[c + 8][2 * DV + 8 + 2 * t]) = pack2<T>(zs[2] * beta, zs[2] * beta);
         }
       }
       if (row0 + BR < row_end) {  // the other buffer was last read before the barrier above
-        tc_stage<D, LD, BR, THREADS>(tiles[buf ^ 1][0], q, p.q_sn, row0 + BR, row_end);
-        tc_stage<D, LD, BR, THREADS>(tiles[buf ^ 1][1], k, p.k_sn, row0 + BR, row_end);
-        tc_stage<D, LD, BR, THREADS>(tiles[buf ^ 1][2], v, p.v_sn, row0 + BR, row_end);
+        tc_stage<D, LD, BR, THREADS>(q_tile(buf ^ 1), q, p.q_sn, row0 + BR, row_end);
+        tc_stage<D, LD, BR, THREADS>(k_tile(buf ^ 1), k, p.k_sn, row0 + BR, row_end);
+        tc_stage<DV, LDV, BR, THREADS>(v_tile(buf ^ 1), v, p.v_sn, row0 + BR, row_end);
         cos_tc_angles<BR>(ang[buf ^ 1], p, row0 + BR, row_end);
       }
       cp_async_commit();
       cp_async_wait<1>();
       __syncthreads();  // block tiles, angles and bs visible
-      u16(*qs)[LD] = tiles[buf][0];
-      u16(*ks)[LD] = tiles[buf][1];
-      u16(*vs)[LD] = tiles[buf][2];
+      u16(*qs)[LD] = q_tile(buf);
+      u16(*ks)[LD] = k_tile(buf);
+      u16(*vs)[LDV] = v_tile(buf);
       const float(*tab)[BR] = ang[buf];
 
       // (1) Output of rows [16rt, 16rt + 16).
@@ -778,7 +802,7 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
           acc[j][3] *= f1;
         }
         float dz[4] = {0, 0, 0, 0};
-        cos_tc_state_mma<T, D, LB, ONT, true, false>(acc, dz, aq, bs, sn0, cs0, sn1, cs1, eo);
+        cos_tc_state_mma<T, D, DV, LB, ONT, true, false>(acc, dz, aq, bs, sn0, cs0, sn1, cs1, eo);
         const float inv_alpha = pow2_inv(alpha), inv_beta = pow2_inv(beta);
         const float inv0 = inv_alpha / fmaxf(rs0 + dz[0] * inv_beta, p.eps);
         const float inv1 = inv_alpha / fmaxf(rs1 + dz[2] * inv_beta, p.eps);
@@ -789,7 +813,7 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
           *reinterpret_cast<u32*>(&os[i1][e]) = pack2<T>(acc[j][2] * inv1, acc[j][3] * inv1);
         }
         __syncwarp();
-        cos_tc_store_rows<LD, OW>(o, p.o_sn, &os[r0], row0 + r0, row_end, eo);
+        cos_tc_store_rows<LDV, OW>(o, p.o_sn, &os[r0], row0 + r0, row_end, eo);
       }
 
       // (2) State update with the block's keys.
@@ -799,7 +823,7 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
         cos_tc_key_frag<T, LD>(a, ks, n0, ct * 16, 0);
         u32 as[4], ac[4], unused[4];  // hi parts only: see cos_tc_key_ops
         cos_tc_key_ops<T, BR, false>(as, ac, unused, unused, a, n0, tab);
-        cos_tc_kv_mma<T, LD, UNT>(ss, sc, as, ac, vs, n0, eu);
+        cos_tc_kv_mma<T, LDV, UNT>(ss, sc, as, ac, vs, n0, eu);
         if (zw) {
           mma16816<T>(zs, as, one, one);
           mma16816<T>(zc, ac, one, one);
@@ -891,30 +915,36 @@ __device__ void cos_short_causal_tc(const CosformerParams& p) {
       cosformer_map_tc##DIM##_##NAME(const __grid_constant__ CosformerParams p) {                \
     cos_map_tc<T, DIM, COS_TC_MAP_WARPS>(p, blockIdx.y, gridDim.y, blockIdx.x, gridDim.x);      \
   }
-// The causal pass's block → (bh slices, chunk), grid (chunks, ≤ B·H): chunk-major from the last
-// chunk, so that the first CTAs re-read the K, V rows that the reduce pass (grid x = bh, y =
-// chunk, so chunk-major too) read last and L2 may still hold. With a grid-stride over bh
-// (gridDim.y < B·H) the plain mapping.
-__device__ __forceinline__ void cos_causal_block(const CosformerParams& p, int& bh0, int& bh_step, int& chunk) {
+// The causal pass's block → (bh slices, chunk, value columns ev), grid (chunks · EH, ≤ B·H) with
+// EH = D / cos_tc_causal_dv(D) CTAs per chunk: chunk-major from the last chunk, so that the first
+// CTAs re-read the K, V rows that the reduce pass (grid x = bh, y = chunk, so chunk-major too)
+// read last and L2 may still hold; a chunk's EH CTAs adjacent, so that they share its Q, K reads
+// in L2. With a grid-stride over bh (gridDim.y < B·H) the plain mapping.
+template <int EH, int DV>
+__device__ __forceinline__ void cos_causal_block(const CosformerParams& p, int& bh0, int& bh_step, int& chunk,
+                                                 int& ev) {
   const int bhn = p.b * p.h;
   if ((int)gridDim.y == bhn && (u64)gridDim.x * gridDim.y <= 0xffffffffull) {
-    const u32 l = blockIdx.x + gridDim.x * blockIdx.y;
-    bh0 = (int)(l % (u32)bhn);
+    const u32 l = blockIdx.x + gridDim.x * blockIdx.y, lc = l / EH;
+    ev = (int)(l % EH) * DV;
+    bh0 = (int)(lc % (u32)bhn);
     bh_step = bhn;
-    chunk = (int)(gridDim.x - 1 - l / (u32)bhn);
+    chunk = (int)(gridDim.x / EH - 1 - lc / (u32)bhn);
   } else {
     bh0 = blockIdx.y;
     bh_step = gridDim.y;
-    chunk = blockIdx.x;
+    chunk = blockIdx.x / EH;
+    ev = (int)(blockIdx.x % EH) * DV;
   }
 }
 
 #define COS_TC_CAUSAL(DIM, T, NAME)                                                             \
   extern "C" __global__ void __launch_bounds__(COS_TC_CAUSAL_WARPS * 32, 1)                      \
       cosformer_causal_tc##DIM##_##NAME(const __grid_constant__ CosformerParams p) {             \
-    int bh0, bh_step, chunk;                                                                    \
-    cos_causal_block(p, bh0, bh_step, chunk);                                                   \
-    cos_causal_tc<T, DIM>(p, bh0, bh_step, chunk);                                              \
+    constexpr int DV = cos_tc_causal_dv(DIM);                                                   \
+    int bh0, bh_step, chunk, ev;                                                                \
+    cos_causal_block<DIM / DV, DV>(p, bh0, bh_step, chunk, ev);                                 \
+    cos_causal_tc<T, DIM>(p, bh0, bh_step, chunk, ev);                                          \
   }
 
 // Causal D = 64 in one launch (after a memset of cos_chain_flags): each CTA reduces its chunk,
@@ -937,11 +967,12 @@ __device__ void cos_causal_chain_tc(const CosformerParams& p) {
     cos_causal_chain_tc<T>(p);                                                                  \
   }
 
-// D = 128 (non-causal): one CTA per SM for the reduce (512 threads, 127 registers), two for the
-// map (238 registers, 106 KB of shared memory). sm_90 only: on sm_80 the bf16 map spills, and Rust
-// takes the CUDA-core kernels there.
+// D = 128: one CTA per SM for the reduce (512 threads, 127 registers), two for the map (187/255
+// registers, 106 KB of shared memory); the causal pass with two CTAs per chunk, one per half of
+// the value columns. sm_90 only: on sm_80 the bf16 map spills, and Rust takes the CUDA-core
+// kernels there.
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-#define COS_TC_128(T, NAME) COS_TC(128, 1, 1, T, NAME)
+#define COS_TC_128(T, NAME) COS_TC(128, 1, 1, T, NAME) COS_TC_CAUSAL(128, T, NAME)
 #else
 #define COS_TC_128(T, NAME)
 #endif
@@ -963,6 +994,7 @@ __device__ void cos_causal_chain_tc(const CosformerParams& p) {
 static_assert(cos_tc_reduce_smem(64) == 18432 && cos_tc_map_smem(64) == 37888 &&
                   cos_tc_short_smem(64) == 56320 && cos_tc_short_smem(32) == 10752 &&
                   cos_tc_short_smem(48) == 22272 && cos_tc_short_causal_smem(64) == 83968 &&
-                  cos_tc_causal_smem(64) == 83968 && cos_tc_reduce_threads(64) == 256 &&
+                  cos_tc_causal_smem(64) == 83968 && cos_tc_causal_smem(128) == 136192 &&
+                  cos_tc_reduce_threads(64) == 256 &&
                   cos_tc_reduce_threads(32) == 64 && cos_tc_reduce_threads(128) == 512,
               "cosFormer tensor-core launch geometry changed: update Rust");

@@ -57,14 +57,16 @@ def main():
         print(f"  {fun:30s} {with_hmma(sass(AFT_FAST, 'aft.cu', fun), 32)[0]}")
 
     print("cosFormer causal pass, per 64-row block (row-block loop + 3 more state-update steps):")
-    for rt in range(4):
-        subs = [("cosformer_tc.cuh", re.escape("if (__any_sync(0xffffffffu, poisoned))"), "if (false)"),
-                ("cosformer_tc.cuh", r"const int eh = warp / 4, rt = [^,]*,", f"const int eh = warp / 4, rt = {rt},"),
-                ("cosformer_tc.cuh", re.escape("if (p.relu) {"), "if (true) {")]
-        text = sass(subs, "cosformer.cu", "cosformer_causal_tc64_f16")
-        update = with_hmma(text, 10)[0]  # the state update of 16 keys
-        block = min(c for _, _, c, h in loops(text) if h["HMMA"] > 10)  # the row-block loop
-        print(f"  rt = {rt}: {block} + 3 × {update} = {block + 3 * update}")
+    # D = 128: each of the two CTAs per chunk has 64 value columns; its update of 16 keys is 18 HMMA.
+    for d, update_hmma in ((64, 10), (128, 18)):
+        for rt in range(4):
+            subs = [("cosformer_tc.cuh", re.escape("if (__any_sync(0xffffffffu, poisoned))"), "if (false)"),
+                    ("cosformer_tc.cuh", r"const int eh = warp / 4, rt = [^,]*,", f"const int eh = warp / 4, rt = {rt},"),
+                    ("cosformer_tc.cuh", re.escape("if (p.relu) {"), "if (true) {")]
+            text = sass(subs, "cosformer.cu", f"cosformer_causal_tc{d}_f16")
+            update = with_hmma(text, update_hmma)[0]  # the state update of 16 keys
+            block = min(c for _, _, c, h in loops(text) if h["HMMA"] > update_hmma)  # the row-block loop
+            print(f"  D = {d}, rt = {rt}: {block} + 3 × {update} = {block + 3 * update}")
 
     print("cosFormer reduce, per 16 keys:")
     for exact in (0, 1):

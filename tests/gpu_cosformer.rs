@@ -387,8 +387,9 @@ fn cosformer_many_heads_grid_stride() {
     }
 }
 
-/// f16/bf16 with D == Dv ∈ {32, 48, 64} and 16-byte-aligned rows take the tensor-core kernels
-/// (causal: D ∈ {32, 64}); the cases above mostly have Dv ≠ D and stay on CUDA cores.
+/// f16/bf16 with D == Dv ∈ {32, 48, 64, 128} and 16-byte-aligned rows take the tensor-core kernels
+/// (causal: D ∈ {32, 64, 128}; D = 128 on sm_90 only); the cases above mostly have Dv ≠ D and
+/// stay on CUDA cores.
 #[test]
 fn cosformer_tensor_core_non_causal() {
     let Some(rt) = common::gpu("cosformer tensor cores, non-causal") else {
@@ -450,7 +451,9 @@ fn cosformer_tensor_core_causal() {
         return;
     };
     let mut seed = 9500;
-    for &d in &[32, 64] {
+    // D = 128 (sm_90, as the simulator reports): two CTAs per chunk, one per half of the value
+    // columns.
+    for &d in &[32, 64, 128] {
         for &n in &LENS {
             for kind in [LayoutKind::Bhnd, LayoutKind::Bnhd] {
                 let c = Case::new(n, n, d, d, kind, true);

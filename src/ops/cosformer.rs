@@ -39,11 +39,11 @@ pub const CAUSAL_CTAS: usize = 1024;
 const TARGET_CTAS: usize = 1024;
 const MAX_GRID_YZ: usize = 65535;
 /// Head dims (D == Dv) with tensor-core passes for f16/bf16 and 16-byte-aligned rows: the
-/// non-causal reduce/map (D = 128 on sm_90 only: [`TC_SM90_DIMS`]), and the causal pass.
+/// non-causal reduce/map and the causal pass (D = 128 on sm_90 only: [`TC_SM90_DIMS`]).
 const TC_DIMS: [usize; 4] = [32, 48, 64, 128];
 /// Tensor-core head dims built for sm_90 only (on sm_80 the bf16 map would spill).
 const TC_SM90_DIMS: [usize; 1] = [128];
-const TC_CAUSAL_DIMS: [usize; 2] = [32, 64];
+const TC_CAUSAL_DIMS: [usize; 3] = [32, 64, 128];
 const TC_ROWS: usize = 32; // COS_TC_ROWS
 const TC_MAP_THREADS: u32 = 128; // COS_TC_MAP_WARPS · 32
 const TC_MAP_ROWS: usize = 64; // COS_TC_MAP_WARPS · 16
@@ -95,15 +95,20 @@ mod tc {
         let map = (d * state_ld(d) + 2 * (reduce_threads(d) as usize / 32) * 16 * (d + 8)) * 2;
         reduce_smem(d).max(map as u32)
     }
+    /// Value columns per causal CTA (cos_tc_causal_dv): D = 128 splits them between two CTAs.
+    pub fn causal_dv(d: usize) -> usize {
+        d.min(64)
+    }
     pub fn causal_smem(d: usize) -> u32 {
-        ((7 * BLOCK * (d + 8) + d * state_ld(d)) * 2) as u32
+        let dv = causal_dv(d);
+        ((4 * BLOCK * (d + 8) + 3 * BLOCK * (dv + 8) + d * state_ld(dv)) * 2) as u32
     }
     // The values the static_assert in kernels/cosformer_tc.cuh pins.
     #[test]
     fn geometry_matches_the_kernel_header() {
         assert_eq!(reduce_smem(64), 18432);
         assert_eq!(map_smem(64), 37888);
-        assert_eq!(causal_smem(64), 83968);
+        assert_eq!((causal_smem(64), causal_smem(128)), (83968, 136192));
         assert_eq!(
             (short_smem(32), short_smem(48), short_smem(64)),
             (10752, 22272, 56320)
@@ -153,8 +158,9 @@ pub struct KernelParams {
     pub relu: i32,
     pub state_in: i32,
     pub eps: f32,
-    /// Tensor-core reduce: state sums as hi + lo parts (1 when causal: the prefix states and a
-    /// prefill's returned state stay fp32-accurate); 0: hi parts, the state only feeds the map.
+    /// Tensor-core reduce: state sums as hi + lo parts, so that the state a causal prefill returns
+    /// stays fp32-accurate (set by [`queue`]); 0: hi parts, where the sums only feed the 16-bit
+    /// state operand of the map or causal pass.
     pub exact_state: i32,
 }
 
@@ -455,7 +461,6 @@ fn kernel_params(
         m: plan.m as i32,
         relu: plan.relu as i32,
         eps: plan.eps,
-        exact_state: plan.causal as i32,
         ..Default::default()
     }
 }
@@ -474,6 +479,8 @@ unsafe fn queue(
     mut p: KernelParams,
     workspace: u64,
 ) -> Result<()> {
+    // Only a state handed back to the caller (a causal prefill's) needs the exact sums.
+    p.exact_state = (plan.causal && p.state != 0) as i32;
     if tensor_cores(plan, dtype, &p, rt.info().compute_capability.0 >= 9) {
         // SAFETY: forwarded contract; `tensor_cores` checked the dims and 16-byte alignment.
         return unsafe { queue_tc(rt, stream, plan, dtype, p, workspace) };
@@ -546,8 +553,8 @@ fn tc_causal_rows(plan: &Plan) -> usize {
     if plan.explicit_rows {
         return plan.rows_per_chunk;
     }
-    let bh = plan.b * plan.h;
-    let want = plan.n.div_ceil(TC_CAUSAL_CTAS.div_ceil(bh));
+    let slices = plan.b * plan.h * (plan.d / tc::causal_dv(plan.d));
+    let want = plan.n.div_ceil(TC_CAUSAL_CTAS.div_ceil(slices));
     want.max(1).div_ceil(plan.rows_per_chunk) * plan.rows_per_chunk
 }
 
@@ -678,13 +685,15 @@ unsafe fn queue_tc(
         let csmem = tc::causal_smem(d);
         rt.allow_dynamic_smem(&causal, csmem)?;
         let chunks = p.chunks as u32;
+        // The causal pass: one CTA per chunk and share of the value columns (cos_causal_block).
+        let shares = (d / tc::causal_dv(d)) as u32;
         // SAFETY: chunks ≤ plan.chunks, so the partials fit the workspace; grids cover every
-        // chunk and state element.
+        // chunk, value column and state element.
         unsafe {
             let rgrid = (grid_dim(bh), chunks, 1);
             launch_smem(stream, &reduce, rgrid, tc::reduce_threads(d), rsmem, &p)?;
             launch(stream, &scan, (elem_blocks, bh_y, 1), THREADS, &p)?;
-            let cgrid = (chunks, bh_y, 1);
+            let cgrid = (chunks * shares, bh_y, 1);
             launch_smem(stream, &causal, cgrid, TC_CAUSAL_THREADS, csmem, &p)?;
         }
     } else {
