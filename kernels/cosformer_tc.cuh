@@ -10,7 +10,7 @@
 //                  carrying the fp32 state in registers: per block, the masked intra-block
 //                  products, the state product, then the state update. D = 128: two CTAs per
 //                  chunk, each with half of the value columns (and of the state).
-//   cos_causal_chain_tc  D = 64: reduce, scan and causal pass in one launch; each CTA reduces
+//   cos_causal_chain_tc  D ∈ {64, 128}: reduce, scan and causal pass in one launch; each CTA reduces
 //                  its chunk into the registers that carry the causal state, takes its prefix
 //                  from the previous chunk's CTA (a chained scan, fixed order), then runs the
 //                  chunk's outputs. K, V read twice within one kernel (the second time mostly
@@ -181,22 +181,22 @@ __device__ __forceinline__ void cos_tc_put_state(Put put, int c, int e0, bool zw
   }
 }
 
-// The sums of key rows [row_begin, row_end) of one (b,h) slice into the calling warp's registers:
-// warp (ct, ep) of (D/16 c-tiles) × ES e-parts holds state rows c = 16ct + g (+8) × columns
-// ep·D/ES + 8j + 2t (+1) of KVs (as) and KVc (ac), and the ep = 0 warps zs, zc of rows c (+8) in
-// every column of the ones-product (zs[0] = zs[1] = row c, zs[2] = zs[3] = row c + 8; other warps
-// 0). The causal pass holds its state in this layout for D = 64. Staging: cos_tc_smem. Ends after
-// a barrier, with every read of the staging buffers done.
-template <typename T, int D>
+// The sums of key rows [row_begin, row_end) of one (b,h) slice over the DV value columns from v
+// into the calling warp's registers: warp (ct, ep) of (D/16 c-tiles) × ES e-parts holds state rows
+// c = 16ct + g (+8) × columns ep·DV/ES + 8j + 2t (+1) of KVs (as) and KVc (ac), and the ep = 0
+// warps zs, zc of rows c (+8) in every column of the ones-product (zs[0] = zs[1] = row c, zs[2] =
+// zs[3] = row c + 8; other warps 0): cos_tc_get_state's layout. The reduce pass takes all value
+// columns; the chained causal kernel its CTA's (the causal update layout). Staging: cos_tc_smem
+// (cos_tc_reduce_smem when DV = D). Ends after a barrier, with every read of the staging buffers
+// done.
+template <typename T, int D, int DV = D, int ES = cos_tc_reduce_esplit(D)>
 __device__ __forceinline__ void cos_reduce_tc_sums(const CosformerParams& p, const u16* k, const u16* v,
-                                                   int row_begin, int row_end,
-                                                   float (&as)[cos_tc_reduce_nt(D)][4],
-                                                   float (&ac)[cos_tc_reduce_nt(D)][4], float (&zs)[4],
-                                                   float (&zc)[4]) {
-  constexpr int WC = D / 16, ES = cos_tc_reduce_esplit(D), LD = D + 8, ROWS = COS_TC_ROWS;
-  constexpr int THREADS = WC * ES * 32, EW = D / ES, NT = cos_tc_reduce_nt(D);
+                                                   int row_begin, int row_end, float (&as)[DV / ES / 8][4],
+                                                   float (&ac)[DV / ES / 8][4], float (&zs)[4], float (&zc)[4]) {
+  constexpr int WC = D / 16, LD = D + 8, LDV = DV + 8, ROWS = COS_TC_ROWS;
+  constexpr int THREADS = WC * ES * 32, EW = DV / ES, NT = DV / ES / 8;
   auto ks = reinterpret_cast<u16(*)[ROWS][LD]>(cos_tc_smem);
-  auto vs = ks + 2;
+  auto vs = reinterpret_cast<u16(*)[ROWS][LDV]>(cos_tc_smem + 2 * ROWS * LD);
   __shared__ __align__(8) float ang[2][2][ROWS];
   const int warp = threadIdx.x / 32;
   const int ct = warp % WC, e0 = (warp / WC) * EW;
@@ -211,14 +211,14 @@ __device__ __forceinline__ void cos_reduce_tc_sums(const CosformerParams& p, con
 
   __syncthreads();  // earlier reads of the buffers are done
   tc_stage<D, LD, ROWS, THREADS>(ks[0], k, p.k_sn, row_begin, row_end);
-  tc_stage<D, LD, ROWS, THREADS>(vs[0], v, p.v_sn, row_begin, row_end);
+  tc_stage<DV, LDV, ROWS, THREADS>(vs[0], v, p.v_sn, row_begin, row_end);
   cos_tc_angles<ROWS>(ang[0], p, row_begin, row_end);
   cp_async_commit();
   int buf = 0;
   for (int row0 = row_begin; row0 < row_end; row0 += ROWS, buf ^= 1) {
     if (row0 + ROWS < row_end) {
       tc_stage<D, LD, ROWS, THREADS>(ks[buf ^ 1], k, p.k_sn, row0 + ROWS, row_end);
-      tc_stage<D, LD, ROWS, THREADS>(vs[buf ^ 1], v, p.v_sn, row0 + ROWS, row_end);
+      tc_stage<DV, LDV, ROWS, THREADS>(vs[buf ^ 1], v, p.v_sn, row0 + ROWS, row_end);
       cos_tc_angles<ROWS>(ang[buf ^ 1], p, row0 + ROWS, row_end);
     }
     cp_async_commit();
@@ -235,13 +235,13 @@ __device__ __forceinline__ void cos_reduce_tc_sums(const CosformerParams& p, con
         cos_tc_key_ops<T, ROWS, true>(sh, ch, sl, cl, a, n0, ang[buf]);
       else
         cos_tc_key_ops<T, ROWS, false>(sh, ch, sl, cl, a, n0, ang[buf]);
-      cos_tc_kv_mma<T, LD, NT>(as, ac, sh, ch, vs[buf], n0, e0);
+      cos_tc_kv_mma<T, LDV, NT>(as, ac, sh, ch, vs[buf], n0, e0);
       if (zw) {
         mma16816<T>(zs, sh, one, one);
         mma16816<T>(zc, ch, one, one);
       }
       if (p.exact_state) {
-        cos_tc_kv_mma<T, LD, NT>(as, ac, sl, cl, vs[buf], n0, e0);
+        cos_tc_kv_mma<T, LDV, NT>(as, ac, sl, cl, vs[buf], n0, e0);
         if (zw) {
           mma16816<T>(zs, sl, one, one);
           mma16816<T>(zc, cl, one, one);
@@ -480,32 +480,35 @@ __device__ void cos_map_tc(const CosformerParams& p, int bh0, int bh_step, int t
   }
 }
 
-// The chained causal launch's flags: one u32 per (bh, chunk) after the partials, then the ticket
-// counter. All zero when the kernel starts (Rust queues a memset before it).
+// The chained causal launch's flags: one u32 per (bh, chunk, share of the value columns) after the
+// partials, then the ticket counter. All zero when the kernel starts (Rust queues a memset before
+// it).
 __device__ __forceinline__ u32* cos_chain_flags(const CosformerParams& p) {
   return reinterpret_cast<u32*>(reinterpret_cast<float*>(p.partial) + (i64)p.b * p.h * p.chunks * cos_state_len(p));
 }
 
-// One link of the chained scan over the chunks of slice bh. On entry the thread's registers hold
-// its elements of the chunk's own sums T (cos_tc_get_state's layout). Waits until chunk − 1 has
-// published its inclusive prefix P (partial slot chunk − 1; chunk 0: `state` when state_in, else
-// zero), writes P + T to slot `chunk` (and to `state` for the last chunk when state is non-null),
-// publishes it, and leaves P, the exclusive prefix, in the registers. Each element gets cos_scan's
-// add in cos_scan's order, so outputs and state equal those of the reduce → scan → causal
-// launches bit for bit.
-template <int D, int NT>
-__device__ __forceinline__ void cos_tc_chain_link(const CosformerParams& p, int bh, int chunk, int c, int e0,
-                                                  bool zw, float (&ss)[NT][4], float (&sc)[NT][4],
+// One link of the chained scan over the chunks of slice bh, for the value columns of share `half`
+// (of EH; EH = 1: all). On entry the thread's registers hold its elements of the chunk's own sums T
+// (cos_tc_get_state's layout, columns e0 + …). Waits until every share of chunk − 1 has published
+// its inclusive prefix P (partial slot chunk − 1; chunk 0: `state` when state_in, else zero),
+// writes P + T to slot `chunk` (and to `state` for the last chunk when state is non-null; zs, zc,
+// which every share sums alike, by share 0), publishes it, and leaves P, the exclusive prefix, in
+// the registers. Each element gets cos_scan's add in cos_scan's order. EH > 1 with a single chunk
+// and state_in must not run: one share could write `state` before another has read it.
+template <int D, int NT, int EH>
+__device__ __forceinline__ void cos_tc_chain_link(const CosformerParams& p, int bh, int chunk, int half, int c,
+                                                  int e0, bool zw, float (&ss)[NT][4], float (&sc)[NT][4],
                                                   float (&zs)[4], float (&zc)[4]) {
   const i64 slen = cos_state_len(p);
-  u32* flags = cos_chain_flags(p) + (i64)bh * p.chunks;
+  u32* flags = cos_chain_flags(p) + (i64)bh * p.chunks * EH;
   float* own = reinterpret_cast<float*>(p.partial) + ((i64)bh * p.chunks + chunk) * slen;
   float* st = p.state ? reinterpret_cast<float*>(p.state) + (i64)bh * slen : nullptr;
   const float* prev = chunk > 0 ? own - slen : (p.state_in ? st : nullptr);
   float* total = chunk == p.chunks - 1 ? st : nullptr;
   if (chunk > 0) {
     if (threadIdx.x == 0) {
-      while (atomicAdd(&flags[chunk - 1], 0u) == 0u) __nanosleep(64);
+      for (int x = 0; x < EH; ++x)
+        while (atomicAdd(&flags[(chunk - 1) * EH + x], 0u) == 0u) __nanosleep(64);
       __threadfence();
     }
     __syncthreads();
@@ -529,7 +532,7 @@ __device__ __forceinline__ void cos_tc_chain_link(const CosformerParams& p, int 
     own[i] = v;
     if (total) total[i] = v;
   };
-  cos_tc_put_state<D, NT>(put, c, e0, zw, ss, sc, zs, zc);
+  cos_tc_put_state<D, NT>(put, c, e0, zw && half == 0, ss, sc, zs, zc);
 #pragma unroll
   for (int j = 0; j < NT; ++j)
 #pragma unroll
@@ -544,7 +547,7 @@ __device__ __forceinline__ void cos_tc_chain_link(const CosformerParams& p, int 
   }
   __threadfence();
   __syncthreads();
-  if (threadIdx.x == 0 && chunk + 1 < p.chunks) atomicAdd(&flags[chunk], 1u);
+  if (threadIdx.x == 0 && chunk + 1 < p.chunks) atomicAdd(&flags[chunk * EH + half], 1u);
 }
 
 // Causal pass (N = S), D ∈ {32, 64, 128}. Grid: (chunks · D/DV, bh), mapped by cos_causal_block;
@@ -569,9 +572,9 @@ __device__ __forceinline__ void cos_tc_chain_link(const CosformerParams& p, int 
 // Traffic: Q, K, V of the chunk read once (K, V again by the reduce pass), O written once, the
 // prefix state read once.
 // (b,h) slices bh0, bh0 + bh_step, …; chunk `chunk` of the sequence.
-// CHAIN (D = 64, cosformer_causal_chain_tc): the CTA first reduces its chunk's keys into the
-// state registers (the reduce's register layout is this pass's update layout), then takes its
-// exclusive prefix from the previous chunk's CTA and publishes its inclusive one
+// CHAIN (D ∈ {64, 128}, cosformer_causal_chain_tc): the CTA first reduces its chunk's keys over
+// its value columns into the state registers (cos_reduce_tc_sums in this pass's update layout),
+// then takes its exclusive prefix from the previous chunk's CTAs and publishes its inclusive one
 // (cos_tc_chain_link), so no separate reduce or scan runs.
 template <typename T, int D, bool CHAIN = false>
 __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, int chunk, int ev = 0) {
@@ -581,7 +584,6 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
   constexpr int OW = DV / 2, ONT = OW / 8;                    // output phase: columns per warp
   constexpr int WC = D / 16, UES = WARPS / WC, UW = DV / UES, UNT = UW / 8;  // update phase
   static_assert(D == 32 || D == 64 || D == 128, "causal tensor-core path: D in {32, 64, 128}");
-  static_assert(!CHAIN || D == DV, "the chained link carries every value column");
   // Two pipeline buffers of [Q tile | K tile | V tile] (one base per buffer, so the tiles' addresses
   // differ by constants), then the output stage and the state operand.
   constexpr int BUF = 2 * BR * LD + BR * LDV;
@@ -620,10 +622,8 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
     // The running state in the update layout: rows c = 16ct + g (+8), columns eu + 8j + 2t (+1)
     // of the CTA's value columns (state columns ev + …).
     float ss[UNT][4], sc[UNT][4], zs[4], zc[4];
-    if constexpr (CHAIN) {
-      static_assert(cos_tc_reduce_threads(D) == THREADS && cos_tc_reduce_nt(D) == UNT,
-                    "the reduce's register layout is the update layout");
-      cos_reduce_tc_sums<T, D>(p, k, v, row_begin, row_end, ss, sc, zs, zc);  // ends on a barrier
+    if constexpr (CHAIN) {  // the update layout: WC c-tiles × UES e-parts of the CTA's DV columns
+      cos_reduce_tc_sums<T, D, DV, UES>(p, k, v, row_begin, row_end, ss, sc, zs, zc);  // ends on a barrier
     } else {
       __syncthreads();  // the previous bh's readers of every buffer are done
     }
@@ -634,7 +634,7 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
     cp_async_commit();
 
     if constexpr (CHAIN) {
-      cos_tc_chain_link<D, UNT>(p, bh, chunk, ct * 16 + g, eu, zw, ss, sc, zs, zc);
+      cos_tc_chain_link<D, UNT, D / DV>(p, bh, chunk, ev / DV, ct * 16 + g, ev + eu, zw, ss, sc, zs, zc);
     } else {
       cos_tc_get_state<D, UNT>([&](i64 i) { return pre[i]; }, ct * 16 + g, ev + eu, zw, ss, sc, zs, zc);
     }
@@ -947,32 +947,37 @@ __device__ __forceinline__ void cos_causal_block(const CosformerParams& p, int& 
     cos_causal_tc<T, DIM>(p, bh0, bh_step, chunk, ev);                                          \
   }
 
-// Causal D = 64 in one launch (after a memset of cos_chain_flags): each CTA reduces its chunk,
-// links the chained scan (cos_tc_chain_link) and runs the causal pass of the chunk. Grid: B·H·chunks
-// CTAs. CTAs take tickets from the counter in start order: ticket i → chunk i / (B·H), slice
-// i % (B·H). A CTA thus waits only on a chunk whose CTA took an earlier ticket, so it is running
-// or done whatever order the hardware starts CTAs in, and each slice's chunks start in order.
-template <typename T>
+// Causal D ∈ {64, 128} in one launch (after a memset of cos_chain_flags): each CTA reduces its
+// chunk over its value columns, links the chained scan (cos_tc_chain_link) and runs the causal
+// pass of the chunk. Grid: B·H·chunks·EH CTAs (EH = D / cos_tc_causal_dv(D) shares of the value
+// columns). CTAs take tickets from the counter in start order: ticket i → share i % EH, then l =
+// i / EH → chunk l / (B·H), slice l % (B·H). A CTA thus waits only on CTAs that took earlier
+// tickets, so they are running or done whatever order the hardware starts CTAs in, and each
+// slice's chunks start in order.
+template <typename T, int D>
 __device__ void cos_causal_chain_tc(const CosformerParams& p) {
+  constexpr int DV = cos_tc_causal_dv(D), EH = D / DV;
   __shared__ int ticket;
   const int bhn = p.b * p.h;
-  if (threadIdx.x == 0) ticket = (int)atomicAdd(&cos_chain_flags(p)[(i64)bhn * p.chunks], 1u);
+  if (threadIdx.x == 0) ticket = (int)atomicAdd(&cos_chain_flags(p)[(i64)bhn * p.chunks * EH], 1u);
   __syncthreads();
-  cos_causal_tc<T, 64, true>(p, ticket % bhn, bhn, ticket / bhn);
+  const int l = ticket / EH;
+  cos_causal_tc<T, D, true>(p, l % bhn, bhn, l / bhn, ticket % EH * DV);
 }
 
-#define COS_TC_CAUSAL_CHAIN(T, NAME)                                                            \
+#define COS_TC_CAUSAL_CHAIN(DIM, T, NAME)                                                       \
   extern "C" __global__ void __launch_bounds__(COS_TC_CAUSAL_WARPS * 32, 1)                      \
-      cosformer_causal_chain_tc64_##NAME(const __grid_constant__ CosformerParams p) {            \
-    cos_causal_chain_tc<T>(p);                                                                  \
+      cosformer_causal_chain_tc##DIM##_##NAME(const __grid_constant__ CosformerParams p) {       \
+    cos_causal_chain_tc<T, DIM>(p);                                                             \
   }
 
 // D = 128: one CTA per SM for the reduce (512 threads, 127 registers), two for the map (187/255
 // registers, 106 KB of shared memory); the causal pass with two CTAs per chunk, one per half of
-// the value columns. sm_90 only: on sm_80 the bf16 map spills, and Rust takes the CUDA-core
+// the value columns, separate or chained. sm_90 only: on sm_80 the bf16 map spills, and Rust takes the CUDA-core
 // kernels there.
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-#define COS_TC_128(T, NAME) COS_TC(128, 1, 1, T, NAME) COS_TC_CAUSAL(128, T, NAME)
+#define COS_TC_128(T, NAME) \
+  COS_TC(128, 1, 1, T, NAME) COS_TC_CAUSAL(128, T, NAME) COS_TC_CAUSAL_CHAIN(128, T, NAME)
 #else
 #define COS_TC_128(T, NAME)
 #endif
@@ -984,7 +989,7 @@ __device__ void cos_causal_chain_tc(const CosformerParams& p) {
   COS_TC_128(T, NAME)                                                                           \
   COS_TC_CAUSAL(32, T, NAME)                                                                    \
   COS_TC_CAUSAL(64, T, NAME)                                                                    \
-  COS_TC_CAUSAL_CHAIN(T, NAME)                                                                  \
+  COS_TC_CAUSAL_CHAIN(64, T, NAME)                                                              \
   COS_TC_SHORT(32, T, NAME)                                                                     \
   COS_TC_SHORT(48, T, NAME)                                                                     \
   COS_TC_SHORT(64, T, NAME)                                                                     \

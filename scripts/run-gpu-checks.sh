@@ -101,6 +101,9 @@ done
 # SPEC §6's second shape: D = 128 takes tensor cores on sm_90, causal cosFormer with two CTAs per
 # chunk (bench/NOTES.md, session 11).
 want sweep && step sweep-d128 ./sofa bench --op $linear --causal --heads 8 --head-dim 128 --seq 4k,64k,1M --dtype f16 --out "$out/bench.jsonl"
+# D = 128 causal cosFormer: chained (above) against the separate launches, and 1024-row chunks.
+want sweep && step sweep-d128-separate ./sofa bench --op cosformer --causal --no-chain --heads 8 --head-dim 128 --seq 64k,256k --dtype f16 --out "$out/bench.jsonl"
+want sweep && step sweep-d128-rows-1024 ./sofa bench --op cosformer --causal --chunk-rows 1024 --heads 8 --head-dim 128 --seq 64k,256k --dtype f16 --out "$out/bench.jsonl"
 if want torch && [[ -f torch_reference.py ]] && python3 -c 'import torch' 2>/dev/null; then
   step torch-check python3 torch_reference.py --check --backend gpu --sofa ./sofa
   # Issue 5's outside reference for causal cosFormer: fla's chunk kernel on the 2D-wide features
@@ -144,7 +147,7 @@ if want profile && [[ -n $ncu ]]; then
   profile aft-local aft_window_tc --op aft_local --window 64 --shape 1,16,64k,64
   profile cosformer cosformer_ --op cosformer --shape 1,16,64k,64
   profile cosformer-causal cosformer_causal --op cosformer --shape 1,16,64k,64 --causal
-  profile cosformer-causal-d128 cosformer_causal_tc128 --op cosformer --shape 1,8,64k,128 --causal
+  profile cosformer-causal-d128 cosformer_causal --op cosformer --shape 1,8,64k,128 --causal
   profile soft-pass1 soft_pass1 --op soft --shape 1,16,64k,64 --landmarks 64
   profile soft-pass2 soft_pass2 --op soft --shape 1,16,64k,64 --landmarks 64
   profile soft-newton newton_pinv --op soft --shape 1,16,64k,64 --landmarks 64

@@ -477,11 +477,12 @@ fn cosformer_tensor_core_causal() {
     check::<f16>(&rt, &c, seed);
 }
 
-/// The chained causal launch (D = 64: each CTA reduces its chunk, links the chained scan and
-/// writes the chunk's outputs) against the separate reduce → scan → causal launches: the same
-/// adds in the same order, so bit-identical outputs; both against the reference. Several slices
-/// interleave their chains, chunks of one and of several 64-row blocks, a ragged last chunk.
-/// (Default plans chain only long chunks of many slices: the prefill test below runs one.)
+/// The chained causal launch (each CTA reduces its chunk, links the chained scan and writes the
+/// chunk's outputs; D = 128: two CTAs per chunk, one per half of the value columns) against the
+/// separate reduce → scan → causal launches: the same adds in the same order, so bit-identical
+/// outputs; both against the reference. Several slices interleave their chains, chunks of one
+/// and of several 64-row blocks, a ragged last chunk. (Default plans chain only long chunks of
+/// many slices: the prefill test below runs one.)
 #[test]
 fn cosformer_tensor_core_causal_chained_equals_separate() {
     let Some(rt) = common::gpu("cosformer tensor cores, chained causal launch") else {
@@ -500,6 +501,14 @@ fn cosformer_tensor_core_causal_chained_equals_separate() {
         (c.b, c.h, c.rows_per_chunk, c.one_launch) = (b, h, rows, false);
         chained_equals_separate::<f16>(&rt, c, 9900 + 2 * i as u64);
         chained_equals_separate::<bf16>(&rt, c, 9901 + 2 * i as u64);
+    }
+    // D = 128 (sm_90, as the simulator reports).
+    let cases = [(65, 64, (2, 2)), (1000, 192, (1, 3)), (3000, 1024, (2, 2))];
+    for (i, (n, rows, (b, h))) in cases.into_iter().enumerate() {
+        let mut c = Case::new(n, n, 128, 128, kind_of(i), true);
+        (c.b, c.h, c.rows_per_chunk, c.one_launch) = (b, h, Some(rows), false);
+        chained_equals_separate::<f16>(&rt, c, 9950 + 2 * i as u64);
+        chained_equals_separate::<bf16>(&rt, c, 9951 + 2 * i as u64);
     }
 }
 
@@ -750,6 +759,25 @@ fn cosformer_prefill_then_decode_equals_causal() {
     // A prefill that a default plan chains (D = 64, 32 slices of 8200 rows: chunks of 640 rows),
     // from the state a short prefill returned, writing the state the decode steps go on from.
     check_decode::<f16>(&rt, (4, 8, 64, 64), &[100, 8200], 2, LayoutKind::Bhnd, 8700);
+    // D = 128 on tensor cores (sm_90): a chained prefill (8 chunks × 2 halves per slice) from a
+    // state; then 256 slices of one chunk each from a state, which the chain must not take (one
+    // half could write the state before the other has read it).
+    check_decode::<f16>(
+        &rt,
+        (4, 8, 128, 128),
+        &[100, 8200],
+        2,
+        LayoutKind::Bnhd,
+        8800,
+    );
+    check_decode::<bf16>(
+        &rt,
+        (16, 16, 128, 128),
+        &[64, 64],
+        1,
+        LayoutKind::Bhnd,
+        8900,
+    );
 }
 
 #[test]

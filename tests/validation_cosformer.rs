@@ -151,6 +151,11 @@ fn causal_chunks_and_workspace() {
             pl.workspace_bytes()
         );
     }
+    // D = Dv = 128: the chained launch runs two CTAs per chunk (one per half of the value
+    // columns), each with its flag.
+    let per = state_len(128, 128);
+    let pl = plan(Dims::new(b, h, 5000, 128), 5000, 128, &causal()).unwrap();
+    assert_eq!(pl.workspace_bytes(), b * h * pl.chunks * (per + 2) * 4 + 4);
     // Long sequences: the chunk count is capped, so chunks grow (in multiples of BLOCK).
     let n = 1 << 20;
     let pl = plan(Dims::new(1, 1, n, d), n, dv, &causal()).unwrap();
@@ -171,9 +176,10 @@ fn causal_chunks_and_workspace() {
             states <= (CAUSAL_CTAS.max(b * h)) as f64,
             "{b}×{h} heads: {states} states"
         );
+        let flags = if d == 128 { 2 } else { 1 }; // per state: one per chained CTA
         assert_eq!(
             pl.workspace_bytes(),
-            b * h * pl.chunks * (state_len(d, d) + 1) * 4 + 4
+            b * h * pl.chunks * (state_len(d, d) + flags) * 4 + 4
         );
     }
     // Larger chunks on request; a size that is not a multiple of BLOCK is refused.

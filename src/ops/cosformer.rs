@@ -99,6 +99,15 @@ mod tc {
     pub fn causal_dv(d: usize) -> usize {
         d.min(64)
     }
+    /// Causal tensor-core CTAs per chunk: one per share of the value columns (1 for head dims
+    /// without tensor-core causal kernels).
+    pub fn causal_shares(d: usize) -> usize {
+        if super::TC_CAUSAL_DIMS.contains(&d) {
+            d / causal_dv(d)
+        } else {
+            1
+        }
+    }
     pub fn causal_smem(d: usize) -> u32 {
         let dv = causal_dv(d);
         ((4 * BLOCK * (d + 8) + 3 * BLOCK * (dv + 8) + d * state_ld(dv)) * 2) as u32
@@ -207,7 +216,7 @@ pub struct Plan {
     partials: usize,
     /// Short plans may run as one launch (sm_90 tensor-core path); see [`Plan::with_one_launch`].
     one_launch: bool,
-    /// Causal D = 64 tensor-core plans run as one chained launch; see [`Plan::with_chained`].
+    /// Causal D ∈ {64, 128} tensor-core plans run as one chained launch; see [`Plan::with_chained`].
     chained: bool,
     /// `rows_per_chunk` was given by [`Plan::with_rows_per_chunk`]: every path uses it as is.
     explicit_rows: bool,
@@ -317,9 +326,9 @@ impl Plan {
         self
     }
 
-    /// Whether a causal plan on the tensor-core path with D = 64 may run as one chained launch:
-    /// each CTA reduces its chunk, takes the prefix state from the previous chunk's CTA, and runs
-    /// the chunk's outputs, so K and V are read twice within one kernel (the second time partly
+    /// Whether a causal plan on the tensor-core path with D ∈ {64, 128} may run as one chained
+    /// launch: each CTA reduces its chunk (D = 128: over its half of the value columns), takes the
+    /// prefix state from the previous chunk's CTAs, and runs the chunk's outputs, so K and V are read twice within one kernel (the second time partly
     /// from L2). The default, taken where the chain keeps up with the CTAs (chunk rows × B·H ≥
     /// 16384, e.g. B·H = 16 and N ≥ 32k; or an explicit chunking); `false` always queues the
     /// separate reduce → scan → causal launches. Both give bit-identical outputs and state.
@@ -370,12 +379,13 @@ impl Plan {
     }
 
     /// Scratch bytes: the per-chunk states, then the summed state (non-causal) or the chained
-    /// launch's flags, one `u32` per chunk state and a ticket counter (causal).
+    /// launch's flags, one `u32` per chunk state and share of its value columns, and a ticket
+    /// counter (causal).
     pub fn workspace_bytes(&self) -> usize {
         let per = state_len(self.d, self.dv);
         let slots = self.b * self.h * self.partials;
         let after = if self.causal {
-            slots + 1
+            slots * tc::causal_shares(self.d) + 1
         } else {
             self.b * self.h * per
         };
@@ -553,15 +563,17 @@ fn tc_causal_rows(plan: &Plan) -> usize {
     if plan.explicit_rows {
         return plan.rows_per_chunk;
     }
-    let slices = plan.b * plan.h * (plan.d / tc::causal_dv(plan.d));
+    let slices = plan.b * plan.h * tc::causal_shares(plan.d);
     let want = plan.n.div_ceil(TC_CAUSAL_CTAS.div_ceil(slices));
     want.max(1).div_ceil(plan.rows_per_chunk) * plan.rows_per_chunk
 }
 
-/// Queues the chained causal kernel (D = 64): a memset of its flags, then one launch of
-/// `B·H·chunks` CTAs. False when the plan does not take it (not chained, D ≠ 64, a default
-/// chunking below [`CHAIN_MIN_ROWS_SLICES`], or more CTAs than a grid holds): nothing was
-/// queued.
+/// Queues the chained causal kernel (D ∈ {64, 128}): a memset of its flags, then one launch of
+/// `B·H·chunks·shares` CTAs (D = 128: two shares of the value columns per chunk). False when the
+/// plan does not take it (not chained, another D, a default chunking below
+/// [`CHAIN_MIN_ROWS_SLICES`], more CTAs than a grid holds, or D = 128 continuing a state in a
+/// single chunk, where one share could overwrite the state before the other has read it):
+/// nothing was queued.
 ///
 /// # Safety
 /// As [`queue_tc`], with `p.partial`, `p.chunks` and `p.rows_per_chunk` set for the causal pass
@@ -573,23 +585,33 @@ unsafe fn queue_chained(
     dtype: DType,
     p: &KernelParams,
 ) -> Result<bool> {
-    let bh = plan.b * plan.h;
-    let ctas = bh * p.chunks as usize;
+    let (bh, d) = (plan.b * plan.h, plan.d);
+    let shares = tc::causal_shares(d);
+    let states = bh * p.chunks as usize;
+    let ctas = states * shares;
     let slow_chain =
         !plan.explicit_rows && (p.rows_per_chunk as usize) * bh < CHAIN_MIN_ROWS_SLICES;
-    if !plan.chained || plan.d != 64 || slow_chain || ctas > i32::MAX as usize {
+    let shared_state = shares > 1 && p.state_in != 0 && p.chunks == 1;
+    if !plan.chained
+        || !(d == 64 || d == 128)
+        || slow_chain
+        || shared_state
+        || ctas > i32::MAX as usize
+    {
         return Ok(false);
     }
     let f = rt.function(
         FAMILY,
-        &format!("cosformer_causal_chain_tc64_{}", dtype.name()),
+        &format!("cosformer_causal_chain_tc{d}_{}", dtype.name()),
     )?;
-    let smem = tc::short_causal_smem(64);
+    // The reduce's staging and the causal pass's buffers share the dynamic shared memory.
+    let smem = tc::short_causal_smem(d);
     rt.allow_dynamic_smem(&f, smem)?;
-    // The flags (one per chunk state) and the ticket counter follow the partials.
-    let flags = p.partial + (ctas * state_len(64, 64) * 4) as u64;
-    // SAFETY: the workspace holds the plan's slots' states and as many flags + 1 after them; the
-    // p.chunks ≤ slots states used end where these flags begin, and the grid covers every chunk.
+    // The flags (one per chunk state and share) and the ticket counter follow the partials.
+    let flags = p.partial + (states * state_len(d, d) * 4) as u64;
+    // SAFETY: the workspace holds the plan's slots' states and slots·shares flags + 1 after them;
+    // the p.chunks ≤ slots states used end where these flags begin, and the grid covers every
+    // chunk and share.
     stream.context().bind_to_thread()?;
     unsafe {
         cudarc::driver::sys::cuMemsetD32Async(flags, 0, ctas + 1, stream.cu_stream()).result()?;
@@ -686,7 +708,7 @@ unsafe fn queue_tc(
         rt.allow_dynamic_smem(&causal, csmem)?;
         let chunks = p.chunks as u32;
         // The causal pass: one CTA per chunk and share of the value columns (cos_causal_block).
-        let shares = (d / tc::causal_dv(d)) as u32;
+        let shares = tc::causal_shares(d) as u32;
         // SAFETY: chunks ≤ plan.chunks, so the partials fit the workspace; grids cover every
         // chunk, value column and state element.
         unsafe {
