@@ -10,10 +10,10 @@
 //                  carrying the fp32 state in registers: per block, the masked intra-block
 //                  products, the state product, then the state update. D = 128: two CTAs per
 //                  chunk, each with half of the value columns (and of the state).
-//   cos_causal_chain_tc  D ∈ {64, 128}: reduce, scan and causal pass in one launch; each CTA reduces
-//                  its chunk into the registers that carry the causal state, takes its prefix
-//                  from the previous chunk's CTA (a chained scan, fixed order), then runs the
-//                  chunk's outputs. K, V read twice within one kernel (the second time mostly
+//   cos_causal_chain_tc  D ∈ {64, 128}: reduce, scan and causal pass in one launch; each CTA
+//                  reduces its chunk (over its value columns) into the registers that carry the
+//                  causal state, takes its prefix from the previous chunk's CTAs (a chained scan,
+//                  fixed order), then runs the chunk's outputs. K, V read twice within one kernel (the second time mostly
 //                  from L2), no separate reduce or scan launch.
 //   cos_short_tc   sm_90, N, S ≤ 4096: reduce, the fixed-order sum and map in one launch, one
 //                  thread-block cluster of 8 CTAs per (b,h); cos_short_causal_tc (D = 64) the
