@@ -13,8 +13,8 @@
 //   cos_causal_chain_tc  D ∈ {64, 128}: reduce, scan and causal pass in one launch; each CTA
 //                  reduces its chunk (over its value columns) into the registers that carry the
 //                  causal state, takes its prefix from the previous chunk's CTAs (a chained scan,
-//                  fixed order), then runs the chunk's outputs. K, V read twice within one kernel (the second time mostly
-//                  from L2), no separate reduce or scan launch.
+//                  fixed order), then runs the chunk's outputs. K, V read twice within one
+//                  kernel (the second time mostly from L2), no separate reduce or scan launch.
 //   cos_short_tc   sm_90, N, S ≤ 4096: reduce, the fixed-order sum and map in one launch, one
 //                  thread-block cluster of 8 CTAs per (b,h); cos_short_causal_tc (D = 64) the
 //                  same for reduce, scan and the causal pass.
@@ -305,7 +305,8 @@ __device__ __forceinline__ void cos_tc_block_max(float& mk, float& mz, float (*r
 // [e0, e0 + 8·NT), and dz += cosθ_i·(q_i·βzc) + sinθ_i·(q_i·βzs) (all columns of dz equal), for
 // the warp's A fragments of ReLU(q) (KT k-steps) and rows g, g + 8 (angles sn0/cs0, sn1/cs1).
 // bs rows hold [αKVc | αKVs | βzc ×8 | βzs ×8] of W value columns each (W = D, or the causal
-// CTA's share of them). FOLD: the angles folded into the A operand in fp32 and rounded once (the map pass: fewest
+// CTA's share of them).
+// FOLD: the angles folded into the A operand in fp32 and rounded once (the map pass: fewest
 // registers, for its occupancy); else applied to separate fp32 products (the causal pass, which
 // has registers to spare at one CTA per SM: no re-rounded operands, ~100 fewer instructions).
 template <typename T, int D, int W, int LB, int NT, bool DEN, bool FOLD>
