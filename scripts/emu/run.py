@@ -98,7 +98,9 @@ def run_pipeline(q16, k16, v16, causal, relu, D, rows_override=None, kind="bhnd"
     chunks, rpc = plan(B, H, N, S, D, D, causal, rows_override)
     per = 2 * D * D + 2 * D
     p = dict(b=B, h=H, n=N, s=S, d=D, dv=D, chunks=chunks, rows_per_chunk=rpc, m=m, pos0=pos0,
-             relu=int(relu), exact_state=int(causal), state_in=0 if state_in is None else 1, eps=F32(1e-6))
+             relu=int(relu), state_in=0 if state_in is None else 1, eps=F32(1e-6),
+             # queue: hi + lo sums only when a causal call hands a state back (a prefill)
+             exact_state=int(causal and state_in is not None))
     for t, n_ in (("q", N), ("k", S), ("v", S), ("o", N)):
         p[t + "_sb"], p[t + "_sh"], p[t + "_sn"] = layout_strides(B, H, n_, D, kind)
     p["Q"] = emu.Glob(to_storage(q16, kind), "q")
