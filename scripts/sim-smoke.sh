@@ -35,6 +35,8 @@ run --op soft --shape 1,3,257,80 --m 7 --dtype f16
 run --op soft --shape 1,2,256,64 --landmarks avgpool2d --height 16 --pool 2 --dtype bf16
 run --op cosformer --shape 2,2,77,32 --dv 48 --kv-len 130 --dtype f16
 run --op cosformer --shape 1,2,1000,128 --dtype bf16 --causal
+# 128 slices × 2 chunks of 128 rows: a default plan that takes the chained D = 128 launch.
+run --op cosformer --shape 1,128,256,128 --dtype f16 --causal
 run --op cosformer --shape 1,2,300,128 --dtype bf16
 run --op soft --shape 1,2,300,128 --m 49 --dtype f16
 run --op aft_simple --shape 1,3,333,80 --dtype f16
