@@ -45,6 +45,8 @@ const TC_DIMS: [usize; 4] = [32, 48, 64, 128];
 /// Tensor-core head dims built for sm_90 only (on sm_80 the bf16 map would spill).
 const TC_SM90_DIMS: [usize; 1] = [128];
 const TC_CAUSAL_DIMS: [usize; 3] = [32, 64, 128];
+/// Causal head dims with the chained one-launch kernel (cosformer_causal_chain_tc*).
+const TC_CHAIN_DIMS: [usize; 2] = [64, 128];
 const TC_ROWS: usize = 32; // COS_TC_ROWS
 const TC_MAP_THREADS: u32 = 128; // COS_TC_MAP_WARPS · 32
 const TC_MAP_ROWS: usize = 64; // COS_TC_MAP_WARPS · 16
@@ -329,8 +331,8 @@ impl Plan {
 
     /// Whether a causal plan on the tensor-core path with D ∈ {64, 128} may run as one chained
     /// launch: each CTA reduces its chunk (D = 128: over its half of the value columns), takes the
-    /// prefix state from the previous chunk's CTAs, and runs the chunk's outputs, so K and V are read twice within one kernel (the second time partly
-    /// from L2). The default, taken where the chain keeps up with the CTAs (chunk rows × B·H ≥
+    /// prefix state from the previous chunk's CTAs, and runs the chunk's outputs, so K and V are
+    /// read twice within one kernel (the second time partly from L2). The default, taken where the chain keeps up with the CTAs (chunk rows × B·H ≥
     /// 16384, e.g. B·H = 16 and N ≥ 32k; or an explicit chunking); `false` always queues the
     /// separate reduce → scan → causal launches. Both give bit-identical outputs and state.
     pub fn chained(&self) -> bool {
@@ -594,7 +596,7 @@ unsafe fn queue_chained(
         !plan.explicit_rows && (p.rows_per_chunk as usize) * bh < CHAIN_MIN_ROWS_SLICES;
     let shared_state = shares > 1 && p.state_in != 0 && p.chunks == 1;
     if !plan.chained
-        || !(d == 64 || d == 128)
+        || !TC_CHAIN_DIMS.contains(&d)
         || slow_chain
         || shared_state
         || ctas > i32::MAX as usize
