@@ -4,8 +4,10 @@
  * Build: `cargo build --release --features capi` gives target/release/libsofa.so (cdylib) and
  * libsofa.a (staticlib). Link with -lsofa (the static library also needs -lpthread -ldl -lm -lrt; see
  * scripts/build-c-example.sh).
- * Operators available through C so far: SimA and cosFormer (forward, and the cosFormer causal
- * decode state). SOFT and AFT get their entry points when their kernels land.
+ * Operators: SimA (sofa_sima_forward), cosFormer (sofa_cosformer_forward, and the causal decode
+ * state sofa_cosformer_state_*), SOFT (sofa_soft_attention, and its batched Newton pseudo-inverse
+ * sofa_soft_newton_pinv) and AFT-simple, -local, -conv and -full (sofa_aft_forward). SOFT's
+ * landmark pooling and materialized products are in the Rust API only.
  *
  * Contract
  * --------
@@ -508,6 +510,41 @@ enum sofa_status sofa_soft_attention(const struct sofa_runtime *rt,
                                      size_t given_len,
                                      void *workspace,
                                      size_t workspace_bytes);
+
+/*
+ Workspace bytes of `sofa_soft_newton_pinv` for `batch` fp32 `m×m` matrices: an upper bound
+ for any device (0 where the one-launch kernel runs; the multi-launch path's scratch
+ otherwise). Needs no device.
+
+ # Safety
+ `params` NULL or readable; `bytes` NULL or writable.
+ */
+enum sofa_status sofa_soft_newton_workspace_bytes(int64_t batch,
+                                                  int64_t m,
+                                                  const struct SofaSoftParams *params,
+                                                  size_t *bytes);
+
+/*
+ The batched Newton–Raphson pseudo-inverse of SOFT (SPEC §1.4), queued on `stream`: `z` =
+ `newton_iters` steps on `a + ridge·I` for `batch` fp32 row-major `m×m` matrices `a`
+ (`[batch][m][m]`, read only) into `z` (the same size, not aliasing `a`). m ≤ 128: all steps in
+ one launch with the matrices in shared memory; up to 256: one launch per GEMM over the
+ workspace (`sofa_soft_newton_workspace_bytes`; NULL and 0 are fine where it says 0).
+
+ # Safety
+ `rt` NULL or a live runtime; `stream` a stream of its device (or NULL); `params` NULL or
+ readable; `a`, `z` device addresses of `batch·m·m` floats and `workspace` of
+ `workspace_bytes` bytes (4-byte aligned), valid until the queued work completes.
+ */
+enum sofa_status sofa_soft_newton_pinv(const struct sofa_runtime *rt,
+                                       sofa_stream stream,
+                                       const struct SofaSoftParams *params,
+                                       int64_t batch,
+                                       int64_t m,
+                                       const void *a,
+                                       void *z,
+                                       void *workspace,
+                                       size_t workspace_bytes);
 
 /*
  Defaults: AFT-simple, non-causal, window 64 (for local and conv).

@@ -996,7 +996,7 @@ __device__ void cos_causal_chain_tc(const CosformerParams& p) {
   COS_TC_SHORT(64, T, NAME)                                                                     \
   COS_TC_SHORT_CAUSAL(64, T, NAME)
 
-// Mirrored in src/ops/cosformer.rs (mod tc); a change here must be made there too.
+// Mirrored in src/ops/cosformer/tc.rs; a change here must be made there too.
 static_assert(cos_tc_reduce_smem(64) == 18432 && cos_tc_map_smem(64) == 37888 &&
                   cos_tc_short_smem(64) == 56320 && cos_tc_short_smem(32) == 10752 &&
                   cos_tc_short_smem(48) == 22272 && cos_tc_short_causal_smem(64) == 83968 &&

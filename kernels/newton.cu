@@ -226,7 +226,7 @@ static_assert(8 * 16 == NEWTON_SMEM_MAX_M, "largest one-launch tile");
 #define NEWTON_CL_MAT (NEWTON_CL_MAX_M * (NEWTON_CL_MAX_M + 1))  // floats of one padded matrix
 #define NEWTON_CL_SMEM ((3 * NEWTON_CL_MAT + NEWTON_CL * (NEWTON_CL_MAX_M + 1)) * 4)
 static_assert(NEWTON_THREADS == 32 * NEWTON_CL && NEWTON_CL_MAX_M == 64, "row and column mapping");
-static_assert(NEWTON_CL_SMEM == 52000, "mirrored in src/ops/soft.rs (NEWTON_CL_SMEM)");
+static_assert(NEWTON_CL_SMEM == 52000, "mirrored in src/ops/soft/mod.rs (NEWTON_CL_SMEM)");
 __device__ void newton_cluster(const SoftKernelParams& p) {
   extern __shared__ __align__(16) float newton_cl_smem[];
   float* ah = newton_cl_smem;

@@ -15,7 +15,7 @@
 // Pass 1 computes the transposed tile Pᵀ (landmarks × rows) directly (A = L, B = Xᵀ), so its
 // accumulators are already the A fragments of Pᵀ·V; pass 2 computes P (rows × landmarks), whose
 // accumulators are the A fragments of P·W. P never touches shared or global memory.
-// Dynamic shared memory: soft_tc_pass1_smem / soft_tc_pass2_smem (mirrored in src/ops/soft.rs).
+// Dynamic shared memory: soft_tc_pass1_smem / soft_tc_pass2_smem (mirrored in src/ops/soft/attention.rs).
 #pragma once
 #include "mma.cuh"
 #include "soft.cuh"
@@ -472,7 +472,7 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
   SOFT_TC(64, 4, T, NAME)                                                                       \
   SOFT_TC(128, 1, T, NAME)
 
-// Mirrored in src/ops/soft.rs (mod tc); a change here must be made there too.
+// Mirrored in src/ops/soft/attention.rs (mod tc); a change here must be made there too.
 static_assert(soft_tc_pass1_smem(64) == 56064 && soft_tc_pass2_smem(64, 64) == 56320 &&
                   soft_tc_pass2_smem(64, 256) == 168448 && soft_tc_pass2_smem(32, 7) == 15744 &&
                   SOFT_TC_THREADS == 128 && SOFT_TC_ROWS == 64,

@@ -4,7 +4,8 @@
 //!
 //! Every entry point catches panics, validates its pointers and returns a [`SofaStatus`]; the
 //! message of a failed call is kept per thread ([`sofa_last_error`]). Ops available through C:
-//! SimA, cosFormer (with its decode state), SOFT attention and the four AFT variants.
+//! SimA, cosFormer (with its decode state), SOFT attention and its Newton pseudo-inverse, and the
+//! four AFT variants.
 
 use crate::error::{Error, Result};
 use crate::ops::aft::{self, AftParams, Variant};
@@ -817,6 +818,86 @@ pub unsafe extern "C" fn sofa_soft_attention(
         unsafe {
             let stream = stream_of(&rt.rt, stream)?;
             soft::attention_raw(&rt.rt, &stream, &plan, dtype, q, k, v, o, given, ws, ws_len)
+        }
+    })
+}
+
+/// The batched Newton plan of `sofa_soft_newton_pinv` (only the Newton fields of `params` are
+/// read: `newton_iters`, `ridge`, `alpha_scale`).
+unsafe fn newton_plan(
+    batch: i64,
+    m: i64,
+    params: *const SofaSoftParams,
+    smem_optin: usize,
+) -> Result<soft::NewtonPlan> {
+    // SAFETY: contract.
+    let params = unsafe { soft_params(params) }?;
+    let count = |arg, x: i64| usize::try_from(x).map_err(|_| Error::param(arg, x, "must be >= 0"));
+    let (batch, m) = (count("batch", batch)?, count("m", m)?);
+    soft::NewtonPlan::new(batch, m, &params, soft::NewtonPath::Auto, smem_optin)
+}
+
+/// Workspace bytes of `sofa_soft_newton_pinv` for `batch` fp32 `m×m` matrices: an upper bound
+/// for any device (0 where the one-launch kernel runs; the multi-launch path's scratch
+/// otherwise). Needs no device.
+///
+/// # Safety
+/// `params` NULL or readable; `bytes` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn sofa_soft_newton_workspace_bytes(
+    batch: i64,
+    m: i64,
+    params: *const SofaSoftParams,
+    bytes: *mut usize,
+) -> SofaStatus {
+    entry(|| {
+        // SAFETY: contract.
+        let bytes = unsafe { out("bytes", bytes)? };
+        *bytes = 0;
+        // SAFETY: contract. A device with no shared memory: the multi-launch path's size.
+        *bytes = unsafe { newton_plan(batch, m, params, 0)? }.workspace_bytes();
+        Ok(())
+    })
+}
+
+/// The batched Newton–Raphson pseudo-inverse of SOFT (SPEC §1.4), queued on `stream`: `z` =
+/// `newton_iters` steps on `a + ridge·I` for `batch` fp32 row-major `m×m` matrices `a`
+/// (`[batch][m][m]`, read only) into `z` (the same size, not aliasing `a`). m ≤ 128: all steps in
+/// one launch with the matrices in shared memory; up to 256: one launch per GEMM over the
+/// workspace (`sofa_soft_newton_workspace_bytes`; NULL and 0 are fine where it says 0).
+///
+/// # Safety
+/// `rt` NULL or a live runtime; `stream` a stream of its device (or NULL); `params` NULL or
+/// readable; `a`, `z` device addresses of `batch·m·m` floats and `workspace` of
+/// `workspace_bytes` bytes (4-byte aligned), valid until the queued work completes.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn sofa_soft_newton_pinv(
+    rt: *const SofaRuntime,
+    stream: SofaStream,
+    params: *const SofaSoftParams,
+    batch: i64,
+    m: i64,
+    a: *const c_void,
+    z: *mut c_void,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+) -> SofaStatus {
+    entry(|| {
+        // SAFETY: contract (pointers are NULL or valid).
+        let rt = unsafe { runtime(rt)? };
+        // SAFETY: contract.
+        let plan = unsafe { newton_plan(batch, m, params, rt.rt.info().smem_per_block_optin)? };
+        let len = plan.len();
+        let (ws, ws_len) = (workspace as u64, workspace_bytes);
+        let _ctx = CurrentContext::bind(&rt.rt)?;
+        // SAFETY: contract; the op checks NULL and misaligned addresses, the workspace size and
+        // the device.
+        unsafe {
+            let stream = stream_of(&rt.rt, stream)?;
+            soft::newton_pinv_raw(
+                &rt.rt, &stream, &plan, a as u64, len, z as u64, len, ws, ws_len,
+            )
         }
     })
 }

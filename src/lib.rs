@@ -1,6 +1,6 @@
 //! sofa — hand-written CUDA kernels for softmax-free attention.
 //!
-//! Operators live in [`ops`] (GPU) and [`reference`] (f64 CPU oracle); [`runtime`] owns the
+//! Operators live in [`ops`] (GPU) and [`reference`](mod@reference) (f64 CPU oracle); [`runtime`] owns the
 //! device, its primary context and the kernel modules. See SPEC.md for what each operator
 //! computes.
 

@@ -117,6 +117,33 @@ fn pure_queries_need_no_device() {
             SofaStatus::InvalidArgument
         );
         assert!(last_error().contains("`m`"), "{}", last_error());
+        // The Newton pseudo-inverse: its workspace query is the multi-launch bound.
+        assert_eq!(
+            sofa_soft_newton_workspace_bytes(16, 64, &sp, &mut bytes),
+            SofaStatus::Ok
+        );
+        assert_eq!(bytes, 3 * 16 * 64 * 64 * 4);
+        for (batch, m, arg) in [
+            (16, 257, "`m`"),
+            (16, 0, "`m`"),
+            (0, 8, "`batch`"),
+            (-1, 8, "`batch`"),
+        ] {
+            assert_eq!(
+                sofa_soft_newton_workspace_bytes(batch, m, &sp, &mut bytes),
+                SofaStatus::InvalidArgument
+            );
+            assert!(last_error().contains(arg), "{}", last_error());
+        }
+        let no_iters = SofaSoftParams {
+            newton_iters: 0,
+            ..sp
+        };
+        assert_eq!(
+            sofa_soft_newton_workspace_bytes(16, 64, &no_iters, &mut bytes),
+            SofaStatus::InvalidArgument
+        );
+        assert!(last_error().contains("newton_iters"), "{}", last_error());
         let mut ap = sofa_aft_params_default();
         ap.variant = SOFA_AFT_LOCAL;
         let mut len = 0usize;
@@ -241,6 +268,20 @@ fn every_entry_point_without_a_device() {
                     0,
                     buf,
                     1 << 20,
+                ),
+            ),
+            (
+                "soft_newton_pinv",
+                sofa_soft_newton_pinv(
+                    null(),
+                    null_mut(),
+                    &sofa_soft_params_default(),
+                    2,
+                    8,
+                    buf,
+                    buf,
+                    null_mut(),
+                    0,
                 ),
             ),
             (
@@ -870,4 +911,157 @@ fn aft_local_through_c_equals_the_safe_api() {
     };
     assert_eq!(st, SofaStatus::InvalidShape);
     assert!(last_error().contains("`w`"), "{}", last_error());
+}
+
+#[test]
+fn soft_through_c_equals_the_safe_api() {
+    let Some(x) = gpu::setup("capi soft") else {
+        return;
+    };
+    let s = &x.stream;
+    // Attention: untied keys, engine layout [B,N,H,D], m = 49 landmarks by AvgPool1d.
+    let (b, h, n, d, m) = (2, 3, 300, 32, 49);
+    let l = sofa::Layout::of_kind(sofa::Dims::new(b, h, n, d), gpu::kind());
+    let i = gpu::inputs(&x, l, l, 21);
+    let params = sofa::ops::soft::SoftParams {
+        landmarks: sofa::ops::soft::Landmarks::AvgPool1d { m },
+        tied: false,
+        ..Default::default()
+    };
+    let mut want = s.clone_htod(&common::poisoned::<f32>(&l)).unwrap();
+    let r = |data| sofa::ops::TensorRef { data, layout: l };
+    sofa::ops::soft::attention(
+        &x.safe,
+        s,
+        &params,
+        r(&i.q),
+        Some(r(&i.k)),
+        r(&i.v),
+        sofa::ops::TensorMut {
+            data: &mut want,
+            layout: l,
+        },
+        None,
+        None,
+    )
+    .unwrap();
+    let cp = SofaSoftParams {
+        m: m as i64,
+        tied: 0,
+        ..sofa_soft_params_default()
+    };
+    let mut bytes = 0;
+    // SAFETY: valid pointers.
+    let st = unsafe {
+        sofa_soft_workspace_bytes(
+            b as i64, h as i64, n as i64, d as i64, d as i64, &cp, &mut bytes,
+        )
+    };
+    assert_eq!(st, SofaStatus::Ok, "{}", last_error());
+    let ws = x.safe.alloc::<u8>(s, bytes).unwrap();
+    let o = s.clone_htod(&common::poisoned::<f32>(&l)).unwrap();
+    let desc = |buf| gpu::desc(buf, &l);
+    let (q, k, v, od) = (
+        desc(gpu::addr(&i.q, s)),
+        desc(gpu::addr(&i.k, s)),
+        desc(gpu::addr(&i.v, s)),
+        desc(gpu::addr(&o, s)),
+    );
+    // SAFETY: live buffers covering each layout; synchronized before reading.
+    let st = unsafe {
+        sofa_soft_attention(
+            x.c,
+            gpu::cs(s),
+            &cp,
+            SOFA_DTYPE_F32,
+            &q,
+            &k,
+            &v,
+            &od,
+            null(),
+            0,
+            gpu::addr(&ws, s),
+            bytes,
+        )
+    };
+    assert_eq!(st, SofaStatus::Ok, "{}", last_error());
+    assert_eq!(
+        s.clone_dtoh(&o).unwrap(),
+        s.clone_dtoh(&want).unwrap(),
+        "C SOFT == safe SOFT (bitwise)"
+    );
+
+    // Newton: the one-launch path (m = 64) and the multi-launch one (m = 200).
+    for (batch, m) in [(5, 64), (3, 200)] {
+        let mut rng = sofa::reference::Rng::new(22 + m as u64);
+        // Symmetric positive matrices, as Gaussian-kernel products are.
+        let mut a = vec![0f32; batch * m * m];
+        for mat in a.chunks_mut(m * m) {
+            let g = rng.fill::<f32>(m * m, 0.0, 1.0);
+            for r in 0..m {
+                for c in 0..m {
+                    mat[r * m + c] = 0.5 * (g[r * m + c] + g[c * m + r]);
+                }
+            }
+        }
+        let a = s.clone_htod(&a).unwrap();
+        let mut want = s.clone_htod(&vec![f32::NAN; batch * m * m]).unwrap();
+        sofa::ops::soft::newton_pinv(
+            &x.safe,
+            s,
+            &Default::default(),
+            batch,
+            m,
+            sofa::ops::soft::NewtonPath::Auto,
+            &a,
+            &mut want,
+            None,
+        )
+        .unwrap();
+        let sp = sofa_soft_params_default();
+        // SAFETY: valid pointers.
+        let st =
+            unsafe { sofa_soft_newton_workspace_bytes(batch as i64, m as i64, &sp, &mut bytes) };
+        assert_eq!(st, SofaStatus::Ok, "{}", last_error());
+        let ws = x.safe.alloc::<u8>(s, bytes.max(4)).unwrap();
+        let z = s.clone_htod(&vec![f32::NAN; batch * m * m]).unwrap();
+        // SAFETY: live buffers of batch·m·m floats and the queried workspace; synchronized
+        // before reading.
+        let st = unsafe {
+            sofa_soft_newton_pinv(
+                x.c,
+                gpu::cs(s),
+                &sp,
+                batch as i64,
+                m as i64,
+                gpu::addr(&a, s),
+                gpu::addr(&z, s),
+                gpu::addr(&ws, s),
+                bytes,
+            )
+        };
+        assert_eq!(st, SofaStatus::Ok, "m = {m}: {}", last_error());
+        assert_eq!(
+            s.clone_dtoh(&z).unwrap(),
+            s.clone_dtoh(&want).unwrap(),
+            "m = {m}: C Newton == safe Newton (bitwise)"
+        );
+        if m > sofa::ops::soft::NEWTON_SMEM_MAX_M {
+            // SAFETY: as above; a workspace one byte short is refused before any launch.
+            let st = unsafe {
+                sofa_soft_newton_pinv(
+                    x.c,
+                    gpu::cs(s),
+                    &sp,
+                    batch as i64,
+                    m as i64,
+                    gpu::addr(&a, s),
+                    gpu::addr(&z, s),
+                    gpu::addr(&ws, s),
+                    bytes - 1,
+                )
+            };
+            assert_eq!(st, SofaStatus::BufferTooSmall, "m = {m}");
+        }
+    }
 }

@@ -1,4 +1,4 @@
-"""Drives the emulated kernels exactly as queue_tc (src/ops/cosformer.rs) launches them and compares
+"""Drives the emulated kernels exactly as queue_tc (src/ops/cosformer/tc.rs) launches them and compares
 with an f64 reference of src/reference/cosformer.rs (literal form). Usage:
     python3 run.py            # all cases
     python3 run.py quick      # causal D=64 rpc=256 + non-causal D=64 only

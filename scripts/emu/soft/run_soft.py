@@ -1,5 +1,5 @@
 """Drives the emulated SOFT tensor-core passes (emu_soft.py) the way attention_raw
-(src/ops/soft.rs) launches them, with the shared CUDA-core steps (landmarks, A, Newton, chunk sum,
+(src/ops/soft/attention.rs) launches them, with the shared CUDA-core steps (landmarks, A, Newton, chunk sum,
 W = Z·S) evaluated in fp32 at value level, and compares the output with an f64 reference of SPEC §1.
 Checks: relative Frobenius error within the dtype's tolerance, every output element written
 exactly once, no shared-memory race, the poisoned-V column rule of docs/non-finite.md. Also

@@ -1,0 +1,316 @@
+//! The batched Newton–Raphson pseudo-inverse of SPEC §1.4: one launch with the matrices in
+//! shared memory (one CTA or a cluster per matrix), or one launch per GEMM.
+
+use super::{
+    check_m, grid_dim, grid_yz, KernelParams, SoftParams, MAX_NEWTON_CLUSTERS, NEWTON_CL,
+    NEWTON_CLUSTER_MAX_M, NEWTON_CLUSTER_MIN_M, NEWTON_CL_SMEM, NEWTON_FAMILY, NEWTON_SMEM_MAX_M,
+    NEWTON_TILE, THREADS,
+};
+use crate::error::{Error, Result};
+use crate::ops::{check_f32_buffer, check_workspace, launch, launch_smem, with_matrices};
+use crate::runtime::Runtime;
+use cudarc::driver::{CudaSlice, CudaStream};
+use std::sync::Arc;
+
+/// Which form of the Newton iteration runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NewtonPath {
+    /// One launch when m ≤ [`NEWTON_SMEM_MAX_M`] and the device's shared memory holds it.
+    #[default]
+    Auto,
+    /// All T steps in one launch, matrices in shared memory (m ≤ [`NEWTON_SMEM_MAX_M`]); for
+    /// [`NEWTON_CLUSTER_MIN_M`] ≤ m ≤ [`NEWTON_CLUSTER_MAX_M`] on sm_90 a cluster of 8 CTAs per
+    /// matrix (bit-identical to one CTA, which runs where the cluster kernel is absent or its
+    /// launch is refused).
+    OneLaunch,
+    /// As [`NewtonPath::OneLaunch`], always one CTA per matrix (no cluster).
+    OneLaunchCta,
+    /// One launch per GEMM over a global workspace (any m ≤ [`MAX_M`](super::MAX_M)).
+    MultiLaunch,
+}
+
+/// Dynamic shared memory of the one-launch Newton kernel: Â, Z and Z·Â with an odd leading dim
+/// (saturating: an m far beyond [`NEWTON_SMEM_MAX_M`] gets a size no device has, not a panic).
+pub fn newton_smem_bytes(m: usize) -> usize {
+    12usize.saturating_mul(m).saturating_mul(m | 1)
+}
+
+/// Static shared memory of the one-launch Newton kernel (row sums and α; ptxas reports 1040
+/// bytes), rounded up: it must fit beside the dynamic part.
+const NEWTON_STATIC_SMEM: usize = 2048;
+
+/// True when the one-launch Newton kernel can run for m on a device with `smem_optin` bytes of
+/// shared memory per block.
+pub fn newton_fits_on_chip(m: usize, smem_optin: usize) -> bool {
+    m <= NEWTON_SMEM_MAX_M && newton_smem_bytes(m) + NEWTON_STATIC_SMEM <= smem_optin
+}
+
+/// The fp32 Newton parameters of SPEC §1.4, checked.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct NewtonScalars {
+    iters: usize,
+    ridge: f32,
+    alpha_scale: f32,
+}
+
+impl NewtonScalars {
+    fn new(p: &SoftParams) -> Result<Self> {
+        if p.newton_iters == 0 {
+            return Err(Error::param("newton_iters", 0, "must be >= 1"));
+        }
+        if p.newton_iters > i32::MAX as usize {
+            return Err(Error::param(
+                "newton_iters",
+                p.newton_iters,
+                "must fit in 32 bits",
+            ));
+        }
+        let ridge = p.ridge as f32;
+        if !(p.ridge >= 0.0 && ridge.is_finite()) {
+            return Err(Error::param(
+                "ridge",
+                p.ridge,
+                "must be >= 0 and finite in fp32",
+            ));
+        }
+        let alpha_scale = p.alpha_scale as f32;
+        if !(alpha_scale > 0.0 && alpha_scale.is_finite()) {
+            return Err(Error::param(
+                "alpha_scale",
+                p.alpha_scale,
+                "must be > 0 and finite in fp32",
+            ));
+        }
+        Ok(NewtonScalars {
+            iters: p.newton_iters,
+            ridge,
+            alpha_scale,
+        })
+    }
+}
+
+/// A validated batched Newton–Raphson pseudo-inverse: `batch` matrices of `m×m` fp32.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NewtonPlan {
+    pub batch: usize,
+    pub m: usize,
+    /// The resolved path: [`NewtonPath::OneLaunch`], [`NewtonPath::OneLaunchCta`] or
+    /// [`NewtonPath::MultiLaunch`].
+    pub path: NewtonPath,
+    scalars: NewtonScalars,
+}
+
+impl NewtonPlan {
+    /// Checks the shape and the Newton parameters of `params` (its landmarks are not used) and
+    /// resolves `path` for a device allowing `smem_optin` bytes of shared memory per block.
+    pub fn new(
+        batch: usize,
+        m: usize,
+        params: &SoftParams,
+        path: NewtonPath,
+        smem_optin: usize,
+    ) -> Result<Self> {
+        if batch == 0 || batch > i32::MAX as usize {
+            return Err(Error::param("batch", batch, "must be in 1..=2^31 - 1"));
+        }
+        check_m(m)?;
+        let scalars = NewtonScalars::new(params)?;
+        let fits = newton_fits_on_chip(m, smem_optin);
+        let path = match path {
+            NewtonPath::Auto if fits => NewtonPath::OneLaunch,
+            NewtonPath::Auto => NewtonPath::MultiLaunch,
+            NewtonPath::OneLaunch | NewtonPath::OneLaunchCta if !fits => {
+                return Err(Error::param(
+                    "path",
+                    format!("{path:?}"),
+                    format!(
+                        "m = {m} needs m <= {NEWTON_SMEM_MAX_M} and {} bytes of shared memory \
+                         (device allows {smem_optin})",
+                        newton_smem_bytes(m) + NEWTON_STATIC_SMEM
+                    ),
+                ))
+            }
+            p => p,
+        };
+        Ok(NewtonPlan {
+            batch,
+            m,
+            path,
+            scalars,
+        })
+    }
+
+    /// An error when a one-launch plan was made for a device with more shared memory than `rt`'s.
+    pub(super) fn check_device(&self, rt: &Runtime) -> Result<()> {
+        let one = matches!(self.path, NewtonPath::OneLaunch | NewtonPath::OneLaunchCta);
+        if one && !newton_fits_on_chip(self.m, rt.info().smem_per_block_optin) {
+            return Err(Error::param(
+                "path",
+                format!("{:?}", self.path),
+                "the plan was made for a device with more shared memory",
+            ));
+        }
+        Ok(())
+    }
+
+    /// fp32 elements of the input A and of the output Z.
+    pub fn len(&self) -> usize {
+        self.batch * self.m * self.m
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Scratch bytes: Â, Z·Â and a second Z for the multi-launch path; none for one launch.
+    pub fn workspace_bytes(&self) -> usize {
+        match self.path {
+            NewtonPath::MultiLaunch => 3 * self.len() * 4,
+            _ => 0,
+        }
+    }
+
+    /// Queues the iteration: A at `a`, Z to `z`, scratch at `ws` (`workspace_bytes`).
+    ///
+    /// # Safety
+    /// `a` holds `len()` readable floats, `z` `len()` writable floats not aliasing `a` or `ws`,
+    /// `ws` holds `workspace_bytes()` bytes, 4-byte aligned; all valid until the work completes.
+    pub(super) unsafe fn queue(
+        &self,
+        rt: &Runtime,
+        stream: &CudaStream,
+        a: u64,
+        z: u64,
+        ws: u64,
+    ) -> Result<()> {
+        let m = self.m;
+        let mut p = KernelParams {
+            a,
+            z,
+            b: self.batch as i32,
+            h: 1,
+            m: m as i32,
+            iters: self.scalars.iters as i32,
+            ridge: self.scalars.ridge,
+            alpha_scale: self.scalars.alpha_scale,
+            ..Default::default()
+        };
+        if self.path == NewtonPath::OneLaunch
+            && (NEWTON_CLUSTER_MIN_M..=NEWTON_CLUSTER_MAX_M).contains(&m)
+            && rt.info().compute_capability.0 >= 9
+        {
+            if let Ok(f) = rt.function(NEWTON_FAMILY, "newton_pinv_cl_f32") {
+                let grid = (
+                    (self.batch.min(MAX_NEWTON_CLUSTERS) * NEWTON_CL) as u32,
+                    1,
+                    1,
+                );
+                // SAFETY: the caller's contract; a cluster per matrix with the shared memory the
+                // kernel is built for. A refused launch queued nothing: the one-CTA kernel runs
+                // instead.
+                if rt.allow_dynamic_smem(&f, NEWTON_CL_SMEM).is_ok()
+                    && unsafe { launch_smem(stream, &f, grid, THREADS, NEWTON_CL_SMEM, &p) }.is_ok()
+                {
+                    return Ok(());
+                }
+            }
+        }
+        if matches!(self.path, NewtonPath::OneLaunch | NewtonPath::OneLaunchCta) {
+            let tile = [16, 32, 64, 128]
+                .into_iter()
+                .find(|&t| m <= t)
+                .unwrap_or(NEWTON_SMEM_MAX_M);
+            let f = rt.function(NEWTON_FAMILY, &format!("newton_pinv_t{tile}_f32"))?;
+            let smem = newton_smem_bytes(m) as u32;
+            rt.allow_dynamic_smem(&f, smem)?;
+            // SAFETY: the caller's contract; m ≤ tile and the shared memory was sized for m.
+            return unsafe {
+                launch_smem(stream, &f, (grid_dim(self.batch), 1, 1), THREADS, smem, &p)
+            };
+        }
+        let mat = (self.len() * 4) as u64;
+        let (ahat, tbuf, zalt) = (ws, ws + mat, ws + 2 * mat);
+        // Z_k lives in `z` when T − k is even, so that Z_T lands in `z`.
+        let iters = self.scalars.iters;
+        let zbuf = |k: usize| if (iters - k) % 2 == 0 { z } else { zalt };
+        let init = rt.function(NEWTON_FAMILY, "newton_init_f32")?;
+        let gemm = rt.function(NEWTON_FAMILY, "newton_gemm_f32")?;
+        let tiles = m.div_ceil(NEWTON_TILE);
+        let ggrid = ((tiles * tiles) as u32, grid_yz(self.batch), 1);
+        p.ahat = ahat;
+        p.z = zbuf(0);
+        // SAFETY: the caller's contract; the workspace holds Â, Z·Â and the second Z, and no
+        // GEMM writes a buffer it reads.
+        unsafe {
+            launch(stream, &init, (grid_dim(self.batch), 1, 1), THREADS, &p)?;
+            for k in 0..iters {
+                let (zk, zn) = (zbuf(k), zbuf(k + 1));
+                p.gemm_mode = 0;
+                (p.gemm_a, p.gemm_b, p.gemm_c, p.gemm_z) = (zk, ahat, tbuf, 0);
+                launch(stream, &gemm, ggrid, THREADS, &p)?;
+                p.gemm_mode = 1;
+                (p.gemm_a, p.gemm_b, p.gemm_c, p.gemm_z) = (tbuf, zk, zn, zk);
+                launch(stream, &gemm, ggrid, THREADS, &p)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Batched Newton–Raphson pseudo-inverse on raw device pointers: `a` and `z` hold
+/// `plan.len()` fp32 values each (`[batch][m][m]`).
+///
+/// # Safety
+/// `a` must address `a_len ≥ plan.len()` readable floats and `z` `z_len ≥ plan.len()` writable
+/// floats of this runtime's context, not aliasing each other or the workspace (`workspace_len ≥
+/// plan.workspace_bytes()` bytes, 4-byte aligned); all valid until the work on `stream` completes.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn newton_pinv_raw(
+    rt: &Runtime,
+    stream: &CudaStream,
+    plan: &NewtonPlan,
+    a: u64,
+    a_len: usize,
+    z: u64,
+    z_len: usize,
+    workspace: u64,
+    workspace_len: usize,
+) -> Result<()> {
+    check_f32_buffer("a", a, a_len, plan.len())?;
+    check_f32_buffer("z", z, z_len, plan.len())?;
+    check_workspace(plan.workspace_bytes(), workspace, workspace_len)?;
+    plan.check_device(rt)?;
+    // SAFETY: forwarded contract; buffers checked above.
+    unsafe { plan.queue(rt, stream, a, z, workspace) }
+}
+
+/// `Z` = T Newton steps on `A + λI` (SPEC §1.4) for `batch` fp32 `m×m` matrices `a`
+/// (`[batch][m][m]`), into `z`. `workspace` may be `None` (then allocated when needed).
+#[allow(clippy::too_many_arguments)]
+pub fn newton_pinv(
+    rt: &Runtime,
+    stream: &Arc<CudaStream>,
+    params: &SoftParams,
+    batch: usize,
+    m: usize,
+    path: NewtonPath,
+    a: &CudaSlice<f32>,
+    z: &mut CudaSlice<f32>,
+    workspace: Option<&mut CudaSlice<u8>>,
+) -> Result<()> {
+    let plan = NewtonPlan::new(batch, m, params, path, rt.info().smem_per_block_optin)?;
+    let bytes = plan.workspace_bytes();
+    with_matrices(
+        rt,
+        stream,
+        a,
+        z,
+        workspace,
+        bytes,
+        |ap, al, zp, zl, wp, wl| {
+            // SAFETY: live allocations of this context with their lengths; `z` and the workspace are
+            // borrowed mutably, so nothing aliases.
+            unsafe { newton_pinv_raw(rt, stream, &plan, ap, al, zp, zl, wp, wl) }
+        },
+    )
+}
