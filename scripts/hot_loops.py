@@ -60,9 +60,9 @@ def main():
     # D = 128: each of the two CTAs per chunk has 64 value columns; its update of 16 keys is 18 HMMA.
     for d, update_hmma in ((64, 10), (128, 18)):
         for rt in range(4):
-            subs = [("cosformer_tc.cuh", re.escape("if (__any_sync(0xffffffffu, poisoned))"), "if (false)"),
-                    ("cosformer_tc.cuh", r"const int eh = warp / 4, rt = [^,]*,", f"const int eh = warp / 4, rt = {rt},"),
-                    ("cosformer_tc.cuh", re.escape("if (p.relu) {"), "if (true) {")]
+            subs = [("cosformer_tc_causal.cuh", re.escape("if (__any_sync(0xffffffffu, poisoned))"), "if (false)"),
+                    ("cosformer_tc_causal.cuh", r"const int eh = warp / 4, rt = [^,]*,", f"const int eh = warp / 4, rt = {rt},"),
+                    ("cosformer_tc_causal.cuh", re.escape("if (p.relu) {"), "if (true) {")]
             text = sass(subs, "cosformer.cu", f"cosformer_causal_tc{d}_f16")
             update = with_hmma(text, update_hmma)[0]  # the state update of 16 keys
             block = min(c for _, _, c, h in loops(text) if h["HMMA"] > update_hmma)  # the row-block loop
@@ -70,7 +70,7 @@ def main():
 
     print("cosFormer reduce, per 16 keys:")
     for exact in (0, 1):
-        subs = [("cosformer_tc.cuh", re.escape("if (p.exact_state)"), f"if ({exact})")]
+        subs = [("cosformer_tc_frag.cuh", re.escape("if (p.exact_state)"), f"if ({exact})")]
         text = sass(subs, "cosformer.cu", "cosformer_reduce_tc64_f16")
         print(f"  exact_state = {exact}: {loops(text)[0][2]}")
 
