@@ -4,16 +4,16 @@
 //! no device: SimA, cosFormer (with the decode-state checks), SOFT (landmarks, Newton parameters
 //! and path, `NewtonPlan`, shared-memory sizing, tied/untied keys) and AFT (every variant and
 //! window, bias lengths, causal); the cuBLAS baselines' plans (softmax, SimA, cosFormer, SOFT,
-//! AFT); and every CPU reference on small decoded shapes. Every call must return `Ok` or a typed
-//! input error (`Error::argument()` is `Some`); a panic, an out-of-bounds access or an untyped
-//! error is a finding, and so is an accepted plan whose extents do not fit the kernels' 32-bit
-//! ints or whose workspace disagrees with the stride-free `workspace_bytes`. Run:
+//! AFT); the C ABI's device-free queries; and every CPU reference on small decoded shapes. Every
+//! call must return `Ok` or a typed input error (`Error::argument()` is `Some`; through C, a
+//! status other than `SOFA_STATUS_INTERNAL` with its message); a panic, an out-of-bounds access or
+//! an untyped error is a finding, and so is an accepted plan whose extents do not fit the kernels'
+//! 32-bit ints or whose workspace disagrees with the stride-free `workspace_bytes`. Run:
 //! `cargo fuzz run validation -- -max_total_time=600`.
 #![no_main]
 
 use libfuzzer_sys::arbitrary::{Result as AResult, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use sofa::baseline;
 use sofa::ops::{aft as gaft, cosformer, sima, soft as gsoft, MAX_HEAD_DIM};
 use sofa::reference::{
     aft::{self, AftParams, Bias},
@@ -22,6 +22,7 @@ use sofa::reference::{
     softmax::{self, SoftmaxParams},
     Qkv,
 };
+use sofa::{baseline, capi};
 use sofa::{DType, Dims, Error, Layout, Strides};
 
 /// The error must be a typed input error naming its argument.
@@ -717,6 +718,152 @@ fn check_reference(u: &mut Unstructured) -> AResult<()> {
     Ok(())
 }
 
+/// A C extent: mostly a small count, sometimes negative, zero or past every limit.
+fn c_int(u: &mut Unstructured) -> AResult<i64> {
+    const HOSTILE: [i64; 8] = [-1, i64::MIN, i64::MAX, 1 << 31, 1 << 40, 257, 0, 1];
+    Ok(if u.int_in_range(0u8..=3)? == 0 {
+        HOSTILE[u.choose_index(HOSTILE.len())?]
+    } else {
+        count(u)?.min(i64::MAX as usize) as i64
+    })
+}
+
+/// A C status and the thread's last error agree: a message exactly when the call failed, and never
+/// `SOFA_STATUS_INTERNAL` (a panic caught at the boundary).
+fn c_status(st: capi::SofaStatus, what: &str) -> bool {
+    assert_ne!(
+        st,
+        capi::SofaStatus::Internal,
+        "{what}: a panic reached the C boundary"
+    );
+    // SAFETY: a NUL-terminated string in thread-local storage, valid until the next call.
+    let msg = unsafe { std::ffi::CStr::from_ptr(capi::sofa_last_error()) };
+    let ok = st == capi::SofaStatus::Ok;
+    assert_eq!(
+        msg.is_empty(),
+        ok,
+        "{what}: status {st:?} with message {msg:?}"
+    );
+    ok
+}
+
+/// The C ABI's queries that need no device (workspace sizes, bias lengths, descriptors, status
+/// names) on hostile extents and parameters: each returns a status, never panics, and agrees with
+/// the Rust API where it succeeds.
+fn check_capi(u: &mut Unstructured) -> AResult<()> {
+    let mut bytes = 0usize;
+    let e: [i64; 6] = [
+        c_int(u)?,
+        c_int(u)?,
+        c_int(u)?,
+        c_int(u)?,
+        c_int(u)?,
+        c_int(u)?,
+    ];
+    let flag = |u: &mut Unstructured| -> AResult<i32> { Ok(*u.choose(&[0, 1, -7, i32::MAX])?) };
+    let as_usize = |x: i64| usize::try_from(x).unwrap();
+    match u.int_in_range(0u8..=5)? {
+        0 => {
+            // SAFETY: a valid output pointer.
+            let st = unsafe {
+                capi::sofa_sima_workspace_bytes(e[0], e[1], e[2], e[3], e[4], &mut bytes)
+            };
+            if c_status(st, "sofa_sima_workspace_bytes") {
+                let d = Dims::new(
+                    as_usize(e[0]),
+                    as_usize(e[1]),
+                    as_usize(e[2]),
+                    as_usize(e[3]),
+                );
+                assert_eq!(Some(bytes), sima::workspace_bytes(d, as_usize(e[4])).ok());
+            }
+        }
+        1 => {
+            let cp = capi::SofaCosformerParams {
+                m: c_int(u)?,
+                causal: flag(u)?,
+                relu: flag(u)?,
+                eps: if u.arbitrary()? { 1e-6 } else { float(u)? },
+            };
+            // SAFETY: valid pointers.
+            let st = unsafe {
+                capi::sofa_cosformer_workspace_bytes(
+                    e[0], e[1], e[2], e[3], e[4], e[5], &cp, &mut bytes,
+                )
+            };
+            if c_status(st, "sofa_cosformer_workspace_bytes") {
+                let p = CosformerParams {
+                    m: (cp.m != 0).then(|| as_usize(cp.m)),
+                    causal: cp.causal != 0,
+                    relu: cp.relu != 0,
+                    eps: cp.eps,
+                };
+                let d = Dims::new(
+                    as_usize(e[0]),
+                    as_usize(e[1]),
+                    as_usize(e[2]),
+                    as_usize(e[4]),
+                );
+                let want = cosformer::workspace_bytes(d, as_usize(e[3]), as_usize(e[5]), &p);
+                assert_eq!(Some(bytes), want.ok());
+            }
+        }
+        2 | 3 => {
+            let sp = capi::SofaSoftParams {
+                landmarks: *u.choose(&[0, 1, 2, 3, -1])?,
+                tied: flag(u)?,
+                m: c_int(u)?,
+                height: c_int(u)?,
+                width: c_int(u)?,
+                r: c_int(u)?,
+                newton_iters: c_int(u)?,
+                ridge: if u.arbitrary()? { 0.01 } else { float(u)? },
+                alpha_scale: if u.arbitrary()? { 0.9 } else { float(u)? },
+            };
+            // SAFETY: valid pointers.
+            let st = unsafe {
+                if u.arbitrary()? {
+                    capi::sofa_soft_workspace_bytes(e[0], e[1], e[2], e[3], e[4], &sp, &mut bytes)
+                } else {
+                    capi::sofa_soft_newton_workspace_bytes(e[0], e[1], &sp, &mut bytes)
+                }
+            };
+            c_status(st, "sofa_soft_*workspace_bytes");
+        }
+        4 => {
+            let ap = capi::SofaAftParams {
+                variant: *u.choose(&[0, 1, 2, 3, 4, -1])?,
+                causal: flag(u)?,
+                window: c_int(u)?,
+            };
+            // SAFETY: valid pointers.
+            let st = unsafe { capi::sofa_aft_bias_len(e[0], e[1], &ap, &mut bytes) };
+            c_status(st, "sofa_aft_bias_len");
+            // SAFETY: valid pointers.
+            let st =
+                unsafe { capi::sofa_aft_workspace_bytes(e[0], e[1], e[2], e[3], &ap, &mut bytes) };
+            c_status(st, "sofa_aft_workspace_bytes");
+        }
+        _ => {
+            let t = capi::sofa_tensor_bhnd(std::ptr::null_mut(), e[0], e[1], e[2], e[3]);
+            let t2 = capi::sofa_tensor_bnhd(std::ptr::null_mut(), e[0], e[2], e[1], e[3]);
+            assert_eq!((t.b, t.h, t.n, t.d), (t2.b, t2.h, t2.n, t2.d));
+            let status: i32 = u.arbitrary()?;
+            // SAFETY: a static NUL-terminated string.
+            let name = unsafe { std::ffi::CStr::from_ptr(capi::sofa_status_name(status)) };
+            assert!(!name.is_empty());
+            // Without a device every call that needs one says so, whatever its arguments.
+            // SAFETY: a valid output pointer.
+            let mut n = -1;
+            c_status(
+                unsafe { capi::sofa_device_count(&mut n) },
+                "sofa_device_count",
+            );
+        }
+    }
+    Ok(())
+}
+
 fn check_parse(u: &mut Unstructured) -> AResult<()> {
     let s: &str = u.arbitrary()?;
     let _ = s.parse::<Dims>();
@@ -729,7 +876,7 @@ fn check_parse(u: &mut Unstructured) -> AResult<()> {
 fn run(data: &[u8]) -> AResult<()> {
     let mut u = Unstructured::new(data);
     while !u.is_empty() {
-        match u.int_in_range(0u8..=8)? {
+        match u.int_in_range(0u8..=9)? {
             0 => check_layout(&mut u)?,
             1 => check_sima(&mut u)?,
             2 => check_cosformer(&mut u)?,
@@ -738,6 +885,7 @@ fn run(data: &[u8]) -> AResult<()> {
             5 => check_newton(&mut u)?,
             6 => check_aft(&mut u)?,
             7 => check_baseline(&mut u)?,
+            8 => check_capi(&mut u)?,
             _ => check_parse(&mut u)?,
         }
     }
