@@ -1,9 +1,11 @@
 // AFT — attention free transformer (SPEC §3), fp32 kernels. Per channel c,
 //   Y_t = σ(Q_t) · Σ_{t'} exp(K_{t'} + w_{t,t'}) V_{t'} / Σ_{t'} exp(K_{t'} + w_{t,t'}).
-// Launches (every variant, causal or not):
+// Launches (every variant, causal or not, but causal AFT-simple):
 //   aft_chunk   per (chunk of 64 rows, bh, channel tile): max of K and Σ e·V, Σ e with e = exp(K − max)
 //   aft_scan    per (channel group, bh): statistics of every prefix [0, i) and suffix [i, end) of chunks
 //   aft_map     AFT-simple non-causal: Y = σ(Q) · a/z of the whole sequence
+//   aft_simple_causal  AFT-simple causal, alone in one launch (a single-pass scan with a
+//               deterministic look-back, aft_simple_causal.cuh) instead of the launches here
 //   aft_rowmax  AFT-full: max of each row of w (shared by every slice)
 //   aft_window  everything else: per 64-row tile, the keys whose weight is not the same for every
 //               row of the tile (the band, the causal diagonal, all keys for full) as a dense
@@ -644,6 +646,7 @@ __device__ void aft_window(const AftParams& p) {
 
 #include "aft_tc.cuh"
 #include "aft_full_tc.cuh"
+#include "aft_simple_causal.cuh"
 
 // Entry points: aft_<step>_<dtype>.
 #define AFT_DTYPE(T, NAME)                                                                         \
@@ -654,6 +657,10 @@ __device__ void aft_window(const AftParams& p) {
   extern "C" __global__ void __launch_bounds__(AFT_THREADS) aft_map_##NAME(                        \
       const __grid_constant__ AftParams p) {                                                       \
     aft_map<T>(p);                                                                                 \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(AFT_THREADS, 2) aft_simple_causal_##NAME(           \
+      const __grid_constant__ AftParams p) {                                                       \
+    aft_simple_causal<T>(p);                                                                       \
   }
 
 AFT_DTYPE(f16, f16)

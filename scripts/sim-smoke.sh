@@ -40,6 +40,8 @@ run --op cosformer --shape 1,128,256,128 --dtype f16 --causal
 run --op cosformer --shape 1,2,300,128 --dtype bf16
 run --op soft --shape 1,2,300,128 --m 49 --dtype f16
 run --op aft_simple --shape 1,3,333,80 --dtype f16
+# One slice, 16 chunks of 128 rows: causal AFT-simple's look-back over chunks still running.
+run --op aft_simple --shape 1,1,2000,64 --dtype bf16 --causal
 run --op aft_local --shape 1,2,300,64 --window 5 --dtype f16 --causal
 run --op aft_local --shape 1,2,300,64 --window 64 --dtype bf16 --causal
 run --op aft_conv --shape 1,2,300,64 --window 17 --dtype f16

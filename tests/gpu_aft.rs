@@ -375,6 +375,38 @@ fn bit_identical_run_to_run() {
     }
 }
 
+/// Causal AFT-simple's single-pass scan (kernels/aft_simple_causal.cuh): many slices (two
+/// channel tiles each) and chunks, so that CTAs look back over predecessors still running and
+/// stop at different chunks from run to run; outputs match the reference and every run's bits.
+#[test]
+fn simple_causal_look_back() {
+    let Some(rt) = common::gpu("simple_causal_look_back") else {
+        return;
+    };
+    // One slice: consecutive tickets are consecutive chunks, so look-backs pass over chunks
+    // whose CTAs have published only their aggregate. Many slices, two channel tiles each.
+    let mut one = Case::new(5000, 64, Variant::Simple, true);
+    (one.b, one.h) = (1, 1);
+    let mut many = Case::new(5000, 80, Variant::Simple, true);
+    (many.b, many.h) = (3, 13);
+    for c in [one, many] {
+        check::<f32>(&rt, &c, 51);
+        check::<f16>(&rt, &c, 52);
+        let x = host_inputs::<bf16>(&c, 53);
+        let first = run_gpu(&rt, &c, &x);
+        for _ in 0..3 {
+            let again = run_gpu(&rt, &c, &x);
+            assert!(
+                first
+                    .iter()
+                    .zip(&again)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{c:?} differs run to run"
+            );
+        }
+    }
+}
+
 #[test]
 fn bad_bias_is_a_typed_error() {
     let Some(rt) = common::gpu("bad_bias_is_a_typed_error") else {

@@ -1,7 +1,9 @@
 //! AFT — attention free transformer (SPEC §3): per channel,
 //! `Y_t = σ(Q_t) ⊙ Σ_{t'} exp(K_{t'} + w_{t,t'}) V_{t'} / Σ_{t'} exp(K_{t'} + w_{t,t'})`.
 //!
-//! Every variant first summarizes K, V per 64-row chunk (max, `Σ e·V`, `Σ e`) and scans those
+//! Causal AFT-simple, a per-channel prefix sum, runs as one single-pass scan (K, V, Q read once;
+//! a look-back over per-chunk aggregates folded in chunk order: deterministic). Every other
+//! variant first summarizes K, V per 64-row chunk (max, `Σ e·V`, `Σ e`) and scans those
 //! statistics into prefixes and suffixes (fixed order: deterministic). AFT-simple non-causal then
 //! maps Q with the whole-sequence ratio; every other case runs one window kernel per 64-row tile:
 //! a dense weight block against `[E⊙V | E]` over the keys whose weight varies inside the tile
@@ -50,6 +52,7 @@ const FG_CL: usize = 4; // AFT_FG_CL
 const FG_CL_SMEM: u32 = (3 * 128 * 40 * 2 + 2 * 32 * 264 * 2 + 32 * 4) as u32; // AFT_FG_CL_SMEM
 
 const ROWMAX_ROWS: usize = 8; // warps per CTA of aft_rowmax
+const SC_ROWS: usize = 128; // AFT_SC_ROWS: rows per chunk of aft_simple_causal
 const MAX_GRID_YZ: usize = 65535;
 /// Largest T accepted (rows are 32-bit ints in the kernels, with room for window arithmetic).
 pub const MAX_T: usize = (i32::MAX / 4) as usize;
@@ -159,13 +162,15 @@ pub struct KernelParams {
     pub bcols: i32,
     /// Band kernels: slices per CTA (conv: 1).
     pub group: i32,
+    /// `aft_simple_causal`: its look-back flags and ticket counter (u32), zeroed before it runs.
+    pub flags: u64,
 }
 
 // SAFETY: plain old data with the C layout asserted below.
 unsafe impl cudarc::driver::DeviceRepr for KernelParams {}
 
 const _: () = {
-    assert!(size_of::<KernelParams>() == 224); // AFT_PARAMS_SIZE
+    assert!(size_of::<KernelParams>() == 232); // AFT_PARAMS_SIZE
     assert!(offset_of!(KernelParams, w) == 32);
     assert!(offset_of!(KernelParams, rmax) == 64);
     assert!(offset_of!(KernelParams, bmat) == 80);
@@ -174,6 +179,7 @@ const _: () = {
     assert!(offset_of!(KernelParams, b) == 184);
     assert!(offset_of!(KernelParams, chunks) == 212);
     assert!(offset_of!(KernelParams, bcols) == 216);
+    assert!(offset_of!(KernelParams, flags) == 224);
 };
 
 /// A validated launch plan for one call.
@@ -256,9 +262,10 @@ impl Plan {
         self.variant == Variant::Full
     }
 
-    /// Whether a window or GEMM kernel runs (everything but non-causal AFT-simple): then the
-    /// workspace holds max |V| per chunk (`vmax`, the f16 operand scale; also sized for every
-    /// dtype).
+    /// Whether a window or GEMM kernel runs (everything but AFT-simple): then the workspace
+    /// holds max |V| per chunk (`vmax`, the f16 operand scale; also sized for every dtype).
+    /// Causal AFT-simple keeps the array for its look-back flags (one `u32` per slice and
+    /// 128-row chunk, and a ticket counter).
     fn needs_vmax(&self) -> bool {
         self.variant != Variant::Simple || self.causal
     }
@@ -451,11 +458,30 @@ pub unsafe fn forward_raw(
         chunks: plan.chunks as i32,
         bcols: bcols as i32,
         group: 0,
+        flags: 0,
     };
     let bh = b * h;
     let ctiles = d.div_ceil(CT);
     let grid_yz = |x: usize| x.clamp(1, MAX_GRID_YZ) as u32;
     let dt = dtype.name();
+    // Causal AFT-simple in one launch (one CTA per slice and 128-row chunk, while they fit in
+    // a grid): a single-pass scan whose aggregates and inclusive prefixes take the statistics
+    // arrays, and its flags and ticket counter the max |V| array, which is at least as large
+    // (kernels/aft_simple_causal.cuh).
+    let ctas = bh * ctiles * n.div_ceil(SC_ROWS);
+    if variant == Variant::Simple && params.causal && ctas < i32::MAX as usize {
+        p.flags = at(part + pre + suf + rmax);
+        let f = rt.function(FAMILY, &format!("aft_simple_causal_{dt}"))?;
+        stream.context().bind_to_thread()?;
+        // SAFETY: the flags fit the max |V| array (`Plan::arrays`); the grid is one CTA per
+        // ticket (slice and chunk), and the kernel reads and writes only validated extents.
+        unsafe {
+            cudarc::driver::sys::cuMemsetD32Async(p.flags, 0, ctas + 1, stream.cu_stream())
+                .result()?;
+            launch(stream, &f, (ctas as u32, 1, 1), THREADS, &p)?;
+        }
+        return Ok(());
+    }
     let chunk = rt.function(FAMILY, &format!("aft_chunk_{dt}"))?;
     let scan = rt.function(FAMILY, "aft_scan_f32")?;
     // SAFETY: pointers, spans, bias and workspace validated above and by the caller's contract;
