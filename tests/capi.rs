@@ -410,6 +410,11 @@ mod gpu {
         }
     }
 
+    /// Descriptors of q, k, v (of `i`) and o, all of layout `l`.
+    pub fn descs(i: &Inputs, o: &CudaSlice<f32>, l: &Layout, s: &CudaStream) -> [SofaTensor; 4] {
+        [&i.q, &i.k, &i.v, o].map(|buf| desc(addr(buf, s), l))
+    }
+
     pub fn cs(s: &CudaStream) -> SofaStream {
         s.cu_stream() as SofaStream
     }
@@ -861,13 +866,7 @@ fn aft_local_through_c_equals_the_safe_api() {
     assert_eq!(st, SofaStatus::Ok, "{}", last_error());
     let ws = x.safe.alloc::<u8>(s, bytes).unwrap();
     let o = s.clone_htod(&common::poisoned::<f32>(&l)).unwrap();
-    let desc = |buf| gpu::desc(buf, &l);
-    let (q, k, v, od) = (
-        desc(gpu::addr(&i.q, s)),
-        desc(gpu::addr(&i.k, s)),
-        desc(gpu::addr(&i.v, s)),
-        desc(gpu::addr(&o, s)),
-    );
+    let [q, k, v, od] = gpu::descs(&i, &o, &l, s);
     // SAFETY: live buffers covering each layout and the band; synchronized before reading.
     let st = unsafe {
         sofa_aft_forward(
@@ -960,13 +959,7 @@ fn soft_through_c_equals_the_safe_api() {
     assert_eq!(st, SofaStatus::Ok, "{}", last_error());
     let ws = x.safe.alloc::<u8>(s, bytes).unwrap();
     let o = s.clone_htod(&common::poisoned::<f32>(&l)).unwrap();
-    let desc = |buf| gpu::desc(buf, &l);
-    let (q, k, v, od) = (
-        desc(gpu::addr(&i.q, s)),
-        desc(gpu::addr(&i.k, s)),
-        desc(gpu::addr(&i.v, s)),
-        desc(gpu::addr(&o, s)),
-    );
+    let [q, k, v, od] = gpu::descs(&i, &o, &l, s);
     // SAFETY: live buffers covering each layout; synchronized before reading.
     let st = unsafe {
         sofa_soft_attention(
