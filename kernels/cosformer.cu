@@ -499,15 +499,82 @@ __device__ void cos_causal(const CosformerParams& p) {
 }
 
 // Decode step: adds token pos0 + 1 (row 0 of q, k, v) of each (b,h) to `state`, then writes its
-// output from the updated state. Grid: x = bh, one CTA of COS_THREADS (d, dv ≤ 256). Thread t
-// updates column e = t % dv of the state rows of group t / dv (COS_THREADS / dv groups split the
-// d rows, so every thread streams state, with 4 rows in flight); the groups' partial numerators
-// are added in group order (deterministic).
+// output from the updated state. Grid: x = bh, one CTA of COS_THREADS (d, dv ≤ 256). Every thread
+// streams state: row groups split the d rows, and within a group a thread updates VEC adjacent
+// columns of each of its rows (VEC = 4, one 16-byte load per array and row, where dv % 4 == 0 and
+// every slice's state is 16-byte aligned; else VEC = 1), loading 4 rows before it stores them: 8
+// loads (128 B with VEC = 4) in flight per thread, ≈ 64 KB per SM at 2 CTAs. The groups' partial
+// numerators are added in group order (deterministic).
 // Traffic: the state read and written once, one q, k, v row read, one O row written.
+#define COS_STEP_VEC 4
+#define COS_STEP_ROWS 4  // rows whose loads a thread issues before it updates and stores them
+template <int VEC>
+__device__ __forceinline__ void cos_step_rows(const CosformerParams& p, float* st, const float* qf, const float* kf,
+                                             const float* vr, float sn, float cs, float (*num)[COS_STEP_VEC * COS_THREADS]) {
+  constexpr int U = COS_STEP_ROWS;
+  const i64 ddv = (i64)p.d * p.dv;
+  const int lanes = p.dv / VEC;  // threads per row
+  const int t = threadIdx.x, groups = max(1, COS_THREADS / lanes), e = VEC * (t % lanes), g = t / lanes;
+  float ns[VEC] = {}, nc[VEC] = {};
+  if (g < groups && e < p.dv) {
+    const int rows = div_up(p.d, groups), c_end = min(p.d, (g + 1) * rows);
+    float ve[VEC];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) ve[j] = vr[e + j];
+    // Batches of U rows: every load of a batch is issued before its stores (the compiler cannot
+    // move a later row's load above an earlier row's store to the same array).
+    for (int c0 = g * rows; c0 < c_end; c0 += U) {
+      float s[U][VEC], x[U][VEC];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (c0 + u >= c_end) break;
+        const float* ps = st + (i64)(c0 + u) * p.dv + e;
+        if constexpr (VEC == 4) {
+          const float4 a = *reinterpret_cast<const float4*>(ps), b = *reinterpret_cast<const float4*>(ps + ddv);
+          s[u][0] = a.x, s[u][1] = a.y, s[u][2] = a.z, s[u][3] = a.w;
+          x[u][0] = b.x, x[u][1] = b.y, x[u][2] = b.z, x[u][3] = b.w;
+        } else {
+          s[u][0] = ps[0];
+          x[u][0] = ps[ddv];
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int c = c0 + u;
+        if (c >= c_end) break;
+        const float ks = kf[c] * sn, kc = kf[c] * cs;
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          s[u][j] = fmaf(ks, ve[j], s[u][j]);
+          x[u][j] = fmaf(kc, ve[j], x[u][j]);
+          ns[j] = fmaf(qf[c], s[u][j], ns[j]);
+          nc[j] = fmaf(qf[c], x[u][j], nc[j]);
+        }
+        float* ps = st + (i64)c * p.dv + e;
+        if constexpr (VEC == 4) {
+          *reinterpret_cast<float4*>(ps) = float4{s[u][0], s[u][1], s[u][2], s[u][3]};
+          *reinterpret_cast<float4*>(ps + ddv) = float4{x[u][0], x[u][1], x[u][2], x[u][3]};
+        } else {
+          ps[0] = s[u][0];
+          ps[ddv] = x[u][0];
+        }
+      }
+    }
+  }
+  if (g < groups) {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      if (e + j >= p.dv) break;
+      num[0][g * p.dv + e + j] = ns[j];
+      num[1][g * p.dv + e + j] = nc[j];
+    }
+  }
+}
+
 template <typename T>
 __device__ void cos_step(const CosformerParams& p) {
   __shared__ float qf[256], kf[256], vr[256];
-  __shared__ float num[2][COS_THREADS];
+  __shared__ float num[2][COS_STEP_VEC * COS_THREADS];  // [group][column] partial numerators
   __shared__ float den;
   const int bh = blockIdx.x;
   const int b = bh / p.h, h = bh % p.h;
@@ -535,24 +602,16 @@ __device__ void cos_step(const CosformerParams& p) {
     dc = warp_sum(dc);
     if (t == 0) den = fmaxf(sn * ds + cs * dc, p.eps);
   }
-  const int groups = max(1, COS_THREADS / p.dv), e = t % p.dv, g = t / p.dv;
-  float ns = 0.f, nc = 0.f;
-  if (g < groups) {
-    const int rows = div_up(p.d, groups), c_end = min(p.d, (g + 1) * rows);
-    const float ve = vr[e];
-#pragma unroll 4
-    for (int c = g * rows; c < c_end; ++c) {
-      const i64 at = (i64)c * p.dv + e;
-      const float s1 = fmaf(kf[c] * sn, ve, st[at]);
-      const float c1 = fmaf(kf[c] * cs, ve, st[ddv + at]);
-      st[at] = s1;
-      st[ddv + at] = c1;
-      ns = fmaf(qf[c], s1, ns);
-      nc = fmaf(qf[c], c1, nc);
-    }
+  // Launch-uniform: 16-byte rows for every slice.
+  const bool vec = p.dv % COS_STEP_VEC == 0 && slen % COS_STEP_VEC == 0 && p.state % 16 == 0;
+  int groups;
+  if (vec) {
+    cos_step_rows<COS_STEP_VEC>(p, st, qf, kf, vr, sn, cs, num);
+    groups = max(1, COS_THREADS / (p.dv / COS_STEP_VEC));
+  } else {
+    cos_step_rows<1>(p, st, qf, kf, vr, sn, cs, num);
+    groups = max(1, COS_THREADS / p.dv);
   }
-  num[0][t] = ns;
-  num[1][t] = nc;
   __syncthreads();
   if (t < p.dv) {
     float s = 0.f, c = 0.f;

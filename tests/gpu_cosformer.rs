@@ -750,6 +750,10 @@ fn cosformer_prefill_then_decode_equals_causal() {
         }
     }
     check_decode::<f16>(&rt, (1, 2, 256, 256), &[77], 3, LayoutKind::Bnhd, 1);
+    // The step's 16-byte path needs Dv % 4 == 0 and a state of 2·D·(Dv + 1) floats per slice
+    // that is a multiple of 4: odd D with Dv = 8 takes the scalar path, D = 2 the vector one.
+    check_decode::<f32>(&rt, (2, 3, 7, 8), &[5], 3, LayoutKind::Bhnd, 2);
+    check_decode::<f32>(&rt, (2, 3, 2, 4), &[5], 3, LayoutKind::Bhnd, 3);
     // Tensor-core prefill (D == Dv = 64, f16/bf16), state handed on to the decode steps.
     for (i, prefills) in [&[1000][..], &[64, 1, 200], &[130, 70]].iter().enumerate() {
         let kind = kind_of(i);
