@@ -202,9 +202,30 @@ __device__ void aft_chunk(const AftParams& p) {
 
 // Scan pass: pre[bh][i] = statistics of chunks [0, i), suf[bh][i] = of chunks [i, chunks)
 // (suf only when p.suf != 0). Grid: x = group of 32 channels, y = bh (grid-stride); warp w owns a
-// contiguous segment of chunks, segments are combined in a fixed order (deterministic).
+// contiguous segment of chunks, segments are combined in a fixed order (deterministic). Each walk
+// over a segment loads AFT_SCAN_BATCH chunks' statistics before it combines them in order: one L2
+// round trip per batch, not per chunk (a segment is chunks / 8 long: 128 at T = 64k).
 // Traffic: part read twice (segment totals, then the rescan), pre (and suf) written once.
+#define AFT_SCAN_BATCH 8
+// The statistics (and max |V|) of chunks [i, i + AFT_SCAN_BATCH) ∩ [i, last) of channel c.
+struct AftBatch {
+  AftStat s[AFT_SCAN_BATCH];
+  float vm[AFT_SCAN_BATCH];
+};
+__device__ __forceinline__ AftBatch aft_scan_load(const AftParams& p, int bh, int c, int i, int last, bool vmax) {
+  AftBatch b;
+#pragma unroll
+  for (int j = 0; j < AFT_SCAN_BATCH; ++j) {
+    if (i + j < last) {
+      b.s[j] = aft_load(aft_stats(p.part, bh, p.chunks, i + j, p.d), p.d, c);
+      b.vm[j] = vmax ? aft_vmax(p, bh, i + j)[c] : 0.f;
+    }
+  }
+  return b;
+}
+
 __device__ void aft_scan(const AftParams& p) {
+  constexpr int B = AFT_SCAN_BATCH;
   __shared__ AftStat seg_tot[AFT_SEGS][32];
   __shared__ float seg_vmax[AFT_SEGS][32];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -212,18 +233,24 @@ __device__ void aft_scan(const AftParams& p) {
   const int seg = div_up(p.chunks, AFT_SEGS);
   const int first = min(p.chunks, warp * seg), last = min(p.chunks, first + seg);
   const AftStat empty = {AFT_NEG_INF, 0.f, 0.f};
+  const bool vmax = p.vmax != 0;
   for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
     AftStat tot = empty;
     float vm = 0.f;
     if (c < p.d)
-      for (int i = first; i < last; ++i) {
-        tot = aft_combine(tot, aft_load(aft_stats(p.part, bh, p.chunks, i, p.d), p.d, c));
-        if (p.vmax) vm = fmaxf(vm, aft_vmax(p, bh, i)[c]);
+      for (int i = first; i < last; i += B) {
+        const AftBatch b = aft_scan_load(p, bh, c, i, last, vmax);
+#pragma unroll
+        for (int j = 0; j < B; ++j)
+          if (i + j < last) {
+            tot = aft_combine(tot, b.s[j]);
+            vm = fmaxf(vm, b.vm[j]);
+          }
       }
     seg_tot[warp][lane] = tot;
     seg_vmax[warp][lane] = vm;
     __syncthreads();
-    if (p.vmax && warp == 0 && c < p.d) {
+    if (vmax && warp == 0 && c < p.d) {
 #pragma unroll
       for (int w = 1; w < AFT_SEGS; ++w) vm = fmaxf(vm, seg_vmax[w][lane]);
       aft_vmax(p, bh, p.chunks)[c] = vm;
@@ -231,18 +258,30 @@ __device__ void aft_scan(const AftParams& p) {
     if (c < p.d) {
       AftStat cur = empty;
       for (int w = 0; w < warp; ++w) cur = aft_combine(cur, seg_tot[w][lane]);
-      for (int i = first; i < last; ++i) {
-        aft_store(aft_stats(p.pre, bh, p.chunks + 1, i, p.d), p.d, c, cur);
-        cur = aft_combine(cur, aft_load(aft_stats(p.part, bh, p.chunks, i, p.d), p.d, c));
+      for (int i = first; i < last; i += B) {
+        const AftBatch b = aft_scan_load(p, bh, c, i, last, false);
+#pragma unroll
+        for (int j = 0; j < B; ++j)
+          if (i + j < last) {
+            aft_store(aft_stats(p.pre, bh, p.chunks + 1, i + j, p.d), p.d, c, cur);
+            cur = aft_combine(cur, b.s[j]);
+          }
       }
       if (warp == AFT_SEGS - 1) aft_store(aft_stats(p.pre, bh, p.chunks + 1, p.chunks, p.d), p.d, c, cur);
       if (p.suf) {
         cur = empty;
         for (int w = AFT_SEGS - 1; w > warp; --w) cur = aft_combine(seg_tot[w][lane], cur);
         if (warp == AFT_SEGS - 1) aft_store(aft_stats(p.suf, bh, p.chunks + 1, p.chunks, p.d), p.d, c, cur);
-        for (int i = last - 1; i >= first; --i) {
-          cur = aft_combine(aft_load(aft_stats(p.part, bh, p.chunks, i, p.d), p.d, c), cur);
-          aft_store(aft_stats(p.suf, bh, p.chunks + 1, i, p.d), p.d, c, cur);
+        // Backwards in batches: chunks [i − B + 1, i] (clipped at first), combined from the top.
+        for (int i = last - 1; i >= first; i -= B) {
+          const int lo = max(first, i - B + 1);
+          const AftBatch b = aft_scan_load(p, bh, c, lo, i + 1, false);
+#pragma unroll
+          for (int j = B - 1; j >= 0; --j)
+            if (lo + j <= i) {
+              cur = aft_combine(b.s[j], cur);
+              aft_store(aft_stats(p.suf, bh, p.chunks + 1, lo + j, p.d), p.d, c, cur);
+            }
         }
       }
     }

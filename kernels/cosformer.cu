@@ -189,10 +189,20 @@ __device__ __forceinline__ void cos_scan_element(const CosformerParams& p, int b
   float* part = reinterpret_cast<float*>(p.partial) + (i64)bh * p.chunks * slen;
   float* st = reinterpret_cast<float*>(p.state);
   float run = (st != nullptr && p.state_in) ? st[(i64)bh * slen + x] : 0.f;
-  for (int ch = 0; ch < p.chunks; ++ch) {
-    const float t = part[ch * slen + x];
-    part[ch * slen + x] = run;
-    run += t;
+  // Batches of B chunks loaded before any is overwritten: one L2 round trip per batch, not per
+  // chunk (the compiler cannot move a later chunk's load above an earlier chunk's store).
+  constexpr int B = 8;
+  for (int ch0 = 0; ch0 < p.chunks; ch0 += B) {
+    float t[B];
+#pragma unroll
+    for (int j = 0; j < B; ++j)
+      if (ch0 + j < p.chunks) t[j] = part[(i64)(ch0 + j) * slen + x];
+#pragma unroll
+    for (int j = 0; j < B; ++j)
+      if (ch0 + j < p.chunks) {
+        part[(i64)(ch0 + j) * slen + x] = run;
+        run += t[j];
+      }
   }
   if (st != nullptr) st[(i64)bh * slen + x] = run;
 }
