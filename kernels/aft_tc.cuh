@@ -93,6 +93,65 @@ __device__ __forceinline__ float aft_tc_stage_e(const T* kr, const T* vr, i64 ks
   return chk;
 }
 
+// aft_tc_stage_e with the pair loads of NB keys issued together (packed, 2 registers a key)
+// before their exps and stores; in aft_tc_stage_e a later key's loads wait behind an earlier
+// key's exps, one L2 round trip per key. Same values and stores. For kernels with registers to
+// spare (NB a divisor of AFT_KB / 4).
+template <typename T, bool FAST, int NB>
+__device__ __forceinline__ float aft_tc_stage_e_batched(const T* kr, const T* vr, i64 kstep, i64 vstep, u32 dst,
+                                                       int keys, bool pair, bool ok0, bool ok1, const AftExp<T>& ex0,
+                                                       const AftExp<T>& ex1, float vf0, float vf1) {
+  constexpr int N = AFT_KB / 4;
+  float chk = 0.f;
+  auto put = [&](int i, float k0, float k1, float v0, float v1, bool valid) {
+    float e0 = 0.f, e1 = 0.f, ev0 = 0.f, ev1 = 0.f;
+    if (valid) {
+      e0 = ok0 ? ex0(k0) : 0.f;
+      e1 = ok1 ? ex1(k1) : 0.f;
+      ev0 = e0 * (v0 * vf0);
+      ev1 = e1 * (v1 * vf1);
+    }
+    chk = fmaf(ev0, 0.f, fmaf(ev1, 0.f, chk));
+    const u32 at = dst + i * 4 * AFT_TC_KLD * 2;
+    sts_u32(at, pack2<T>(ev0, ev1));
+    sts_u32(at + AFT_CT * 2, pack2<T>(e0, e1));
+  };
+  if (FAST || pair) {
+#pragma unroll
+    for (int i0 = 0; i0 < N; i0 += NB) {
+      u32 kp[NB], vp[NB];
+#pragma unroll
+      for (int j = 0; j < NB; ++j) {
+        kp[j] = vp[j] = 0u;
+        if (FAST || 4 * (i0 + j) < keys) {  // warp-uniform
+          kp[j] = *reinterpret_cast<const u32*>(kr + (i0 + j) * kstep);
+          vp[j] = *reinterpret_cast<const u32*>(vr + (i0 + j) * vstep);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < NB; ++j) {
+        float k0, k1, v0, v1;
+        unpack2<T>(kp[j], k0, k1);
+        unpack2<T>(vp[j], v0, v1);
+        put(i0 + j, k0, k1, v0, v1, FAST || 4 * (i0 + j) < keys);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i, kr += kstep, vr += vstep) {
+      float k0 = 0.f, k1 = 0.f, v0 = 0.f, v1 = 0.f;
+      if (4 * i < keys) {
+        k0 = ok0 ? to_f32(kr[0]) : 0.f;
+        v0 = ok0 ? to_f32(vr[0]) : 0.f;
+        k1 = ok1 ? to_f32(kr[1]) : 0.f;
+        v1 = ok1 ? to_f32(vr[1]) : 0.f;
+      }
+      put(i, k0, k1, v0, v1, 4 * i < keys);
+    }
+  }
+  return chk;
+}
+
 // W staging (local, conv) of one key block for the thread's keys tp, tp + 1 and rows t = t0 + wr
 // + 8n: ws[row] = W·sw at dst. wp: w at band index tp − t + s − 1 of the first row, wstep to the
 // next; o = tp − t + sb − 1, in the band if in [0, 2sb − 1) (s clamped to T: same membership, no
@@ -102,13 +161,24 @@ template <typename T, bool FAST>
 __device__ __forceinline__ void aft_tc_stage_w(const AftParams& p, const float* wp, i64 wstep, int o, int sb, u32 dst,
                                                u32 cf, int t, int tp, int hi, u32 dstep = 8 * AFT_TC_WLD * 2) {
   const u32 nb = 2 * sb - 1;
+  constexpr int R = AFT_CHUNK / 8;
+  // Every row's w first, then the exps and stores (else one L2 round trip per row).
+  float wv[R][2];
 #pragma unroll
-  for (int n = 0; n < AFT_CHUNK / 8; ++n, wp += wstep, o -= 8, t += 8, dst += dstep, cf += 8 * 8) {
+  for (int n = 0; n < R; ++n) {
+    const int tn = t + 8 * n, on = o - 8 * n;
+    const int lim = FAST ? tp + 2 : (tn >= p.t ? 0 : (p.causal ? min(hi, tn + 1) : hi));
+    const float* w = wp + n * wstep;
+    wv[n][0] = tp < lim && (u32)on < nb ? w[0] : 0.f;  // rows ≥ T have no w row
+    wv[n][1] = tp + 1 < lim && (u32)(on + 1) < nb ? w[1] : 0.f;
+  }
+#pragma unroll
+  for (int n = 0; n < R; ++n, o -= 8, t += 8, dst += dstep, cf += 8 * 8) {
     const float2 c = lds_f2(cf);  // log2(sw) − r_t·log2(e), g_t·sw
     const int lim = FAST ? tp + 2 : (t >= p.t ? 0 : (p.causal ? min(hi, t + 1) : hi));
     float w0 = tp < lim ? c.y : 0.f, w1 = tp + 1 < lim ? c.y : 0.f;
-    if (tp < lim && (u32)o < nb) w0 = ex2_fast(fmaf(wp[0], LOG2E_F, c.x));  // rows ≥ T have no w row
-    if (tp + 1 < lim && (u32)(o + 1) < nb) w1 = ex2_fast(fmaf(wp[1], LOG2E_F, c.x));
+    if (tp < lim && (u32)o < nb) w0 = ex2_fast(fmaf(wv[n][0], LOG2E_F, c.x));
+    if (tp + 1 < lim && (u32)(o + 1) < nb) w1 = ex2_fast(fmaf(wv[n][1], LOG2E_F, c.x));
     sts_u32(dst, pack2<T>(w0, w1));
   }
 }
@@ -211,18 +281,28 @@ template <typename T> struct AftTcE {
 };
 
 // E staging of key block kb (keys < hi) for role e, the unchecked form when every key is valid
-// and both channels load as one pair; kv at kv_addr.
-template <typename T>
+// and both channels load as one pair; kv at kv_addr. NB > 1: pair loads NB keys at a time
+// (aft_tc_stage_e_batched).
+template <typename T, int NB>
 __device__ __forceinline__ float aft_tc_stage_e_block(const AftParams& p, const AftTcE<T>& e, u32 kv_addr, int kb, int hi,
                                                       const AftExp<T>& ex0, const AftExp<T>& ex1, float vf0, float vf1) {
   const int warp = threadIdx.x / 32, ep = 2 * (threadIdx.x % 32);
   const T* kr = e.kc + (i64)(kb + warp) * p.k_sn;
   const T* vr = e.vc + (i64)(kb + warp) * p.v_sn;
   const u32 edst = kv_addr + (warp * AFT_TC_KLD + ep) * 2;
-  return e.pair && kb + AFT_KB <= hi
-             ? aft_tc_stage_e<T, true>(kr, vr, 4 * p.k_sn, 4 * p.v_sn, edst, AFT_KB, true, true, true, ex0, ex1, vf0, vf1)
-             : aft_tc_stage_e<T, false>(kr, vr, 4 * p.k_sn, 4 * p.v_sn, edst, hi - kb - warp, e.pair, e.ok0, e.ok1, ex0,
-                                        ex1, vf0, vf1);
+  if constexpr (NB > 1) {
+    return e.pair && kb + AFT_KB <= hi
+               ? aft_tc_stage_e_batched<T, true, NB>(kr, vr, 4 * p.k_sn, 4 * p.v_sn, edst, AFT_KB, true, true, true,
+                                                     ex0, ex1, vf0, vf1)
+               : aft_tc_stage_e_batched<T, false, NB>(kr, vr, 4 * p.k_sn, 4 * p.v_sn, edst, hi - kb - warp, e.pair,
+                                                      e.ok0, e.ok1, ex0, ex1, vf0, vf1);
+  } else {
+    return e.pair && kb + AFT_KB <= hi
+               ? aft_tc_stage_e<T, true>(kr, vr, 4 * p.k_sn, 4 * p.v_sn, edst, AFT_KB, true, true, true, ex0, ex1, vf0,
+                                         vf1)
+               : aft_tc_stage_e<T, false>(kr, vr, 4 * p.k_sn, 4 * p.v_sn, edst, hi - kb - warp, e.pair, e.ok0, e.ok1,
+                                          ex0, ex1, vf0, vf1);
+  }
 }
 
 // W staging (local, conv) of key block kb of the tile at t0 (keys < hi) for the thread's keys
@@ -416,7 +496,7 @@ __device__ void aft_window_tc(const AftParams& p) {
       // Stage kv[r] = [E⊙V (scaled) | E (scaled)] and ws[i][r] = W (scaled), 16-bit, two
       // adjacent values per 32-bit store; bad: a staged value is non-finite (0·x is NaN then).
       // Fast forms: no masked key (keys < hi; causal: before the tile's first row; rows < T).
-      const float chk = aft_tc_stage_e_block<T>(p, er, kv_addr, kb, win.hi, ex0, ex1, vf0, vf1);
+      const float chk = aft_tc_stage_e_block<T, 1>(p, er, kv_addr, kb, win.hi, ex0, ex1, vf0, vf1);
       const u32 wdst = ws_addr + (wr * AFT_TC_WLD + wk) * 2;
       if (p.variant == AFT_SIMPLE) {  // causal simple: weight 1 up to the row
         const int tp = kb + wk;  // the thread's first key
@@ -523,7 +603,7 @@ __device__ void aft_window_band_tc(const AftParams& p) {
       aft_tc_init_acc(gsh, ash, zsh, num, den);
       for (int kb = win.lo; kb < win.hi; kb += KB) {
         __syncthreads();  // previous block consumed
-        const float chk = aft_tc_stage_e_block<T>(p, er, kv_addr, kb, win.hi, ex0, ex1, vf0, vf1);
+        const float chk = aft_tc_stage_e_block<T, 4>(p, er, kv_addr, kb, win.hi, ex0, ex1, vf0, vf1);
         const bool any_bad = __syncthreads_or(!aft_finite(chk));
         const u16* wb = ws + (kb - win.lo);  // this block's columns of the band
         if (p.causal && kb + KB - 1 > t0 && any_bad) {  // CTA-uniform
