@@ -125,6 +125,28 @@ template <typename T> __device__ __forceinline__ void aft_load2(const T* p, bool
   }
 }
 
+// (m, Σ exp(K − m)·V, Σ exp(K − m)) of N keys k with values v and max m (padding keys −inf):
+// m = −inf (no finite key) keeps a NaN key's NaN in a and z.
+template <typename T, int N>
+__device__ __forceinline__ AftStat aft_stat_of(float m, const float (&k)[N], const float (&v)[N]) {
+  AftStat s = {m, 0.f, 0.f};
+  if (m != AFT_NEG_INF) {
+    const AftExp<T> ex(m);
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      if (k[i] == AFT_NEG_INF) continue;  // a padding row (or a key of −inf: weight 0)
+      const float e = ex(k[i]);
+      s.a = fmaf(e, v[i], s.a);
+      s.z += e;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i)  // only NaN (or no) keys: keep the NaN
+      if (k[i] != k[i]) s.a = s.z = k[i];
+  }
+  return s;
+}
+
 // Chunk pass: part[bh][chunk] = (max K, Σ exp(K − max)·V, Σ exp(K − max)) per channel.
 // Grid: x = chunk, y = bh (grid-stride), z = channel tile; 8 row lanes × 32 channel pairs per
 // CTA: a thread takes rows ty + 8i of channels 2tx, 2tx + 1 (one 4-byte load of each pair when
@@ -165,22 +187,7 @@ __device__ void aft_chunk(const AftParams& p) {
     }
 #pragma unroll
     for (int x = 0; x < 2; ++x) {
-      AftStat s = {m[x], 0.f, 0.f};
-      if (m[x] != AFT_NEG_INF) {
-        const AftExp<T> ex(m[x]);
-#pragma unroll
-        for (int i = 0; i < PER; ++i) {
-          if (kx[x][i] == AFT_NEG_INF) continue;  // a padding row (or a key of −inf: weight 0)
-          const float e = ex(kx[x][i]);
-          s.a = fmaf(e, vx[x][i], s.a);
-          s.z += e;
-        }
-      } else {
-#pragma unroll
-        for (int i = 0; i < PER; ++i)  // only NaN (or no) keys: keep the NaN
-          if (kx[x][i] != kx[x][i]) s.a = s.z = kx[x][i];
-      }
-      red[ty][2 * tx + x] = s;
+      red[ty][2 * tx + x] = aft_stat_of<T, PER>(m[x], kx[x], vx[x]);
       vred[ty][2 * tx + x] = vm[x];
     }
     __syncthreads();

@@ -82,39 +82,22 @@ __device__ void aft_simple_causal(const AftParams& p) {
   const T* v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh + (i64)row0 * p.v_sn + c;
   const bool kv_pair = ok1 && ((reinterpret_cast<u64>(k) | reinterpret_cast<u64>(v)) % (2 * sizeof(T))) == 0 &&
                        ((p.k_sn | p.v_sn) & 1) == 0;
-  float kx[PER][2], vx[PER][2];
+  float kx[2][PER], vx[2][PER];
   float m[2] = {AFT_NEG_INF, AFT_NEG_INF};
 #pragma unroll
   for (int i = 0; i < PER; ++i) {
-    kx[i][0] = kx[i][1] = AFT_NEG_INF;
-    vx[i][0] = vx[i][1] = 0.f;
+    kx[0][i] = kx[1][i] = AFT_NEG_INF;
+    vx[0][i] = vx[1][i] = 0.f;
     if (i < rows) {
-      aft_load2<T>(k + i * p.k_sn, kv_pair, ok0, ok1, kx[i][0], kx[i][1]);
-      aft_load2<T>(v + i * p.v_sn, kv_pair, ok0, ok1, vx[i][0], vx[i][1]);
-      if (!ok1) kx[i][1] = AFT_NEG_INF;  // no channel c + 1: an empty one
+      aft_load2<T>(k + i * p.k_sn, kv_pair, ok0, ok1, kx[0][i], kx[1][i]);
+      aft_load2<T>(v + i * p.v_sn, kv_pair, ok0, ok1, vx[0][i], vx[1][i]);
+      if (!ok1) kx[1][i] = AFT_NEG_INF;  // no channel c + 1: an empty one
     }
 #pragma unroll
-    for (int x = 0; x < 2; ++x) m[x] = fmaxf(m[x], kx[i][x]);
+    for (int x = 0; x < 2; ++x) m[x] = fmaxf(m[x], kx[x][i]);
   }
 #pragma unroll
-  for (int x = 0; x < 2; ++x) {
-    AftStat s = {m[x], 0.f, 0.f};
-    if (m[x] != AFT_NEG_INF) {
-      const AftExp<T> ex(m[x]);
-#pragma unroll
-      for (int i = 0; i < PER; ++i) {
-        if (kx[i][x] == AFT_NEG_INF) continue;  // a padding row (or a key of −inf: weight 0)
-        const float e = ex(kx[i][x]);
-        s.a = fmaf(e, vx[i][x], s.a);
-        s.z += e;
-      }
-    } else {
-#pragma unroll
-      for (int i = 0; i < PER; ++i)  // only NaN (or no) keys: keep the NaN
-        if (kx[i][x] != kx[i][x]) s.a = s.z = kx[i][x];
-    }
-    wst[warp][2 * lane + x] = s;
-  }
+  for (int x = 0; x < 2; ++x) wst[warp][2 * lane + x] = aft_stat_of<T, PER>(m[x], kx[x], vx[x]);
   __syncthreads();
   // Threads < AFT_CT: one channel each for the aggregate, the look-back fold and the publishing.
   const int cc = threadIdx.x;
@@ -198,7 +181,7 @@ __device__ void aft_simple_causal(const AftParams& p) {
       float y[2];
 #pragma unroll
       for (int x = 0; x < 2; ++x) {
-        aft_sc_push<T>(s[x], kx[h0 + i][x], vx[h0 + i][x]);
+        aft_sc_push<T>(s[x], kx[x][h0 + i], vx[x][h0 + i]);
         const float r = sizeof(T) == 4 ? s[x].a / s[x].z : __fdividef(s[x].a, s[x].z);
         y[x] = aft_sigmoid_t<T>(qx[i][x]) * r;
       }
