@@ -108,22 +108,56 @@ __device__ __forceinline__ float aft_bias(const AftParams& p, int h, int t, int 
   }
 }
 
-// Two consecutive elements at p (channels c, c + 1 of a row) as fp32: one 4-byte (16-bit T) or
-// 8-byte (f32) load when `pair`, else one load per existing channel (0 for a missing one).
-template <typename T> __device__ __forceinline__ void aft_load2(const T* p, bool pair, bool ok0, bool ok1, float& x0, float& x1) {
+// Rows i < n of N of a channel pair (channels c, c + 1 at p + i·step) as fp32 x0[i], x1[i] (rows
+// ≥ n untouched): one 4-byte (16-bit T) or 8-byte (f32) load per row when `pair`, else one load per
+// existing channel (0 for a missing one). Every row's load is issued before any conversion (16-bit
+// values stay packed until all are in flight): converting each row as it loads made every row wait
+// a DRAM round trip before the next one's load issued.
+template <typename T, int N>
+__device__ __forceinline__ void aft_load_rows(const T* p, i64 step, int n, bool pair, bool ok0, bool ok1,
+                                              float (&x0)[N], float (&x1)[N]) {
   if (pair) {
     if constexpr (sizeof(T) == 2) {
-      unpack2<T>(*reinterpret_cast<const u32*>(p), x0, x1);
+      u32 raw[N];
+#pragma unroll
+      for (int i = 0; i < N; ++i)
+        if (i < n) raw[i] = *reinterpret_cast<const u32*>(p + i * step);
+#pragma unroll
+      for (int i = 0; i < N; ++i)
+        if (i < n) unpack2<T>(raw[i], x0[i], x1[i]);
     } else {
-      const float2 w = *reinterpret_cast<const float2*>(p);
-      x0 = to_f32(w.x);
-      x1 = to_f32(w.y);
+#pragma unroll
+      for (int i = 0; i < N; ++i)
+        if (i < n) {
+          const float2 w = *reinterpret_cast<const float2*>(p + i * step);
+          x0[i] = to_f32(w.x);
+          x1[i] = to_f32(w.y);
+        }
     }
-  } else {
-    x0 = ok0 ? to_f32(p[0]) : 0.f;
-    x1 = ok1 ? to_f32(p[1]) : 0.f;
+  } else if constexpr (sizeof(T) == 2) {
+    T r0[N], r1[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+      if (i < n) {
+        if (ok0) r0[i] = p[i * step];
+        if (ok1) r1[i] = p[i * step + 1];
+      }
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+      if (i < n) {
+        x0[i] = ok0 ? to_f32(r0[i]) : 0.f;
+        x1[i] = ok1 ? to_f32(r1[i]) : 0.f;
+      }
+  } else {  // f32: nothing to convert, so nothing waits on a load
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+      if (i < n) {
+        x0[i] = ok0 ? p[i * step] : 0.f;
+        x1[i] = ok1 ? p[i * step + 1] : 0.f;
+      }
   }
 }
+
 
 // (m, Σ exp(K − m)·V, Σ exp(K − m)) of N keys k with values v and max m (padding keys −inf):
 // m = −inf (no finite key) keeps a NaN key's NaN in a and z.
@@ -171,14 +205,15 @@ __device__ void aft_chunk(const AftParams& p) {
     float kx[2][PER], vx[2][PER];
     float m[2] = {AFT_NEG_INF, AFT_NEG_INF}, vm[2] = {0.f, 0.f};
 #pragma unroll
-    for (int i = 0; i < PER; ++i, k += LANES * p.k_sn, v += LANES * p.v_sn) {
+    for (int i = 0; i < PER; ++i) {
       kx[0][i] = kx[1][i] = AFT_NEG_INF;
       vx[0][i] = vx[1][i] = 0.f;
-      if (i < rows) {
-        aft_load2<T>(k, pair, ok0, ok1, kx[0][i], kx[1][i]);
-        aft_load2<T>(v, pair, ok0, ok1, vx[0][i], vx[1][i]);
-        if (!ok1) kx[1][i] = AFT_NEG_INF;  // no channel c + 1: an empty one
-      }
+    }
+    aft_load_rows<T, PER>(k, LANES * p.k_sn, rows, pair, ok0, ok1, kx[0], kx[1]);
+    aft_load_rows<T, PER>(v, LANES * p.v_sn, rows, pair, ok0, ok1, vx[0], vx[1]);
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      if (!ok1) kx[1][i] = AFT_NEG_INF;  // no channel c + 1: an empty one
 #pragma unroll
       for (int x = 0; x < 2; ++x) {
         m[x] = fmaxf(m[x], kx[x][i]);
@@ -339,15 +374,13 @@ __device__ void aft_map(const AftParams& p) {
         const bool pair = ok1 && ((reinterpret_cast<u64>(qp) | reinterpret_cast<u64>(op)) % (2 * sizeof(T))) == 0 &&
                           ((p.q_sn | p.o_sn) & 1) == 0;
         const float r0 = ratio[c], r1 = ok1 ? ratio[c + 1] : 0.f;
-        float x[PER][2];
-#pragma unroll
-        for (int i = 0; i < PER; ++i)
-          if (i < rows) aft_load2<T>(qp + i * LANES * p.q_sn, pair, true, ok1, x[i][0], x[i][1]);
+        float x[2][PER];
+        aft_load_rows<T, PER>(qp, LANES * p.q_sn, rows, pair, true, ok1, x[0], x[1]);
 #pragma unroll
         for (int i = 0; i < PER; ++i)
           if (i < rows)
-            aft_store2<T>(op + i * LANES * p.o_sn, pair, ok1, aft_sigmoid_t<T>(x[i][0]) * r0,
-                          aft_sigmoid_t<T>(x[i][1]) * r1);
+            aft_store2<T>(op + i * LANES * p.o_sn, pair, ok1, aft_sigmoid_t<T>(x[0][i]) * r0,
+                          aft_sigmoid_t<T>(x[1][i]) * r1);
       }
     }
   }

@@ -67,23 +67,21 @@ __device__ void aft_full_b(const AftParams& p) {
       pair = live1 && ((reinterpret_cast<u64>(k) | reinterpret_cast<u64>(v)) % 4) == 0 && ((p.k_sn | p.v_sn) & 1) == 0;
     }
     const AftExp<T> ex0(mc[0], l2s), ex1(mc[1], l2s);
-    float kx[PER][2], vx[PER][2];  // all rows first: 8 loads in flight per thread
+    float kx[2][PER], vx[2][PER];  // all rows first: 16 loads in flight per thread
 #pragma unroll
-    for (int i = 0; i < PER; ++i) {
-      kx[i][0] = kx[i][1] = vx[i][0] = vx[i][1] = 0.f;
-      if (live0 && i < rows) {
-        aft_load2<T>(k + i * LANES * p.k_sn, pair, true, live1, kx[i][0], kx[i][1]);
-        aft_load2<T>(v + i * LANES * p.v_sn, pair, true, live1, vx[i][0], vx[i][1]);
-      }
+    for (int i = 0; i < PER; ++i) kx[0][i] = kx[1][i] = vx[0][i] = vx[1][i] = 0.f;
+    if (live0) {
+      aft_load_rows<T, PER>(k, LANES * p.k_sn, rows, pair, true, live1, kx[0], kx[1]);
+      aft_load_rows<T, PER>(v, LANES * p.v_sn, rows, pair, true, live1, vx[0], vx[1]);
     }
     u32* row = reinterpret_cast<u32*>(reinterpret_cast<u16*>(p.bmat) + (i64)t0 * p.bcols + (i64)tile * AFT_FG_TILE + 2 * tx);
 #pragma unroll
     for (int i = 0; i < PER; ++i) {
       if (i >= rows) break;
       // E·se and E⊙V·sev = (E·se)·(V·sev/se); zeros past d and in the padding tile.
-      const float e0 = live0 ? ex0(kx[i][0]) : 0.f, e1 = live1 ? ex1(kx[i][1]) : 0.f;
+      const float e0 = live0 ? ex0(kx[0][i]) : 0.f, e1 = live1 ? ex1(kx[1][i]) : 0.f;
       u32* r = row + (i64)i * LANES * p.bcols / 2;
-      r[0] = pack2<T>(e0 * (vx[i][0] * vf[0]), e1 * (vx[i][1] * vf[1]));
+      r[0] = pack2<T>(e0 * (vx[0][i] * vf[0]), e1 * (vx[1][i] * vf[1]));
       r[AFT_CT / 2] = pack2<T>(e0, e1);
     }
   }

@@ -88,11 +88,12 @@ __device__ void aft_simple_causal(const AftParams& p) {
   for (int i = 0; i < PER; ++i) {
     kx[0][i] = kx[1][i] = AFT_NEG_INF;
     vx[0][i] = vx[1][i] = 0.f;
-    if (i < rows) {
-      aft_load2<T>(k + i * p.k_sn, kv_pair, ok0, ok1, kx[0][i], kx[1][i]);
-      aft_load2<T>(v + i * p.v_sn, kv_pair, ok0, ok1, vx[0][i], vx[1][i]);
-      if (!ok1) kx[1][i] = AFT_NEG_INF;  // no channel c + 1: an empty one
-    }
+  }
+  aft_load_rows<T, PER>(k, p.k_sn, rows, kv_pair, ok0, ok1, kx[0], kx[1]);
+  aft_load_rows<T, PER>(v, p.v_sn, rows, kv_pair, ok0, ok1, vx[0], vx[1]);
+#pragma unroll
+  for (int i = 0; i < PER; ++i) {
+    if (!ok1) kx[1][i] = AFT_NEG_INF;  // no channel c + 1: an empty one
 #pragma unroll
     for (int x = 0; x < 2; ++x) m[x] = fmaxf(m[x], kx[x][i]);
   }
@@ -171,10 +172,8 @@ __device__ void aft_simple_causal(const AftParams& p) {
   constexpr int HALF = PER / 2;  // queries loaded half a warp's rows at a time (registers)
 #pragma unroll
   for (int h0 = 0; h0 < PER; h0 += HALF) {
-    float qx[HALF][2];
-#pragma unroll
-    for (int i = 0; i < HALF; ++i)
-      if (h0 + i < rows) aft_load2<T>(q + (h0 + i) * p.q_sn, qo_pair, true, ok1, qx[i][0], qx[i][1]);
+    float qx[2][HALF];
+    aft_load_rows<T, HALF>(q + h0 * p.q_sn, p.q_sn, rows - h0, qo_pair, true, ok1, qx[0], qx[1]);
 #pragma unroll
     for (int i = 0; i < HALF; ++i) {
       if (h0 + i >= rows) break;
@@ -183,7 +182,7 @@ __device__ void aft_simple_causal(const AftParams& p) {
       for (int x = 0; x < 2; ++x) {
         aft_sc_push<T>(s[x], kx[x][h0 + i], vx[x][h0 + i]);
         const float r = sizeof(T) == 4 ? s[x].a / s[x].z : __fdividef(s[x].a, s[x].z);
-        y[x] = aft_sigmoid_t<T>(qx[i][x]) * r;
+        y[x] = aft_sigmoid_t<T>(qx[x][i]) * r;
       }
       aft_store2<T>(o + (h0 + i) * p.o_sn, qo_pair, ok1, y[0], y[1]);
     }
