@@ -727,13 +727,14 @@ __device__ void aft_window(const AftParams& p) {
 #include "aft_full_tc.cuh"
 #include "aft_simple_causal.cuh"
 
-// Entry points: aft_<step>_<dtype>.
+// Entry points: aft_<step>_<dtype>. aft_map at 3 CTAs per SM (≤ 85 registers, no spills): 24 warps
+// × 8 rows × 128 B ≈ 24 KB of loads in flight per SM (at its unbounded 90 registers, 2 CTAs: 16 KB).
 #define AFT_DTYPE(T, NAME)                                                                         \
   extern "C" __global__ void __launch_bounds__(AFT_THREADS) aft_chunk_##NAME(                      \
       const __grid_constant__ AftParams p) {                                                       \
     aft_chunk<T>(p);                                                                               \
   }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(AFT_THREADS) aft_map_##NAME(                        \
+  extern "C" __global__ void __launch_bounds__(AFT_THREADS, 3) aft_map_##NAME(                     \
       const __grid_constant__ AftParams p) {                                                       \
     aft_map<T>(p);                                                                                 \
   }                                                                                                \
