@@ -18,8 +18,8 @@
 //! Any D ≤ 256, any strides with a unit last dim. The bias (`w`, `u`) is fp32 on the device.
 
 use super::{
-    check_raw, check_workspace, launch, launch_smem, ptr_of, with_raw, RawTensor, TensorMut,
-    TensorRef, MAX_HEAD_DIM,
+    check_raw, check_workspace, launch, launch_smem, ptr_of, with_raw, zero_u32, RawTensor,
+    TensorMut, TensorRef, MAX_HEAD_DIM,
 };
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
@@ -262,8 +262,9 @@ impl Plan {
         self.variant == Variant::Full
     }
 
-    /// Whether a window or GEMM kernel runs (everything but AFT-simple): then the workspace
-    /// holds max |V| per chunk (`vmax`, the f16 operand scale; also sized for every dtype).
+    /// Whether a window or GEMM kernel may run (everything but non-causal AFT-simple): then the
+    /// workspace holds max |V| per chunk (`vmax`, the f16 operand scale; also sized for every
+    /// dtype).
     /// Causal AFT-simple keeps the array for its look-back flags (one `u32` per slice and
     /// 128-row chunk, and a ticket counter).
     fn needs_vmax(&self) -> bool {
@@ -472,12 +473,10 @@ pub unsafe fn forward_raw(
     if variant == Variant::Simple && params.causal && ctas < i32::MAX as usize {
         p.flags = at(part + pre + suf + rmax);
         let f = rt.function(FAMILY, &format!("aft_simple_causal_{dt}"))?;
-        stream.context().bind_to_thread()?;
         // SAFETY: the flags fit the max |V| array (`Plan::arrays`); the grid is one CTA per
         // ticket (slice and chunk), and the kernel reads and writes only validated extents.
         unsafe {
-            cudarc::driver::sys::cuMemsetD32Async(p.flags, 0, ctas + 1, stream.cu_stream())
-                .result()?;
+            zero_u32(stream, p.flags, ctas + 1)?;
             launch(stream, &f, (ctas as u32, 1, 1), THREADS, &p)?;
         }
         return Ok(());

@@ -55,6 +55,19 @@ impl<T: Element> TensorMut<'_, T> {
     }
 }
 
+/// Queues the zeroing of `count` u32 words at device address `ptr` on `stream`: the flags and
+/// ticket counter a single-pass kernel expects zero when it starts (so a captured graph replays
+/// them too).
+///
+/// # Safety
+/// `ptr` addresses `count` writable u32 words of `stream`'s context, valid until the memset runs.
+pub(crate) unsafe fn zero_u32(stream: &CudaStream, ptr: u64, count: usize) -> Result<()> {
+    stream.context().bind_to_thread()?;
+    // SAFETY: forwarded contract.
+    unsafe { cudarc::driver::sys::cuMemsetD32Async(ptr, 0, count, stream.cu_stream()).result()? };
+    Ok(())
+}
+
 /// Launches `f` with one by-value parameter struct.
 ///
 /// # Safety

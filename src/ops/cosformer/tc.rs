@@ -5,7 +5,7 @@
 use super::launch::{grid_dim, KernelParams, FAMILY, MAX_GRID_YZ, THREADS};
 use super::plan::{state_len, Plan, BLOCK, SHORT_CL};
 use crate::error::Result;
-use crate::ops::{launch, launch_smem, rows_16b_aligned};
+use crate::ops::{launch, launch_smem, rows_16b_aligned, zero_u32};
 use crate::runtime::Runtime;
 use crate::tensor::DType;
 use cudarc::driver::CudaStream;
@@ -151,9 +151,8 @@ unsafe fn queue_chained(
     // SAFETY: the workspace holds the plan's slots' states and slots·shares flags + 1 after them;
     // the p.chunks ≤ slots states used end where these flags begin, and the grid covers every
     // chunk and share.
-    stream.context().bind_to_thread()?;
     unsafe {
-        cudarc::driver::sys::cuMemsetD32Async(flags, 0, ctas + 1, stream.cu_stream()).result()?;
+        zero_u32(stream, flags, ctas + 1)?;
         launch_smem(stream, &f, (ctas as u32, 1, 1), TC_CAUSAL_THREADS, smem, p)?;
     }
     Ok(true)
