@@ -181,10 +181,34 @@ __device__ __forceinline__ AftStat aft_stat_of(float m, const float (&k)[N], con
   return s;
 }
 
+// A chunk-pass CTA's (chunk, bh, channel tile). Grid (chunks, bh, ctiles). With p.strip = L > 0
+// the CTAs take the chunks in the reverse of the window pass's progress: its CTAs walk strips of
+// L tiles (AFT_CHUNK rows each) in step, tile 0 of every strip first (L = chunks: one strip,
+// tile by tile), so the chunk pass goes by offset within a strip descending, every strip and
+// slice of one offset together. The K, V it reads last, ≈ L2's size of them, are what the window
+// pass reads first (the seam of bench/NOTES.md). The chunks are F = chunks / L whole strips and
+// one of R = chunks % L tiles: offsets ≥ R have F strips, offsets < R have F + 1. Grid order when
+// the grid strides over bh or has ≥ 2^32 CTAs.
+struct AftChunkBlock {
+  int chunk, bh, ct;
+};
+__device__ __forceinline__ AftChunkBlock aft_chunk_block(const AftParams& p) {
+  const u32 slices = gridDim.y * gridDim.z;
+  if (p.strip <= 0 || (int)gridDim.y != p.b * p.h || (u64)gridDim.x * slices > 0xffffffffull)
+    return {(int)blockIdx.x, (int)blockIdx.y, (int)blockIdx.z};
+  const u32 l = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  const u32 L = p.strip, F = gridDim.x / L, R = gridDim.x % L, g = l / slices, sx = l % slices;
+  const u32 top = (L - R) * F;  // (offset, strip) pairs of the offsets ≥ R
+  const u32 o = g < top ? L - 1 - g / F : R - 1 - (g - top) / (F + 1);
+  const u32 strip = g < top ? g % F : (g - top) % (F + 1);
+  return {(int)(strip * L + o), (int)(sx % gridDim.y), (int)(sx / gridDim.y)};
+}
+
 // Chunk pass: part[bh][chunk] = (max K, Σ exp(K − max)·V, Σ exp(K − max)) per channel.
-// Grid: x = chunk, y = bh (grid-stride), z = channel tile; 8 row lanes × 32 channel pairs per
-// CTA: a thread takes rows ty + 8i of channels 2tx, 2tx + 1 (one 4-byte load of each pair when
-// aligned), then the 8 lanes are combined in lane order (deterministic).
+// Grid: x = chunk, y = bh (grid-stride), z = channel tile, in aft_chunk_block's order; 8 row
+// lanes × 32 channel pairs per CTA: a thread takes rows ty + 8i of channels 2tx, 2tx + 1 (one
+// 4-byte load of each pair when aligned), then the 8 lanes are combined in lane order
+// (deterministic).
 // Traffic: K and V read once; 3 floats per channel per chunk written.
 template <typename T>
 __device__ void aft_chunk(const AftParams& p) {
@@ -192,11 +216,12 @@ __device__ void aft_chunk(const AftParams& p) {
   __shared__ AftStat red[LANES][AFT_CT];
   __shared__ float vred[LANES][AFT_CT];
   const int tx = threadIdx.x % PAIRS, ty = threadIdx.x / PAIRS;
-  const int c = blockIdx.z * AFT_CT + 2 * tx;  // the thread's first channel
+  const AftChunkBlock blk = aft_chunk_block(p);
+  const int c0 = blk.ct * AFT_CT, c = c0 + 2 * tx;  // the tile's and the thread's first channel
   const bool ok0 = c < p.d, ok1 = c + 1 < p.d;
-  const int row0 = blockIdx.x * AFT_CHUNK + ty;
+  const int row0 = blk.chunk * AFT_CHUNK + ty;
   const int rows = ok0 ? min(PER, div_up(p.t - row0, LANES)) : 0;  // this thread's valid rows
-  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
+  for (int bh = blk.bh; bh < p.b * p.h; bh += gridDim.y) {
     const int b = bh / p.h, h = bh % p.h;
     const T* k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh + (i64)row0 * p.k_sn + c;
     const T* v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh + (i64)row0 * p.v_sn + c;
@@ -226,7 +251,7 @@ __device__ void aft_chunk(const AftParams& p) {
       vred[ty][2 * tx + x] = vm[x];
     }
     __syncthreads();
-    if (threadIdx.x < AFT_CT && blockIdx.z * AFT_CT + (int)threadIdx.x < p.d) {
+    if (threadIdx.x < AFT_CT && c0 + (int)threadIdx.x < p.d) {
       const int cc = threadIdx.x;
       AftStat acc = red[0][cc];
       float vmax = vred[0][cc];
@@ -235,8 +260,8 @@ __device__ void aft_chunk(const AftParams& p) {
         acc = aft_combine(acc, red[l][cc]);
         vmax = fmaxf(vmax, vred[l][cc]);
       }
-      aft_store(aft_stats(p.part, bh, p.chunks, blockIdx.x, p.d), p.d, blockIdx.z * AFT_CT + cc, acc);
-      if (p.vmax) aft_vmax(p, bh, blockIdx.x)[blockIdx.z * AFT_CT + cc] = vmax;
+      aft_store(aft_stats(p.part, bh, p.chunks, blk.chunk, p.d), p.d, c0 + cc, acc);
+      if (p.vmax) aft_vmax(p, bh, blk.chunk)[c0 + cc] = vmax;
     }
     __syncthreads();
   }
@@ -446,25 +471,6 @@ __device__ __forceinline__ AftWindow aft_window_of(const AftParams& p, int t0) {
   }
 }
 
-// A window-kernel CTA's work, grid (B·H·ctiles, ≤ chunks): slice sx = bh·ctiles + channel tile,
-// tiles tile0, tile0 + gridDim.y, … (one tile when gridDim.y = chunks). Slice-major in the reverse
-// of the chunk pass's order (grid (chunks, bh, ctile): channel tile, then bh, then chunk), so that
-// the first CTAs re-read the K, V slices that pass read last and L2 may still hold. Not for
-// AFT-local: its bias w [T, 2s−1] is shared by every slice and as large as a head's K, V, so the
-// plain, tile-major order (the slices of a tile together) reads it from DRAM once, where a
-// slice-major one would stream it once per slice. Nor with a grid-stride over tiles (gridDim.y <
-// chunks).
-struct AftBlock {
-  int sx, tile0;
-};
-__device__ __forceinline__ AftBlock aft_window_block(const AftParams& p) {
-  if (p.variant == AFT_LOCAL || (int)gridDim.y != p.chunks || (u64)gridDim.x * gridDim.y > 0xffffffffull)
-    return {(int)blockIdx.x, (int)blockIdx.y};
-  const u32 bhn = p.b * p.h, l = blockIdx.x + gridDim.x * blockIdx.y;
-  const u32 key = gridDim.x - 1 - l / (u32)p.chunks;  // ctile · B·H + bh
-  return {(int)((key % bhn) * (gridDim.x / bhn) + key / bhn), (int)(l % (u32)p.chunks)};
-}
-
 // The (b,h) slice of window-kernel slice index sx (bh × channel tile) and its first channel.
 template <typename T> struct AftSlice {
   int bh, h, c0;
@@ -615,7 +621,10 @@ __device__ __forceinline__ void aft_stage_w(const AftParams& p, int h, int t0, i
 //   num = g_t·(pre + suf) + Σ_{t' in [lo,hi)} W_{t,t'} E_{t'}V_{t'},  den likewise with E,
 // W_{t,t'} = exp(w_{t,t'} − r_t) in the band (all keys for full), g_t = exp(−r_t) outside it,
 // 0 for causal t' > t; then Y = σ(Q)·num/den.
-// Grid: x = bh × channel tile, y = row tile (grid-stride); 256 threads, 4×4 outputs each.
+// Grid: x = bh × channel tile, y = row tile (grid-stride): tile-major, the slices of a tile
+// together, so AFT-local's w [T, 2s−1] (shared by every slice, as large as a head's K, V) comes
+// from DRAM about once, and the chunk pass ran in the reverse order (aft_chunk_block with
+// p.strip = chunks); 256 threads, 4×4 outputs each.
 // Traffic: Q read, Y written; K, V of [lo, hi) (the halo re-read from L2 by neighbours); the
 // bias rows of the tile (local; from L2 for other slices), all of w's tile rows (full).
 template <typename T>
@@ -625,14 +634,13 @@ __device__ void aft_window(const AftParams& p) {
   __shared__ float evs[AFT_KB][AFT_CT + 1];
   __shared__ float ws[AFT_CHUNK][AFT_KB + 1];
   __shared__ float rsh[AFT_CHUNK], gsh[AFT_CHUNK], msh[AFT_CT];
-  const AftBlock blk = aft_window_block(p);
-  const AftSlice<T> sl = aft_slice<T>(p, blk.sx);
+  const AftSlice<T> sl = aft_slice<T>(p, blockIdx.x);
   const int bh = sl.bh, h = sl.h, c0 = sl.c0;
   const T *q = sl.q, *k = sl.k, *v = sl.v;
   T* o = sl.o;
   const int tr = threadIdx.x / 16, tc = threadIdx.x % 16;
 
-  for (int tile = blk.tile0; tile < p.chunks; tile += gridDim.y) {
+  for (int tile = blockIdx.y; tile < p.chunks; tile += gridDim.y) {
     const int t0 = tile * AFT_CHUNK;
     const AftWindow win = aft_window_of(p, t0);
     __syncthreads();  // previous tile done with the shared arrays

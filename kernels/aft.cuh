@@ -32,11 +32,14 @@ struct AftParams {
   int bcols;    // full: columns of bmat (AFT_FG_TILE per channel tile, an even number of
                 // tiles); band kernels: band keys per tile (a multiple of AFT_KB)
   int group;    // band kernels: slices per CTA (conv: 1)
+  int strip;    // chunk pass order (aft_chunk_block): tiles per strip a window-pass CTA walks in
+                // order (chunks when the window pass goes tile by tile); 0: grid order
+  int pad;      // (flags is 8-byte aligned)
   u64 flags;    // aft_simple_causal: u32 [slices][chunks of AFT_SC_ROWS] look-back flags, then a
                 // ticket counter, zeroed before the launch (or 0)
 };
 
-#define AFT_PARAMS_SIZE 232
+#define AFT_PARAMS_SIZE 240
 #define AFT_THREADS 256
 #define AFT_CHUNK 64  // rows per chunk; also the query rows of one window-kernel tile
 #define AFT_CT 64     // channels per tile

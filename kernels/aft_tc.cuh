@@ -450,8 +450,9 @@ __device__ void aft_window_tc(const AftParams& p) {
   float(*ratio)[AFT_TC_LD] = reinterpret_cast<float(*)[AFT_TC_LD]>(buf);
   __shared__ float rsh[ROWS], gsh[ROWS], msh[AFT_CT], ash[AFT_CT], zsh[AFT_CT], ssh[AFT_CT];
   __shared__ float2 wcf[ROWS];  // per row: log2(sw) − r_t·log2(e), g_t·sw (W staging)
-  const AftBlock blk = aft_window_block(p);
-  const AftSlice<T> sl = aft_slice<T>(p, blk.sx);
+  // (Read in the tile loop, blockIdx.y cost 64 bytes of spills in an f16 sm_90a build without -lineinfo.)
+  const int tile0 = opaque(blockIdx.y);
+  const AftSlice<T> sl = aft_slice<T>(p, blockIdx.x);
   const int bh = sl.bh, h = sl.h, c0 = sl.c0;
   const T *q = sl.q, *k = sl.k, *v = sl.v;
   T* o = sl.o;
@@ -473,7 +474,7 @@ __device__ void aft_window_tc(const AftParams& p) {
   const i64 wstep = p.variant == AFT_LOCAL ? 8 * (band - 1) : -8;
   const u32 kv_addr = smem_addr(kv), ws_addr = smem_addr(ws), wcf_addr = smem_addr(&wcf[wr]);
 
-  for (int tile = blk.tile0; tile < p.chunks; tile += gridDim.y) {
+  for (int tile = tile0; tile < p.chunks; tile += gridDim.y) {
     const int t0 = tile * ROWS;
     const AftWindow win = aft_window_of(p, t0);
     const float* wrow0 = reinterpret_cast<const float*>(p.w) + (p.variant == AFT_LOCAL ? (i64)(t0 + wr) : (i64)h) * band +
@@ -532,7 +533,8 @@ __device__ void aft_window_tc(const AftParams& p) {
 // and summation order as aft_window_tc, so the same outputs bit for bit; per 32-key block a warp
 // skips the W staging (≈ 140 of its ≈ 455 instructions), and the band maxima of the row shifts
 // are paid once per group or strip. Grid: x = slice groups, y = strips of ⌈chunks / gridDim.y⌉
-// tiles. Dynamic shared memory aft_band_smem_bytes(bcols): the band, then the kv | ratio union.
+// tiles (local: one tile per strip, grid-stride); the chunk pass ran in the reverse of the
+// strips' progress (aft_chunk_block), so the first K, V read here may still be in L2. Dynamic shared memory aft_band_smem_bytes(bcols): the band, then the kv | ratio union.
 __host__ __device__ constexpr int aft_band_smem_bytes(int bcols) {
   return AFT_CHUNK * (bcols + 8) * 2 + AFT_CHUNK * AFT_TC_LD * 4;
 }

@@ -107,3 +107,10 @@ __device__ __forceinline__ float warp_sum(float v) {
 __device__ __forceinline__ float nonneg(float x) { return x < 0.f ? 0.f : x; }
 
 __device__ __forceinline__ int div_up(int a, int b) { return (a + b - 1) / b; }
+
+// x, as a value the compiler cannot recompute from its source (a special register, say) where it
+// is used: a register-allocation lever (no instruction is emitted).
+__device__ __forceinline__ int opaque(int x) {
+  asm volatile("" : "+r"(x));
+  return x;
+}

@@ -58,6 +58,7 @@ PTX = [
     (r"^cvt\.rn\.bf16x2\.f32 %0, %1, %2", "{0} = (unsigned)sim::f2bf({2}) | ((unsigned)sim::f2bf({1}) << 16);"),
     (r"^ex2\.approx\.ftz\.f32 %0, %1", "{0} = sim::ex2_approx_ftz({1});"),
     (r"^min\.NaN\.f32 %0, %1, %2", "{0} = sim::min_nan({1}, {2});"),
+    (r"^$", ";"),  # opaque(): no instruction
 ]
 
 

@@ -54,3 +54,24 @@ fn fatbins_are_embedded_when_built_with_nvcc() {
         assert!(embedded::FAMILIES.iter().all(|f| f.fatbin.is_some()));
     }
 }
+
+/// No kernel spills registers to local memory on any architecture it is built for (ptxas's report,
+/// embedded with the fatbins): a spill in a streaming kernel is a DRAM-speed detour that only a
+/// GPU profile would otherwise show. A kernel that needs one must say why here.
+#[test]
+fn no_kernel_spills_registers() {
+    let spills: Vec<String> = embedded::FAMILIES
+        .iter()
+        .flat_map(|f| f.resources)
+        .filter(|r| r.spill_store_bytes > 0 || r.spill_load_bytes > 0)
+        .map(|r| {
+            format!(
+                "{} ({}): {} bytes stored, {} loaded at {} registers",
+                r.kernel, r.arch, r.spill_store_bytes, r.spill_load_bytes, r.registers
+            )
+        })
+        .collect();
+    assert!(spills.is_empty(), "spilling kernels:\n{}", spills.join("\n"));
+    let reports: usize = embedded::FAMILIES.iter().map(|f| f.resources.len()).sum();
+    println!("{reports} kernel reports, no spills");
+}

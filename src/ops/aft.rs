@@ -54,6 +54,11 @@ const FG_CL_SMEM: u32 = (3 * 128 * 40 * 2 + 2 * 32 * 264 * 2 + 32 * 4) as u32; /
 const ROWMAX_ROWS: usize = 8; // warps per CTA of aft_rowmax
 const SC_ROWS: usize = 128; // AFT_SC_ROWS: rows per chunk of aft_simple_causal
 const MAX_GRID_YZ: usize = 65535;
+
+/// A grid's y or z extent for `x` units of work (the kernels grid-stride past 65535).
+fn grid_yz(x: usize) -> u32 {
+    x.clamp(1, MAX_GRID_YZ) as u32
+}
 /// Largest T accepted (rows are 32-bit ints in the kernels, with room for window arithmetic).
 pub const MAX_T: usize = (i32::MAX / 4) as usize;
 
@@ -162,6 +167,9 @@ pub struct KernelParams {
     pub bcols: i32,
     /// Band kernels: slices per CTA (conv: 1).
     pub group: i32,
+    /// Chunk pass order: tiles per strip of the window pass (`aft_chunk_block`; 0: grid order).
+    pub strip: i32,
+    pub pad: i32,
     /// `aft_simple_causal`: its look-back flags and ticket counter (u32), zeroed before it runs.
     pub flags: u64,
 }
@@ -170,7 +178,7 @@ pub struct KernelParams {
 unsafe impl cudarc::driver::DeviceRepr for KernelParams {}
 
 const _: () = {
-    assert!(size_of::<KernelParams>() == 232); // AFT_PARAMS_SIZE
+    assert!(size_of::<KernelParams>() == 240); // AFT_PARAMS_SIZE
     assert!(offset_of!(KernelParams, w) == 32);
     assert!(offset_of!(KernelParams, rmax) == 64);
     assert!(offset_of!(KernelParams, bmat) == 80);
@@ -179,7 +187,8 @@ const _: () = {
     assert!(offset_of!(KernelParams, b) == 184);
     assert!(offset_of!(KernelParams, chunks) == 212);
     assert!(offset_of!(KernelParams, bcols) == 216);
-    assert!(offset_of!(KernelParams, flags) == 224);
+    assert!(offset_of!(KernelParams, strip) == 224);
+    assert!(offset_of!(KernelParams, flags) == 232);
 };
 
 /// A validated launch plan for one call.
@@ -459,11 +468,12 @@ pub unsafe fn forward_raw(
         chunks: plan.chunks as i32,
         bcols: bcols as i32,
         group: 0,
+        strip: 0,
+        pad: 0,
         flags: 0,
     };
     let bh = b * h;
     let ctiles = d.div_ceil(CT);
-    let grid_yz = |x: usize| x.clamp(1, MAX_GRID_YZ) as u32;
     let dt = dtype.name();
     // Causal AFT-simple in one launch (one CTA per slice and 128-row chunk, while they fit in
     // a grid): a single-pass scan whose aggregates and inclusive prefixes take the statistics
@@ -480,6 +490,15 @@ pub unsafe fn forward_raw(
             launch(stream, &f, (ctas as u32, 1, 1), THREADS, &p)?;
         }
         return Ok(());
+    }
+    // The window pass, if one follows; the chunk pass then reads K, V in the reverse of its
+    // progress, so that the window pass's first reads may still be in L2.
+    let window = (variant != Variant::Simple || params.causal) && !gemm;
+    let window = window.then(|| window_launch(&plan, dtype, rt.info().multiprocessors as usize));
+    if let Some(w) = &window {
+        p.strip = w.strip as i32;
+        p.bcols = w.bcols as i32;
+        p.group = w.group as i32;
     }
     let chunk = rt.function(FAMILY, &format!("aft_chunk_{dt}"))?;
     let scan = rt.function(FAMILY, "aft_scan_f32")?;
@@ -539,39 +558,70 @@ pub unsafe fn forward_raw(
             launch_smem(stream, &product, grid, FG_THREADS, FG_SMEM, &p)?;
             return Ok(());
         }
-        let (window, threads) = window_kernel(dtype);
-        if let Some(keys) = plan.band_keys().filter(|_| dtype != DType::F32) {
-            // The W band staged at once and reused: AFT-local, once per tile for a group of
-            // slices (w is shared by all of them), groups small enough to keep ≥ 4 CTAs per SM
-            // busy; AFT-conv, once per strip of tiles of one slice (u is per head; interior tiles
-            // share it), strips long but ≥ 4 CTAs per SM.
-            let slices = bh * ctiles;
-            let sms = rt.info().multiprocessors as usize;
-            let (name, group, grid_y) = if matches!(variant, Variant::Conv { .. }) {
-                let strips = (4 * sms).div_ceil(slices).clamp(1, plan.chunks);
-                ("aft_window_band_conv_tc", 1, grid_yz(strips))
-            } else {
-                let group = (slices * plan.chunks / (4 * sms)).clamp(1, BAND_MAX_GROUP);
-                ("aft_window_band_tc", group, grid_yz(plan.chunks))
-            };
-            p.bcols = keys as i32;
-            p.group = group as i32;
-            let f = rt.function(FAMILY, &format!("{name}_{}", dtype.name()))?;
-            let smem = band_smem_bytes(keys);
-            rt.allow_dynamic_smem(&f, smem)?;
-            let grid = (slices.div_ceil(group) as u32, grid_y, 1);
-            return launch_smem(stream, &f, grid, TC_THREADS, smem, &p);
+        if let Some(w) = window {
+            let f = rt.function(FAMILY, &w.name)?;
+            if w.smem > 0 {
+                rt.allow_dynamic_smem(&f, w.smem)?;
+            }
+            launch_smem(stream, &f, w.grid, w.threads, w.smem, &p)?;
         }
-        let window = rt.function(FAMILY, &window)?;
-        launch(
-            stream,
-            &window,
-            ((bh * ctiles) as u32, grid_yz(plan.chunks), 1),
-            threads,
-            &p,
-        )?;
     }
     Ok(())
+}
+
+/// The window pass's launch: kernel, grid, CTA size, dynamic shared memory, and its parameters
+/// (`bcols`, `group`, and the `strip` length that orders the chunk pass before it).
+struct WindowLaunch {
+    name: String,
+    grid: (u32, u32, u32),
+    threads: u32,
+    smem: u32,
+    bcols: usize,
+    group: usize,
+    strip: usize,
+}
+
+fn window_launch(plan: &Plan, dtype: DType, sms: usize) -> WindowLaunch {
+    let Dims { b, h, d, .. } = plan.dims;
+    let slices = b * h * d.div_ceil(CT);
+    if let Some(keys) = plan.band_keys().filter(|_| dtype != DType::F32) {
+        // The W band staged at once and reused: AFT-local, once per tile for a group of slices
+        // (w is shared by all of them), groups small enough to keep ≥ 4 CTAs per SM busy;
+        // AFT-conv, once per strip of tiles of one slice (u is per head; interior tiles share
+        // it), strips long but ≥ 4 CTAs per SM.
+        let (name, group, grid_y, strip) = if matches!(plan.variant, Variant::Conv { .. }) {
+            let strips = grid_yz((4 * sms).div_ceil(slices).clamp(1, plan.chunks));
+            let strip = plan.chunks.div_ceil(strips as usize); // tiles a CTA walks
+            ("aft_window_band_conv_tc", 1, strips, strip)
+        } else {
+            let group = (slices * plan.chunks / (4 * sms)).clamp(1, BAND_MAX_GROUP);
+            (
+                "aft_window_band_tc",
+                group,
+                grid_yz(plan.chunks),
+                plan.chunks,
+            )
+        };
+        return WindowLaunch {
+            name: format!("{name}_{}", dtype.name()),
+            grid: (slices.div_ceil(group) as u32, grid_y, 1),
+            threads: TC_THREADS,
+            smem: band_smem_bytes(keys),
+            bcols: keys,
+            group,
+            strip,
+        };
+    }
+    let (name, threads) = window_kernel(dtype);
+    WindowLaunch {
+        name,
+        grid: (slices as u32, grid_yz(plan.chunks), 1),
+        threads,
+        smem: 0,
+        bcols: 0,
+        group: 0,
+        strip: plan.chunks,
+    }
 }
 
 /// Largest slice group of the AFT-local band kernel.

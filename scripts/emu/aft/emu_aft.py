@@ -396,12 +396,32 @@ class Ctx:
 
 # ----------------------------------------------------------------------------------------------
 # aft_chunk
+def chunk_block(cx, bid):
+    """aft_chunk_block: (chunk, bh, channel tile) of a chunk-pass CTA; with p.strip = L the
+    offsets within strips of L tiles descending, every strip and slice of an offset together."""
+    p = cx.p
+    gx, gy, gz = cx.grid
+    slices = gy * gz
+    if p.strip <= 0 or gy != p.b * p.h or gx * slices > 0xFFFFFFFF:
+        return bid
+    l = bid[0] + gx * (bid[1] + gy * bid[2])
+    L = p.strip
+    F, R = gx // L, gx % L
+    g, sx = l // slices, l % slices
+    top = (L - R) * F
+    if g < top:
+        o, strip = L - 1 - g // F, g % F
+    else:
+        o, strip = R - 1 - (g - top) // (F + 1), (g - top) % (F + 1)
+    return strip * L + o, sx % gy, sx // gy
+
+
 def aft_chunk(cx, bid):
     """aft_chunk<T>: 8 row lanes × 32 channel pairs; thread (ty, tx) takes rows ty + 8i of channels
     2tx, 2tx + 1 (a channel past d is empty: m = −inf); lanes combined in lane order by the first
     64 threads (one channel each)."""
     p, mem, dt = cx.p, cx.mem, cx.dt
-    bx, by, bz = bid
+    bx, by, bz = chunk_block(cx, bid)
     gdy = cx.grid[1]
     PAIRS = AFT_CT // 2
     LANES, PER = AFT_THREADS // PAIRS, AFT_CHUNK // (AFT_THREADS // PAIRS)
@@ -784,16 +804,8 @@ def stage_w(cx, h, t0, kb, hi, rsh, gsh, ws, ld, nt=AFT_THREADS):
 
 
 def window_block(cx, bid):
-    """aft_window_block: (slice, first tile, tile step) of a window-kernel CTA."""
-    p = cx.p
-    gx, gy = cx.grid[0], cx.grid[1]
-    if p.variant == AFT_LOCAL or gy != p.chunks:  # local: tile-major, so w is read once
-        return bid[0], bid[1], gy
-    bhn = p.b * p.h
-    ctiles = gx // bhn
-    lin = bid[0] + gx * bid[1]
-    key = gx - 1 - lin // p.chunks
-    return (key % bhn) * ctiles + key // bhn, lin % p.chunks, p.chunks
+    """(slice, first tile, tile step) of a window-kernel CTA: grid order, tile-major."""
+    return bid[0], bid[1], cx.grid[1]
 
 
 def aft_window(cx, bid):

@@ -351,6 +351,13 @@ def run_case(c, quiet=False):
     bh = B * H
     ctiles = div_up(D, CT)
     gyz = lambda x: min(max(x, 1), GRID_YZ_CAP or MAX_GRID_YZ)  # cap < 65535: exercise grid-stride loops
+    # forward_raw's window_launch: the chunk pass runs in the reverse of the window pass's progress
+    # (strips of tiles; tile-major: one strip of all chunks); grid order without a window pass.
+    p.strip = 0
+    if not (c.variant == "simple" and not c.causal) and not gemm:
+        p.strip = chunks
+        if dt.name != "f32" and band_keys(c) is not None and c.variant == "conv":
+            p.strip = div_up(chunks, gyz(min(max(div_up(4 * EMU_SMS, bh * ctiles), 1), chunks)))
     E.launch(mem, "aft_chunk", E.aft_chunk, (chunks, gyz(bh), ctiles), p, dt)
     E.launch(mem, "aft_scan", E.aft_scan, (div_up(D, 32), gyz(bh), 1), p, dt)
     if c.variant == "simple" and not c.causal:
