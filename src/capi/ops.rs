@@ -1,8 +1,8 @@
 //! The operators: SimA, cosFormer, SOFT (attention and the Newton pseudo-inverse) and AFT.
 
 use super::plumbing::{
-    aft_params, cosformer_params, dims, dtype, entry, extent, out, runtime, soft_params, stream_of,
-    tensor,
+    aft_params, cosformer_params, dims, dtype, entry, extent, on_stream, out, qkvo, runtime,
+    soft_params,
 };
 use super::types::{
     SofaAftParams, SofaCosformerParams, SofaDtype, SofaRuntime, SofaSoftParams, SofaStatus,
@@ -13,7 +13,6 @@ use crate::ops::aft;
 use crate::ops::cosformer;
 use crate::ops::sima;
 use crate::ops::soft::{self, SoftParams};
-use crate::runtime::stream::CurrentContext;
 use std::ffi::c_void;
 
 // ---------------------------------------------------------------------------------------------
@@ -64,22 +63,14 @@ pub unsafe extern "C" fn sofa_sima_forward(
 ) -> SofaStatus {
     entry(|| {
         // SAFETY: contract (pointers are NULL or valid).
-        let (rt, q, k, v, o) = unsafe {
-            (
-                runtime(rt)?,
-                tensor("q", q)?,
-                tensor("k", k)?,
-                tensor("v", v)?,
-                tensor("o", o)?,
-            )
-        };
+        let (rt, [q, k, v, o]) = unsafe { (runtime(rt)?, qkvo(q, k, v, o)?) };
         let dtype = self::dtype(dtype)?;
         let (ws, ws_len) = (workspace as u64, workspace_bytes);
-        let _ctx = CurrentContext::bind(&rt.rt)?;
         // SAFETY: contract; the op validates shapes, alignment and the workspace size.
         unsafe {
-            let stream = stream_of(&rt.rt, stream)?;
-            sima::forward_raw(&rt.rt, &stream, dtype, q, k, v, o, ws, ws_len)
+            on_stream(&rt.rt, stream, |stream| {
+                sima::forward_raw(&rt.rt, stream, dtype, q, k, v, o, ws, ws_len)
+            })
         }
     })
 }
@@ -150,23 +141,15 @@ pub unsafe extern "C" fn sofa_cosformer_forward(
 ) -> SofaStatus {
     entry(|| {
         // SAFETY: contract (pointers are NULL or valid).
-        let (rt, params, q, k, v, o) = unsafe {
-            (
-                runtime(rt)?,
-                cosformer_params(params)?,
-                tensor("q", q)?,
-                tensor("k", k)?,
-                tensor("v", v)?,
-                tensor("o", o)?,
-            )
-        };
+        let (rt, params, [q, k, v, o]) =
+            unsafe { (runtime(rt)?, cosformer_params(params)?, qkvo(q, k, v, o)?) };
         let dtype = self::dtype(dtype)?;
         let (ws, ws_len) = (workspace as u64, workspace_bytes);
-        let _ctx = CurrentContext::bind(&rt.rt)?;
         // SAFETY: contract; the op validates shapes, alignment and the workspace size.
         unsafe {
-            let stream = stream_of(&rt.rt, stream)?;
-            cosformer::forward_raw(&rt.rt, &stream, &params, dtype, q, k, v, o, ws, ws_len)
+            on_stream(&rt.rt, stream, |stream| {
+                cosformer::forward_raw(&rt.rt, stream, &params, dtype, q, k, v, o, ws, ws_len)
+            })
         }
     })
 }
@@ -240,16 +223,8 @@ pub unsafe extern "C" fn sofa_soft_attention(
 ) -> SofaStatus {
     entry(|| {
         // SAFETY: contract (pointers are NULL or valid).
-        let (rt, params, q, k, v, o) = unsafe {
-            (
-                runtime(rt)?,
-                soft_params(params)?,
-                tensor("q", q)?,
-                tensor("k", k)?,
-                tensor("v", v)?,
-                tensor("o", o)?,
-            )
-        };
+        let (rt, params, [q, k, v, o]) =
+            unsafe { (runtime(rt)?, soft_params(params)?, qkvo(q, k, v, o)?) };
         let dtype = self::dtype(dtype)?;
         let plan = soft::Plan::new(
             &q.layout,
@@ -261,11 +236,11 @@ pub unsafe extern "C" fn sofa_soft_attention(
         )?;
         let given = (!given.is_null()).then_some((given as u64, given_len));
         let (ws, ws_len) = (workspace as u64, workspace_bytes);
-        let _ctx = CurrentContext::bind(&rt.rt)?;
         // SAFETY: contract; the op validates shapes, alignment, the landmarks and the workspace.
         unsafe {
-            let stream = stream_of(&rt.rt, stream)?;
-            soft::attention_raw(&rt.rt, &stream, &plan, dtype, q, k, v, o, given, ws, ws_len)
+            on_stream(&rt.rt, stream, |stream| {
+                soft::attention_raw(&rt.rt, stream, &plan, dtype, q, k, v, o, given, ws, ws_len)
+            })
         }
     })
 }
@@ -338,14 +313,14 @@ pub unsafe extern "C" fn sofa_soft_newton_pinv(
         let plan = unsafe { newton_plan(batch, m, params, rt.rt.info().smem_per_block_optin)? };
         let len = plan.len();
         let (ws, ws_len) = (workspace as u64, workspace_bytes);
-        let _ctx = CurrentContext::bind(&rt.rt)?;
         // SAFETY: contract; the op checks NULL and misaligned addresses, the workspace size and
         // the device.
         unsafe {
-            let stream = stream_of(&rt.rt, stream)?;
-            soft::newton_pinv_raw(
-                &rt.rt, &stream, &plan, a as u64, len, z as u64, len, ws, ws_len,
-            )
+            on_stream(&rt.rt, stream, |stream| {
+                soft::newton_pinv_raw(
+                    &rt.rt, stream, &plan, a as u64, len, z as u64, len, ws, ws_len,
+                )
+            })
         }
     })
 }
@@ -430,25 +405,17 @@ pub unsafe extern "C" fn sofa_aft_forward(
 ) -> SofaStatus {
     entry(|| {
         // SAFETY: contract (pointers are NULL or valid).
-        let (rt, (variant, p), q, k, v, o) = unsafe {
-            (
-                runtime(rt)?,
-                aft_params(params)?,
-                tensor("q", q)?,
-                tensor("k", k)?,
-                tensor("v", v)?,
-                tensor("o", o)?,
-            )
-        };
+        let (rt, (variant, p), [q, k, v, o]) =
+            unsafe { (runtime(rt)?, aft_params(params)?, qkvo(q, k, v, o)?) };
         let dtype = self::dtype(dtype)?;
         let (w, ws, ws_len) = (bias as u64, workspace as u64, workspace_bytes);
-        let _ctx = CurrentContext::bind(&rt.rt)?;
         // SAFETY: contract; the op validates shapes, the bias length, alignment and workspace.
         unsafe {
-            let stream = stream_of(&rt.rt, stream)?;
-            aft::forward_raw(
-                &rt.rt, &stream, variant, &p, dtype, q, k, v, o, w, bias_len, ws, ws_len,
-            )
+            on_stream(&rt.rt, stream, |stream| {
+                aft::forward_raw(
+                    &rt.rt, stream, variant, &p, dtype, q, k, v, o, w, bias_len, ws, ws_len,
+                )
+            })
         }
     })
 }

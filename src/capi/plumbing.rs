@@ -12,7 +12,7 @@ use crate::ops::aft::{AftParams, Variant};
 use crate::ops::cosformer::CosformerParams;
 use crate::ops::soft::{Landmarks, SoftParams};
 use crate::ops::RawTensor;
-use crate::runtime::stream::borrow_stream;
+use crate::runtime::stream::{borrow_stream, CurrentContext};
 use crate::runtime::{probe, Runtime};
 use crate::tensor::{DType, Dims, Layout, Strides};
 use cudarc::driver::CudaStream;
@@ -222,4 +222,41 @@ pub(super) unsafe fn soft_params(p: *const SofaSoftParams) -> Result<SoftParams>
 pub(super) unsafe fn stream_of(rt: &Runtime, stream: SofaStream) -> Result<Arc<CudaStream>> {
     // SAFETY: contract.
     unsafe { borrow_stream(rt, stream as cudarc::driver::sys::CUstream) }
+}
+
+/// Runs `queue` with the runtime's context current and the caller's stream borrowed: how every
+/// entry point that queues work reaches the device.
+///
+/// # Safety
+/// As [`stream_of`].
+pub(super) unsafe fn on_stream<T>(
+    rt: &Runtime,
+    stream: SofaStream,
+    queue: impl FnOnce(&Arc<CudaStream>) -> Result<T>,
+) -> Result<T> {
+    let _ctx = CurrentContext::bind(rt)?;
+    // SAFETY: contract.
+    let stream = unsafe { stream_of(rt, stream) }?;
+    queue(&stream)
+}
+
+/// The q, k, v, o descriptors of an attention call, checked in that order.
+///
+/// # Safety
+/// Each pointer is NULL or points to a readable descriptor.
+pub(super) unsafe fn qkvo(
+    q: *const SofaTensor,
+    k: *const SofaTensor,
+    v: *const SofaTensor,
+    o: *const SofaTensor,
+) -> Result<[RawTensor; 4]> {
+    // SAFETY: contract.
+    unsafe {
+        Ok([
+            tensor("q", q)?,
+            tensor("k", k)?,
+            tensor("v", v)?,
+            tensor("o", o)?,
+        ])
+    }
 }

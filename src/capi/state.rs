@@ -1,7 +1,7 @@
 //! The cosFormer causal decode state: create, destroy, query, prefill and step.
 
 use super::plumbing::{
-    cosformer_params, dims, dtype, entry, extent, null_handle, out, runtime, stream_of, tensor,
+    cosformer_params, dims, dtype, entry, extent, null_handle, on_stream, out, qkvo, runtime,
 };
 use super::types::{
     SofaCosformerParams, SofaCosformerState, SofaDtype, SofaRuntime, SofaStatus, SofaStream,
@@ -54,10 +54,12 @@ pub unsafe extern "C" fn sofa_cosformer_state_create(
         let (rt, params) = unsafe { (runtime(rt)?, cosformer_params(params)?) };
         let dims = dims("state", b, h, 1, d)?;
         let dv = extent("state", "Dv", dv)?;
-        let _ctx = CurrentContext::bind(&rt.rt)?;
         // SAFETY: contract.
-        let stream = unsafe { stream_of(&rt.rt, stream) }?;
-        let state = State::new(&rt.rt, &stream, dims.b, dims.h, dims.d, dv, &params)?;
+        let state = unsafe {
+            on_stream(&rt.rt, stream, |stream| {
+                State::new(&rt.rt, stream, dims.b, dims.h, dims.d, dv, &params)
+            })
+        }?;
         *out = Box::into_raw(Box::new(SofaCosformerState {
             rt: rt.rt.clone(),
             state: Mutex::new(state),
@@ -169,23 +171,15 @@ pub unsafe extern "C" fn sofa_cosformer_state_prefill(
 ) -> SofaStatus {
     entry(|| {
         // SAFETY: contract (pointers are NULL or valid).
-        let (state, q, k, v, o) = unsafe {
-            (
-                state_ref(state)?,
-                tensor("q", q)?,
-                tensor("k", k)?,
-                tensor("v", v)?,
-                tensor("o", o)?,
-            )
-        };
+        let (state, [q, k, v, o]) = unsafe { (state_ref(state)?, qkvo(q, k, v, o)?) };
         let dtype = self::dtype(dtype)?;
         let (ws, ws_len) = (workspace as u64, workspace_bytes);
         let rt = &state.rt;
-        let _ctx = CurrentContext::bind(rt)?;
         // SAFETY: contract; the op validates shapes, alignment and the workspace size.
         unsafe {
-            let stream = stream_of(rt, stream)?;
-            lock(state).prefill_raw(rt, &stream, dtype, q, k, v, o, ws, ws_len)
+            on_stream(rt, stream, |stream| {
+                lock(state).prefill_raw(rt, stream, dtype, q, k, v, o, ws, ws_len)
+            })
         }
     })
 }
@@ -207,22 +201,14 @@ pub unsafe extern "C" fn sofa_cosformer_state_step(
 ) -> SofaStatus {
     entry(|| {
         // SAFETY: contract (pointers are NULL or valid).
-        let (state, q, k, v, o) = unsafe {
-            (
-                state_ref(state)?,
-                tensor("q", q)?,
-                tensor("k", k)?,
-                tensor("v", v)?,
-                tensor("o", o)?,
-            )
-        };
+        let (state, [q, k, v, o]) = unsafe { (state_ref(state)?, qkvo(q, k, v, o)?) };
         let dtype = self::dtype(dtype)?;
         let rt = &state.rt;
-        let _ctx = CurrentContext::bind(rt)?;
         // SAFETY: contract; the op validates shapes and alignment.
         unsafe {
-            let stream = stream_of(rt, stream)?;
-            lock(state).step_raw(rt, &stream, dtype, q, k, v, o)
+            on_stream(rt, stream, |stream| {
+                lock(state).step_raw(rt, stream, dtype, q, k, v, o)
+            })
         }
     })
 }
