@@ -138,20 +138,25 @@ seam() { # seam NAME KERNEL-REGEX SOFA-RUN-ARGS...
     ./sofa run "$@" --dtype f16 --check never --iters 1
 }
 if want profile && [[ -n $ncu ]]; then
-  seam soft-pass1 soft_pass1 --op soft --shape 1,16,64k,64 --landmarks 64
-  seam soft-pass2 soft_pass2 --op soft --shape 1,16,64k,64 --landmarks 64
+  seam soft-pass1 soft_pass1 --op soft --shape 1,16,64k,64 --m 64
+  seam soft-pass2 soft_pass2 --op soft --shape 1,16,64k,64 --m 64
   seam cosformer-causal cosformer_causal --op cosformer --shape 1,16,64k,64 --causal
-  seam aft-local aft_window_tc --op aft_local --window 64 --shape 1,16,64k,64
+  # (s = 64, f16: the band kernels aft_window_band_tc / aft_window_band_conv_tc)
+  seam aft-local aft_window --op aft_local --window 64 --shape 1,16,64k,64
+  seam aft-conv aft_window --op aft_conv --window 64 --shape 1,16,64k,64
   profile aft-full aft_full_tc --op aft_full --shape 1,16,16k,64
   profile aft-full-causal aft_full_tc --op aft_full --shape 1,16,16k,64 --causal
-  profile aft-local aft_window_tc --op aft_local --window 64 --shape 1,16,64k,64
+  profile aft-local aft_window --op aft_local --window 64 --shape 1,16,64k,64
+  profile aft-simple-chunk aft_chunk --op aft_simple --shape 1,16,64k,64
+  profile aft-simple-map aft_map --op aft_simple --shape 1,16,64k,64
+  profile aft-simple-causal aft_simple_causal --op aft_simple --shape 1,16,64k,64 --causal
   profile cosformer cosformer_ --op cosformer --shape 1,16,64k,64
   profile cosformer-causal cosformer_causal --op cosformer --shape 1,16,64k,64 --causal
   profile cosformer-causal-d128 cosformer_causal --op cosformer --shape 1,8,64k,128 --causal
-  profile soft-pass1 soft_pass1 --op soft --shape 1,16,64k,64 --landmarks 64
-  profile soft-pass2 soft_pass2 --op soft --shape 1,16,64k,64 --landmarks 64
-  profile soft-newton newton_pinv --op soft --shape 1,16,64k,64 --landmarks 64
-  profile soft-landmarks soft_landmarks --op soft --shape 1,16,64k,64 --landmarks 64
+  profile soft-pass1 soft_pass1 --op soft --shape 1,16,64k,64 --m 64
+  profile soft-pass2 soft_pass2 --op soft --shape 1,16,64k,64 --m 64
+  profile soft-newton newton_pinv --op soft --shape 1,16,64k,64 --m 64
+  profile soft-landmarks soft_landmarks --op soft --shape 1,16,64k,64 --m 64
 fi
 echo "=== failed: ${failed[*]:-none}" | tee -a "$out/summary.log"
 [[ ${#failed[@]} -eq 0 ]]
