@@ -71,7 +71,11 @@ fn no_kernel_spills_registers() {
             )
         })
         .collect();
-    assert!(spills.is_empty(), "spilling kernels:\n{}", spills.join("\n"));
+    assert!(
+        spills.is_empty(),
+        "spilling kernels:\n{}",
+        spills.join("\n")
+    );
     let reports: usize = embedded::FAMILIES.iter().map(|f| f.resources.len()).sum();
     println!("{reports} kernel reports, no spills");
 }
