@@ -3,9 +3,9 @@
 // folded into an operand in fp32 right before each mma (reduce state sums: as hi + lo 16-bit parts,
 // two mmas, so the fp32 state matches the CUDA-core kernels' accuracy), or applied to the fp32
 // products (the state product of the map and causal passes). Accumulation is fp32.
-//   cos_reduce_tc  D ∈ {32, 48, 64, 128}: per-chunk states, the layout of cos_reduce (so the
+//   cos_reduce_tc  D ∈ {32, 48, 64, 80, 96, 128}: per-chunk states, the layout of cos_reduce (so the
 //                  CUDA-core finalize and scan are shared)
-//   cos_map_tc     D ∈ {32, 48, 64, 128}: non-causal outputs from the summed state
+//   cos_map_tc     D ∈ {32, 48, 64, 80, 96, 128}: non-causal outputs from the summed state
 //   cos_causal_tc  D ∈ {32, 64, 128}: one CTA per (chunk, bh) walks the chunk's 64-row blocks,
 //                  carrying the fp32 state in registers: per block, the masked intra-block
 //                  products, the state product, then the state update. D = 128: two CTAs per
@@ -64,7 +64,9 @@ template <typename T, int D, int WARPS>
 __device__ void cos_map_tc(const CosformerParams& p, int bh0, int bh_step, int tile0, int tile_step) {
   constexpr int THREADS = WARPS * 32, ROWS = WARPS * 16;
   constexpr int LD = D + 8, LB = cos_tc_state_ld(D), KT = D / 16;
-  constexpr int EP = D > 64 ? 4 : 1, EW = D / EP, NT = EW / 8;  // D = 128: quarters (registers)
+  // Value columns per pass: D > 64 in passes of 32 (16 for D = 80) columns, for registers.
+  constexpr int EW = D <= 64 ? D : (D % 32 == 0 ? 32 : 16), EP = D / EW, NT = EW / 8;
+  static_assert(D % EW == 0 && EW % 8 == 0, "whole n-tiles per pass");
   auto bs = reinterpret_cast<u16(*)[LB]>(cos_tc_smem);
   auto qs = reinterpret_cast<u16(*)[ROWS][LD]>(cos_tc_smem + D * LB);
   __shared__ float red[2][WARPS];
@@ -237,6 +239,8 @@ __device__ void cos_short_causal_tc(const CosformerParams& p) {
   COS_TC(32, 6, 6, T, NAME)                                                                     \
   COS_TC(48, 4, 3, T, NAME)                                                                     \
   COS_TC(64, 2, 3, T, NAME)                                                                     \
+  COS_TC(80, 2, 2, T, NAME)                                                                     \
+  COS_TC(96, 1, 2, T, NAME)                                                                     \
   COS_TC_128(T, NAME)                                                                           \
   COS_TC_CAUSAL(32, T, NAME)                                                                    \
   COS_TC_CAUSAL(64, T, NAME)                                                                    \
@@ -252,5 +256,7 @@ static_assert(cos_tc_reduce_smem(64) == 18432 && cos_tc_map_smem(64) == 37888 &&
                   cos_tc_short_smem(48) == 22272 && cos_tc_short_causal_smem(64) == 83968 &&
                   cos_tc_causal_smem(64) == 83968 && cos_tc_causal_smem(128) == 136192 &&
                   cos_tc_reduce_threads(64) == 256 &&
-                  cos_tc_reduce_threads(32) == 64 && cos_tc_reduce_threads(128) == 512,
+                  cos_tc_reduce_threads(32) == 64 && cos_tc_reduce_threads(128) == 512 &&
+                  cos_tc_reduce_threads(80) == 320 && cos_tc_reduce_threads(96) == 384 &&
+                  cos_tc_map_smem(80) == 51968 && cos_tc_map_smem(96) == 68096,
               "cosFormer tensor-core launch geometry changed: update Rust");

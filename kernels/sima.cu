@@ -4,7 +4,8 @@
 //   sima_finalize per (bh, c): fixed-order sum over chunks, G = (k^T v) / (‖q_c‖₁ ‖k_c‖₁)
 //   sima_map      per (bh, row block, e tile): O = q · G
 // Quadratic order (N < D): sima_colnorms, then sima_quadratic computes (q̂ k̂ᵀ) v row by row.
-// f16/bf16 with D == Dv ∈ {32, 48, 64}: sima_reduce_tc / sima_map_tc (tensor cores, sima_tc.cuh).
+// f16/bf16 with D == Dv ∈ {32, 48, 64, 80, 96, 128}: sima_reduce_tc / sima_map_tc (tensor cores,
+// sima_tc.cuh).
 // Every reduction runs in a fixed order, so outputs are bit-identical run to run.
 #include "sima.cuh"
 #include "sima_tc.cuh"

@@ -1,5 +1,5 @@
-// SimA tensor-core path (SPEC §4) for f16/bf16 with D == Dv ∈ {32, 48, 64, 128} and 16-byte-aligned
-// rows: the two products on mma.sync (fp32 accumulation), tiles streamed with cp.async in two
+// SimA tensor-core path (SPEC §4) for f16/bf16 with D == Dv ∈ {32, 48, 64, 80, 96, 128} and
+// 16-byte-aligned rows: the two products on mma.sync (fp32 accumulation), tiles streamed with cp.async in two
 // stages through dynamic shared memory (sizes: sima_tc_*_smem, mirrored in Rust). Writes the same
 // workspace as the CUDA-core kernels, so sima_finalize is shared.
 #pragma once
@@ -227,4 +227,6 @@ __device__ void sima_map_tc(const SimaParams& p) {
   SIMA_TC(32, 6, 6, T, NAME)                                                                    \
   SIMA_TC(48, 6, 6, T, NAME)                                                                    \
   SIMA_TC(64, 6, 6, T, NAME)                                                                    \
+  SIMA_TC(80, 4, 4, T, NAME)                                                                    \
+  SIMA_TC(96, 3, 2, T, NAME)                                                                    \
   SIMA_TC(128, 2, 3, T, NAME)

@@ -8,8 +8,9 @@
 //   soft_sum_f32    per (element block, bh): S = Σ_chunk partial, in chunk order
 //   soft_w_f32      per (landmark, bh): W = Z·S
 //   soft_pass2      per (row block, bh, value tile): X = P·W
-// f16/bf16 with D == Dv ∈ {32, 48, 64} and 16-byte-aligned rows: soft_pass1_tc / soft_pass2_tc
-// (tensor cores, soft_tc.cuh) write the same partials and output.
+// f16/bf16 with D == Dv ∈ {32, 48, 64, 80, 96, 128} (pass 2's landmarks in shared memory) and
+// 16-byte-aligned rows: soft_pass1_tc / soft_pass2_tc (tensor cores, soft_tc.cuh) write the same
+// partials and output.
 // Squared distances: the materialized products sum squared differences (no cancellation); the
 // fused passes use ‖x‖² + ‖l‖² − 2x·l clamped at 0 (the GEMM form). Every reduction runs in a
 // fixed order, so outputs are bit-identical run to run.

@@ -454,8 +454,8 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
   }
 }
 
-// MIN: CTAs per SM the register allocation must allow (4 × 128 threads: ≤ 128 registers; D =
-// 128 at 1: 153 and 204 registers, no spills).
+// MIN: CTAs per SM the register allocation must allow (4 × 128 threads: ≤ 128 registers; D ∈
+// {80, 96} at 2: 127–145 and 188–208 registers; D = 128 at 1: 153 and 204; no spills).
 #define SOFT_TC(DIM, MIN, T, NAME)                                                              \
   extern "C" __global__ void __launch_bounds__(SOFT_TC_THREADS, MIN)                            \
       soft_pass1_tc##DIM##_##NAME(const __grid_constant__ SoftKernelParams p) {                 \
@@ -470,6 +470,8 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
   SOFT_TC(32, 4, T, NAME)                                                                       \
   SOFT_TC(48, 4, T, NAME)                                                                       \
   SOFT_TC(64, 4, T, NAME)                                                                       \
+  SOFT_TC(80, 2, T, NAME)                                                                       \
+  SOFT_TC(96, 2, T, NAME)                                                                       \
   SOFT_TC(128, 1, T, NAME)
 
 // Mirrored in src/ops/soft/attention.rs (mod tc); a change here must be made there too.

@@ -397,7 +397,7 @@ fn cosformer_tensor_core_non_causal() {
     };
     let mut seed = 9000;
     // D = 128 takes tensor cores on sm_90 (the simulator reports one), CUDA cores on sm_80.
-    for &d in &[32, 48, 64, 128] {
+    for &d in &[32, 48, 64, 80, 96, 128] {
         for (n, s) in [(1, 1), (63, 65), (1000, 999), (7, 4097), (4097, 64)] {
             for kind in [LayoutKind::Bhnd, LayoutKind::Bnhd] {
                 let c = Case::new(n, s, d, d, kind, false);

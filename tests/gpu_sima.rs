@@ -117,7 +117,7 @@ fn sweep(ns: &[usize], ds: &[usize]) {
     }
 }
 
-const DS: [usize; 6] = [1, 32, 48, 64, 80, 128];
+const DS: [usize; 7] = [1, 32, 48, 64, 80, 96, 128];
 
 #[test]
 fn sima_short_sequences() {

@@ -217,7 +217,8 @@ fn soft_attention_untied_keys_value_dims_and_heads() {
     }
 }
 
-/// The tensor-core passes (kernels/soft_tc.cuh) take f16/bf16 with D == Dv ∈ {32, 48, 64} and
+/// The tensor-core passes (kernels/soft_tc.cuh) take f16/bf16 with D == Dv ∈ {32, 48, 64, 80, 96,
+/// 128} and
 /// 16-byte-aligned rows (the sweeps above reach them for D ∈ {32, 64} as well): every N and m of
 /// the sweep (the last 64-landmark tile masked, multi-stage chunks at N = 4097), both layouts,
 /// tied and untied keys, two (b,h) slices.
@@ -229,8 +230,8 @@ fn soft_attention_tensor_core_passes() {
     let mut seed = 5000;
     for &n in &NS {
         for &m in MS.iter().filter(|&&m| m <= n) {
-            // D = 128 with m = 256 exceeds pass 2's shared memory: the CUDA-core passes.
-            for d in [32, 48, 64, 128] {
+            // D = 96 and 128 with m = 256 exceed pass 2's shared memory: the CUDA-core passes.
+            for d in [32, 48, 64, 80, 96, 128] {
                 for kind in KINDS {
                     let tied = seed % 4 < 2;
                     let p = SoftParams { tied, ..pool1d(m) };

@@ -2,8 +2,8 @@
 //!
 //! N ≥ D: fused linear order, three launches (reduce k^T v and the column norms per row chunk;
 //! finalize G in a fixed order; map O = q·G). N < D: the quadratic order (q̂ k̂ᵀ) v, two launches.
-//! f16/bf16 with D == Dv ∈ {32, 48, 64, 128} and 16-byte-aligned rows run both products on tensor
-//! cores; everything else (f32, other head dims, odd strides) on the CUDA-core kernels.
+//! f16/bf16 with D == Dv ∈ {32, 48, 64, 80, 96, 128} and 16-byte-aligned rows run both products
+//! on tensor cores; everything else (f32, other head dims, odd strides) on the CUDA-core kernels.
 
 use super::{
     check_raw, check_workspace, launch, launch_smem, with_raw, RawTensor, TensorMut, TensorRef,
@@ -24,7 +24,7 @@ const MAX_CHUNKS: usize = 256;
 const TARGET_CTAS: usize = 768;
 const MAX_GRID_YZ: usize = 65535;
 /// Head dims with a tensor-core path (f16/bf16, D == Dv, 16-byte-aligned rows).
-const TC_DIMS: [usize; 4] = [32, 48, 64, 128];
+const TC_DIMS: [usize; 6] = [32, 48, 64, 80, 96, 128];
 const TC_ROWS: usize = 32; // SIMA_TC_ROWS
 
 /// Dynamic shared memory of the tensor-core passes (`sima_tc_*_smem` in sima_tc.cuh).

@@ -7,7 +7,7 @@
 //! state plus the masked intra-chunk products. Decode: [`State`] keeps the running fp32 state of
 //! B·H sequences on the device; [`State::prefill`] runs the causal scan from it and
 //! [`State::step`] adds one token per sequence. Any D, Dv ≤ 256, any strides with a unit last dim
-//! run on fp32 CUDA-core kernels; f16/bf16 with D == Dv ∈ {32, 48, 64} (causal: {32, 64}), and
+//! run on fp32 CUDA-core kernels; f16/bf16 with D == Dv ∈ {32, 48, 64, 80, 96} (causal: {32, 64}), and
 //! 128 on sm_90, with 16-byte-aligned rows run on tensor cores (kernels/cosformer_tc.cuh): the
 //! same partial states, the products on mma.sync with fp32 accumulation, the causal pass one CTA
 //! per chunk (D = 128: per chunk and half of the value columns) carrying its state across 64-row

@@ -10,9 +10,9 @@ use crate::runtime::Runtime;
 use crate::tensor::DType;
 use cudarc::driver::CudaStream;
 
-/// Head dims (D == Dv) with tensor-core passes for f16/bf16 and 16-byte-aligned rows: the
-/// non-causal reduce/map and the causal pass (D = 128 on sm_90 only: [`TC_SM90_DIMS`]).
-const TC_DIMS: [usize; 4] = [32, 48, 64, 128];
+/// Head dims (D == Dv) with tensor-core non-causal reduce/map passes for f16/bf16 and
+/// 16-byte-aligned rows (D = 128 on sm_90 only: [`TC_SM90_DIMS`]); causal: [`TC_CAUSAL_DIMS`].
+const TC_DIMS: [usize; 6] = [32, 48, 64, 80, 96, 128];
 /// Tensor-core head dims built for sm_90 only (on sm_80 the bf16 map would spill).
 const TC_SM90_DIMS: [usize; 1] = [128];
 const TC_CAUSAL_DIMS: [usize; 3] = [32, 64, 128];
@@ -294,5 +294,7 @@ mod tests {
             (reduce_threads(32), reduce_threads(64), reduce_threads(128)),
             (64, 256, 512)
         );
+        assert_eq!((reduce_threads(80), reduce_threads(96)), (320, 384));
+        assert_eq!((map_smem(80), map_smem(96)), (51968, 68096));
     }
 }

@@ -41,6 +41,10 @@ mod tc {
         assert_eq!(pass2_smem(64, 64), 56320);
         assert_eq!(pass2_smem(64, 256), 168448);
         assert_eq!(pass2_smem(32, 7), 15744);
+        // The largest m whose pass 2 fits 227 KB: 256 up to D = 80, 240 at 96, 176 at 128.
+        let fits = |d, m| pass2_smem(d, m) <= 227 * 1024;
+        assert!(fits(80, 256) && fits(96, 240) && !fits(96, 241) && fits(128, 176));
+        assert!(!fits(128, 177));
     }
 }
 

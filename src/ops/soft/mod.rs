@@ -15,8 +15,8 @@
 //!   passes use `‖x‖² + ‖l‖² − 2x·l` clamped at 0.
 //!
 //! The kernels are CUDA-core fp32 for any D, Dv ≤ 256, any strides with a unit last dim, m ≤ 256.
-//! f16/bf16 with D == Dv ∈ {32, 48, 64, 128} (128: m ≤ 176, where pass 2's landmarks fit in
-//! shared memory) and 16-byte-aligned rows run the two attention passes on tensor cores (kernels/soft_tc.cuh: mma.sync with hi + lo 16-bit operand splits and fp32
+//! f16/bf16 with D == Dv ∈ {32, 48, 64, 80, 96, 128} (96: m ≤ 240, 128: m ≤ 176, where pass 2's
+//! landmarks fit in shared memory) and 16-byte-aligned rows run the two attention passes on tensor cores (kernels/soft_tc.cuh: mma.sync with hi + lo 16-bit operand splits and fp32
 //! accumulation, P kept in registers), writing the same pass-1 partials and output.
 //!
 //! Files: `newton` (the pseudo-inverse), `products` (landmarks, P and A), `attention` (the fused
@@ -67,9 +67,9 @@ const MAX_GRID_YZ: usize = 65535;
 /// Largest N accepted (the kernels index rows with 32-bit ints).
 const MAX_LEN: usize = (i32::MAX / 2) as usize;
 /// Head dims (D == Dv) whose attention passes run on tensor cores for f16/bf16 storage and
-/// 16-byte-aligned rows (kernels/soft_tc.cuh); D = 128 where pass 2's landmarks fit in shared
-/// memory (m ≤ 176 at the H100's 227 KB).
-const TC_DIMS: [usize; 4] = [32, 48, 64, 128];
+/// 16-byte-aligned rows (kernels/soft_tc.cuh), where pass 2's landmarks fit in shared memory
+/// (at the H100's 227 KB: every m ≤ 256 up to D = 80; m ≤ 240 for 96, ≤ 176 for 128).
+const TC_DIMS: [usize; 6] = [32, 48, 64, 80, 96, 128];
 const TC_THREADS: u32 = 128; // SOFT_TC_THREADS
 const TC_ROWS: usize = 64; // SOFT_TC_ROWS
 
