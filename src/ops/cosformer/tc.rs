@@ -205,10 +205,10 @@ unsafe fn queue_one_launch(
     Ok(unsafe { launch_smem(stream, &f, grid, threads, smem, &p) }.is_ok())
 }
 
-/// [`queue`] on the tensor-core kernels.
+/// [`queue`](super::launch::queue) on the tensor-core kernels.
 ///
 /// # Safety
-/// As [`queue`], and [`tensor_cores`] holds.
+/// As [`queue`](super::launch::queue), and [`tensor_cores`] holds.
 pub(super) unsafe fn queue_tc(
     rt: &Runtime,
     stream: &CudaStream,

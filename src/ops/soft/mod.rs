@@ -9,7 +9,7 @@
 //! * [`newton_pinv`]: the batched fp32 Newton iteration of SPEC §1.4, all T steps in one launch
 //!   with the matrices in shared memory for m ≤ 128 (when the device's opt-in shared memory holds
 //!   three m×m matrices), else one launch per GEMM over a global workspace (any m ≤ 256);
-//! * [`attention`]: the fused two-pass form. Pass 1 recomputes P_k tiles and accumulates `P_kᵀV`
+//! * [`attention`](attention()): the fused two-pass form. Pass 1 recomputes P_k tiles and accumulates `P_kᵀV`
 //!   per row chunk into the workspace, the chunks are summed in a fixed order, `W = Z·(P_kᵀV)`,
 //!   pass 2 recomputes P tiles and writes `X = P·W`. P is never written to memory; the fused
 //!   passes use `‖x‖² + ‖l‖² − 2x·l` clamped at 0.

@@ -14,7 +14,7 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use std::sync::Arc;
 
 /// Checks the landmark method for `[B,H,N,D]` inputs: the SoftParams rules of SPEC §1.2 plus
-/// m ≤ [`MAX_M`]. Returns m.
+/// m ≤ [`MAX_M`](super::MAX_M). Returns m.
 pub(super) fn check_landmarks(params: &SoftParams, n: usize) -> Result<usize> {
     params.landmarks.validate(n)?;
     let m = params.landmarks.count();
