@@ -158,7 +158,6 @@ __device__ __forceinline__ void aft_load_rows(const T* p, i64 step, int n, bool 
   }
 }
 
-
 // (m, Σ exp(K − m)·V, Σ exp(K − m)) of N keys k with values v and max m (padding keys −inf):
 // m = −inf (no finite key) keeps a NaN key's NaN in a and z.
 template <typename T, int N>

@@ -96,7 +96,8 @@ __device__ __forceinline__ float aft_tc_stage_e(const T* kr, const T* vr, i64 ks
 // aft_tc_stage_e with the pair loads of NB keys issued together (packed, 2 registers a key)
 // before their exps and stores; in aft_tc_stage_e a later key's loads wait behind an earlier
 // key's exps, one L2 round trip per key. Same values and stores. For kernels with registers to
-// spare (NB a divisor of AFT_KB / 4).
+// spare (NB a divisor of AFT_KB / 4): aft_window_tc keeps aft_tc_stage_e, since this form, even
+// at NB = 1, spills 48 bytes in its bf16 build (sm_90a).
 template <typename T, bool FAST, int NB>
 __device__ __forceinline__ float aft_tc_stage_e_batched(const T* kr, const T* vr, i64 kstep, i64 vstep, u32 dst,
                                                        int keys, bool pair, bool ok0, bool ok1, const AftExp<T>& ex0,
@@ -534,7 +535,8 @@ __device__ void aft_window_tc(const AftParams& p) {
 // skips the W staging (≈ 140 of its ≈ 455 instructions), and the band maxima of the row shifts
 // are paid once per group or strip. Grid: x = slice groups, y = strips of ⌈chunks / gridDim.y⌉
 // tiles (local: one tile per strip, grid-stride); the chunk pass ran in the reverse of the
-// strips' progress (aft_chunk_block), so the first K, V read here may still be in L2. Dynamic shared memory aft_band_smem_bytes(bcols): the band, then the kv | ratio union.
+// strips' progress (aft_chunk_block), so the first K, V read here may still be in L2. Dynamic
+// shared memory aft_band_smem_bytes(bcols): the band, then the kv | ratio union.
 __host__ __device__ constexpr int aft_band_smem_bytes(int bcols) {
   return AFT_CHUNK * (bcols + 8) * 2 + AFT_CHUNK * AFT_TC_LD * 4;
 }

@@ -11,6 +11,7 @@
 # SOFA_DRY_RUN=1 (CI, no GPU): runs nothing; every ./sofa command line is only parsed (its
 # arguments with --help), so a bad flag fails here, not on a lent machine's clock.
 set -uo pipefail
+dry=${SOFA_DRY_RUN:-0}
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="${1:-${OUT:-$here/gpu-out}}"
 mkdir -p "$out"
@@ -29,7 +30,7 @@ want() { [[ $phases == *" $1 "* ]]; }
 step() { # step NAME CMD...: runs CMD, logs to $out/NAME.log, records failure
   local name=$1; shift
   echo "=== $name: $*" | tee -a "$out/summary.log"
-  if [[ ${SOFA_DRY_RUN:-0} == 1 ]]; then
+  if [[ $dry == 1 ]]; then
     local args=("$@")
     while [[ ${#args[@]} -gt 0 && ${args[0]} != ./sofa ]]; do args=("${args[@]:1}"); done
     [[ ${#args[@]} -gt 0 ]] || return 0
@@ -45,14 +46,14 @@ step() { # step NAME CMD...: runs CMD, logs to $out/NAME.log, records failure
 }
 
 echo "commit $(cat COMMIT 2>/dev/null), $(date -u +%FT%TZ)" | tee "$out/summary.log"
-[[ ${SOFA_DRY_RUN:-0} == 1 ]] || nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee -a "$out/summary.log"
+[[ $dry == 1 ]] || nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee -a "$out/summary.log"
 want info && step info ./sofa info
 if want tests; then
   for t in tests/*; do
     step "test-$(basename "$t")" "$t" --test-threads=4 --nocapture
   done
 fi
-if ! want sanitize || [[ ${SOFA_DRY_RUN:-0} == 1 ]]; then
+if ! want sanitize || [[ $dry == 1 ]]; then
   :
 elif [[ -n "$sanitizer" ]]; then
   for t in tests/gpu_*; do
@@ -146,7 +147,7 @@ seam() { # seam NAME KERNEL-REGEX SOFA-RUN-ARGS...
     --launch-count 1 --metrics dram__bytes_read.sum,lts__t_sector_hit_rate.pct \
     ./sofa run "$@" --dtype f16 --check never --iters 1
 }
-if want profile && [[ -n $ncu || ${SOFA_DRY_RUN:-0} == 1 ]]; then
+if want profile && [[ -n $ncu || $dry == 1 ]]; then
   seam soft-pass1 soft_pass1 --op soft --shape 1,16,64k,64 --m 64
   seam soft-pass2 soft_pass2 --op soft --shape 1,16,64k,64 --m 64
   seam cosformer-causal cosformer_causal --op cosformer --shape 1,16,64k,64 --causal

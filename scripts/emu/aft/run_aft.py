@@ -353,11 +353,12 @@ def run_case(c, quiet=False):
     gyz = lambda x: min(max(x, 1), GRID_YZ_CAP or MAX_GRID_YZ)  # cap < 65535: exercise grid-stride loops
     # forward_raw's window_launch: the chunk pass runs in the reverse of the window pass's progress
     # (strips of tiles; tile-major: one strip of all chunks); grid order without a window pass.
+    conv_strips = gyz(min(max(div_up(4 * EMU_SMS, bh * ctiles), 1), chunks))  # the conv band kernel's
     p.strip = 0
     if not (c.variant == "simple" and not c.causal) and not gemm:
         p.strip = chunks
         if dt.name != "f32" and band_keys(c) is not None and c.variant == "conv":
-            p.strip = div_up(chunks, gyz(min(max(div_up(4 * EMU_SMS, bh * ctiles), 1), chunks)))
+            p.strip = div_up(chunks, conv_strips)
     E.launch(mem, "aft_chunk", E.aft_chunk, (chunks, gyz(bh), ctiles), p, dt)
     E.launch(mem, "aft_scan", E.aft_scan, (div_up(D, 32), gyz(bh), 1), p, dt)
     if c.variant == "simple" and not c.causal:
@@ -379,8 +380,7 @@ def run_case(c, quiet=False):
             p.bcols = band_keys(c)
             if c.variant == "conv":
                 p.group = 1
-                strips = min(max(div_up(4 * EMU_SMS, slices), 1), chunks)
-                E.launch(mem, "aft_window_band_conv_tc", E.aft_window_band_conv_tc, (slices, gyz(strips), 1), p, dt)
+                E.launch(mem, "aft_window_band_conv_tc", E.aft_window_band_conv_tc, (slices, conv_strips, 1), p, dt)
             else:
                 p.group = min(max(slices * chunks // (4 * EMU_SMS), 1), BAND_MAX_GROUP)
                 E.launch(mem, "aft_window_band_tc", E.aft_window_band_tc, (div_up(slices, p.group), gyz(chunks), 1), p, dt)

@@ -9,14 +9,15 @@
 //! * [`newton_pinv`]: the batched fp32 Newton iteration of SPEC §1.4, all T steps in one launch
 //!   with the matrices in shared memory for m ≤ 128 (when the device's opt-in shared memory holds
 //!   three m×m matrices), else one launch per GEMM over a global workspace (any m ≤ 256);
-//! * [`attention`](attention()): the fused two-pass form. Pass 1 recomputes P_k tiles and accumulates `P_kᵀV`
-//!   per row chunk into the workspace, the chunks are summed in a fixed order, `W = Z·(P_kᵀV)`,
-//!   pass 2 recomputes P tiles and writes `X = P·W`. P is never written to memory; the fused
+//! * [`attention`](attention()): the fused two-pass form. Pass 1 recomputes P_k tiles and
+//!   accumulates `P_kᵀV` per row chunk into the workspace, the chunks are summed in a fixed order,
+//!   `W = Z·(P_kᵀV)`, pass 2 recomputes P tiles and writes `X = P·W`. P is never written to memory; the fused
 //!   passes use `‖x‖² + ‖l‖² − 2x·l` clamped at 0.
 //!
 //! The kernels are CUDA-core fp32 for any D, Dv ≤ 256, any strides with a unit last dim, m ≤ 256.
 //! f16/bf16 with D == Dv ∈ {32, 48, 64, 80, 96, 128} (96: m ≤ 240, 128: m ≤ 176, where pass 2's
-//! landmarks fit in shared memory) and 16-byte-aligned rows run the two attention passes on tensor cores (kernels/soft_tc.cuh: mma.sync with hi + lo 16-bit operand splits and fp32
+//! landmarks fit in shared memory) and 16-byte-aligned rows run the two attention passes on
+//! tensor cores (kernels/soft_tc.cuh: mma.sync with hi + lo 16-bit operand splits and fp32
 //! accumulation, P kept in registers), writing the same pass-1 partials and output.
 //!
 //! Files: `newton` (the pseudo-inverse), `products` (landmarks, P and A), `attention` (the fused
