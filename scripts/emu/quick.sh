@@ -6,4 +6,4 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 (cd "$here" && python3 run.py quick && python3 cos_step.py)
 (cd "$here/soft" && python3 run_soft.py quick)
-(cd "$here/aft" && python3 run_aft.py quick && python3 run_aft.py gemm)
+(cd "$here/aft" && python3 run_aft.py order && python3 run_aft.py quick && python3 run_aft.py gemm)

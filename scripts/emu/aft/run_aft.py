@@ -542,10 +542,36 @@ def band_equality():
     sys.exit(1 if fails else 0)
 
 
+def chunk_order():
+    """aft_chunk_block (E.chunk_block): over chunk counts, strip lengths and slice grids, every
+    (chunk, bh, channel tile) is taken exactly once, and the last CTA in launch order takes an
+    offset-0 chunk (what the window pass reads first)."""
+    class Cx:
+        pass
+    n = 0
+    for chunks in list(range(1, 41)) + [79, 1024, 1025]:
+        for strip in sorted({1, 2, 3, 5, chunks, max(1, chunks // 3), div_up(chunks, 17)} - {0}):
+            if strip > chunks:
+                continue
+            for gy, gz in ((1, 1), (3, 2), (16, 1)):
+                cx = Cx()
+                cx.p, cx.grid = P(), (chunks, gy, gz)
+                cx.p.strip, cx.p.b, cx.p.h = strip, 1, gy
+                got = [E.chunk_block(cx, (x, y, z)) for z in range(gz) for y in range(gy) for x in range(chunks)]
+                want = {(c, y, z) for z in range(gz) for y in range(gy) for c in range(chunks)}
+                assert len(got) == len(set(got)) and set(got) == want, (chunks, strip, gy, gz)
+                assert got[-1][0] % strip == 0, (chunks, strip, gy, gz)
+                n += 1
+    print(f"chunk order: {n} (chunks, strip, grid) combinations, each a bijection ending at offset 0")
+
+
 def main():
     args = sys.argv[1:]
     if "band" in args:
         band_equality()
+    if "order" in args:
+        chunk_order()
+        return
     global GRID_YZ_CAP
     mode = next((a for a in args if a in ("quick", "stride", "long", "nonfinite", "gemm")), "all")
     if mode == "stride":
