@@ -6,7 +6,8 @@
 //   aft_map     AFT-simple non-causal: Y = σ(Q) · a/z of the whole sequence
 //   aft_simple_causal  AFT-simple causal, alone in one launch (a single-pass scan with a
 //               deterministic look-back, aft_simple_causal.cuh) instead of the launches here
-//   aft_rowmax  AFT-full: max of each row of w (shared by every slice)
+//   aft_rowmax  AFT-full, f32 storage: max of each row of w (shared by every slice; the 16-bit
+//               GEMM keeps running maxima instead)
 //   aft_window  everything else: per 64-row tile, the keys whose weight is not the same for every
 //               row of the tile (the band, the causal diagonal, all keys for full) as a dense
 //               weight block × [E⊙V | E] product, plus the prefix/suffix statistics outside it.

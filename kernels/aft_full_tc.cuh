@@ -1,6 +1,8 @@
 // AFT-full (causal or not), f16/bf16 storage, as one GEMM over every (b,h) and channel at once:
 //   [num | den] (T × bcols) = W (T × T) · bmat (T × bcols),   W[t][t'] = exp(w[t][t'] − r_t),
-// then Y = σ(Q)·num/den. W is shared by every slice (AFT-full's bias has no head), so one
+// then Y = σ(Q)·num/den, with r_t a running reference of row t kept inside the product (moved,
+// and the row's accumulators rescaled, when a key block outgrows it: AftFgRef), so w is read
+// once. W is shared by every slice (AFT-full's bias has no head), so one
 // exp(w) tile made on the fly feeds two channel tiles (256 columns) of the product; bmat holds
 // [E⊙V | E] of each 64-channel tile (aft_full_b, E = exp(K − M_c) with M_c the channel max).
 // (The window kernel would rebuild W for every (b,h) and channel tile.)
@@ -17,7 +19,9 @@
 // columns, so num and den of an output sit in one thread; per 16-key step a warp issues 8
 // ldmatrix.x4 for 32 mma (1 shared-memory word per lane per mma). 32-key blocks, two stages:
 // bmat by cp.async, w through registers (loaded one block ahead, exp'd between the two k-steps
-// so MUFU work overlaps other warps' mma); one barrier per block.
+// so MUFU work overlaps other warps' mma); one barrier per block. Fragments and cp.async use
+// per-thread shared-window addresses stepped per stage (aft_fg_mma16, AftFgB): the hot loop is
+// 220 instructions per warp per block (scripts/hot_loops.py).
 #pragma once
 #include "aft_tc.cuh"
 
@@ -28,7 +32,8 @@
 #define AFT_FG_ALD 40   // A rows (halves): ldmatrix rows at 80-byte steps hit distinct banks
 #define AFT_FG_BLD 264  // B rows (halves): 528-byte steps, likewise
 #define AFT_FG_STAGE (AFT_FG_ROWS * AFT_FG_ALD + AFT_FG_KB * AFT_FG_BLD)  // halves
-#define AFT_FG_SMEM (2 * AFT_FG_STAGE * 2 + AFT_FG_ROWS * 4)             // bytes (+ row exp coefficients)
+// bytes: two stages, then the rows' exponent offsets and their moves (AftFgMoves, 2 stages)
+#define AFT_FG_SMEM (2 * AFT_FG_STAGE * 2 + AFT_FG_ROWS * 4 + 2 * AFT_FG_ROWS * 8 + 2 * 8 * 4)
 
 static_assert(AFT_FG_COLS == 2 * AFT_FG_TILE && AFT_FG_TILE == 2 * AFT_CT, "bmat tile layout");
 static_assert(AFT_FG_KB == AFT_KB, "key blocks of aft_tc_nonfinite_keys");
@@ -127,23 +132,118 @@ __device__ __forceinline__ void aft_fg_load_w(const AftParams& p, const AftFgW& 
   }
 }
 
-// The loaded w as packed operands exp(w − r_t)·sw = 2^(w·log2(e) + rcf) (rcf[row] = log2(sw) −
-// r_t·log2(e) of the rows from r0); 0 for keys past T and (causal) past the row.
+// Row references: the running max, kept lazily. W[t][t'] = 2^(w[t][t']·log2(e) + c_t), c_t =
+// S − m_t·log2(e) for a reference m_t, a w of row t seen so far (NaN: none yet). An exponent above
+// AMAX (log2 of the operand scale: 15 for f16, 0 for bf16, the bound the exact row max gave) or NaN
+// moves the reference of its row to the block's row max, whose exponent becomes S = AMAX − HEAD;
+// the row's accumulators are scaled by 2^(c_new − c_old) before that block's product. num and den
+// scale alike, so Y does not depend on the references, and w is read once (no row-max pass). With
+// 4 bits of headroom a row moves only when a block beats its reference by 2.8 (for N(0,1) w, after
+// the first block, about once in 40000 row blocks); each row is still normal in f16 down to 2^-25
+// of its largest weight (2^-29 with the exact max), and the denominator floor covers the rest.
+template <typename T> struct AftFgRef {
+  static constexpr float AMAX = AftScaled<T>::value ? 15.f : 0.f;
+  static constexpr float S = AMAX - 4.f;
+};
+
+// Where a moved reference is published: per A stage, the factor and token of each row of the row
+// tile ({2^(c_new − c_old), token bits}, token = the block's sequence number in this CTA's run, so
+// a stale entry never matches) and, per writing warp of the cluster, the token of its last move.
+// In every CTA of the cluster: rank·8 + warp is the writer of rows rank·OWN + {2w, 2w + 1} + 16j.
+struct AftFgMoves {
+  float2* rows;  // [stage][AFT_FG_ROWS]
+  int* flags;    // [stage][8·CL]
+};
+
+// v at `dst` in the shared memory of every CTA of the cluster (CL = 1: of this CTA).
+template <int CL> __device__ __forceinline__ void aft_fg_put(void* dst, u32 v) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+  if constexpr (CL > 1) {
+#pragma unroll
+    for (int r = 0; r < CL; ++r) st_cluster_u32(dst, r, v);
+    return;
+  }
+#endif
+  *reinterpret_cast<u32*>(dst) = v;
+}
+
+// Exponents of the thread's loaded w: w·log2(e) + c_row, −inf for keys past T and (causal) past
+// the row.
+template <int SLOTS, bool FAST>
+__device__ __forceinline__ void aft_fg_args(const AftParams& p, int r0, int kb, const float (&wr)[SLOTS][2], int i,
+                                            float c, float& a0, float& a1) {
+  a0 = fmaf(wr[i][0], LOG2E_F, c);
+  a1 = fmaf(wr[i][1], LOG2E_F, c);
+  if (!FAST) {
+    const int row = threadIdx.x / 16 + 16 * i, tp = kb + 2 * (threadIdx.x % 16);
+    const int end = p.causal ? min(p.t, r0 + row + 1) : p.t;
+    a0 = tp < end ? a0 : AFT_NEG_INF;
+    a1 = tp + 1 < end ? a1 : AFT_NEG_INF;
+  }
+}
+
+// The loaded w as packed operands 2^(w·log2(e) + c_row) (rcf[row]: c of the rows from r0).
+// Returns whether an exponent exceeds AMAX or is NaN (no reference yet, or a NaN w): then the warp
+// redoes the block in aft_fg_move.
 template <typename T, int SLOTS, bool FAST>
-__device__ __forceinline__ void aft_fg_exp_w(const AftParams& p, int r0, int kb, const float (&wr)[SLOTS][2],
+__device__ __forceinline__ bool aft_fg_exp_w(const AftParams& p, int r0, int kb, const float (&wr)[SLOTS][2],
                                              const float* rcf, u32 (&ap)[SLOTS]) {
-  const int tp = kb + 2 * (threadIdx.x % 16);
+  float top = AFT_NEG_INF;
+#pragma unroll
+  for (int i = 0; i < SLOTS; ++i) {
+    float a0, a1;
+    aft_fg_args<SLOTS, FAST>(p, r0, kb, wr, i, rcf[threadIdx.x / 16 + 16 * i], a0, a1);
+    top = fmax_nan(top, fmax_nan(a0, a1));
+    ap[i] = pack2<T>(ex2_fast(a0), ex2_fast(a1));
+  }
+  return !(top <= AftFgRef<T>::AMAX);
+}
+
+// The warp's rows after a trigger (warp-uniform call). A row whose block max m (unmasked keys,
+// NaN aside) exceeds AMAX, or that has no reference yet, takes m; its factor (0 for a first
+// reference: the accumulators hold 0, or NaN from a NaN w, which stays) goes with `tok` to stage
+// `st` of the moves of every CTA of the cluster, then the warp's flag. Then the operands again.
+// rows0: the row tile's row of this CTA's first (own) row.
+template <typename T, int SLOTS, int CL>
+__device__ __forceinline__ void aft_fg_move(const AftParams& p, int r0, int rows0, int kb, const float (&wr)[SLOTS][2],
+                                         float* rcf, u32 (&ap)[SLOTS], AftFgMoves mv, int st, int tok) {
+  const int lane = threadIdx.x % 32;
+  float c[SLOTS], cn[SLOTS];
+#pragma unroll
+  for (int i = 0; i < SLOTS; ++i) {
+    float a0, a1;  // masked keys −inf; fmaxf passes over NaN
+    aft_fg_args<SLOTS, false>(p, r0, kb, wr, i, 0.f, a0, a1);
+    float m = fmaxf(a0 == AFT_NEG_INF ? AFT_NEG_INF : wr[i][0], a1 == AFT_NEG_INF ? AFT_NEG_INF : wr[i][1]);
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));  // the row's 16 lanes
+    c[i] = rcf[threadIdx.x / 16 + 16 * i];
+    const bool unset = c[i] != c[i];
+    const bool move = unset ? m > AFT_NEG_INF : fmaf(m, LOG2E_F, c[i]) > AftFgRef<T>::AMAX;
+    cn[i] = move ? fmaf(-m, LOG2E_F, AftFgRef<T>::S) : c[i];
+  }
+  __syncwarp();  // every lane has read its rows' c
+  bool moved = false;
 #pragma unroll
   for (int i = 0; i < SLOTS; ++i) {
     const int row = threadIdx.x / 16 + 16 * i;
-    const float c = rcf[row];
-    float a0 = ex2_fast(fmaf(wr[i][0], LOG2E_F, c)), a1 = ex2_fast(fmaf(wr[i][1], LOG2E_F, c));
-    if (!FAST) {
-      const int end = p.causal ? min(p.t, r0 + row + 1) : p.t;
-      a0 = tp < end ? a0 : 0.f;
-      a1 = tp + 1 < end ? a1 : 0.f;
+    if (cn[i] != c[i] && !(cn[i] != cn[i])) {  // moved (a NaN c that stays NaN did not)
+      moved = true;
+      if (lane % 16 == 0) {
+        rcf[row] = cn[i];
+        const float f = c[i] != c[i] ? 0.f : ex2_fast(cn[i] - c[i]);
+        float2* dst = &mv.rows[st * AFT_FG_ROWS + rows0 + row];
+        aft_fg_put<CL>(&dst->x, __float_as_uint(f));
+        aft_fg_put<CL>(&dst->y, (u32)tok);
+      }
     }
-    ap[i] = pack2<T>(a0, a1);
+    const float cu = cn[i] != cn[i] ? AFT_NEG_INF : cn[i];  // still none: weight 0 (NaN w: NaN)
+    float a0, a1;
+    aft_fg_args<SLOTS, false>(p, r0, kb, wr, i, cu, a0, a1);
+    ap[i] = pack2<T>(ex2_fast(a0), ex2_fast(a1));
+  }
+  if (__any_sync(0xffffffffu, moved) && lane == 0) {
+    const int writer = rows0 / (AFT_FG_ROWS / CL) * 8 + (int)threadIdx.x / 32;
+    aft_fg_put<CL>(&mv.flags[st * 8 * CL + writer], (u32)tok);
   }
 }
 
@@ -155,20 +255,57 @@ __device__ __forceinline__ void aft_fg_load_any(const AftParams& p, const AftFgW
   else
     aft_fg_load_w<SLOTS, false>(p, w, kb, wr);
 }
-template <typename T, int SLOTS>
-__device__ __forceinline__ void aft_fg_exp_any(const AftParams& p, const AftFgW& w, int kb, const float (&wr)[SLOTS][2],
-                                               const float* rcf, u32 (&ap)[SLOTS]) {
-  if (aft_fg_exp_fast(p, w, kb))
-    aft_fg_exp_w<T, SLOTS, true>(p, w.r0, kb, wr, rcf, ap);
-  else
-    aft_fg_exp_w<T, SLOTS, false>(p, w.r0, kb, wr, rcf, ap);
+// ... and its operands, moving references where the block needs it (stage st, token tok).
+template <typename T, int SLOTS, int CL>
+__device__ __forceinline__ void aft_fg_exp_any(const AftParams& p, const AftFgW& w, int rows0, int kb,
+                                               const float (&wr)[SLOTS][2], float* rcf, u32 (&ap)[SLOTS],
+                                               AftFgMoves mv, int st, int tok) {
+  const bool trig = aft_fg_exp_fast(p, w, kb) ? aft_fg_exp_w<T, SLOTS, true>(p, w.r0, kb, wr, rcf, ap)
+                                              : aft_fg_exp_w<T, SLOTS, false>(p, w.r0, kb, wr, rcf, ap);
+  if (__any_sync(0xffffffffu, trig)) aft_fg_move<T, SLOTS, CL>(p, w.r0, rows0, kb, wr, rcf, ap, mv, st, tok);
 }
 
-// rcf[i] for rows r0 + i, i < n (CTA-strided; the caller synchronizes).
-template <typename T> __device__ __forceinline__ void aft_fg_row_coef(const AftParams& p, int r0, int n, float* rcf) {
-  const float* rmax = reinterpret_cast<const float*>(p.rmax);
-  const float l2s = AftScaled<T>::value ? 15.f : 0.f;
-  for (int i = threadIdx.x; i < n; i += AFT_FG_THREADS) rcf[i] = fmaf(r0 + i < p.t ? -rmax[r0 + i] : 0.f, LOG2E_F, l2s);
+// Row tile start: no references yet (rcf: the n own rows), CTA-strided; the caller synchronizes.
+__device__ __forceinline__ void aft_fg_unset(int n, float* rcf) {
+  for (int i = threadIdx.x; i < n; i += AFT_FG_THREADS) rcf[i] = __int_as_float(0x7fffffff);
+}
+
+// Kernel start: no moves published (tokens start at 1).
+__device__ __forceinline__ void aft_fg_moves_init(AftFgMoves mv, int stages, int cl) {
+  for (int i = threadIdx.x; i < stages * AFT_FG_ROWS; i += AFT_FG_THREADS) mv.rows[i] = make_float2(0.f, 0.f);
+  for (int i = threadIdx.x; i < stages * 8 * cl; i += AFT_FG_THREADS) mv.flags[i] = 0;
+}
+
+// The lane's flag address (shared window) in stage 0 for the warp's rows wr … wr + 63: their
+// writers are every warp of the CTA (CL = 1) or of cluster ranks wr / OWN and the next; lanes past
+// them repeat one (same vote).
+template <int CL> __device__ __forceinline__ u32 aft_fg_flag_at(AftFgMoves mv, int wr) {
+  constexpr int NF = CL == 1 ? 8 : 16;
+  const int f0 = CL == 1 ? 0 : wr / (AFT_FG_ROWS / CL) * 8;
+  return smem_addr(mv.flags + f0 + (int)threadIdx.x % NF);
+}
+
+// Before block `tok`'s product (stage st): the warp's accumulator rows (wr … wr + 63) whose
+// reference moved for that block are scaled (fl: aft_fg_flag_at).
+template <int CL>
+__device__ __forceinline__ void aft_fg_rescale(AftFgMoves mv, u32 fl, int st, int tok, int wr, float (&num)[4][4][4],
+                                               float (&den)[4][4][4]) {
+  const int g = threadIdx.x % 32 / 4;
+  if (!__any_sync(0xffffffffu, (int)lds_u32(fl + st * 8 * CL * 4) == tok)) return;
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float2 e = mv.rows[st * AFT_FG_ROWS + wr + 16 * mi + g + 8 * h];
+      if (__float_as_int(e.y) != tok) continue;
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int e1 = 0; e1 < 2; ++e1) {
+          num[mi][j][2 * h + e1] *= e.x;
+          den[mi][j][2 * h + e1] *= e.x;
+        }
+    }
 }
 
 __device__ __forceinline__ void aft_fg_store_w(u16* as, const u32 (&ap)[8]) {
@@ -177,14 +314,33 @@ __device__ __forceinline__ void aft_fg_store_w(u16* as, const u32 (&ap)[8]) {
     *reinterpret_cast<u32*>(&as[(threadIdx.x / 16 + 16 * i) * AFT_FG_ALD + 2 * (threadIdx.x % 16)]) = ap[i];
 }
 
-// bmat rows [kb, kb + 32) × the CTA's 256 columns into bs by cp.async (zeros past T).
-__device__ __forceinline__ void aft_fg_copy_b(const AftParams& p, const u16* bm, int kb, u16* bs) {
+// A thread's share of each bmat block copy: keys tid / 32 + 8i (i < 4), 16-byte segment tid % 32
+// of the CTA's 256 columns. src: its first source (key tid / 32 of the next block, advanced by
+// aft_fg_copy_b), step: 8 keys, dst: its first destination in B tile 0 (a shared address).
+struct AftFgB {
+  const u16* src;
+  i64 step;
+  u32 dst;
+};
+__device__ __forceinline__ AftFgB aft_fg_b(const AftParams& p, const u16* bm, const u16* bs0) {
+  const int key = threadIdx.x / 32, seg = threadIdx.x % 32;
+  return {bm + (i64)key * p.bcols + seg * 8, 8 * (i64)p.bcols, smem_addr(bs0 + key * AFT_FG_BLD + seg * 8)};
+}
+// Block kb (rows [kb, kb + 32) × 256 columns, zeros past T) by cp.async into the B tile `off`
+// bytes past tile 0; then src moves to the next block. Without a tail: 4 copies, no checks.
+__device__ __forceinline__ void aft_fg_copy_b(const AftParams& p, AftFgB& b, int kb, u32 off) {
+  const u32 dst = b.dst + off;
+  if (kb + AFT_FG_KB <= p.t) {
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int idx = threadIdx.x + AFT_FG_THREADS * i, key = idx / 32, seg = idx % 32;
-    const bool ok = kb + key < p.t;
-    cp_async16(&bs[key * AFT_FG_BLD + seg * 8], ok ? bm + (i64)(kb + key) * p.bcols + seg * 8 : bm, ok);
+    for (int i = 0; i < 4; ++i) cp_async16_at(dst + i * 8 * AFT_FG_BLD * 2, b.src + i * b.step, true);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const bool ok = kb + (int)threadIdx.x / 32 + 8 * i < p.t;
+      cp_async16_at(dst + i * 8 * AFT_FG_BLD * 2, ok ? b.src + i * b.step : b.src, ok);
+    }
   }
+  b.src += 4 * b.step;
 }
 
 // Whether the stage's bmat block holds a non-finite value (every thread checks 16 words).
@@ -214,6 +370,38 @@ __device__ __forceinline__ AftFgPlace aft_fg_place(const AftParams& p) {
           tile,
           tile < p.b * p.h * div_up(p.d, AFT_CT),
           reinterpret_cast<const u16*>(p.bmat) + (i64)blockIdx.x * AFT_FG_COLS};
+}
+
+// The lane's ldmatrix offsets (bytes) in an A and a B tile for the warp's rows wr … and columns
+// ncol … (the addressing of aft_tc_mma16 at ks = 0).
+__device__ __forceinline__ u32 aft_fg_aoff(int wr) {
+  const int lane = threadIdx.x % 32;
+  return ((wr + lane % 16) * AFT_FG_ALD + (lane / 16) * 8) * 2;
+}
+__device__ __forceinline__ u32 aft_fg_boff(int ncol) {
+  const int lane = threadIdx.x % 32;
+  return ((lane % 8 + ((lane / 8) % 2) * 8) * AFT_FG_BLD + ncol + (lane / 16) * 8) * 2;
+}
+// aft_tc_mma16<T, 4, AFT_FG_ALD, AFT_FG_BLD> (same products, same order) from the lane's shared
+// addresses a, b of this 16-key step: one add per ldmatrix instead of a generic-pointer conversion.
+template <typename T>
+__device__ __forceinline__ void aft_fg_mma16(u32 a, u32 b, float (&num)[4][4][4], float (&den)[4][4][4]) {
+  u32 af[4][4];
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi) ldmatrix_x4_at(af[mi], a + mi * 16 * AFT_FG_ALD * 2);
+#pragma unroll
+  for (int j = 0; j < 4; j += 2) {
+    u32 bn[4], bd[4];
+    ldmatrix_x4_trans_at(bn, b + j * 16);
+    ldmatrix_x4_trans_at(bd, b + j * 16 + AFT_CT * 2);
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi) {
+      mma16816<T>(num[mi][j], af[mi], bn[0], bn[1]);
+      mma16816<T>(num[mi][j + 1], af[mi], bn[2], bn[3]);
+      mma16816<T>(den[mi][j], af[mi], bd[0], bd[1]);
+      mma16816<T>(den[mi][j + 1], af[mi], bd[2], bd[3]);
+    }
+  }
 }
 
 // Row tile `it` of the grid-stride loop: its first row and its 32-key blocks (causal: the longest
@@ -291,26 +479,33 @@ template <typename T>
 __device__ void aft_full_tc(const AftParams& p) {
   constexpr int ROWS = AFT_FG_ROWS, KB = AFT_FG_KB;
   extern __shared__ __align__(16) u16 fg_smem[];
-  float* rcf = reinterpret_cast<float*>(fg_smem + 2 * AFT_FG_STAGE);
+  float* rcf = reinterpret_cast<float*>(fg_smem + 2 * AFT_FG_STAGE);  // the rows' exponent offsets
+  const AftFgMoves mv = {reinterpret_cast<float2*>(rcf + ROWS), reinterpret_cast<int*>(rcf + ROWS + 4 * ROWS)};
   const AftFgPlace pl = aft_fg_place(p);
   const int wr = pl.wr, ncol = pl.ncol;
   const u16* bm = pl.bm;
+  // the lane's fragment addresses in stage 0 (A, then B)
+  const u32 fa = smem_addr(fg_smem) + aft_fg_aoff(wr), fb = smem_addr(fg_smem + ROWS * AFT_FG_ALD) + aft_fg_boff(ncol);
+  const u32 fl = aft_fg_flag_at<1>(mv, wr);
+  aft_fg_moves_init(mv, 2, 1);
+  int tok0 = 1;  // token of the row tile's first block
 
   for (int it = blockIdx.y; it < div_up(p.t, ROWS); it += gridDim.y) {
     int t0, nkb;
     aft_fg_rows(p, it, t0, nkb);
     __syncthreads();  // the previous row tile is done with shared memory
-    aft_fg_row_coef<T>(p, t0, ROWS, rcf);
+    aft_fg_unset(ROWS, rcf);
     const AftFgW w = aft_fg_w(p, t0);
     float num[4][4][4], den[4][4][4];
     aft_fg_zero(num, den);
     float wreg[8][2];
     u32 ap[8];
+    AftFgB b = aft_fg_b(p, bm, fg_smem + ROWS * AFT_FG_ALD);
     aft_fg_load_any(p, w, 0, wreg);
-    aft_fg_copy_b(p, bm, 0, fg_smem + ROWS * AFT_FG_ALD);
+    aft_fg_copy_b(p, b, 0, 0);
     cp_async_commit();
     __syncthreads();  // rcf
-    aft_fg_exp_any<T>(p, w, 0, wreg, rcf, ap);
+    aft_fg_exp_any<T, 8, 1>(p, w, 0, 0, wreg, rcf, ap, mv, 0, tok0);
     aft_fg_store_w(fg_smem, ap);
     cp_async_wait<0>();
     __syncthreads();
@@ -320,6 +515,7 @@ __device__ void aft_full_tc(const AftParams& p) {
       u16* bs = fg_smem + (i & 1) * AFT_FG_STAGE + ROWS * AFT_FG_ALD;  // non-finite values may be zeroed
       u16* nas = fg_smem + ((i + 1) & 1) * AFT_FG_STAGE;
       const bool more = i + 1 < nkb;
+      aft_fg_rescale<1>(mv, fl, i & 1, tok0 + i, wr, num, den);
       // Causal blocks past the tile's first row: 0 weights mask later keys unless one is
       // non-finite (0·NaN); then its non-finite values go key by key (a uniform branch, taken
       // before the next block's loads so that their registers are not live across it).
@@ -328,17 +524,19 @@ __device__ void aft_full_tc(const AftParams& p) {
                                                                                     num, den);
       if (more) {  // next block: w into registers, bmat into the other stage
         aft_fg_load_any(p, w, (i + 1) * KB, wreg);
-        aft_fg_copy_b(p, bm, (i + 1) * KB, nas + ROWS * AFT_FG_ALD);
+        aft_fg_copy_b(p, b, (i + 1) * KB, ((i + 1) & 1) * AFT_FG_STAGE * 2);
         cp_async_commit();
       }
-      aft_tc_mma16<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, 0, wr, ncol, num, den);
-      if (more) aft_fg_exp_any<T>(p, w, (i + 1) * KB, wreg, rcf, ap);
-      aft_tc_mma16<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, 16, wr, ncol, num, den);
+      const u32 sa = fa + (i & 1) * AFT_FG_STAGE * 2, sb = fb + (i & 1) * AFT_FG_STAGE * 2;
+      aft_fg_mma16<T>(sa, sb, num, den);
+      if (more) aft_fg_exp_any<T, 8, 1>(p, w, 0, (i + 1) * KB, wreg, rcf, ap, mv, (i + 1) & 1, tok0 + i + 1);
+      aft_fg_mma16<T>(sa + 16 * 2, sb + 16 * AFT_FG_BLD * 2, num, den);
       if (more) aft_fg_store_w(nas, ap);
       cp_async_wait<0>();
       __syncthreads();  // the other stage is complete; this one may be overwritten next
     }
     if (pl.live) aft_fg_epilogue<T>(p, pl.tile, t0, wr, pl.wt, num, den);
+    tok0 += nkb;
   }
 }
 
@@ -352,7 +550,9 @@ __device__ void aft_full_tc(const AftParams& p) {
 // was last read in block i − 2, before every CTA's arrival of block i − 1.
 #define AFT_FG_CL 4
 #define AFT_FG_OWN (AFT_FG_ROWS / AFT_FG_CL)  // rows each CTA exps
-#define AFT_FG_CL_SMEM (3 * AFT_FG_ROWS * AFT_FG_ALD * 2 + 2 * AFT_FG_KB * AFT_FG_BLD * 2 + AFT_FG_OWN * 4)
+// bytes: three A and two B stages, this CTA's rows' exponent offsets, the moves (3 stages)
+#define AFT_FG_CL_SMEM \
+  (3 * AFT_FG_ROWS * AFT_FG_ALD * 2 + 2 * AFT_FG_KB * AFT_FG_BLD * 2 + AFT_FG_OWN * 4 + 3 * AFT_FG_ROWS * 8 + 3 * 8 * AFT_FG_CL * 4)
 
 // The packed operands of this CTA's rows (slot j: own row threadIdx.x / 16 + 16·j) stored into A
 // stage `as` of every CTA of the cluster.
@@ -372,11 +572,17 @@ __device__ void aft_full_tc_cl(const AftParams& p) {
   extern __shared__ __align__(16) u16 fg_smem[];
   u16* const abase = fg_smem;           // three A stages
   u16* const bbase = fg_smem + 3 * ASZ;  // two B stages
-  float* rcf = reinterpret_cast<float*>(bbase + 2 * BSZ);  // exp coefficients of this CTA's own rows
+  float* rcf = reinterpret_cast<float*>(bbase + 2 * BSZ);  // exponent offsets of this CTA's own rows
+  const AftFgMoves mv = {reinterpret_cast<float2*>(rcf + AFT_FG_OWN),
+                         reinterpret_cast<int*>(rcf + AFT_FG_OWN + 6 * ROWS)};  // 3 stages
   const int rank = cluster_rank();
   const AftFgPlace pl = aft_fg_place(p);
   const int wr = pl.wr, ncol = pl.ncol;
   const u16* bm = pl.bm;
+  const u32 fa = smem_addr(abase) + aft_fg_aoff(wr), fb = smem_addr(bbase) + aft_fg_boff(ncol);  // stage 0
+  const u32 fl = aft_fg_flag_at<AFT_FG_CL>(mv, wr);
+  aft_fg_moves_init(mv, 3, AFT_FG_CL);  // before the first cluster barrier: no remote store yet
+  int tok0 = 1;  // token of the row tile's first block
 
   for (int it = blockIdx.y; it < div_up(p.t, ROWS); it += gridDim.y) {
     int t0, nkb;
@@ -384,17 +590,18 @@ __device__ void aft_full_tc_cl(const AftParams& p) {
     // Every CTA of the cluster has started, and is done with the previous row tile's A stages.
     cluster_sync();
     const int r0 = t0 + rank * AFT_FG_OWN;  // this CTA's rows of W
-    aft_fg_row_coef<T>(p, r0, AFT_FG_OWN, rcf);
+    aft_fg_unset(AFT_FG_OWN, rcf);
     const AftFgW w = aft_fg_w(p, r0);
     float num[4][4][4], den[4][4][4];
     aft_fg_zero(num, den);
     float wreg[2][2];
     u32 ap[2];
+    AftFgB b = aft_fg_b(p, bm, bbase);
     aft_fg_load_any(p, w, 0, wreg);
-    aft_fg_copy_b(p, bm, 0, bbase);
+    aft_fg_copy_b(p, b, 0, 0);
     cp_async_commit();
     __syncthreads();  // rcf
-    aft_fg_exp_any<T>(p, w, 0, wreg, rcf, ap);
+    aft_fg_exp_any<T, 2, AFT_FG_CL>(p, w, rank * AFT_FG_OWN, 0, wreg, rcf, ap, mv, 0, tok0);
     aft_fgc_share_w(rank, ap, abase);
     cp_async_wait<0>();
     __syncthreads();
@@ -404,6 +611,7 @@ __device__ void aft_full_tc_cl(const AftParams& p) {
       const u16* as = abase + (i % 3) * ASZ;
       u16* bs = bbase + (i & 1) * BSZ;  // non-finite values may be zeroed
       const bool more = i + 1 < nkb;
+      aft_fg_rescale<AFT_FG_CL>(mv, fl, i % 3, tok0 + i, wr, num, den);
       // Causal blocks past the tile's first row holding a non-finite bmat value: those values
       // key by key.
       if (p.causal && i * KB + KB - 1 > t0 && __syncthreads_or(aft_fg_block_bad<T>(bs)))
@@ -411,21 +619,24 @@ __device__ void aft_full_tc_cl(const AftParams& p) {
                                                                                     num, den);
       if (more) {
         aft_fg_load_any(p, w, (i + 1) * KB, wreg);
-        aft_fg_copy_b(p, bm, (i + 1) * KB, bbase + ((i + 1) & 1) * BSZ);
+        aft_fg_copy_b(p, b, (i + 1) * KB, ((i + 1) & 1) * BSZ * 2);
         cp_async_commit();
       }
-      aft_tc_mma16<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, 0, wr, ncol, num, den);
+      const u32 sa = fa + (i % 3) * ASZ * 2, sb = fb + (i & 1) * BSZ * 2;
+      aft_fg_mma16<T>(sa, sb, num, den);
       if (more) {
-        aft_fg_exp_any<T>(p, w, (i + 1) * KB, wreg, rcf, ap);
+        aft_fg_exp_any<T, 2, AFT_FG_CL>(p, w, rank * AFT_FG_OWN, (i + 1) * KB, wreg, rcf, ap, mv, (i + 1) % 3,
+                                        tok0 + i + 1);
         aft_fgc_share_w(rank, ap, abase + ((i + 1) % 3) * ASZ);
       }
       cluster_arrive();  // this CTA's stores of block i + 1 are done
-      aft_tc_mma16<T, 4, AFT_FG_ALD, AFT_FG_BLD>(as, bs, 16, wr, ncol, num, den);
+      aft_fg_mma16<T>(sa + 16 * 2, sb + 16 * AFT_FG_BLD * 2, num, den);
       cp_async_wait<0>();
       __syncthreads();
       cluster_wait();  // every CTA's stores of block i + 1 are visible
     }
     if (pl.live) aft_fg_epilogue<T>(p, pl.tile, t0, wr, pl.wt, num, den);
+    tok0 += nkb;
   }
   cluster_sync();  // no CTA exits while another may still address its shared memory
 }

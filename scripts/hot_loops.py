@@ -51,10 +51,27 @@ AFT_FAST = [
 ]
 
 
+# AFT-full's GEMM: unchecked w loads and exps, no poisoned causal block, no reference moves.
+FULL_FAST = [
+    ("aft_full_tc.cuh", re.escape("return w.pairs && w.r0 + 16 * SLOTS <= p.t && kb + AFT_FG_KB <= p.t;"), "return true;"),
+    ("aft_full_tc.cuh", re.escape("return kb + AFT_FG_KB <= p.t && (!p.causal || kb + AFT_FG_KB - 1 <= w.r0);"),
+     "return true;"),
+    ("aft_full_tc.cuh", re.escape("if (p.causal && i * KB + KB - 1 > t0 && __syncthreads_or("), "if (false && ("),
+    ("aft_full_tc.cuh", re.escape("if (kb + AFT_FG_KB <= p.t) {"), "if (true) {"),
+    # the move check and the rescale's flag test stay, their rare bodies become one store
+    ("aft_full_tc.cuh", re.escape("aft_fg_move<T, SLOTS, CL>(p, w.r0, rows0, kb, wr, rcf, ap, mv, st, tok);"), "ap[0] = 0;"),
+    ("aft_full_tc.cuh", re.escape("== tok)) return;"), "== tok)) return;\n  num[0][0][0] = 0.f;\n  return;"),
+]
+
+
 def main():
     print("AFT window, one 32-key block (32 HMMA):")
     for fun in ("aft_window_tc_f16", "aft_window_band_tc_f16", "aft_window_band_conv_tc_f16"):
         print(f"  {fun:30s} {with_hmma(sass(AFT_FAST, 'aft.cu', fun), 32)[0]}")
+
+    print("AFT-full GEMM, one 32-key block (64 HMMA):")
+    for fun in ("aft_full_tc_f16", "aft_full_tc_cl_f16"):
+        print(f"  {fun:30s} {with_hmma(sass(FULL_FAST, 'aft.cu', fun), 64)[0]}")
 
     print("cosFormer causal pass, per 64-row block (row-block loop + 3 more state-update steps):")
     # D = 128: each of the two CTAs per chunk has 64 value columns; its update of 16 keys is 18 HMMA.

@@ -30,6 +30,7 @@ PTX = [
     (r"^cp\.async\.commit_group", "sim::cp_async_commit();"),
     (r"^cp\.async\.wait_group %0", "sim::cp_async_wait({0});"),
     (r"^st\.shared\.u32 \[%0\], %1", "{{ unsigned v_ = {1}; std::memcpy(sim::smem_ptr({0}, 4, true), &v_, 4); }}"),
+    (r"^ld\.shared\.u32 %0, \[%1\]", "{{ std::memcpy(&{0}, sim::smem_ptr({1}, 4), 4); }}"),
     (r"^ld\.shared\.v2\.f32 \{%0, %1\}, \[%2\]",
      "{{ const float* p_ = (const float*)sim::smem_ptr({2}, 8); {0} = p_[0]; {1} = p_[1]; }}"),
     (r"^ld\.shared\.v4\.b32 \{%0,%1,%2,%3\}, \[%4\]",
@@ -58,6 +59,7 @@ PTX = [
     (r"^cvt\.rn\.bf16x2\.f32 %0, %1, %2", "{0} = (unsigned)sim::f2bf({2}) | ((unsigned)sim::f2bf({1}) << 16);"),
     (r"^ex2\.approx\.ftz\.f32 %0, %1", "{0} = sim::ex2_approx_ftz({1});"),
     (r"^min\.NaN\.f32 %0, %1, %2", "{0} = sim::min_nan({1}, {2});"),
+    (r"^max\.NaN\.f32 %0, %1, %2", "{0} = sim::max_nan({1}, {2});"),
     (r"^$", ";"),  # opaque(): no instruction
 ]
 

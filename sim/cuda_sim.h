@@ -69,6 +69,7 @@ unsigned short f2bf(float x);
 float h2f(unsigned short h);
 float ex2_approx_ftz(float x);
 float min_nan(float a, float b);
+float max_nan(float a, float b);
 unsigned hmax2(unsigned x, unsigned y, int bf);
 }  // namespace sim
 

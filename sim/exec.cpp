@@ -813,6 +813,10 @@ float min_nan(float a, float b) {
   if (std::isnan(a) || std::isnan(b)) return __uint_as_float(0x7fffffffu);
   return std::fmin(a, b);
 }
+float max_nan(float a, float b) {
+  if (std::isnan(a) || std::isnan(b)) return __uint_as_float(0x7fffffffu);
+  return std::fmax(a, b);
+}
 
 // max.{f16,bf16}x2: a NaN operand yields the other one; max(−0, +0) = +0.
 unsigned hmax2(unsigned x, unsigned y, int bf) {

@@ -27,6 +27,22 @@ struct Case {
     /// K from ±8 and V scaled per channel from 1e-4 to 3e4 (the f16 operand scaling of the
     /// tensor-core kernels, kernels/aft_tc.cuh).
     value_range: bool,
+    /// AFT-full's w shaped against the GEMM's running row maxima.
+    rows: RowMax,
+}
+
+/// Shapes of AFT-full's w rows for the running row maxima of kernels/aft_full_tc.cuh (a row's
+/// reference moves when a 32-key block beats it by 2.8).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum RowMax {
+    /// Uniform ±1: the first block sets every reference.
+    Flat,
+    /// ±1 plus `step` per key: every block (step 0.25) or every few (0.03) moves each row.
+    Rising(f32),
+    /// ±1 minus 0.25 per key: nothing moves after the first block.
+    Falling,
+    /// ±1 plus one +30 at a key that depends on the row (before or after its first block).
+    Spike,
 }
 
 impl Case {
@@ -41,6 +57,7 @@ impl Case {
             kind: LayoutKind::Bhnd,
             adversarial: false,
             value_range: false,
+            rows: RowMax::Flat,
         }
     }
 
@@ -106,6 +123,20 @@ fn host_inputs<T: Element>(c: &Case, seed: u64) -> Host<T> {
                 }
             }
             _ => {}
+        }
+    }
+    if c.variant == Variant::Full && c.rows != RowMax::Flat {
+        for (t, row) in w.chunks_exact_mut(c.t).enumerate() {
+            for (tp, x) in row.iter_mut().enumerate() {
+                *x += match c.rows {
+                    RowMax::Rising(step) => step * tp as f32,
+                    RowMax::Falling => -0.25 * tp as f32,
+                    _ => 0.0,
+                };
+            }
+            if c.rows == RowMax::Spike {
+                row[(t * 7919 + 13) % c.t] += 30.0;
+            }
         }
     }
     Host { q, k, v, w }
@@ -327,6 +358,33 @@ fn full_cluster_and_single_cta_products() {
             c.h = h;
             check::<f16>(&rt, &c, 51);
             check::<bf16>(&rt, &c, 52);
+        }
+    }
+}
+
+/// AFT-full's GEMM keeps running row maxima of w (no row-max pass): rows whose maximum rises in
+/// every block, every few blocks, once by 30, or never after the first, with clusters and
+/// without, causal or not.
+#[test]
+fn full_running_row_max() {
+    let Some(rt) = common::gpu("full_running_row_max") else {
+        return;
+    };
+    for rows in [
+        RowMax::Rising(0.25),
+        RowMax::Rising(0.03),
+        RowMax::Falling,
+        RowMax::Spike,
+    ] {
+        for (t, h) in [(300, 8), (1000, 2)] {
+            for causal in [false, true] {
+                let mut c = Case::new(t, 64, Variant::Full, causal);
+                c.b = 1;
+                c.h = h;
+                c.rows = rows;
+                check::<f16>(&rt, &c, 61);
+                check::<bf16>(&rt, &c, 62);
+            }
         }
     }
 }

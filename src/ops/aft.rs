@@ -13,7 +13,8 @@
 //! runs on tensor cores for f16/bf16 storage (operands of the storage type, f16 ones scaled into
 //! range by the channel's max |V|; fp32 accumulation) and on fp32 CUDA cores for f32 storage (its
 //! 1e-5 tolerance); everything else is fp32 CUDA-core work. AFT-full with f16/bf16 storage runs
-//! one GEMM over every slice at once instead (`exp(w − r_t)` is shared by all of them;
+//! one GEMM over every slice at once instead (`exp(w − r_t)` is shared by all of them; the row
+//! references r_t are running maxima kept inside the GEMM, so w is read once;
 //! kernels/aft_full_tc.cuh).
 //! Any D ≤ 256, any strides with a unit last dim. The bias (`w`, `u`) is fp32 on the device.
 
@@ -39,17 +40,19 @@ const TC_THREADS: u32 = 128; // AFT_TC_THREADS
 const TC_LD: usize = 72; // AFT_TC_LD: floats per row of the window kernels' ratio tile
 
 // aft_full_tc (kernels/aft_full_tc.cuh): bmat columns per channel tile, CTA rows and columns,
-// threads, dynamic shared memory (two stages of a 128 × 40 and a 32 × 264 16-bit tile + row
-// shifts).
+// threads, dynamic shared memory (two stages of a 128 × 40 and a 32 × 264 16-bit tile, the rows'
+// exponent offsets, two stages of row moves: 128 (factor, token) pairs and 8 warp flags).
 const FG_TILE: usize = 128; // AFT_FG_TILE
 const FG_ROWS: usize = 128; // AFT_FG_ROWS
 const FG_COLS: usize = 256; // AFT_FG_COLS
 const FG_THREADS: u32 = 256; // AFT_FG_THREADS
-const FG_SMEM: u32 = (2 * (128 * 40 + 32 * 264) * 2 + 128 * 4) as u32; // AFT_FG_SMEM
+const FG_SMEM: u32 = (2 * (128 * 40 + 32 * 264) * 2 + 128 * 4 + 2 * (128 * 8 + 8 * 4)) as u32; // AFT_FG_SMEM
 
-// aft_full_tc_cl (sm_90): clusters of FG_CL column CTAs share the exp(w) tile; three A stages.
+// aft_full_tc_cl (sm_90): clusters of FG_CL column CTAs share the exp(w) tile; three A stages
+// (and three of row moves, with 8 flags per CTA of the cluster).
 const FG_CL: usize = 4; // AFT_FG_CL
-const FG_CL_SMEM: u32 = (3 * 128 * 40 * 2 + 2 * 32 * 264 * 2 + 32 * 4) as u32; // AFT_FG_CL_SMEM
+const FG_CL_SMEM: u32 =
+    (3 * 128 * 40 * 2 + 2 * 32 * 264 * 2 + 32 * 4 + 3 * (128 * 8 + 8 * FG_CL * 4)) as u32; // AFT_FG_CL_SMEM
 
 const ROWMAX_ROWS: usize = 8; // warps per CTA of aft_rowmax
 const SC_ROWS: usize = 128; // AFT_SC_ROWS: rows per chunk of aft_simple_causal
@@ -430,7 +433,8 @@ pub unsafe fn forward_raw(
         } else {
             0
         },
-        rmax: if variant == Variant::Full {
+        // w's row maxima: the f32 window kernel's (the GEMM keeps running ones).
+        rmax: if variant == Variant::Full && !gemm {
             at(part + pre + suf)
         } else {
             0
@@ -530,7 +534,7 @@ pub unsafe fn forward_raw(
             )?;
             return Ok(());
         }
-        if variant == Variant::Full {
+        if variant == Variant::Full && !gemm {
             let rowmax = rt.function(FAMILY, "aft_rowmax_f32")?;
             launch(
                 stream,
@@ -748,11 +752,12 @@ mod tests {
         assert_eq!(define("AFT_FG_THREADS"), super::FG_THREADS as usize);
         let (rows, kb) = (define("AFT_FG_ROWS"), define("AFT_FG_KB"));
         let (ald, bld) = (define("AFT_FG_ALD"), define("AFT_FG_BLD"));
-        let smem = 2 * (rows * ald + kb * bld) * 2 + rows * 4;
+        let smem = 2 * (rows * ald + kb * bld) * 2 + rows * 4 + 2 * (rows * 8 + 8 * 4);
         assert_eq!(smem, super::FG_SMEM as usize);
         let cl = define("AFT_FG_CL");
         assert_eq!(cl, super::FG_CL);
-        let smem_cl = 3 * rows * ald * 2 + 2 * kb * bld * 2 + rows / cl * 4;
+        let smem_cl =
+            3 * rows * ald * 2 + 2 * kb * bld * 2 + rows / cl * 4 + 3 * (rows * 8 + 8 * cl * 4);
         assert_eq!(smem_cl, super::FG_CL_SMEM as usize);
     }
 }

@@ -15,7 +15,8 @@ out of bounds, null, misaligned, reads of never-written workspace, a read of an 
 by another CTA in the same launch, and an element written twice in one launch are reported.
 Shared memory tracks, per element and barrier interval, the writing and reading threads: a
 location written by one thread and read or written by another in the same interval is a race
-(this kernel family has no __syncwarp-guarded intra-warp patterns, so none is exempted).
+(one __syncwarp-guarded pattern, the AFT-full GEMM's reference update, exempts readers of the
+writer's own warp: `Smem.write(..., syncwarp=True)`).
 """
 from collections import Counter
 import numpy as np
@@ -302,7 +303,9 @@ class Smem:
         out[mask] = self.a[fo]
         return out
 
-    def write(self, off, vals, tid, mask=None, tag=""):
+    def write(self, off, vals, tid, mask=None, tag="", syncwarp=False):
+        """syncwarp: the writer's warp passed __syncwarp() since its reads of this interval, so
+        readers in the writer's own warp are ordered before the write."""
         off = np.asarray(off, np.int64)
         vals = np.broadcast_to(f32(vals), off.shape)
         off, mask, fo, ft = self._sel(off, tid, mask)
@@ -310,7 +313,11 @@ class Smem:
             return
         ep = self.races.epoch
         rep = self.races.mem.report
-        bad = (self.re[fo] == ep) & ((self.rmin[fo] != ft) | (self.rmax[fo] != ft))
+        if syncwarp:
+            others = (self.rmin[fo] // 32 != ft // 32) | (self.rmax[fo] // 32 != ft // 32)
+        else:
+            others = (self.rmin[fo] != ft) | (self.rmax[fo] != ft)
+        bad = (self.re[fo] == ep) & others
         if np.any(bad):
             rep(f"shared {self.name}: WAR race, write of an element another thread read in the same barrier interval ({tag})")
         stale = self.we[fo] != ep
@@ -680,7 +687,7 @@ def aft_window_of(p, t0):
     return t0, end, t0 // AFT_CHUNK, -1
 
 
-STATS = {"slow": 0, "kblocks": 0, "tc_scalar_blocks": 0, "band_reused": 0}
+STATS = {"slow": 0, "kblocks": 0, "tc_scalar_blocks": 0, "band_reused": 0, "fg_moves": 0}
 
 
 def tile_shifts(cx, bh, h, c0, t0, msh, rsh, gsh, nt=AFT_THREADS, ch=True, rows=True):
@@ -1361,8 +1368,13 @@ FG_CL = 4
 def fg_cluster_smem(mem, cl):
     """The dynamic shared memory of aft_full_tc_cl for each CTA of a cluster (three A stages, two
     B stages), each with its own race detector."""
-    size = 3 * FG_ROWS * FG_ALD + 2 * FG_KB * FG_BLD
+    size = 3 * FG_ROWS * FG_ALD + 2 * FG_KB * FG_BLD + fg_moves_size(3, cl)
     return [Smem(size, f"fg_smem[cta {r}]", Races(mem)) for r in range(cl)]
+
+
+def fg_moves_size(stages, cl):
+    """AftFgMoves: per stage, (factor, token) of each row of the tile, then 8·cl warp flags."""
+    return stages * (2 * FG_ROWS + 8 * cl)
 
 
 def aft_full_tc_gen(cx, bid, cl=1, rank=0, smems=None):
@@ -1376,16 +1388,22 @@ def aft_full_tc_gen(cx, bid, cl=1, rank=0, smems=None):
     ASZ, BSZ = ROWS * ALD, KB * BLD
     if cl == 1:
         races = Races(mem)
-        sm = Smem(2 * STAGE, "fg_smem", races)
+        nst = 2
+        mv0 = 2 * STAGE  # AftFgMoves after the stages
+        sm = Smem(mv0 + fg_moves_size(nst, 1), "fg_smem", races)
         a_off = lambda s_: s_ * STAGE
         b_off = lambda s_: s_ * STAGE + ASZ
         nown = ROWS
     else:
         sm = smems[rank]
         races = sm.races
+        nst = 3
+        mv0 = 3 * ASZ + 2 * BSZ
         a_off = lambda s_: s_ * ASZ
         b_off = lambda s_: 3 * ASZ + s_ * BSZ
         nown = ROWS // cl
+    mv_row = lambda st, row: mv0 + st * 2 * ROWS + 2 * row  # factor; token at + 1
+    mv_flag = lambda st, wi: mv0 + nst * 2 * ROWS + st * 8 * cl + wi
     rsh = Smem(nown, "rsh", races)
     tid = np.arange(NT, dtype=np.int64)
     lane, warp = tid % 32, tid // 32
@@ -1418,20 +1436,85 @@ def aft_full_tc_gen(cx, bid, cl=1, rank=0, smems=None):
                 wreg[:, i, e] = np.where(ok, mem.load(p.w + (t * p.t + tp) * 4, ok, "w"), F32(0))
         return wreg
 
-    def exp_w(t0, kb, wreg):
+    amax = F32(15) if scaled(dt) else F32(0)  # AftFgRef: exponent bound, and S after a move
+    snew = amax - F32(4)
+    targets = [(sm, tid)] if cl == 1 else [(smems[c], tid + 100000 * (rank + 1)) for c in range(cl)]
+
+    def args(t0, kb, wreg, i, c):  # aft_fg_args: exponents, −inf for masked keys
         tp = kb + 2 * (tid % 16)
+        end = np.minimum(p.t, t0 + row_of_slot(i) + 1) if p.causal else p.t
+        return [np.where(tp + e < end, fmaf(wreg[:, i, e], LOG2E, c), F32(-np.inf)).astype(F32) for e in range(2)]
+
+    def exp_w(t0, kb, wreg, st, tok):
+        """aft_fg_exp_any: operands from the rows' references (rsh); a warp with an exponent above
+        amax or NaN redoes the block in aft_fg_move: rows whose block max beats the reference (or
+        that have none) take it, publishing factor and token to stage st of every CTA's moves."""
         ap = np.zeros((NT, slots, 2), F32)
+        top = np.full(NT, -np.inf, F32)
+        c = [rsh.read(own_of_slot(i), tid, None, "rcf") for i in range(slots)]
         for i in range(slots):
-            row = row_of_slot(i)
-            end = np.minimum(p.t, t0 + row + 1) if p.causal else p.t
-            r = rsh.read(own_of_slot(i), tid, None, "rcf")
+            a = args(t0, kb, wreg, i, c[i])
             for e in range(2):
-                ok = tp + e < end
-                ap[:, i, e] = np.where(ok, dt.from_f32(ex2(fmaf(wreg[:, i, e], LOG2E, r))).astype(F32), F32(0))
+                top = np.where(np.isnan(top) | np.isnan(a[e]), F32(np.nan), np.maximum(top, a[e])).astype(F32)
+                ap[:, i, e] = dt.from_f32(ex2(a[e])).astype(F32)
+        trig = ~(top <= amax)
+        wtrig = np.repeat(trig.reshape(-1, 32).any(axis=1), 32)  # __any_sync
+        if not wtrig.any():
+            return ap
+        STATS["fg_moves"] += int(wtrig.sum() // 32)
+        moved_any = np.zeros(NT, bool)
+        for i in range(slots):
+            a = args(t0, kb, wreg, i, F32(0))
+            m = np.fmax(np.where(np.isneginf(a[0]), F32(-np.inf), wreg[:, i, 0]),
+                        np.where(np.isneginf(a[1]), F32(-np.inf), wreg[:, i, 1])).astype(F32)
+            m = np.repeat(np.fmax.reduce(m.reshape(-1, 16), axis=1), 16)  # the row's 16 lanes
+            unset = np.isnan(c[i])
+            move = np.where(unset, m > -np.inf, fmaf(m, LOG2E, c[i]) > amax)
+            cn = np.where(move, fmaf(-m, LOG2E, snew), c[i]).astype(F32)
+            moved = wtrig & move & ~np.isnan(cn)
+            moved_any |= moved
+            lead = moved & (tid % 16 == 0)
+            if lead.any():
+                rsh.write(own_of_slot(i), cn, tid, lead, "rcf", syncwarp=True)
+                f = np.where(unset, F32(0), ex2(cn - c[i])).astype(F32)
+                row = row_of_slot(i)
+                for tsm, wtid in targets:
+                    tsm.write(mv_row(st, row), f, wtid, lead, "moves (factor)")
+                    tsm.write(mv_row(st, row) + 1, np.full(NT, tok, F32), wtid, lead, "moves (token)")
+            cu = np.where(np.isnan(cn), F32(-np.inf), cn).astype(F32)
+            a = args(t0, kb, wreg, i, cu)
+            for e in range(2):
+                ap[:, i, e] = np.where(wtrig, dt.from_f32(ex2(a[e])).astype(F32), ap[:, i, e])
+        wmoved = np.repeat(moved_any.reshape(-1, 32).any(axis=1), 32)
+        flag = wmoved & (lane == 0)
+        if flag.any():
+            writer = (0 if cl == 1 else rank) * 8 + warp
+            for tsm, wtid in targets:
+                tsm.write(mv_flag(st, writer), np.full(NT, tok, F32), wtid, flag, "moves (flag)")
         return ap
 
+    def rescale(st, tok, acc):
+        """aft_fg_rescale: the warp's accumulator rows whose reference moved for block `tok`."""
+        nf = 8 if cl == 1 else 16
+        f0 = 0 if cl == 1 else (wr // nown) * 8
+        hit = sm.read(mv_flag(st, f0 + lane % nf), tid, None, "moves (flag)") == tok
+        whit = np.repeat(hit.reshape(-1, 32).any(axis=1), 32)
+        if not whit.any():
+            return acc
+        acc = acc.copy()
+        for mi in range(4):
+            for hh in range(2):
+                row = wr + 16 * mi + g + 8 * hh
+                f = sm.read(mv_row(st, row), tid, whit, "moves (factor)")
+                tk = sm.read(mv_row(st, row) + 1, tid, whit, "moves (token)")
+                app = whit & (tk == tok)
+                for e1 in range(2):
+                    x = 2 * hh + e1
+                    acc[:, :, mi, :, x] = np.where(app[:, None, None], mul(acc[:, :, mi, :, x], f[:, None, None]),
+                                                   acc[:, :, mi, :, x])
+        return acc
+
     def store_w(stage, ap):  # cl > 1: st.shared::cluster into every CTA's A stage
-        targets = [(sm, tid)] if cl == 1 else [(smems[c], tid + 100000 * (rank + 1)) for c in range(cl)]
         for i in range(slots):
             row = row_of_slot(i)
             for e in range(2):
@@ -1493,6 +1576,16 @@ def aft_full_tc_gen(cx, bid, cl=1, rank=0, smems=None):
                             acc[:, 1, mi, j, x] = np.where(act & fd, fmaf(wt, bd, acc[:, 1, mi, j, x]), acc[:, 1, mi, j, x])
         return acc
 
+    for st in range(nst):  # aft_fg_moves_init: no move published (tokens start at 1)
+        for r in range(ROWS):
+            for x in range(2):
+                sm.write(np.full(NT, mv_row(st, r) + x), np.zeros(NT, F32), tid, tid == (2 * r + x) % NT, "moves (init)")
+        for wi in range(8 * cl):
+            sm.write(np.full(NT, mv_flag(st, wi)), np.zeros(NT, F32), tid, tid == wi % NT, "moves (init)")
+    # The first cluster barrier's arrive (release) orders these before any remote store; this
+    # emulator's epochs advance only at a CTA's own wait, so the order is stated here.
+    races.barrier()
+    tok0 = 1
     tiles_r = div_up(p.t, ROWS)
     it = by
     while it < tiles_r:
@@ -1505,16 +1598,13 @@ def aft_full_tc_gen(cx, bid, cl=1, rank=0, smems=None):
             yield "arrive"
             yield "wait"
             races.barrier()  # a cluster barrier orders this CTA too
-        row0 = t0 + (0 if cl == 1 else rank * nown)
         act = tid < nown
-        rv = mem.load(p.rmax + 4 * (row0 + tid), act & (row0 + tid < p.t), "rmax")
-        l2s = F32(15) if scaled(dt) else F32(0)
-        rsh.write(tid, fmaf(-np.where(row0 + tid < p.t, rv, F32(0)), LOG2E, l2s), tid, act, "rcf")
+        rsh.write(tid, np.full(NT, np.nan, F32), tid, act, "rcf")  # aft_fg_unset: no references yet
         acc = np.zeros((NT, 2, 4, 4, 4), F32)
         wreg = load_w(t0, 0)
         copy_b(0, 0)
         races.barrier()
-        store_w(0, exp_w(t0, 0, wreg))
+        store_w(0, exp_w(t0, 0, wreg, 0, tok0))
         races.barrier()
         if cl > 1:  # cluster_sync: A stage 0 complete everywhere
             yield "arrive"
@@ -1524,6 +1614,7 @@ def aft_full_tc_gen(cx, bid, cl=1, rank=0, smems=None):
         for i in range(nkb):
             ast, bst, nast, nbst = i % nas, i % 2, (i + 1) % nas, (i + 1) % 2
             more = i + 1 < nkb
+            acc = rescale(ast, tok0 + i, acc)
             if p.causal and i * KB + KB - 1 > t0:
                 masked = bool(block_bad(bst).any())
                 races.barrier()  # __syncthreads_or
@@ -1538,7 +1629,7 @@ def aft_full_tc_gen(cx, bid, cl=1, rank=0, smems=None):
                 copy_b((i + 1) * KB, nbst)
             acc = mma(ast, bst, 0, acc)
             if more:
-                ap = exp_w(t0, (i + 1) * KB, wreg)
+                ap = exp_w(t0, (i + 1) * KB, wreg, nast, tok0 + i + 1)
                 if cl > 1:  # shared before the arrive
                     store_w(nast, ap)
             if cl > 1:
@@ -1591,6 +1682,7 @@ def aft_full_tc_gen(cx, bid, cl=1, rank=0, smems=None):
                 qv = mem.load(q + (t * p.q_sn + c) * sz, np.ones(t.shape, bool), "q")
                 y = mul(sigmoid_t(dt, qv), aft_exact(cx, k, v, h_, t, c))
                 mem.store(o + (t * p.o_sn + c) * sz, dt.from_f32(y), np.ones(t.shape, bool), "o")
+        tok0 += nkb
         it += gdy
     if cl > 1:  # final cluster_sync
         yield "arrive"
