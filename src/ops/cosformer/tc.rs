@@ -107,6 +107,16 @@ fn tc_causal_rows(plan: &Plan) -> usize {
     want.max(1).div_ceil(plan.rows_per_chunk) * plan.rows_per_chunk
 }
 
+/// Non-causal key-chunk rows of the tensor-core reduce: as many chunks per slice as fill the
+/// device once with its CTAs (`slots` of them resident), so that the partial states written and
+/// summed are as few as the critical path allows (the plan's 1024-CTA chunking is the workspace's
+/// upper bound: at B·H = 16 it wrote 64 partials of 33 KB per slice, 34 MB, where one wave needs
+/// 16). A multiple of the plan's chunk rows, so never more chunks than the plan has.
+fn tc_reduce_rows(plan: &Plan, slots: usize) -> usize {
+    let want = (slots / (plan.b * plan.h)).max(1);
+    plan.chunks.div_ceil(want) * plan.rows_per_chunk
+}
+
 /// Queues the chained causal kernel (D ∈ {64, 128}): a memset of its flags, then one launch of
 /// `B·H·chunks·shares` CTAs (D = 128: two shares of the value columns per chunk). False when the
 /// plan does not take it (not chained, another D, a default chunking below
@@ -261,13 +271,17 @@ pub(super) unsafe fn queue_tc(
         let map = rt.function(FAMILY, &format!("cosformer_map_tc{d}_{dt}"))?;
         let msmem = map_smem(d);
         rt.allow_dynamic_smem(&map, msmem)?;
+        let rows = tc_reduce_rows(plan, rt.resident_ctas(&reduce, reduce_threads(d), rsmem)?);
+        p.rows_per_chunk = rows as i32;
+        p.chunks = plan.s.div_ceil(rows) as i32;
         // Persistent map CTAs: one wave, shared among the (b,h) slices.
         let slots = rt.resident_ctas(&map, TC_MAP_THREADS, msmem)?;
         let per_bh = slots.div_ceil(bh).max(1);
         let map_grid = (plan.n.div_ceil(TC_MAP_ROWS).min(per_bh) as u32, bh_y, 1);
-        // SAFETY: as in `queue`; the grids cover every chunk, state element and query tile.
+        // SAFETY: as in `queue` (p.chunks ≤ plan.chunks: the partials fit the workspace); the
+        // grids cover every chunk, state element and query tile.
         unsafe {
-            let rgrid = (grid_dim(bh), plan.chunks as u32, 1);
+            let rgrid = (grid_dim(bh), p.chunks as u32, 1);
             launch_smem(stream, &reduce, rgrid, reduce_threads(d), rsmem, &p)?;
             launch(stream, &finalize, (elem_blocks, bh_y, 1), THREADS, &p)?;
             launch_smem(stream, &map, map_grid, TC_MAP_THREADS, msmem, &p)?;
@@ -296,5 +310,33 @@ mod tests {
         );
         assert_eq!((reduce_threads(80), reduce_threads(96)), (320, 384));
         assert_eq!((map_smem(80), map_smem(96)), (51968, 68096));
+    }
+
+    // The benchmark shape on an H100 (reduce: 2 CTAs of 256 threads per SM, 132 SMs): 16 key
+    // chunks of 4096 rows per slice in one wave, not the plan's 64; never more than the plan's.
+    #[test]
+    fn reduce_chunks_fill_one_wave() {
+        use crate::tensor::{Dims, Layout};
+        let plan_of = |b, h, s| {
+            let q = Layout::contiguous(Dims::new(b, h, s, 64));
+            let params = super::super::CosformerParams::default();
+            Plan::new(&q, &q, &q, &q, &params).unwrap()
+        };
+        let p = plan_of(1, 16, 65536);
+        assert_eq!((p.chunks, p.rows_per_chunk), (64, 1024));
+        assert_eq!(tc_reduce_rows(&p, 264), 4096);
+        for (b, h, s, slots) in [
+            (1, 16, 65536, 1),
+            (4, 64, 5000, 264),
+            (1, 1, 70000, 100000),
+            (1, 3, 9999, 7),
+        ] {
+            let p = plan_of(b, h, s);
+            let rows = tc_reduce_rows(&p, slots);
+            assert_eq!(rows % p.rows_per_chunk, 0);
+            let chunks = s.div_ceil(rows);
+            assert!(chunks <= p.chunks && chunks * rows >= s);
+            assert!(chunks == p.chunks || chunks * b * h <= slots.max(b * h));
+        }
     }
 }
