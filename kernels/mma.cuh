@@ -222,4 +222,11 @@ __device__ __forceinline__ void st_cluster_u32(const void* local, int rank, u32 
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
   asm volatile("st.shared::cluster.u32 [%0], %1;" ::"r"(remote), "r"(v) : "memory");
 }
+// Stores (v0, v1) at the 8-byte aligned address of `local` in the shared memory of cluster CTA
+// `rank`.
+__device__ __forceinline__ void st_cluster_v2(const void* local, int rank, u32 v0, u32 v1) {
+  u32 remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
+  asm volatile("st.shared::cluster.v2.u32 [%0], {%1, %2};" ::"r"(remote), "r"(v0), "r"(v1) : "memory");
+}
 #endif

@@ -52,6 +52,7 @@ PTX = [
     (r"^mov\.u32 %0, %%cluster_ctarank", "{0} = sim::cluster_rank();"),
     (r"^mapa\.shared::cluster\.u32 %0, %1, %2", "{0} = sim::mapa({1}, {2});"),
     (r"^st\.shared::cluster\.u32 \[%0\], %1", "sim::st_cluster_u32({0}, {1});"),
+    (r"^st\.shared::cluster\.v2\.u32 \[%0\], \{%1, %2\}", "sim::st_cluster_u32({0}, {1}); sim::st_cluster_u32({0} + 4, {2});"),
     (r"^cvt\.f32\.f16 %0, %1", "{0} = sim::h2f({1});"),
     (r"^cvt\.rn\.f16\.f32 %0, %1", "{0} = sim::f2h({1});"),
     (r"^cvt\.rn\.bf16\.f32 %0, %1", "{0} = sim::f2bf({1});"),

@@ -154,13 +154,27 @@ pub(crate) fn check_f32_buffer(arg: &'static str, ptr: u64, len: usize, need: us
     Ok(())
 }
 
-/// A raw workspace must hold `need` bytes and be non-null and 4-byte aligned when used.
+/// Rows per split of a split-over-rows reduction (partials summed in a fixed order after it) for
+/// one wave of its CTAs: as many splits per slice as `slots` resident CTAs hold for `slices`
+/// slices, where the plan sized the workspace for `plan_splits` splits of `plan_rows` rows. A
+/// multiple of `plan_rows`, so never more splits than the workspace holds; fewer partials to
+/// write and sum, at the same critical path as several waves of the plan's splits.
+pub(crate) fn one_wave_rows(
+    plan_splits: usize,
+    plan_rows: usize,
+    slots: usize,
+    slices: usize,
+) -> usize {
+    plan_splits.div_ceil((slots / slices.max(1)).max(1)) * plan_rows
+}
+
 /// Whether 16-bit rows at these device addresses and element strides start on 16-byte boundaries
 /// (what the tensor-core kernels' cp.async / 16-byte stores need).
 pub(crate) fn rows_16b_aligned(ptrs: &[u64], strides: &[i64]) -> bool {
     ptrs.iter().all(|a| a % 16 == 0) && strides.iter().all(|s| s % 8 == 0)
 }
 
+/// A raw workspace must hold `need` bytes and be non-null and 4-byte aligned when used.
 pub(crate) fn check_workspace(need: usize, workspace: u64, len: usize) -> Result<()> {
     if len < need {
         return Err(Error::BufferTooSmall {

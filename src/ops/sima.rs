@@ -6,8 +6,8 @@
 //! on tensor cores; everything else (f32, other head dims, odd strides) on the CUDA-core kernels.
 
 use super::{
-    check_raw, check_workspace, launch, launch_smem, with_raw, RawTensor, TensorMut, TensorRef,
-    MAX_HEAD_DIM,
+    check_raw, check_workspace, launch, launch_smem, one_wave_rows, with_raw, RawTensor, TensorMut,
+    TensorRef, MAX_HEAD_DIM,
 };
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
@@ -269,6 +269,12 @@ pub unsafe fn forward_raw(
                 let (rsmem, msmem) = (tc_reduce_smem(d), tc_map_smem(d));
                 rt.allow_dynamic_smem(&reduce, rsmem)?;
                 rt.allow_dynamic_smem(&map, msmem)?;
+                // The reduce in one wave: fewer partials to write and sum (one_wave_rows).
+                let rthreads = (d / 16 * 32) as u32;
+                let rslots = rt.resident_ctas(&reduce, rthreads, rsmem)?;
+                let rows = one_wave_rows(chunks, rows_per_chunk, rslots, bh);
+                p.rows_per_chunk = rows as i32;
+                p.chunks = n.div_ceil(rows) as i32;
                 let slots = rt.resident_ctas(&map, TC_MAP_THREADS, msmem)?;
                 let per_bh = slots.div_ceil(bh).max(1);
                 let map_grid = (
@@ -279,15 +285,8 @@ pub unsafe fn forward_raw(
                 // SAFETY: as below; the tensor-core kernels additionally need 16-byte-aligned
                 // rows of q, k, v and o (checked: `vec`, `o_vec`) and d == dv (checked).
                 unsafe {
-                    let reduce_grid = (grid_dim(bh), chunks as u32, 1);
-                    launch_smem(
-                        stream,
-                        &reduce,
-                        reduce_grid,
-                        (d / 16 * 32) as u32,
-                        rsmem,
-                        &p,
-                    )?;
+                    let reduce_grid = (grid_dim(bh), p.chunks as u32, 1);
+                    launch_smem(stream, &reduce, reduce_grid, rthreads, rsmem, &p)?;
                     launch(stream, &finalize, (grid_dim(bh), d as u32, 1), 128, &p)?;
                     launch_smem(stream, &map, map_grid, TC_MAP_THREADS, msmem, &p)?;
                 }

@@ -1,6 +1,6 @@
 """Model of newton_pinv_cl_f32 (kernels/newton.cu) against newton_pinv_t64_f32 (newton_smem): the
 cluster form splits the rows of both products over 8 CTAs (rb = ⌈m/8⌉ rows each, thread row
-t / 32, columns t % 32 and + 32) and all-gathers the new rows of Z into the other of two Z
+t / 32, columns 2·(t % 32) and + 1) and all-gathers the new rows of Z into the other of two Z
 buffers of every CTA, one cluster barrier per step; both sum every product over k in increasing
 order with fp32 FMAs, so Z must be bit-identical.
 Checks, for m ∈ {1 … 64}: every (row, column) of Z updated by exactly one thread of one CTA per
@@ -67,7 +67,7 @@ def cluster(a, m, iters, ridge=0.01, c=0.9):
         for r in range(CL):  # the interval between barriers it − 1 and it, CTAs in any order
             zc = copies[r][cur]
             for t in range(THREADS):
-                row, j0 = r * rb + t // 32, t % 32
+                row, j0 = r * rb + t // 32, 2 * (t % 32)
                 if t // 32 >= rb or row >= m:
                     continue
                 # The CTA's T row (every lane of the warp writes its two columns before the
@@ -79,7 +79,7 @@ def cluster(a, m, iters, ridge=0.01, c=0.9):
                         acc = fma(zc[row, k], ah[k, j], acc)
                     trow[j] = acc
                 read[r, cur, row, :] = True
-                for j in (j0, j0 + 32):
+                for j in (j0, j0 + 1):
                     if j < m:
                         acc = F32(0)
                         for k in range(m):

@@ -5,7 +5,7 @@
 use super::launch::{grid_dim, KernelParams, FAMILY, MAX_GRID_YZ, THREADS};
 use super::plan::{state_len, Plan, BLOCK, SHORT_CL};
 use crate::error::Result;
-use crate::ops::{launch, launch_smem, rows_16b_aligned, zero_u32};
+use crate::ops::{launch, launch_smem, one_wave_rows, rows_16b_aligned, zero_u32};
 use crate::runtime::Runtime;
 use crate::tensor::DType;
 use cudarc::driver::CudaStream;
@@ -107,14 +107,11 @@ fn tc_causal_rows(plan: &Plan) -> usize {
     want.max(1).div_ceil(plan.rows_per_chunk) * plan.rows_per_chunk
 }
 
-/// Non-causal key-chunk rows of the tensor-core reduce: as many chunks per slice as fill the
-/// device once with its CTAs (`slots` of them resident), so that the partial states written and
-/// summed are as few as the critical path allows (the plan's 1024-CTA chunking is the workspace's
-/// upper bound: at B·H = 16 it wrote 64 partials of 33 KB per slice, 34 MB, where one wave needs
-/// 16). A multiple of the plan's chunk rows, so never more chunks than the plan has.
+/// Non-causal key-chunk rows of the tensor-core reduce: one wave of its CTAs (`slots` resident),
+/// [`one_wave_rows`]. The plan's 1024-CTA chunking wrote 64 partials of 33 KB per slice at
+/// B·H = 16 (34 MB) where one wave on an H100 needs 16.
 fn tc_reduce_rows(plan: &Plan, slots: usize) -> usize {
-    let want = (slots / (plan.b * plan.h)).max(1);
-    plan.chunks.div_ceil(want) * plan.rows_per_chunk
+    one_wave_rows(plan.chunks, plan.rows_per_chunk, slots, plan.b * plan.h)
 }
 
 /// Queues the chained causal kernel (D ∈ {64, 128}): a memset of its flags, then one launch of

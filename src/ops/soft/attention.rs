@@ -9,8 +9,8 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::ops::{
-    check_f32_buffer, check_ptr, check_workspace, launch, launch_smem, ptr_of, rows_16b_aligned,
-    with_raw, RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM,
+    check_f32_buffer, check_ptr, check_workspace, launch, launch_smem, one_wave_rows, ptr_of,
+    rows_16b_aligned, with_raw, RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM,
 };
 use crate::runtime::Runtime;
 use crate::tensor::{DType, Dims, Element, Layout};
@@ -258,7 +258,7 @@ pub unsafe fn attention_raw(
     let [k_sb, k_sh, k_sn] = strides(&k.layout);
     let [v_sb, v_sh, v_sn] = strides(&v.layout);
     let [o_sb, o_sh, o_sn] = strides(&o.layout);
-    let p = KernelParams {
+    let mut p = KernelParams {
         q: q.ptr,
         k: k.ptr,
         v: v.ptr,
@@ -299,20 +299,31 @@ pub unsafe fn attention_raw(
     let (bh_y, lt) = (grid_yz(bh), m.div_ceil(LM) as u32);
     let tiles = (m.div_ceil(LM) * dv.div_ceil(ET)) as u32;
     // The two heavy passes: tensor cores when the dims and alignment allow, else CUDA cores. Both
-    // write the same partials (same chunks and landmark tiles) and the same output.
+    // write partials of the same layout (chunks of the workspace, landmark tiles) and the output;
+    // the tensor-core pass 1 takes fewer, longer chunks (one wave).
     let (pass1, pass2) = if tensor_cores(plan, dtype, &p, rt.info().smem_per_block_optin) {
         let (s1, s2) = (tc::pass1_smem(d) as u32, tc::pass2_smem(d, m) as u32);
         let f1 = rt.function(FAMILY, &format!("soft_pass1_tc{d}_{dt}"))?;
         let f2 = rt.function(FAMILY, &format!("soft_pass2_tc{d}_{dt}"))?;
         rt.allow_dynamic_smem(&f1, s1)?;
         rt.allow_dynamic_smem(&f2, s2)?;
+        // Pass 1 in one wave: fewer partials of PᵀV to write and sum (one_wave_rows).
+        let slices = bh * lt as usize;
+        let rows = one_wave_rows(
+            plan.chunks,
+            plan.rows_per_chunk,
+            rt.resident_ctas(&f1, TC_THREADS, s1)?,
+            slices,
+        );
+        p.rows_per_chunk = rows as i32;
+        p.chunks = n.div_ceil(rows) as i32;
         // Pass 2 is persistent: one wave of CTAs shared among the (b,h) slices, each splitting
         // L and W into shared memory once per slice.
         let slots = rt.resident_ctas(&f2, TC_THREADS, s2)?;
         let per_bh = slots.div_ceil(bh).max(1);
         let grid2 = (n.div_ceil(TC_ROWS).min(per_bh) as u32, bh_y, 1);
         (
-            (f1, (plan.chunks as u32, bh_y, lt), TC_THREADS, s1),
+            (f1, (p.chunks as u32, bh_y, lt), TC_THREADS, s1),
             (f2, grid2, TC_THREADS, s2),
         )
     } else {
