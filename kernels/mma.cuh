@@ -45,8 +45,9 @@ __device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], const void* p) {
                : "r"(smem_addr(p)));
 }
 
-// The same two from a shared-window address (smem_addr), for loops that step one base address
-// instead of converting a generic pointer per load.
+// The same two from a 32-bit shared-window address (smem_addr): loops step one base per lane with
+// constant offsets, where generic pointers would convert (or keep a 64-bit induction variable)
+// per distinct ldmatrix.
 __device__ __forceinline__ void ldmatrix_x4_at(u32 (&r)[4], u32 a) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])

@@ -46,19 +46,6 @@ __host__ __device__ constexpr int soft_tc_pass2_smem(int d, int m) {
   return (4 * soft_tc_mpad(m) + 2 * SOFT_TC_ROWS) * (d + 8) * 2 + 2 * soft_tc_mpad(m) * 4 + 2 * d * 4;
 }
 
-// ldmatrix on 32-bit shared-window addresses (one base per lane, constant offsets in the loops:
-// generic pointers would keep one 64-bit induction variable per distinct ldmatrix live).
-__device__ __forceinline__ void soft_ldsm_x4(u32 (&r)[4], u32 addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void soft_ldsm_x4_trans(u32 (&r)[4], u32 addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
 // 16 bytes from a 32-bit shared-window address.
 __device__ __forceinline__ uint4 soft_lds128(u32 addr) {
   uint4 r;
@@ -219,7 +206,7 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
           // B = Xᵀ (k = c, n = rows): bx[kt][0..1] rows n0 + g, bx[kt][2..3] rows n0 + 8 + g.
           u32 bx[KT][4];
 #pragma unroll
-          for (int kt = 0; kt < KT; ++kt) soft_ldsm_x4(bx[kt], kaddr + buf * STAGE + (n0 * LD + kt * 16) * 2);
+          for (int kt = 0; kt < KT; ++kt) ldmatrix_x4_at(bx[kt], kaddr + buf * STAGE + (n0 * LD + kt * 16) * 2);
           // Accumulator columns 2t, 2t + 1 of n-tile nt are rows n0 + 8nt + 2t (+1).
           const float2 xr0 = *reinterpret_cast<const float2*>(&xr[n0 + 2 * t]);
           const float2 xr1 = *reinterpret_cast<const float2*>(&xr[n0 + 8 + 2 * t]);
@@ -232,7 +219,7 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
 #pragma unroll
             for (int kt = 0; kt < KT; ++kt) {
               u32 al[4];  // A = the warp's σ-scaled landmark rows (hi or lo)
-              soft_ldsm_x4(al, laddr + part * (SOFT_LM * LD * 2) + kt * 32);
+              ldmatrix_x4_at(al, laddr + part * (SOFT_LM * LD * 2) + kt * 32);
               mma16816<T>(gt[0], al, bx[kt][0], bx[kt][1]);
               mma16816<T>(gt[1], al, bx[kt][2], bx[kt][3]);
             }
@@ -252,7 +239,7 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
 #pragma unroll
           for (int e0 = 0; e0 < D; e0 += 16) {
             u32 bv[4];  // B = V (k = rows, n = e): n-tiles e0, e0 + 8
-            soft_ldsm_x4_trans(bv, vaddr + buf * STAGE + (n0 * LD + e0) * 2);
+            ldmatrix_x4_trans_at(bv, vaddr + buf * STAGE + (n0 * LD + e0) * 2);
             mma16816<T>(acc[e0 / 8], ph, bv[0], bv[1]);
             mma16816<T>(acc[e0 / 8 + 1], ph, bv[2], bv[3]);
             mma16816<T>(acc[e0 / 8], pl, bv[0], bv[1]);
@@ -362,7 +349,7 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
       float x0 = 0.f, x1 = 0.f;
 #pragma unroll
       for (int kt = 0; kt < KT; ++kt) {
-        soft_ldsm_x4(ax[kt], xaddr + buf * (ROWS * LD * 2) + kt * 32);
+        ldmatrix_x4_at(ax[kt], xaddr + buf * (ROWS * LD * 2) + kt * 32);
         x0 = soft_sq4<T>(ax[kt][0], ax[kt][2], x0);
         x1 = soft_sq4<T>(ax[kt][1], ax[kt][3], x1);
       }
@@ -390,7 +377,7 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
 #pragma unroll
             for (int np = 0; np < NJ / 2; ++np) {
               u32 bl[4];  // B = (σL)ᵀ (k = c, n = landmarks): n-tiles 2np, 2np + 1
-              soft_ldsm_x4(bl, lrow + part * plane + (np * 16 * LD + kt * 16) * 2);
+              ldmatrix_x4_at(bl, lrow + part * plane + (np * 16 * LD + kt * 16) * 2);
               mma16816<T>(gs[2 * np], ax[kt], bl[0], bl[1]);
               mma16816<T>(gs[2 * np + 1], ax[kt], bl[2], bl[3]);
             }
@@ -418,8 +405,8 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
 #pragma unroll
           for (int e0 = 0; e0 < D; e0 += 16) {
             u32 bh4[4], bl4[4];  // B = W (k = landmarks, n = e): n-tiles e0, e0 + 8
-            soft_ldsm_x4_trans(bh4, wrow + e0 * 2);
-            soft_ldsm_x4_trans(bl4, wrow + plane + e0 * 2);
+            ldmatrix_x4_trans_at(bh4, wrow + e0 * 2);
+            ldmatrix_x4_trans_at(bl4, wrow + plane + e0 * 2);
             mma16816<T>(acc[e0 / 8], ph, bh4[0], bh4[1]);
             mma16816<T>(acc[e0 / 8 + 1], ph, bh4[2], bh4[3]);
             mma16816<T>(acc[e0 / 8], pl, bh4[0], bh4[1]);
