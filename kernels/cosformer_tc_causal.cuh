@@ -227,7 +227,7 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
 #pragma unroll
           for (int kt = 0; kt < KT; ++kt) {
             u32 bk[4];  // B = Kᵀ: n = key rows, k = c; keys kg·16 + {0–7, 8–15}
-            ldmatrix_x4(bk, &ks[kg * 16 + (mat / 2) * 8 + r8][kt * 16 + (mat % 2) * 8]);
+            ldmatrix_x4_at(bk, smem_addr_folded(&ks[kg * 16 + (mat / 2) * 8 + r8][kt * 16 + (mat % 2) * 8]));
             mma16816<T>(s[2 * kg], aq[kt], bk[0], bk[1]);
             mma16816<T>(s[2 * kg + 1], aq[kt], bk[2], bk[3]);
           }
@@ -276,7 +276,7 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
 #pragma unroll
           for (int j = 0; j < ONT; j += 2) {
             u32 bf[4];
-            ldmatrix_x4_trans(bf, &vs[kg * 16 + r8 + (mat % 2) * 8][eo + j * 8 + (mat / 2) * 8]);
+            ldmatrix_x4_trans_at(bf, smem_addr_folded(&vs[kg * 16 + r8 + (mat % 2) * 8][eo + j * 8 + (mat / 2) * 8]));
             if (kg == rt) {  // diagonal group: masked pairs must not meet non-finite values
               bool bad = false;
 #pragma unroll

@@ -48,7 +48,7 @@ __device__ __forceinline__ void cos_tc_angles(float (*tab)[ROWS], const Cosforme
 template <typename T, int LD>
 __device__ __forceinline__ void cos_tc_key_frag(u32 (&a)[4], u16 (*ks)[LD], int n0, int c0, int relu) {
   const int lane = threadIdx.x % 32, mat = lane / 8, r = lane % 8;
-  ldmatrix_x4_trans(a, &ks[n0 + r + (mat / 2) * 8][c0 + (mat % 2) * 8]);
+  ldmatrix_x4_trans_at(a, smem_addr_folded(&ks[n0 + r + (mat / 2) * 8][c0 + (mat % 2) * 8]));
   if (relu) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) a[i] = relu2<T>(a[i]);
@@ -92,7 +92,7 @@ __device__ __forceinline__ void cos_tc_kv_mma(float (&acc_s)[NT][4], float (&acc
 #pragma unroll
   for (int j = 0; j + 1 < NT; j += 2) {
     u32 bf[4];  // B = V: k = key rows, columns e; two n-tiles (j, j + 1)
-    ldmatrix_x4_trans(bf, &vs[n0 + r + (mat % 2) * 8][e0 + j * 8 + (mat / 2) * 8]);
+    ldmatrix_x4_trans_at(bf, smem_addr_folded(&vs[n0 + r + (mat % 2) * 8][e0 + j * 8 + (mat / 2) * 8]));
     mma16816<T>(acc_s[j], as, bf[0], bf[1]);
     mma16816<T>(acc_s[j + 1], as, bf[2], bf[3]);
     mma16816<T>(acc_c[j], ac, bf[0], bf[1]);
@@ -100,7 +100,7 @@ __device__ __forceinline__ void cos_tc_kv_mma(float (&acc_s)[NT][4], float (&acc
   }
   if (NT % 2) {
     u32 bf[2];  // lanes 0–15 address the two k halves of the last n-tile
-    ldmatrix_x2_trans(bf, &vs[n0 + r + (mat % 2) * 8][e0 + (NT - 1) * 8]);
+    ldmatrix_x2_trans_at(bf, smem_addr_folded(&vs[n0 + r + (mat % 2) * 8][e0 + (NT - 1) * 8]));
     mma16816<T>(acc_s[NT - 1], as, bf[0], bf[1]);
     mma16816<T>(acc_c[NT - 1], ac, bf[0], bf[1]);
   }
@@ -290,8 +290,8 @@ __device__ __forceinline__ void cos_tc_state_mma(float (&acc)[NT][4], float (&dz
 #pragma unroll
     for (int j = 0; j + 1 < NT; j += 2) {
       u32 bc[4], bsn[4];
-      ldmatrix_x4_trans(bc, &brow[0][e0 + j * 8 + (mat / 2) * 8]);
-      ldmatrix_x4_trans(bsn, &brow[0][W + e0 + j * 8 + (mat / 2) * 8]);
+      ldmatrix_x4_trans_at(bc, smem_addr_folded(&brow[0][e0 + j * 8 + (mat / 2) * 8]));
+      ldmatrix_x4_trans_at(bsn, smem_addr_folded(&brow[0][W + e0 + j * 8 + (mat / 2) * 8]));
       mma16816<T>(oc[j], ac, bc[0], bc[1]);
       mma16816<T>(oc[j + 1], ac, bc[2], bc[3]);
       mma16816<T>(os[j], as, bsn[0], bsn[1]);
@@ -299,14 +299,14 @@ __device__ __forceinline__ void cos_tc_state_mma(float (&acc)[NT][4], float (&dz
     }
     if (NT % 2) {
       u32 bc[2], bsn[2];
-      ldmatrix_x2_trans(bc, &brow[0][e0 + (NT - 1) * 8]);
-      ldmatrix_x2_trans(bsn, &brow[0][W + e0 + (NT - 1) * 8]);
+      ldmatrix_x2_trans_at(bc, smem_addr_folded(&brow[0][e0 + (NT - 1) * 8]));
+      ldmatrix_x2_trans_at(bsn, smem_addr_folded(&brow[0][W + e0 + (NT - 1) * 8]));
       mma16816<T>(oc[NT - 1], ac, bc[0], bc[1]);
       mma16816<T>(os[NT - 1], as, bsn[0], bsn[1]);
     }
     if (DEN) {
       u32 bz[4];  // n-tile 0: βzc, n-tile 1: βzs
-      ldmatrix_x4_trans(bz, &brow[0][2 * W + (mat / 2) * 8]);
+      ldmatrix_x4_trans_at(bz, smem_addr_folded(&brow[0][2 * W + (mat / 2) * 8]));
       mma16816<T>(ozc, ac, bz[0], bz[1]);
       mma16816<T>(ozs, as, bz[2], bz[3]);
     }
@@ -330,7 +330,7 @@ __device__ __forceinline__ void cos_tc_query_ops(u32 (&aq)[D / 16][4], u16 (*qs)
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int kt = 0; kt < D / 16; ++kt) {
-    ldmatrix_x4(aq[kt], &qs[r0 + lane % 16][kt * 16 + (lane / 16) * 8]);
+    ldmatrix_x4_at(aq[kt], smem_addr_folded(&qs[r0 + lane % 16][kt * 16 + (lane / 16) * 8]));
     if (relu) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) aq[kt][i] = relu2<T>(aq[kt][i]);

@@ -153,3 +153,6 @@ inline double sim_pi_reduce(double x) { return x - 2.0 * std::nearbyint(x / 2.0)
 inline float cospif(float x) { return (float)std::cos(M_PI * sim_pi_reduce(x)); }
 inline float sinpif(float x) { return (float)std::sin(M_PI * sim_pi_reduce(x)); }
 inline void sincospif(float x, float* s, float* c) { *s = sinpif(x); *c = cospif(x); }
+
+// The CUDA intrinsic (kernels/mma.cuh smem_addr_folded): the shared-window address of a generic one.
+inline unsigned long long __cvta_generic_to_shared(const void* p) { return sim::smem_addr(p); }
