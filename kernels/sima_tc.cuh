@@ -77,13 +77,13 @@ __device__ void sima_reduce_tc(const SimaParams& p) {
         u32 a[4];
         {  // A = K^T: rows c of the warp's m-tile, columns n; stored as ks[n][c], so transposed
           int mat = lane / 8, r = lane % 8;
-          ldmatrix_x4_trans(a, &ks[buf][n0 + r + (mat / 2) * 8][warp * 16 + (mat % 2) * 8]);
+          ldmatrix_x4_trans_at(a, smem_addr_folded(&ks[buf][n0 + r + (mat / 2) * 8][warp * 16 + (mat % 2) * 8]));
         }
 #pragma unroll
         for (int e0 = 0; e0 < D; e0 += 16) {
           u32 bf[4];  // B = V: k = n rows, columns e; two n-tiles (e0, e0 + 8)
           int mat = lane / 8, r = lane % 8;
-          ldmatrix_x4_trans(bf, &vs[buf][n0 + r + (mat % 2) * 8][e0 + (mat / 2) * 8]);
+          ldmatrix_x4_trans_at(bf, smem_addr_folded(&vs[buf][n0 + r + (mat % 2) * 8][e0 + (mat / 2) * 8]));
           mma16816<T>(acc[e0 / 8], a, bf[0], bf[1]);
           mma16816<T>(acc[e0 / 8 + 1], a, bf[2], bf[3]);
         }
@@ -177,12 +177,12 @@ __device__ void sima_map_tc(const SimaParams& p) {
 #pragma unroll
       for (int kt = 0; kt < KT; ++kt) {
         u32 a[4];
-        ldmatrix_x4(a, &qs[buf][warp * 16 + lane % 16][kt * 16 + (lane / 16) * 8]);
+        ldmatrix_x4_at(a, smem_addr_folded(&qs[buf][warp * 16 + lane % 16][kt * 16 + (lane / 16) * 8]));
 #pragma unroll
         for (int e0 = 0; e0 < D; e0 += 16) {
           u32 bf[4];  // B = αG: k = c rows, columns e; two n-tiles (e0, e0 + 8)
           int mat = lane / 8, r = lane % 8;
-          ldmatrix_x4_trans(bf, &gs[kt * 16 + r + (mat % 2) * 8][e0 + (mat / 2) * 8]);
+          ldmatrix_x4_trans_at(bf, smem_addr_folded(&gs[kt * 16 + r + (mat % 2) * 8][e0 + (mat / 2) * 8]));
           mma16816<T>(acc[e0 / 8], a, bf[0], bf[1]);
           mma16816<T>(acc[e0 / 8 + 1], a, bf[2], bf[3]);
         }
