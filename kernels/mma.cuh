@@ -230,11 +230,19 @@ __device__ __forceinline__ void st_cluster_u32(const void* local, int rank, u32 
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
   asm volatile("st.shared::cluster.u32 [%0], %1;" ::"r"(remote), "r"(v) : "memory");
 }
-// Stores (v0, v1) at the 8-byte aligned address of `local` in the shared memory of cluster CTA
-// `rank`.
-__device__ __forceinline__ void st_cluster_v2(const void* local, int rank, u32 v0, u32 v1) {
+// The cluster shared-window address of shared-window address `local` in cluster CTA `rank`.
+// Linear: mapa(local + d) = mapa(local) + d, so one per CTA serves a whole array.
+__device__ __forceinline__ u32 cluster_map(u32 local, int rank) {
   u32 remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
+  asm("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+  return remote;
+}
+// Stores (v0, v1) at cluster shared-window address `remote` (8-byte aligned).
+__device__ __forceinline__ void st_cluster_v2_at(u32 remote, u32 v0, u32 v1) {
   asm volatile("st.shared::cluster.v2.u32 [%0], {%1, %2};" ::"r"(remote), "r"(v0), "r"(v1) : "memory");
+}
+// Stores v at cluster shared-window address `remote`.
+__device__ __forceinline__ void st_cluster_u32_at(u32 remote, u32 v) {
+  asm volatile("st.shared::cluster.u32 [%0], %1;" ::"r"(remote), "r"(v) : "memory");
 }
 #endif

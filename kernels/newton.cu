@@ -67,10 +67,10 @@ __device__ __forceinline__ void smem_gemm(const float* x, const float* y, int ld
 __device__ void newton_start(const SoftKernelParams& p, int bh, int ld, float* ah, float* zs) {
   const int m = p.m;
   const float* A = nptr(p.a) + (i64)bh * m * m;
-  for (int i = threadIdx.x; i < m * m; i += NEWTON_THREADS) ah[(i / m) * ld + i % m] = A[i];
+  for (int i = threadIdx.x; i < m * m; i += blockDim.x) ah[(i / m) * ld + i % m] = A[i];
   __syncthreads();
   const float alpha = newton_alpha(ah, ld, m, p.alpha_scale);
-  for (int i = threadIdx.x; i < m * m; i += NEWTON_THREADS) {
+  for (int i = threadIdx.x; i < m * m; i += blockDim.x) {
     const int r = i / m, c = i % m;
     const float v = ah[r * ld + c] + (r == c ? p.ridge : 0.f);
     ah[r * ld + c] = v;
@@ -218,100 +218,149 @@ static_assert(8 * 16 == NEWTON_SMEM_MAX_M, "largest one-launch tile");
 // per step suffices — it completes every copy of the new buffer, and since each CTA arrives after
 // its reads of the old one, no CTA still reads the buffer that step k + 1 overwrites. Each product
 // sums over k in increasing order with fp32 FMAs like newton_smem, so the result is bit-identical
-// to it. Thread: row i = t / 32 of the CTA's rows, columns 2·(t % 32) and 2·(t % 32) + 1. Grid: x =
-// NEWTON_CL × clusters, a cluster per matrix (grid-stride over bh). Dynamic shared memory
-// NEWTON_CL_SMEM: Â, the two Z buffers, the CTA's rows of T, all with the fixed leading dim
-// NEWTON_CL_LD: per 4 keys a warp reads its row's 4 factors as one broadcast 16-byte load and each
-// lane its 2 columns of the other operand as one 8-byte load at a constant offset (14 instructions
-// per 8 FMA; was 34 per 8 with a runtime leading dim and scalar loads).
+// to it. Grid: x = NEWTON_CL × clusters, a cluster per matrix (grid-stride over bh).
+// Thread mapping (4 warps): warp w owns columns [16w, 16w + 16) of the CTA's ≤ 8 rows; lane l
+// rows 2·(l / 8) and + 1, columns 16w + 2·(l % 8) and + 1 — a 2 × 2 register block. Per 4 keys
+// a warp reads 2 × 4 rows' factors (16-byte loads, rows 2 apart: 544 B, distinct banks) and 4 ×
+// 8 column pairs (8-byte loads, 64 B each): 6 shared-memory wavefronts for 16 FMA per thread.
+// The one-row-per-warp mapping it replaces read every column pair of the other operand in every
+// warp, 72 wavefronts per 4 keys per CTA against these 24: shared-memory bandwidth, not issue,
+// bounded it (≈ 2300 clk per step at m = 64; now ≈ 800).
+// Dynamic shared memory NEWTON_CL_SMEM: Â and the two Z buffers (NEWTON_CL_ROWS rows each: the
+// last 4 are zeros the one-group-ahead loads may read), the CTA's rows of T; leading dim
+// NEWTON_CL_LD (16-byte rows, 4 floats of zero padding).
 #define NEWTON_CL 8
+#define NEWTON_CL_THREADS 128
 #define NEWTON_CL_MAX_M 64
-#define NEWTON_CL_LD 64                                       // floats per row (16-byte rows)
-#define NEWTON_CL_MAT (NEWTON_CL_MAX_M * NEWTON_CL_LD)       // floats of one matrix
+#define NEWTON_CL_LD 68                                        // floats per row (16-byte rows)
+#define NEWTON_CL_ROWS (NEWTON_CL_MAX_M + 4)                   // + the zero rows read ahead
+#define NEWTON_CL_MAT (NEWTON_CL_ROWS * NEWTON_CL_LD)          // floats of one matrix
 #define NEWTON_CL_SMEM ((3 * NEWTON_CL_MAT + NEWTON_CL * NEWTON_CL_LD) * 4)
-static_assert(NEWTON_THREADS == 32 * NEWTON_CL && NEWTON_CL_MAX_M == 64, "row and column mapping");
-static_assert(NEWTON_CL_LD % 4 == 0 && NEWTON_CL_LD >= NEWTON_CL_MAX_M, "16-byte rows");
-static_assert(NEWTON_CL_SMEM == 51200, "mirrored in src/ops/soft/mod.rs (NEWTON_CL_SMEM)");
+static_assert(NEWTON_CL_THREADS == 16 * NEWTON_CL_MAX_M / 8 && NEWTON_CL == 8, "2×2 blocks of 8×64");
+static_assert(NEWTON_CL_LD % 4 == 0 && NEWTON_CL_LD >= NEWTON_CL_MAX_M + 4, "16-byte rows, read ahead");
+static_assert((2 * NEWTON_CL_LD * 4) % 128 == 32, "the 4 row pairs of a warp in distinct banks");
+static_assert(NEWTON_CL_SMEM == 57664, "mirrored in src/ops/soft/mod.rs (NEWTON_CL_SMEM)");
 
-// Σ_k x[k]·y[k][2·lane + {0, 1}] for k = 0 … m−1 in order (x: a row, broadcast; y: row-major,
-// leading dim NEWTON_CL_LD, both 16-byte aligned in shared memory).
-__device__ __forceinline__ float2 newton_cl_row(const float* x, const float* y, int m) {
-  const float* yc = y + 2 * (threadIdx.x % 32);
-  float a0 = 0.f, a1 = 0.f;
+// acc[i][j] = Σ_k x_i[k]·y[k][j] for k = 0 … m−1 in order, rows x_0, x_1 (16-byte aligned),
+// y row-major at leading dim NEWTON_CL_LD from the thread's first column (8-byte aligned). The
+// next 4 keys are loaded before the current 4 are multiplied (one warp per scheduler: nothing
+// else hides the load latency); the last look-ahead reads keys up to m + 3, zeros by the layout.
+// M > 0: m == M, the loop unrolled whole (no loop counter or branch among the loads and FMAs).
+template <int M>
+__device__ __forceinline__ void newton_cl_block(const float* x0, const float* x1, const float* y, int m,
+                                                float (&acc)[2][2]) {
+  constexpr int LD = NEWTON_CL_LD;
+  if constexpr (M > 0) m = M;
+  acc[0][0] = acc[0][1] = acc[1][0] = acc[1][1] = 0.f;
+  float4 a = *reinterpret_cast<const float4*>(x0), b = *reinterpret_cast<const float4*>(x1);
+  float2 yv[4];
+#pragma unroll
+  for (int u = 0; u < 4; ++u) yv[u] = *reinterpret_cast<const float2*>(y + u * LD);
   int k = 0;
-#pragma unroll 2
+#pragma unroll(M > 0 ? M / 4 : 2)
   for (; k + 4 <= m; k += 4) {
-    const float4 xv = *reinterpret_cast<const float4*>(x + k);
-    const float xs[4] = {xv.x, xv.y, xv.z, xv.w};
+    const float4 an = *reinterpret_cast<const float4*>(x0 + k + 4);
+    const float4 bn = *reinterpret_cast<const float4*>(x1 + k + 4);
+    float2 yn[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) yn[u] = *reinterpret_cast<const float2*>(y + (k + 4 + u) * LD);
+    const float xa[4] = {a.x, a.y, a.z, a.w}, xb[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
-      const float2 yv = *reinterpret_cast<const float2*>(yc + (k + u) * NEWTON_CL_LD);
-      a0 = fmaf(xs[u], yv.x, a0);
-      a1 = fmaf(xs[u], yv.y, a1);
+      acc[0][0] = fmaf(xa[u], yv[u].x, acc[0][0]);
+      acc[0][1] = fmaf(xa[u], yv[u].y, acc[0][1]);
+      acc[1][0] = fmaf(xb[u], yv[u].x, acc[1][0]);
+      acc[1][1] = fmaf(xb[u], yv[u].y, acc[1][1]);
+    }
+    a = an, b = bn;
+#pragma unroll
+    for (int u = 0; u < 4; ++u) yv[u] = yn[u];
+  }
+  const float xa[4] = {a.x, a.y, a.z, a.w}, xb[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+  for (int u = 0; u < 3; ++u) {  // keys k … m − 1 (m % 4 of them), already loaded
+    if (k + u < m) {
+      acc[0][0] = fmaf(xa[u], yv[u].x, acc[0][0]);
+      acc[0][1] = fmaf(xa[u], yv[u].y, acc[0][1]);
+      acc[1][0] = fmaf(xb[u], yv[u].x, acc[1][0]);
+      acc[1][1] = fmaf(xb[u], yv[u].y, acc[1][1]);
     }
   }
-  for (; k < m; ++k) {
-    const float2 yv = *reinterpret_cast<const float2*>(yc + k * NEWTON_CL_LD);
-    a0 = fmaf(x[k], yv.x, a0);
-    a1 = fmaf(x[k], yv.y, a1);
-  }
-  return make_float2(a0, a1);
 }
 
+template <int M>
 __device__ void newton_cluster(const SoftKernelParams& p) {
   extern __shared__ __align__(16) float newton_cl_smem[];
   constexpr int LD = NEWTON_CL_LD;
   float* ah = newton_cl_smem;
   float* zs = ah + NEWTON_CL_MAT;        // Z_k at zs + (k % 2)·NEWTON_CL_MAT
   float* ts = zs + 2 * NEWTON_CL_MAT;    // this CTA's rows of Z·Â
-  const int m = p.m, rank = cluster_rank();
-  const int rb = div_up(m, NEWTON_CL), row = rank * rb + (int)threadIdx.x / 32;  // global row
-  const bool live = (int)threadIdx.x / 32 < rb && row < m;
-  const int j0 = 2 * (threadIdx.x % 32);
+  const int m = p.m, rank = cluster_rank(), lane = threadIdx.x % 32;
+  const int rb = div_up(m, NEWTON_CL), i0 = 2 * (lane / 8);  // the thread's local rows i0, i0 + 1
+  const int j0 = 16 * (int)(threadIdx.x / 32) + 2 * (lane % 8);  // its columns j0, j0 + 1
+  const int row0 = rank * rb + i0;                                // global row of i0 (≤ 63)
+  const bool live[2] = {i0 < rb && row0 < m, i0 + 1 < rb && row0 + 1 < m};
   const bool c0 = j0 < m, c1 = j0 + 1 < m;
-  float* trow = ts + (threadIdx.x / 32) * LD;
-  // Padding columns (m odd: column m is read beside column m − 1) hold zeros, never rewritten.
-  for (int i = threadIdx.x; i < NEWTON_CL_SMEM / 4; i += NEWTON_THREADS) newton_cl_smem[i] = 0.f;
+  u32 peer[NEWTON_CL];  // the shared memory of every CTA of the cluster, in the cluster window
+#pragma unroll
+  for (int c = 0; c < NEWTON_CL; ++c) peer[c] = cluster_map(smem_addr_folded(newton_cl_smem), c);
+  // Padding (columns and rows ≥ m, the read-ahead rows) holds zeros, never rewritten.
+  for (int i = threadIdx.x; i < NEWTON_CL_SMEM / 4; i += NEWTON_CL_THREADS) newton_cl_smem[i] = 0.f;
   for (int bh = blockIdx.x / NEWTON_CL; bh < p.b * p.h; bh += gridDim.x / NEWTON_CL) {
     cluster_sync();  // every CTA has started, and is done with the previous matrix's copies
     newton_start(p, bh, LD, ah, zs);  // Z₀ into buffer 0
     for (int it = 0; it < p.iters; ++it) {
       const float* cur = zs + (it % 2) * NEWTON_CL_MAT;
       float* nxt = zs + ((it + 1) % 2) * NEWTON_CL_MAT;
-      if (live) {  // T = Z·Â, this row
-        const float2 t = newton_cl_row(cur + row * LD, ah, m);
-        if (c1)
-          *reinterpret_cast<float2*>(&trow[j0]) = t;
-        else if (c0)
-          trow[j0] = t.x;
-      }
-      __syncthreads();  // the CTA's rows of T complete
-      if (live) {
-        const float2 u = newton_cl_row(trow, cur, m);  // (Z·Â)·Z, this row
-        const float2 z = *reinterpret_cast<const float2*>(&cur[row * LD + j0]);
-        const float n0 = 2.f * z.x - u.x, n1 = 2.f * z.y - u.y;
+      float acc[2][2];
+      // T = Z·Â, the CTA's rows (rows past rb or m are computed from zeros or other rows and
+      // dropped; the reads stay inside the 64-row buffer since rank·rb + 7 < 64).
+      newton_cl_block<M>(cur + row0 * LD, cur + (row0 + 1) * LD, ah + j0, m, acc);
 #pragma unroll
-        for (int c = 0; c < NEWTON_CL; ++c) {
+      for (int r = 0; r < 2; ++r)
+        if (live[r]) {
           if (c1)
-            st_cluster_v2(&nxt[row * LD + j0], c, __float_as_uint(n0), __float_as_uint(n1));
+            *reinterpret_cast<float2*>(&ts[(i0 + r) * LD + j0]) = make_float2(acc[r][0], acc[r][1]);
           else if (c0)
-            st_cluster_u32(&nxt[row * LD + j0], c, __float_as_uint(n0));
+            ts[(i0 + r) * LD + j0] = acc[r][0];
         }
+      __syncthreads();  // the CTA's rows of T complete
+      newton_cl_block<M>(ts + i0 * LD, ts + (i0 + 1) * LD, cur + j0, m, acc);  // (Z·Â)·Z
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        if (live[r]) {
+          const int row = row0 + r;
+          const float2 z = *reinterpret_cast<const float2*>(&cur[row * LD + j0]);
+          const u32 n0 = __float_as_uint(2.f * z.x - acc[r][0]), n1 = __float_as_uint(2.f * z.y - acc[r][1]);
+          const u32 off = (u32)((nxt + row * LD + j0) - newton_cl_smem) * 4;  // bytes
+          if (c1) {
+#pragma unroll
+            for (int c = 0; c < NEWTON_CL; ++c) st_cluster_v2_at(peer[c] + off, n0, n1);
+          } else if (c0) {
+#pragma unroll
+            for (int c = 0; c < NEWTON_CL; ++c) st_cluster_u32_at(peer[c] + off, n0);
+          }
+        }
+      cluster_sync();  // every copy of the new buffer complete; the old one and T no longer read
+    }
+    const float* zf = zs + (p.iters % 2) * NEWTON_CL_MAT;
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      if (live[r]) {
+        const int row = row0 + r;
+        float* Z = nptr(p.z) + (i64)bh * m * m + (i64)row * m;
+        if (c0) Z[j0] = zf[row * LD + j0];
+        if (c1) Z[j0 + 1] = zf[row * LD + j0 + 1];
       }
-      cluster_sync();  // every copy of the new buffer complete; the old one is no longer read
-    }
-    if (live) {
-      const float* zf = zs + (p.iters % 2) * NEWTON_CL_MAT;
-      float* Z = nptr(p.z) + (i64)bh * m * m + (i64)row * m;
-      if (c0) Z[j0] = zf[row * LD + j0];
-      if (c1) Z[j0 + 1] = zf[row * LD + j0 + 1];
-    }
   }
 }
 
-extern "C" __global__ void __launch_bounds__(NEWTON_THREADS, 1) __cluster_dims__(NEWTON_CL, 1, 1)
+extern "C" __global__ void __launch_bounds__(NEWTON_CL_THREADS, 1) __cluster_dims__(NEWTON_CL, 1, 1)
     newton_pinv_cl_f32(const __grid_constant__ SoftKernelParams p) {
-  newton_cluster(p);
+  if (p.m == NEWTON_CL_MAX_M)
+    newton_cluster<NEWTON_CL_MAX_M>(p);  // the common landmark count, its k loops unrolled whole
+  else
+    newton_cluster<0>(p);
 }
 #endif
 

@@ -1,6 +1,6 @@
 """Model of newton_pinv_cl_f32 (kernels/newton.cu) against newton_pinv_t64_f32 (newton_smem): the
-cluster form splits the rows of both products over 8 CTAs (rb = ⌈m/8⌉ rows each, thread row
-t / 32, columns 2·(t % 32) and + 1) and all-gathers the new rows of Z into the other of two Z
+cluster form splits the rows of both products over 8 CTAs (rb = ⌈m/8⌉ rows each; 4 warps, thread t
+of lane l = t % 32: rows 2·(l / 8) and + 1, columns 16·(t / 32) + 2·(l % 8) and + 1) and all-gathers the new rows of Z into the other of two Z
 buffers of every CTA, one cluster barrier per step; both sum every product over k in increasing
 order with fp32 FMAs, so Z must be bit-identical.
 Checks, for m ∈ {1 … 64}: every (row, column) of Z updated by exactly one thread of one CTA per
@@ -12,7 +12,7 @@ the cluster result equal bit for bit to the one-CTA result.
 import numpy as np
 
 F32, F64 = np.float32, np.float64
-CL, THREADS = 8, 256
+CL, THREADS = 8, 128
 
 
 def fma(a, b, c):  # fp32 fmaf: exact product, one rounding
@@ -66,9 +66,10 @@ def cluster(a, m, iters, ridge=0.01, c=0.9):
         written = np.zeros((CL, 2, m, m), bool)
         for r in range(CL):  # the interval between barriers it − 1 and it, CTAs in any order
             zc = copies[r][cur]
-            for t in range(THREADS):
-                row, j0 = r * rb + t // 32, 2 * (t % 32)
-                if t // 32 >= rb or row >= m:
+            for t, i in ((t, 2 * (t % 32 // 8) + h) for t in range(THREADS) for h in (0, 1)):
+                row, j0 = r * rb + i, 16 * (t // 32) + 2 * (t % 8)
+                assert r * rb + 2 * (t % 32 // 8) + 1 < 64, "the thread's rows lie in the buffer"
+                if i >= rb or row >= m:
                     continue
                 # The CTA's T row (every lane of the warp writes its two columns before the
                 # __syncthreads; each thread then reads all m): the same FMAs for every column.

@@ -59,7 +59,9 @@ pub const NEWTON_CLUSTER_MAX_M: usize = 64;
 pub const NEWTON_CLUSTER_MIN_M: usize = 17;
 const NEWTON_CL: usize = 8; // NEWTON_CL: CTAs per matrix
 /// Dynamic shared memory of the cluster kernel (NEWTON_CL_SMEM): Â, two Z buffers, 8 rows of T.
-const NEWTON_CL_SMEM: u32 = 51200;
+const NEWTON_CL_SMEM: u32 = 57664;
+/// Threads of a cluster kernel CTA (NEWTON_CL_THREADS): 4 warps of 2 × 2 register blocks.
+const NEWTON_CL_THREADS: u32 = 128;
 const MAX_NEWTON_CLUSTERS: usize = 1 << 16;
 /// Row chunks of attention pass 1 at most: bounds the workspace independently of N.
 pub const MAX_CHUNKS: usize = 256;

@@ -3,8 +3,8 @@
 
 use super::{
     check_m, grid_dim, grid_yz, KernelParams, SoftParams, MAX_NEWTON_CLUSTERS, NEWTON_CL,
-    NEWTON_CLUSTER_MAX_M, NEWTON_CLUSTER_MIN_M, NEWTON_CL_SMEM, NEWTON_FAMILY, NEWTON_SMEM_MAX_M,
-    NEWTON_TILE, THREADS,
+    NEWTON_CLUSTER_MAX_M, NEWTON_CLUSTER_MIN_M, NEWTON_CL_SMEM, NEWTON_CL_THREADS, NEWTON_FAMILY,
+    NEWTON_SMEM_MAX_M, NEWTON_TILE, THREADS,
 };
 use crate::error::{Error, Result};
 use crate::ops::{check_f32_buffer, check_workspace, launch, launch_smem, with_matrices};
@@ -209,7 +209,10 @@ impl NewtonPlan {
                 // kernel is built for. A refused launch queued nothing: the one-CTA kernel runs
                 // instead.
                 if rt.allow_dynamic_smem(&f, NEWTON_CL_SMEM).is_ok()
-                    && unsafe { launch_smem(stream, &f, grid, THREADS, NEWTON_CL_SMEM, &p) }.is_ok()
+                    && unsafe {
+                        launch_smem(stream, &f, grid, NEWTON_CL_THREADS, NEWTON_CL_SMEM, &p)
+                    }
+                    .is_ok()
                 {
                     return Ok(());
                 }
