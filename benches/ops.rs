@@ -1,6 +1,7 @@
 //! criterion: every GPU operator at the SPEC §6 shape (B=1, H=16, D=64, f16), each followed by
 //! its cuBLAS-composed baseline (`baseline_<op>…`), and cuBLAS softmax attention (`softmax…`), all
-//! timed with device events (`iter_custom`), throughput in tokens. Sizes a baseline refuses or
+//! timed with device events (`iter_custom`), throughput in tokens; SOFT's Newton pseudo-inverse
+//! (`soft_newton`, 16 fp32 m×m matrices, T = 20) per m against the cuBLAS loop. Sizes a baseline refuses or
 //! that do not fit in device memory are skipped with a note. Without a CUDA device it registers
 //! nothing.
 
@@ -15,22 +16,40 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const SEQ: [usize; 3] = [4096, 65536, 262144];
+/// Matrix sizes m of `soft_newton` (SPEC §6 landmark counts).
+const NEWTON_M: [usize; 4] = [49, 64, 128, 256];
 
+/// The case of `op` at size `n`: the sequence length, or m for `soft_newton`.
 fn case(op: BenchOp, n: usize, causal: bool) -> Case {
+    if op == BenchOp::SoftNewton {
+        let mut c = Case::new(op, Dims::new(1, 16, n, n), DType::F32, false);
+        c.landmarks = n;
+        return c;
+    }
     Case::new(op, Dims::new(1, 16, n, 64), DType::F16, causal)
 }
 
-/// One group `name`, one benchmark per N of [`SEQ`] that `need` says fits.
+/// The sizes `op` is measured at.
+fn sizes(op: BenchOp) -> &'static [usize] {
+    if op == BenchOp::SoftNewton {
+        &NEWTON_M
+    } else {
+        &SEQ
+    }
+}
+
+/// One group `name`, one benchmark per size that `need` says fits.
 fn group(
     c: &mut Criterion,
     rt: &Runtime,
     stream: &Arc<CudaStream>,
     name: &str,
+    sizes: &[usize],
     need: impl Fn(usize) -> sofa::Result<usize>,
     build: impl Fn(usize) -> sofa::Result<Runner>,
 ) {
     let mut group = c.benchmark_group(name);
-    for n in SEQ {
+    for &n in sizes {
         let free = rt.context().mem_get_info().map_or(0, |(f, _)| f);
         match need(n) {
             Ok(bytes) if fits(bytes, free) => {}
@@ -77,12 +96,18 @@ fn bench_ops(c: &mut Criterion) {
             if causal && !op.has_causal() {
                 continue;
             }
-            let name = format!("{}{}_f16", op.name(), if causal { "_causal" } else { "" });
+            let dt = if op == BenchOp::SoftNewton {
+                "f32"
+            } else {
+                "f16"
+            };
+            let name = format!("{}{}_{dt}", op.name(), if causal { "_causal" } else { "" });
             group(
                 c,
                 &rt,
                 &stream,
                 &name,
+                sizes(op),
                 |n| case(op, n, causal).device_bytes(),
                 |n| Ok(Workload::new(&rt, &stream, case(op, n, causal), n as u64)?.into_runner()),
             );
@@ -97,6 +122,7 @@ fn bench_ops(c: &mut Criterion) {
                 &rt,
                 &stream,
                 &format!("baseline_{name}"),
+                sizes(op),
                 |n| baseline(n).device_bytes(),
                 |n| baseline(n).workload(&rt, blas, n as u64),
             );
@@ -110,6 +136,7 @@ fn bench_ops(c: &mut Criterion) {
             &rt,
             &stream,
             &format!("softmax{}_f16", if causal { "_causal" } else { "" }),
+            &SEQ,
             |n| softmax(n).device_bytes(),
             |n| softmax(n).workload(&rt, blas, n as u64),
         );

@@ -120,3 +120,19 @@ __device__ __forceinline__ int opaque(int x) {
   asm volatile("" : "+r"(x));
   return x;
 }
+
+// Programmatic dependent launch (sm_90; no-ops in a launch that did not ask for it, and before
+// sm_90). A kernel that the next one need not wait for lets it start beside itself with
+// pdl_start_dependents(); that next kernel, launched with the programmatic-serialization
+// attribute (ops::launch_smem_beside), calls pdl_wait_previous() before it exits, so it still
+// completes after the previous kernel and its writes, and the launches after it see both.
+__device__ __forceinline__ void pdl_start_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait_previous() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}

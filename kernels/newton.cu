@@ -96,6 +96,7 @@ __device__ void newton_smem(const SoftKernelParams& p) {
     roff[a] = min(ty + 16 * a, m - 1) * ld;
     ci[a] = min(tx + 16 * a, m - 1);
   }
+  pdl_start_dependents();  // SOFT's pass 1 does not read Z: it may run beside this kernel
   for (int bh = blockIdx.x; bh < p.b * p.h; bh += gridDim.x) {
     __syncthreads();  // the previous matrix is written out
     newton_start(p, bh, ld, ah, zs);
@@ -304,6 +305,7 @@ __device__ void newton_cluster(const SoftKernelParams& p) {
   u32 peer[NEWTON_CL];  // the shared memory of every CTA of the cluster, in the cluster window
 #pragma unroll
   for (int c = 0; c < NEWTON_CL; ++c) peer[c] = cluster_map(smem_addr_folded(newton_cl_smem), c);
+  pdl_start_dependents();  // SOFT's pass 1 does not read Z: it may run beside this kernel
   // Padding (columns and rows ≥ m, the read-ahead rows) holds zeros, never rewritten.
   for (int i = threadIdx.x; i < NEWTON_CL_SMEM / 4; i += NEWTON_CL_THREADS) newton_cl_smem[i] = 0.f;
   for (int bh = blockIdx.x / NEWTON_CL; bh < p.b * p.h; bh += gridDim.x / NEWTON_CL) {

@@ -171,6 +171,17 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
     // The warp's landmark terms (rows g, g + 8).
     const float lt0 = lterm[warp * 16 + g], lt1 = lterm[warp * 16 + g + 8];
     const float kc0 = lkc[warp * 16 + g], kc1 = lkc[warp * 16 + g + 8];
+    // A = the warp's σ-scaled landmark rows (hi, lo), the same for every row of the slice: held
+    // in registers for D ≤ 64 (2·D/4 of them), so the row loop reads only Xᵀ and V from shared
+    // memory (36 wavefronts per 16 rows instead of 68: the loop was bound by shared memory).
+    constexpr bool HOLD = D <= 64;
+    u32 alr[HOLD ? 2 : 1][HOLD ? KT : 1][4];
+    if constexpr (HOLD) {
+#pragma unroll
+      for (int part = 0; part < 2; ++part)
+#pragma unroll
+        for (int kt = 0; kt < KT; ++kt) ldmatrix_x4_at(alr[part][kt], laddr + part * (SOFT_LM * LD * 2) + kt * 32);
+    }
 
     float acc[NT][4];
 #pragma unroll
@@ -219,7 +230,12 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
 #pragma unroll
             for (int kt = 0; kt < KT; ++kt) {
               u32 al[4];  // A = the warp's σ-scaled landmark rows (hi or lo)
-              ldmatrix_x4_at(al, laddr + part * (SOFT_LM * LD * 2) + kt * 32);
+              if constexpr (HOLD) {
+#pragma unroll
+                for (int x = 0; x < 4; ++x) al[x] = alr[part][kt][x];
+              } else {
+                ldmatrix_x4_at(al, laddr + part * (SOFT_LM * LD * 2) + kt * 32);
+              }
               mma16816<T>(gt[0], al, bx[kt][0], bx[kt][1]);
               mma16816<T>(gt[1], al, bx[kt][2], bx[kt][3]);
             }
@@ -268,6 +284,9 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
       }
     }
   }
+  // Launched beside the Newton kernel (which it does not read): complete only after it, so that
+  // the launches after this one see Z.
+  pdl_wait_previous();
 }
 
 // Pass 2: X = P·W. Grid: x = CTAs striding over 64-row tiles, y = bh (grid-stride). Per (b,h) the

@@ -100,6 +100,8 @@ fi
 linear=sima,cosformer,soft,aft_simple,aft_local,aft_conv
 want sweep && step sweep ./sofa bench --baseline --op $linear --causal --seq 1k,4k,16k,64k,256k,1M --dtype f16,bf16 --window 64,256 --landmarks 49,64,128,256 --out "$out/bench.jsonl"
 want sweep && step sweep-full ./sofa bench --baseline --op aft_full --causal --seq 1k,4k,16k --dtype f16 --out "$out/bench.jsonl"
+# Issue 4's Newton target: B·H = 16 matrices, T = 20, against the cuBLAS loop (µs per matrix on stderr).
+want sweep && step sweep-newton ./sofa bench --baseline --op soft_newton --landmarks 49,64,100,128,256 --out "$out/bench.jsonl"
 # Causal cosFormer through the separate launches, beside the chained launch of the sweep above
 # (records labelled causal,separate): which one wins where (bench/NOTES.md, session 10).
 want sweep && step sweep-separate ./sofa bench --op cosformer --causal --no-chain --seq 8k,16k,32k,64k,256k,1M --dtype f16 --out "$out/bench.jsonl"

@@ -61,6 +61,8 @@ PTX = [
     (r"^ex2\.approx\.ftz\.f32 %0, %1", "{0} = sim::ex2_approx_ftz({1});"),
     (r"^min\.NaN\.f32 %0, %1, %2", "{0} = sim::min_nan({1}, {2});"),
     (r"^max\.NaN\.f32 %0, %1, %2", "{0} = sim::max_nan({1}, {2});"),
+    (r"^griddepcontrol\.launch_dependents;", ";"),  # the simulator runs launches in order
+    (r"^griddepcontrol\.wait;", ";"),
     (r"^$", ";"),  # opaque(): no instruction
 ]
 

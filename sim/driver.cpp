@@ -442,6 +442,30 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
   return submit(stream, [f, l, args]() mutable { return run_kernel(f, l, args); });
 }
 
+// cuLaunchKernelEx with cuda.h's CUlaunchConfig / CUlaunchAttribute layout. Launches run in order
+// here, so programmatic stream serialization (attribute 6, SOFT's pass 1 beside Newton) changes
+// nothing; any other attribute is refused, as a driver without it would.
+struct LaunchAttribute {
+  int id;
+  char pad[4];
+  union {
+    char bytes[64];
+    void* align;
+  } value;
+};
+struct LaunchConfig {
+  unsigned gx, gy, gz, bx, by, bz, smem;
+  CUstream stream;
+  LaunchAttribute* attrs;
+  unsigned nattrs;
+};
+CUresult cuLaunchKernelEx(const LaunchConfig* c, CUfunction f, void** params, void** extra) {
+  if (!c || (c->nattrs && !c->attrs)) return INVALID_VALUE;
+  for (unsigned i = 0; i < c->nattrs; ++i)
+    if (c->attrs[i].id != 6) return NOT_SUPPORTED;
+  return cuLaunchKernel(f, c->gx, c->gy, c->gz, c->bx, c->by, c->bz, c->smem, c->stream, params, extra);
+}
+
 // The codes this driver returns: name and description.
 static const struct { CUresult code; const char* name; const char* text; } kErrors[] = {
     {OK, "CUDA_SUCCESS", "no error"},

@@ -343,3 +343,33 @@ fn graph_timings_are_their_own_series() {
     assert_eq!(used, 2);
     assert!(s.contains_key("sima f16 D=64") && s.contains_key("sima f16 D=64 graph"));
 }
+
+#[test]
+fn soft_newton_counts_its_matrices() {
+    // issue 4's Newton target: B·H = 16 fp32 matrices of 64×64, T = 20.
+    let mut newton = Case::new(
+        BenchOp::SoftNewton,
+        Dims::new(1, 16, 64, 64),
+        DType::F32,
+        false,
+    );
+    newton.landmarks = 64;
+    assert_eq!(newton.label(), "m=64,T=20");
+    // A read and Z written once.
+    assert_eq!(newton.min_bytes(), (2 * 16 * 64 * 64 * 4) as f64);
+    // Two m³ products per step.
+    assert_eq!(newton.flops(), 16.0 * 4.0 * 64.0_f64.powi(3) * 20.0);
+    assert!(!BenchOp::SoftNewton.has_causal());
+    // The cuBLAS loop: the same counts, A, Z and three scratch matrices (Â, Z·Â, the other Z).
+    let b = BaselineCase::composed(newton).unwrap();
+    assert_eq!(
+        (b.name(), b.label()),
+        ("baseline:soft_newton".into(), "m=64,T=20".into())
+    );
+    assert_eq!(
+        (b.min_bytes(), b.flops()),
+        (newton.min_bytes(), newton.flops())
+    );
+    assert!(b.device_bytes().unwrap() >= 5 * 16 * 64 * 64 * 4);
+    assert!(newton.device_bytes().unwrap() >= 2 * 16 * 64 * 64 * 4);
+}

@@ -7,7 +7,7 @@
 use crate::baseline::aft::{self, AftWeights};
 use crate::baseline::softmax::{self, SoftmaxParams};
 use crate::baseline::{cosformer, sima, soft, Blas};
-use crate::bench::workload::{BenchOp, Buffers, Case, Runner};
+use crate::bench::workload::{BenchOp, Buffers, Case, NewtonBuffers, Runner};
 use crate::error::{Error, Result};
 use crate::ops::{TensorMut, TensorRef};
 use crate::runtime::Runtime;
@@ -41,6 +41,7 @@ impl BaselineCase {
             BenchOp::Sima
                 | BenchOp::Cosformer
                 | BenchOp::Soft
+                | BenchOp::SoftNewton
                 | BenchOp::AftLocal
                 | BenchOp::AftFull
         );
@@ -131,14 +132,24 @@ impl BaselineCase {
                 cosformer::workspace_bytes(dtype, dims, n, d, &self.case.cosformer_params())
             }
             (_, BenchOp::Soft) => soft::workspace_bytes(dtype, dims, d, &self.case.soft_params()),
+            (_, BenchOp::SoftNewton) => Ok(self.newton_plan()?.workspace_bytes()),
             (_, BenchOp::AftLocal | BenchOp::AftFull) => aft::workspace_bytes(dtype, dims),
             (_, op) => Err(no_baseline(op)),
         }
     }
 
-    /// Device memory the reference needs: q, k, v, o, the bias and the workspace. Computed
-    /// without touching the device; an unsupported case is an error.
+    /// The cuBLAS loop's plan of a `SoftNewton` case.
+    fn newton_plan(&self) -> Result<soft::NewtonPlan> {
+        let (dims, p) = (self.case.dims, self.case.soft_params());
+        soft::NewtonPlan::new(dims.b * dims.h, self.case.landmarks, &p)
+    }
+
+    /// Device memory the reference needs: q, k, v, o, the bias and the workspace (Newton: A, Z
+    /// and the workspace). Computed without touching the device; an unsupported case is an error.
     pub fn device_bytes(&self) -> Result<usize> {
+        if self.case.op == BenchOp::SoftNewton {
+            return Ok(self.case.min_bytes() as usize + self.workspace_bytes()?);
+        }
         let tensors = self
             .case
             .dims
@@ -159,11 +170,27 @@ impl BaselineCase {
     /// Allocates and fills the inputs (the seeds of the op's workload `seed`) and returns the
     /// run, queued on `blas`'s stream.
     pub fn workload(&self, rt: &Arc<Runtime>, blas: &Arc<Blas>, seed: u64) -> Result<Runner> {
+        if (self.reference, self.case.op) == (Reference::Composed, BenchOp::SoftNewton) {
+            return self.newton_workload(rt, blas, seed);
+        }
         match self.case.dtype {
             DType::F16 => runner::<f16>(rt, blas, *self, seed),
             DType::BF16 => runner::<bf16>(rt, blas, *self, seed),
             DType::F32 => runner::<f32>(rt, blas, *self, seed),
         }
+    }
+}
+
+impl BaselineCase {
+    /// The cuBLAS Newton loop (two batched GEMMs per step) on the op's matrices.
+    fn newton_workload(&self, rt: &Arc<Runtime>, blas: &Arc<Blas>, seed: u64) -> Result<Runner> {
+        let ws = self.workspace_bytes()?;
+        let mut b = NewtonBuffers::new(rt, blas.stream(), &self.case, ws, seed)?;
+        let (rt, blas) = (rt.clone(), blas.clone());
+        Ok(Box::new(move || {
+            let (a, z, ws) = (&b.a, &mut b.z, Some(&mut b.ws));
+            soft::newton_pinv(&rt, &blas, &b.params, b.batch, b.m, a, z, ws)
+        }))
     }
 }
 

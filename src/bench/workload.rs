@@ -4,9 +4,11 @@
 use crate::bench::random_buffer;
 use crate::error::{Error, Result};
 use crate::ops::aft::{self, AftParams};
+use crate::ops::soft::NewtonPath;
 use crate::ops::{cosformer, sima, soft, TensorMut, TensorRef};
 use crate::reference::cosformer::CosformerParams;
-use crate::reference::soft::{Landmarks, SoftParams};
+use crate::reference::soft::{gaussian, Landmarks, SoftParams};
+use crate::reference::Rng;
 use crate::runtime::Runtime;
 use crate::tensor::{DType, Dims, Element, Layout};
 use cudarc::driver::{CudaSlice, CudaStream};
@@ -19,6 +21,9 @@ pub enum BenchOp {
     Sima,
     Cosformer,
     Soft,
+    /// SOFT's batched Newton–Raphson pseudo-inverse alone (SPEC §1.4), B·H fp32 m×m matrices:
+    /// the piece issue 4 times against the cuBLAS loop, reported per matrix.
+    SoftNewton,
     AftSimple,
     AftLocal,
     AftConv,
@@ -26,10 +31,11 @@ pub enum BenchOp {
 }
 
 impl BenchOp {
-    pub const ALL: [BenchOp; 7] = [
+    pub const ALL: [BenchOp; 8] = [
         BenchOp::Sima,
         BenchOp::Cosformer,
         BenchOp::Soft,
+        BenchOp::SoftNewton,
         BenchOp::AftSimple,
         BenchOp::AftLocal,
         BenchOp::AftConv,
@@ -42,6 +48,7 @@ impl BenchOp {
             BenchOp::Sima => "sima",
             BenchOp::Cosformer => "cosformer",
             BenchOp::Soft => "soft",
+            BenchOp::SoftNewton => "newton",
             _ => "aft",
         }
     }
@@ -51,6 +58,7 @@ impl BenchOp {
             BenchOp::Sima => "sima",
             BenchOp::Cosformer => "cosformer",
             BenchOp::Soft => "soft",
+            BenchOp::SoftNewton => "soft_newton",
             BenchOp::AftSimple => "aft_simple",
             BenchOp::AftLocal => "aft_local",
             BenchOp::AftConv => "aft_conv",
@@ -60,7 +68,7 @@ impl BenchOp {
 
     /// Whether the op has a causal variant.
     pub fn has_causal(self) -> bool {
-        !matches!(self, BenchOp::Sima | BenchOp::Soft)
+        !matches!(self, BenchOp::Sima | BenchOp::Soft | BenchOp::SoftNewton)
     }
 
     /// Whether the op takes a window s (AFT-local, AFT-conv).
@@ -78,7 +86,8 @@ pub struct Case {
     pub causal: bool,
     /// AFT-local/conv window s (ignored by other ops).
     pub window: usize,
-    /// SOFT landmarks m (ignored by other ops).
+    /// SOFT landmarks m (ignored by other ops). For `SoftNewton` the matrices are m×m and
+    /// `dims` is `[B, H, m, m]`: one matrix per (b,h).
     pub landmarks: usize,
     /// Causal cosFormer: allow the chained launch (the default; `false` labels the record
     /// `separate` and times the reduce → scan → causal launches).
@@ -128,6 +137,18 @@ impl Case {
         }
     }
 
+    /// The Newton plan of a `SoftNewton` case: B·H matrices of m×m, on `path`.
+    pub(crate) fn newton_plan(&self, path: NewtonPath) -> Result<soft::NewtonPlan> {
+        let p = self.soft_params();
+        soft::NewtonPlan::new(
+            self.dims.b * self.dims.h,
+            self.landmarks,
+            &p,
+            path,
+            usize::MAX,
+        )
+    }
+
     fn aft_variant(&self) -> Option<aft::Variant> {
         let window = self.window;
         Some(match self.op {
@@ -148,8 +169,11 @@ impl Case {
         if self.op.has_window() {
             parts.push(format!("s={}", self.window));
         }
-        if self.op == BenchOp::Soft {
+        if matches!(self.op, BenchOp::Soft | BenchOp::SoftNewton) {
             parts.push(format!("m={}", self.landmarks));
+        }
+        if self.op == BenchOp::SoftNewton {
+            parts.push(format!("T={}", self.soft_params().newton_iters));
         }
         if self.op == BenchOp::Cosformer && self.causal {
             if !self.chained {
@@ -179,9 +203,13 @@ impl Case {
         }
     }
 
-    /// Minimum bytes: each tensor read or written once (Dv = D), plus the AFT bias once.
+    /// Minimum bytes: each tensor read or written once (Dv = D), plus the AFT bias once; Newton:
+    /// A read and Z written once (fp32).
     pub fn min_bytes(&self) -> f64 {
         let Dims { b, h, n, d } = self.dims;
+        if self.op == BenchOp::SoftNewton {
+            return (2 * b * h * self.landmarks * self.landmarks * 4) as f64;
+        }
         let bias = self.bias_len().unwrap_or(0) * 4;
         (self.tensors() * b * h * n * d * self.dtype.size() + bias) as f64
     }
@@ -195,10 +223,14 @@ impl Case {
         match self.op {
             BenchOp::Sima => 4.0 * rows * d * d,
             BenchOp::Cosformer => 8.0 * rows * d * d,
-            BenchOp::Soft => {
+            BenchOp::Soft | BenchOp::SoftNewton => {
                 let p = self.soft_params();
                 let m = self.landmarks as f64;
-                (b * h) as f64 * 4.0 * m * m * m * p.newton_iters as f64 + 6.0 * rows * m * d
+                let newton = (b * h) as f64 * 4.0 * m * m * m * p.newton_iters as f64;
+                match self.op {
+                    BenchOp::Soft => newton + 6.0 * rows * m * d,
+                    _ => newton,
+                }
             }
             BenchOp::AftSimple => 4.0 * rows * d,
             BenchOp::AftLocal | BenchOp::AftConv => 8.0 * rows * self.window as f64 * d,
@@ -208,6 +240,9 @@ impl Case {
 
     /// Device memory the case needs: inputs, output, bias and workspace.
     pub fn device_bytes(&self) -> Result<usize> {
+        if self.op == BenchOp::SoftNewton {
+            return Ok(self.min_bytes() as usize + self.workspace_bytes()?);
+        }
         let tensors = self
             .dims
             .numel()
@@ -222,6 +257,8 @@ impl Case {
             BenchOp::Sima => sima::workspace_bytes(self.dims, d),
             BenchOp::Cosformer => Ok(self.cosformer_plan()?.workspace_bytes()),
             BenchOp::Soft => soft::workspace_bytes(self.dims, d, &self.soft_params()),
+            // The multi-launch path's scratch: an upper bound of every path's.
+            BenchOp::SoftNewton => Ok(self.newton_plan(NewtonPath::MultiLaunch)?.workspace_bytes()),
             _ => {
                 let v = self.aft_variant().expect("an AFT op");
                 let p = AftParams {
@@ -320,6 +357,9 @@ fn runner<T: Element>(
     case: Case,
     seed: u64,
 ) -> Result<Runner> {
+    if case.op == BenchOp::SoftNewton {
+        return newton_runner(rt, stream, case, seed);
+    }
     let (ws_bytes, bias_len) = (case.workspace_bytes()?, case.bias_len()?);
     let Buffers {
         layout: l,
@@ -361,5 +401,61 @@ fn runner<T: Element>(
                 aft::forward(&rt, &stream, variant, &p, q, k, v, out, bias.as_ref(), ws)
             }
         }
+    }))
+}
+
+/// The buffers of a `SoftNewton` workload (the op's or the cuBLAS loop's): B·H Gaussian Gram
+/// matrices `exp(−½‖x_i − x_j‖²)` of m random points in 8 dimensions (uniform in [−1, 1)), fp32
+/// `[B·H][m][m]`, the well-conditioned landmark matrices SOFT's Newton step sees; Z; the
+/// workspace. Seeded like the other inputs, so both see the same matrices.
+pub(crate) struct NewtonBuffers {
+    pub a: CudaSlice<f32>,
+    pub z: CudaSlice<f32>,
+    pub ws: CudaSlice<u8>,
+    pub batch: usize,
+    pub m: usize,
+    pub params: SoftParams,
+}
+
+impl NewtonBuffers {
+    pub(crate) fn new(
+        rt: &Runtime,
+        stream: &Arc<CudaStream>,
+        case: &Case,
+        workspace: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        const DIMS: usize = 8;
+        let (batch, m) = (case.dims.b * case.dims.h, case.landmarks);
+        let mut rng = Rng::new(input_seed(seed, 0));
+        let mut host = Vec::with_capacity(batch * m * m);
+        for _ in 0..batch {
+            let x: Vec<f64> = (0..m * DIMS).map(|_| rng.uniform(-1.0, 1.0)).collect();
+            host.extend(gaussian(&x, &x, DIMS).into_iter().map(|v| v as f32));
+        }
+        Ok(NewtonBuffers {
+            a: stream.clone_htod(&host)?,
+            z: rt.alloc::<f32>(stream, host.len())?,
+            ws: rt.alloc::<u8>(stream, workspace.max(1))?,
+            batch,
+            m,
+            params: case.soft_params(),
+        })
+    }
+}
+
+/// The Newton workload, on the path a plain call takes.
+fn newton_runner(
+    rt: &Arc<Runtime>,
+    stream: &Arc<CudaStream>,
+    case: Case,
+    seed: u64,
+) -> Result<Runner> {
+    let mut b = NewtonBuffers::new(rt, stream, &case, case.workspace_bytes()?, seed)?;
+    let (rt, stream) = (rt.clone(), stream.clone());
+    Ok(Box::new(move || {
+        let path = NewtonPath::Auto;
+        let (a, z, ws) = (&b.a, &mut b.z, Some(&mut b.ws));
+        soft::newton_pinv(&rt, &stream, &b.params, b.batch, b.m, path, a, z, ws)
     }))
 }

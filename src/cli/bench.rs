@@ -25,8 +25,9 @@ pub enum Format {
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Operator to sweep: sima, cosformer, soft, aft_simple, aft_local, aft_conv, aft_full, or
-    /// all (comma-separated list accepted).
+    /// Operator to sweep: sima, cosformer, soft, soft_newton (SOFT's Newton pseudo-inverse alone,
+    /// B·H matrices of m×m for each --landmarks m; --seq, --head-dim and --dtype do not apply),
+    /// aft_simple, aft_local, aft_conv, aft_full, or all (comma-separated list accepted).
     #[arg(long, default_value = "all")]
     op: String,
     /// AFT-local/conv windows s, comma-separated (SPEC §6: 64, 256).
@@ -132,9 +133,19 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
         // One pass per window (AFT-local/conv) or landmark count (SOFT); one for other ops.
         let extents: Vec<(usize, usize)> = match op {
             BenchOp::AftLocal | BenchOp::AftConv => windows.iter().map(|&s| (s, 64)).collect(),
-            BenchOp::Soft => landmarks.iter().map(|&m| (64, m)).collect(),
+            BenchOp::Soft | BenchOp::SoftNewton => landmarks.iter().map(|&m| (64, m)).collect(),
             _ => vec![(64, 64)],
         };
+        if op == BenchOp::SoftNewton {
+            // B·H fp32 m×m matrices: no sequence length, head dim or storage type.
+            for &(_, m) in &extents {
+                let dims = Dims::new(a.batch, a.heads, m, m);
+                let mut case = Case::new(op, dims, DType::F32, false);
+                case.landmarks = m;
+                out.push(case);
+            }
+            continue;
+        }
         // --no-chain and --chunk-rows select causal cosFormer variants: its non-causal cases
         // (the same as without them) are left out.
         let causal_variant = a.no_chain || a.chunk_rows.is_some();
@@ -358,19 +369,32 @@ impl Sweep<'_> {
                     case.op.name()
                 )),
             }
-            let softmax = BaselineCase::softmax(case);
-            let key = softmax.softmax_key();
-            let median = match self.softmax.get(&key) {
-                Some(&median) => median,
-                None => {
-                    let m = self.reference(softmax, seed);
-                    let median = m.as_ref().map(|(m, _)| m.timing.median_ms);
-                    references.extend(m.map(|(_, r)| r));
-                    self.softmax.insert(key, median);
-                    median
-                }
-            };
-            rec.speedup_vs_softmax = median.map(|s| s / ms);
+            if case.op != BenchOp::SoftNewton {
+                let softmax = BaselineCase::softmax(case);
+                let key = softmax.softmax_key();
+                let median = match self.softmax.get(&key) {
+                    Some(&median) => median,
+                    None => {
+                        let m = self.reference(softmax, seed);
+                        let median = m.as_ref().map(|(m, _)| m.timing.median_ms);
+                        references.extend(m.map(|(_, r)| r));
+                        self.softmax.insert(key, median);
+                        median
+                    }
+                };
+                rec.speedup_vs_softmax = median.map(|s| s / ms);
+            }
+        }
+        if case.op == BenchOp::SoftNewton {
+            // No attention to compare with; issue 4 asks for the time per matrix.
+            let per = |ms: f64| ms * 1e3 / (case.dims.b * case.dims.h) as f64;
+            let cublas = references.first().map(|r| per(r.timing.median_ms));
+            self.say(format!(
+                "soft_newton {}: {:.2} µs per matrix{}",
+                case.label(),
+                per(op.timing.median_ms),
+                cublas.map_or(String::new(), |u| format!(" (cuBLAS loop {u:.2})"))
+            ));
         }
         self.emit(&rec)?;
         references.iter().try_for_each(|r| self.emit(r))

@@ -107,6 +107,57 @@ pub(crate) unsafe fn launch_smem<P: cudarc::driver::DeviceRepr>(
     Ok(())
 }
 
+/// [`launch_smem`] with programmatic stream serialization (sm_90): the kernel may start while the
+/// previous kernel on `stream` still runs, once every CTA of that one has called
+/// `pdl_start_dependents` (kernels/common.cuh). The kernel must call `pdl_wait_previous` before it
+/// exits, so that it completes after the previous kernel and later launches see both. Where the
+/// driver refuses the attribute the kernel is launched plainly (the same results, serialized).
+///
+/// # Safety
+/// As for [`launch`]; the kernel takes `params` as its only argument.
+pub(crate) unsafe fn launch_smem_beside<P: cudarc::driver::DeviceRepr>(
+    stream: &CudaStream,
+    f: &CudaFunction,
+    grid: (u32, u32, u32),
+    block: u32,
+    smem: u32,
+    params: &P,
+) -> Result<()> {
+    use cudarc::driver::sys;
+    stream.context().bind_to_thread()?;
+    // SAFETY: a zeroed attribute is valid plain data; the union member set is the one its id names.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let cfg = sys::CUlaunchConfig {
+        gridDimX: grid.0,
+        gridDimY: grid.1,
+        gridDimZ: grid.2,
+        blockDimX: block,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: smem,
+        hStream: stream.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    let mut args = [params as *const P as *mut std::ffi::c_void];
+    // SAFETY: the caller's contract; `cfg`, `attr` and `args` outlive the call, which copies them.
+    let launched = unsafe {
+        sys::cuLaunchKernelEx(
+            &cfg,
+            f.cu_function(),
+            args.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    };
+    match launched {
+        sys::CUresult::CUDA_SUCCESS => Ok(()),
+        // SAFETY: forwarded from the caller.
+        _ => unsafe { launch_smem(stream, f, grid, block, smem, params) },
+    }
+}
+
 /// Null and dtype-alignment checks of a raw pointer.
 pub(crate) fn check_ptr(dtype: DType, arg: &'static str, t: &RawTensor) -> Result<()> {
     if t.ptr == 0 {

@@ -9,8 +9,9 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::ops::{
-    check_f32_buffer, check_ptr, check_workspace, launch, launch_smem, one_wave_rows, ptr_of,
-    rows_16b_aligned, with_raw, RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM,
+    check_f32_buffer, check_ptr, check_workspace, launch, launch_smem, launch_smem_beside,
+    one_wave_rows, ptr_of, rows_16b_aligned, with_raw, RawTensor, TensorMut, TensorRef,
+    MAX_HEAD_DIM,
 };
 use crate::runtime::Runtime;
 use crate::tensor::{DType, Dims, Element, Layout};
@@ -300,30 +301,22 @@ pub unsafe fn attention_raw(
     let tiles = (m.div_ceil(LM) * dv.div_ceil(ET)) as u32;
     // The two heavy passes: tensor cores when the dims and alignment allow, else CUDA cores. Both
     // write partials of the same layout (chunks of the workspace, landmark tiles) and the output;
-    // the tensor-core pass 1 takes fewer, longer chunks (one wave).
+    // the tensor-core pass 1 takes fewer, longer chunks (one wave), sized once Newton is queued.
+    let mut pass1_slots = None; // tensor-core pass 1: the CTAs resident on an idle device
     let (pass1, pass2) = if tensor_cores(plan, dtype, &p, rt.info().smem_per_block_optin) {
         let (s1, s2) = (tc::pass1_smem(d) as u32, tc::pass2_smem(d, m) as u32);
         let f1 = rt.function(FAMILY, &format!("soft_pass1_tc{d}_{dt}"))?;
         let f2 = rt.function(FAMILY, &format!("soft_pass2_tc{d}_{dt}"))?;
         rt.allow_dynamic_smem(&f1, s1)?;
         rt.allow_dynamic_smem(&f2, s2)?;
-        // Pass 1 in one wave: fewer partials of PᵀV to write and sum (one_wave_rows).
-        let slices = bh * lt as usize;
-        let rows = one_wave_rows(
-            plan.chunks,
-            plan.rows_per_chunk,
-            rt.resident_ctas(&f1, TC_THREADS, s1)?,
-            slices,
-        );
-        p.rows_per_chunk = rows as i32;
-        p.chunks = n.div_ceil(rows) as i32;
+        pass1_slots = Some(rt.resident_ctas(&f1, TC_THREADS, s1)?);
         // Pass 2 is persistent: one wave of CTAs shared among the (b,h) slices, each splitting
         // L and W into shared memory once per slice.
         let slots = rt.resident_ctas(&f2, TC_THREADS, s2)?;
         let per_bh = slots.div_ceil(bh).max(1);
         let grid2 = (n.div_ceil(TC_ROWS).min(per_bh) as u32, bh_y, 1);
         (
-            (f1, (p.chunks as u32, bh_y, lt), TC_THREADS, s1),
+            (f1, (0, 0, 0), TC_THREADS, s1), // grid: once Newton is queued
             (f2, grid2, TC_THREADS, s2),
         )
     } else {
@@ -349,9 +342,26 @@ pub unsafe fn attention_raw(
             THREADS,
             &p,
         )?;
-        plan.newton.queue(rt, stream, p.a, p.z, at(ws.newton))?;
+        let newton_ctas = plan.newton.queue(rt, stream, p.a, p.z, at(ws.newton))?;
         let (f1, grid1, threads1, smem1) = &pass1;
-        launch_smem(stream, f1, *grid1, *threads1, *smem1, &p)?;
+        if let Some(slots) = pass1_slots {
+            // The tensor-core pass 1 does not read Z, so it starts beside the one-launch Newton
+            // kernel (sm_90), in one wave of the slots that kernel leaves: fewer partials of PᵀV
+            // to write and sum (one_wave_rows), and Newton off the critical path.
+            let sms = rt.info().multiprocessors as usize;
+            let free = slots.saturating_sub(newton_ctas).max(sms);
+            let rows = one_wave_rows(plan.chunks, plan.rows_per_chunk, free, bh * lt as usize);
+            p.rows_per_chunk = rows as i32;
+            p.chunks = n.div_ceil(rows) as i32;
+            let grid = (p.chunks as u32, bh_y, lt);
+            if rt.info().compute_capability.0 >= 9 {
+                launch_smem_beside(stream, f1, grid, *threads1, *smem1, &p)?;
+            } else {
+                launch_smem(stream, f1, grid, *threads1, *smem1, &p)?;
+            }
+        } else {
+            launch_smem(stream, f1, *grid1, *threads1, *smem1, &p)?;
+        }
         let elems = (m * dv).div_ceil(THREADS as usize) as u32;
         launch(stream, &sum, (elems, bh_y, 1), THREADS, &p)?;
         launch(stream, &wk, (m as u32, bh_y, 1), THREADS, &p)?;

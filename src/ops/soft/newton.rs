@@ -170,7 +170,10 @@ impl NewtonPlan {
         }
     }
 
-    /// Queues the iteration: A at `a`, Z to `z`, scratch at `ws` (`workspace_bytes`).
+    /// Queues the iteration: A at `a`, Z to `z`, scratch at `ws` (`workspace_bytes`). Returns how
+    /// many CTAs the one-launch kernel keeps resident while it runs (0 for the multi-launch
+    /// path): that kernel lets the next launch start beside it (`launch_smem_beside`), which can
+    /// size itself to the SM slots left.
     ///
     /// # Safety
     /// `a` holds `len()` readable floats, `z` `len()` writable floats not aliasing `a` or `ws`,
@@ -182,7 +185,7 @@ impl NewtonPlan {
         a: u64,
         z: u64,
         ws: u64,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let m = self.m;
         let mut p = KernelParams {
             a,
@@ -200,11 +203,8 @@ impl NewtonPlan {
             && rt.info().compute_capability.0 >= 9
         {
             if let Ok(f) = rt.function(NEWTON_FAMILY, "newton_pinv_cl_f32") {
-                let grid = (
-                    (self.batch.min(MAX_NEWTON_CLUSTERS) * NEWTON_CL) as u32,
-                    1,
-                    1,
-                );
+                let ctas = self.batch.min(MAX_NEWTON_CLUSTERS) * NEWTON_CL;
+                let grid = (ctas as u32, 1, 1);
                 // SAFETY: the caller's contract; a cluster per matrix with the shared memory the
                 // kernel is built for. A refused launch queued nothing: the one-CTA kernel runs
                 // instead.
@@ -214,7 +214,7 @@ impl NewtonPlan {
                     }
                     .is_ok()
                 {
-                    return Ok(());
+                    return Ok(ctas);
                 }
             }
         }
@@ -227,9 +227,9 @@ impl NewtonPlan {
             let smem = newton_smem_bytes(m) as u32;
             rt.allow_dynamic_smem(&f, smem)?;
             // SAFETY: the caller's contract; m ≤ tile and the shared memory was sized for m.
-            return unsafe {
-                launch_smem(stream, &f, (grid_dim(self.batch), 1, 1), THREADS, smem, &p)
-            };
+            let grid = grid_dim(self.batch);
+            return unsafe { launch_smem(stream, &f, (grid, 1, 1), THREADS, smem, &p) }
+                .map(|()| grid as usize);
         }
         let mat = (self.len() * 4) as u64;
         let (ahat, tbuf, zalt) = (ws, ws + mat, ws + 2 * mat);
@@ -256,7 +256,7 @@ impl NewtonPlan {
                 launch(stream, &gemm, ggrid, THREADS, &p)?;
             }
         }
-        Ok(())
+        Ok(0)
     }
 }
 
@@ -284,7 +284,7 @@ pub unsafe fn newton_pinv_raw(
     check_workspace(plan.workspace_bytes(), workspace, workspace_len)?;
     plan.check_device(rt)?;
     // SAFETY: forwarded contract; buffers checked above.
-    unsafe { plan.queue(rt, stream, a, z, workspace) }
+    unsafe { plan.queue(rt, stream, a, z, workspace) }.map(|_| ())
 }
 
 /// `Z` = T Newton steps on `A + λI` (SPEC §1.4) for `batch` fp32 `m×m` matrices `a`
