@@ -5,7 +5,7 @@
 //   shared:    colreduce / colfinal (column Σ|x|, Σx, max x), colscale, to_f32, from_f32, rownorm2
 //   softmax:   softmax_rows
 //   cosFormer: cosformer_features, cosformer_divide, cosformer_causal_rows
-//   SOFT:      soft_pool1d, soft_pool2d, soft_gaussian, soft_gram, newton_init, fill_eye
+//   SOFT:      soft_pool1d, soft_pool2d, soft_gaussian, soft_gram, newton_init
 //   AFT:       aft_wexp_full, aft_wexp_local, aft_expkv, aft_gate
 #include "baseline.cuh"
 
@@ -338,38 +338,37 @@ __device__ void soft_gram(const BaselineParams& p) {
   }
 }
 
-// Newton start (§1.4): per bh, α = alpha_scale·2/(max_i Σ_j A_ij)² from src A fp32 [bh][m][m]
-// (m = rows), then dst Â = A + ridge·I and dst2 Z₀ = α·Â.
-// Grid: one CTA per bh, grid-stride; threads over rows, then elements. Traffic: reads A twice.
+// Newton init (§1.4) in the augmented form that makes each step of the cuBLAS loop two plain
+// GEMMs (40 launches for T = 20, none to refill 2I): Y = [−Â | 2I]·[Z; I] = 2I − Â·Z, then
+// Z' = Z·Y. src fp32 [bh][m][m] = A (m = rows); writes dst [bh][m][2m] = [−Â | 2I] with
+// Â = A + λI, dst2 [bh][2m][m] = [αÂ; I] (Z₀ above I) and the lower I of aux [bh][2m][m] (its
+// upper half takes the next Z); α = c·2/(max row sum of A)². Grid: one CTA per slice
+// (grid-stride). Traffic: reads A twice, writes 6·m² floats per slice.
 __device__ void newton_init(const BaselineParams& p) {
-  const i64 mm = (i64)p.rows * p.rows;
+  const int m = p.rows;
+  const i64 mm = (i64)m * m;
   for (i64 bh = blockIdx.x; bh < p.bh; bh += gridDim.x) {
     const float* a = in<float>(p.src) + bh * mm;
     float mx = BASELINE_NEG_INF;
-    for (int i = threadIdx.x; i < p.rows; i += BASELINE_THREADS) {
+    for (int i = threadIdx.x; i < m; i += BASELINE_THREADS) {
       float s = 0.f;
-      for (int j = 0; j < p.rows; ++j) s += a[(i64)i * p.rows + j];
+      for (int j = 0; j < m; ++j) s += a[(i64)i * m + j];
       mx = fmaxf(mx, s);
     }
     mx = block_max(mx);
     const float alpha = p.alpha_scale * 2.f / (mx * mx);
-    float* ah = out<float>(p.dst) + bh * mm;
-    float* z = out<float>(p.dst2) + bh * mm;
+    float* aug = out<float>(p.dst) + bh * 2 * mm;
+    float* z0 = out<float>(p.dst2) + bh * 2 * mm;
+    float* z1 = out<float>(p.aux) + bh * 2 * mm;
     for (i64 e = threadIdx.x; e < mm; e += BASELINE_THREADS) {
-      const float x = a[e] + (e / p.rows == e % p.rows ? p.ridge : 0.f);
-      ah[e] = x;
-      z[e] = alpha * x;
+      const i64 i = e / m, j = e % m;
+      const float x = a[e] + (i == j ? p.ridge : 0.f), eye = i == j ? 1.f : 0.f;
+      aug[i * 2 * m + j] = -x;
+      aug[i * 2 * m + m + j] = 2.f * eye;
+      z0[e] = alpha * x;
+      z0[mm + e] = eye;
+      z1[mm + e] = eye;
     }
-  }
-}
-
-// Scaled identities (§1.4, the 2I of Y = 2I − Â·Z): dst fp32 [bh][m][m] = scale·δ_ij, m = rows.
-// Grid: one thread per element, grid-stride. Traffic: writes bh·m² floats.
-__device__ void fill_eye(const BaselineParams& p) {
-  const i64 mm = (i64)p.rows * p.rows;
-  for (i64 i = global_thread(); i < p.count; i += grid_threads()) {
-    const i64 e = i % mm;
-    out<float>(p.dst)[i] = e / p.rows == e % p.rows ? p.scale : 0.f;
   }
 }
 
@@ -466,6 +465,5 @@ BASELINE_KERNEL(soft_pool2d_f32, soft_pool2d(p))
 BASELINE_KERNEL(soft_gaussian_f32, soft_gaussian(p))
 BASELINE_KERNEL(soft_gram_f32, soft_gram(p))
 BASELINE_KERNEL(newton_init_f32, newton_init(p))
-BASELINE_KERNEL(fill_eye_f32, fill_eye(p))
 BASELINE_KERNEL(aft_wexp_full_f32, aft_wexp<false>(p))
 BASELINE_KERNEL(aft_wexp_local_f32, aft_wexp<true>(p))

@@ -217,7 +217,9 @@ static_assert(8 * 16 == NEWTON_SMEM_MAX_M, "largest one-launch tile");
 // stores its new rows of Z into every CTA's copy (distributed shared memory). Z is double
 // buffered: step k reads buffer k % 2 and stores into buffer (k + 1) % 2, so one cluster barrier
 // per step suffices — it completes every copy of the new buffer, and since each CTA arrives after
-// its reads of the old one, no CTA still reads the buffer that step k + 1 overwrites. Each product
+// its reads of the old one, no CTA still reads the buffer that step k + 1 overwrites. The barrier
+// is split: a CTA arrives after its stores and waits only before the second product, so the first
+// (its own rows of Z times Â) overlaps the barrier's latency. Each product
 // sums over k in increasing order with fp32 FMAs like newton_smem, so the result is bit-identical
 // to it. Grid: x = NEWTON_CL × clusters, a cluster per matrix (grid-stride over bh).
 // Thread mapping (4 warps): warp w owns columns [16w, 16w + 16) of the CTA's ≤ 8 rows; lane l
@@ -301,6 +303,7 @@ __device__ void newton_cluster(const SoftKernelParams& p) {
   const int j0 = 16 * (int)(threadIdx.x / 32) + 2 * (lane % 8);  // its columns j0, j0 + 1
   const int row0 = rank * rb + i0;                                // global row of i0 (≤ 63)
   const bool live[2] = {i0 < rb && row0 < m, i0 + 1 < rb && row0 + 1 < m};
+  const int xrow[2] = {live[0] ? row0 : NEWTON_CL_MAX_M, live[1] ? row0 + 1 : NEWTON_CL_MAX_M};
   const bool c0 = j0 < m, c1 = j0 + 1 < m;
   u32 peer[NEWTON_CL];  // the shared memory of every CTA of the cluster, in the cluster window
 #pragma unroll
@@ -310,14 +313,15 @@ __device__ void newton_cluster(const SoftKernelParams& p) {
   for (int i = threadIdx.x; i < NEWTON_CL_SMEM / 4; i += NEWTON_CL_THREADS) newton_cl_smem[i] = 0.f;
   for (int bh = blockIdx.x / NEWTON_CL; bh < p.b * p.h; bh += gridDim.x / NEWTON_CL) {
     cluster_sync();  // every CTA has started, and is done with the previous matrix's copies
-    newton_start(p, bh, LD, ah, zs);  // Z₀ into buffer 0
+    newton_start(p, bh, LD, ah, zs);  // Z₀ into buffer 0, whole in every CTA
     for (int it = 0; it < p.iters; ++it) {
       const float* cur = zs + (it % 2) * NEWTON_CL_MAT;
       float* nxt = zs + ((it + 1) % 2) * NEWTON_CL_MAT;
       float acc[2][2];
-      // T = Z·Â, the CTA's rows (rows past rb or m are computed from zeros or other rows and
-      // dropped; the reads stay inside the 64-row buffer since rank·rb + 7 < 64).
-      newton_cl_block<M>(cur + row0 * LD, cur + (row0 + 1) * LD, ah + j0, m, acc);
+      // T = Z·Â for the CTA's rows: they need only its own rows of Z_it (stored by its own
+      // threads last step), so this runs before the cluster wait. Rows the thread does not own
+      // read zero row 64 instead (computed and dropped): other CTAs' rows may still be arriving.
+      newton_cl_block<M>(cur + xrow[0] * LD, cur + xrow[1] * LD, ah + j0, m, acc);
 #pragma unroll
       for (int r = 0; r < 2; ++r)
         if (live[r]) {
@@ -327,6 +331,10 @@ __device__ void newton_cluster(const SoftKernelParams& p) {
             ts[(i0 + r) * LD + j0] = acc[r][0];
         }
       __syncthreads();  // the CTA's rows of T complete
+      // Every CTA's rows of Z_it have arrived (stored before its arrive of step it − 1), and
+      // every CTA is done reading `nxt` (its step it − 1 reads precede that arrive). Step 0 reads
+      // the Z₀ each CTA computed whole.
+      if (it > 0) cluster_wait();
       newton_cl_block<M>(ts + i0 * LD, ts + (i0 + 1) * LD, cur + j0, m, acc);  // (Z·Â)·Z
 #pragma unroll
       for (int r = 0; r < 2; ++r)
@@ -343,8 +351,10 @@ __device__ void newton_cluster(const SoftKernelParams& p) {
             for (int c = 0; c < NEWTON_CL; ++c) st_cluster_u32_at(peer[c] + off, n0);
           }
         }
-      cluster_sync();  // every copy of the new buffer complete; the old one and T no longer read
+      cluster_arrive();  // this CTA's reads of `cur` and stores into every `nxt` are done
+      __syncthreads();   // its own rows of `nxt` visible to all its threads; T no longer read
     }
+    if (p.iters > 0) cluster_wait();  // pairs the last arrive
     const float* zf = zs + (p.iters % 2) * NEWTON_CL_MAT;
 #pragma unroll
     for (int r = 0; r < 2; ++r)

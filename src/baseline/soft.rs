@@ -54,8 +54,8 @@ pub struct NewtonPlan {
     pub iters: usize,
     pub ridge: f32,
     pub alpha_scale: f32,
-    /// Â = A + λI, Y = 2I − Â·Z, and the second Z of the ping-pong.
-    regions: Regions<3>,
+    /// [−Â | 2I] (`m×2m`), Y = 2I − Â·Z, and the two `[Z; I]` (`2m×m`) of the ping-pong.
+    regions: Regions<4>,
 }
 
 impl NewtonPlan {
@@ -69,14 +69,14 @@ impl NewtonPlan {
         }
         int("a", "batch", batch)?;
         int("a", "m", m)?;
-        let one = f32_bytes(&[batch, m, m]);
+        let (one, two) = (f32_bytes(&[batch, m, m]), f32_bytes(&[batch, 2 * m, m]));
         Ok(NewtonPlan {
             batch,
             m,
             iters: params.newton_iters,
             ridge,
             alpha_scale,
-            regions: Regions::new("a", [one, one, one])?,
+            regions: Regions::new("a", [two, one, two, two])?,
         })
     }
 
@@ -90,7 +90,7 @@ impl NewtonPlan {
         self.len() == 0
     }
 
-    /// Scratch bytes: three `batch·m²` fp32 buffers.
+    /// Scratch bytes: seven `batch·m²` fp32 buffers' worth.
     pub fn workspace_bytes(&self) -> usize {
         self.regions.total
     }
@@ -109,56 +109,61 @@ impl NewtonPlan {
         workspace: u64,
     ) -> Result<()> {
         let (m, batch) = (self.m, self.batch);
-        let (ah, y, z_alt) = (
-            self.regions.at(workspace, 0),
-            self.regions.at(workspace, 1),
-            self.regions.at(workspace, 2),
-        );
-        // Z₀ goes where an even number of swaps leaves the result in `z`.
-        let (mut cur, mut next) = if self.iters % 2 == 0 {
-            (z, z_alt)
-        } else {
-            (z_alt, z)
-        };
+        let at = |i| self.regions.at(workspace, i);
+        let (aug, y, stacked) = (at(0), at(1), [at(2), at(3)]);
+        // Each step is two plain GEMMs (the 40 launches for T = 20): Y = [−Â | 2I]·[Z; I]
+        // = 2I − Â·Z, then Z' = Z·Y into the other [Z; I] (the last step into `z`). The init
+        // kernel writes [−Â | 2I], [Z₀; I] and the other buffer's I.
         let p = BaselineParams {
             src: a,
-            dst: ah,
-            dst2: cur,
-            count: self.len() as i64,
+            dst: aug,
+            dst2: stacked[0],
+            aux: stacked[1],
             bh: batch as i32,
             rows: m as i32,
-            scale: 2.0,
             ridge: self.ridge,
             alpha_scale: self.alpha_scale,
             ..Default::default()
         };
-        let eye = BaselineParams { dst: y, ..p };
-        let mat = |ptr| Mat::packed(ptr, m, m);
-        let product = |a, b, c, alpha, beta| Gemm {
+        let over_eye = |ptr| Mat {
+            ptr,
+            ld: m,
+            stride: 2 * m * m,
+        };
+        let gemm = |k, a, b, c| Gemm {
             m,
             n: m,
-            k: m,
-            a: mat(a),
+            k,
+            a,
             trans_a: false,
-            b: mat(b),
+            b,
             trans_b: false,
-            c: mat(c),
+            c,
             ab_type: DType::F32,
             c_type: DType::F32,
-            alpha,
-            beta,
+            alpha: 1.0,
+            beta: 0.0,
             batch,
             fast_tf32: false,
         };
+        let aug_mat = Mat {
+            ptr: aug,
+            ld: 2 * m,
+            stride: 2 * m * m,
+        };
         let stream = blas.stream();
-        // SAFETY: forwarded from the caller; every region holds batch·m² floats.
+        // SAFETY: forwarded from the caller; the regions hold the sizes `new` gave them.
         unsafe {
             run(rt, stream, "newton_init_f32", Grid::Ctas(batch), &p)?;
-            for _ in 0..self.iters {
-                run(rt, stream, "fill_eye_f32", Grid::Elements, &eye)?;
-                blas.gemm(&product(ah, cur, y, -1.0, 1.0))?; // Y = 2I − Â·Z
-                blas.gemm(&product(cur, y, next, 1.0, 0.0))?; // Z ← Z·Y = 2Z − Z·Â·Z
-                std::mem::swap(&mut cur, &mut next);
+            for k in 0..self.iters {
+                let cur = over_eye(stacked[k % 2]);
+                let next = if k + 1 == self.iters {
+                    Mat::packed(z, m, m)
+                } else {
+                    over_eye(stacked[(k + 1) % 2])
+                };
+                blas.gemm(&gemm(2 * m, aug_mat, cur, Mat::packed(y, m, m)))?; // Y = 2I − Â·Z
+                blas.gemm(&gemm(m, cur, Mat::packed(y, m, m), next))?; // Z' = Z·Y
             }
         }
         Ok(())

@@ -19,8 +19,8 @@
 //! Any D ≤ 256, any strides with a unit last dim. The bias (`w`, `u`) is fp32 on the device.
 
 use super::{
-    check_raw, check_workspace, launch, launch_smem, ptr_of, with_raw, zero_u32, RawTensor,
-    TensorMut, TensorRef, MAX_HEAD_DIM,
+    check_raw, check_workspace, launch, launch_smem, ptr_of, try_launch_smem, with_raw, zero_u32,
+    RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM,
 };
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
@@ -663,7 +663,7 @@ unsafe fn queue_full_cluster(
     };
     rt.allow_dynamic_smem(&f, FG_CL_SMEM)?;
     // SAFETY: forwarded contract; the grid's x is a whole number of clusters.
-    Ok(unsafe { launch_smem(stream, &f, grid, FG_THREADS, FG_CL_SMEM, p) }.is_ok())
+    unsafe { try_launch_smem(stream, &f, grid, FG_THREADS, FG_CL_SMEM, p) }
 }
 
 /// The window kernel for `dtype` and its CTA size: tensor cores for 16-bit storage, fp32 CUDA

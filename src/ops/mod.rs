@@ -107,6 +107,45 @@ pub(crate) unsafe fn launch_smem<P: cudarc::driver::DeviceRepr>(
     Ok(())
 }
 
+/// [`launch_smem`] for a kernel with a fallback path (a cluster launch the device may not have
+/// room for): `Ok(false)` when the driver refused the launch, so nothing was queued and the
+/// caller runs its fallback; the error when the kernel itself failed (a fault sofa-sim reports
+/// at launch, or a sticky device error), which a fallback must not hide.
+///
+/// # Safety
+/// As for [`launch`].
+pub(crate) unsafe fn try_launch_smem<P: cudarc::driver::DeviceRepr>(
+    stream: &CudaStream,
+    f: &CudaFunction,
+    grid: (u32, u32, u32),
+    block: u32,
+    smem: u32,
+    params: &P,
+) -> Result<bool> {
+    use cudarc::driver::sys::CUresult as R;
+    // SAFETY: forwarded from the caller.
+    match unsafe { launch_smem(stream, f, grid, block, smem, params) } {
+        Ok(()) => Ok(true),
+        Err(Error::Driver(e))
+            if matches!(
+                e.0,
+                R::CUDA_ERROR_LAUNCH_FAILED
+                    | R::CUDA_ERROR_ILLEGAL_ADDRESS
+                    | R::CUDA_ERROR_ILLEGAL_INSTRUCTION
+                    | R::CUDA_ERROR_MISALIGNED_ADDRESS
+                    | R::CUDA_ERROR_INVALID_ADDRESS_SPACE
+                    | R::CUDA_ERROR_INVALID_PC
+                    | R::CUDA_ERROR_HARDWARE_STACK_ERROR
+                    | R::CUDA_ERROR_ASSERT
+                    | R::CUDA_ERROR_LAUNCH_TIMEOUT
+            ) =>
+        {
+            Err(Error::Driver(e))
+        }
+        Err(_) => Ok(false),
+    }
+}
+
 /// [`launch_smem`] with programmatic stream serialization (sm_90): the kernel may start while the
 /// previous kernel on `stream` still runs, once every CTA of that one has called
 /// `pdl_start_dependents` (kernels/common.cuh). The kernel must call `pdl_wait_previous` before it

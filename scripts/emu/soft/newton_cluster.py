@@ -4,9 +4,9 @@ of lane l = t % 32: rows 2·(l / 8) and + 1, columns 16·(t / 32) + 2·(l % 8) a
 buffers of every CTA, one cluster barrier per step; both sum every product over k in increasing
 order with fp32 FMAs, so Z must be bit-identical.
 Checks, for m ∈ {1 … 64}: every (row, column) of Z updated by exactly one thread of one CTA per
-step; within each barrier interval no element of any CTA's copy is both read and written (CTAs
-run unordered between barriers, so that is the race-freedom condition of the single barrier);
-the cluster result equal bit for bit to the one-CTA result.
+step; under the split barrier (arrive after the stores, wait only before the second product) and
+an adversarial CTA order, every read sees the current step's values (the first product only the
+CTA's own rows); the cluster result equal bit for bit to the one-CTA result.
     python3 newton_cluster.py
 """
 import numpy as np
@@ -55,47 +55,66 @@ def one_cta(a, m, iters, ridge=0.01, c=0.9):
 
 
 def cluster(a, m, iters, ridge=0.01, c=0.9):
+    """The kernel's schedule with its split barrier: phase A of step k (T = Z·Â for the CTA's own
+    rows) runs before the cluster wait, phase B (T·Z over every row, the new rows stored into
+    every CTA's other buffer, then the arrive) after it. The order is adversarial: each CTA runs
+    its A of step k + 1 right after its own B of step k, before the other CTAs' B of step k.
+    Each element of each copy carries the step of Z it holds; every read asserts it is current."""
     ah, z0 = init(a, m, ridge, c)
-    # each CTA's shared-memory Z buffers: Z_k in buffer k % 2
-    copies = [[z0.copy(), np.zeros((m, m), F32)] for _ in range(CL)]
+    copies = [[z0.copy(), np.zeros((m, m), F32)] for _ in range(CL)]  # Z_k in buffer k % 2
+    ver = [[np.zeros((m, m), np.int64), np.full((m, m), -1, np.int64)] for _ in range(CL)]
     rb = -(-m // CL)
-    for it in range(iters):
-        cur, nxt = it % 2, (it + 1) % 2
-        writes = np.zeros((m, m), np.int64)
-        read = np.zeros((CL, 2, m, m), bool)  # (copy, buffer, row, col) touched in this interval
-        written = np.zeros((CL, 2, m, m), bool)
-        for r in range(CL):  # the interval between barriers it − 1 and it, CTAs in any order
-            zc = copies[r][cur]
-            for t, i in ((t, 2 * (t % 32 // 8) + h) for t in range(THREADS) for h in (0, 1)):
-                row, j0 = r * rb + i, 16 * (t // 32) + 2 * (t % 8)
-                assert r * rb + 2 * (t % 32 // 8) + 1 < 64, "the thread's rows lie in the buffer"
-                if i >= rb or row >= m:
-                    continue
-                # The CTA's T row (every lane of the warp writes its two columns before the
-                # __syncthreads; each thread then reads all m): the same FMAs for every column.
-                trow = np.zeros(m, F32)
-                for j in range(m):
+    ts = [dict() for _ in range(CL)]  # each CTA's rows of T of the current step
+
+    def threads(r):  # (thread, its row, its first column) of the CTA's live rows
+        for t, i in ((t, 2 * (t % 32 // 8) + h) for t in range(THREADS) for h in (0, 1)):
+            row, j0 = r * rb + i, 16 * (t // 32) + 2 * (t % 8)
+            assert r * rb + 2 * (t % 32 // 8) + 1 < 64, "the thread's rows lie in the buffer"
+            if i < rb and row < m:  # others read the zero row 64 (not modelled: no values)
+                yield t, row, j0
+
+    def phase_a(r, k):  # T = Z_k·Â, own rows only: before the wait
+        buf = k % 2
+        ts[r] = {}
+        for _, row, _ in threads(r):
+            assert r * rb <= row < r * rb + rb, "phase A reads only the CTA's own rows"
+            assert (ver[r][buf][row, :] == k).all(), f"phase A of step {k} read a stale own row"
+            trow = np.zeros(m, F32)
+            for j in range(m):
+                acc = F32(0)
+                for kk in range(m):
+                    acc = fma(copies[r][buf][row, kk], ah[kk, j], acc)
+                trow[j] = acc
+            ts[r][row] = trow
+
+    def phase_b(r, k, writes):  # after the wait: T·Z_k over every row, stores into buffer k + 1
+        cur, nxt = k % 2, (k + 1) % 2
+        zc = copies[r][cur]
+        assert (ver[r][cur] == k).all(), f"phase B of step {k} read a row not yet arrived"
+        for _, row, j0 in threads(r):
+            for j in (j0, j0 + 1):
+                if j < m:
                     acc = F32(0)
-                    for k in range(m):
-                        acc = fma(zc[row, k], ah[k, j], acc)
-                    trow[j] = acc
-                read[r, cur, row, :] = True
-                for j in (j0, j0 + 1):
-                    if j < m:
-                        acc = F32(0)
-                        for k in range(m):
-                            acc = fma(trow[k], zc[k, j], acc)
-                        read[r, cur, :, j] = True
-                        v = F32(F32(2) * zc[row, j] - acc)
-                        writes[row, j] += 1
-                        for cp in range(CL):  # st.shared::cluster into every copy's other buffer
-                            copies[cp][nxt][row, j] = v
-                            written[cp, nxt, row, j] = True
+                    for kk in range(m):
+                        acc = fma(ts[r][row][kk], zc[kk, j], acc)
+                    v = F32(F32(2) * zc[row, j] - acc)
+                    writes[row, j] += 1
+                    for cp in range(CL):  # st.shared::cluster into every copy's other buffer
+                        # every CTA's phase B of step k − 1 (the last reads of this buffer) is
+                        # done: this runs after the wait, which follows all of their arrives
+                        copies[cp][nxt][row, j] = v
+                        ver[cp][nxt][row, j] = k + 1
+
+    for r in range(CL):
+        phase_a(r, 0)  # step 0: Z₀ is whole in every CTA
+    for k in range(iters):
+        writes = np.zeros((m, m), np.int64)
+        for r in range(CL):  # the wait of step k passed: every phase B of step k − 1 is done
+            phase_b(r, k, writes)
+            if k + 1 < iters:
+                phase_a(r, k + 1)  # no wait in between: the other CTAs' B of step k may follow
         assert (writes == 1).all(), "each element of Z is written by exactly one thread"
-        assert not (read & written).any(), "an element read and written in one barrier interval"
-        # cluster barrier it: every copy of the new buffer complete and identical
-        assert all((cp[nxt] == copies[0][nxt]).all() for cp in copies)
-        assert written[:, nxt].all()
+    assert all((v[iters % 2] == iters).all() for v in ver), "the final wait: every copy complete"
     return copies[0][iters % 2]
 
 

@@ -5,7 +5,7 @@
 use super::launch::{grid_dim, KernelParams, FAMILY, MAX_GRID_YZ, THREADS};
 use super::plan::{state_len, Plan, BLOCK, SHORT_CL};
 use crate::error::Result;
-use crate::ops::{launch, launch_smem, one_wave_rows, rows_16b_aligned, zero_u32};
+use crate::ops::{launch, launch_smem, one_wave_rows, rows_16b_aligned, try_launch_smem, zero_u32};
 use crate::runtime::Runtime;
 use crate::tensor::DType;
 use cudarc::driver::CudaStream;
@@ -209,7 +209,7 @@ unsafe fn queue_one_launch(
     );
     // SAFETY: SHORT_CL ≤ plan.partials slots before the state; one cluster per (b,h) at a time
     // covers every chunk, state element and query tile.
-    Ok(unsafe { launch_smem(stream, &f, grid, threads, smem, &p) }.is_ok())
+    unsafe { try_launch_smem(stream, &f, grid, threads, smem, &p) }
 }
 
 /// [`queue`](super::launch::queue) on the tensor-core kernels.

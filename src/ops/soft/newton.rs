@@ -7,7 +7,9 @@ use super::{
     NEWTON_SMEM_MAX_M, NEWTON_TILE, THREADS,
 };
 use crate::error::{Error, Result};
-use crate::ops::{check_f32_buffer, check_workspace, launch, launch_smem, with_matrices};
+use crate::ops::{
+    check_f32_buffer, check_workspace, launch, launch_smem, try_launch_smem, with_matrices,
+};
 use crate::runtime::Runtime;
 use cudarc::driver::{CudaSlice, CudaStream};
 use std::sync::Arc;
@@ -210,9 +212,8 @@ impl NewtonPlan {
                 // instead.
                 if rt.allow_dynamic_smem(&f, NEWTON_CL_SMEM).is_ok()
                     && unsafe {
-                        launch_smem(stream, &f, grid, NEWTON_CL_THREADS, NEWTON_CL_SMEM, &p)
-                    }
-                    .is_ok()
+                        try_launch_smem(stream, &f, grid, NEWTON_CL_THREADS, NEWTON_CL_SMEM, &p)
+                    }?
                 {
                     return Ok(ctas);
                 }
