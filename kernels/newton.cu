@@ -219,19 +219,19 @@ static_assert(8 * 16 == NEWTON_SMEM_MAX_M, "largest one-launch tile");
 // per step suffices — it completes every copy of the new buffer, and since each CTA arrives after
 // its reads of the old one, no CTA still reads the buffer that step k + 1 overwrites. The barrier
 // is split: a CTA arrives after its stores and waits only before the second product, so the first
-// (its own rows of Z times Â) overlaps the barrier's latency. Each product
-// sums over k in increasing order with fp32 FMAs like newton_smem, so the result is bit-identical
-// to it. Grid: x = NEWTON_CL × clusters, a cluster per matrix (grid-stride over bh).
+// (its own rows of Z times Â) overlaps the barrier's latency. Each product sums over k in
+// increasing order with fp32 FMAs like newton_smem, so the result is bit-identical to it.
+// Grid: x = NEWTON_CL × clusters, a cluster per matrix (grid-stride over bh).
 // Thread mapping (4 warps): warp w owns columns [16w, 16w + 16) of the CTA's ≤ 8 rows; lane l
 // rows 2·(l / 8) and + 1, columns 16w + 2·(l % 8) and + 1 — a 2 × 2 register block. Per 4 keys
 // a warp reads 2 × 4 rows' factors (16-byte loads, rows 2 apart: 544 B, distinct banks) and 4 ×
 // 8 column pairs (8-byte loads, 64 B each): 6 shared-memory wavefronts for 16 FMA per thread.
 // The one-row-per-warp mapping it replaces read every column pair of the other operand in every
 // warp, 72 wavefronts per 4 keys per CTA against these 24: shared-memory bandwidth, not issue,
-// bounded it (≈ 2300 clk per step at m = 64; now ≈ 800).
+// bounded it (≈ 2300 clk per step at m = 64; now ≈ 900 with the incoming rows of the cluster).
 // Dynamic shared memory NEWTON_CL_SMEM: Â and the two Z buffers (NEWTON_CL_ROWS rows each: the
-// last 4 are zeros the one-group-ahead loads may read), the CTA's rows of T; leading dim
-// NEWTON_CL_LD (16-byte rows, 4 floats of zero padding).
+// last 4 are zeros, which the one-group-ahead loads and the unowned rows of the first product
+// read), the CTA's rows of T; leading dim NEWTON_CL_LD (16-byte rows, 4 floats of zero padding).
 #define NEWTON_CL 8
 #define NEWTON_CL_THREADS 128
 #define NEWTON_CL_MAX_M 64
