@@ -179,9 +179,7 @@ impl BaselineCase {
             DType::F32 => runner::<f32>(rt, blas, *self, seed),
         }
     }
-}
 
-impl BaselineCase {
     /// The cuBLAS Newton loop (two batched GEMMs per step) on the op's matrices.
     fn newton_workload(&self, rt: &Arc<Runtime>, blas: &Arc<Blas>, seed: u64) -> Result<Runner> {
         let ws = self.workspace_bytes()?;

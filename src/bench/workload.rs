@@ -137,16 +137,12 @@ impl Case {
         }
     }
 
-    /// The Newton plan of a `SoftNewton` case: B·H matrices of m×m, on `path`.
-    pub(crate) fn newton_plan(&self, path: NewtonPath) -> Result<soft::NewtonPlan> {
-        let p = self.soft_params();
-        soft::NewtonPlan::new(
-            self.dims.b * self.dims.h,
-            self.landmarks,
-            &p,
-            path,
-            usize::MAX,
-        )
+    /// Scratch of a `SoftNewton` case (B·H matrices of m×m): the multi-launch path's, an upper
+    /// bound of every path's.
+    fn newton_workspace_bytes(&self) -> Result<usize> {
+        let (batch, p) = (self.dims.b * self.dims.h, self.soft_params());
+        let path = NewtonPath::MultiLaunch;
+        Ok(soft::NewtonPlan::new(batch, self.landmarks, &p, path, usize::MAX)?.workspace_bytes())
     }
 
     fn aft_variant(&self) -> Option<aft::Variant> {
@@ -257,8 +253,7 @@ impl Case {
             BenchOp::Sima => sima::workspace_bytes(self.dims, d),
             BenchOp::Cosformer => Ok(self.cosformer_plan()?.workspace_bytes()),
             BenchOp::Soft => soft::workspace_bytes(self.dims, d, &self.soft_params()),
-            // The multi-launch path's scratch: an upper bound of every path's.
-            BenchOp::SoftNewton => Ok(self.newton_plan(NewtonPath::MultiLaunch)?.workspace_bytes()),
+            BenchOp::SoftNewton => self.newton_workspace_bytes(),
             _ => {
                 let v = self.aft_variant().expect("an AFT op");
                 let p = AftParams {

@@ -122,35 +122,38 @@ pub(crate) unsafe fn try_launch_smem<P: cudarc::driver::DeviceRepr>(
     smem: u32,
     params: &P,
 ) -> Result<bool> {
-    use cudarc::driver::sys::CUresult as R;
     // SAFETY: forwarded from the caller.
     match unsafe { launch_smem(stream, f, grid, block, smem, params) } {
         Ok(()) => Ok(true),
-        Err(Error::Driver(e))
-            if matches!(
-                e.0,
-                R::CUDA_ERROR_LAUNCH_FAILED
-                    | R::CUDA_ERROR_ILLEGAL_ADDRESS
-                    | R::CUDA_ERROR_ILLEGAL_INSTRUCTION
-                    | R::CUDA_ERROR_MISALIGNED_ADDRESS
-                    | R::CUDA_ERROR_INVALID_ADDRESS_SPACE
-                    | R::CUDA_ERROR_INVALID_PC
-                    | R::CUDA_ERROR_HARDWARE_STACK_ERROR
-                    | R::CUDA_ERROR_ASSERT
-                    | R::CUDA_ERROR_LAUNCH_TIMEOUT
-            ) =>
-        {
-            Err(Error::Driver(e))
-        }
+        Err(Error::Driver(e)) if kernel_failed(e.0) => Err(Error::Driver(e)),
         Err(_) => Ok(false),
     }
+}
+
+/// Whether a launch's status says the kernel itself failed (a fault sofa-sim reports at launch,
+/// or a sticky device error) rather than that the driver refused the launch.
+fn kernel_failed(status: cudarc::driver::sys::CUresult) -> bool {
+    use cudarc::driver::sys::CUresult as R;
+    matches!(
+        status,
+        R::CUDA_ERROR_LAUNCH_FAILED
+            | R::CUDA_ERROR_ILLEGAL_ADDRESS
+            | R::CUDA_ERROR_ILLEGAL_INSTRUCTION
+            | R::CUDA_ERROR_MISALIGNED_ADDRESS
+            | R::CUDA_ERROR_INVALID_ADDRESS_SPACE
+            | R::CUDA_ERROR_INVALID_PC
+            | R::CUDA_ERROR_HARDWARE_STACK_ERROR
+            | R::CUDA_ERROR_ASSERT
+            | R::CUDA_ERROR_LAUNCH_TIMEOUT
+    )
 }
 
 /// [`launch_smem`] with programmatic stream serialization (sm_90): the kernel may start while the
 /// previous kernel on `stream` still runs, once every CTA of that one has called
 /// `pdl_start_dependents` (kernels/common.cuh). The kernel must call `pdl_wait_previous` before it
 /// exits, so that it completes after the previous kernel and later launches see both. Where the
-/// driver refuses the attribute the kernel is launched plainly (the same results, serialized).
+/// driver refuses the attribute the kernel is launched plainly (the same results, serialized); a
+/// kernel that failed is an error, as in [`try_launch_smem`].
 ///
 /// # Safety
 /// As for [`launch`]; the kernel takes `params` as its only argument.
@@ -192,6 +195,7 @@ pub(crate) unsafe fn launch_smem_beside<P: cudarc::driver::DeviceRepr>(
     };
     match launched {
         sys::CUresult::CUDA_SUCCESS => Ok(()),
+        status if kernel_failed(status) => Err(cudarc::driver::DriverError(status).into()),
         // SAFETY: forwarded from the caller.
         _ => unsafe { launch_smem(stream, f, grid, block, smem, params) },
     }

@@ -302,21 +302,21 @@ pub unsafe fn attention_raw(
     // The two heavy passes: tensor cores when the dims and alignment allow, else CUDA cores. Both
     // write partials of the same layout (chunks of the workspace, landmark tiles) and the output;
     // the tensor-core pass 1 takes fewer, longer chunks (one wave), sized once Newton is queued.
-    let mut pass1_slots = None; // tensor-core pass 1: the CTAs resident on an idle device
     let (pass1, pass2) = if tensor_cores(plan, dtype, &p, rt.info().smem_per_block_optin) {
         let (s1, s2) = (tc::pass1_smem(d) as u32, tc::pass2_smem(d, m) as u32);
         let f1 = rt.function(FAMILY, &format!("soft_pass1_tc{d}_{dt}"))?;
         let f2 = rt.function(FAMILY, &format!("soft_pass2_tc{d}_{dt}"))?;
         rt.allow_dynamic_smem(&f1, s1)?;
         rt.allow_dynamic_smem(&f2, s2)?;
-        pass1_slots = Some(rt.resident_ctas(&f1, TC_THREADS, s1)?);
+        // Pass 1 in one wave: the CTAs resident on an idle device, less Newton's (below).
+        let slots1 = rt.resident_ctas(&f1, TC_THREADS, s1)?;
         // Pass 2 is persistent: one wave of CTAs shared among the (b,h) slices, each splitting
         // L and W into shared memory once per slice.
         let slots = rt.resident_ctas(&f2, TC_THREADS, s2)?;
         let per_bh = slots.div_ceil(bh).max(1);
         let grid2 = (n.div_ceil(TC_ROWS).min(per_bh) as u32, bh_y, 1);
         (
-            (f1, (0, 0, 0), TC_THREADS, s1), // grid: once Newton is queued
+            (f1, Pass1Grid::OneWave(slots1), TC_THREADS, s1),
             (f2, grid2, TC_THREADS, s2),
         )
     } else {
@@ -324,7 +324,12 @@ pub unsafe fn attention_raw(
         let f2 = rt.function(FAMILY, &format!("soft_pass2_{dt}"))?;
         let grid2 = (grid_dim(n.div_ceil(ROWS)), bh_y, dv.div_ceil(ET) as u32);
         (
-            (f1, (plan.chunks as u32, bh_y, tiles), THREADS, 0),
+            (
+                f1,
+                Pass1Grid::Fixed((plan.chunks as u32, bh_y, tiles)),
+                THREADS,
+                0,
+            ),
             (f2, grid2, THREADS, 0),
         )
     };
@@ -344,23 +349,24 @@ pub unsafe fn attention_raw(
         )?;
         let newton_ctas = plan.newton.queue(rt, stream, p.a, p.z, at(ws.newton))?;
         let (f1, grid1, threads1, smem1) = &pass1;
-        if let Some(slots) = pass1_slots {
+        let grid = match *grid1 {
+            Pass1Grid::Fixed(grid) => grid,
             // The tensor-core pass 1 does not read Z, so it starts beside the one-launch Newton
             // kernel (sm_90), in one wave of the slots that kernel leaves: fewer partials of PᵀV
             // to write and sum (one_wave_rows), and Newton off the critical path.
-            let sms = rt.info().multiprocessors as usize;
-            let free = slots.saturating_sub(newton_ctas).max(sms);
-            let rows = one_wave_rows(plan.chunks, plan.rows_per_chunk, free, bh * lt as usize);
-            p.rows_per_chunk = rows as i32;
-            p.chunks = n.div_ceil(rows) as i32;
-            let grid = (p.chunks as u32, bh_y, lt);
-            if rt.info().compute_capability.0 >= 9 {
-                launch_smem_beside(stream, f1, grid, *threads1, *smem1, &p)?;
-            } else {
-                launch_smem(stream, f1, grid, *threads1, *smem1, &p)?;
+            Pass1Grid::OneWave(slots) => {
+                let sms = rt.info().multiprocessors as usize;
+                let free = slots.saturating_sub(newton_ctas).max(sms);
+                let rows = one_wave_rows(plan.chunks, plan.rows_per_chunk, free, bh * lt as usize);
+                p.rows_per_chunk = rows as i32;
+                p.chunks = n.div_ceil(rows) as i32;
+                (p.chunks as u32, bh_y, lt)
             }
+        };
+        if matches!(grid1, Pass1Grid::OneWave(_)) && rt.info().compute_capability.0 >= 9 {
+            launch_smem_beside(stream, f1, grid, *threads1, *smem1, &p)?;
         } else {
-            launch_smem(stream, f1, *grid1, *threads1, *smem1, &p)?;
+            launch_smem(stream, f1, grid, *threads1, *smem1, &p)?;
         }
         let elems = (m * dv).div_ceil(THREADS as usize) as u32;
         launch(stream, &sum, (elems, bh_y, 1), THREADS, &p)?;
@@ -369,6 +375,14 @@ pub unsafe fn attention_raw(
         launch_smem(stream, f2, *grid2, *threads2, *smem2, &p)?;
     }
     Ok(())
+}
+
+/// Pass 1's grid: fixed by the plan (CUDA cores), or one wave of `slots` resident CTAs less those
+/// the Newton kernel keeps (tensor cores), known once Newton is queued.
+#[derive(Clone, Copy)]
+enum Pass1Grid {
+    Fixed((u32, u32, u32)),
+    OneWave(usize),
 }
 
 /// Whether the tensor-core attention passes apply: f16/bf16, D == Dv ∈ [`TC_DIMS`], every row of
