@@ -185,9 +185,8 @@ __device__ __forceinline__ AftStat aft_stat_of(float m, const float (&k)[N], con
 // the CTAs take the chunks in the reverse of the window pass's progress: its CTAs walk strips of
 // L tiles (AFT_CHUNK rows each) in step, tile 0 of every strip first (L = chunks: one strip,
 // tile by tile), so the chunk pass goes by offset within a strip descending, every strip and
-// slice of one offset together. The K, V it reads last, ≈ L2's size of them, are what the window
-// pass reads first (the seam of bench/NOTES.md). The chunks are F = chunks / L whole strips and
-// one of R = chunks % L tiles: offsets ≥ R have F strips, offsets < R have F + 1. Grid order when
+// slice of one offset together (strip_desc). The K, V it reads last, ≈ L2's size of them, are
+// what the window pass reads first (the seam of bench/NOTES.md). Grid order when
 // the grid strides over bh or has ≥ 2^32 CTAs.
 struct AftChunkBlock {
   int chunk, bh, ct;
@@ -197,11 +196,8 @@ __device__ __forceinline__ AftChunkBlock aft_chunk_block(const AftParams& p) {
   if (p.strip <= 0 || (int)gridDim.y != p.b * p.h || (u64)gridDim.x * slices > 0xffffffffull)
     return {(int)blockIdx.x, (int)blockIdx.y, (int)blockIdx.z};
   const u32 l = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
-  const u32 L = p.strip, F = gridDim.x / L, R = gridDim.x % L, g = l / slices, sx = l % slices;
-  const u32 top = (L - R) * F;  // (offset, strip) pairs of the offsets ≥ R
-  const u32 o = g < top ? L - 1 - g / F : R - 1 - (g - top) / (F + 1);
-  const u32 strip = g < top ? g % F : (g - top) % (F + 1);
-  return {(int)(strip * L + o), (int)(sx % gridDim.y), (int)(sx / gridDim.y)};
+  const u32 g = l / slices, sx = l % slices;
+  return {(int)strip_desc(g, gridDim.x, p.strip), (int)(sx % gridDim.y), (int)(sx / gridDim.y)};
 }
 
 // Chunk pass: part[bh][chunk] = (max K, Σ exp(K − max)·V, Σ exp(K − max)) per channel.

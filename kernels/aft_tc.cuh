@@ -407,12 +407,15 @@ __device__ __forceinline__ void aft_tc_epilogue(const AftParams& p, float (*rati
   // Y = σ(Q)·ratio. By 16-byte vectors when the tile's 64 channels exist and Q, O rows are 16-byte
   // aligned: the thread's 8 channels 8·(tid % 8) … of rows tid / 8 + 16i (a quarter-warp reads
   // one 256-byte ratio row: no bank conflict); else one channel per thread, rows strided.
+  // Q and Y are touched for the last time: evict-first in L2, so that they do not push out the
+  // K, V rows the chunk pass left there for this pass (the L2 seam of bench/NOTES.md).
   if (c0 + AFT_CT <= p.d && ((p.q_sn | p.o_sn) & 7) == 0 && ((reinterpret_cast<u64>(qt) | reinterpret_cast<u64>(ot)) & 15) == 0) {
     const int cv = 8 * (threadIdx.x % 8);
+    const u64 last = l2_evict_first();
 #pragma unroll
     for (int row = threadIdx.x / 8; row < ROWS; row += AFT_TC_THREADS / 8) {
       if (row >= rows) break;
-      const uint4 qv = *reinterpret_cast<const uint4*>(qt + (i64)row * p.q_sn + cv);
+      const uint4 qv = ld_global_v4_hint(qt + (i64)row * p.q_sn + cv, last);
       const float4 r0 = *reinterpret_cast<const float4*>(&ratio[row][cv]);
       const float4 r1 = *reinterpret_cast<const float4*>(&ratio[row][cv + 4]);
       float x[8];
@@ -424,7 +427,7 @@ __device__ __forceinline__ void aft_tc_epilogue(const AftParams& p, float (*rati
                         pack2<T>(aft_sigmoid_t<T>(x[2]) * r0.z, aft_sigmoid_t<T>(x[3]) * r0.w),
                         pack2<T>(aft_sigmoid_t<T>(x[4]) * r1.x, aft_sigmoid_t<T>(x[5]) * r1.y),
                         pack2<T>(aft_sigmoid_t<T>(x[6]) * r1.z, aft_sigmoid_t<T>(x[7]) * r1.w)};
-      *reinterpret_cast<uint4*>(ot + (i64)row * p.o_sn + cv) = yv;
+      st_global_v4_hint(ot + (i64)row * p.o_sn + cv, yv, last);
     }
     return;
   }

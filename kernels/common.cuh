@@ -114,6 +114,19 @@ __device__ __forceinline__ float nonneg(float x) { return x < 0.f ? 0.f : x; }
 
 __device__ __forceinline__ int div_up(int a, int b) { return (a + b - 1) / b; }
 
+// The item at position g (< n) of an order on n items split into strips of L consecutive ones (the
+// last strip may be shorter): by offset within a strip, descending, every strip of one offset
+// together in ascending strips. A bijection on [0, n); strip_desc(n − 1 − g, …) is the reverse
+// order. A pass whose CTAs walk strips in step reads first what a pass in the reverse order read
+// last, which L2 may still hold (the L2 seams of bench/NOTES.md).
+__device__ __forceinline__ u32 strip_desc(u32 g, u32 n, u32 L) {
+  const u32 F = n / L, R = n % L;  // whole strips; tiles of the short one
+  const u32 top = (L - R) * F;     // (offset, strip) pairs of the offsets ≥ R
+  const u32 o = g < top ? L - 1 - g / F : R - 1 - (g - top) / (F + 1);
+  const u32 strip = g < top ? g % F : (g - top) % (F + 1);
+  return strip * L + o;
+}
+
 // x, as a value the compiler cannot recompute from its source (a special register, say) where it
 // is used: a register-allocation lever (no instruction is emitted).
 __device__ __forceinline__ int opaque(int x) {

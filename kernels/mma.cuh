@@ -21,6 +21,34 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
 __device__ __forceinline__ void cp_async16_at(u32 dst, const void* src, bool valid) {  // dst: smem_addr
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
 }
+// L2 eviction priority (sm_80+). A pass that reads or writes a stream for the last time marks its
+// accesses evict-first, so that L2 gives up those lines before the ones a later pass re-reads (the
+// L2 seams of bench/NOTES.md). Values are unaffected; only which lines L2 keeps. (volatile: made
+// where used, one instruction, instead of a 64-bit register held across a kernel's loop.)
+__device__ __forceinline__ u64 l2_evict_first() {
+  u64 pol;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+  return pol;
+}
+// cp_async16_at under an L2 policy (l2_evict_first).
+__device__ __forceinline__ void cp_async16_at_hint(u32 dst, const void* src, bool valid, u64 pol) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(dst), "l"(src),
+               "r"(valid ? 16 : 0), "l"(pol));
+}
+// 16-byte global load under an L2 policy (data the kernel does not write).
+__device__ __forceinline__ uint4 ld_global_v4_hint(const void* p, u64 pol) {
+  uint4 v;
+  asm("ld.global.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p), "l"(pol));
+  return v;
+}
+// 16-byte global store under an L2 policy.
+__device__ __forceinline__ void st_global_v4_hint(void* p, uint4 v, u64 pol) {
+  asm volatile("st.global.L2::cache_hint.v4.u32 [%0], {%1, %2, %3, %4}, %5;" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z),
+               "r"(v.w), "l"(pol)
+               : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
@@ -97,12 +125,13 @@ template <typename T> __device__ __forceinline__ void unpack8(const u16* p, floa
 }
 
 // Copies rows [row0, row0 + ROWS) × D of one (b,h) slice into padded shared rows; rows at or
-// past row_end become zeros. Every thread issues its share of 16-byte copies.
+// past row_end become zeros. Every thread issues its share of 16-byte copies; LAST: the rows'
+// last read, evict-first in L2 under `pol` (l2_evict_first).
 // Vector i goes to thread i % THREADS. When THREADS is a multiple of the vectors per row, a
 // thread keeps one column and steps its row, source and destination pointers (3 instructions
 // per copy instead of ~35 of index, 64-bit address and shared-window arithmetic).
-template <int D, int LD, int ROWS, int THREADS>
-__device__ __forceinline__ void tc_stage(u16 (*dst)[LD], const u16* src, i64 sn, int row0, int row_end) {
+template <int D, int LD, int ROWS, int THREADS, bool LAST = false>
+__device__ __forceinline__ void tc_stage(u16 (*dst)[LD], const u16* src, i64 sn, int row0, int row_end, u64 pol = 0) {
   constexpr int VPR = D / 8;  // 16-byte vectors per row
   if constexpr (THREADS % VPR == 0) {
     constexpr int RSTEP = THREADS / VPR;
@@ -113,14 +142,24 @@ __device__ __forceinline__ void tc_stage(u16 (*dst)[LD], const u16* src, i64 sn,
     for (int k = 0; k < (ROWS + RSTEP - 1) / RSTEP; ++k, s += RSTEP * sn, d += RSTEP * LD * 2) {
       const int r = r0 + k * RSTEP;
       const bool ok = row0 + r < row_end;
-      if (ROWS % RSTEP == 0 || r < ROWS) cp_async16_at(d, ok ? s : src, ok);
+      if (ROWS % RSTEP == 0 || r < ROWS) {
+        if constexpr (LAST) {
+          cp_async16_at_hint(d, ok ? s : src, ok, pol);
+        } else {
+          cp_async16_at(d, ok ? s : src, ok);
+        }
+      }
     }
   } else {
 #pragma unroll
     for (int i = threadIdx.x; i < ROWS * VPR; i += THREADS) {
       const int r = i / VPR, c = (i % VPR) * 8;
       const bool ok = row0 + r < row_end;
-      cp_async16(&dst[r][c], ok ? src + (i64)(row0 + r) * sn + c : src, ok);
+      if constexpr (LAST) {
+        cp_async16_at_hint(smem_addr(&dst[r][c]), ok ? src + (i64)(row0 + r) * sn + c : src, ok, pol);
+      } else {
+        cp_async16(&dst[r][c], ok ? src + (i64)(row0 + r) * sn + c : src, ok);
+      }
     }
   }
 }

@@ -109,19 +109,21 @@ __device__ __forceinline__ void gauss_tile(GaussSmem& sm, const T* x, i64 x_sn, 
 }
 
 // Landmarks (SPEC §1.2): L_j = D^(-1/4) · mean of the key rows of segment / window j.
-// Grid: x = landmark j, y = bh (grid-stride). Traffic: every key row read once in all (segments
-// and windows partition the rows it uses).
+// Grid: x = landmark j, y = bh (grid-stride); SOFT_POOL_THREADS threads, so that 8 CTAs fit an SM
+// and m = 64 landmarks of 16 slices run in one wave on an H100: its CTAs then walk their segments
+// in step and end on the segments' tails, which the tensor-core pass 1 reads first (soft_tc.cuh).
+// Traffic: every key row read once in all (segments and windows partition the rows it uses).
 // 1-D segments with 8-element-aligned rows (the common case): each thread sums 8 channels (one
-// 16-byte load, 32 for f32) of rows r, r + RL, … (RL = 256 / (d/8) row lanes), four rows in
-// flight per step, then the row lanes are added in lane order. Otherwise 8 warps stride over the
+// 16-byte load, 32 for f32) of rows r, r + RL, … (RL = 128 / (d/8) row lanes), four rows in
+// flight per step, then the row lanes are added in lane order. Otherwise 4 warps stride over the
 // rows, lanes over columns, the warps added in order. Both orders are fixed (deterministic).
 template <typename T>
 __device__ void soft_landmarks(const SoftKernelParams& p) {
-  __shared__ float part[SOFT_THREADS / 32 * SOFT_MAX_D];  // row-lane (or warp) partial sums
+  __shared__ float part[SOFT_POOL_THREADS / 32 * SOFT_MAX_D];  // row-lane (or warp) partial sums
   const int j = blockIdx.x;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  constexpr int WARPS = SOFT_THREADS / 32, CPL = SOFT_MAX_D / 32, V = 8;
-  static_assert(SOFT_THREADS * V <= WARPS * SOFT_MAX_D, "row-lane partials fit");
+  constexpr int WARPS = SOFT_POOL_THREADS / 32, CPL = SOFT_MAX_D / 32, V = 8;
+  static_assert(SOFT_POOL_THREADS * V <= WARPS * SOFT_MAX_D, "row-lane partials fit");
   int count, begin = 0, gw = 1;
   if (p.pool == 0) {
     begin = (int)((i64)j * p.n / p.m);
@@ -131,7 +133,7 @@ __device__ void soft_landmarks(const SoftKernelParams& p) {
     count = p.r * p.r;
   }
   const int wa = j / gw, wb = j % gw;  // AvgPool2d window (row, column) on the grid
-  const int vpr = p.d / V, rl = SOFT_THREADS / max(vpr, 1);  // vectors per row, row lanes
+  const int vpr = p.d / V, rl = SOFT_POOL_THREADS / max(vpr, 1);  // vectors per row, row lanes
   const int lr = threadIdx.x / max(vpr, 1), cv = threadIdx.x % max(vpr, 1);
   for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
     const int b = bh / p.h, h = bh % p.h;
@@ -188,7 +190,7 @@ __device__ void soft_landmarks(const SoftKernelParams& p) {
     }
     __syncthreads();
     float* out = fptr(p.l) + ((i64)bh * p.m + j) * p.d;
-    for (int c = threadIdx.x; c < p.d; c += SOFT_THREADS) {
+    for (int c = threadIdx.x; c < p.d; c += SOFT_POOL_THREADS) {
       float s = 0.f;
       for (int w = 0; w < lanes; ++w) s += part[w * p.d + c];
       out[c] = s / (float)count * p.scale;
@@ -375,7 +377,7 @@ __device__ void soft_pass2(const SoftKernelParams& p) {
 
 // Entry points: soft_<step>_<dtype>.
 #define SOFT_DTYPE(T, NAME)                                                                    \
-  extern "C" __global__ void __launch_bounds__(SOFT_THREADS, 2)                                   \
+  extern "C" __global__ void __launch_bounds__(SOFT_POOL_THREADS, 8)                              \
       soft_landmarks_##NAME(const __grid_constant__ SoftKernelParams p) {                      \
     soft_landmarks<T>(p);                                                                      \
   }                                                                                            \

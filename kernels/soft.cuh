@@ -23,18 +23,20 @@ struct SoftKernelParams {
   int b, h, n, d, dv, m;
   int pool;              // landmarks: 0 AvgPool1d, 1 AvgPool2d
   int height, width, r;  // AvgPool2d grid and window
-  int chunks;            // row chunks of attention pass 1
-  int rows_per_chunk;    // a multiple of SOFT_ROWS
+  int chunks;            // row chunks of attention pass 1 (tensor cores: CTAs per slice, each
+                         // taking tiles chunk, chunk + chunks, … of the seam order, soft_tc.cuh)
+  int rows_per_chunk;    // a multiple of SOFT_ROWS (CUDA-core pass 1)
   int iters;             // Newton steps T
   int gemm_mode;         // 0: C = A·B; 1: C = 2Z − A·B
   float scale;           // D^(-1/4)
   float alpha_scale;     // c of α = c·2/(max row sum)²
   float ridge;           // λ
-  int pad_;
+  int strip;             // tensor-core passes: 64-row tiles per pooling segment (≥ 1), their seam order
 };
 
 #define SOFT_PARAMS_SIZE 296
 #define SOFT_THREADS 256
+#define SOFT_POOL_THREADS 128  // the landmark pooling kernel's
 #define SOFT_ROWS 64     // sequence rows per P tile (attention passes, products)
 #define SOFT_LM 64       // landmarks per P tile
 #define SOFT_KC 32       // head-dim columns staged at a time

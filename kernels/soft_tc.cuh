@@ -117,11 +117,24 @@ __device__ __forceinline__ void soft_tc_landmarks(u16 (*lh)[D + 8], u16 (*ll)[D 
   }
 }
 
+// The L2 seams of the tied (K = Q) op, which reads Q three times: the pooling, pass 1, pass 2.
+// Each pass's CTAs advance in step (one wave), so what a pass reads last is a band of offsets
+// within the pooling segments (strips of p.strip 64-row tiles), not a range of rows:
+//  * the pooling walks every segment forward, so it ends on their tails;
+//  * pass 1 takes the tiles by offset within a strip, descending (strip_desc), tails first;
+//  * pass 2 takes them ascending, so it starts on the heads pass 1 read last.
+// V (pass 1) and Q, X (pass 2) are accessed for the last time, evict-first in L2, so they do not
+// push out the Q lines that the next pass re-reads (bench/NOTES.md).
+__device__ __forceinline__ int soft_tc_tile_row(int u, int tiles, int strip, bool ascending) {
+  return (int)strip_desc(ascending ? tiles - 1 - u : u, tiles, max(strip, 1)) * SOFT_TC_ROWS;
+}
+
 // Pass 1: partial[bh][chunk][j][e] = Σ_{rows of the chunk} P_k[row, j]·V[row, e] for the 64
 // landmarks of tile blockIdx.z, all Dv columns. Grid: x = chunk, y = bh (grid-stride), z =
-// landmark tile. Warp w owns landmarks [16w, 16w + 16) of the tile; per 16 rows it computes
-// Gᵀ = (σL)·Xᵀ (hi, lo), Pᵀ in registers, then Pᵀ·V (hi, lo). K, V stream through two cp.async
-// stages of 64 rows; the row terms R of a stage are computed once by the whole CTA (xr).
+// landmark tile; chunk c holds the 64-row tiles c, c + chunks, … of the seam order (above). Warp
+// w owns landmarks [16w, 16w + 16) of the tile; per 16 rows it computes Gᵀ = (σL)·Xᵀ (hi, lo), Pᵀ
+// in registers, then Pᵀ·V (hi, lo). K, V stream through two cp.async stages of 64 rows; the row
+// terms R of a stage are computed once by the whole CTA (xr).
 // Traffic: K, V rows of the chunk once per landmark tile, L from L2.
 template <typename T, int D>
 __device__ void soft_pass1_tc(const SoftKernelParams& p) {
@@ -137,9 +150,7 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
   const int mat = lane / 8, r8 = lane % 8;
   const int j0 = blockIdx.z * SOFT_LM;
   const bool active = j0 + warp * 16 < p.m;  // warp-uniform: the warp owns a landmark < m
-  const int chunk = blockIdx.x;
-  const int row_begin = chunk * p.rows_per_chunk;
-  const int row_end = min(p.n, row_begin + p.rows_per_chunk);
+  const int chunk = blockIdx.x, tiles = div_up(p.n, ROWS);
   const float rk = -SOFT_TC_K * (p.scale * p.scale);
   // Per-lane byte addresses of the ldmatrix rows: stage 0 of K (B = Xᵀ) and of V (B = V), the
   // warp's landmark rows (A = σL, hi; lo one plane further).
@@ -152,9 +163,9 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
   const int xrow = warp * 16 + lane % 16;
   const u32 xaddr = smem_addr(&ks[0][xrow][(lane / 16) * (D / 2)]);
 
-  // (b,h) slices in reverse: the landmark pooling reads Q slice by slice, ascending, so the
-  // first CTAs read the key rows (Q when tied) it read last, which L2 may still hold; pass 2
-  // goes ascending and so starts on the slice this pass reads last.
+  // (b,h) slices in reverse, for when they take more than one wave: the pooling goes slice by
+  // slice ascending, so the first CTAs read the key rows (Q when tied) of the slices it read
+  // last; pass 2 goes ascending and so starts on the slice this pass reads last.
   for (int r = blockIdx.y; r < p.b * p.h; r += gridDim.y) {
     const int bh = p.b * p.h - 1 - r, b = bh / p.h, h = bh % p.h;
     const u16* k = reinterpret_cast<const u16*>(p.k) + (b * p.k_sb + h * p.k_sh);
@@ -162,8 +173,11 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
     const float* l = reinterpret_cast<const float*>(p.l) + (i64)bh * p.m * D;
 
     __syncthreads();  // the previous (b,h) iteration's reads of every buffer are done
-    tc_stage<D, LD, ROWS, THREADS>(ks[0], k, p.k_sn, row_begin, row_end);
-    tc_stage<D, LD, ROWS, THREADS>(vs[0], v, p.v_sn, row_begin, row_end);
+    if (chunk < tiles) {
+      const int row0 = soft_tc_tile_row(chunk, tiles, p.strip, false);
+      tc_stage<D, LD, ROWS, THREADS>(ks[0], k, p.k_sn, row0, p.n);
+      tc_stage<D, LD, ROWS, THREADS, true>(vs[0], v, p.v_sn, row0, p.n, l2_evict_first());
+    }
     cp_async_commit();
     soft_tc_landmarks<T, D>(lh, ll, lterm, lkc, l, j0, SOFT_LM, p.m, LOG2E_F * p.scale);
     __syncthreads();
@@ -188,14 +202,16 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
     for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 
     int buf = 0;
-    for (int row0 = row_begin; row0 < row_end; row0 += ROWS, buf ^= 1) {
-      // Stage `buf` visible to all; every warp is done with stage buf ^ 1 and with xr, so the
-      // next stage is issued into buf ^ 1 now (it loads while this one is computed).
+    for (int u = chunk; u < tiles; u += p.chunks, buf ^= 1) {
+      // Stage `buf` (rows row0 …) visible to all; every warp is done with stage buf ^ 1 and with
+      // xr, so the next tile is issued into buf ^ 1 now (it loads while this one is computed).
+      const int row0 = soft_tc_tile_row(u, tiles, p.strip, false), row_end = min(p.n, row0 + ROWS);
       cp_async_wait<0>();
       __syncthreads();
-      if (row0 + ROWS < row_end) {
-        tc_stage<D, LD, ROWS, THREADS>(ks[buf ^ 1], k, p.k_sn, row0 + ROWS, row_end);
-        tc_stage<D, LD, ROWS, THREADS>(vs[buf ^ 1], v, p.v_sn, row0 + ROWS, row_end);
+      if (u + p.chunks < tiles) {
+        const int next = soft_tc_tile_row(u + p.chunks, tiles, p.strip, false);
+        tc_stage<D, LD, ROWS, THREADS>(ks[buf ^ 1], k, p.k_sn, next, p.n);
+        tc_stage<D, LD, ROWS, THREADS, true>(vs[buf ^ 1], v, p.v_sn, next, p.n, l2_evict_first());
       }
       cp_async_commit();
       {  // xr[r] = R of row row0 + r: fp32 sum of the squares of the stored 16-bit values
@@ -289,7 +305,8 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
   pdl_wait_previous();
 }
 
-// Pass 2: X = P·W. Grid: x = CTAs striding over 64-row tiles, y = bh (grid-stride). Per (b,h) the
+// Pass 2: X = P·W. Grid: x = CTAs striding over 64-row tiles in the ascending seam order (above),
+// y = bh (grid-stride). Per (b,h) the
 // CTA splits L (σ-scaled, hi/lo) and W (column-scaled, hi/lo) of all m landmarks into shared
 // memory; then per tile warp w maps rows [16w, 16w + 16): the Q fragments stay in registers,
 // 16 landmarks at a time G = X·(σL)ᵀ (hi, lo), P in registers, acc += P·W (three products).
@@ -328,7 +345,11 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
     const float* w = reinterpret_cast<const float*>(p.w) + (i64)bh * p.m * D;
 
     __syncthreads();  // the previous (b,h) iteration's reads of every buffer are done
-    if (blockIdx.x < tiles) tc_stage<D, LD, ROWS, THREADS>(xs[0], q, p.q_sn, blockIdx.x * ROWS, p.n);
+    int trow = 0;  // first row of the current tile
+    if (blockIdx.x < tiles) {
+      trow = soft_tc_tile_row(blockIdx.x, tiles, p.strip, true);
+      tc_stage<D, LD, ROWS, THREADS, true>(xs[0], q, p.q_sn, trow, p.n, l2_evict_first());
+    }
     cp_async_commit();
     for (int e = threadIdx.x; e < D; e += THREADS) cmax[e] = 0u;
     soft_tc_landmarks<T, D>(lh, ll, lterm, lkc, l, 0, mpad, p.m, LOG2E_F * p.scale);
@@ -354,9 +375,11 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
     // Shared L, W and scales are visible after the first barrier of the tile loop.
 
     int buf = 0;
-    for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x, buf ^= 1) {
-      if (tile + gridDim.x < tiles) {
-        tc_stage<D, LD, ROWS, THREADS>(xs[buf ^ 1], q, p.q_sn, (tile + gridDim.x) * ROWS, p.n);
+    for (int u = blockIdx.x; u < tiles; u += gridDim.x, buf ^= 1) {
+      int next = 0;
+      if (u + gridDim.x < tiles) {
+        next = soft_tc_tile_row(u + gridDim.x, tiles, p.strip, true);
+        tc_stage<D, LD, ROWS, THREADS, true>(xs[buf ^ 1], q, p.q_sn, next, p.n, l2_evict_first());
       }
       cp_async_commit();
       cp_async_wait<1>();
@@ -447,13 +470,15 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
         *reinterpret_cast<u32*>(&stage[g + 8][e]) = pack2<T>(acc[j][2] * c0, acc[j][3] * c1);
       }
       __syncwarp();
-      const int row0 = tile * ROWS + r0;
+      const int row0 = trow + r0;
+      const u64 last = l2_evict_first();
 #pragma unroll
       for (int i = lane; i < 16 * (D / 8); i += 32) {
         const int r = i / (D / 8), c = (i % (D / 8)) * 8;
         if (row0 + r < p.n)
-          *reinterpret_cast<uint4*>(&o[(i64)(row0 + r) * p.o_sn + c]) = *reinterpret_cast<const uint4*>(&stage[r][c]);
+          st_global_v4_hint(&o[(i64)(row0 + r) * p.o_sn + c], *reinterpret_cast<const uint4*>(&stage[r][c]), last);
       }
+      trow = next;
       __syncthreads();  // buffer `buf` is refilled next iteration
     }
     cp_async_wait<0>();

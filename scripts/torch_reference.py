@@ -249,7 +249,7 @@ class TimedCase:
                 "aft_full": self.n * self.n}.get(self.op, 0)
 
     def min_bytes(self):
-        tensors = 3 if self.op == "soft" else 4
+        tensors = 4  # q, k, v, o; SOFT (tied) per SPEC §1.5: Q twice, V, X
         return float(tensors * self.b * self.h * self.n * self.d * ELEM[self.dtype]
                      + 4 * self.bias_len())
 

@@ -917,3 +917,15 @@ def cos_scan(p, gx, gy, blockDim=256):
                 run = (run + t).astype(F32)
         if st is not None:
             st.a[bh * slen + xs] = run
+
+
+def strip_desc(g, n, L):
+    """common.cuh strip_desc: the item at position g (< n) of the order by offset within strips of
+    L items, descending, every strip of one offset together (a bijection on [0, n))."""
+    F, R = n // L, n % L
+    top = (L - R) * F
+    if g < top:
+        o, strip = L - 1 - g // F, g % F
+    else:
+        o, strip = R - 1 - (g - top) // (F + 1), (g - top) % (F + 1)
+    return strip * L + o

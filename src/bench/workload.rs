@@ -190,24 +190,16 @@ impl Case {
         }
     }
 
-    /// Tensors the op reads and writes once: q, k, v, o (SOFT, tied: q, v, o).
-    fn tensors(&self) -> usize {
-        if self.op == BenchOp::Soft {
-            3
-        } else {
-            4
-        }
-    }
-
-    /// Minimum bytes: each tensor read or written once (Dv = D), plus the AFT bias once; Newton:
-    /// A read and Z written once (fp32).
+    /// Minimum bytes: four [B,H,N,D] tensors (Dv = D) — q, k, v read and o written once; SOFT
+    /// (tied) per SPEC §1.5, Q twice (landmarks before P), V once, X once — plus the AFT bias
+    /// once; Newton: A read and Z written once (fp32).
     pub fn min_bytes(&self) -> f64 {
         let Dims { b, h, n, d } = self.dims;
         if self.op == BenchOp::SoftNewton {
             return (2 * b * h * self.landmarks * self.landmarks * 4) as f64;
         }
         let bias = self.bias_len().unwrap_or(0) * 4;
-        (self.tensors() * b * h * n * d * self.dtype.size() + bias) as f64
+        (4 * b * h * n * d * self.dtype.size() + bias) as f64
     }
 
     /// FLOPs of the linear form (SPEC): SimA 4·N·D², cosFormer 8·N·D², SOFT 6·N·m·D + 4·m³·T,

@@ -19,7 +19,13 @@ location written by one thread and read or written by another in the same interv
 writer's own warp: `Smem.write(..., syncwarp=True)`).
 """
 from collections import Counter
+import os
+import sys
+
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from emu import strip_desc  # noqa: E402
 
 F32 = np.float32
 F64 = np.float64
@@ -412,15 +418,8 @@ def chunk_block(cx, bid):
     if p.strip <= 0 or gy != p.b * p.h or gx * slices > 0xFFFFFFFF:
         return bid
     l = bid[0] + gx * (bid[1] + gy * bid[2])
-    L = p.strip
-    F, R = gx // L, gx % L
     g, sx = l // slices, l % slices
-    top = (L - R) * F
-    if g < top:
-        o, strip = L - 1 - g // F, g % F
-    else:
-        o, strip = R - 1 - (g - top) // (F + 1), (g - top) % (F + 1)
-    return strip * L + o, sx % gy, sx // gy
+    return strip_desc(g, gx, p.strip), sx % gy, sx // gy
 
 
 def aft_chunk(cx, bid):

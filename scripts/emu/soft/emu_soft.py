@@ -127,6 +127,11 @@ def soft_tc_landmarks(D, dyn, lh, ll, fl, lterm, lkc, Lg, lbase, j0, rows, m, lo
             fl.write(lkc + r, f32(log2e_s / sg[0]), warp, "lkc")
 
 
+def tile_row(u, tiles, strip, ascending):
+    """soft_tc_tile_row: first row of the tile at position u of the passes' L2 seam order."""
+    return emu.strip_desc(tiles - 1 - u if ascending else u, tiles, max(strip, 1)) * ROWS
+
+
 def soft_pass1_tc(p, D, bx, by, bz, gdy, races_out):
     LD, KT, NT = D + 8, D // 16, D // 8
     races = Races()
@@ -142,8 +147,7 @@ def soft_pass1_tc(p, D, bx, by, bz, gdy, races_out):
     m, n = p["m"], p["n"]
     j0 = bz * LM
     chunk = bx
-    row_begin = chunk * p["rows_per_chunk"]
-    row_end = min(n, row_begin + p["rows_per_chunk"])
+    tiles = -(-n // ROWS)  # chunk takes tiles chunk, chunk + chunks, … of the seam order
     scale = F32(p["scale"])
     rk = f32(-KEXP * f32(scale * scale))
     kaddr = ks(0) + ((MAT // 2) * 8 + R8) * LD + (MAT % 2) * 8
@@ -160,8 +164,10 @@ def soft_pass1_tc(p, D, bx, by, bz, gdy, races_out):
         vb = b * p["v_sb"] + h * p["v_sh"]
         lbase = bh * m * D
         races.barrier()
-        tc_stage(D, LD, ROWS, THREADS, dyn, ks(0), K, kb, p["k_sn"], row_begin, row_end, cpa)
-        tc_stage(D, LD, ROWS, THREADS, dyn, vs(0), V, vb, p["v_sn"], row_begin, row_end, cpa)
+        if chunk < tiles:
+            row0 = tile_row(chunk, tiles, p["strip"], False)
+            tc_stage(D, LD, ROWS, THREADS, dyn, ks(0), K, kb, p["k_sn"], row0, n, cpa)
+            tc_stage(D, LD, ROWS, THREADS, dyn, vs(0), V, vb, p["v_sn"], row0, n, cpa)
         cpa.commit()
         soft_tc_landmarks(D, dyn, lh, ll, fl, lterm, lkc, Lg, lbase, j0, LM, m, f32(LOG2E * scale))
         races.barrier()
@@ -172,13 +178,15 @@ def soft_pass1_tc(p, D, bx, by, bz, gdy, races_out):
                 kc0=fl.read(lkc + w * 16 + G, w, "kc0"), kc1=fl.read(lkc + w * 16 + G + 8, w, "kc1"),
                 acc=np.zeros((NT, 4, 32), F32), active=j0 + w * 16 < m)
         buf = 0
-        row0 = row_begin
-        while row0 < row_end:
+        for u in range(chunk, tiles, p["chunks"]):
+            row0 = tile_row(u, tiles, p["strip"], False)
+            row_end = min(n, row0 + ROWS)
             cpa.wait(0)
             races.barrier()
-            if row0 + ROWS < row_end:
-                tc_stage(D, LD, ROWS, THREADS, dyn, ks(buf ^ 1), K, kb, p["k_sn"], row0 + ROWS, row_end, cpa)
-                tc_stage(D, LD, ROWS, THREADS, dyn, vs(buf ^ 1), V, vb, p["v_sn"], row0 + ROWS, row_end, cpa)
+            if u + p["chunks"] < tiles:
+                nxt = tile_row(u + p["chunks"], tiles, p["strip"], False)
+                tc_stage(D, LD, ROWS, THREADS, dyn, ks(buf ^ 1), K, kb, p["k_sn"], nxt, n, cpa)
+                tc_stage(D, LD, ROWS, THREADS, dyn, vs(buf ^ 1), V, vb, p["v_sn"], nxt, n, cpa)
             cpa.commit()
             for w in range(WARPS):  # row terms: lanes l, l ^ 16 each sum half the channels of a row
                 vals = dyn.read(xaddr[w][:, None] + buf * STAGE + np.arange(D // 2)[None, :], w, "p1 K rows")
@@ -224,7 +232,6 @@ def soft_pass1_tc(p, D, bx, by, bz, gdy, races_out):
                         acc[e0 // 8 + 1] = mma16816(acc[e0 // 8 + 1], ph, bv[2], bv[3])
                         acc[e0 // 8] = mma16816(acc[e0 // 8], pl, bv[0], bv[1])
                         acc[e0 // 8 + 1] = mma16816(acc[e0 // 8 + 1], pl, bv[2], bv[3])
-            row0 += ROWS
             buf ^= 1
         cpa.wait(0)
         out = (bh * p["chunks"] + chunk) * m * D
@@ -274,8 +281,10 @@ def soft_pass2_tc(p, D, bx, by, gdx, gdy, races_out):
         lbase = bh * m * D
         wbase = bh * m * D
         races.barrier()
+        trow = 0
         if bx < tiles:
-            tc_stage(D, LD, ROWS, THREADS, dyn, xs(0), Q, qb, p["q_sn"], bx * ROWS, n, cpa)
+            trow = tile_row(bx, tiles, p["strip"], True)
+            tc_stage(D, LD, ROWS, THREADS, dyn, xs(0), Q, qb, p["q_sn"], trow, n, cpa)
         cpa.commit()
         for e in range(D):
             fl.write(csc + e, F32(0), (e % THREADS) // 32, "cmax zero")
@@ -309,8 +318,10 @@ def soft_pass2_tc(p, D, bx, by, gdx, gdy, races_out):
         buf = 0
         tile = bx
         while tile < tiles:
+            nxt = 0
             if tile + gdx < tiles:
-                tc_stage(D, LD, ROWS, THREADS, dyn, xs(buf ^ 1), Q, qb, p["q_sn"], (tile + gdx) * ROWS, n, cpa)
+                nxt = tile_row(tile + gdx, tiles, p["strip"], True)
+                tc_stage(D, LD, ROWS, THREADS, dyn, xs(buf ^ 1), Q, qb, p["q_sn"], nxt, n, cpa)
             cpa.commit()
             cpa.wait(1)
             races.barrier()
@@ -378,7 +389,7 @@ def soft_pass2_tc(p, D, bx, by, gdx, gdy, races_out):
                     for (rr, vv) in ((G, v0), (G + 8, v1)):
                         dyn.write(stage + rr * LD + e, lo16(vv), w, "stage lo")
                         dyn.write(stage + rr * LD + e + 1, hi16(vv), w, "stage hi")
-                row0 = tile * ROWS + r0
+                row0 = trow + r0
                 for lane in range(32):
                     i = lane
                     while i < 16 * (D // 8):
@@ -390,6 +401,7 @@ def soft_pass2_tc(p, D, bx, by, gdx, gdy, races_out):
                             O.write(off + np.arange(8), vals)
                         i += 32
             races.barrier()
+            trow = nxt
             tile += gdx
             buf ^= 1
         cpa.wait(0)

@@ -99,7 +99,8 @@ def run(B, H, N, D, m, kind, tied=True, seed=1, gdx=2, gdy=None, poison=None):
     sb, sh, sn = strides(B, H, N, D, kind)
     BH = B * H
     Ls, Zs = zip(*[shared_f32(k[b, h], m) for b in range(B) for h in range(H)])
-    p = dict(b=B, h=H, n=N, d=D, dv=D, m=m, chunks=chunks, rows_per_chunk=rpc, scale=F32(D ** -0.25),
+    strip = max(1, (N + 32 * m) // (64 * m))  # attention.rs seam_strip
+    p = dict(b=B, h=H, n=N, d=D, dv=D, m=m, chunks=chunks, rows_per_chunk=rpc, strip=strip, scale=F32(D ** -0.25),
              q_sb=sb, q_sh=sh, q_sn=sn, k_sb=sb, k_sh=sh, k_sn=sn, v_sb=sb, v_sh=sh, v_sn=sn,
              o_sb=sb, o_sh=sh, o_sn=sn)
     p["Q"] = emu.Glob(store(q, kind), "q")

@@ -291,6 +291,7 @@ pub unsafe fn attention_raw(
         chunks: plan.chunks as i32,
         rows_per_chunk: plan.rows_per_chunk as i32,
         scale: scale_of(d),
+        strip: seam_strip(n, m) as i32,
         ..Default::default()
     };
     let dt = dtype.name();
@@ -377,6 +378,13 @@ pub unsafe fn attention_raw(
     Ok(())
 }
 
+/// 64-row tiles per pooling segment (N/m rows), rounded, at least 1: the strips of the
+/// tensor-core passes' L2 seam order (kernels/soft_tc.cuh).
+fn seam_strip(n: usize, m: usize) -> usize {
+    let seg = m.max(1) * TC_ROWS;
+    ((n + seg / 2) / seg).max(1)
+}
+
 /// Pass 1's grid: fixed by the plan (CUDA cores), or one wave of `slots` resident CTAs less those
 /// the Newton kernel keeps (tensor cores), known once Newton is queued.
 #[derive(Clone, Copy)]
@@ -443,4 +451,18 @@ pub fn attention<T: Element>(
         // against its layout; `o` is borrowed mutably, so it cannot alias the inputs.
         unsafe { attention_raw(rt, stream, &plan, T::DTYPE, t.q, t.k, t.v, t.o, gp, wp, wl) }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seam_strip;
+
+    #[test]
+    fn seam_strips_are_pooling_segments_in_tiles() {
+        assert_eq!(seam_strip(65536, 64), 16); // 1024-row segments
+        assert_eq!(seam_strip(65536, 49), 21); // 1337.5 rows → 20.9 tiles
+        assert_eq!(seam_strip(4097, 7), 9);
+        assert_eq!(seam_strip(1, 1), 1); // never 0: the kernels divide by it
+        assert_eq!(seam_strip(1000, 256), 1);
+    }
 }

@@ -43,6 +43,7 @@ pub use crate::reference::soft::{Landmarks, SoftParams};
 const FAMILY: &str = "soft";
 const NEWTON_FAMILY: &str = "newton";
 const THREADS: u32 = 256; // SOFT_THREADS, NEWTON_THREADS
+const POOL_THREADS: u32 = 128; // SOFT_POOL_THREADS
 const ROWS: usize = 64; // SOFT_ROWS
 const LM: usize = 64; // SOFT_LM
 const ET: usize = 64; // SOFT_ET
@@ -125,7 +126,9 @@ pub struct KernelParams {
     pub scale: f32,
     pub alpha_scale: f32,
     pub ridge: f32,
-    pub pad_: i32,
+    /// Tensor-core attention passes: 64-row tiles per pooling segment, the unit of their L2 seam
+    /// order (`strip_desc` in kernels/common.cuh).
+    pub strip: i32,
 }
 
 // SAFETY: plain old data with the C layout asserted below.
@@ -143,6 +146,7 @@ const _: () = {
     assert!(offset_of!(KernelParams, gemm_mode) == 276);
     assert!(offset_of!(KernelParams, scale) == 280);
     assert!(offset_of!(KernelParams, ridge) == 288);
+    assert!(offset_of!(KernelParams, strip) == 292);
 };
 
 fn grid_dim(x: usize) -> u32 {

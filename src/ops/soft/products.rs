@@ -2,7 +2,7 @@
 
 use super::{
     check_bh, check_m, grid_dim, grid_yz, scale_of, strides, KernelParams, Landmarks, SoftParams,
-    FAMILY, LM, ROWS, THREADS,
+    FAMILY, LM, POOL_THREADS, ROWS, THREADS,
 };
 use crate::error::{Error, Result};
 use crate::ops::{
@@ -61,7 +61,7 @@ pub(super) unsafe fn queue_landmarks(
     };
     let f = rt.function(FAMILY, &format!("soft_landmarks_{}", dtype.name()))?;
     // SAFETY: the caller's contract; m ≤ 256 landmarks, each a segment or window inside N rows.
-    unsafe { launch(stream, &f, (m as u32, grid_yz(b * h), 1), THREADS, &p) }
+    unsafe { launch(stream, &f, (m as u32, grid_yz(b * h), 1), POOL_THREADS, &p) }
 }
 
 /// Landmarks on raw device pointers: `keys` are the rows pooled (q when tied, k when untied),
