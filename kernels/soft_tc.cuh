@@ -40,10 +40,14 @@ __host__ __device__ constexpr int soft_tc_mpad(int m) { return (m + SOFT_TC_LM2 
 __host__ __device__ constexpr int soft_tc_pass1_smem(int d) {
   return (2 * SOFT_LM + 4 * SOFT_TC_ROWS) * (d + 8) * 2 + 2 * SOFT_LM * 4 + SOFT_TC_ROWS * 4;
 }
-// Bytes: L hi/lo and W hi/lo of all landmarks, Q double-buffered, the terms L and kc per
+// Row blocks of 16 per warp in pass 2: 2 where the registers allow (D ≤ 64), so each L and W
+// fragment it loads serves 32 rows; its tiles are 64·MI rows.
+__host__ __device__ constexpr int soft_tc_pass2_mi(int d) { return d <= 64 ? 2 : 1; }
+// Bytes: L hi/lo and W hi/lo of all landmarks, Q tiles double-buffered, the terms L and kc per
 // landmark, the column scales of W and their inverses.
 __host__ __device__ constexpr int soft_tc_pass2_smem(int d, int m) {
-  return (4 * soft_tc_mpad(m) + 2 * SOFT_TC_ROWS) * (d + 8) * 2 + 2 * soft_tc_mpad(m) * 4 + 2 * d * 4;
+  return (4 * soft_tc_mpad(m) + 2 * SOFT_TC_ROWS * soft_tc_pass2_mi(d)) * (d + 8) * 2 + 2 * soft_tc_mpad(m) * 4 +
+         2 * d * 4;
 }
 
 // 16 bytes from a 32-bit shared-window address.
@@ -122,11 +126,14 @@ __device__ __forceinline__ void soft_tc_landmarks(u16 (*lh)[D + 8], u16 (*ll)[D 
 // within the pooling segments (strips of p.strip 64-row tiles), not a range of rows:
 //  * the pooling walks every segment forward, so it ends on their tails;
 //  * pass 1 takes the tiles by offset within a strip, descending (strip_desc), tails first;
-//  * pass 2 takes them ascending, so it starts on the heads pass 1 read last.
+//  * pass 2 takes its tiles (64·MI rows, strips of ⌈p.strip / MI⌉) ascending, so it starts on
+//    the heads pass 1 read last.
 // V (pass 1) and Q, X (pass 2) are accessed for the last time, evict-first in L2, so they do not
 // push out the Q lines that the next pass re-reads (bench/NOTES.md).
-__device__ __forceinline__ int soft_tc_tile_row(int u, int tiles, int strip, bool ascending) {
-  return (int)strip_desc(ascending ? tiles - 1 - u : u, tiles, max(strip, 1)) * SOFT_TC_ROWS;
+
+// First row of pass 1's 64-row tile at position u of the descending order.
+__device__ __forceinline__ int soft_tc_tile_row(int u, int tiles, int strip) {
+  return (int)strip_desc(u, tiles, max(strip, 1)) * SOFT_TC_ROWS;
 }
 
 // Pass 1: partial[bh][chunk][j][e] = Σ_{rows of the chunk} P_k[row, j]·V[row, e] for the 64
@@ -174,7 +181,7 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
 
     __syncthreads();  // the previous (b,h) iteration's reads of every buffer are done
     if (chunk < tiles) {
-      const int row0 = soft_tc_tile_row(chunk, tiles, p.strip, false);
+      const int row0 = soft_tc_tile_row(chunk, tiles, p.strip);
       tc_stage<D, LD, ROWS, THREADS>(ks[0], k, p.k_sn, row0, p.n);
       tc_stage<D, LD, ROWS, THREADS, true>(vs[0], v, p.v_sn, row0, p.n, l2_evict_first());
     }
@@ -205,11 +212,11 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
     for (int u = chunk; u < tiles; u += p.chunks, buf ^= 1) {
       // Stage `buf` (rows row0 …) visible to all; every warp is done with stage buf ^ 1 and with
       // xr, so the next tile is issued into buf ^ 1 now (it loads while this one is computed).
-      const int row0 = soft_tc_tile_row(u, tiles, p.strip, false), row_end = min(p.n, row0 + ROWS);
+      const int row0 = soft_tc_tile_row(u, tiles, p.strip), row_end = min(p.n, row0 + ROWS);
       cp_async_wait<0>();
       __syncthreads();
       if (u + p.chunks < tiles) {
-        const int next = soft_tc_tile_row(u + p.chunks, tiles, p.strip, false);
+        const int next = soft_tc_tile_row(u + p.chunks, tiles, p.strip);
         tc_stage<D, LD, ROWS, THREADS>(ks[buf ^ 1], k, p.k_sn, next, p.n);
         tc_stage<D, LD, ROWS, THREADS, true>(vs[buf ^ 1], v, p.v_sn, next, p.n, l2_evict_first());
       }
@@ -305,16 +312,19 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
   pdl_wait_previous();
 }
 
-// Pass 2: X = P·W. Grid: x = CTAs striding over 64-row tiles in the ascending seam order (above),
-// y = bh (grid-stride). Per (b,h) the
-// CTA splits L (σ-scaled, hi/lo) and W (column-scaled, hi/lo) of all m landmarks into shared
-// memory; then per tile warp w maps rows [16w, 16w + 16): the Q fragments stay in registers,
-// 16 landmarks at a time G = X·(σL)ᵀ (hi, lo), P in registers, acc += P·W (three products).
+// Pass 2: X = P·W. Grid: x = CTAs striding over tiles of 64·MI rows in the ascending seam order
+// (above), y = bh (grid-stride). Per (b,h) the CTA splits L (σ-scaled, hi/lo) and W
+// (column-scaled, hi/lo) of all m landmarks into shared memory; then per tile warp w maps rows
+// [16·MI·w, 16·MI·(w + 1)) as MI blocks of 16: the Q fragments stay in registers, 16 landmarks at
+// a time G = X·(σL)ᵀ (hi, lo), P in registers, acc += P·W (three products). Each L and W fragment
+// loaded from shared memory serves the MI row blocks (MI = 2 for D ≤ 64: the loop was bound by
+// shared memory at MI = 1, 72 wavefronts against 133 instructions per block).
 // The output is staged in the warp's own Q rows and written with 16-byte stores.
 // Traffic: Q read once, X written once, L and W from L2 once per CTA and (b,h).
 template <typename T, int D>
 __device__ void soft_pass2_tc(const SoftKernelParams& p) {
-  constexpr int LD = D + 8, KT = D / 16, NT = D / 8, ROWS = SOFT_TC_ROWS, THREADS = SOFT_TC_THREADS;
+  constexpr int MI = soft_tc_pass2_mi(D);
+  constexpr int LD = D + 8, KT = D / 16, NT = D / 8, ROWS = SOFT_TC_ROWS * MI, THREADS = SOFT_TC_THREADS;
   constexpr int NJ = SOFT_TC_LM2 / 8;  // landmark n-tiles per step
   const int mpad = soft_tc_mpad(p.m);
   auto lh = reinterpret_cast<u16(*)[LD]>(soft_tc_smem);
@@ -329,7 +339,7 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
   u32* cmax = reinterpret_cast<u32*>(csc);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int mat = lane / 8, r8 = lane % 8;
-  const int tiles = div_up(p.n, ROWS);
+  const int tiles = div_up(p.n, ROWS), strip = div_up(max(p.strip, 1), MI);  // in tiles of ROWS
   const float rk = -SOFT_TC_K * (p.scale * p.scale);
   // Per-lane byte addresses of the ldmatrix rows: (σL)ᵀ hi (lo one plane further), W hi (lo one
   // plane further).
@@ -345,9 +355,9 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
     const float* w = reinterpret_cast<const float*>(p.w) + (i64)bh * p.m * D;
 
     __syncthreads();  // the previous (b,h) iteration's reads of every buffer are done
-    int trow = 0;  // first row of the current tile
+    int trow = 0;     // first row of the current tile
     if (blockIdx.x < tiles) {
-      trow = soft_tc_tile_row(blockIdx.x, tiles, p.strip, true);
+      trow = (int)strip_desc(tiles - 1 - blockIdx.x, tiles, strip) * ROWS;
       tc_stage<D, LD, ROWS, THREADS, true>(xs[0], q, p.q_sn, trow, p.n, l2_evict_first());
     }
     cp_async_commit();
@@ -378,39 +388,47 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
     for (int u = blockIdx.x; u < tiles; u += gridDim.x, buf ^= 1) {
       int next = 0;
       if (u + gridDim.x < tiles) {
-        next = soft_tc_tile_row(u + gridDim.x, tiles, p.strip, true);
+        next = (int)strip_desc(tiles - 1 - (u + gridDim.x), tiles, strip) * ROWS;
         tc_stage<D, LD, ROWS, THREADS, true>(xs[buf ^ 1], q, p.q_sn, next, p.n, l2_evict_first());
       }
       cp_async_commit();
       cp_async_wait<1>();
       __syncthreads();
 
-      const int r0 = warp * 16;
-      const u32 xaddr = smem_addr(&xs[0][r0 + lane % 16][(lane / 16) * 8]);
-      u32 ax[KT][4];  // A = X: a0, a2 row g; a1, a3 row g + 8
-      float x0 = 0.f, x1 = 0.f;
+      const int r0 = warp * 16 * MI;
+      u32 ax[MI][KT][4];  // A = X of row block mi: a0, a2 row g; a1, a3 row g + 8
+      float x0[MI], x1[MI];
 #pragma unroll
-      for (int kt = 0; kt < KT; ++kt) {
-        ldmatrix_x4_at(ax[kt], xaddr + buf * (ROWS * LD * 2) + kt * 32);
-        x0 = soft_sq4<T>(ax[kt][0], ax[kt][2], x0);
-        x1 = soft_sq4<T>(ax[kt][1], ax[kt][3], x1);
-      }
+      for (int mi = 0; mi < MI; ++mi) {
+        const u32 xaddr = smem_addr(&xs[0][r0 + 16 * mi + lane % 16][(lane / 16) * 8]);
+        x0[mi] = x1[mi] = 0.f;
 #pragma unroll
-      for (int off = 1; off < 4; off <<= 1) {
-        x0 += __shfl_xor_sync(0xffffffffu, x0, off);
-        x1 += __shfl_xor_sync(0xffffffffu, x1, off);
+        for (int kt = 0; kt < KT; ++kt) {
+          ldmatrix_x4_at(ax[mi][kt], xaddr + buf * (ROWS * LD * 2) + kt * 32);
+          x0[mi] = soft_sq4<T>(ax[mi][kt][0], ax[mi][kt][2], x0[mi]);
+          x1[mi] = soft_sq4<T>(ax[mi][kt][1], ax[mi][kt][3], x1[mi]);
+        }
+#pragma unroll
+        for (int off = 1; off < 4; off <<= 1) {
+          x0[mi] += __shfl_xor_sync(0xffffffffu, x0[mi], off);
+          x1[mi] += __shfl_xor_sync(0xffffffffu, x1[mi], off);
+        }
+        x0[mi] *= rk;  // R of rows g, g + 8
+        x1[mi] *= rk;
       }
-      x0 *= rk;  // R of rows g, g + 8
-      x1 *= rk;
 
-      float acc[NT][4];
+      float acc[MI][NT][4];
 #pragma unroll
-      for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+      for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) acc[mi][j][0] = acc[mi][j][1] = acc[mi][j][2] = acc[mi][j][3] = 0.f;
 #pragma unroll 1
       for (int jb = 0; jb < p.m; jb += SOFT_TC_LM2) {
-        float gs[NJ][4];  // G: rows g, g + 8 × landmarks jb + 8n + 2t (+1)
+        float gs[MI][NJ][4];  // G: rows g, g + 8 of block mi × landmarks jb + 8n + 2t (+1)
 #pragma unroll
-        for (int n = 0; n < NJ; ++n) gs[n][0] = gs[n][1] = gs[n][2] = gs[n][3] = 0.f;
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+          for (int n = 0; n < NJ; ++n) gs[mi][n][0] = gs[mi][n][1] = gs[mi][n][2] = gs[mi][n][3] = 0.f;
         const u32 lrow = laddr + jb * LD * 2;
 #pragma unroll
         for (int part = 0; part < 2; ++part) {
@@ -420,8 +438,11 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
             for (int np = 0; np < NJ / 2; ++np) {
               u32 bl[4];  // B = (σL)ᵀ (k = c, n = landmarks): n-tiles 2np, 2np + 1
               ldmatrix_x4_at(bl, lrow + part * plane + (np * 16 * LD + kt * 16) * 2);
-              mma16816<T>(gs[2 * np], ax[kt], bl[0], bl[1]);
-              mma16816<T>(gs[2 * np + 1], ax[kt], bl[2], bl[3]);
+#pragma unroll
+              for (int mi = 0; mi < MI; ++mi) {
+                mma16816<T>(gs[mi][2 * np], ax[mi][kt], bl[0], bl[1]);
+                mma16816<T>(gs[mi][2 * np + 1], ax[mi][kt], bl[2], bl[3]);
+              }
             }
         }
         // Landmarks j ≥ m (zero rows, up to mpad) have lterm = −inf: P = 0 without a mask
@@ -433,47 +454,57 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
           const float2 lt = *reinterpret_cast<const float2*>(&lterm[j]);
           const float2 kc = *reinterpret_cast<const float2*>(&lkc[j]);
 #pragma unroll
-          for (int x = 0; x < 4; ++x)
-            gs[n][x] = soft_tc_p((x < 2 ? x0 : x1) + (x % 2 ? lt.y : lt.x), x % 2 ? kc.y : kc.x, gs[n][x]);
+          for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+            for (int x = 0; x < 4; ++x)
+              gs[mi][n][x] = soft_tc_p((x < 2 ? x0[mi] : x1[mi]) + (x % 2 ? lt.y : lt.x), x % 2 ? kc.y : kc.x, gs[mi][n][x]);
         }
 #pragma unroll
         for (int kk = 0; kk < NJ / 2; ++kk) {  // k-step: landmarks jb + 16kk + [0, 16)
-          u32 ph[4], pl[4];  // P as the A operand (m = rows, k = landmarks): the accumulator layout
-          split2<T>(gs[2 * kk][0], gs[2 * kk][1], ph[0], pl[0]);
-          split2<T>(gs[2 * kk][2], gs[2 * kk][3], ph[1], pl[1]);
-          split2<T>(gs[2 * kk + 1][0], gs[2 * kk + 1][1], ph[2], pl[2]);
-          split2<T>(gs[2 * kk + 1][2], gs[2 * kk + 1][3], ph[3], pl[3]);
+          u32 ph[MI][4], pl[MI][4];  // P as the A operand (m = rows, k = landmarks): the accumulator layout
+#pragma unroll
+          for (int mi = 0; mi < MI; ++mi) {
+            split2<T>(gs[mi][2 * kk][0], gs[mi][2 * kk][1], ph[mi][0], pl[mi][0]);
+            split2<T>(gs[mi][2 * kk][2], gs[mi][2 * kk][3], ph[mi][1], pl[mi][1]);
+            split2<T>(gs[mi][2 * kk + 1][0], gs[mi][2 * kk + 1][1], ph[mi][2], pl[mi][2]);
+            split2<T>(gs[mi][2 * kk + 1][2], gs[mi][2 * kk + 1][3], ph[mi][3], pl[mi][3]);
+          }
           const u32 wrow = waddr + (jb + kk * 16) * LD * 2;
 #pragma unroll
           for (int e0 = 0; e0 < D; e0 += 16) {
             u32 bh4[4], bl4[4];  // B = W (k = landmarks, n = e): n-tiles e0, e0 + 8
             ldmatrix_x4_trans_at(bh4, wrow + e0 * 2);
             ldmatrix_x4_trans_at(bl4, wrow + plane + e0 * 2);
-            mma16816<T>(acc[e0 / 8], ph, bh4[0], bh4[1]);
-            mma16816<T>(acc[e0 / 8 + 1], ph, bh4[2], bh4[3]);
-            mma16816<T>(acc[e0 / 8], pl, bh4[0], bh4[1]);
-            mma16816<T>(acc[e0 / 8 + 1], pl, bh4[2], bh4[3]);
-            mma16816<T>(acc[e0 / 8], ph, bl4[0], bl4[1]);
-            mma16816<T>(acc[e0 / 8 + 1], ph, bl4[2], bl4[3]);
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+              mma16816<T>(acc[mi][e0 / 8], ph[mi], bh4[0], bh4[1]);
+              mma16816<T>(acc[mi][e0 / 8 + 1], ph[mi], bh4[2], bh4[3]);
+              mma16816<T>(acc[mi][e0 / 8], pl[mi], bh4[0], bh4[1]);
+              mma16816<T>(acc[mi][e0 / 8 + 1], pl[mi], bh4[2], bh4[3]);
+              mma16816<T>(acc[mi][e0 / 8], ph[mi], bl4[0], bl4[1]);
+              mma16816<T>(acc[mi][e0 / 8 + 1], ph[mi], bl4[2], bl4[3]);
+            }
           }
         }
       }
 
-      // Epilogue: the warp's 16 Q rows were read only by this warp, so they stage its output.
+      // Epilogue: the warp's 16·MI Q rows were read only by this warp, so they stage its output.
       u16(*stage)[LD] = &xs[buf][r0];
       __syncwarp();  // every lane's ldmatrix reads of these rows precede any lane's writes
 #pragma unroll
-      for (int j = 0; j < NT; ++j) {
-        const int e = j * 8 + 2 * t;
-        const float c0 = cinv[e], c1 = cinv[e + 1];
-        *reinterpret_cast<u32*>(&stage[g][e]) = pack2<T>(acc[j][0] * c0, acc[j][1] * c1);
-        *reinterpret_cast<u32*>(&stage[g + 8][e]) = pack2<T>(acc[j][2] * c0, acc[j][3] * c1);
-      }
+      for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          const int e = j * 8 + 2 * t;
+          const float c0 = cinv[e], c1 = cinv[e + 1];
+          *reinterpret_cast<u32*>(&stage[16 * mi + g][e]) = pack2<T>(acc[mi][j][0] * c0, acc[mi][j][1] * c1);
+          *reinterpret_cast<u32*>(&stage[16 * mi + g + 8][e]) = pack2<T>(acc[mi][j][2] * c0, acc[mi][j][3] * c1);
+        }
       __syncwarp();
       const int row0 = trow + r0;
       const u64 last = l2_evict_first();
 #pragma unroll
-      for (int i = lane; i < 16 * (D / 8); i += 32) {
+      for (int i = lane; i < 16 * MI * (D / 8); i += 32) {
         const int r = i / (D / 8), c = (i % (D / 8)) * 8;
         if (row0 + r < p.n)
           st_global_v4_hint(&o[(i64)(row0 + r) * p.o_sn + c], *reinterpret_cast<const uint4*>(&stage[r][c]), last);
@@ -485,28 +516,31 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
   }
 }
 
-// MIN: CTAs per SM the register allocation must allow (4 × 128 threads: ≤ 128 registers; D ∈
-// {80, 96} at 2: 127–145 and 188–208 registers; D = 128 at 1: 153 and 204; no spills).
-#define SOFT_TC(DIM, MIN, T, NAME)                                                              \
-  extern "C" __global__ void __launch_bounds__(SOFT_TC_THREADS, MIN)                            \
+// MIN1, MIN2: CTAs per SM the register allocation must allow for pass 1 and pass 2 (4 × 128
+// threads: ≤ 128 registers; 3: ≤ 168; 2: ≤ 255). Pass 1 D ≤ 64 at 4; D ∈ {80, 96} at 2; D = 128
+// at 1. Pass 2 D ≤ 64 (two row blocks per warp) at 3, with 75 KB of shared memory at m = 64;
+// D ∈ {80, 96} at 2; D = 128 at 1. No spills.
+#define SOFT_TC(DIM, MIN1, MIN2, T, NAME)                                                       \
+  extern "C" __global__ void __launch_bounds__(SOFT_TC_THREADS, MIN1)                           \
       soft_pass1_tc##DIM##_##NAME(const __grid_constant__ SoftKernelParams p) {                 \
     soft_pass1_tc<T, DIM>(p);                                                                   \
   }                                                                                             \
-  extern "C" __global__ void __launch_bounds__(SOFT_TC_THREADS, MIN)                            \
+  extern "C" __global__ void __launch_bounds__(SOFT_TC_THREADS, MIN2)                           \
       soft_pass2_tc##DIM##_##NAME(const __grid_constant__ SoftKernelParams p) {                 \
     soft_pass2_tc<T, DIM>(p);                                                                   \
   }
 
 #define SOFT_TC_DTYPE(T, NAME)                                                                  \
-  SOFT_TC(32, 4, T, NAME)                                                                       \
-  SOFT_TC(48, 4, T, NAME)                                                                       \
-  SOFT_TC(64, 4, T, NAME)                                                                       \
-  SOFT_TC(80, 2, T, NAME)                                                                       \
-  SOFT_TC(96, 2, T, NAME)                                                                       \
-  SOFT_TC(128, 1, T, NAME)
+  SOFT_TC(32, 4, 3, T, NAME)                                                                    \
+  SOFT_TC(48, 4, 3, T, NAME)                                                                    \
+  SOFT_TC(64, 4, 3, T, NAME)                                                                    \
+  SOFT_TC(80, 2, 2, T, NAME)                                                                    \
+  SOFT_TC(96, 2, 2, T, NAME)                                                                    \
+  SOFT_TC(128, 1, 1, T, NAME)
 
 // Mirrored in src/ops/soft/attention.rs (mod tc); a change here must be made there too.
-static_assert(soft_tc_pass1_smem(64) == 56064 && soft_tc_pass2_smem(64, 64) == 56320 &&
-                  soft_tc_pass2_smem(64, 256) == 168448 && soft_tc_pass2_smem(32, 7) == 15744 &&
+static_assert(soft_tc_pass1_smem(64) == 56064 && soft_tc_pass2_smem(64, 64) == 74752 &&
+                  soft_tc_pass2_smem(64, 256) == 186880 && soft_tc_pass2_smem(32, 7) == 25984 &&
+                  soft_tc_pass2_smem(80, 64) == 68736 && soft_tc_pass2_mi(64) == 2 && soft_tc_pass2_mi(80) == 1 &&
                   SOFT_TC_THREADS == 128 && SOFT_TC_ROWS == 64,
               "SOFT tensor-core launch geometry changed: update Rust");

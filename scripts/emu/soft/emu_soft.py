@@ -31,8 +31,13 @@ def pass1_smem(d):
     return (2 * LM + 4 * ROWS) * (d + 8) * 2 + 2 * LM * 4 + ROWS * 4
 
 
+def pass2_mi(d):
+    """soft_tc_pass2_mi: row blocks of 16 per warp in pass 2."""
+    return 2 if d <= 64 else 1
+
+
 def pass2_smem(d, m):
-    return (4 * mpad_of(m) + 2 * ROWS) * (d + 8) * 2 + 2 * mpad_of(m) * 4 + 2 * d * 4
+    return (4 * mpad_of(m) + 2 * ROWS * pass2_mi(d)) * (d + 8) * 2 + 2 * mpad_of(m) * 4 + 2 * d * 4
 
 
 def f32(x):
@@ -127,9 +132,9 @@ def soft_tc_landmarks(D, dyn, lh, ll, fl, lterm, lkc, Lg, lbase, j0, rows, m, lo
             fl.write(lkc + r, f32(log2e_s / sg[0]), warp, "lkc")
 
 
-def tile_row(u, tiles, strip, ascending):
-    """soft_tc_tile_row: first row of the tile at position u of the passes' L2 seam order."""
-    return emu.strip_desc(tiles - 1 - u if ascending else u, tiles, max(strip, 1)) * ROWS
+def tile_row(u, tiles, strip):
+    """soft_tc_tile_row: first row of pass 1's 64-row tile at position u of the descending seam order."""
+    return emu.strip_desc(u, tiles, max(strip, 1)) * ROWS
 
 
 def soft_pass1_tc(p, D, bx, by, bz, gdy, races_out):
@@ -165,7 +170,7 @@ def soft_pass1_tc(p, D, bx, by, bz, gdy, races_out):
         lbase = bh * m * D
         races.barrier()
         if chunk < tiles:
-            row0 = tile_row(chunk, tiles, p["strip"], False)
+            row0 = tile_row(chunk, tiles, p["strip"])
             tc_stage(D, LD, ROWS, THREADS, dyn, ks(0), K, kb, p["k_sn"], row0, n, cpa)
             tc_stage(D, LD, ROWS, THREADS, dyn, vs(0), V, vb, p["v_sn"], row0, n, cpa)
         cpa.commit()
@@ -179,12 +184,12 @@ def soft_pass1_tc(p, D, bx, by, bz, gdy, races_out):
                 acc=np.zeros((NT, 4, 32), F32), active=j0 + w * 16 < m)
         buf = 0
         for u in range(chunk, tiles, p["chunks"]):
-            row0 = tile_row(u, tiles, p["strip"], False)
+            row0 = tile_row(u, tiles, p["strip"])
             row_end = min(n, row0 + ROWS)
             cpa.wait(0)
             races.barrier()
             if u + p["chunks"] < tiles:
-                nxt = tile_row(u + p["chunks"], tiles, p["strip"], False)
+                nxt = tile_row(u + p["chunks"], tiles, p["strip"])
                 tc_stage(D, LD, ROWS, THREADS, dyn, ks(buf ^ 1), K, kb, p["k_sn"], nxt, n, cpa)
                 tc_stage(D, LD, ROWS, THREADS, dyn, vs(buf ^ 1), V, vb, p["v_sn"], nxt, n, cpa)
             cpa.commit()
@@ -255,19 +260,23 @@ def soft_pass1_tc(p, D, bx, by, bz, gdy, races_out):
 
 def soft_pass2_tc(p, D, bx, by, gdx, gdy, races_out):
     LD, KT, NT, NJ = D + 8, D // 16, D // 8, LM2 // 8
+    MI = pass2_mi(D)  # row blocks of 16 per warp; tiles of ROWS2 rows
+    ROWS2 = ROWS * MI
     m, n = p["m"], p["n"]
     mpad = mpad_of(m)
     races = Races()
-    nu16 = (4 * mpad + 2 * ROWS) * LD
+    nu16 = (4 * mpad + 2 * ROWS2) * LD
     dyn = Smem(nu16, U16, "p2.dyn", races)
     nfl = 2 * mpad + 2 * D
     fl = Smem(nfl, F32, "p2.f32", races)
     assert pass2_smem(D, m) == nu16 * 2 + nfl * 4
     cpa = CpAsync([dyn])
     lh, ll, wh, wl = 0, mpad * LD, 2 * mpad * LD, 3 * mpad * LD
-    xs = lambda b: 4 * mpad * LD + b * ROWS * LD
+    xs = lambda b: 4 * mpad * LD + b * ROWS2 * LD
     lterm, lkc, csc, cinv = 0, mpad, 2 * mpad, 2 * mpad + D
-    tiles = -(-n // ROWS)
+    tiles = -(-n // ROWS2)
+    strip = -(-max(p["strip"], 1) // MI)  # in tiles of ROWS2
+    tile_row2 = lambda u: emu.strip_desc(tiles - 1 - u, tiles, strip) * ROWS2  # ascending seam order
     scale = F32(p["scale"])
     rk = f32(-KEXP * f32(scale * scale))
     laddr = lh + ((MAT // 2) * 8 + R8) * LD + (MAT % 2) * 8
@@ -283,8 +292,8 @@ def soft_pass2_tc(p, D, bx, by, gdx, gdy, races_out):
         races.barrier()
         trow = 0
         if bx < tiles:
-            trow = tile_row(bx, tiles, p["strip"], True)
-            tc_stage(D, LD, ROWS, THREADS, dyn, xs(0), Q, qb, p["q_sn"], trow, n, cpa)
+            trow = tile_row2(bx)
+            tc_stage(D, LD, ROWS2, THREADS, dyn, xs(0), Q, qb, p["q_sn"], trow, n, cpa)
         cpa.commit()
         for e in range(D):
             fl.write(csc + e, F32(0), (e % THREADS) // 32, "cmax zero")
@@ -320,18 +329,18 @@ def soft_pass2_tc(p, D, bx, by, gdx, gdy, races_out):
         while tile < tiles:
             nxt = 0
             if tile + gdx < tiles:
-                nxt = tile_row(tile + gdx, tiles, p["strip"], True)
-                tc_stage(D, LD, ROWS, THREADS, dyn, xs(buf ^ 1), Q, qb, p["q_sn"], nxt, n, cpa)
+                nxt = tile_row2(tile + gdx)
+                tc_stage(D, LD, ROWS2, THREADS, dyn, xs(buf ^ 1), Q, qb, p["q_sn"], nxt, n, cpa)
             cpa.commit()
             cpa.wait(1)
             races.barrier()
-            for w in range(WARPS):
-                r0 = w * 16
+            for w, mi in ((w, mi) for w in range(WARPS) for mi in range(MI)):
+                r0 = w * 16 * MI + 16 * mi  # the block's rows (its L, W fragments are shared in the kernel)
                 xaddr = xs(0) + (r0 + LANE % 16) * LD + (LANE // 16) * 8
                 ax = []
                 x0, x1 = np.zeros(32, F32), np.zeros(32, F32)
                 for kt in range(KT):
-                    r = ldmatrix(dyn, xaddr + buf * ROWS * LD + kt * 16, w, 4, False, "p2 Q")
+                    r = ldmatrix(dyn, xaddr + buf * ROWS2 * LD + kt * 16, w, 4, False, "p2 Q")
                     ax.append(r)
                     x0 = sq4(r[0], r[2], x0)
                     x1 = sq4(r[1], r[3], x1)

@@ -132,7 +132,7 @@ def run(B, H, N, D, m, kind, tied=True, seed=1, gdx=2, gdy=None, poison=None):
     s64 = float(F32(D ** -0.25))
     gauss = lambda x, L: np.exp(-0.5 * ((s64 * x[:, None, :] - L[None, :, :].astype(np.float64)) ** 2).sum(-1))
     S_ref = np.stack([gauss(k[b, h], Ls[b * H + h]).T @ v[b, h] for b in range(B) for h in range(H)])
-    tiles = div_up(N, ROWS)
+    tiles = div_up(N, ROWS * es.pass2_mi(D))  # pass 2's tiles
     gx = max(1, min(tiles, gdx))
     for by in range(min(gdy, BH)):
         for bx in range(gx):

@@ -30,18 +30,24 @@ mod tc {
     pub fn pass1_smem(d: usize) -> usize {
         (2 * LM + 4 * TC_ROWS) * (d + 8) * 2 + 2 * LM * 4 + TC_ROWS * 4
     }
-    /// Dynamic shared memory of pass 2: L and W hi/lo of all landmarks, Q double-buffered,
+    /// Rows of a pass-2 tile: 16·soft_tc_pass2_mi row blocks per warp, 2 for D ≤ 64.
+    pub fn pass2_rows(d: usize) -> usize {
+        TC_ROWS * if d <= 64 { 2 } else { 1 }
+    }
+    /// Dynamic shared memory of pass 2: L and W hi/lo of all landmarks, Q tiles double-buffered,
     /// per-landmark exponent terms and coefficients, per-column scales.
     pub fn pass2_smem(d: usize, m: usize) -> usize {
-        (4 * mpad(m) + 2 * TC_ROWS) * (d + 8) * 2 + 2 * mpad(m) * 4 + 2 * d * 4
+        (4 * mpad(m) + 2 * pass2_rows(d)) * (d + 8) * 2 + 2 * mpad(m) * 4 + 2 * d * 4
     }
     // The values the static_assert in kernels/soft_tc.cuh pins.
     #[test]
     fn geometry_matches_the_kernel_header() {
         assert_eq!(pass1_smem(64), 56064);
-        assert_eq!(pass2_smem(64, 64), 56320);
-        assert_eq!(pass2_smem(64, 256), 168448);
-        assert_eq!(pass2_smem(32, 7), 15744);
+        assert_eq!(pass2_smem(64, 64), 74752);
+        assert_eq!(pass2_smem(64, 256), 186880);
+        assert_eq!(pass2_smem(32, 7), 25984);
+        assert_eq!(pass2_smem(80, 64), 68736);
+        assert_eq!((pass2_rows(64), pass2_rows(80)), (128, 64));
         // The largest m whose pass 2 fits 227 KB: 256 up to D = 80, 240 at 96, 176 at 128.
         let fits = |d, m| pass2_smem(d, m) <= 227 * 1024;
         assert!(fits(80, 256) && fits(96, 240) && !fits(96, 241) && fits(128, 176));
@@ -315,7 +321,7 @@ pub unsafe fn attention_raw(
         // L and W into shared memory once per slice.
         let slots = rt.resident_ctas(&f2, TC_THREADS, s2)?;
         let per_bh = slots.div_ceil(bh).max(1);
-        let grid2 = (n.div_ceil(TC_ROWS).min(per_bh) as u32, bh_y, 1);
+        let grid2 = (n.div_ceil(tc::pass2_rows(d)).min(per_bh) as u32, bh_y, 1);
         (
             (f1, Pass1Grid::OneWave(slots1), TC_THREADS, s1),
             (f2, grid2, TC_THREADS, s2),
