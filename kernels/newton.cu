@@ -16,23 +16,38 @@ static_assert(NEWTON_THREADS == 256, "thread mappings below assume 16×16 thread
 __device__ __forceinline__ float* nptr(u64 p) { return reinterpret_cast<float*>(p); }
 
 // α = c·2/(max row sum)² of the m×m matrix `a` (leading dim lda, shared or global memory),
-// computed by the whole CTA (rows summed by warps, the max taken in row order by thread 0).
-// Starts with no barrier: the caller makes `a` visible and keeps the CTA in step.
+// computed by the whole CTA. Each row is summed by one warp (lane partials over j = lane,
+// lane + 32, …, then warp_sum), four rows of a warp at a time so that their load and shuffle
+// chains overlap; warp 0 then takes the max (fmaxf skips NaN, as the max in row order did, so
+// the order does not matter). Starts with no barrier: the caller makes `a` visible and keeps the
+// CTA in step.
 __device__ float newton_alpha(const float* a, int lda, int m, float c) {
+  constexpr int U = 4;  // rows per warp in flight
   __shared__ float rows[SOFT_MAX_M];
   __shared__ float alpha;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  for (int r = warp; r < m; r += warps) {
-    float s = 0.f;
-    for (int j = lane; j < m; j += 32) s += a[(i64)r * lda + j];
-    s = warp_sum(s);
-    if (lane == 0) rows[r] = s;
+  for (int r0 = warp; r0 < m; r0 += U * warps) {
+    float s[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int r = r0 + u * warps;
+      s[u] = 0.f;
+      if (r < m)
+        for (int j = lane; j < m; j += 32) s[u] += a[(i64)r * lda + j];
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) s[u] = warp_sum(s[u]);
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (lane == 0 && r0 + u * warps < m) rows[r0 + u * warps] = s[u];
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    float mx = rows[0];
-    for (int r = 1; r < m; ++r) mx = fmaxf(mx, rows[r]);
-    alpha = c * 2.f / (mx * mx);
+  if (warp == 0) {
+    float mx = __int_as_float(0x7fffffff);  // NaN: fmaxf's identity
+    for (int r = lane; r < m; r += 32) mx = fmaxf(mx, rows[r]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    if (lane == 0) alpha = c * 2.f / (mx * mx);
   }
   __syncthreads();
   return alpha;
@@ -63,19 +78,32 @@ __device__ __forceinline__ void smem_gemm(const float* x, const float* y, int ld
 
 // Â = A + λI and Z₀ = αÂ of matrix bh into shared memory (leading dim ld), α from A's row sums
 // before the ridge. Starts and ends with the shared arrays complete for the whole CTA (the caller
-// has made them free).
+// has made them free). A is loaded 8 elements per thread at a time, all in flight together: the
+// plain copy loop waited out an L2 round trip per element (32 of them per thread at m = 64 in the
+// cluster kernel, ≈ 5 µs). (A 16-byte-load variant made ptxas allocate up to 250 registers.)
 __device__ void newton_start(const SoftKernelParams& p, int bh, int ld, float* ah, float* zs) {
   const int m = p.m;
   const float* A = nptr(p.a) + (i64)bh * m * m;
-  for (int i = threadIdx.x; i < m * m; i += blockDim.x) ah[(i / m) * ld + i % m] = A[i];
+  constexpr int S = 8;
+  for (int i0 = threadIdx.x; i0 < m * m; i0 += S * blockDim.x) {
+    float v[S];
+#pragma unroll
+    for (int u = 0; u < S; ++u)
+      if (i0 + u * (int)blockDim.x < m * m) v[u] = A[i0 + u * blockDim.x];
+#pragma unroll
+    for (int u = 0; u < S; ++u) {
+      const int i = i0 + u * (int)blockDim.x;
+      if (i < m * m) ah[(i / m) * ld + i % m] = v[u];
+    }
+  }
   __syncthreads();
   const float alpha = newton_alpha(ah, ld, m, p.alpha_scale);
-  for (int i = threadIdx.x; i < m * m; i += blockDim.x) {
-    const int r = i / m, c = i % m;
-    const float v = ah[r * ld + c] + (r == c ? p.ridge : 0.f);
-    ah[r * ld + c] = v;
-    zs[r * ld + c] = alpha * v;
-  }
+  for (int r = threadIdx.x / 32; r < m; r += blockDim.x / 32)  // a warp per row: no divisions
+    for (int c = threadIdx.x % 32; c < m; c += 32) {
+      const float v = ah[r * ld + c] + (r == c ? p.ridge : 0.f);
+      ah[r * ld + c] = v;
+      zs[r * ld + c] = alpha * v;
+    }
   __syncthreads();
 }
 
