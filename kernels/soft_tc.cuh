@@ -81,42 +81,63 @@ __device__ __forceinline__ float soft_tc_p(float rl, float kc, float g) {
 // Landmarks j0 + [0, rows) of one (b,h) (fp32, row length D, at l) into shared memory as 16-bit
 // hi/lo parts of σ_j·l_j (σ_j a power of two putting max_c |l_jc| in [1, 2)); lterm[r] =
 // 12 − k‖l_j‖², lkc[r] = k·2s/σ_j = log2(e)·s/σ_j. Rows j ≥ m become zeros with lterm = −inf (P = 0).
-// One warp per landmark row, fixed reduction order.
-template <typename T, int D>
+// One warp per landmark row, fixed reduction order; a warp loads NB rows before reducing them, so
+// their L2 round trips and shuffle chains overlap (one row at a time, this prologue took ≈ 4 µs
+// of every CTA at m = 64, 16 rows per warp, and 4× that at m = 256). NB = 4 in pass 2. Pass 1
+// keeps NB = 1: it starts beside the Newton kernel (sm_90), which hides its prologue, and NB ≥ 2
+// made ptxas spill 4 bytes in its D = 48 build for sm_80.
+template <typename T, int D, int NB>
 __device__ __forceinline__ void soft_tc_landmarks(u16 (*lh)[D + 8], u16 (*ll)[D + 8], float* lterm, float* lkc,
                                                   const float* l, int j0, int rows, int m, float log2e_s) {
   constexpr int CPL = (D + 31) / 32;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll 1
-  for (int r = warp; r < rows; r += SOFT_TC_WARPS) {
-    const int j = j0 + r;
-    float x[CPL], mx = 0.f, nrm = 0.f;
+  for (int r0 = warp; r0 < rows; r0 += NB * SOFT_TC_WARPS) {
+    float x[NB][CPL], mx[NB], nrm[NB];
 #pragma unroll
-    for (int i = 0; i < CPL; ++i) {
-      const int c = lane + 32 * i;
-      x[i] = (c < D && j < m) ? l[(i64)j * D + c] : 0.f;
-      mx = fmaxf(mx, fabsf(x[i]));
-      nrm = fmaf(x[i], x[i], nrm);
-    }
+    for (int b = 0; b < NB; ++b) {
+      const int r = r0 + b * SOFT_TC_WARPS, j = j0 + r;
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-      nrm += __shfl_xor_sync(0xffffffffu, nrm, off);
-    }
-    const float sg = pow2_scale(mx);
-#pragma unroll
-    for (int i = 0; i < CPL; ++i) {
-      const int c = lane + 32 * i;
-      if (c < D) {
-        const float y = x[i] * sg;
-        const T hi = from_f32<T>(y);
-        lh[r][c] = hi.bits;
-        ll[r][c] = from_f32<T>(y - to_f32(hi)).bits;
+      for (int i = 0; i < CPL; ++i) {
+        const int c = lane + 32 * i;
+        x[b][i] = (c < D && j < m && r < rows) ? l[(i64)j * D + c] : 0.f;
       }
     }
-    if (lane == 0) {
-      lterm[r] = j < m ? fmaf(-SOFT_TC_K, nrm, SOFT_TC_PLOG2) : SOFT_TC_NEG_INF;
-      lkc[r] = log2e_s / sg;
+#pragma unroll
+    for (int b = 0; b < NB; ++b) {
+      mx[b] = 0.f, nrm[b] = 0.f;
+#pragma unroll
+      for (int i = 0; i < CPL; ++i) {
+        mx[b] = fmaxf(mx[b], fabsf(x[b][i]));
+        nrm[b] = fmaf(x[b][i], x[b][i], nrm[b]);
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1)
+#pragma unroll
+      for (int b = 0; b < NB; ++b) {
+        mx[b] = fmaxf(mx[b], __shfl_xor_sync(0xffffffffu, mx[b], off));
+        nrm[b] += __shfl_xor_sync(0xffffffffu, nrm[b], off);
+      }
+#pragma unroll
+    for (int b = 0; b < NB; ++b) {
+      const int r = r0 + b * SOFT_TC_WARPS, j = j0 + r;
+      if (r >= rows) break;  // warp-uniform
+      const float sg = pow2_scale(mx[b]);
+#pragma unroll
+      for (int i = 0; i < CPL; ++i) {
+        const int c = lane + 32 * i;
+        if (c < D) {
+          const float y = x[b][i] * sg;
+          const T hi = from_f32<T>(y);
+          lh[r][c] = hi.bits;
+          ll[r][c] = from_f32<T>(y - to_f32(hi)).bits;
+        }
+      }
+      if (lane == 0) {
+        lterm[r] = j < m ? fmaf(-SOFT_TC_K, nrm[b], SOFT_TC_PLOG2) : SOFT_TC_NEG_INF;
+        lkc[r] = log2e_s / sg;
+      }
     }
   }
 }
@@ -186,7 +207,7 @@ __device__ void soft_pass1_tc(const SoftKernelParams& p) {
       tc_stage<D, LD, ROWS, THREADS, true>(vs[0], v, p.v_sn, row0, p.n, l2_evict_first());
     }
     cp_async_commit();
-    soft_tc_landmarks<T, D>(lh, ll, lterm, lkc, l, j0, SOFT_LM, p.m, LOG2E_F * p.scale);
+    soft_tc_landmarks<T, D, 1>(lh, ll, lterm, lkc, l, j0, SOFT_LM, p.m, LOG2E_F * p.scale);
     __syncthreads();
 
     // The warp's landmark terms (rows g, g + 8).
@@ -362,11 +383,21 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
     }
     cp_async_commit();
     for (int e = threadIdx.x; e < D; e += THREADS) cmax[e] = 0u;
-    soft_tc_landmarks<T, D>(lh, ll, lterm, lkc, l, 0, mpad, p.m, LOG2E_F * p.scale);
+    soft_tc_landmarks<T, D, 4>(lh, ll, lterm, lkc, l, 0, mpad, p.m, LOG2E_F * p.scale);
     __syncthreads();
     // Column maxima of |W| (non-negative floats order like their bits; NaN wins, then scale 1).
+    // W (m × D fp32, in L2) is read 8 values per thread at a time, all in flight, here and in the
+    // split below: one L2 round trip per value cost ≈ 5 µs per loop at m = 64.
+    constexpr int WB = 8;
 #pragma unroll 1
-    for (int i = threadIdx.x; i < p.m * D; i += THREADS) atomicMax(&cmax[i % D], __float_as_uint(fabsf(w[i])));
+    for (int i0 = threadIdx.x; i0 < p.m * D; i0 += WB * THREADS) {
+      float y[WB];
+#pragma unroll
+      for (int u = 0; u < WB; ++u) y[u] = i0 + u * THREADS < p.m * D ? w[i0 + u * THREADS] : 0.f;
+#pragma unroll
+      for (int u = 0; u < WB; ++u)
+        if (i0 + u * THREADS < p.m * D) atomicMax(&cmax[(i0 + u * THREADS) % D], __float_as_uint(fabsf(y[u])));
+    }
     __syncthreads();
     for (int e = threadIdx.x; e < D; e += THREADS) {
       const float sc = pow2_scale(__uint_as_float(cmax[e]));
@@ -375,12 +406,20 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
     }
     __syncthreads();
 #pragma unroll 1
-    for (int i = threadIdx.x; i < mpad * D; i += THREADS) {
-      const int r = i / D, c = i % D;
-      const float y = r < p.m ? w[i] * csc[c] : 0.f;
-      const T hi = from_f32<T>(y);
-      wh[r][c] = hi.bits;
-      wl[r][c] = from_f32<T>(y - to_f32(hi)).bits;
+    for (int i0 = threadIdx.x; i0 < mpad * D; i0 += WB * THREADS) {
+      float y[WB];
+#pragma unroll
+      for (int u = 0; u < WB; ++u) y[u] = i0 + u * THREADS < p.m * D ? w[i0 + u * THREADS] : 0.f;
+#pragma unroll
+      for (int u = 0; u < WB; ++u) {
+        const int i = i0 + u * THREADS, r = i / D, c = i % D;
+        if (i < mpad * D) {
+          const float z = r < p.m ? y[u] * csc[c] : 0.f;
+          const T hi = from_f32<T>(z);
+          wh[r][c] = hi.bits;
+          wl[r][c] = from_f32<T>(z - to_f32(hi)).bits;
+        }
+      }
     }
     // Shared L, W and scales are visible after the first barrier of the tile loop.
 
