@@ -150,8 +150,18 @@ __device__ void sima_map_tc(const SimaParams& p) {
       tc_stage<D, LD, ROWS, THREADS>(qs[0], q, p.q_sn, blockIdx.x * ROWS, p.n);
     }
     cp_async_commit();
+    // G (D² floats, in L2) is read GB values per thread at a time, all in flight, for its max and
+    // its 16-bit copy (one round trip per few values cost ≈ 3 µs of every CTA at D = 64).
+    constexpr int GB = 8;
     float mx = 0.f;
-    for (int i = threadIdx.x; i < D * D; i += THREADS) mx = fmaxf(mx, fabsf(gm[i]));
+#pragma unroll 1
+    for (int i0 = threadIdx.x; i0 < D * D; i0 += GB * THREADS) {
+      float v[GB];
+#pragma unroll
+      for (int u = 0; u < GB; ++u) v[u] = i0 + u * THREADS < D * D ? gm[i0 + u * THREADS] : 0.f;
+#pragma unroll
+      for (int u = 0; u < GB; ++u) mx = fmaxf(mx, fabsf(v[u]));
+    }
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
     if (lane == 0) wmax[warp] = mx;
@@ -160,7 +170,17 @@ __device__ void sima_map_tc(const SimaParams& p) {
 #pragma unroll
     for (int w = 1; w < WARPS; ++w) mx = fmaxf(mx, wmax[w]);
     const float alpha = pow2_scale(mx), inv_alpha = 1.f / alpha;
-    for (int i = threadIdx.x; i < D * D; i += THREADS) gs[i / D][i % D] = from_f32<T>(gm[i] * alpha).bits;
+#pragma unroll 1
+    for (int i0 = threadIdx.x; i0 < D * D; i0 += GB * THREADS) {
+      float v[GB];
+#pragma unroll
+      for (int u = 0; u < GB; ++u) v[u] = i0 + u * THREADS < D * D ? gm[i0 + u * THREADS] : 0.f;
+#pragma unroll
+      for (int u = 0; u < GB; ++u) {
+        const int i = i0 + u * THREADS;
+        if (i < D * D) gs[i / D][i % D] = from_f32<T>(v[u] * alpha).bits;
+      }
+    }
     __syncthreads();
 
     int buf = 0;
