@@ -167,8 +167,19 @@ __device__ void cos_reduce(const CosformerParams& p) {
 __device__ __forceinline__ void cos_finalize_element(const CosformerParams& p, int bh, i64 x) {
   const i64 slen = cos_state_len(p);
   const float* part = reinterpret_cast<const float*>(p.partial) + (i64)bh * p.chunks * slen;
+  // Batches of B chunks' loads in flight, then added in chunk order: one L2 round trip per batch
+  // (the loop as written issued 4 loads per round trip).
+  constexpr int B = 8;
   float acc = 0.f;
-  for (int ch = 0; ch < p.chunks; ++ch) acc += part[ch * slen + x];
+  for (int ch0 = 0; ch0 < p.chunks; ch0 += B) {
+    float t[B];
+#pragma unroll
+    for (int j = 0; j < B; ++j)
+      if (ch0 + j < p.chunks) t[j] = part[(i64)(ch0 + j) * slen + x];
+#pragma unroll
+    for (int j = 0; j < B; ++j)
+      if (ch0 + j < p.chunks) acc += t[j];
+  }
   reinterpret_cast<float*>(p.state)[(i64)bh * slen + x] = acc;
 }
 
