@@ -114,6 +114,16 @@ __device__ __forceinline__ float nonneg(float x) { return x < 0.f ? 0.f : x; }
 
 __device__ __forceinline__ int div_up(int a, int b) { return (a + b - 1) / b; }
 
+// v[u] = p[i0 + u·step] where i0 + u·step < n, else 0: all N loads issued before any value is
+// used. A loop over a small array in L2 written plainly compiles to a load and its use per
+// iteration, one round trip each (bench/NOTES.md, "prologues that waited out one L2 round trip
+// per value"); with this it pays one per N values.
+template <int N, typename I>
+__device__ __forceinline__ void load_batch(float (&v)[N], const float* p, I i0, I step, I n) {
+#pragma unroll
+  for (int u = 0; u < N; ++u) v[u] = i0 + u * step < n ? p[i0 + u * step] : 0.f;
+}
+
 // The item at position g (< n) of an order on n items split into strips of L consecutive ones (the
 // last strip may be shorter): by offset within a strip, descending, every strip of one offset
 // together in ascending strips. A bijection on [0, n); strip_desc(n − 1 − g, …) is the reverse

@@ -173,9 +173,7 @@ __device__ __forceinline__ void cos_finalize_element(const CosformerParams& p, i
   float acc = 0.f;
   for (int ch0 = 0; ch0 < p.chunks; ch0 += B) {
     float t[B];
-#pragma unroll
-    for (int j = 0; j < B; ++j)
-      if (ch0 + j < p.chunks) t[j] = part[(i64)(ch0 + j) * slen + x];
+    load_batch(t, part + x, ch0 * slen, slen, p.chunks * slen);
 #pragma unroll
     for (int j = 0; j < B; ++j)
       if (ch0 + j < p.chunks) acc += t[j];
@@ -205,9 +203,7 @@ __device__ __forceinline__ void cos_scan_element(const CosformerParams& p, int b
   constexpr int B = 8;
   for (int ch0 = 0; ch0 < p.chunks; ch0 += B) {
     float t[B];
-#pragma unroll
-    for (int j = 0; j < B; ++j)
-      if (ch0 + j < p.chunks) t[j] = part[(i64)(ch0 + j) * slen + x];
+    load_batch(t, part + x, ch0 * slen, slen, p.chunks * slen);
 #pragma unroll
     for (int j = 0; j < B; ++j)
       if (ch0 + j < p.chunks) {

@@ -91,8 +91,7 @@ __device__ void cos_map_tc(const CosformerParams& p, int bh0, int bh_step, int t
 #pragma unroll 1
     for (int i0 = threadIdx.x; i0 < 2 * D * D; i0 += SB * THREADS) {
       float v[SB];
-#pragma unroll
-      for (int u = 0; u < SB; ++u) v[u] = i0 + u * THREADS < 2 * D * D ? st[i0 + u * THREADS] : 0.f;
+      load_batch(v, st, i0, THREADS, 2 * D * D);
 #pragma unroll
       for (int u = 0; u < SB; ++u) mk = fmaxf(mk, fabsf(v[u]));
     }
@@ -103,12 +102,8 @@ __device__ void cos_map_tc(const CosformerParams& p, int bh0, int bh_step, int t
 #pragma unroll 1
     for (int i0 = threadIdx.x; i0 < D * D; i0 += SB * THREADS) {
       float vc[SB], vs[SB];
-#pragma unroll
-      for (int u = 0; u < SB; ++u) {
-        const int i = i0 + u * THREADS;
-        vc[u] = i < D * D ? st[ddv + i] : 0.f;
-        vs[u] = i < D * D ? st[i] : 0.f;
-      }
+      load_batch(vc, st + ddv, i0, THREADS, D * D);
+      load_batch(vs, st, i0, THREADS, D * D);
 #pragma unroll
       for (int u = 0; u < SB; ++u) {
         const int i = i0 + u * THREADS, c = i / D, e = i % D;

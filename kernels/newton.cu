@@ -87,9 +87,7 @@ __device__ void newton_start(const SoftKernelParams& p, int bh, int ld, float* a
   constexpr int S = 8;
   for (int i0 = threadIdx.x; i0 < m * m; i0 += S * blockDim.x) {
     float v[S];
-#pragma unroll
-    for (int u = 0; u < S; ++u)
-      if (i0 + u * (int)blockDim.x < m * m) v[u] = A[i0 + u * blockDim.x];
+    load_batch(v, A, i0, (int)blockDim.x, m * m);
 #pragma unroll
     for (int u = 0; u < S; ++u) {
       const int i = i0 + u * (int)blockDim.x;

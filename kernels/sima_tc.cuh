@@ -157,8 +157,7 @@ __device__ void sima_map_tc(const SimaParams& p) {
 #pragma unroll 1
     for (int i0 = threadIdx.x; i0 < D * D; i0 += GB * THREADS) {
       float v[GB];
-#pragma unroll
-      for (int u = 0; u < GB; ++u) v[u] = i0 + u * THREADS < D * D ? gm[i0 + u * THREADS] : 0.f;
+      load_batch(v, gm, i0, THREADS, D * D);
 #pragma unroll
       for (int u = 0; u < GB; ++u) mx = fmaxf(mx, fabsf(v[u]));
     }
@@ -173,8 +172,7 @@ __device__ void sima_map_tc(const SimaParams& p) {
 #pragma unroll 1
     for (int i0 = threadIdx.x; i0 < D * D; i0 += GB * THREADS) {
       float v[GB];
-#pragma unroll
-      for (int u = 0; u < GB; ++u) v[u] = i0 + u * THREADS < D * D ? gm[i0 + u * THREADS] : 0.f;
+      load_batch(v, gm, i0, THREADS, D * D);
 #pragma unroll
       for (int u = 0; u < GB; ++u) {
         const int i = i0 + u * THREADS;

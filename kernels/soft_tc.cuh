@@ -392,8 +392,7 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
 #pragma unroll 1
     for (int i0 = threadIdx.x; i0 < p.m * D; i0 += WB * THREADS) {
       float y[WB];
-#pragma unroll
-      for (int u = 0; u < WB; ++u) y[u] = i0 + u * THREADS < p.m * D ? w[i0 + u * THREADS] : 0.f;
+      load_batch(y, w, i0, THREADS, p.m * D);
 #pragma unroll
       for (int u = 0; u < WB; ++u)
         if (i0 + u * THREADS < p.m * D) atomicMax(&cmax[(i0 + u * THREADS) % D], __float_as_uint(fabsf(y[u])));
@@ -408,8 +407,7 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
 #pragma unroll 1
     for (int i0 = threadIdx.x; i0 < mpad * D; i0 += WB * THREADS) {
       float y[WB];
-#pragma unroll
-      for (int u = 0; u < WB; ++u) y[u] = i0 + u * THREADS < p.m * D ? w[i0 + u * THREADS] : 0.f;
+      load_batch(y, w, i0, THREADS, p.m * D);
 #pragma unroll
       for (int u = 0; u < WB; ++u) {
         const int i = i0 + u * THREADS, r = i / D, c = i % D;
