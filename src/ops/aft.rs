@@ -19,8 +19,8 @@
 //! Any D ≤ 256, any strides with a unit last dim. The bias (`w`, `u`) is fp32 on the device.
 
 use super::{
-    check_raw, check_workspace, launch, launch_smem, ptr_of, try_launch_smem, with_raw, zero_u32,
-    RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM,
+    check_raw, check_workspace, ctas_per_slice, launch, launch_smem, ptr_of, try_launch_smem,
+    with_raw, zero_u32, RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM,
 };
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
@@ -592,9 +592,9 @@ fn window_launch(plan: &Plan, dtype: DType, sms: usize) -> WindowLaunch {
         // The W band staged at once and reused: AFT-local, once per tile for a group of slices
         // (w is shared by all of them), groups small enough to keep ≥ 4 CTAs per SM busy;
         // AFT-conv, once per strip of tiles of one slice (u is per head; interior tiles share
-        // it), strips long but ≥ 4 CTAs per SM.
+        // it), strips long but as many as 4 CTAs per SM hold in one wave (`ctas_per_slice`).
         let (name, group, grid_y, strip) = if matches!(plan.variant, Variant::Conv { .. }) {
-            let strips = grid_yz((4 * sms).div_ceil(slices).clamp(1, plan.chunks));
+            let strips = grid_yz(ctas_per_slice(4 * sms, slices).min(plan.chunks));
             let strip = plan.chunks.div_ceil(strips as usize); // tiles a CTA walks
             ("aft_window_band_conv_tc", 1, strips, strip)
         } else {

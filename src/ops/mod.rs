@@ -248,6 +248,15 @@ pub(crate) fn check_f32_buffer(arg: &'static str, ptr: u64, len: usize, need: us
     Ok(())
 }
 
+/// CTAs per (b,h) slice of a persistent pass (CTAs striding over a slice's row tiles) that keep
+/// its grid of `slices` slices within one wave of `slots` resident CTAs: rounded down, at least 1.
+/// Rounded up, `slots % slices` CTAs waited for a second wave and then ran a whole share of tiles
+/// alone, adding up to a whole CTA's run time to the pass (at 3 CTAs per SM on an H100 and 16
+/// slices: 400 CTAs for 396 slots).
+pub(crate) fn ctas_per_slice(slots: usize, slices: usize) -> usize {
+    (slots / slices.max(1)).max(1)
+}
+
 /// Rows per split of a split-over-rows reduction (partials summed in a fixed order after it) for
 /// one wave of its CTAs: as many splits per slice as `slots` resident CTAs hold for `slices`
 /// slices, where the plan sized the workspace for `plan_splits` splits of `plan_rows` rows. A
@@ -390,4 +399,28 @@ pub(crate) fn ptr_of_mut<'a, T>(
 ) -> (u64, impl Drop + 'a) {
     let (p, guard) = s.device_ptr_mut(stream);
     (p, guard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ctas_per_slice;
+
+    #[test]
+    fn persistent_grids_fit_one_wave() {
+        // 3 CTAs per SM on 132 SMs, 16 slices: 24 per slice (25 would leave 4 CTAs for a second wave).
+        assert_eq!(ctas_per_slice(396, 16), 24);
+        assert_eq!(ctas_per_slice(528, 16), 33);
+        for slots in [1, 7, 132, 396, 528, 792] {
+            for slices in [0, 1, 3, 5, 16, 17, 1000] {
+                let c = ctas_per_slice(slots, slices);
+                assert!(c >= 1);
+                if (1..=slots).contains(&slices) {
+                    assert!(
+                        c * slices <= slots && (c + 1) * slices > slots,
+                        "{slots} {slices}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -6,8 +6,8 @@
 //! on tensor cores; everything else (f32, other head dims, odd strides) on the CUDA-core kernels.
 
 use super::{
-    check_raw, check_workspace, launch, launch_smem, one_wave_rows, with_raw, RawTensor, TensorMut,
-    TensorRef, MAX_HEAD_DIM,
+    check_raw, check_workspace, ctas_per_slice, launch, launch_smem, one_wave_rows, with_raw,
+    RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM,
 };
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
@@ -276,7 +276,7 @@ pub unsafe fn forward_raw(
                 p.rows_per_chunk = rows as i32;
                 p.chunks = n.div_ceil(rows) as i32;
                 let slots = rt.resident_ctas(&map, TC_MAP_THREADS, msmem)?;
-                let per_bh = slots.div_ceil(bh).max(1);
+                let per_bh = ctas_per_slice(slots, bh);
                 let map_grid = (
                     n.div_ceil(MAP_ROWS).min(per_bh) as u32,
                     bh.min(MAX_GRID_YZ) as u32,

@@ -5,7 +5,9 @@
 use super::launch::{grid_dim, KernelParams, FAMILY, MAX_GRID_YZ, THREADS};
 use super::plan::{state_len, Plan, BLOCK, SHORT_CL};
 use crate::error::Result;
-use crate::ops::{launch, launch_smem, one_wave_rows, rows_16b_aligned, try_launch_smem, zero_u32};
+use crate::ops::{
+    ctas_per_slice, launch, launch_smem, one_wave_rows, rows_16b_aligned, try_launch_smem, zero_u32,
+};
 use crate::runtime::Runtime;
 use crate::tensor::DType;
 use cudarc::driver::CudaStream;
@@ -273,7 +275,7 @@ pub(super) unsafe fn queue_tc(
         p.chunks = plan.s.div_ceil(rows) as i32;
         // Persistent map CTAs: one wave, shared among the (b,h) slices.
         let slots = rt.resident_ctas(&map, TC_MAP_THREADS, msmem)?;
-        let per_bh = slots.div_ceil(bh).max(1);
+        let per_bh = ctas_per_slice(slots, bh);
         let map_grid = (plan.n.div_ceil(TC_MAP_ROWS).min(per_bh) as u32, bh_y, 1);
         // SAFETY: as in `queue` (p.chunks ≤ plan.chunks: the partials fit the workspace); the
         // grids cover every chunk, state element and query tile.

@@ -9,9 +9,9 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::ops::{
-    check_f32_buffer, check_ptr, check_workspace, launch, launch_smem, launch_smem_beside,
-    one_wave_rows, ptr_of, rows_16b_aligned, with_raw, RawTensor, TensorMut, TensorRef,
-    MAX_HEAD_DIM,
+    check_f32_buffer, check_ptr, check_workspace, ctas_per_slice, launch, launch_smem,
+    launch_smem_beside, one_wave_rows, ptr_of, rows_16b_aligned, with_raw, RawTensor, TensorMut,
+    TensorRef, MAX_HEAD_DIM,
 };
 use crate::runtime::Runtime;
 use crate::tensor::{DType, Dims, Element, Layout};
@@ -320,7 +320,7 @@ pub unsafe fn attention_raw(
         // Pass 2 is persistent: one wave of CTAs shared among the (b,h) slices, each splitting
         // L and W into shared memory once per slice.
         let slots = rt.resident_ctas(&f2, TC_THREADS, s2)?;
-        let per_bh = slots.div_ceil(bh).max(1);
+        let per_bh = ctas_per_slice(slots, bh);
         let grid2 = (n.div_ceil(tc::pass2_rows(d)).min(per_bh) as u32, bh_y, 1);
         (
             (f1, Pass1Grid::OneWave(slots1), TC_THREADS, s1),
