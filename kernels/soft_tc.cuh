@@ -361,6 +361,8 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int mat = lane / 8, r8 = lane % 8;
   const int tiles = div_up(p.n, ROWS), strip = div_up(max(p.strip, 1), MI);  // in tiles of ROWS
+  // First row of the tile at position u of the ascending seam order.
+  auto tile_row = [&](int u) { return (int)strip_desc(tiles - 1 - u, tiles, strip) * ROWS; };
   const float rk = -SOFT_TC_K * (p.scale * p.scale);
   // Per-lane byte addresses of the ldmatrix rows: (σL)ᵀ hi (lo one plane further), W hi (lo one
   // plane further).
@@ -378,7 +380,7 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
     __syncthreads();  // the previous (b,h) iteration's reads of every buffer are done
     int trow = 0;     // first row of the current tile
     if (blockIdx.x < tiles) {
-      trow = (int)strip_desc(tiles - 1 - blockIdx.x, tiles, strip) * ROWS;
+      trow = tile_row(blockIdx.x);
       tc_stage<D, LD, ROWS, THREADS, true>(xs[0], q, p.q_sn, trow, p.n, l2_evict_first());
     }
     cp_async_commit();
@@ -425,7 +427,7 @@ __device__ void soft_pass2_tc(const SoftKernelParams& p) {
     for (int u = blockIdx.x; u < tiles; u += gridDim.x, buf ^= 1) {
       int next = 0;
       if (u + gridDim.x < tiles) {
-        next = (int)strip_desc(tiles - 1 - (u + gridDim.x), tiles, strip) * ROWS;
+        next = tile_row(u + gridDim.x);
         tc_stage<D, LD, ROWS, THREADS, true>(xs[buf ^ 1], q, p.q_sn, next, p.n, l2_evict_first());
       }
       cp_async_commit();

@@ -268,7 +268,7 @@ pub(crate) fn one_wave_rows(
     slots: usize,
     slices: usize,
 ) -> usize {
-    plan_splits.div_ceil((slots / slices.max(1)).max(1)) * plan_rows
+    plan_splits.div_ceil(ctas_per_slice(slots, slices)) * plan_rows
 }
 
 /// Whether 16-bit rows at these device addresses and element strides start on 16-byte boundaries
