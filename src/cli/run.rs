@@ -163,7 +163,8 @@ pub struct RunArgs {
     /// cosFormer: angle denominator M (default max(N, S)).
     #[arg(long = "M")]
     big_m: Option<usize>,
-    /// cosFormer: q and k are already non-negative features (skip ReLU).
+    /// cosFormer: q and k are already non-negative features (skip ReLU; random q, k are drawn from
+    /// [0, 1)).
     #[arg(long)]
     no_relu: bool,
     /// cosFormer: denominator clamp ε.
@@ -291,16 +292,22 @@ impl Problem {
         };
         let dtype = FileDType::from(args.dtype);
         let mut rng = Rng::new(args.seed);
-        let mut fill = |arg: &'static str, dims: Dims| -> Result<Vec<f64>> {
+        let mut fill = |arg: &'static str, dims: Dims, lo: f64| -> Result<Vec<f64>> {
             reference::check_len(arg, dims.numel().unwrap_or(0), dims)?;
             Ok((0..dims.numel().unwrap_or(0))
-                .map(|_| dtype.round(rng.uniform(-1.0, 1.0)))
+                .map(|_| dtype.round(rng.uniform(lo, 1.0)))
                 .collect())
         };
+        // cosFormer without ReLU takes q, k as features, which SPEC §2 requires non-negative.
+        let qk_lo = if args.op == Op::Cosformer && args.no_relu {
+            0.0
+        } else {
+            -1.0
+        };
         let (q, k, v) = (
-            fill("q", dims)?,
-            fill("k", Dims { n: s, ..dims })?,
-            fill("v", Dims::new(dims.b, dims.h, s, dv))?,
+            fill("q", dims, qk_lo)?,
+            fill("k", Dims { n: s, ..dims }, qk_lo)?,
+            fill("v", Dims::new(dims.b, dims.h, s, dv), -1.0)?,
         );
         let window = args.window.unwrap_or(64);
         let extra_dims = match args.op {
@@ -320,7 +327,7 @@ impl Problem {
             _ => None,
         };
         let extra = extra_dims
-            .map(|e| fill(extra_name(args.op), e))
+            .map(|e| fill(extra_name(args.op), e, -1.0))
             .transpose()?;
         let soft = soft_params(args, dims.n, args.m)?;
         Ok(Problem {
