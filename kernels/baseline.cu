@@ -78,14 +78,14 @@ __device__ void colreduce(const BaselineParams& p) {
   __shared__ float part[BASELINE_WARPS][BASELINE_COL_TILE + 1];
   const int lane = threadIdx.x % BASELINE_COL_TILE, warp = threadIdx.x / BASELINE_COL_TILE;
   const int c = blockIdx.x * BASELINE_COL_TILE + lane;
-  const int r0 = blockIdx.y * p.rows_per_chunk;
-  const int r1 = min(p.rows, r0 + p.rows_per_chunk);
+  const i64 r0 = (i64)blockIdx.y * p.rows_per_chunk;  // 64-bit: rows may reach 2^31 − 1
+  const i64 r1 = min((i64)p.rows, r0 + p.rows_per_chunk);
   for (i64 bh = blockIdx.z; bh < p.bh; bh += gridDim.z) {
     const T* x = in<T>(p.src) + bh * p.rows * (i64)p.cols;
     float acc = col_identity<OP>();
     if (c < p.cols) {
-      for (int r = r0 + warp; r < r1; r += BASELINE_WARPS) {
-        const float v = to_f32(x[(i64)r * p.cols + c]);
+      for (i64 r = r0 + warp; r < r1; r += BASELINE_WARPS) {
+        const float v = to_f32(x[r * p.cols + c]);
         acc = col_combine<OP>(acc, OP == BASELINE_OP_L1 ? fabsf(v) : v);
       }
     }

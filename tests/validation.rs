@@ -142,3 +142,23 @@ fn parse_shapes_and_dtypes() {
         Err(Error::InvalidParam { arg: "dtype", .. })
     ));
 }
+
+#[test]
+fn slice_count_and_length_keep_kernel_ints_in_range() {
+    // B·H ≤ 2^30: slice loops add gridDim (≤ B·H) to an int. N ≤ 2^30 − 1: a chunk's end
+    // (start + rows per chunk) and the 32-row steps stay below 2^31.
+    let at = Dims::new(1 << 15, 1 << 15, 1, 1);
+    assert!(plan(at, at, at, at).is_ok());
+    let over = Dims::new(1 << 15, (1 << 15) + 1, 1, 1);
+    assert!(matches!(
+        plan(over, over, over, over).unwrap_err(),
+        Error::InvalidShape { arg: "q", .. }
+    ));
+    let long = Dims::new(1, 1, 1 << 30, 1);
+    assert!(matches!(
+        plan(long, long, long, long).unwrap_err(),
+        Error::InvalidShape { arg: "q", .. }
+    ));
+    let ok = Dims::new(1, 1, (1 << 30) - 1, 1);
+    assert!(plan(ok, ok, ok, ok).is_ok());
+}

@@ -99,3 +99,13 @@ fn workspace_is_chunk_statistics() {
         stats + 64 * 4 + 3 * 64 * 2 * 4 + 64 * (4 * 128) * 2 + 16
     );
 }
+
+#[test]
+fn slice_count_keeps_kernel_ints_in_range() {
+    // Slice loops step by up to the slice count B·H·⌈D/64⌉ (or a group of it) in ints: ≤ 2^30.
+    let over = Dims::new(1 << 15, (1 << 15) + 1, 1, 1);
+    for v in [Variant::Simple, Variant::Conv { window: 1 }] {
+        assert_eq!(arg_of(plan(over, v, false).unwrap_err()), "q");
+    }
+    assert!(plan(Dims::new(1 << 15, 1 << 15, 1, 1), Variant::Simple, true).is_ok());
+}

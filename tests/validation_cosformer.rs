@@ -312,3 +312,16 @@ fn short_plans_hold_the_one_launch_partials() {
     assert!(c.chained() && !c.with_chained(false).chained());
     assert_eq!(c.with_chained(false).workspace_bytes(), c.workspace_bytes());
 }
+
+#[test]
+fn slice_count_keeps_kernel_ints_in_range() {
+    // Slice loops add gridDim (≤ B·H) to an int: at most 2^30 slices.
+    let p = CosformerParams::default();
+    let over = Dims::new(1 << 15, (1 << 15) + 1, 1, 1);
+    assert_eq!(arg_of(plan(over, 1, 1, &p).unwrap_err()), "q");
+    assert!(plan(Dims::new(1 << 15, 1 << 15, 1, 1), 1, 1, &p).is_ok());
+    assert_eq!(
+        arg_of(StateShape::new(1 << 15, (1 << 15) + 1, 8, 8, &with_m(64, true)).unwrap_err()),
+        "B·H"
+    );
+}

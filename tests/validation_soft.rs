@@ -244,3 +244,15 @@ fn newton_smem_bytes_saturates_for_huge_m() {
     assert_eq!(newton_smem_bytes(usize::MAX), usize::MAX);
     assert!(!newton_fits_on_chip(usize::MAX, usize::MAX));
 }
+
+#[test]
+fn slice_count_keeps_kernel_ints_in_range() {
+    // Slice loops add gridDim (≤ B·H, or the Newton batch) to an int: at most 2^30 slices.
+    let p = SoftParams::default();
+    let over = Dims::new(1 << 15, (1 << 15) + 1, 64, 1);
+    assert_eq!(arg_of(plan(over, 1, &p).unwrap_err()), "q");
+    assert!(plan(Dims::new(1 << 15, 1 << 15, 64, 1), 1, &p).is_ok());
+    let newton = |batch| NewtonPlan::new(batch, 2, &p, NewtonPath::Auto, H100_SMEM);
+    assert!(newton(1 << 30).is_ok());
+    assert_eq!(arg_of(newton((1 << 30) + 1).unwrap_err()), "batch");
+}

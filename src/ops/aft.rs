@@ -242,7 +242,7 @@ impl Plan {
         let limit = if variant == Variant::Full {
             i32::MAX as usize / FG_TILE - 1
         } else {
-            i32::MAX as usize
+            super::MAX_SLICES // `int` slice loops step by up to the slice count (or + group)
         };
         if tiles.is_none_or(|x| x > limit) {
             return Err(Error::shape(

@@ -17,6 +17,21 @@ use std::sync::Arc;
 /// Largest head dim any operator accepts (SPEC §0).
 pub const MAX_HEAD_DIM: usize = 256;
 
+/// Largest sequence length (N, S, and cosFormer's M) of SOFT, cosFormer and SimA: kernels index
+/// rows with 32-bit ints, and a chunk's end (its start + rows per chunk) must stay below 2^31.
+pub(crate) const MAX_LEN: usize = (i32::MAX / 2) as usize;
+
+/// The most (b, h) slices (B·H, or a Newton batch) one call takes. Kernels walk slices in `int`
+/// grid-stride loops (`bh += gridDim`, gridDim ≤ B·H), and the sum must stay below 2^31.
+pub(crate) const MAX_SLICES: usize = 1 << 30;
+
+/// B·H of `arg`'s dims, or a typed error when it exceeds [`MAX_SLICES`].
+pub(crate) fn check_slices(arg: &'static str, b: usize, h: usize) -> Result<usize> {
+    b.checked_mul(h)
+        .filter(|&bh| bh <= MAX_SLICES)
+        .ok_or_else(|| Error::shape(arg, format!("B·H = {b}·{h} exceeds 2^30")))
+}
+
 /// A device tensor argument: a buffer and the layout of `[B, H, N, D]` inside it.
 pub struct TensorRef<'a, T> {
     pub data: &'a CudaSlice<T>,

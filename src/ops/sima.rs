@@ -7,7 +7,7 @@
 
 use super::{
     check_raw, check_workspace, ctas_per_slice, launch, launch_smem, one_wave_rows, with_raw,
-    RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM,
+    RawTensor, TensorMut, TensorRef, MAX_HEAD_DIM, MAX_LEN,
 };
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
@@ -123,11 +123,10 @@ impl Plan {
             l.validate(arg, span, MAX_HEAD_DIM)?;
         }
         let Dims { b, h, n, .. } = dims;
-        if b.checked_mul(h).is_none_or(|bh| bh > i32::MAX as usize) {
-            return Err(Error::shape("q", format!("B·H = {b}·{h} exceeds 2^31 - 1")));
-        }
-        if n > i32::MAX as usize {
-            return Err(Error::shape("q", format!("N = {n} exceeds 2^31 - 1")));
+        super::check_slices("q", b, h)?;
+        // Chunk ends (row + rows per chunk) and the 32-row steps stay below 2^31.
+        if n > MAX_LEN {
+            return Err(Error::shape("q", format!("N = {n} exceeds {MAX_LEN}")));
         }
         Ok(Plan {
             dims,

@@ -4,7 +4,7 @@
 use super::tc;
 use super::CosformerParams;
 use crate::error::{Error, Result};
-use crate::ops::MAX_HEAD_DIM;
+use crate::ops::{MAX_HEAD_DIM, MAX_LEN};
 use crate::tensor::{Dims, Layout};
 
 pub(super) const TILE: usize = 64; // COS_TILE
@@ -27,9 +27,6 @@ const SHORT_MAX: usize = 4096;
 fn short_plan(n: usize, s: usize) -> bool {
     (1..=SHORT_MAX).contains(&n) && (1..=SHORT_MAX).contains(&s)
 }
-
-/// Largest N, S and M accepted (the kernels index rows with 32-bit ints).
-pub(super) const MAX_LEN: usize = (i32::MAX / 2) as usize;
 
 /// fp32 values in the state of one (b,h): `KVs, KVc` (`D×Dv`), `zs, zc` (`D`).
 pub fn state_len(d: usize, dv: usize) -> usize {
@@ -99,9 +96,7 @@ impl Plan {
             l.validate(arg, span, MAX_HEAD_DIM)?;
         }
         let Dims { b, h, n, d } = qd;
-        if b.checked_mul(h).is_none_or(|bh| bh > i32::MAX as usize) {
-            return Err(Error::shape("q", format!("B·H = {b}·{h} exceeds 2^31 - 1")));
-        }
+        crate::ops::check_slices("q", b, h)?;
         for (arg, len) in [("q", n), ("k", s)] {
             if len > MAX_LEN {
                 return Err(Error::shape(arg, format!("length {len} exceeds {MAX_LEN}")));

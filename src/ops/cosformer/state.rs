@@ -2,9 +2,10 @@
 //! one-token steps.
 
 use super::launch::{grid_dim, kernel_params, queue, FAMILY, THREADS};
-use super::plan::{state_len, Plan, MAX_LEN};
+use super::plan::{state_len, Plan};
 use super::CosformerParams;
 use crate::error::{Error, Result};
+use crate::ops::MAX_LEN;
 use crate::ops::{
     check_raw, check_workspace, launch, ptr_of_mut, with_raw, RawTensor, TensorMut, TensorRef,
     MAX_HEAD_DIM,
@@ -58,8 +59,10 @@ impl StateShape {
                 ));
             }
         }
-        if b.checked_mul(h).is_none_or(|bh| bh > i32::MAX as usize) {
-            return Err(Error::param("B·H", b.saturating_mul(h), "exceeds 2^31 - 1"));
+        if b.checked_mul(h)
+            .is_none_or(|bh| bh > crate::ops::MAX_SLICES)
+        {
+            return Err(Error::param("B·H", b.saturating_mul(h), "exceeds 2^30"));
         }
         Ok(StateShape {
             b,

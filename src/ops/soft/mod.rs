@@ -35,6 +35,7 @@ pub use newton::{
 pub use products::{gaussian_products, gaussian_products_raw, landmarks, landmarks_raw};
 
 use crate::error::{Error, Result};
+use crate::ops::MAX_LEN;
 use crate::tensor::{Dims, Layout};
 use std::mem::{offset_of, size_of};
 
@@ -68,8 +69,6 @@ const MAX_NEWTON_CLUSTERS: usize = 1 << 16;
 pub const MAX_CHUNKS: usize = 256;
 const TARGET_CTAS: usize = 1024;
 const MAX_GRID_YZ: usize = 65535;
-/// Largest N accepted (the kernels index rows with 32-bit ints).
-const MAX_LEN: usize = (i32::MAX / 2) as usize;
 /// Head dims (D == Dv) whose attention passes run on tensor cores for f16/bf16 storage and
 /// 16-byte-aligned rows (kernels/soft_tc.cuh), where pass 2's landmarks fit in shared memory
 /// (at the H100's 227 KB: every m ≤ 256 up to D = 80; m ≤ 240 for 96, ≤ 176 for 128).
@@ -179,9 +178,7 @@ fn check_m(m: usize) -> Result<()> {
 
 fn check_bh(dims: Dims) -> Result<()> {
     let Dims { b, h, n, .. } = dims;
-    if b.checked_mul(h).is_none_or(|bh| bh > i32::MAX as usize) {
-        return Err(Error::shape("q", format!("B·H = {b}·{h} exceeds 2^31 - 1")));
-    }
+    super::check_slices("q", b, h)?;
     if n > MAX_LEN {
         return Err(Error::shape("q", format!("N = {n} exceeds {MAX_LEN}")));
     }

@@ -112,8 +112,8 @@ impl NewtonPlan {
         path: NewtonPath,
         smem_optin: usize,
     ) -> Result<Self> {
-        if batch == 0 || batch > i32::MAX as usize {
-            return Err(Error::param("batch", batch, "must be in 1..=2^31 - 1"));
+        if batch == 0 || batch > crate::ops::MAX_SLICES {
+            return Err(Error::param("batch", batch, "must be in 1..=2^30"));
         }
         check_m(m)?;
         let scalars = NewtonScalars::new(params)?;
