@@ -74,7 +74,8 @@ def draw(r):
             n = side * width
             pool = r.choice([1, 2, 3, 4])
             args += ["--height", str(side), "--pool", str(pool)]
-            valid = side % pool == 0 and width % pool == 0 and (side // pool) * (width // pool) <= min(n, 256)
+            m = (side // pool) * (width // pool)  # SPEC §1.2: floor(height/r)·floor(width/r)
+            valid = 1 <= m <= min(n, 256)
         else:
             m = r.choice([1, 7, 49, 64, 100, 128, 256]) if r.random() < 0.6 else r.randint(1, 300)
             valid = m <= min(n, 256)
@@ -86,8 +87,9 @@ def draw(r):
             valid = valid and t > 0
             args += ["--newton-iters", str(t)]
         if r.random() < 0.1:
-            args += ["--ridge", str(r.choice([0.0, 0.1, -0.01]))]
-            valid = valid and args[-1] != "-0.01"
+            ridge = r.choice([0.0, 0.1, -0.01])
+            args.append(f"--ridge={ridge}")
+            valid = valid and ridge >= 0
     else:
         dv = d  # AFT is elementwise per channel: V has Q's head dim
         if r.random() < 0.5:

@@ -4,8 +4,6 @@
 //! The `plan_*` tests at the end need no device: bad inputs are typed errors before any launch.
 
 mod common;
-#[path = "common/soft32.rs"]
-mod soft32;
 
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
@@ -16,6 +14,7 @@ use sofa::baseline::softmax::{self, SoftmaxParams};
 use sofa::baseline::{sima, Blas};
 use sofa::ops::{TensorMut, TensorRef};
 use sofa::reference::{self, Qkv, Rng};
+use sofa::verify::soft32;
 use sofa::verify::{compare, Comparison};
 use sofa::{DType, Dims, Element, Error, Layout, LayoutKind, Runtime};
 use std::sync::Arc;
@@ -354,7 +353,7 @@ fn soft_case<T: Element>(dev: &Dev, dims: Dims, dv: usize, params: SoftParams, s
         soft32::Step::ZTimesTwoIMinusAz,
         &want,
     );
-    c.bound = c.bound.max(4.0 * floor);
+    c.admit_algorithm_floor(floor, soft32::FLOOR_FACTOR);
     let label = format!(
         "baseline {} soft {dims} dv={dv} {:?} tied={}; f32 CPU evaluation {floor:.1e}",
         T::DTYPE,
@@ -456,7 +455,7 @@ fn soft_newton_pinv_matches_reference() {
             let mut c = compare::<f32>(&got, &want);
             let floor =
                 soft32::newton_floor(&a32, m, &params, soft32::Step::ZTimesTwoIMinusAz, &want);
-            c.bound = c.bound.max(4.0 * floor);
+            c.admit_algorithm_floor(floor, soft32::FLOOR_FACTOR);
             report(
                 &c,
                 &format!("baseline newton m={m} T={iters}; f32 CPU evaluation {floor:.1e}"),

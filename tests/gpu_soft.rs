@@ -4,14 +4,13 @@
 //! Skips (with a SKIP line) without a device.
 
 mod common;
-#[path = "common/soft32.rs"]
-mod soft32;
 
 use half::{bf16, f16};
 use sofa::ops::soft::{self, Landmarks, NewtonPath, NewtonPlan, SoftParams};
 use sofa::ops::{TensorMut, TensorRef};
 use sofa::reference::{self, gather, soft as rsoft, Qkv, Rng};
 use sofa::verify::compare;
+use sofa::verify::soft32;
 use sofa::{Dims, Element, Error, Layout, LayoutKind, Runtime, Strides};
 
 const NS: [usize; 5] = [1, 7, 49, 1000, 4097];
@@ -148,7 +147,7 @@ fn check_attention<T: Element>(rt: &Runtime, case: &Case<T>, label: &str) {
         soft32::Step::TwoZMinusZaz,
         &want,
     );
-    c.bound = c.bound.max(4.0 * emulated);
+    c.admit_algorithm_floor(emulated, soft32::FLOOR_FACTOR);
     let dims = case.dims();
     let dv = case.lv.dims.d;
     println!(

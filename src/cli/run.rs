@@ -483,6 +483,22 @@ impl Problem {
         Qkv::new(&self.q, &self.k, &self.v, self.dims, self.s, self.dv)
     }
 
+    /// The error of the op's own algorithm evaluated in fp32 on the CPU against `want`, where that
+    /// can exceed the storage-type bound (SOFT: the fp32 Newton iteration on a nearly singular A).
+    fn algorithm_floor(&self, want: &[f64]) -> Result<Option<f64>> {
+        use sofa::verify::soft32::{attention_floor, Step};
+        Ok(match self.op {
+            Op::Soft => Some(attention_floor(
+                &self.qkv()?,
+                self.extra.as_deref(),
+                &self.soft,
+                Step::TwoZMinusZaz,
+                want,
+            )),
+            _ => None,
+        })
+    }
+
     /// Runs the op's linear form (the CPU backend) or its literal form.
     fn compute(&self, args: &RunArgs, literal: bool) -> Result<Vec<f64>> {
         use sofa::reference::{aft, cosformer, sima as rsima, soft, softmax};
