@@ -2,7 +2,8 @@
 """Random differential runs of the GPU kernels on sofa-sim (sim/README.md) against the f64 reference.
 
 Each case draws an operator, a shape (odd sizes, head dims on and off the tensor-core list, Dv ≠ D,
-cross-attention lengths), a dtype, a layout and the operator's parameters (sometimes invalid), and
+cross-attention lengths), a dtype, a layout (sometimes with NaN-filled gaps between rows, `--seq-pad`)
+and the operator's parameters (sometimes invalid), and
 runs `sofa run --backend gpu --check always` once. A case passes when the run checks PASS, or when
 the parameters are invalid and sofa exits 1 with a typed `sofa: error: invalid …` message. Anything
 else — a FAIL, a panic, a signal, a simulator fault (deadlock, shared access out of bounds, an
@@ -98,6 +99,8 @@ def draw(r):
             s = r.choice([1, 2, 17, 64, 65, 129, n, n + 5]) if r.random() < 0.7 else r.randint(0, n + 10)
             valid = s >= 1
             args += ["--window", str(s)]
+    if r.random() < 0.3:  # rows apart, NaN in the gaps: reads and writes of them fail the run
+        args += ["--seq-pad", str(r.choice([1, 3, 8, 64]))]
     args += ["--shape", f"{b},{h},{n},{d}"]
     if dv != d:
         args += ["--dv", str(dv)]

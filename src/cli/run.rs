@@ -114,6 +114,11 @@ pub struct RunArgs {
     /// Memory order of the GPU tensors: bhnd, or bnhd (the inference-engine layout, by strides).
     #[arg(long, default_value = "bhnd")]
     layout: LayoutKind,
+    /// GPU: E extra elements after every row (sequence stride D + E, or H·D + E for bnhd), as in a
+    /// slice of a fused buffer. The gaps hold NaN: an output that reads them, or a write into o's
+    /// gaps, fails the run.
+    #[arg(long, default_value_t = 0)]
+    seq_pad: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Timed runs (GPU); the median is reported.

@@ -7,18 +7,50 @@ use cudarc::driver::CudaSlice;
 use sofa::bench::{time_on_stream, Timing};
 use sofa::ops::{aft, cosformer, sima, soft, TensorMut, TensorRef};
 use sofa::reference::{gather, scatter};
-use sofa::{Dims, Element, Error, Layout, Result, Runtime};
+use sofa::{Dims, Element, Error, Layout, LayoutKind, Result, Runtime};
 
 /// Whether `op` has a GPU kernel (softmax attention is a CPU reference and baseline only).
 pub(super) fn has_kernel(op: Op) -> bool {
     op != Op::Softmax
 }
 
-/// Layouts of q, k, v, o in the requested memory order.
+/// Layouts of q, k, v, o in the requested memory order, rows `--seq-pad` elements apart.
 fn layouts(p: &Problem, args: &RunArgs) -> [Layout; 4] {
     let Dims { b, h, n, d } = p.dims;
-    let l = |n, d| Layout::of_kind(Dims::new(b, h, n, d), args.layout);
+    let l = |n, d| {
+        let mut l = Layout::of_kind(Dims::new(b, h, n, d), args.layout);
+        if args.seq_pad > 0 {
+            let (s, add, mul) = (&mut l.strides, usize::saturating_add, usize::saturating_mul);
+            s.seq = add(s.seq, args.seq_pad);
+            match args.layout {
+                LayoutKind::Bhnd => {
+                    s.head = mul(n, s.seq);
+                    s.batch = mul(h, s.head);
+                }
+                LayoutKind::Bnhd => s.batch = mul(n, s.seq),
+            }
+        }
+        l
+    };
     [l(n, d), l(p.s, d), l(p.s, p.dv), l(n, p.dv)]
+}
+
+/// Elements of `data` outside `l`'s rows (the `--seq-pad` gaps) that are no longer NaN.
+fn gap_writes<T: Element>(data: &[T], l: &Layout) -> usize {
+    let Dims { b, h, n, d } = l.dims;
+    let mut inside = vec![false; data.len()];
+    for bi in 0..b {
+        for hi in 0..h {
+            for ni in 0..n {
+                let off = l.offset(bi, hi, ni);
+                inside[off..off + d].iter_mut().for_each(|x| *x = true);
+            }
+        }
+    }
+    data.iter()
+        .zip(&inside)
+        .filter(|(x, &inside)| !inside && !x.to_f64().is_nan())
+        .count()
 }
 
 /// Scratch bytes of the op for this problem (also validates the shape before any allocation).
@@ -69,7 +101,7 @@ pub(super) fn run<T: Element>(rt: &Runtime, args: &RunArgs, p: &Problem) -> Resu
         let span = l
             .span()
             .ok_or_else(|| Error::param("shape", l.dims, "too large"))?;
-        let mut host = vec![T::default(); span];
+        let mut host = vec![T::from_f64(f64::NAN); span]; // NaN in any --seq-pad gap
         scatter(src, l, &mut host);
         Ok(stream.clone_htod(&host)?)
     };
@@ -112,7 +144,9 @@ pub(super) fn run<T: Element>(rt: &Runtime, args: &RunArgs, p: &Problem) -> Resu
         }
     };
     call(&mut o, &mut ws)?; // first call loads the kernels; checked, not timed
-    let got = gather(&stream.clone_dtoh(&o)?, &lo);
+    let o_host = stream.clone_dtoh(&o)?;
+    let got = gather(&o_host, &lo);
+    let stray = gap_writes(&o_host, &lo);
     let timing = time_on_stream(&stream, args.warmup, args.iters, || call(&mut o, &mut ws))?;
     let i = rt.info();
     let family = p.op.family();
@@ -125,6 +159,12 @@ pub(super) fn run<T: Element>(rt: &Runtime, args: &RunArgs, p: &Problem) -> Resu
     );
     let (bytes, flops) = (min_bytes(p, T::DTYPE.size()), p.linear_flops(args)?);
     print_timing(&timing, (p.dims.b * p.dims.n) as f64, bytes, flops);
+    if args.seq_pad > 0 {
+        println!(
+            "gaps    {stray} elements of o's row gaps written: {}",
+            verdict(stray == 0)
+        );
+    }
     if let Some(path) = &args.output {
         p.write_output(path, got.clone())?;
     }
@@ -175,6 +215,7 @@ pub(super) fn run<T: Element>(rt: &Runtime, args: &RunArgs, p: &Problem) -> Resu
     }
     Ok(match cmp {
         Some(c) if !c.pass() => super::super::EXIT_CHECK_FAILED,
+        _ if stray > 0 => super::super::EXIT_CHECK_FAILED,
         _ => 0,
     })
 }
