@@ -32,7 +32,9 @@
  *   f16/bf16); other layouts fall back to the generic kernels, never to an error.
  * Layout. Each tensor is [B, H, N, D] given by extents plus element strides of the batch, head and
  *   sequence dims (the last dim has stride 1): [B,H,N,D] and [B,N,H,D] both work without a copy.
- *   Outputs must not overlap themselves or the inputs.
+ *   Outputs must not overlap themselves or the inputs. Extents: B·H (or a Newton batch) <= 2^30,
+ *   N and S <= 2^30 - 1 (SOFT, cosFormer, SimA), T <= 2^29 - 1 (AFT), D, Dv <= 256; larger ones
+ *   are SOFA_STATUS_INVALID_SHAPE (or INVALID_ARGUMENT for a parameter). Offsets are 64-bit.
  * Threads. A sofa_runtime is thread-safe: calls from several threads on different streams may
  *   run concurrently. A decode state may be used by one stream at a time (calls are serialized
  *   internally, but device ordering between streams is the caller's).
