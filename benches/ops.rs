@@ -1,7 +1,9 @@
 //! criterion: every GPU operator at the SPEC §6 shape (B=1, H=16, D=64, f16), each followed by
 //! its cuBLAS-composed baseline (`baseline_<op>…`), and cuBLAS softmax attention (`softmax…`), all
 //! timed with device events (`iter_custom`), throughput in tokens; SOFT's Newton pseudo-inverse
-//! (`soft_newton`, 16 fp32 m×m matrices, T = 20) per m against the cuBLAS loop. Sizes a baseline refuses or
+//! (`soft_newton`, 16 fp32 m×m matrices, T = 20) per m against the cuBLAS loop; the cosFormer
+//! decode step (`cosformer_decode`) at issue 5's two shapes, sized by sequences per step (B·H = 128:
+//! B = 8, H = 16, D = 64; 2048: B = 64, H = 32, D = 128). Sizes a baseline refuses or
 //! that do not fit in device memory are skipped with a note. Without a CUDA device it registers
 //! nothing.
 
@@ -18,23 +20,35 @@ use std::time::Duration;
 const SEQ: [usize; 3] = [4096, 65536, 262144];
 /// Matrix sizes m of `soft_newton` (SPEC §6 landmark counts).
 const NEWTON_M: [usize; 4] = [49, 64, 128, 256];
+/// Sequences per step (B·H) of `cosformer_decode`: issue 5's two shapes.
+const DECODE_BH: [usize; 2] = [128, 2048];
 
-/// The case of `op` at size `n`: the sequence length, or m for `soft_newton`.
+/// The case of `op` at size `n`: the sequence length, m for `soft_newton`, B·H for
+/// `cosformer_decode`.
 fn case(op: BenchOp, n: usize, causal: bool) -> Case {
-    if op == BenchOp::SoftNewton {
-        let mut c = Case::new(op, Dims::new(1, 16, n, n), DType::F32, false);
-        c.landmarks = n;
-        return c;
+    match op {
+        BenchOp::SoftNewton => {
+            let mut c = Case::new(op, Dims::new(1, 16, n, n), DType::F32, false);
+            c.landmarks = n;
+            c
+        }
+        BenchOp::CosformerDecode => {
+            let dims = match n {
+                128 => Dims::new(8, 16, 1, 64),
+                _ => Dims::new(64, 32, 1, 128),
+            };
+            Case::new(op, dims, DType::F16, false)
+        }
+        _ => Case::new(op, Dims::new(1, 16, n, 64), DType::F16, causal),
     }
-    Case::new(op, Dims::new(1, 16, n, 64), DType::F16, causal)
 }
 
 /// The sizes `op` is measured at.
 fn sizes(op: BenchOp) -> &'static [usize] {
-    if op == BenchOp::SoftNewton {
-        &NEWTON_M
-    } else {
-        &SEQ
+    match op {
+        BenchOp::SoftNewton => &NEWTON_M,
+        BenchOp::CosformerDecode => &DECODE_BH,
+        _ => &SEQ,
     }
 }
 

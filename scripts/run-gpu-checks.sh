@@ -102,6 +102,12 @@ want sweep && step sweep ./sofa bench --baseline --op $linear --causal --seq 1k,
 want sweep && step sweep-full ./sofa bench --baseline --op aft_full --causal --seq 1k,4k,16k --dtype f16 --out "$out/bench.jsonl"
 # Issue 4's Newton target: B·H = 16 matrices, T = 20, against the cuBLAS loop (µs per matrix on stderr).
 want sweep && step sweep-newton ./sofa bench --baseline --op soft_newton --landmarks 49,64,100,128,256 --out "$out/bench.jsonl"
+# Issue 5's decode targets: B = 8, H = 16, D = 64 in ≤ 10 µs a step, launch included (eager calls:
+# the events bracket each launch), and B = 64, H = 32, D = 128 at ≥ 70 % of the copy rate over
+# the fp32 state (µs per step and % of the copy rate on stderr). Graph launches beside them.
+want sweep && step sweep-decode ./sofa bench --op cosformer_decode --batch 8 --heads 16 --head-dim 64 --dtype f16,bf16 --iters 200 --out "$out/bench.jsonl"
+want sweep && step sweep-decode-graph ./sofa bench --op cosformer_decode --batch 8 --heads 16 --head-dim 64 --dtype f16 --iters 200 --graph --out "$out/bench.jsonl"
+want sweep && step sweep-decode-large ./sofa bench --op cosformer_decode --batch 64 --heads 32 --head-dim 128 --dtype f16 --iters 100 --out "$out/bench.jsonl"
 # Causal cosFormer through the separate launches, beside the chained launch of the sweep above
 # (records labelled causal,separate): which one wins where (bench/NOTES.md, session 10).
 want sweep && step sweep-separate ./sofa bench --op cosformer --causal --no-chain --seq 8k,16k,32k,64k,256k,1M --dtype f16 --out "$out/bench.jsonl"

@@ -180,6 +180,12 @@ fn plot_groups_series_and_writes_svg() {
     text.push_str(
         "{\"op\":\"softmax_sdpa\",\"n\":4096,\"d\":64,\"dtype\":\"f16\",\"tokens_per_s\":2.1e7}\n",
     );
+    // Ops without a sequence axis are no curve against N.
+    for op in ["soft_newton", "baseline:soft_newton", "cosformer_decode"] {
+        text.push_str(&format!(
+            "{{\"op\":\"{op}\",\"n\":64,\"d\":64,\"dtype\":\"f32\",\"tokens_per_s\":1e6}}\n"
+        ));
+    }
     let (s, used) = series(&text, "tokens_per_s");
     assert_eq!(used, 4);
     assert_eq!(s["sima f16 D=64"].len(), 3);
@@ -372,4 +378,35 @@ fn soft_newton_counts_its_matrices() {
     );
     assert!(b.device_bytes().unwrap() >= 5 * 16 * 64 * 64 * 4);
     assert!(newton.device_bytes().unwrap() >= 2 * 16 * 64 * 64 * 4);
+}
+
+#[test]
+fn cosformer_decode_counts_its_state() {
+    // issue 5's decode targets: B = 8, H = 16, D = 64 and B = 64, H = 32, D = 128 (f16 tokens).
+    for (b, h, d) in [(8, 16, 64), (64, 32, 128)] {
+        let c = Case::new(
+            BenchOp::CosformerDecode,
+            Dims::new(b, h, 1, d),
+            DType::F16,
+            false,
+        );
+        // KVs, KVc (D×Dv each) and zs, zc (D each) in fp32, read and written once, plus the
+        // token's q, k, v, o.
+        let state = b * h * (2 * d * d + 2 * d) * 4;
+        assert_eq!(c.min_bytes(), (2 * state + 4 * b * h * d * 2) as f64);
+        assert_eq!(c.device_bytes().unwrap(), state + 4 * b * h * d * 2);
+        assert_eq!(c.flops(), 8.0 * (b * h) as f64 * (d * d) as f64);
+        assert!(BaselineCase::composed(c).is_none());
+    }
+    // 256 MiB of KVs, KVc at the large shape (the issue's "256 MB"); 541 MB of state moved plus
+    // 2 MB of tokens.
+    let big = Case::new(
+        BenchOp::CosformerDecode,
+        Dims::new(64, 32, 1, 128),
+        DType::F16,
+        false,
+    );
+    assert!((big.min_bytes() / 1e6 - 543.2).abs() < 0.1);
+    assert!(!BenchOp::CosformerDecode.has_causal() && !BenchOp::CosformerDecode.has_seq());
+    assert_eq!(BenchOp::CosformerDecode.name(), "cosformer_decode");
 }

@@ -1,6 +1,7 @@
 //! `sofa plot`: throughput and % of roofline against sequence length, log–log, one line per
 //! op / variant / dtype / head dim, each labelled at its last point (no legend lookup needed).
 
+use crate::bench::workload::BenchOp;
 use crate::error::{Error, Result};
 use plotters::prelude::*;
 use serde_json::Value;
@@ -12,7 +13,7 @@ pub type Series = BTreeMap<String, Vec<(f64, f64)>>;
 
 /// Groups JSON lines into curves of `field` against `n` (CUDA-graph timings, `"graph": true`,
 /// are curves of their own, labelled `graph`). Lines without `n` or the field (peak
-/// measurements, other schemas) are skipped; returns the curves and the number of lines used.
+/// measurements, other schemas) and ops without a sequence length are skipped; returns the curves and the number of lines used.
 pub fn series(jsonl: &str, field: &str) -> (Series, usize) {
     let mut out: Series = BTreeMap::new();
     let mut used = 0;
@@ -27,6 +28,15 @@ pub fn series(jsonl: &str, field: &str) -> (Series, usize) {
             continue;
         }
         let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+        // Ops without a sequence axis (Newton matrices, decode steps) are no curve against N.
+        let op = s("op");
+        let base = op.strip_prefix("baseline:").unwrap_or(&op);
+        if BenchOp::ALL
+            .iter()
+            .any(|o| o.name() == base && !o.has_seq())
+        {
+            continue;
+        }
         let variant = s("variant");
         let label = format!(
             "{}{} {} D={}{}",

@@ -24,6 +24,9 @@ pub enum BenchOp {
     /// SOFT's batched Newton–Raphson pseudo-inverse alone (SPEC §1.4), B·H fp32 m×m matrices:
     /// the piece issue 4 times against the cuBLAS loop, reported per matrix.
     SoftNewton,
+    /// One cosFormer decode step (`cosformer::State::step`): a token per sequence against B·H
+    /// fp32 states, which it reads and writes once (issue 5's decode targets).
+    CosformerDecode,
     AftSimple,
     AftLocal,
     AftConv,
@@ -31,9 +34,10 @@ pub enum BenchOp {
 }
 
 impl BenchOp {
-    pub const ALL: [BenchOp; 8] = [
+    pub const ALL: [BenchOp; 9] = [
         BenchOp::Sima,
         BenchOp::Cosformer,
+        BenchOp::CosformerDecode,
         BenchOp::Soft,
         BenchOp::SoftNewton,
         BenchOp::AftSimple,
@@ -46,7 +50,7 @@ impl BenchOp {
     pub fn family(self) -> &'static str {
         match self {
             BenchOp::Sima => "sima",
-            BenchOp::Cosformer => "cosformer",
+            BenchOp::Cosformer | BenchOp::CosformerDecode => "cosformer",
             BenchOp::Soft => "soft",
             BenchOp::SoftNewton => "newton",
             _ => "aft",
@@ -59,6 +63,7 @@ impl BenchOp {
             BenchOp::Cosformer => "cosformer",
             BenchOp::Soft => "soft",
             BenchOp::SoftNewton => "soft_newton",
+            BenchOp::CosformerDecode => "cosformer_decode",
             BenchOp::AftSimple => "aft_simple",
             BenchOp::AftLocal => "aft_local",
             BenchOp::AftConv => "aft_conv",
@@ -68,7 +73,15 @@ impl BenchOp {
 
     /// Whether the op has a causal variant.
     pub fn has_causal(self) -> bool {
-        !matches!(self, BenchOp::Sima | BenchOp::Soft | BenchOp::SoftNewton)
+        !matches!(
+            self,
+            BenchOp::Sima | BenchOp::Soft | BenchOp::SoftNewton | BenchOp::CosformerDecode
+        )
+    }
+
+    /// Whether the op's cases have no sequence length (`--seq` does not apply).
+    pub fn has_seq(self) -> bool {
+        !matches!(self, BenchOp::SoftNewton | BenchOp::CosformerDecode)
     }
 
     /// Whether the op takes a window s (AFT-local, AFT-conv).
@@ -87,7 +100,8 @@ pub struct Case {
     /// AFT-local/conv window s (ignored by other ops).
     pub window: usize,
     /// SOFT landmarks m (ignored by other ops). For `SoftNewton` the matrices are m×m and
-    /// `dims` is `[B, H, m, m]`: one matrix per (b,h).
+    /// `dims` is `[B, H, m, m]`: one matrix per (b,h). `CosformerDecode` has `dims` `[B, H, 1, D]`
+    /// (one token per sequence, Dv = D).
     pub landmarks: usize,
     /// Causal cosFormer: allow the chained launch (the default; `false` labels the record
     /// `separate` and times the reduce → scan → causal launches).
@@ -192,11 +206,16 @@ impl Case {
 
     /// Minimum bytes: four [B,H,N,D] tensors (Dv = D) — q, k, v read and o written once; SOFT
     /// (tied) per SPEC §1.5, Q twice (landmarks before P), V once, X once — plus the AFT bias
-    /// once; Newton: A read and Z written once (fp32).
+    /// once; Newton: A read and Z written once (fp32); a decode step: the fp32 state read and
+    /// written once plus the token's q, k, v, o.
     pub fn min_bytes(&self) -> f64 {
         let Dims { b, h, n, d } = self.dims;
         if self.op == BenchOp::SoftNewton {
             return (2 * b * h * self.landmarks * self.landmarks * 4) as f64;
+        }
+        if self.op == BenchOp::CosformerDecode {
+            let state = b * h * cosformer::state_len(d, d) * 4;
+            return (2 * state + 4 * b * h * d * self.dtype.size()) as f64;
         }
         let bias = self.bias_len().unwrap_or(0) * 4;
         (4 * b * h * n * d * self.dtype.size() + bias) as f64
@@ -210,7 +229,7 @@ impl Case {
         let d = d as f64;
         match self.op {
             BenchOp::Sima => 4.0 * rows * d * d,
-            BenchOp::Cosformer => 8.0 * rows * d * d,
+            BenchOp::Cosformer | BenchOp::CosformerDecode => 8.0 * rows * d * d,
             BenchOp::Soft | BenchOp::SoftNewton => {
                 let p = self.soft_params();
                 let m = self.landmarks as f64;
@@ -228,6 +247,11 @@ impl Case {
 
     /// Device memory the case needs: inputs, output, bias and workspace.
     pub fn device_bytes(&self) -> Result<usize> {
+        if self.op == BenchOp::CosformerDecode {
+            let Dims { b, h, d, .. } = self.dims;
+            let state = b * h * cosformer::state_len(d, d) * 4;
+            return Ok(state + 4 * b * h * d * self.dtype.size());
+        }
         if self.op == BenchOp::SoftNewton {
             return Ok(self.min_bytes() as usize + self.workspace_bytes()?);
         }
@@ -246,6 +270,7 @@ impl Case {
             BenchOp::Cosformer => Ok(self.cosformer_plan()?.workspace_bytes()),
             BenchOp::Soft => soft::workspace_bytes(self.dims, d, &self.soft_params()),
             BenchOp::SoftNewton => self.newton_workspace_bytes(),
+            BenchOp::CosformerDecode => Ok(0),
             _ => {
                 let v = self.aft_variant().expect("an AFT op");
                 let p = AftParams {
@@ -347,6 +372,9 @@ fn runner<T: Element>(
     if case.op == BenchOp::SoftNewton {
         return newton_runner(rt, stream, case, seed);
     }
+    if case.op == BenchOp::CosformerDecode {
+        return decode_runner::<T>(rt, stream, case, seed);
+    }
     let (ws_bytes, bias_len) = (case.workspace_bytes()?, case.bias_len()?);
     let Buffers {
         layout: l,
@@ -444,5 +472,40 @@ fn newton_runner(
         let path = NewtonPath::Auto;
         let (a, z, ws) = (&b.a, &mut b.z, Some(&mut b.ws));
         soft::newton_pinv(&rt, &stream, &b.params, b.batch, b.m, path, a, z, ws)
+    }))
+}
+
+/// The decode workload: random q, k, v tokens `[B,H,1,D]` and a zeroed state at M = 2^30 − 1
+/// (room for any number of timed steps; the position does not change the work). Each run is one
+/// `State::step`, so the state advances by a token per run.
+fn decode_runner<T: Element>(
+    rt: &Arc<Runtime>,
+    stream: &Arc<CudaStream>,
+    case: Case,
+    seed: u64,
+) -> Result<Runner> {
+    let Dims { b, h, d, .. } = case.dims;
+    let params = CosformerParams {
+        causal: true,
+        m: Some(crate::ops::MAX_LEN),
+        ..Default::default()
+    };
+    let mut state = cosformer::State::new(rt, stream, b, h, d, d, &params)?;
+    let Buffers {
+        layout: l,
+        q,
+        k,
+        v,
+        mut o,
+        ..
+    } = Buffers::<T>::new(rt, stream, case.dims, 0, 0, seed)?;
+    let (rt, stream) = (rt.clone(), stream.clone());
+    Ok(Box::new(move || {
+        let t = |x| TensorRef { data: x, layout: l };
+        let out = TensorMut {
+            data: &mut o,
+            layout: l,
+        };
+        state.step(&rt, &stream, t(&q), t(&k), t(&v), out)
     }))
 }

@@ -25,9 +25,11 @@ pub enum Format {
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Operator to sweep: sima, cosformer, soft, soft_newton (SOFT's Newton pseudo-inverse alone,
-    /// B·H matrices of m×m for each --landmarks m; --seq, --head-dim and --dtype do not apply),
-    /// aft_simple, aft_local, aft_conv, aft_full, or all (comma-separated list accepted).
+    /// Operator to sweep: sima, cosformer, cosformer_decode (one decode step of B·H sequences
+    /// against their fp32 states; --seq does not apply), soft, soft_newton (SOFT's Newton
+    /// pseudo-inverse alone, B·H matrices of m×m for each --landmarks m; --seq, --head-dim and
+    /// --dtype do not apply), aft_simple, aft_local, aft_conv, aft_full, or all (comma-separated
+    /// list accepted).
     #[arg(long, default_value = "all")]
     op: String,
     /// AFT-local/conv windows s, comma-separated (SPEC §6: 64, 256).
@@ -143,6 +145,14 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
                 let mut case = Case::new(op, dims, DType::F32, false);
                 case.landmarks = m;
                 out.push(case);
+            }
+            continue;
+        }
+        if op == BenchOp::CosformerDecode {
+            // One token per sequence: no sequence length.
+            for &dtype in &dtypes {
+                let dims = Dims::new(a.batch, a.heads, 1, a.head_dim);
+                out.push(Case::new(op, dims, dtype, false));
             }
             continue;
         }
@@ -369,7 +379,7 @@ impl Sweep<'_> {
                     case.op.name()
                 )),
             }
-            if case.op != BenchOp::SoftNewton {
+            if case.op.has_seq() {
                 let softmax = BaselineCase::softmax(case);
                 let key = softmax.softmax_key();
                 let median = match self.softmax.get(&key) {
@@ -384,6 +394,22 @@ impl Sweep<'_> {
                 };
                 rec.speedup_vs_softmax = median.map(|s| s / ms);
             }
+        }
+        if case.op == BenchOp::CosformerDecode {
+            // Issue 5: µs per step (events around each call, so the launch gap is inside) and
+            // the share of the copy rate for the state's bytes.
+            let copy = self.peaks.map(|p| p.copy_gb_per_s);
+            let gbs = case.min_bytes() / (op.timing.median_ms * 1e6);
+            self.say(format!(
+                "cosformer_decode B={} H={} D={} {}: {:.2} µs per step, {:.0} GB/s over the state{}",
+                case.dims.b,
+                case.dims.h,
+                case.dims.d,
+                case.dtype.name(),
+                op.timing.median_ms * 1e3,
+                gbs,
+                copy.map_or(String::new(), |c| format!(" ({:.0} % of the copy rate)", 100.0 * gbs / c))
+            ));
         }
         if case.op == BenchOp::SoftNewton {
             // No attention to compare with; issue 4 asks for the time per matrix.
