@@ -177,8 +177,11 @@ pub(super) fn run<T: Element>(rt: &Runtime, args: &RunArgs, p: &Problem) -> Resu
     let cmp = if check {
         let want = p.compute(args, false)?;
         let mut cmp = sofa::verify::compare::<T>(&got, &want);
-        if let Some(floor) = p.algorithm_floor(&want)? {
-            cmp.admit_algorithm_floor(floor, sofa::verify::soft32::FLOOR_FACTOR);
+        // Only a miss needs the (three fp32 evaluations') floor: it can only widen the bound.
+        if !cmp.pass() && cmp.non_finite == 0 {
+            if let Some(floor) = p.algorithm_floor(&want)? {
+                cmp.admit_algorithm_floor(floor, sofa::verify::soft32::FLOOR_FACTOR);
+            }
         }
         println!("check   {cmp} vs f64 reference: {}", verdict(cmp.pass()));
         Some(cmp)
