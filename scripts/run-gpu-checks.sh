@@ -137,13 +137,14 @@ plot_inputs=("$out/bench.jsonl")
 want plot && [[ -f "$out/bench.jsonl" ]] && step plot ./sofa plot "${plot_inputs[@]}" --out "$out/bench.svg"
 
 # Nsight Compute on the tensor-core kernels at benchmark shapes (one launch each): speed of light,
-# memory (L2 and shared-memory traffic) and compute (pipe utilisation) — what decides the next
+# memory (L2 and shared-memory traffic), compute (pipe utilisation) and warp stall reasons (e.g.
+# the Newton cluster barrier against shared-memory throttling) — what decides the next
 # lever for each (bench/NOTES.md), e.g. whether aft_full_tc is L2- or tensor-bound.
 ncu="$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || true)"
 profile() { # profile NAME KERNEL-REGEX SOFA-RUN-ARGS...
   local name=$1 kernel=$2; shift 2
   step "ncu-$name" "$ncu" --kernel-name "regex:$kernel" --launch-count 1 --section SpeedOfLight \
-    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy \
+    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy --section WarpStateStats \
     ./sofa run "$@" --dtype f16 --check never --iters 3
 }
 # L2 seams (bench/NOTES.md): a pass that starts on the rows the previous pass read last. Application
@@ -175,6 +176,7 @@ if want profile && [[ -n $ncu || $dry == 1 ]]; then
   profile soft-pass2 soft_pass2 --op soft --shape 1,16,64k,64 --m 64
   profile soft-newton newton_pinv --op soft --shape 1,16,64k,64 --m 64
   profile soft-landmarks soft_landmarks --op soft --shape 1,16,64k,64 --m 64
+  profile sima-map sima_map --op sima --shape 1,16,64k,64
 fi
 echo "=== failed: ${failed[*]:-none}" | tee -a "$out/summary.log"
 [[ ${#failed[@]} -eq 0 ]]
