@@ -56,7 +56,7 @@ python3 - "$records" <<'PY'
 import json, sys
 recs = [json.loads(l) for l in sys.argv[1].splitlines()]
 ops = sorted(r["op"] for r in recs)
-want = sorted(["sima", "baseline:sima", "softmax", "cosformer", "baseline:cosformer", "soft", "baseline:soft",
+want = sorted(["sima", "baseline:sima", "softmax", "cosformer", "baseline:cosformer", "cosformer_decode", "soft", "baseline:soft",
                "soft_newton", "baseline:soft_newton", "aft_simple", "aft_local", "baseline:aft_local", "aft_conv", "aft_full", "baseline:aft_full"])
 assert ops == want, f"bench records {ops} != {want}"
 assert all(r["graph"] and r["device"] == "sofa-sim (CPU)" and r["median_ms"] > 0 for r in recs), recs
