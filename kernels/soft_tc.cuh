@@ -164,6 +164,8 @@ __device__ __forceinline__ int soft_tc_tile_row(int u, int tiles, int strip) {
 // in registers, then Pᵀ·V (hi, lo). K, V stream through two cp.async stages of 64 rows; the row
 // terms R of a stage are computed once by the whole CTA (xr).
 // Traffic: K, V rows of the chunk once per landmark tile, L from L2.
+// Launched beside the Newton kernel (PDL): every CTA must reach the pdl_wait_previous() at the
+// end, with no early return, or the launches after this one could run before Z is complete.
 template <typename T, int D>
 __device__ void soft_pass1_tc(const SoftKernelParams& p) {
   constexpr int LD = D + 8, KT = D / 16, NT = D / 8, ROWS = SOFT_TC_ROWS, THREADS = SOFT_TC_THREADS;
