@@ -57,15 +57,22 @@ def draw(r):
         causal = r.random() < 0.5
         if causal:
             args.append("--causal")
+            if r.random() < 0.05:  # causal needs S = N
+                args += ["--kv-len", str(n + 1)]
+                valid = False
         elif r.random() < 0.4:
             args += ["--kv-len", str(length(r, 3000))]
-        s = n if causal else int(args[args.index("--kv-len") + 1]) if "--kv-len" in args else n
+        s = int(args[args.index("--kv-len") + 1]) if "--kv-len" in args else n
         if r.random() < 0.3:
             big_m = r.randint(1, 2 * max(n, s) + 2)
             valid = big_m >= max(n, s)
             args += ["--M", str(big_m)]
         if r.random() < 0.2:
             args.append("--no-relu")
+        if r.random() < 0.1:
+            eps = r.choice([1e-3, 0.0, -1e-6])
+            args.append(f"--eps={eps}")
+            valid = valid and eps > 0
     elif op == "soft":
         dv = d  # SOFT's value dim follows Q's in `sofa run`'s random inputs
         if r.random() < 0.15:
