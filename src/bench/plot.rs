@@ -13,7 +13,8 @@ pub type Series = BTreeMap<String, Vec<(f64, f64)>>;
 
 /// Groups JSON lines into curves of `field` against `n` (CUDA-graph timings, `"graph": true`,
 /// are curves of their own, labelled `graph`). Lines without `n` or the field (peak
-/// measurements, other schemas) and ops without a sequence length are skipped; returns the curves and the number of lines used.
+/// measurements, other schemas) and ops without a sequence length are skipped; returns the
+/// curves and the number of lines used.
 pub fn series(jsonl: &str, field: &str) -> (Series, usize) {
     let mut out: Series = BTreeMap::new();
     let mut used = 0;

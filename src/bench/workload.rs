@@ -214,11 +214,20 @@ impl Case {
             return (2 * b * h * self.landmarks * self.landmarks * 4) as f64;
         }
         if self.op == BenchOp::CosformerDecode {
-            let state = b * h * cosformer::state_len(d, d) * 4;
-            return (2 * state + 4 * b * h * d * self.dtype.size()) as f64;
+            let (state, tokens) = self.decode_bytes();
+            return (2 * state + tokens) as f64;
         }
         let bias = self.bias_len().unwrap_or(0) * 4;
         (4 * b * h * n * d * self.dtype.size() + bias) as f64
+    }
+
+    /// A decode step's fp32 state bytes (B·H slices) and its q, k, v, o token bytes.
+    fn decode_bytes(&self) -> (usize, usize) {
+        let Dims { b, h, d, .. } = self.dims;
+        (
+            b * h * cosformer::state_len(d, d) * 4,
+            4 * b * h * d * self.dtype.size(),
+        )
     }
 
     /// FLOPs of the linear form (SPEC): SimA 4·N·D², cosFormer 8·N·D², SOFT 6·N·m·D + 4·m³·T,
@@ -248,9 +257,8 @@ impl Case {
     /// Device memory the case needs: inputs, output, bias and workspace.
     pub fn device_bytes(&self) -> Result<usize> {
         if self.op == BenchOp::CosformerDecode {
-            let Dims { b, h, d, .. } = self.dims;
-            let state = b * h * cosformer::state_len(d, d) * 4;
-            return Ok(state + 4 * b * h * d * self.dtype.size());
+            let (state, tokens) = self.decode_bytes();
+            return Ok(state + tokens);
         }
         if self.op == BenchOp::SoftNewton {
             return Ok(self.min_bytes() as usize + self.workspace_bytes()?);

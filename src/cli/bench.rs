@@ -399,7 +399,7 @@ impl Sweep<'_> {
             // Issue 5: µs per step (events around each call, so the launch gap is inside) and
             // the share of the copy rate for the state's bytes.
             let copy = self.peaks.map(|p| p.copy_gb_per_s);
-            let gbs = case.min_bytes() / (op.timing.median_ms * 1e6);
+            let gbs = rec.gb_per_s();
             self.say(format!(
                 "cosformer_decode B={} H={} D={} {}: {:.2} µs per step, {:.0} GB/s over the state{}",
                 case.dims.b,

@@ -5,10 +5,9 @@ use super::launch::{grid_dim, kernel_params, queue, FAMILY, THREADS};
 use super::plan::{state_len, Plan};
 use super::CosformerParams;
 use crate::error::{Error, Result};
-use crate::ops::MAX_LEN;
 use crate::ops::{
     check_raw, check_workspace, launch, ptr_of_mut, with_raw, RawTensor, TensorMut, TensorRef,
-    MAX_HEAD_DIM,
+    MAX_HEAD_DIM, MAX_LEN, MAX_SLICES,
 };
 use crate::runtime::{oom_or, Runtime};
 use crate::tensor::{DType, Dims, Element, Layout};
@@ -59,9 +58,7 @@ impl StateShape {
                 ));
             }
         }
-        if b.checked_mul(h)
-            .is_none_or(|bh| bh > crate::ops::MAX_SLICES)
-        {
+        if b.checked_mul(h).is_none_or(|bh| bh > MAX_SLICES) {
             return Err(Error::param("B·H", b.saturating_mul(h), "exceeds 2^30"));
         }
         Ok(StateShape {
