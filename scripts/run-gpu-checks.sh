@@ -3,9 +3,11 @@
 # device info, the GPU test suite (a missing device fails instead of skipping), the same under
 # compute-sanitizer memcheck and racecheck, fatbin-vs-NVRTC runs, and a few timed runs.
 # Logs go to $1 (default: $OUT, else ./gpu-out). Exit status: non-zero if any step failed.
-# Phases (SOFA_PHASES, default all, in this order): info tests sanitize examples runs bench sweep
-# torch plot profile — a lent machine allows 10 minutes per command, so run them a few at a time, e.g.
-#   SOFA_PHASES="info tests runs" ./run-gpu-checks.sh /tmp/g;  SOFA_PHASES="sanitize" ...
+# Phases (SOFA_PHASES, default all, in this order): info targets tests sanitize examples runs bench
+# sweep torch plot profile — a lent machine allows 10 minutes per command, so run them a few at a
+# time, e.g.  SOFA_PHASES="info targets tests" ./run-gpu-checks.sh /tmp/g;  SOFA_PHASES="sanitize" ...
+# `targets` times only the issues' target cases (a few minutes) and judges them with
+# `sofa targets` into $out/targets.md: the verdicts first, in case the lent time runs out.
 # Every step is stopped after STEP_TIMEOUT seconds (default 480) with SIGINT: a sweep so stopped
 # keeps the records it has written.
 # SOFA_DRY_RUN=1 (CI, no GPU): runs nothing; every ./sofa command line is only parsed (its
@@ -25,7 +27,7 @@ done
 sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
 export SOFA_REQUIRE_GPU=1
 failed=()
-phases=" ${SOFA_PHASES:-info tests sanitize examples runs bench sweep torch plot profile} "
+phases=" ${SOFA_PHASES:-info targets tests sanitize examples runs bench sweep torch plot profile} "
 want() { [[ $phases == *" $1 "* ]]; }
 step() { # step NAME CMD...: runs CMD, logs to $out/NAME.log, records failure
   local name=$1; shift
@@ -48,6 +50,25 @@ step() { # step NAME CMD...: runs CMD, logs to $out/NAME.log, records failure
 echo "commit $(cat COMMIT 2>/dev/null), $(date -u +%FT%TZ)" | tee "$out/summary.log"
 [[ $dry == 1 ]] || nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee -a "$out/summary.log"
 want info && step info ./sofa info
+# The issues' performance targets (issues 4, 5, 6), at exactly their cases, then judged.
+if want targets; then
+  tj="$out/targets.jsonl"
+  step target-soft ./sofa bench --baseline --op soft --landmarks 64 --seq 64k,256k,1M --out "$tj"
+  step target-newton ./sofa bench --baseline --op soft_newton --landmarks 64 --out "$tj"
+  step target-cosformer ./sofa bench --baseline --op cosformer --causal --seq 1k,8k,64k,256k --out "$tj"
+  step target-decode ./sofa bench --op cosformer_decode --batch 8 --heads 16 --head-dim 64 --iters 200 --out "$tj"
+  step target-decode-large ./sofa bench --op cosformer_decode --batch 64 --heads 32 --head-dim 128 --iters 100 --out "$tj"
+  step target-aft ./sofa bench --op aft_simple,aft_local,aft_conv --causal --window 64 --seq 64k,256k,1M --out "$tj"
+  step target-aft-full ./sofa bench --baseline --op aft_full --causal --seq 16k --out "$tj"
+  tt=()
+  if [[ -f torch_reference.py ]] && python3 -c 'import torch' 2>/dev/null; then
+    step target-fla python3 torch_reference.py --ops cosformer_fla --shapes 1,16,8k,64 1,16,64k,64 1,16,256k,64 \
+      --dtypes f16 --out "$out/targets-torch.jsonl"
+    tt=("$out/targets-torch.jsonl")
+  fi
+  step targets ./sofa targets "$tj" "${tt[@]}"
+  [[ $dry == 1 ]] || cp "$out/targets.log" "$out/targets.md"
+fi
 if want tests; then
   for t in tests/*; do
     step "test-$(basename "$t")" "$t" --test-threads=4 --nocapture

@@ -14,7 +14,7 @@
 
 use libfuzzer_sys::arbitrary::{Result as AResult, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use sofa::ops::{aft as gaft, cosformer, sima, soft as gsoft, MAX_HEAD_DIM};
+use sofa::ops::{aft as gaft, cosformer, sima, soft as gsoft, MAX_HEAD_DIM, MAX_LEN, MAX_SLICES};
 use sofa::reference::{
     aft::{self, AftParams, Bias},
     cosformer::{self as rcos, CosformerParams},
@@ -182,6 +182,7 @@ fn check_sima(u: &mut Unstructured) -> AResult<()> {
     if let Some(plan) = ok_or_typed(sima::Plan::new(&q, &k, &v, &o), "sima::Plan::new") {
         let ws = plan.workspace_bytes();
         assert!(ws <= isize::MAX as usize);
+        slices_and_len_fit(plan.dims.b, plan.dims.h, &[plan.dims.n], "sima");
         assert!(plan.dims.d <= MAX_HEAD_DIM && plan.dv <= MAX_HEAD_DIM);
     }
     ok_or_typed(
@@ -208,6 +209,7 @@ fn check_cosformer(u: &mut Unstructured) -> AResult<()> {
     let [q, k, v, o] = qkvo(u, true)?;
     let p = cos_params(u)?;
     if let Some(plan) = ok_or_typed(cosformer::Plan::new(&q, &k, &v, &o, &p), "cos Plan::new") {
+        slices_and_len_fit(plan.b, plan.h, &[plan.n, plan.s, plan.m], "cosformer");
         let _ = plan.workspace_bytes();
         if let Some(p2) = ok_or_typed(plan.with_rows_per_chunk(count(u)?), "with_rows_per_chunk") {
             let _ = p2.workspace_bytes();
@@ -219,6 +221,7 @@ fn check_cosformer(u: &mut Unstructured) -> AResult<()> {
     );
     let st = cosformer::StateShape::new(count(u)?, count(u)?, count(u)?, count(u)?, &p);
     if let Some(st) = ok_or_typed(st, "StateShape::new") {
+        slices_and_len_fit(st.b, st.h, &[st.m], "StateShape");
         let _ = st.len();
         let pos = count(u)?;
         if let Some(plan) = ok_or_typed(st.prefill_plan(pos, &q, &k, &v, &o), "prefill_plan") {
@@ -294,6 +297,14 @@ fn fits_i32(x: usize) -> bool {
     x <= i32::MAX as usize
 }
 
+/// What the kernels' `int` slice loops and row indices need of an accepted plan.
+fn slices_and_len_fit(b: usize, h: usize, lens: &[usize], what: &str) {
+    assert!(b * h <= MAX_SLICES, "{what}: B·H = {b}·{h} accepted");
+    for &n in lens {
+        assert!(n <= MAX_LEN, "{what}: length {n} accepted");
+    }
+}
+
 fn newton_path(u: &mut Unstructured) -> AResult<gsoft::NewtonPath> {
     use gsoft::NewtonPath::*;
     Ok([Auto, OneLaunch, MultiLaunch][u.choose_index(3)?])
@@ -314,7 +325,7 @@ fn check_newton(u: &mut Unstructured) -> AResult<()> {
     let fits = gsoft::newton_fits_on_chip(m, sm);
     let r = gsoft::NewtonPlan::new(batch, m, &p, path, sm);
     if let Some(plan) = ok_or_typed(r, "NewtonPlan::new") {
-        assert!((1..=gsoft::MAX_M).contains(&plan.m) && fits_i32(plan.batch));
+        assert!((1..=gsoft::MAX_M).contains(&plan.m) && plan.batch <= MAX_SLICES);
         assert!(fits_i32(p.newton_iters), "{p:?}");
         match (path, plan.path) {
             (_, NewtonPath::Auto) => panic!("unresolved path"),
@@ -346,7 +357,8 @@ fn check_soft(u: &mut Unstructured) -> AResult<()> {
         assert!((1..=gsoft::MAX_M).contains(&plan.m));
         assert!((1..=MAX_HEAD_DIM).contains(&d) && (1..=MAX_HEAD_DIM).contains(&plan.dv));
         // Everything the kernels take as an int.
-        assert!(fits_i32(b * h) && n <= i32::MAX as usize / 2 && fits_i32(p.newton_iters));
+        slices_and_len_fit(b, h, &[n], "soft");
+        assert!(fits_i32(p.newton_iters));
         if let Landmarks::AvgPool2d { height, width, r } = p.landmarks {
             assert!(fits_i32(height) && fits_i32(width) && fits_i32(r));
         }
@@ -401,6 +413,9 @@ fn check_aft(u: &mut Unstructured) -> AResult<()> {
         assert!(k.dims == q.dims && v.dims == q.dims && o.dims == q.dims);
         assert!(n <= gaft::MAX_T && (1..=MAX_HEAD_DIM).contains(&d));
         assert!(fits_i32(b * h * d.div_ceil(64)));
+        if variant != gaft::Variant::Full {
+            assert!(b * h * d.div_ceil(64) <= MAX_SLICES, "{b}·{h}·{d} tiles accepted");
+        }
         assert_eq!(plan.chunks, n.div_ceil(gaft::CHUNK));
         let bias = variant.bias_len(n, h).expect("accepted by the plan");
         assert_eq!(plan.bias, bias);

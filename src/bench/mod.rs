@@ -7,6 +7,7 @@ pub mod graph;
 pub mod plot;
 pub mod record;
 pub mod roofline;
+pub mod targets;
 pub mod timer;
 pub mod workload;
 

@@ -1,10 +1,11 @@
-//! Command-line interface: `sofa info`, `sofa run`, `sofa check`.
+//! Command-line interface: `sofa info`, `run`, `check`, `bench`, `plot`, `targets`.
 
 mod bench;
 mod check;
 mod info;
 mod plot;
 mod run;
+mod targets;
 
 use clap::{Parser, Subcommand};
 use sofa::Error;
@@ -38,6 +39,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Plot JSON-lines results (throughput and % of roofline vs N, log-log) to SVG.
     Plot(plot::PlotArgs),
+    /// Judge JSON-lines results against the issues' performance targets (a Markdown table).
+    Targets(targets::TargetsArgs),
 }
 
 pub fn main() -> i32 {
@@ -48,6 +51,7 @@ pub fn main() -> i32 {
         Command::Check(a) => check::check(&a),
         Command::Bench(a) => bench::bench(&a),
         Command::Plot(a) => plot::plot(&a),
+        Command::Targets(a) => targets::targets(&a),
     };
     match result {
         Ok(code) => code,
@@ -76,4 +80,20 @@ fn append_line(path: &std::path::Path, line: &str) -> sofa::Result<()> {
         .open(path)
         .map_err(io)?;
     writeln!(f, "{line}").map_err(io)
+}
+
+/// The files' text, concatenated with a newline between them (JSON-lines inputs).
+fn read_inputs(inputs: &[std::path::PathBuf]) -> sofa::Result<String> {
+    let mut text = String::new();
+    for input in inputs {
+        let part = std::fs::read_to_string(input).map_err(|source| Error::Io {
+            context: format!("reading {}", input.display()),
+            source,
+        })?;
+        text.push_str(&part);
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    Ok(text)
 }

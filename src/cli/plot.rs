@@ -1,6 +1,6 @@
 //! `sofa plot`.
 
-use sofa::{Error, Result};
+use sofa::Result;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -15,17 +15,7 @@ pub struct PlotArgs {
 }
 
 pub fn plot(a: &PlotArgs) -> Result<i32> {
-    let mut text = String::new();
-    for input in &a.inputs {
-        let part = std::fs::read_to_string(input).map_err(|source| Error::Io {
-            context: format!("reading {}", input.display()),
-            source,
-        })?;
-        text.push_str(&part);
-        if !text.ends_with('\n') {
-            text.push('\n');
-        }
-    }
+    let text = super::read_inputs(&a.inputs)?;
     let used = sofa::bench::plot::plot(&text, &a.out)?;
     println!("wrote {} ({used} records)", a.out.display());
     Ok(0)

@@ -19,11 +19,11 @@ pub const MAX_HEAD_DIM: usize = 256;
 
 /// Largest sequence length (N, S, and cosFormer's M) of SOFT, cosFormer and SimA: kernels index
 /// rows with 32-bit ints, and a chunk's end (its start + rows per chunk) must stay below 2^31.
-pub(crate) const MAX_LEN: usize = (i32::MAX / 2) as usize;
+pub const MAX_LEN: usize = (i32::MAX / 2) as usize;
 
 /// The most (b, h) slices (B·H, or a Newton batch) one call takes. Kernels walk slices in `int`
 /// grid-stride loops (`bh += gridDim`, gridDim ≤ B·H), and the sum must stay below 2^31.
-pub(crate) const MAX_SLICES: usize = 1 << 30;
+pub const MAX_SLICES: usize = 1 << 30;
 
 /// B·H of `arg`'s dims, or a typed error when it exceeds [`MAX_SLICES`].
 pub(crate) fn check_slices(arg: &'static str, b: usize, h: usize) -> Result<usize> {
