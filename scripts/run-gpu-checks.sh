@@ -7,7 +7,7 @@
 # sweep torch plot profile — a lent machine allows 10 minutes per command, so run them a few at a
 # time, e.g.  SOFA_PHASES="info targets tests" ./run-gpu-checks.sh /tmp/g;  SOFA_PHASES="sanitize" ...
 # `targets` times only the issues' target cases (a few minutes) and judges them with
-# `sofa targets` into $out/targets.md: the verdicts first, in case the lent time runs out.
+# `sofa report` into $out/targets.md: the verdicts first, in case the lent time runs out.
 # Every step is stopped after STEP_TIMEOUT seconds (default 480) with SIGINT: a sweep so stopped
 # keeps the records it has written.
 # SOFA_DRY_RUN=1 (CI, no GPU): runs nothing; every ./sofa command line is only parsed (its
@@ -66,7 +66,7 @@ if want targets; then
       --dtypes f16 --out "$out/targets-torch.jsonl"
     tt=("$out/targets-torch.jsonl")
   fi
-  step targets ./sofa targets "$tj" "${tt[@]}"
+  step targets ./sofa report "$tj" "${tt[@]}"
   [[ $dry == 1 ]] || cp "$out/targets.log" "$out/targets.md"
 fi
 if want tests; then
@@ -156,6 +156,14 @@ fi
 plot_inputs=("$out/bench.jsonl")
 [[ -f "$out/torch.jsonl" ]] && plot_inputs+=("$out/torch.jsonl")
 want plot && [[ -f "$out/bench.jsonl" ]] && step plot ./sofa plot "${plot_inputs[@]}" --out "$out/bench.svg"
+# Targets and crossovers over everything measured (the README's table): report.md.
+report_inputs=()
+for f in targets.jsonl targets-torch.jsonl bench.jsonl torch.jsonl; do
+  [[ -f "$out/$f" ]] && report_inputs+=("$out/$f")
+done
+if want plot && [[ ${#report_inputs[@]} -gt 0 ]]; then
+  step report ./sofa report "${report_inputs[@]}" && cp "$out/report.log" "$out/report.md"
+fi
 
 # Nsight Compute on the tensor-core kernels at benchmark shapes (one launch each): speed of light,
 # memory (L2 and shared-memory traffic), compute (pipe utilisation) and warp stall reasons (e.g.

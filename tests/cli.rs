@@ -450,19 +450,24 @@ fn plot_writes_an_svg_from_json_lines() {
 }
 
 #[test]
-fn targets_judges_records_from_several_files() {
+fn report_judges_targets_and_crossovers_from_several_files() {
     let (ours, torch) = (tmp("targets-ours.jsonl"), tmp("targets-torch.jsonl"));
     let rec = |op: &str, tps: f64| {
         format!("{{\"op\":\"{op}\",\"variant\":\"causal\",\"b\":1,\"h\":16,\"n\":8192,\"s\":8192,\"d\":64,\"dtype\":\"f16\",\"graph\":false,\"median_ms\":0.1,\"tokens_per_s\":{tps},\"gb_per_s\":2000,\"peak_copy_gb_per_s\":2900}}\n")
     };
     std::fs::write(&ours, rec("cosformer", 8e8)).unwrap();
-    std::fs::write(&torch, rec("cosformer_fla", 2e8)).unwrap();
-    let out = sofa(&["targets", ours.to_str().unwrap(), torch.to_str().unwrap()]);
+    let sdpa = rec("softmax_sdpa", 4e8).replace("\"median_ms\":0.1", "\"median_ms\":0.2");
+    std::fs::write(&torch, rec("cosformer_fla", 2e8) + &sdpa).unwrap();
+    let out = sofa(&["report", ours.to_str().unwrap(), torch.to_str().unwrap()]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stdout.contains("| 4.00× cosformer_fla | met |"), "{stdout}");
     assert!(stdout.contains("| 69.0 % of copy rate | met |"), "{stdout}");
     assert!(stdout.contains("2 met, 0 missed, "), "{stdout}");
+    assert!(
+        stdout.contains("| cosformer | causal | 1,16,64 | f16 | ≤ 8k | — |"),
+        "{stdout}"
+    );
 }
 
 #[test]

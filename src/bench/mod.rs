@@ -3,6 +3,7 @@
 //! `sofa run --json` and `sofa bench`.
 
 pub mod baseline;
+pub mod crossover;
 pub mod graph;
 pub mod plot;
 pub mod record;

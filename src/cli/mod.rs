@@ -1,11 +1,11 @@
-//! Command-line interface: `sofa info`, `run`, `check`, `bench`, `plot`, `targets`.
+//! Command-line interface: `sofa info`, `run`, `check`, `bench`, `plot`, `report`.
 
 mod bench;
 mod check;
 mod info;
 mod plot;
+mod report;
 mod run;
-mod targets;
 
 use clap::{Parser, Subcommand};
 use sofa::Error;
@@ -39,8 +39,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Plot JSON-lines results (throughput and % of roofline vs N, log-log) to SVG.
     Plot(plot::PlotArgs),
-    /// Judge JSON-lines results against the issues' performance targets (a Markdown table).
-    Targets(targets::TargetsArgs),
+    /// Summarize JSON-lines results: the issues' performance targets (met, missed, not measured)
+    /// and where each op overtakes softmax attention (Markdown tables).
+    Report(report::ReportArgs),
 }
 
 pub fn main() -> i32 {
@@ -51,7 +52,7 @@ pub fn main() -> i32 {
         Command::Check(a) => check::check(&a),
         Command::Bench(a) => bench::bench(&a),
         Command::Plot(a) => plot::plot(&a),
-        Command::Targets(a) => targets::targets(&a),
+        Command::Report(a) => report::report(&a),
     };
     match result {
         Ok(code) => code,

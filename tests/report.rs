@@ -1,5 +1,5 @@
-//! `sofa::bench::targets` on fixed records: which record each target judges, its arithmetic,
-//! and what counts as not measured.
+//! `sofa::bench::targets` and `sofa::bench::crossover` on fixed records: which record each target
+//! judges, its arithmetic, what counts as not measured, and where an op overtakes softmax.
 
 use serde_json::{json, Value};
 use sofa::bench::targets::{judge_all, markdown, Verdict};
@@ -239,4 +239,93 @@ fn a_missing_measurement_is_not_a_verdict() {
     let rows = judge_all(&rec("soft", "m=64", 1 << 20, json!({"median_ms": 3.5})));
     let r = find(&rows, "soft::attention m = 64, N = 1M")[0];
     assert_eq!((r.verdict, r.measured.as_str()), (Verdict::Met, "3.500 ms"));
+}
+
+/// A softmax or sofa record of B = 1, H = 16, D = 64, f16 at length n taking `ms`.
+fn timed(op: &str, variant: &str, n: u64, ms: f64) -> String {
+    rec(op, variant, n, json!({ "median_ms": ms }))
+}
+
+#[test]
+fn crossover_brackets_between_measured_lengths() {
+    use sofa::bench::crossover::{crossings, Bracket};
+    let lines = [
+        // SimA: slower at 1k, faster from 4k on against SDPA; faster everywhere against cuBLAS.
+        timed("sima", "", 1024, 0.02),
+        timed("sima", "", 4096, 0.04),
+        timed("sima", "", 16384, 0.1),
+        timed("softmax_sdpa", "", 1024, 0.01),
+        timed("softmax_sdpa", "", 4096, 0.05),
+        timed("softmax_sdpa", "", 16384, 0.6),
+        timed("softmax", "", 1024, 0.03),
+        timed("softmax", "", 4096, 0.2),
+        // Causal AFT-local: faster at 4k, slower again at 16k: not for good until 64k.
+        timed("aft_local", "causal,s=64", 4096, 0.02),
+        timed("aft_local", "causal,s=64", 16384, 0.5),
+        timed("aft_local", "causal,s=64", 65536, 1.0),
+        timed("softmax_sdpa", "causal", 4096, 0.03),
+        timed("softmax_sdpa", "causal", 16384, 0.3),
+        timed("softmax_sdpa", "causal", 65536, 4.0),
+        // cosFormer never faster than SDPA where both ran; the non-causal SDPA does not count
+        // for a causal op.
+        timed("cosformer", "causal", 1024, 0.5),
+        timed("cosformer", "causal", 2048, 0.5),
+        timed("softmax_sdpa", "causal", 1024, 0.01),
+        timed("softmax_sdpa", "causal", 2048, 0.02),
+        timed("softmax_sdpa", "", 2048, 1.0),
+        // PyTorch's own SimA and baselines are no sofa curve.
+        timed("sima_torch", "", 4096, 9.0),
+        timed("baseline:sima", "", 4096, 9.0),
+    ]
+    .join("\n");
+    let rows = crossings(&lines);
+    let got: Vec<_> = rows
+        .iter()
+        .map(|r| (r.op.as_str(), r.variant.as_str(), r.vs))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "aft_local",
+                "causal,s=64",
+                [Some(Bracket::Between(16384, 65536)), None]
+            ),
+            (
+                "cosformer",
+                "causal",
+                [Some(Bracket::NotReached(2048)), None]
+            ),
+            (
+                "sima",
+                "",
+                [
+                    Some(Bracket::Between(1024, 4096)),
+                    Some(Bracket::AtOrBelow(1024))
+                ]
+            ),
+        ]
+    );
+    let table = sofa::bench::crossover::markdown(&rows);
+    assert!(
+        table.contains("| sima |  | 1,16,64 | f16 | 1k–4k | ≤ 1k |"),
+        "{table}"
+    );
+    assert!(table.contains("| not by 2k | — |"), "{table}");
+}
+
+#[test]
+fn crossover_takes_the_last_record_and_skips_graphs_and_cross_lengths() {
+    use sofa::bench::crossover::{crossings, Bracket};
+    let lines = [
+        timed("sima", "", 4096, 0.5),
+        timed("sima", "", 4096, 0.01), // the later run counts
+        rec("sima", "", 4096, json!({"median_ms": 9.0, "graph": true})),
+        rec("sima", "", 4096, json!({"median_ms": 9.0, "s": 8192})),
+        timed("softmax_sdpa", "", 4096, 0.02),
+    ]
+    .join("\n");
+    let rows = crossings(&lines);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].vs, [Some(Bracket::AtOrBelow(4096)), None]);
 }
