@@ -62,4 +62,18 @@ assert ops == want, f"bench records {ops} != {want}"
 assert all(r["graph"] and r["device"] == "sofa-sim (CPU)" and r["median_ms"] > 0 for r in recs), recs
 print(f"{'sofa bench --op all --baseline --graph':70s} {len(recs)} records")
 PY
+# `sofa report` reads what `sofa bench` writes: the Newton and small-decode target cases (the two
+# the simulator runs in seconds) must get a verdict, not "not measured". Met or missed means
+# nothing here.
+t=$(mktemp)
+"$sofa" bench --op cosformer_decode --batch 8 --heads 16 --head-dim 64 --iters 1 --warmup 0 --no-peaks --out "$t" >/dev/null 2>&1 &&
+  "$sofa" bench --op soft_newton --landmarks 64 --iters 1 --warmup 0 --no-peaks --baseline --out "$t" >/dev/null 2>&1 ||
+  { echo "sim-smoke: FAILED: sofa bench at the target cases"; exit 1; }
+report=$("$sofa" report "$t") || { echo "sim-smoke: FAILED: sofa report"; exit 1; }
+rm -f "$t"
+for target in "newton_pinv m = 64" "decode step B = 8"; do
+  grep -F "| $target" <<<"$report" | grep -qE '\| (met|MISSED) \|$' ||
+    { echo "sim-smoke: FAILED: sofa report gave no verdict for '$target'"; echo "$report"; exit 1; }
+done
+printf '%-70s %s\n' "sofa report (Newton, decode target cases)" "verdicts"
 echo "sim-smoke: every case passed"

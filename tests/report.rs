@@ -329,3 +329,31 @@ fn crossover_takes_the_last_record_and_skips_graphs_and_cross_lengths() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].vs, [Some(Bracket::AtOrBelow(4096)), None]);
 }
+
+#[test]
+fn sources_name_device_and_commit() {
+    let a = rec(
+        "sima",
+        "",
+        4096,
+        json!({"device": "NVIDIA H100 80GB HBM3", "commit": "abc1234"}),
+    );
+    let b = rec(
+        "sima",
+        "",
+        8192,
+        json!({"device": "NVIDIA H100 80GB HBM3", "commit": "abc1234"}),
+    );
+    let c = rec(
+        "softmax_sdpa",
+        "",
+        4096,
+        json!({"device": "NVIDIA H100 80GB HBM3"}),
+    );
+    let got = sofa::bench::targets::sources(&format!("{a}\n{b}\n{c}\n{{}}\n"));
+    let h100 = "NVIDIA H100 80GB HBM3".to_string();
+    assert_eq!(
+        got,
+        [(h100.clone(), "abc1234".into(), 2), (h100, "?".into(), 1)]
+    );
+}

@@ -429,6 +429,25 @@ pub fn judge_all(jsonl: &str) -> Vec<Row> {
     rows
 }
 
+/// Where the records came from: (device, commit, records), in order of first appearance.
+pub fn sources(jsonl: &str) -> Vec<(String, String, usize)> {
+    let mut out: Vec<(String, String, usize)> = Vec::new();
+    for r in jsonl
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        let Some(device) = r["device"].as_str() else {
+            continue;
+        };
+        let commit = r["commit"].as_str().unwrap_or("?");
+        match out.iter_mut().find(|(d, c, _)| d == device && c == commit) {
+            Some(slot) => slot.2 += 1,
+            None => out.push((device.to_string(), commit.to_string(), 1)),
+        }
+    }
+    out
+}
+
 /// The rows as a Markdown table, with a count of each verdict.
 pub fn markdown(rows: &[Row]) -> String {
     let mut s =

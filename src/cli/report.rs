@@ -14,7 +14,10 @@ pub struct ReportArgs {
 
 pub fn report(a: &ReportArgs) -> Result<i32> {
     let text = super::read_inputs(&a.inputs)?;
-    println!("## Performance targets (issues 4–6)\n");
+    for (device, commit, n) in targets::sources(&text) {
+        println!("Records: {n} from {device}, commit {commit}");
+    }
+    println!("\n## Performance targets (issues 4–6)\n");
     print!("{}", targets::markdown(&targets::judge_all(&text)));
     println!("\n## Where each op overtakes softmax attention\n");
     let rows = crossover::crossings(&text);
