@@ -378,6 +378,60 @@ fn soft_newton_counts_its_matrices() {
     );
     assert!(b.device_bytes().unwrap() >= 5 * 16 * 64 * 64 * 4);
     assert!(newton.device_bytes().unwrap() >= 2 * 16 * 64 * 64 * 4);
+    // Paths asked for by name are labelled (so they never stand in for the plain call's path in
+    // `sofa report`); whether one can run is checked before anything is allocated.
+    use sofa::bench::workload::NEWTON_PATHS;
+    use sofa::ops::soft::NewtonPath;
+    let labels: Vec<String> = NEWTON_PATHS
+        .iter()
+        .map(|&(_, path)| {
+            Case {
+                newton_path: path,
+                ..newton
+            }
+            .label()
+        })
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "m=64,T=20",
+            "m=64,T=20,path=one-launch",
+            "m=64,T=20,path=cta",
+            "m=64,T=20,path=multi"
+        ]
+    );
+    let big = Case {
+        newton_path: NewtonPath::OneLaunchCta,
+        landmarks: 256,
+        dims: Dims::new(1, 16, 256, 256),
+        ..newton
+    };
+    let e = big.check_newton_path(232_448).unwrap_err();
+    assert_eq!(e.argument(), Some("path"), "{e}");
+    let multi = Case {
+        newton_path: NewtonPath::MultiLaunch,
+        ..big
+    };
+    assert!(multi.check_newton_path(232_448).is_ok());
+    // The plain call's path reports its own errors when it runs.
+    assert!(Case {
+        landmarks: 300,
+        ..newton
+    }
+    .check_newton_path(0)
+    .is_ok());
+    // Every path fits the case's workspace (the multi-launch path's, the largest).
+    assert_eq!(newton.device_bytes().unwrap(), multi_bytes(&newton));
+}
+
+fn multi_bytes(c: &Case) -> usize {
+    Case {
+        newton_path: sofa::ops::soft::NewtonPath::MultiLaunch,
+        ..*c
+    }
+    .device_bytes()
+    .unwrap()
 }
 
 #[test]

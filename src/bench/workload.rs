@@ -109,6 +109,8 @@ pub struct Case {
     /// Causal cosFormer: chunks of this many rows (a multiple of 64) instead of the plan's
     /// (labelled `rows=N`); with the chained launch allowed, it then always chains.
     pub chunk_rows: Option<usize>,
+    /// `SoftNewton`: the Newton path to time (labelled `path=…` unless `Auto`, the plain call's).
+    pub newton_path: NewtonPath,
 }
 
 impl Case {
@@ -123,6 +125,7 @@ impl Case {
             landmarks: 64,
             chained: true,
             chunk_rows: None,
+            newton_path: NewtonPath::Auto,
         }
     }
 
@@ -149,6 +152,17 @@ impl Case {
             landmarks: Landmarks::AvgPool1d { m: self.landmarks },
             ..Default::default()
         }
+    }
+
+    /// `SoftNewton` on a path asked for by name: whether it can run for the case's m on a device
+    /// with `smem_optin` bytes of shared memory per block (otherwise `Ok`: the plain call's path
+    /// reports its own errors).
+    pub fn check_newton_path(&self, smem_optin: usize) -> Result<()> {
+        if self.op == BenchOp::SoftNewton && self.newton_path != NewtonPath::Auto {
+            let (batch, p) = (self.dims.b * self.dims.h, self.soft_params());
+            soft::NewtonPlan::new(batch, self.landmarks, &p, self.newton_path, smem_optin)?;
+        }
+        Ok(())
     }
 
     /// Scratch of a `SoftNewton` case (B·H matrices of m×m): the multi-launch path's, an upper
@@ -184,6 +198,9 @@ impl Case {
         }
         if self.op == BenchOp::SoftNewton {
             parts.push(format!("T={}", self.soft_params().newton_iters));
+            if let Some(name) = newton_path_name(self.newton_path) {
+                parts.push(format!("path={name}"));
+            }
         }
         if self.op == BenchOp::Cosformer && self.causal {
             if !self.chained {
@@ -467,7 +484,23 @@ impl NewtonBuffers {
     }
 }
 
-/// The Newton workload, on the path a plain call takes.
+/// The names `sofa bench --newton-path` takes, and the record labels (`None`: the plain call's
+/// path, unlabelled).
+pub const NEWTON_PATHS: [(&str, NewtonPath); 4] = [
+    ("auto", NewtonPath::Auto),
+    ("one-launch", NewtonPath::OneLaunch),
+    ("cta", NewtonPath::OneLaunchCta),
+    ("multi", NewtonPath::MultiLaunch),
+];
+
+fn newton_path_name(path: NewtonPath) -> Option<&'static str> {
+    NEWTON_PATHS
+        .iter()
+        .find(|(_, p)| *p == path && path != NewtonPath::Auto)
+        .map(|(name, _)| *name)
+}
+
+/// The Newton workload, on the case's path (by default the one a plain call takes).
 fn newton_runner(
     rt: &Arc<Runtime>,
     stream: &Arc<CudaStream>,
@@ -477,7 +510,7 @@ fn newton_runner(
     let mut b = NewtonBuffers::new(rt, stream, &case, case.workspace_bytes()?, seed)?;
     let (rt, stream) = (rt.clone(), stream.clone());
     Ok(Box::new(move || {
-        let path = NewtonPath::Auto;
+        let path = case.newton_path;
         let (a, z, ws) = (&b.a, &mut b.z, Some(&mut b.ws));
         soft::newton_pinv(&rt, &stream, &b.params, b.batch, b.m, path, a, z, ws)
     }))

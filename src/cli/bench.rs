@@ -8,7 +8,7 @@ use sofa::bench::fits;
 use sofa::bench::record::Record;
 use sofa::bench::roofline::Peaks;
 use sofa::bench::timer::{Measured, Timer};
-use sofa::bench::workload::{BenchOp, Case, Runner, Workload};
+use sofa::bench::workload::{BenchOp, Case, Runner, Workload, NEWTON_PATHS};
 use sofa::tensor::parse_count;
 use sofa::{DType, Dims, Error, Result, Runtime};
 use std::collections::{HashMap, HashSet};
@@ -84,6 +84,11 @@ pub struct BenchArgs {
     /// cosFormer is then not run.
     #[arg(long)]
     chunk_rows: Option<usize>,
+    /// soft_newton: the Newton paths to time, comma-separated: auto (the plain call's), one-launch
+    /// (the cluster of 8 CTAs per matrix where it applies, else one CTA), cta (one CTA per matrix),
+    /// multi (one launch per GEMM). Records other than auto's are labelled `path=…`.
+    #[arg(long, default_value = "auto")]
+    newton_path: String,
     /// Skip measuring the copy and GEMM peaks (no % of roofline then).
     #[arg(long)]
     no_peaks: bool,
@@ -125,6 +130,20 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
     let seqs = counts("seq", &a.seq)?;
     let windows = counts("window", &a.window)?;
     let landmarks = counts("landmarks", &a.landmarks)?;
+    let newton_paths = a
+        .newton_path
+        .split(',')
+        .map(|name| {
+            NEWTON_PATHS
+                .iter()
+                .find(|(n, _)| *n == name.trim())
+                .map(|(_, p)| *p)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = NEWTON_PATHS.iter().map(|(n, _)| *n).collect();
+                    Error::param("newton-path", name, format!("expected one of {names:?}"))
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let dtypes = a
         .dtype
         .split(',')
@@ -141,10 +160,13 @@ fn cases(a: &BenchArgs) -> Result<Vec<Case>> {
         if op == BenchOp::SoftNewton {
             // B·H fp32 m×m matrices: no sequence length, head dim or storage type.
             for &(_, m) in &extents {
-                let dims = Dims::new(a.batch, a.heads, m, m);
-                let mut case = Case::new(op, dims, DType::F32, false);
-                case.landmarks = m;
-                out.push(case);
+                for &path in &newton_paths {
+                    let dims = Dims::new(a.batch, a.heads, m, m);
+                    let mut case = Case::new(op, dims, DType::F32, false);
+                    case.landmarks = m;
+                    case.newton_path = path;
+                    out.push(case);
+                }
             }
             continue;
         }
@@ -356,6 +378,11 @@ impl Sweep<'_> {
     /// One sofa op on one case, then (`--baseline`) its references; the op's record first.
     fn case(&mut self, case: Case, seed: u64) -> Result<()> {
         let what = format!("{} {}", case.op.name(), describe(case.dims, &case.label()));
+        if let Err(e) = case.check_newton_path(self.rt.info().smem_per_block_optin) {
+            // A path asked for by name that this m or device does not allow.
+            self.note(format!("skip {what}: {e}"));
+            return Ok(());
+        }
         let (rt, stream) = (self.rt.clone(), self.stream.clone());
         let build = || Ok(Workload::new(&rt, &stream, case, seed)?.into_runner());
         let Some(op) = self.measure(&what, case.device_bytes()?, build)? else {
