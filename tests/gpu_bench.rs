@@ -173,3 +173,22 @@ fn bench_cli_writes_references_and_speedups() {
         assert_eq!(r["speedup_vs_baseline"].is_f64(), has_baseline, "{r}");
     }
 }
+
+/// The Newton cluster probe (`sofa bench --op soft_newton` prints it) runs to completion on
+/// sm_90: its remote stores and split barriers neither fault nor hang, with 1 and 16 clusters.
+#[test]
+fn newton_cluster_probe_runs() {
+    let Some((rt, stream, _)) = device("newton cluster probe") else {
+        return;
+    };
+    for clusters in [1, 16] {
+        let us = sofa::bench::probe::newton_cluster_step_us(&rt, &stream, clusters, 3).unwrap();
+        if rt.info().compute_capability.0 >= 9 {
+            let us = us.expect("the probe runs on sm_90");
+            assert!(us.is_finite() && us >= 0.0, "{us}");
+            println!("newton cluster probe, {clusters} clusters: {us:.3} µs per step");
+        } else {
+            assert_eq!(us, None);
+        }
+    }
+}

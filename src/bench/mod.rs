@@ -6,6 +6,7 @@ pub mod baseline;
 pub mod crossover;
 pub mod graph;
 pub mod plot;
+pub mod probe;
 pub mod record;
 pub mod roofline;
 pub mod targets;

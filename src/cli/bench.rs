@@ -226,6 +226,7 @@ pub fn bench(a: &BenchArgs) -> Result<i32> {
         bar,
         said: HashSet::new(),
         softmax: HashMap::new(),
+        probed: HashSet::new(),
     };
     sweep.start()?;
     for (i, case) in cases.iter().enumerate() {
@@ -255,6 +256,8 @@ struct Sweep<'a> {
     said: HashSet<String>,
     /// Softmax medians by (dims, dtype, causal), measured once per run; `None` = skipped.
     softmax: HashMap<(Dims, DType, bool), Option<f64>>,
+    /// Newton batch sizes whose cluster synchronization was probed.
+    probed: HashSet<usize>,
 }
 
 /// `[B,H,N,D]` plus the variant label, for notes.
@@ -448,9 +451,28 @@ impl Sweep<'_> {
                 per(op.timing.median_ms),
                 cublas.map_or(String::new(), |u| format!(" (cuBLAS loop {u:.2})"))
             ));
+            self.newton_probe(case.dims.b * case.dims.h);
         }
         self.emit(&rec)?;
         references.iter().try_for_each(|r| self.emit(r))
+    }
+
+    /// The Newton cluster kernel's synchronization alone, once per batch size (a note).
+    fn newton_probe(&mut self, batch: usize) {
+        // Its 400-step launches would take minutes on the simulator, whose times mean nothing.
+        if !self.probed.insert(batch) || self.rt.info().name.contains("sofa-sim") {
+            return;
+        }
+        let probe = sofa::bench::probe::newton_cluster_step_us(&self.rt, &self.stream, batch, 400);
+        let said = match probe {
+            Ok(Some(us)) => format!(
+                "Newton cluster synchronization alone (all-gather + cluster barrier, {batch} \
+                 clusters of 8 CTAs, no FMAs): {us:.3} µs per step"
+            ),
+            Ok(None) => return,
+            Err(e) => format!("Newton cluster probe failed: {e}"),
+        };
+        self.note(said);
     }
 
     /// Measures a cuBLAS reference; anything that keeps it from running is a note, not an error.
