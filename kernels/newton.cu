@@ -401,36 +401,59 @@ extern "C" __global__ void __launch_bounds__(NEWTON_CL_THREADS, 1) __cluster_dim
     newton_cluster<0>(p);
 }
 
-// Cost probe for `sofa bench --op soft_newton`: `iters` steps of newton_cluster's
-// synchronization with no arithmetic. Per step, as there at m = 64: the CTA barrier after T, the
-// cluster wait, each thread's two 8-byte rows into all 8 CTAs (16 KB out of each CTA), the
-// cluster arrive and the CTA barrier. Launched like newton_pinv_cl_f32 (a cluster per matrix), so
-// its time per step is what a step pays beyond its FMAs when nothing overlaps the barrier.
+// Cost probe for `sofa bench --op soft_newton`: `iters` steps of newton_cluster's synchronization
+// around `work` FMAs per thread (8 independent chains) standing in for a product. Per step, as
+// there at m = 64: the CTA barrier, the cluster wait, each thread's two 8-byte rows stored into
+// all 8 CTAs (16 KB out of each CTA), the cluster arrive, the CTA barrier. `mode` bit 0: skip the
+// cluster part (the FMAs alone); bit 1: the FMAs between the stores and the arrive instead of
+// between the arrive and the next wait (where newton_cluster runs its first product). Launched
+// like newton_pinv_cl_f32: one cluster of 8 CTAs per matrix.
+struct NewtonProbe {  // sofa::bench::probe::ProbeParams
+  int iters, work, mode;
+};
 extern "C" __global__ void __launch_bounds__(NEWTON_CL_THREADS, 1) __cluster_dims__(NEWTON_CL, 1, 1)
-    newton_cluster_probe(int iters) {
+    newton_cluster_probe(const NewtonProbe p) {
+  const int iters = p.iters, work = p.work, mode = p.mode;
   __shared__ __align__(16) float buf[2][NEWTON_CL_MAX_M][NEWTON_CL_MAX_M];
+  const bool sync = !(mode & 1), late = mode & 2;
   const int lane = threadIdx.x % 32, rank = cluster_rank();
   const int row0 = rank * (NEWTON_CL_MAX_M / NEWTON_CL) + 2 * (lane / 8);
   const int j0 = 16 * (int)(threadIdx.x / 32) + 2 * (lane % 8);
   u32 peer[NEWTON_CL];
 #pragma unroll
   for (int c = 0; c < NEWTON_CL; ++c) peer[c] = cluster_map(smem_addr_folded(buf), c);
+  float x[8];
+#pragma unroll
+  for (int u = 0; u < 8; ++u) x[u] = (float)(threadIdx.x + u);
+  auto fmas = [&] {
+    for (int w = 0; w < work; w += 8)
+#pragma unroll
+      for (int u = 0; u < 8; ++u) x[u] = fmaf(x[u], 0.999f, 0.001f);
+  };
   cluster_sync();  // every CTA has started before any remote store
   for (int it = 0; it < iters; ++it) {
     __syncthreads();
-    if (it > 0) cluster_wait();
-    float* nxt = &buf[(it + 1) % 2][0][0];
+    if (sync) {
+      if (it > 0) cluster_wait();
+      float* nxt = &buf[(it + 1) % 2][0][0];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const u32 off = (u32)((nxt + (row0 + r) * NEWTON_CL_MAX_M + j0) - &buf[0][0][0]) * 4;
-      const u32 v = __float_as_uint((float)(it + r));
+      for (int r = 0; r < 2; ++r) {
+        const u32 off = (u32)((nxt + (row0 + r) * NEWTON_CL_MAX_M + j0) - &buf[0][0][0]) * 4;
+        const u32 v = __float_as_uint((float)(it + r));
 #pragma unroll
-      for (int c = 0; c < NEWTON_CL; ++c) st_cluster_v2_at(peer[c] + off, v, v);
+        for (int c = 0; c < NEWTON_CL; ++c) st_cluster_v2_at(peer[c] + off, v, v);
+      }
+      if (!late) cluster_arrive();
     }
-    cluster_arrive();
+    fmas();
+    if (sync && late) cluster_arrive();
     __syncthreads();
   }
-  if (iters > 0) cluster_wait();  // no CTA exits while others may still store into it
+  if (sync && iters > 0) cluster_wait();  // no CTA exits while others may still store into it
+  float sum = 0.f;
+#pragma unroll
+  for (int u = 0; u < 8; ++u) sum += x[u];
+  if (sum == 1234.5f) buf[0][0][threadIdx.x] = sum;  // keeps the FMAs; (practically) never true
 }
 #endif
 

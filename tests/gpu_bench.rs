@@ -182,13 +182,14 @@ fn newton_cluster_probe_runs() {
         return;
     };
     for clusters in [1, 16] {
-        let us = sofa::bench::probe::newton_cluster_step_us(&rt, &stream, clusters, 3).unwrap();
+        let p = sofa::bench::probe::newton_cluster_step(&rt, &stream, clusters, 3).unwrap();
         if rt.info().compute_capability.0 >= 9 {
-            let us = us.expect("the probe runs on sm_90");
-            assert!(us.is_finite() && us >= 0.0, "{us}");
-            println!("newton cluster probe, {clusters} clusters: {us:.3} µs per step");
+            let p = p.expect("the probe runs on sm_90");
+            let all = [p.sync_alone, p.fmas_alone, p.arrive_early, p.arrive_late];
+            assert!(all.iter().all(|t| t.is_finite() && *t >= 0.0), "{p:?}");
+            println!("newton cluster probe, {clusters} clusters: {p:?}");
         } else {
-            assert_eq!(us, None);
+            assert_eq!(p, None);
         }
     }
 }

@@ -463,11 +463,17 @@ impl Sweep<'_> {
         if !self.probed.insert(batch) || self.rt.info().name.contains("sofa-sim") {
             return;
         }
-        let probe = sofa::bench::probe::newton_cluster_step_us(&self.rt, &self.stream, batch, 400);
+        let probe = sofa::bench::probe::newton_cluster_step(&self.rt, &self.stream, batch, 400);
         let said = match probe {
-            Ok(Some(us)) => format!(
-                "Newton cluster synchronization alone (all-gather + cluster barrier, {batch} \
-                 clusters of 8 CTAs, no FMAs): {us:.3} µs per step"
+            Ok(Some(p)) => format!(
+                "Newton cluster step, {batch} clusters of 8 CTAs (µs per step): all-gather + \
+                 barriers alone {:.3}; {} FMAs per thread alone {:.3}; both, FMAs between arrive \
+                 and wait (as newton_pinv_cl_f32) {:.3}; FMAs before the arrive {:.3}",
+                p.sync_alone,
+                sofa::bench::probe::PROBE_FMAS,
+                p.fmas_alone,
+                p.arrive_early,
+                p.arrive_late
             ),
             Ok(None) => return,
             Err(e) => format!("Newton cluster probe failed: {e}"),
