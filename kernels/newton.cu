@@ -5,6 +5,7 @@
 //   newton_init_f32       multi-launch form (any m ≤ SOFT_MAX_M): α, Â and Z₀ in global memory
 //   newton_gemm_f32       then, per step, two launches: T = Z·Â, Z' = 2Z − T·Z
 //   newton_pinv_cl_f32    (sm_90, m ≤ 64) the one-launch form on a cluster of 8 CTAs per matrix
+//   newton_pinv_cl_late_f32  the same, arriving on the cluster barrier one product later
 // Both forms sum every product over k in increasing order with fp32 FMAs, so they agree.
 #include "mma.cuh"  // cluster helpers
 #include "soft.cuh"
@@ -317,7 +318,12 @@ __device__ __forceinline__ void newton_cl_block(const float* x0, const float* x1
   }
 }
 
-template <int M>
+// LATE: each CTA arrives on the cluster barrier after the next step's first product instead of
+// right after its stores, so the fence of the release (MEMBAR.ALL.GPU in SASS) finds its remote
+// stores long acknowledged, at the price of nothing between that arrive and the next wait. The
+// same operations in the same order either way: bit-identical results. Which is faster is for
+// the hardware to say (`sofa bench --op soft_newton --newton-path one-launch,cluster-late`).
+template <int M, bool LATE>
 __device__ void newton_cluster(const SoftKernelParams& p) {
   extern __shared__ __align__(16) float newton_cl_smem[];
   constexpr int LD = NEWTON_CL_LD;
@@ -337,6 +343,19 @@ __device__ void newton_cluster(const SoftKernelParams& p) {
   pdl_start_dependents();  // SOFT's pass 1 does not read Z: it may run beside this kernel
   // Padding (columns and rows ≥ m, the read-ahead rows) holds zeros, never rewritten.
   for (int i = threadIdx.x; i < NEWTON_CL_SMEM / 4; i += NEWTON_CL_THREADS) newton_cl_smem[i] = 0.f;
+  // T = Z·Â for the CTA's rows of `z` into `ts`.
+  auto first_product = [&](const float* z) {
+    float acc[2][2];
+    newton_cl_block<M>(z + xrow[0] * LD, z + xrow[1] * LD, ah + j0, m, acc);
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+      if (live[r]) {
+        if (c1)
+          *reinterpret_cast<float2*>(&ts[(i0 + r) * LD + j0]) = make_float2(acc[r][0], acc[r][1]);
+        else if (c0)
+          ts[(i0 + r) * LD + j0] = acc[r][0];
+      }
+  };
   for (int bh = blockIdx.x / NEWTON_CL; bh < p.b * p.h; bh += gridDim.x / NEWTON_CL) {
     cluster_sync();  // every CTA has started, and is done with the previous matrix's copies
     newton_start(p, bh, LD, ah, zs);  // Z₀ into buffer 0, whole in every CTA
@@ -347,15 +366,8 @@ __device__ void newton_cluster(const SoftKernelParams& p) {
       // T = Z·Â for the CTA's rows: they need only its own rows of Z_it (stored by its own
       // threads last step), so this runs before the cluster wait. Rows the thread does not own
       // read zero row 64 instead (computed and dropped): other CTAs' rows may still be arriving.
-      newton_cl_block<M>(cur + xrow[0] * LD, cur + xrow[1] * LD, ah + j0, m, acc);
-#pragma unroll
-      for (int r = 0; r < 2; ++r)
-        if (live[r]) {
-          if (c1)
-            *reinterpret_cast<float2*>(&ts[(i0 + r) * LD + j0]) = make_float2(acc[r][0], acc[r][1]);
-          else if (c0)
-            ts[(i0 + r) * LD + j0] = acc[r][0];
-        }
+      // LATE: every step after the first had it run at the end of the previous one.
+      if (!LATE || it == 0) first_product(cur);
       __syncthreads();  // the CTA's rows of T complete
       // Every CTA's rows of Z_it have arrived (stored before its arrive of step it − 1), and
       // every CTA is done reading `nxt` (its step it − 1 reads precede that arrive). Step 0 reads
@@ -377,8 +389,14 @@ __device__ void newton_cluster(const SoftKernelParams& p) {
             for (int c = 0; c < NEWTON_CL; ++c) st_cluster_u32_at(peer[c] + off, n0);
           }
         }
-      cluster_arrive();  // this CTA's reads of `cur` and stores into every `nxt` are done
-      __syncthreads();   // its own rows of `nxt` visible to all its threads; T no longer read
+      if (!LATE) {
+        cluster_arrive();  // this CTA's reads of `cur` and stores into every `nxt` are done
+        __syncthreads();   // its own rows of `nxt` visible to all its threads; T no longer read
+      } else {
+        __syncthreads();  // its own rows of `nxt` visible to all its threads; T no longer read
+        if (it + 1 < p.iters) first_product(nxt);  // reads only this CTA's rows of `nxt`
+        cluster_arrive();  // its reads of `cur` and stores into every `nxt` are done
+      }
     }
     if (p.iters > 0) cluster_wait();  // pairs the last arrive
     const float* zf = zs + (p.iters % 2) * NEWTON_CL_MAT;
@@ -396,9 +414,16 @@ __device__ void newton_cluster(const SoftKernelParams& p) {
 extern "C" __global__ void __launch_bounds__(NEWTON_CL_THREADS, 1) __cluster_dims__(NEWTON_CL, 1, 1)
     newton_pinv_cl_f32(const __grid_constant__ SoftKernelParams p) {
   if (p.m == NEWTON_CL_MAX_M)
-    newton_cluster<NEWTON_CL_MAX_M>(p);  // the common landmark count, its k loops unrolled whole
+    newton_cluster<NEWTON_CL_MAX_M, false>(p);  // the common landmark count, k loops unrolled whole
   else
-    newton_cluster<0>(p);
+    newton_cluster<0, false>(p);
+}
+extern "C" __global__ void __launch_bounds__(NEWTON_CL_THREADS, 1) __cluster_dims__(NEWTON_CL, 1, 1)
+    newton_pinv_cl_late_f32(const __grid_constant__ SoftKernelParams p) {
+  if (p.m == NEWTON_CL_MAX_M)
+    newton_cluster<NEWTON_CL_MAX_M, true>(p);
+  else
+    newton_cluster<0, true>(p);
 }
 
 // Cost probe for `sofa bench --op soft_newton`: `iters` steps of newton_cluster's synchronization

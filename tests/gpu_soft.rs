@@ -603,6 +603,7 @@ fn paths_for(rt: &Runtime, m: usize) -> Vec<NewtonPath> {
     if soft::newton_fits_on_chip(m, rt.info().smem_per_block_optin) {
         // OneLaunch takes the cluster kernel where it applies (sm_90, 17 ≤ m ≤ 64).
         paths.push(NewtonPath::OneLaunch);
+        paths.push(NewtonPath::ClusterLateArrive);
         paths.push(NewtonPath::OneLaunchCta);
     } else if m <= soft::NEWTON_SMEM_MAX_M {
         println!("one-launch Newton skipped for m = {m}: not enough shared memory");
@@ -640,11 +641,14 @@ fn soft_newton_matches_the_f64_iteration() {
                 // iteration amplifies that on a nearly singular A.
                 let agree = if clustered { 1e-3 } else { 1e-5 };
                 assert!(rel <= agree, "m={m}: the two paths differ by {rel:.3e}");
-                // The cluster and one-CTA forms of the one launch: the same FMAs in the same order.
-                if let [cta] = rest {
+                // The cluster (arriving early or late) and one-CTA forms of the one launch: the
+                // same FMAs in the same order.
+                for (other, name) in rest.iter().zip(["ClusterLateArrive", "OneLaunchCta"]) {
                     assert!(
-                        one.iter().zip(cta).all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "m={m} clustered={clustered}: OneLaunch and OneLaunchCta differ"
+                        one.iter()
+                            .zip(other)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "m={m} clustered={clustered}: OneLaunch and {name} differ"
                     );
                 }
             }

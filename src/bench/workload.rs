@@ -486,9 +486,10 @@ impl NewtonBuffers {
 
 /// The names `sofa bench --newton-path` takes, and the record labels (`None`: the plain call's
 /// path, unlabelled).
-pub const NEWTON_PATHS: [(&str, NewtonPath); 4] = [
+pub const NEWTON_PATHS: [(&str, NewtonPath); 5] = [
     ("auto", NewtonPath::Auto),
     ("one-launch", NewtonPath::OneLaunch),
+    ("cluster-late", NewtonPath::ClusterLateArrive),
     ("cta", NewtonPath::OneLaunchCta),
     ("multi", NewtonPath::MultiLaunch),
 ];

@@ -7,6 +7,8 @@ Checks, for m ∈ {1 … 64}: every (row, column) of Z updated by exactly one th
 step; under the split barrier (arrive after the stores, wait only before the second product) and
 an adversarial CTA order, every read sees the current step's values (the first product only the
 CTA's own rows); the cluster result equal bit for bit to the one-CTA result.
+newton_pinv_cl_late_f32 arrives only after phase A of the next step: the orders it allows are a
+subset of the ones modelled here (every CTA's phase A of k + 1 before any phase B of k + 1).
     python3 newton_cluster.py
 """
 import numpy as np

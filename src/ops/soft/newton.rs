@@ -27,8 +27,24 @@ pub enum NewtonPath {
     OneLaunch,
     /// As [`NewtonPath::OneLaunch`], always one CTA per matrix (no cluster).
     OneLaunchCta,
+    /// As [`NewtonPath::OneLaunch`], with the cluster kernel's CTAs arriving on the cluster
+    /// barrier one product later in each step (after the next step's first product, not right
+    /// after their stores). The same operations in the same order: bit-identical to
+    /// `OneLaunch`. Which order is faster is measured, not assumed
+    /// (`sofa bench --op soft_newton --newton-path one-launch,cluster-late`).
+    ClusterLateArrive,
     /// One launch per GEMM over a global workspace (any m ≤ [`MAX_M`](super::MAX_M)).
     MultiLaunch,
+}
+
+impl NewtonPath {
+    /// All T steps in one launch, the matrices in shared memory (a cluster or one CTA each).
+    fn is_one_launch(self) -> bool {
+        matches!(
+            self,
+            NewtonPath::OneLaunch | NewtonPath::OneLaunchCta | NewtonPath::ClusterLateArrive
+        )
+    }
 }
 
 /// Dynamic shared memory of the one-launch Newton kernel: Â, Z and Z·Â with an odd leading dim
@@ -96,8 +112,8 @@ impl NewtonScalars {
 pub struct NewtonPlan {
     pub batch: usize,
     pub m: usize,
-    /// The resolved path: [`NewtonPath::OneLaunch`], [`NewtonPath::OneLaunchCta`] or
-    /// [`NewtonPath::MultiLaunch`].
+    /// The resolved path: [`NewtonPath::OneLaunch`], [`NewtonPath::OneLaunchCta`],
+    /// [`NewtonPath::ClusterLateArrive`] or [`NewtonPath::MultiLaunch`].
     pub path: NewtonPath,
     scalars: NewtonScalars,
 }
@@ -121,7 +137,9 @@ impl NewtonPlan {
         let path = match path {
             NewtonPath::Auto if fits => NewtonPath::OneLaunch,
             NewtonPath::Auto => NewtonPath::MultiLaunch,
-            NewtonPath::OneLaunch | NewtonPath::OneLaunchCta if !fits => {
+            NewtonPath::OneLaunch | NewtonPath::OneLaunchCta | NewtonPath::ClusterLateArrive
+                if !fits =>
+            {
                 return Err(Error::param(
                     "path",
                     format!("{path:?}"),
@@ -144,8 +162,8 @@ impl NewtonPlan {
 
     /// An error when a one-launch plan was made for a device with more shared memory than `rt`'s.
     pub(super) fn check_device(&self, rt: &Runtime) -> Result<()> {
-        let one = matches!(self.path, NewtonPath::OneLaunch | NewtonPath::OneLaunchCta);
-        if one && !newton_fits_on_chip(self.m, rt.info().smem_per_block_optin) {
+        if self.path.is_one_launch() && !newton_fits_on_chip(self.m, rt.info().smem_per_block_optin)
+        {
             return Err(Error::param(
                 "path",
                 format!("{:?}", self.path),
@@ -200,11 +218,16 @@ impl NewtonPlan {
             alpha_scale: self.scalars.alpha_scale,
             ..Default::default()
         };
-        if self.path == NewtonPath::OneLaunch
-            && (NEWTON_CLUSTER_MIN_M..=NEWTON_CLUSTER_MAX_M).contains(&m)
-            && rt.info().compute_capability.0 >= 9
-        {
-            if let Ok(f) = rt.function(NEWTON_FAMILY, "newton_pinv_cl_f32") {
+        let cluster = match self.path {
+            NewtonPath::OneLaunch => Some("newton_pinv_cl_f32"),
+            NewtonPath::ClusterLateArrive => Some("newton_pinv_cl_late_f32"),
+            _ => None,
+        };
+        if let Some(name) = cluster.filter(|_| {
+            (NEWTON_CLUSTER_MIN_M..=NEWTON_CLUSTER_MAX_M).contains(&m)
+                && rt.info().compute_capability.0 >= 9
+        }) {
+            if let Ok(f) = rt.function(NEWTON_FAMILY, name) {
                 let ctas = self.batch.min(MAX_NEWTON_CLUSTERS) * NEWTON_CL;
                 let grid = (ctas as u32, 1, 1);
                 // SAFETY: the caller's contract; a cluster per matrix with the shared memory the
@@ -219,7 +242,7 @@ impl NewtonPlan {
                 }
             }
         }
-        if matches!(self.path, NewtonPath::OneLaunch | NewtonPath::OneLaunchCta) {
+        if self.path.is_one_launch() {
             let tile = [16, 32, 64, 128]
                 .into_iter()
                 .find(|&t| m <= t)
