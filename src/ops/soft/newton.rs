@@ -137,9 +137,7 @@ impl NewtonPlan {
         let path = match path {
             NewtonPath::Auto if fits => NewtonPath::OneLaunch,
             NewtonPath::Auto => NewtonPath::MultiLaunch,
-            NewtonPath::OneLaunch | NewtonPath::OneLaunchCta | NewtonPath::ClusterLateArrive
-                if !fits =>
-            {
+            p if p.is_one_launch() && !fits => {
                 return Err(Error::param(
                     "path",
                     format!("{path:?}"),
