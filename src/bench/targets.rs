@@ -408,7 +408,10 @@ pub fn judge_all(jsonl: &str) -> Vec<Row> {
             });
         }
         for ((n, s, dtype), r) in cases {
-            let case = if n == s {
+            // Decode steps and Newton matrices have no sequence length to show.
+            let case = if t.case.n == ANY_N {
+                dtype
+            } else if n == s {
                 format!("N = {n}, {dtype}")
             } else {
                 format!("N = {n}, S = {s}, {dtype}")
