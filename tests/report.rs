@@ -213,6 +213,10 @@ fn short_sequences_against_the_launch_pair_and_decode_in_microseconds() {
         (d.verdict, d.measured.as_str()),
         (Verdict::Missed, "12.30 µs")
     );
+    assert_eq!(
+        d.case, "f16",
+        "a decode step has no sequence length to show"
+    );
     let d = find(&rows, "decode step B = 64")[0];
     assert_eq!(
         (d.verdict, d.measured.as_str()),
