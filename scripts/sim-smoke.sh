@@ -70,10 +70,12 @@ t=$(mktemp)
   "$sofa" bench --op soft_newton --landmarks 64 --iters 1 --warmup 0 --no-peaks --baseline --out "$t" >/dev/null 2>&1 ||
   { echo "sim-smoke: FAILED: sofa bench at the target cases"; exit 1; }
 report=$("$sofa" report "$t") || { echo "sim-smoke: FAILED: sofa report"; exit 1; }
+grep -q '"op":"newton_cluster_probe"' "$t" ||
+  { echo "sim-smoke: FAILED: no newton_cluster_probe record from sofa bench --op soft_newton"; exit 1; }
 rm -f "$t"
 for target in "newton_pinv m = 64" "decode step B = 8"; do
   grep -F "| $target" <<<"$report" | grep -qE '\| (met|MISSED) \|$' ||
     { echo "sim-smoke: FAILED: sofa report gave no verdict for '$target'"; echo "$report"; exit 1; }
 done
-printf '%-70s %s\n' "sofa report (Newton, decode target cases)" "verdicts"
+printf '%-70s %s\n' "sofa report (Newton, decode target cases); Newton cluster probe" "verdicts; record"
 echo "sim-smoke: every case passed"

@@ -452,34 +452,55 @@ impl Sweep<'_> {
                 per(op.timing.median_ms),
                 cublas.map_or(String::new(), |u| format!(" (cuBLAS loop {u:.2})"))
             ));
-            self.newton_probe(case.dims.b * case.dims.h);
+            self.newton_probe(case.dims.b * case.dims.h)?;
         }
         self.emit(&rec)?;
         references.iter().try_for_each(|r| self.emit(r))
     }
 
     /// The Newton cluster kernel's synchronization alone, once per batch size (a note).
-    fn newton_probe(&mut self, batch: usize) {
-        // Its 400-step launches would take minutes on the simulator, whose times mean nothing.
-        if !self.probed.insert(batch) || self.rt.info().name.contains("sofa-sim") {
-            return;
+    /// The note, and with `--out` a `newton_cluster_probe` line with the device fields.
+    fn newton_probe(&mut self, batch: usize) -> Result<()> {
+        if !self.probed.insert(batch) {
+            return Ok(());
         }
-        let probe = sofa::bench::probe::newton_cluster_step(&self.rt, &self.stream, batch, 400);
-        let said = match probe {
-            Ok(Some(p)) => format!(
-                "Newton cluster step, {batch} clusters of 8 CTAs (µs per step): all-gather + \
-                 barriers alone {:.3}; {} FMAs per thread alone {:.3}; both, FMAs between arrive \
-                 and wait (as newton_pinv_cl_f32) {:.3}; FMAs before the arrive {:.3}",
-                p.sync_alone,
-                sofa::bench::probe::PROBE_FMAS,
-                p.fmas_alone,
-                p.arrive_early,
-                p.arrive_late
-            ),
-            Ok(None) => return,
-            Err(e) => format!("Newton cluster probe failed: {e}"),
+        // 400-step launches would take minutes on the simulator, whose times mean nothing.
+        let steps = if self.rt.info().name.contains("sofa-sim") {
+            2
+        } else {
+            400
         };
-        self.note(said);
+        let probe = sofa::bench::probe::newton_cluster_step(&self.rt, &self.stream, batch, steps);
+        let p = match probe {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                self.note(format!("Newton cluster probe failed: {e}"));
+                return Ok(());
+            }
+        };
+        let fmas = sofa::bench::probe::PROBE_FMAS;
+        self.note(format!(
+            "Newton cluster step, {batch} clusters of 8 CTAs (µs per step): all-gather + barriers \
+             alone {:.3}; {fmas} FMAs per thread alone {:.3}; both, FMAs between arrive and wait \
+             (as newton_pinv_cl_f32) {:.3}; FMAs before the arrive {:.3}",
+            p.sync_alone, p.fmas_alone, p.arrive_early, p.arrive_late
+        ));
+        if let Some(path) = &self.a.out {
+            let mut line = serde_json::json!({
+                "op": "newton_cluster_probe", "clusters": batch, "fmas_per_thread": fmas,
+                "sync_alone_us": p.sync_alone, "fmas_alone_us": p.fmas_alone,
+                "arrive_early_us": p.arrive_early, "arrive_late_us": p.arrive_late,
+            });
+            if let (Some(obj), Some(dev)) = (
+                line.as_object_mut(),
+                Record::device(&self.rt, "newton").as_object(),
+            ) {
+                obj.extend(dev.iter().map(|(k, x)| (k.clone(), x.clone())));
+            }
+            super::append_line(path, &line.to_string())?;
+        }
+        Ok(())
     }
 
     /// Measures a cuBLAS reference; anything that keeps it from running is a note, not an error.
