@@ -389,7 +389,7 @@ pub fn judge_all(jsonl: &str) -> Vec<Row> {
         .collect();
     let mut rows = Vec::new();
     for t in TARGETS {
-        // The last record of each case, cases in order of first appearance.
+        // The last record of each case; cases by N, S and dtype.
         let mut cases: Vec<((u64, u64, String), &Value)> = Vec::new();
         for r in records.iter().filter(|r| t.case.fits(r)) {
             match cases.iter_mut().find(|(k, _)| *k == key(r)) {
