@@ -6,7 +6,7 @@
 //! reference was also measured. It is reported as the bracket of measured lengths it lies in, not
 //! interpolated. Eager records only; the last record of a case counts.
 
-use serde_json::Value;
+use crate::bench::record::json_lines;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -74,10 +74,7 @@ type Curve = (String, String, u64, u64, u64, String);
 pub fn crossings(jsonl: &str) -> Vec<Crossing> {
     // Curve → N → median (the last record read).
     let mut curves: BTreeMap<Curve, BTreeMap<u64, f64>> = BTreeMap::new();
-    for r in jsonl
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-    {
+    for r in json_lines(jsonl) {
         let (Some(op), Some(n), Some(ms)) =
             (r["op"].as_str(), r["n"].as_u64(), r["median_ms"].as_f64())
         else {

@@ -1,10 +1,10 @@
 //! `sofa plot`: throughput and % of roofline against sequence length, log–log, one line per
 //! op / variant / dtype / head dim, each labelled at its last point (no legend lookup needed).
 
+use crate::bench::record::json_lines;
 use crate::bench::workload::BenchOp;
 use crate::error::{Error, Result};
 use plotters::prelude::*;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -18,10 +18,7 @@ pub type Series = BTreeMap<String, Vec<(f64, f64)>>;
 pub fn series(jsonl: &str, field: &str) -> (Series, usize) {
     let mut out: Series = BTreeMap::new();
     let mut used = 0;
-    for v in jsonl
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-    {
+    for v in json_lines(jsonl) {
         let (Some(n), Some(y)) = (v["n"].as_f64(), v[field].as_f64()) else {
             continue;
         };

@@ -22,6 +22,15 @@ use crate::runtime::Runtime;
 use crate::tensor::DType;
 use serde_json::{json, Value};
 
+/// The JSON objects of JSON-lines text (`bench/results/*.jsonl`, several files joined); other
+/// lines are skipped.
+pub fn json_lines(jsonl: &str) -> impl Iterator<Item = Value> + '_ {
+    jsonl
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(Value::is_object)
+}
+
 /// The commit this binary was built from (`unknown` outside a git checkout).
 pub const COMMIT: &str = env!("SOFA_GIT_COMMIT");
 
@@ -76,6 +85,13 @@ impl Record {
         })
     }
 
+    /// Adds the fields of `device` ([`Record::device`]) to the JSON object `line`.
+    pub fn add_device_fields(line: &mut Value, device: &Value) {
+        if let (Some(obj), Some(dev)) = (line.as_object_mut(), device.as_object()) {
+            obj.extend(dev.iter().map(|(k, x)| (k.clone(), x.clone())));
+        }
+    }
+
     pub fn tokens_per_s(&self) -> f64 {
         (self.b * self.n) as f64 / (self.timing.median_ms * 1e-3)
     }
@@ -110,9 +126,7 @@ impl Record {
             "graph": self.graph, "speedup_vs_baseline": self.speedup_vs_baseline,
             "speedup_vs_softmax": self.speedup_vs_softmax,
         });
-        if let (Some(obj), Some(dev)) = (v.as_object_mut(), self.device.as_object()) {
-            obj.extend(dev.iter().map(|(k, x)| (k.clone(), x.clone())));
-        }
+        Record::add_device_fields(&mut v, &self.device);
         v.to_string()
     }
 

@@ -8,6 +8,7 @@
 //! different measurement). Where several records fit one case, the last one read is judged —
 //! the latest run, never the best of several.
 
+use crate::bench::record::json_lines;
 use serde_json::Value;
 use std::fmt::Write as _;
 
@@ -382,11 +383,7 @@ fn judge(t: &Target, r: &Value, records: &[Value]) -> Option<(String, bool)> {
 /// Judges every target against the records of `jsonl` (lines that are not JSON objects are
 /// skipped). One row per target and measured case (N, S, dtype), in the order of [`TARGETS`].
 pub fn judge_all(jsonl: &str) -> Vec<Row> {
-    let records: Vec<Value> = jsonl
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(Value::is_object)
-        .collect();
+    let records: Vec<Value> = json_lines(jsonl).collect();
     let mut rows = Vec::new();
     for t in TARGETS {
         // The last record of each case; cases by N, S and dtype.
@@ -435,10 +432,7 @@ pub fn judge_all(jsonl: &str) -> Vec<Row> {
 /// Where the records came from: (device, commit, records), in order of first appearance.
 pub fn sources(jsonl: &str) -> Vec<(String, String, usize)> {
     let mut out: Vec<(String, String, usize)> = Vec::new();
-    for r in jsonl
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-    {
+    for r in json_lines(jsonl) {
         let Some(device) = r["device"].as_str() else {
             continue;
         };

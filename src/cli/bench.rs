@@ -283,7 +283,7 @@ impl Sweep<'_> {
             "device: {} (sm_{major}{minor}, driver {})",
             info.name, info.driver_version
         ));
-        if info.name.contains("sofa-sim") {
+        if info.is_simulator() {
             self.note("the CPU simulator (sim/): its times are not GPU times".into());
         }
         if !self.a.no_peaks {
@@ -458,14 +458,14 @@ impl Sweep<'_> {
         references.iter().try_for_each(|r| self.emit(r))
     }
 
-    /// The Newton cluster kernel's synchronization alone, once per batch size (a note).
-    /// The note, and with `--out` a `newton_cluster_probe` line with the device fields.
+    /// The Newton cluster kernel's synchronization, once per batch size: a note, and with `--out`
+    /// a `newton_cluster_probe` line with the device fields.
     fn newton_probe(&mut self, batch: usize) -> Result<()> {
         if !self.probed.insert(batch) {
             return Ok(());
         }
         // 400-step launches would take minutes on the simulator, whose times mean nothing.
-        let steps = if self.rt.info().name.contains("sofa-sim") {
+        let steps = if self.rt.info().is_simulator() {
             2
         } else {
             400
@@ -492,12 +492,7 @@ impl Sweep<'_> {
                 "sync_alone_us": p.sync_alone, "fmas_alone_us": p.fmas_alone,
                 "arrive_early_us": p.arrive_early, "arrive_late_us": p.arrive_late,
             });
-            if let (Some(obj), Some(dev)) = (
-                line.as_object_mut(),
-                Record::device(&self.rt, "newton").as_object(),
-            ) {
-                obj.extend(dev.iter().map(|(k, x)| (k.clone(), x.clone())));
-            }
+            Record::add_device_fields(&mut line, &Record::device(&self.rt, "newton"));
             super::append_line(path, &line.to_string())?;
         }
         Ok(())

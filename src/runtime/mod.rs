@@ -70,6 +70,11 @@ pub struct DeviceInfo {
 }
 
 impl DeviceInfo {
+    /// The CPU simulator (sim/), whose times mean nothing about a GPU.
+    pub fn is_simulator(&self) -> bool {
+        self.name.contains("sofa-sim")
+    }
+
     /// Datasheet-style DRAM bandwidth from clock and bus width (bytes/s); a lead, not a measure.
     pub fn theoretical_bandwidth(&self) -> f64 {
         2.0 * self.mem_clock_khz as f64 * 1e3 * self.mem_bus_bits as f64 / 8.0
