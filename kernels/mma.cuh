@@ -284,4 +284,37 @@ __device__ __forceinline__ void st_cluster_v2_at(u32 remote, u32 v0, u32 v1) {
 __device__ __forceinline__ void st_cluster_u32_at(u32 remote, u32 v) {
   asm volatile("st.shared::cluster.u32 [%0], %1;" ::"r"(remote), "r"(v) : "memory");
 }
+// mbarriers (sm_90) at shared-window address `bar` (8-byte aligned). A phase completes when its
+// pending arrivals (the count given at init) and its expected transaction bytes are both spent.
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes this thread's mbarrier inits visible to the cluster's async operations (st.async of other
+// CTAs); a cluster barrier must still separate it from their first use.
+__device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
+// One arrival on the current phase, which then also waits for `bytes` more transaction bytes.
+__device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
+  asm volatile("{\n .reg .b64 state;\n mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 state, [%0], %1;\n}"
+               ::"r"(bar), "r"(bytes) : "memory");
+}
+// Returns once the phase of parity `parity` has completed; acquires at cluster scope, so the
+// bytes other CTAs' st.async completed on that phase are visible after it.
+__device__ __forceinline__ void mbar_wait_cluster(u32 bar, u32 parity) {
+  asm volatile(
+      "{\n .reg .pred done;\n WAIT:\n"
+      " mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
+      " @!done bra WAIT;\n}" ::"r"(bar), "r"(parity) : "memory");
+}
+// Asynchronous stores into another CTA's shared memory: (v0, v1) (8-byte aligned) or v at cluster
+// address `remote`, each completing its bytes on the mbarrier at cluster address `remote_bar` of
+// that same CTA. No fence and no wait on the sender's side; the complete-tx releases at cluster
+// scope, ordering the sender's earlier memory operations before the receiver's wait.
+__device__ __forceinline__ void st_async_v2(u32 remote, u32 v0, u32 v1, u32 remote_bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.b32 [%0], {%1, %2}, [%3];"
+               ::"r"(remote), "r"(v0), "r"(v1), "r"(remote_bar) : "memory");
+}
+__device__ __forceinline__ void st_async_u32(u32 remote, u32 v, u32 remote_bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];"
+               ::"r"(remote), "r"(v), "r"(remote_bar) : "memory");
+}
 #endif

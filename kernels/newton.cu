@@ -6,6 +6,7 @@
 //   newton_gemm_f32       then, per step, two launches: T = Z·Â, Z' = 2Z − T·Z
 //   newton_pinv_cl_f32    (sm_90, m ≤ 64) the one-launch form on a cluster of 8 CTAs per matrix
 //   newton_pinv_cl_late_f32  the same, arriving on the cluster barrier one product later
+//   newton_pinv_cl_async_f32 the same, all-gathering with st.async + mbarriers, no cluster barrier
 // Both forms sum every product over k in increasing order with fp32 FMAs, so they agree.
 #include "mma.cuh"  // cluster helpers
 #include "soft.cuh"
@@ -318,6 +319,57 @@ __device__ __forceinline__ void newton_cl_block(const float* x0, const float* x1
   }
 }
 
+// A cluster kernel thread's share of the CTA's rows (see the thread mapping above).
+struct NewtonClThread {
+  int i0, j0, row0;  // local rows i0, i0 + 1 (global row0, row0 + 1), columns j0, j0 + 1
+  bool live[2];      // row i0 + r is one of the CTA's rows of the matrix
+  int xrow[2];       // the row the first product reads: its own, or zero row NEWTON_CL_MAX_M
+  bool c0, c1;       // column j0 (j0 + 1) < m
+  __device__ NewtonClThread(int m, int rank, int rb) {
+    const int lane = threadIdx.x % 32;
+    i0 = 2 * (lane / 8);
+    j0 = 16 * (int)(threadIdx.x / 32) + 2 * (lane % 8);
+    row0 = rank * rb + i0;
+    live[0] = i0 < rb && row0 < m;
+    live[1] = i0 + 1 < rb && row0 + 1 < m;
+    xrow[0] = live[0] ? row0 : NEWTON_CL_MAX_M;
+    xrow[1] = live[1] ? row0 + 1 : NEWTON_CL_MAX_M;
+    c0 = j0 < m;
+    c1 = j0 + 1 < m;
+  }
+};
+
+// T = Z·Â for the thread's rows of `z` (its CTA's own rows only) into `ts`.
+template <int M>
+__device__ __forceinline__ void newton_cl_first_product(const NewtonClThread& t, const float* z, const float* ah,
+                                                        float* ts, int m) {
+  constexpr int LD = NEWTON_CL_LD;
+  float acc[2][2];
+  newton_cl_block<M>(z + t.xrow[0] * LD, z + t.xrow[1] * LD, ah + t.j0, m, acc);
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+    if (t.live[r]) {
+      if (t.c1)
+        *reinterpret_cast<float2*>(&ts[(t.i0 + r) * LD + t.j0]) = make_float2(acc[r][0], acc[r][1]);
+      else if (t.c0)
+        ts[(t.i0 + r) * LD + t.j0] = acc[r][0];
+    }
+}
+
+// Writes the thread's rows of the final Z (buffer zf) to global memory.
+__device__ __forceinline__ void newton_cl_store(const SoftKernelParams& p, const NewtonClThread& t, int bh,
+                                                const float* zf) {
+  const int m = p.m;
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+    if (t.live[r]) {
+      const int row = t.row0 + r;
+      float* Z = nptr(p.z) + (i64)bh * m * m + (i64)row * m;
+      if (t.c0) Z[t.j0] = zf[row * NEWTON_CL_LD + t.j0];
+      if (t.c1) Z[t.j0 + 1] = zf[row * NEWTON_CL_LD + t.j0 + 1];
+    }
+}
+
 // LATE: each CTA arrives on the cluster barrier after the next step's first product instead of
 // right after its stores, so the fence of the release (MEMBAR.ALL.GPU in SASS) finds its remote
 // stores long acknowledged, at the price of nothing between that arrive and the next wait. The
@@ -330,32 +382,16 @@ __device__ void newton_cluster(const SoftKernelParams& p) {
   float* ah = newton_cl_smem;
   float* zs = ah + NEWTON_CL_MAT;        // Z_k at zs + (k % 2)·NEWTON_CL_MAT
   float* ts = zs + 2 * NEWTON_CL_MAT;    // this CTA's rows of Z·Â
-  const int m = p.m, rank = cluster_rank(), lane = threadIdx.x % 32;
-  const int rb = div_up(m, NEWTON_CL), i0 = 2 * (lane / 8);  // the thread's local rows i0, i0 + 1
-  const int j0 = 16 * (int)(threadIdx.x / 32) + 2 * (lane % 8);  // its columns j0, j0 + 1
-  const int row0 = rank * rb + i0;                                // global row of i0 (≤ 63)
-  const bool live[2] = {i0 < rb && row0 < m, i0 + 1 < rb && row0 + 1 < m};
-  const int xrow[2] = {live[0] ? row0 : NEWTON_CL_MAX_M, live[1] ? row0 + 1 : NEWTON_CL_MAX_M};
-  const bool c0 = j0 < m, c1 = j0 + 1 < m;
+  const int m = p.m, rank = cluster_rank();
+  const NewtonClThread t(m, rank, div_up(m, NEWTON_CL));
+  const int i0 = t.i0, j0 = t.j0, row0 = t.row0;
   u32 peer[NEWTON_CL];  // the shared memory of every CTA of the cluster, in the cluster window
 #pragma unroll
   for (int c = 0; c < NEWTON_CL; ++c) peer[c] = cluster_map(smem_addr_folded(newton_cl_smem), c);
   pdl_start_dependents();  // SOFT's pass 1 does not read Z: it may run beside this kernel
   // Padding (columns and rows ≥ m, the read-ahead rows) holds zeros, never rewritten.
   for (int i = threadIdx.x; i < NEWTON_CL_SMEM / 4; i += NEWTON_CL_THREADS) newton_cl_smem[i] = 0.f;
-  // T = Z·Â for the CTA's rows of `z` into `ts`.
-  auto first_product = [&](const float* z) {
-    float acc[2][2];
-    newton_cl_block<M>(z + xrow[0] * LD, z + xrow[1] * LD, ah + j0, m, acc);
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-      if (live[r]) {
-        if (c1)
-          *reinterpret_cast<float2*>(&ts[(i0 + r) * LD + j0]) = make_float2(acc[r][0], acc[r][1]);
-        else if (c0)
-          ts[(i0 + r) * LD + j0] = acc[r][0];
-      }
-  };
+  auto first_product = [&](const float* z) { newton_cl_first_product<M>(t, z, ah, ts, m); };
   for (int bh = blockIdx.x / NEWTON_CL; bh < p.b * p.h; bh += gridDim.x / NEWTON_CL) {
     cluster_sync();  // every CTA has started, and is done with the previous matrix's copies
     newton_start(p, bh, LD, ah, zs);  // Z₀ into buffer 0, whole in every CTA
@@ -376,15 +412,15 @@ __device__ void newton_cluster(const SoftKernelParams& p) {
       newton_cl_block<M>(ts + i0 * LD, ts + (i0 + 1) * LD, cur + j0, m, acc);  // (Z·Â)·Z
 #pragma unroll
       for (int r = 0; r < 2; ++r)
-        if (live[r]) {
+        if (t.live[r]) {
           const int row = row0 + r;
           const float2 z = *reinterpret_cast<const float2*>(&cur[row * LD + j0]);
           const u32 n0 = __float_as_uint(2.f * z.x - acc[r][0]), n1 = __float_as_uint(2.f * z.y - acc[r][1]);
           const u32 off = (u32)((nxt + row * LD + j0) - newton_cl_smem) * 4;  // bytes
-          if (c1) {
+          if (t.c1) {
 #pragma unroll
             for (int c = 0; c < NEWTON_CL; ++c) st_cluster_v2_at(peer[c] + off, n0, n1);
-          } else if (c0) {
+          } else if (t.c0) {
 #pragma unroll
             for (int c = 0; c < NEWTON_CL; ++c) st_cluster_u32_at(peer[c] + off, n0);
           }
@@ -399,15 +435,7 @@ __device__ void newton_cluster(const SoftKernelParams& p) {
       }
     }
     if (p.iters > 0) cluster_wait();  // pairs the last arrive
-    const float* zf = zs + (p.iters % 2) * NEWTON_CL_MAT;
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-      if (live[r]) {
-        const int row = row0 + r;
-        float* Z = nptr(p.z) + (i64)bh * m * m + (i64)row * m;
-        if (c0) Z[j0] = zf[row * LD + j0];
-        if (c1) Z[j0 + 1] = zf[row * LD + j0 + 1];
-      }
+    newton_cl_store(p, t, bh, zs + (p.iters % 2) * NEWTON_CL_MAT);
   }
 }
 
@@ -424,6 +452,116 @@ extern "C" __global__ void __launch_bounds__(NEWTON_CL_THREADS, 1) __cluster_dim
     newton_cluster<NEWTON_CL_MAX_M, true>(p);
   else
     newton_cluster<0, true>(p);
+}
+
+// The all-gather without a cluster barrier (newton_pinv_cl_async_f32): each CTA sends its new
+// rows of Z into the other CTAs with st.async, which completes their bytes on an mbarrier of the
+// receiving CTA, one per Z buffer (`bars`); a CTA waits on its own mbarrier for the rows it
+// needs. No cluster-scope release fence per step (the early-arrive kernel's MEMBAR.ALL.GPU) and
+// no wait for the slowest CTA beyond the data itself. Only the rb-row CTAs that own rows take
+// part (⌈m/rb⌉ of them: at m = 49, 7). Per step k:
+//   first product from the CTA's own rows of Z_k (stored locally by its own threads)
+//   __syncthreads                        the CTA's rows of T complete
+//   wait bars[k % 2] (k > 0)             the other CTAs' rows of Z_k have landed
+//   second product, own new rows stored locally into buffer (k + 1) % 2
+//   __syncthreads                        every read of Z_k in this CTA done; own rows visible
+//   st.async the new rows into every other CTA's buffer (k + 1) % 2, complete on its bars
+// The last step sends nothing (each CTA writes out only its own rows). Ordering:
+// * Arming: thread 0 arms a buffer's next fill (arrive + the bytes of the other CTAs' rows,
+//   (m − own)·m·4) right after waiting on the previous one, and before its CTA's own sends of
+//   that step. A sender fills it one step later, after waiting on rows that include this CTA's
+//   sends, so the expect always precedes the bytes it counts.
+// * Reuse (write after read): a sender's step-k + 1 stores into buffer k % 2 of CTA R follow its
+//   wait on R's step-k rows, which R sent after a CTA barrier behind all its reads of Z_k.
+// * Matrices: every fill is waited on before the next matrix's cluster barrier; the fills of the
+//   next matrix are armed before it.
+// The same FMAs in the same order as newton_pinv_cl_f32: bit-identical results.
+template <int M>
+__device__ void newton_cluster_async(const SoftKernelParams& p) {
+  extern __shared__ __align__(16) float newton_cl_smem[];
+  __shared__ __align__(8) u64 bars[2];  // bars[b]: the other CTAs' rows in buffer b
+  constexpr int LD = NEWTON_CL_LD;
+  float* ah = newton_cl_smem;
+  float* zs = ah + NEWTON_CL_MAT;
+  float* ts = zs + 2 * NEWTON_CL_MAT;
+  const int m = p.m, rank = cluster_rank(), rb = div_up(m, NEWTON_CL);
+  const int active = div_up(m, rb), own = min(rb, m - rank * rb);  // own ≤ 0: an idle CTA
+  const NewtonClThread t(m, rank, rb);
+  const u32 base = smem_addr_folded(newton_cl_smem), bar0 = smem_addr_folded(bars);
+  const u32 fill_bytes = (u32)((m - own) * m * 4);
+  u32 peer[NEWTON_CL];  // every CTA's shared memory in the cluster window (its bars at + bar0 − base)
+#pragma unroll
+  for (int c = 0; c < NEWTON_CL; ++c) peer[c] = cluster_map(base, c);
+  pdl_start_dependents();
+  for (int i = threadIdx.x; i < NEWTON_CL_SMEM / 4; i += NEWTON_CL_THREADS) newton_cl_smem[i] = 0.f;
+  if (threadIdx.x == 0) {
+    mbar_init(bar0, 1);
+    mbar_init(bar0 + 8, 1);
+    mbar_init_fence();
+  }
+  u32 parity = 0;  // bit b: the parity of bars[b]'s next phase to wait for
+  for (int bh = blockIdx.x / NEWTON_CL; bh < p.b * p.h; bh += gridDim.x / NEWTON_CL) {
+    if (threadIdx.x == 0 && own > 0) {  // the fills of steps 0 and 1 (buffers 1 and 0)
+      if (p.iters >= 2) mbar_arrive_expect_tx(bar0 + 8, fill_bytes);
+      if (p.iters >= 3) mbar_arrive_expect_tx(bar0, fill_bytes);
+    }
+    cluster_sync();  // every CTA has started, armed its fills, and is done with the previous matrix
+    if (own <= 0) continue;
+    newton_start(p, bh, LD, ah, zs);
+    for (int it = 0; it < p.iters; ++it) {
+      const float* cur = zs + (it % 2) * NEWTON_CL_MAT;
+      float* nxt = zs + ((it + 1) % 2) * NEWTON_CL_MAT;
+      float acc[2][2];
+      newton_cl_first_product<M>(t, cur, ah, ts, m);
+      __syncthreads();
+      if (it > 0) {
+        const u32 b = it % 2;
+        mbar_wait_cluster(bar0 + 8 * b, (parity >> b) & 1u);
+        parity ^= 1u << b;
+        if (threadIdx.x == 0 && it + 2 < p.iters) mbar_arrive_expect_tx(bar0 + 8 * b, fill_bytes);
+      }
+      newton_cl_block<M>(ts + t.i0 * LD, ts + (t.i0 + 1) * LD, cur + t.j0, m, acc);  // (Z·Â)·Z
+      u32 n[2][2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        if (t.live[r] && t.c0) {
+          const int row = t.row0 + r;
+          const float2 z = *reinterpret_cast<const float2*>(&cur[row * LD + t.j0]);
+          n[r][0] = __float_as_uint(2.f * z.x - acc[r][0]);
+          n[r][1] = __float_as_uint(2.f * z.y - acc[r][1]);
+          float* dst = nxt + row * LD + t.j0;
+          if (t.c1)
+            *reinterpret_cast<float2*>(dst) = make_float2(__uint_as_float(n[r][0]), __uint_as_float(n[r][1]));
+          else
+            dst[0] = __uint_as_float(n[r][0]);
+        }
+      __syncthreads();
+      if (it + 1 == p.iters) continue;
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        if (t.live[r] && t.c0) {
+          const u32 off = (u32)((nxt + (t.row0 + r) * LD + t.j0) - newton_cl_smem) * 4;  // bytes
+          const u32 bar = bar0 - base + 8 * ((it + 1) % 2);
+#pragma unroll
+          for (int c = 0; c < NEWTON_CL; ++c)
+            if (c != rank && c < active) {
+              if (t.c1)
+                st_async_v2(peer[c] + off, n[r][0], n[r][1], peer[c] + bar);
+              else
+                st_async_u32(peer[c] + off, n[r][0], peer[c] + bar);
+            }
+        }
+    }
+    newton_cl_store(p, t, bh, zs + (p.iters % 2) * NEWTON_CL_MAT);
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(NEWTON_CL_THREADS, 1) __cluster_dims__(NEWTON_CL, 1, 1)
+    newton_pinv_cl_async_f32(const __grid_constant__ SoftKernelParams p) {
+  if (p.m == NEWTON_CL_MAX_M)
+    newton_cluster_async<NEWTON_CL_MAX_M>(p);
+  else
+    newton_cluster_async<0>(p);
 }
 
 // Cost probe for `sofa bench --op soft_newton`: `iters` steps of newton_cluster's synchronization

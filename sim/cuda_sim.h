@@ -51,6 +51,11 @@ void cluster_wait();
 unsigned cluster_rank();
 unsigned mapa(unsigned addr, unsigned rank);
 void st_cluster_u32(unsigned addr, unsigned v);
+// mbarriers (count arrivals + transaction bytes per phase) and st.async into them.
+void mbar_init(unsigned addr, unsigned count);
+void mbar_arrive_tx(unsigned addr, unsigned bytes);
+void mbar_wait(unsigned addr, unsigned parity);  // blocks until the phase of that parity completed
+void st_async(unsigned addr, const void* v, unsigned bytes, unsigned bar);
 
 // Shared memory: a per-block arena addressed by 32-bit offsets (the shared window).
 void* shared_var(const char* fn, int site, size_t bytes, size_t align);

@@ -124,6 +124,21 @@ struct Warp {
   alignas(16) unsigned char out[32][16];
 };
 
+// st.async data not yet landed (SOFA_SIM_ST_ASYNC=late, the default): at its mbarrier's phase
+// completion, the latest time PTX allows.
+struct AsyncStore {
+  unsigned off;
+  unsigned char bytes[8];
+  unsigned n;
+};
+
+// An mbarrier (keyed by its shared offset): phase count, arrivals left, transaction bytes left.
+struct Mbar {
+  unsigned expected = 0, pending = 0, phase = 0;
+  long long tx = 0;
+  std::vector<AsyncStore> landing;
+};
+
 struct Cta {
   Cluster* cl = nullptr;
   unsigned rank = 0;
@@ -139,6 +154,7 @@ struct Cta {
   unsigned epoch = 0;          // barrier releases so far (racecheck)
   unsigned long long serial;   // distinguishes this block's racecheck shadow from earlier ones
   std::vector<Shadow> shadow;  // per 4-byte word of the arena (racecheck only)
+  std::map<unsigned, Mbar> mbars;
 };
 
 struct Cluster {
@@ -348,6 +364,7 @@ void init_cta(Cta& b, Cluster& cl, const uint3& bid, unsigned rank) {
   std::fill(b.valid.begin(), b.valid.begin() + b.dyn, 1);
   b.top = (b.dyn + kRedzone + 127) & ~size_t(127);
   b.vars.clear();
+  b.mbars.clear();
   b.static_bytes = 0;
   static std::atomic<unsigned long long> serials{1};
   b.serial = serials.fetch_add(1);
@@ -391,6 +408,17 @@ std::string deadlock_report(Cluster& cl) {
   return s + ")";
 }
 
+// After the last thread exits: an mbarrier phase left with bytes outstanding or data not landed
+// means a CTA exited while st.async into it were still possible (or a fill was never waited on).
+std::string unfinished_async(Cluster& cl) {
+  for (Cta* b : cl.ctas)
+    for (auto& [off, mb] : b->mbars)
+      if (mb.tx != 0 || !mb.landing.empty())
+        return std::string(cl.e->name) + ": block rank " + std::to_string(b->rank) + " exited with the mbarrier at " +
+               std::to_string(off) + " expecting " + std::to_string(mb.tx) + " more st.async bytes";
+  return {};
+}
+
 // Runs one cluster of blocks to completion on this OS thread.
 bool run_cluster(Cluster& cl, std::vector<Cta>& pool, const uint3& first, std::string& error) {
   const unsigned csize = cl.l.cluster[0] * cl.l.cluster[1] * cl.l.cluster[2];
@@ -421,7 +449,10 @@ bool run_cluster(Cluster& cl, std::vector<Cta>& pool, const uint3& first, std::s
       error = cl.fault;
       break;
     }
-    if (!live) break;
+    if (!live) {
+      error = unfinished_async(cl);
+      break;
+    }
     if (cl.progress == before) {
       error = deadlock_report(cl);
       break;
@@ -705,6 +736,83 @@ void st_cluster_u32(unsigned addr, unsigned v) {
   if (off % 4 || off + 4 > kArena || !b.valid[off] || !b.valid[off + 3])
     fault("st.shared::cluster outside the target block's shared memory");
   std::memcpy(b.arena + off, &v, 4);
+}
+
+// ---- mbarriers and st.async ----
+namespace {
+bool st_async_early() {
+  static const bool early = [] {
+    const char* v = std::getenv("SOFA_SIM_ST_ASYNC");
+    return v && std::strcmp(v, "early") == 0;
+  }();
+  return early;
+}
+
+Mbar& mbar_at(Cta& b, unsigned off, const char* op) {
+  auto it = b.mbars.find(off);
+  if (it == b.mbars.end()) fault(std::string(op) + " on shared offset " + std::to_string(off) + ", not an initialized mbarrier");
+  return it->second;
+}
+
+// Completes the phase once its arrivals and bytes are spent: late st.async data lands first.
+void mbar_advance(Cta& b, Mbar& mb) {
+  if (mb.pending != 0 || mb.tx != 0) return;
+  for (const AsyncStore& st : mb.landing) std::memcpy(b.arena + st.off, st.bytes, st.n);
+  mb.landing.clear();
+  ++mb.phase;
+  mb.pending = mb.expected;
+  ++cur_cluster->progress;
+}
+}  // namespace
+
+void mbar_init(unsigned addr, unsigned count) {
+  Cta& b = *cur->cta;
+  smem_ptr(addr, 8, true);
+  if (addr % 8) fault("mbarrier.init of an address not 8-byte aligned");
+  if (count == 0) fault("mbarrier.init with a count of 0");
+  b.mbars[addr] = Mbar{count, count, 0, 0, {}};
+}
+
+void mbar_arrive_tx(unsigned addr, unsigned bytes) {
+  Cta& b = *cur->cta;
+  Mbar& mb = mbar_at(b, addr, "mbarrier.arrive.expect_tx");
+  mb.tx += bytes;
+  if (mb.pending == 0) fault("mbarrier.arrive on a phase with no arrival pending");
+  --mb.pending;
+  ++cur_cluster->progress;
+  mbar_advance(b, mb);
+}
+
+void mbar_wait(unsigned addr, unsigned parity) {
+  Cta& b = *cur->cta;
+  Mbar& mb = mbar_at(b, addr, "mbarrier.try_wait.parity");
+  cur->waiting = "mbarrier.try_wait.parity";
+  while ((mb.phase & 1u) == (parity & 1u) && cur_cluster->fault.empty()) yield();
+  cur->waiting = nullptr;
+}
+
+// Stricter than PTX (whose tx-count may go transiently negative): the bytes must arrive on a
+// phase already armed for them, as sofa's kernels guarantee by their order.
+void st_async(unsigned addr, const void* v, unsigned n, unsigned bar) {
+  const unsigned rank = (addr >> 24) - 1, off = addr & 0xffffffu, brank = (bar >> 24) - 1, boff = bar & 0xffffffu;
+  if ((addr >> 24) == 0 || rank >= cur_cluster->ctas.size()) fault("st.async to an unmapped address");
+  if ((bar >> 24) == 0 || brank != rank) fault("st.async whose mbarrier is not in the destination block");
+  if (off % n) fault("st.async destination not aligned to its size");
+  Cta& b = *cur_cluster->ctas[rank];
+  if (off + n > kArena || !b.valid[off] || !b.valid[off + n - 1])
+    fault("st.async outside the target block's shared memory");
+  Mbar& mb = mbar_at(b, boff, "st.async complete_tx");
+  if (mb.tx < (long long)n) fault("st.async completes bytes its mbarrier's phase does not expect (not armed yet)");
+  if (st_async_early()) {
+    std::memcpy(b.arena + off, v, n);
+  } else {
+    AsyncStore st{off, {}, n};
+    std::memcpy(st.bytes, v, n);
+    mb.landing.push_back(st);
+  }
+  mb.tx -= n;
+  ++cur_cluster->progress;
+  mbar_advance(b, mb);
 }
 
 void* shared_var(const char* fn, int site, size_t bytes, size_t align) {

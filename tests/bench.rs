@@ -398,6 +398,7 @@ fn soft_newton_counts_its_matrices() {
             "m=64,T=20",
             "m=64,T=20,path=one-launch",
             "m=64,T=20,path=cluster-late",
+            "m=64,T=20,path=cluster-async",
             "m=64,T=20,path=cta",
             "m=64,T=20,path=multi"
         ]

@@ -604,6 +604,7 @@ fn paths_for(rt: &Runtime, m: usize) -> Vec<NewtonPath> {
         // OneLaunch takes the cluster kernel where it applies (sm_90, 17 ≤ m ≤ 64).
         paths.push(NewtonPath::OneLaunch);
         paths.push(NewtonPath::ClusterLateArrive);
+        paths.push(NewtonPath::ClusterAsync);
         paths.push(NewtonPath::OneLaunchCta);
     } else if m <= soft::NEWTON_SMEM_MAX_M {
         println!("one-launch Newton skipped for m = {m}: not enough shared memory");
@@ -618,7 +619,7 @@ fn soft_newton_matches_the_f64_iteration() {
     };
     let p = SoftParams::default();
     let mut seed = 1;
-    for m in [1, 2, 7, 16, 17, 33, 64, 100, 128, 129, 200, 256] {
+    for m in [1, 2, 7, 16, 17, 33, 49, 64, 100, 128, 129, 200, 256] {
         for (clustered, tol) in [(false, 1e-4), (true, 1e-2)] {
             let batch = 3;
             let a = gram_batch(batch, m, clustered, seed);
@@ -641,9 +642,10 @@ fn soft_newton_matches_the_f64_iteration() {
                 // iteration amplifies that on a nearly singular A.
                 let agree = if clustered { 1e-3 } else { 1e-5 };
                 assert!(rel <= agree, "m={m}: the two paths differ by {rel:.3e}");
-                // The cluster (arriving early or late) and one-CTA forms of the one launch: the
-                // same FMAs in the same order.
-                for (other, name) in rest.iter().zip(["ClusterLateArrive", "OneLaunchCta"]) {
+                // The cluster (arriving early or late, or all-gathering with st.async) and one-CTA
+                // forms of the one launch: the same FMAs in the same order.
+                let names = ["ClusterLateArrive", "ClusterAsync", "OneLaunchCta"];
+                for (other, name) in rest.iter().zip(names) {
                     assert!(
                         one.iter()
                             .zip(other)

@@ -307,8 +307,14 @@ fn slices_and_len_fit(b: usize, h: usize, lens: &[usize], what: &str) {
 
 fn newton_path(u: &mut Unstructured) -> AResult<gsoft::NewtonPath> {
     use gsoft::NewtonPath::*;
-    const PATHS: [gsoft::NewtonPath; 5] =
-        [Auto, OneLaunch, OneLaunchCta, ClusterLateArrive, MultiLaunch];
+    const PATHS: [gsoft::NewtonPath; 6] = [
+        Auto,
+        OneLaunch,
+        OneLaunchCta,
+        ClusterLateArrive,
+        ClusterAsync,
+        MultiLaunch,
+    ];
     Ok(PATHS[u.choose_index(PATHS.len())?])
 }
 

@@ -486,10 +486,11 @@ impl NewtonBuffers {
 
 /// The names `sofa bench --newton-path` takes, and the record labels (`None`: the plain call's
 /// path, unlabelled).
-pub const NEWTON_PATHS: [(&str, NewtonPath); 5] = [
+pub const NEWTON_PATHS: [(&str, NewtonPath); 6] = [
     ("auto", NewtonPath::Auto),
     ("one-launch", NewtonPath::OneLaunch),
     ("cluster-late", NewtonPath::ClusterLateArrive),
+    ("cluster-async", NewtonPath::ClusterAsync),
     ("cta", NewtonPath::OneLaunchCta),
     ("multi", NewtonPath::MultiLaunch),
 ];

@@ -33,6 +33,12 @@ pub enum NewtonPath {
     /// `OneLaunch`. Which order is faster is measured, not assumed
     /// (`sofa bench --op soft_newton --newton-path one-launch,cluster-late`).
     ClusterLateArrive,
+    /// As [`NewtonPath::OneLaunch`], with the cluster kernel's all-gather done by `st.async`
+    /// into mbarriers of the receiving CTAs instead of remote stores and a cluster barrier per
+    /// step (no cluster-scope release fence per step). The same operations in the same order:
+    /// bit-identical to `OneLaunch`. Measured beside it
+    /// (`sofa bench --op soft_newton --newton-path one-launch,cluster-async`).
+    ClusterAsync,
     /// One launch per GEMM over a global workspace (any m ≤ [`MAX_M`](super::MAX_M)).
     MultiLaunch,
 }
@@ -42,7 +48,10 @@ impl NewtonPath {
     fn is_one_launch(self) -> bool {
         matches!(
             self,
-            NewtonPath::OneLaunch | NewtonPath::OneLaunchCta | NewtonPath::ClusterLateArrive
+            NewtonPath::OneLaunch
+                | NewtonPath::OneLaunchCta
+                | NewtonPath::ClusterLateArrive
+                | NewtonPath::ClusterAsync
         )
     }
 }
@@ -113,7 +122,8 @@ pub struct NewtonPlan {
     pub batch: usize,
     pub m: usize,
     /// The resolved path: [`NewtonPath::OneLaunch`], [`NewtonPath::OneLaunchCta`],
-    /// [`NewtonPath::ClusterLateArrive`] or [`NewtonPath::MultiLaunch`].
+    /// [`NewtonPath::ClusterLateArrive`], [`NewtonPath::ClusterAsync`] or
+    /// [`NewtonPath::MultiLaunch`].
     pub path: NewtonPath,
     scalars: NewtonScalars,
 }
@@ -219,6 +229,7 @@ impl NewtonPlan {
         let cluster = match self.path {
             NewtonPath::OneLaunch => Some("newton_pinv_cl_f32"),
             NewtonPath::ClusterLateArrive => Some("newton_pinv_cl_late_f32"),
+            NewtonPath::ClusterAsync => Some("newton_pinv_cl_async_f32"),
             _ => None,
         };
         if let Some(name) = cluster.filter(|_| {
