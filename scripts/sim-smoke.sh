@@ -64,10 +64,13 @@ print(f"{'sofa bench --op all --baseline --graph':70s} {len(recs)} records")
 PY
 # `sofa report` reads what `sofa bench` writes: the Newton and small-decode target cases (the two
 # the simulator runs in seconds) must get a verdict, not "not measured". Met or missed means
-# nothing here.
+# nothing here. The three Newton cluster kernels run once more at m = 49 (one CTA idle): a
+# deadlock, an unarmed st.async or a shared-memory race fails the launch.
 t=$(mktemp)
 "$sofa" bench --op cosformer_decode --batch 8 --heads 16 --head-dim 64 --iters 1 --warmup 0 --no-peaks --out "$t" >/dev/null 2>&1 &&
-  "$sofa" bench --op soft_newton --landmarks 64 --iters 1 --warmup 0 --no-peaks --baseline --out "$t" >/dev/null 2>&1 ||
+  "$sofa" bench --op soft_newton --landmarks 64 --iters 1 --warmup 0 --no-peaks --baseline --out "$t" >/dev/null 2>&1 &&
+  "$sofa" bench --op soft_newton --landmarks 49 --iters 1 --warmup 0 --no-peaks --out "$t" \
+    --newton-path one-launch,cluster-late,cluster-async >/dev/null 2>&1 ||
   { echo "sim-smoke: FAILED: sofa bench at the target cases"; exit 1; }
 report=$("$sofa" report "$t") || { echo "sim-smoke: FAILED: sofa report"; exit 1; }
 grep -q '"op":"newton_cluster_probe"' "$t" ||
