@@ -2,7 +2,8 @@
 
 use sofa::ops::soft::{
     newton_fits_on_chip, newton_smem_bytes, workspace_bytes, Landmarks, NewtonPath, NewtonPlan,
-    Plan, SoftParams, MAX_CHUNKS, MAX_M, NEWTON_SMEM_MAX_M,
+    Plan, SoftParams, MAX_CHUNKS, MAX_M, NEWTON_CLUSTER_MAX_M, NEWTON_CLUSTER_MIN_M,
+    NEWTON_SMEM_MAX_M,
 };
 use sofa::{Dims, Error, Layout};
 
@@ -214,6 +215,21 @@ fn newton_paths() {
     );
     let forced = NewtonPlan::new(3, 200, &p, NewtonPath::OneLaunchCta, H100_SMEM).unwrap_err();
     assert_eq!(arg_of(forced), "path");
+    // The cluster-only paths name the cluster kernel's m range instead of falling back.
+    for path in [NewtonPath::ClusterLateArrive, NewtonPath::ClusterAsync] {
+        let (lo, hi) = (NEWTON_CLUSTER_MIN_M, NEWTON_CLUSTER_MAX_M);
+        for m in [lo, 49, hi] {
+            assert_eq!(
+                NewtonPlan::new(3, m, &p, path, H100_SMEM).unwrap().path,
+                path
+            );
+        }
+        for m in [1, lo - 1, hi + 1, 128] {
+            let e = NewtonPlan::new(3, m, &p, path, H100_SMEM).unwrap_err();
+            assert!(e.to_string().contains("cluster kernels take"), "{e}");
+            assert_eq!(arg_of(e), "path");
+        }
+    }
     for (batch, m) in [(0, 8), (1, 0), (1, MAX_M + 1)] {
         let e = NewtonPlan::new(batch, m, &p, NewtonPath::Auto, H100_SMEM).unwrap_err();
         assert_eq!(arg_of(e), if batch == 0 { "batch" } else { "m" });

@@ -341,6 +341,9 @@ fn check_newton(u: &mut Unstructured) -> AResult<()> {
             (want, got) => assert_eq!(want, got),
         }
         assert!(plan.path == NewtonPath::MultiLaunch || fits);
+        if matches!(plan.path, NewtonPath::ClusterLateArrive | NewtonPath::ClusterAsync) {
+            assert!((gsoft::NEWTON_CLUSTER_MIN_M..=gsoft::NEWTON_CLUSTER_MAX_M).contains(&m));
+        }
         let ws = plan.workspace_bytes();
         assert!(ws == 0 || ws == 12 * plan.len());
     }

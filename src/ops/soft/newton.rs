@@ -27,23 +27,34 @@ pub enum NewtonPath {
     OneLaunch,
     /// As [`NewtonPath::OneLaunch`], always one CTA per matrix (no cluster).
     OneLaunchCta,
-    /// As [`NewtonPath::OneLaunch`], with the cluster kernel's CTAs arriving on the cluster
+    /// The cluster kernel of [`NewtonPath::OneLaunch`] with its CTAs arriving on the cluster
     /// barrier one product later in each step (after the next step's first product, not right
     /// after their stores). The same operations in the same order: bit-identical to
     /// `OneLaunch`. Which order is faster is measured, not assumed
-    /// (`sofa bench --op soft_newton --newton-path one-launch,cluster-late`).
+    /// (`sofa bench --op soft_newton --newton-path one-launch,cluster-late`). Cluster only: an
+    /// error where it cannot run (m outside [`NEWTON_CLUSTER_MIN_M`]..=[`NEWTON_CLUSTER_MAX_M`],
+    /// a device below sm_90, a refused cluster launch), never the one-CTA kernel instead.
     ClusterLateArrive,
-    /// As [`NewtonPath::OneLaunch`], with the cluster kernel's all-gather done by `st.async`
+    /// The cluster kernel of [`NewtonPath::OneLaunch`] with its all-gather done by `st.async`
     /// into mbarriers of the receiving CTAs instead of remote stores and a cluster barrier per
     /// step (no cluster-scope release fence per step). The same operations in the same order:
     /// bit-identical to `OneLaunch`. Measured beside it
-    /// (`sofa bench --op soft_newton --newton-path one-launch,cluster-async`).
+    /// (`sofa bench --op soft_newton --newton-path one-launch,cluster-async`). Cluster only, as
+    /// [`NewtonPath::ClusterLateArrive`].
     ClusterAsync,
     /// One launch per GEMM over a global workspace (any m ≤ [`MAX_M`](super::MAX_M)).
     MultiLaunch,
 }
 
 impl NewtonPath {
+    /// A cluster kernel by name, with no fallback to one CTA per matrix.
+    fn is_cluster_only(self) -> bool {
+        matches!(
+            self,
+            NewtonPath::ClusterLateArrive | NewtonPath::ClusterAsync
+        )
+    }
+
     /// All T steps in one launch, the matrices in shared memory (a cluster or one CTA each).
     fn is_one_launch(self) -> bool {
         matches!(
@@ -54,6 +65,11 @@ impl NewtonPath {
                 | NewtonPath::ClusterAsync
         )
     }
+}
+
+/// m within the cluster kernels' range.
+fn cluster_m(m: usize) -> bool {
+    (NEWTON_CLUSTER_MIN_M..=NEWTON_CLUSTER_MAX_M).contains(&m)
 }
 
 /// Dynamic shared memory of the one-launch Newton kernel: Â, Z and Z·Â with an odd leading dim
@@ -158,6 +174,16 @@ impl NewtonPlan {
                     ),
                 ))
             }
+            p if p.is_cluster_only() && !cluster_m(m) => {
+                return Err(Error::param(
+                    "path",
+                    format!("{path:?}"),
+                    format!(
+                        "the cluster kernels take {NEWTON_CLUSTER_MIN_M} <= m <= \
+                         {NEWTON_CLUSTER_MAX_M}, not m = {m}"
+                    ),
+                ))
+            }
             p => p,
         };
         Ok(NewtonPlan {
@@ -176,6 +202,14 @@ impl NewtonPlan {
                 "path",
                 format!("{:?}", self.path),
                 "the plan was made for a device with more shared memory",
+            ));
+        }
+        let (major, minor) = rt.info().compute_capability;
+        if self.path.is_cluster_only() && major < 9 {
+            return Err(Error::param(
+                "path",
+                format!("{:?}", self.path),
+                format!("the cluster kernels need sm_90 or later (device: sm_{major}{minor})"),
             ));
         }
         Ok(())
@@ -232,23 +266,38 @@ impl NewtonPlan {
             NewtonPath::ClusterAsync => Some("newton_pinv_cl_async_f32"),
             _ => None,
         };
-        if let Some(name) = cluster.filter(|_| {
-            (NEWTON_CLUSTER_MIN_M..=NEWTON_CLUSTER_MAX_M).contains(&m)
-                && rt.info().compute_capability.0 >= 9
-        }) {
-            if let Ok(f) = rt.function(NEWTON_FAMILY, name) {
-                let ctas = self.batch.min(MAX_NEWTON_CLUSTERS) * NEWTON_CL;
-                let grid = (ctas as u32, 1, 1);
-                // SAFETY: the caller's contract; a cluster per matrix with the shared memory the
-                // kernel is built for. A refused launch queued nothing: the one-CTA kernel runs
-                // instead.
-                if rt.allow_dynamic_smem(&f, NEWTON_CL_SMEM).is_ok()
-                    && unsafe {
-                        try_launch_smem(stream, &f, grid, NEWTON_CL_THREADS, NEWTON_CL_SMEM, &p)
-                    }?
-                {
-                    return Ok(ctas);
+        if let Some(name) = cluster.filter(|_| cluster_m(m) && rt.info().compute_capability.0 >= 9)
+        {
+            // Without the kernel, or where the driver refuses the cluster launch (which queues
+            // nothing), OneLaunch runs the one-CTA kernel; the cluster-only paths say so.
+            let strict = self.path.is_cluster_only();
+            match rt.function(NEWTON_FAMILY, name) {
+                Ok(f) => {
+                    let ctas = self.batch.min(MAX_NEWTON_CLUSTERS) * NEWTON_CL;
+                    let grid = (ctas as u32, 1, 1);
+                    let smem = match rt.allow_dynamic_smem(&f, NEWTON_CL_SMEM) {
+                        Err(e) if strict => return Err(e),
+                        r => r.is_ok(),
+                    };
+                    // SAFETY: the caller's contract; a cluster per matrix with the shared memory
+                    // the kernel is built for.
+                    if smem
+                        && unsafe {
+                            try_launch_smem(stream, &f, grid, NEWTON_CL_THREADS, NEWTON_CL_SMEM, &p)
+                        }?
+                    {
+                        return Ok(ctas);
+                    }
+                    if strict {
+                        return Err(Error::param(
+                            "path",
+                            format!("{:?}", self.path),
+                            "the driver refused the cluster launch",
+                        ));
+                    }
                 }
+                Err(e) if strict => return Err(e),
+                Err(_) => {}
             }
         }
         if self.path.is_one_launch() {
