@@ -305,17 +305,10 @@ fn slices_and_len_fit(b: usize, h: usize, lens: &[usize], what: &str) {
     }
 }
 
+/// Every Newton path (the names `sofa bench --newton-path` takes).
 fn newton_path(u: &mut Unstructured) -> AResult<gsoft::NewtonPath> {
-    use gsoft::NewtonPath::*;
-    const PATHS: [gsoft::NewtonPath; 6] = [
-        Auto,
-        OneLaunch,
-        OneLaunchCta,
-        ClusterLateArrive,
-        ClusterAsync,
-        MultiLaunch,
-    ];
-    Ok(PATHS[u.choose_index(PATHS.len())?])
+    use sofa::bench::workload::NEWTON_PATHS;
+    Ok(NEWTON_PATHS[u.choose_index(NEWTON_PATHS.len())?].1)
 }
 
 /// `NewtonPlan` and the shared-memory sizing on their own.
