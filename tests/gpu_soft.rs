@@ -662,6 +662,66 @@ fn soft_newton_matches_the_f64_iteration() {
     }
 }
 
+/// `plan` on `a` through the raw entry point (device pointers), Z copied back.
+fn run_newton_plan(rt: &Runtime, plan: &NewtonPlan, a: &[f32]) -> Vec<f32> {
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+    let stream = rt.new_stream().unwrap();
+    let da = stream.clone_htod(a).unwrap();
+    let mut z = stream.clone_htod(&nan_f32(a.len())).unwrap();
+    let mut ws = stream
+        .alloc_zeros::<u8>(plan.workspace_bytes().max(4))
+        .unwrap();
+    let ws_len = ws.len();
+    {
+        let (ap, _ga) = da.device_ptr(&stream);
+        let (zp, _gz) = z.device_ptr_mut(&stream);
+        let (wp, _gw) = ws.device_ptr_mut(&stream);
+        // SAFETY: three live allocations of this context with their lengths, not aliasing; the
+        // guards keep them ordered with the launch on `stream`.
+        unsafe { soft::newton_pinv_raw(rt, &stream, plan, ap, a.len(), zp, a.len(), wp, ws_len) }
+            .unwrap();
+    }
+    stream.clone_dtoh(&z).unwrap()
+}
+
+/// With fewer matrices in flight than the batch, each cluster (or CTA) of the one-launch kernels
+/// takes several matrices in turn: the same bits as one matrix each.
+#[test]
+fn soft_newton_matrices_in_turn() {
+    let Some(rt) = common::gpu("soft newton in turn") else {
+        return;
+    };
+    let p = SoftParams::default();
+    let batch = 5;
+    for (seed, m) in [7, 17, 49, 64, 100].into_iter().enumerate() {
+        let a: Vec<f32> = gram_batch(batch, m, false, 40 + seed as u64)
+            .iter()
+            .map(|&x| x as f32)
+            .collect();
+        for path in paths_for(&rt, m)
+            .into_iter()
+            .filter(|&p| p != NewtonPath::MultiLaunch)
+        {
+            let smem = rt.info().smem_per_block_optin;
+            let plan = NewtonPlan::new(batch, m, &p, path, smem).unwrap();
+            let all = run_newton_plan(&rt, &plan, &a);
+            assert!(all.iter().all(|x| x.is_finite()), "m={m} {path:?}");
+            for n in [1, 2] {
+                let turn = run_newton_plan(&rt, &plan.with_max_in_flight(n).unwrap(), &a);
+                assert!(
+                    all.iter()
+                        .zip(&turn)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "m={m} {path:?}: {n} in flight differs from {batch}"
+                );
+            }
+        }
+    }
+    let plan = NewtonPlan::new(batch, 64, &p, NewtonPath::OneLaunch, usize::MAX).unwrap();
+    let e = plan.with_max_in_flight(0).unwrap_err();
+    assert_eq!(e.argument(), Some("max_in_flight"), "{e}");
+}
+
 #[test]
 fn soft_newton_parameters_and_convergence() {
     let Some(rt) = common::gpu("soft newton convergence") else {

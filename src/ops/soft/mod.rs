@@ -64,6 +64,8 @@ const NEWTON_CL: usize = 8; // NEWTON_CL: CTAs per matrix
 const NEWTON_CL_SMEM: u32 = 57664;
 /// Threads of a cluster kernel CTA (NEWTON_CL_THREADS): 4 warps of 2 × 2 register blocks.
 const NEWTON_CL_THREADS: u32 = 128;
+/// Matrices in flight in a one-launch Newton grid (clusters, or CTAs of the one-CTA kernel); the
+/// kernels take any more in turn.
 const MAX_NEWTON_CLUSTERS: usize = 1 << 16;
 /// Row chunks of attention pass 1 at most: bounds the workspace independently of N.
 pub const MAX_CHUNKS: usize = 256;

@@ -142,6 +142,8 @@ pub struct NewtonPlan {
     /// [`NewtonPath::MultiLaunch`].
     pub path: NewtonPath,
     scalars: NewtonScalars,
+    /// The one-launch kernels' matrices in flight (clusters or CTAs); each takes the rest in turn.
+    in_flight: usize,
 }
 
 impl NewtonPlan {
@@ -191,7 +193,20 @@ impl NewtonPlan {
             m,
             path,
             scalars,
+            in_flight: MAX_NEWTON_CLUSTERS,
         })
+    }
+
+    /// Caps the one-launch kernels' grid at `n` matrices in flight (`n` clusters of 8 CTAs, or
+    /// `n` CTAs of the one-CTA kernel; default and largest 65536): each then takes every n-th
+    /// matrix in turn, with the same results. For an engine that leaves SMs to its other work,
+    /// and for tests of that loop. The multi-launch path ignores it.
+    pub fn with_max_in_flight(mut self, n: usize) -> Result<Self> {
+        if n == 0 {
+            return Err(Error::param("max_in_flight", n, "must be at least 1"));
+        }
+        self.in_flight = n.min(MAX_NEWTON_CLUSTERS);
+        Ok(self)
     }
 
     /// An error when a one-launch plan was made for a device with more shared memory than `rt`'s.
@@ -273,7 +288,7 @@ impl NewtonPlan {
             let strict = self.path.is_cluster_only();
             match rt.function(NEWTON_FAMILY, name) {
                 Ok(f) => {
-                    let ctas = self.batch.min(MAX_NEWTON_CLUSTERS) * NEWTON_CL;
+                    let ctas = self.batch.min(self.in_flight) * NEWTON_CL;
                     let grid = (ctas as u32, 1, 1);
                     let smem = match rt.allow_dynamic_smem(&f, NEWTON_CL_SMEM) {
                         Err(e) if strict => return Err(e),
@@ -309,7 +324,7 @@ impl NewtonPlan {
             let smem = newton_smem_bytes(m) as u32;
             rt.allow_dynamic_smem(&f, smem)?;
             // SAFETY: the caller's contract; m ≤ tile and the shared memory was sized for m.
-            let grid = grid_dim(self.batch);
+            let grid = grid_dim(self.batch.min(self.in_flight));
             return unsafe { launch_smem(stream, &f, (grid, 1, 1), THREADS, smem, &p) }
                 .map(|()| grid as usize);
         }
