@@ -339,6 +339,9 @@ fn check_newton(u: &mut Unstructured) -> AResult<()> {
         }
         let ws = plan.workspace_bytes();
         assert!(ws == 0 || ws == 12 * plan.len());
+        let n = count(u)?;
+        let capped = ok_or_typed(plan.with_max_in_flight(n), "NewtonPlan::with_max_in_flight");
+        assert_eq!(capped.is_some(), n >= 1);
     }
     Ok(())
 }
