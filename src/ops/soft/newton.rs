@@ -281,11 +281,14 @@ impl NewtonPlan {
             NewtonPath::ClusterAsync => Some("newton_pinv_cl_async_f32"),
             _ => None,
         };
+        let strict = self.path.is_cluster_only();
+        if strict {
+            self.check_device(rt)?; // never the one-CTA kernel under a cluster path's name
+        }
         if let Some(name) = cluster.filter(|_| cluster_m(m) && rt.info().compute_capability.0 >= 9)
         {
             // Without the kernel, or where the driver refuses the cluster launch (which queues
             // nothing), OneLaunch runs the one-CTA kernel; the cluster-only paths say so.
-            let strict = self.path.is_cluster_only();
             match rt.function(NEWTON_FAMILY, name) {
                 Ok(f) => {
                     let ctas = self.batch.min(self.in_flight) * NEWTON_CL;
