@@ -65,7 +65,7 @@ def draw(r):
         s = int(args[args.index("--kv-len") + 1]) if "--kv-len" in args else n
         if r.random() < 0.3:
             big_m = r.randint(1, 2 * max(n, s) + 2)
-            valid = big_m >= max(n, s)
+            valid = valid and big_m >= max(n, s)
             args += ["--M", str(big_m)]
         if r.random() < 0.2:
             args.append("--no-relu")
