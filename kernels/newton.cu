@@ -569,8 +569,11 @@ extern "C" __global__ void __launch_bounds__(NEWTON_CL_THREADS, 1) __cluster_dim
 // there at m = 64: the CTA barrier, the cluster wait, each thread's two 8-byte rows stored into
 // all 8 CTAs (16 KB out of each CTA), the cluster arrive, the CTA barrier. `mode` bit 0: skip the
 // cluster part (the FMAs alone); bit 1: the FMAs between the stores and the arrive instead of
-// between the arrive and the next wait (where newton_cluster runs its first product). Launched
-// like newton_pinv_cl_f32: one cluster of 8 CTAs per matrix.
+// between the arrive and the next wait (where newton_cluster runs its first product); bit 2:
+// newton_cluster_async's all-gather instead (st.async of the rows into the other 7 CTAs, each
+// CTA waiting on its mbarrier at the next step; the FMAs between the sends and that wait, where
+// it runs its first product; no sends at the last step). Launched like newton_pinv_cl_f32: one
+// cluster of 8 CTAs per matrix.
 struct NewtonProbe {  // sofa::bench::probe::ProbeParams
   int iters, work, mode;
 };
@@ -578,7 +581,10 @@ extern "C" __global__ void __launch_bounds__(NEWTON_CL_THREADS, 1) __cluster_dim
     newton_cluster_probe(const NewtonProbe p) {
   const int iters = p.iters, work = p.work, mode = p.mode;
   __shared__ __align__(16) float buf[2][NEWTON_CL_MAX_M][NEWTON_CL_MAX_M];
-  const bool sync = !(mode & 1), late = mode & 2;
+  __shared__ __align__(8) u64 bars[2];
+  const bool gather = mode & 4, sync = !(mode & 1) && !gather, late = mode & 2;
+  const u32 bar0 = smem_addr_folded(bars), base = smem_addr_folded(buf);
+  const u32 fill = (NEWTON_CL - 1) * (NEWTON_CL_MAX_M / NEWTON_CL) * NEWTON_CL_MAX_M * 4;  // bytes
   const int lane = threadIdx.x % 32, rank = cluster_rank();
   const int row0 = rank * (NEWTON_CL_MAX_M / NEWTON_CL) + 2 * (lane / 8);
   const int j0 = 16 * (int)(threadIdx.x / 32) + 2 * (lane % 8);
@@ -593,9 +599,37 @@ extern "C" __global__ void __launch_bounds__(NEWTON_CL_THREADS, 1) __cluster_dim
 #pragma unroll
       for (int u = 0; u < 8; ++u) x[u] = fmaf(x[u], 0.999f, 0.001f);
   };
+  if (gather && threadIdx.x == 0) {  // armed as newton_cluster_async arms them
+    mbar_init(bar0, 1);
+    mbar_init(bar0 + 8, 1);
+    mbar_init_fence();
+    if (iters >= 2) mbar_arrive_expect_tx(bar0 + 8, fill);
+    if (iters >= 3) mbar_arrive_expect_tx(bar0, fill);
+  }
+  u32 parity = 0;
   cluster_sync();  // every CTA has started before any remote store
   for (int it = 0; it < iters; ++it) {
     __syncthreads();
+    if (gather) {
+      if (it > 0) {
+        const u32 b = it % 2;
+        mbar_wait_cluster(bar0 + 8 * b, (parity >> b) & 1u);
+        parity ^= 1u << b;
+        if (threadIdx.x == 0 && it + 2 < iters) mbar_arrive_expect_tx(bar0 + 8 * b, fill);
+      }
+      __syncthreads();  // as the kernel's barrier between its own stores and the sends
+      if (it + 1 < iters) {
+        float* nxt = &buf[(it + 1) % 2][0][0];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const u32 off = (u32)((nxt + (row0 + r) * NEWTON_CL_MAX_M + j0) - &buf[0][0][0]) * 4;
+          const u32 v = __float_as_uint((float)(it + r));
+#pragma unroll
+          for (int c = 0; c < NEWTON_CL; ++c)
+            if (c != rank) st_async_v2(peer[c] + off, v, v, peer[c] + (bar0 - base) + 8 * ((it + 1) % 2));
+        }
+      }
+    }
     if (sync) {
       if (it > 0) cluster_wait();
       float* nxt = &buf[(it + 1) % 2][0][0];

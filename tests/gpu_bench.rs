@@ -175,7 +175,8 @@ fn bench_cli_writes_references_and_speedups() {
 }
 
 /// The Newton cluster probe (`sofa bench --op soft_newton` prints it) runs to completion on
-/// sm_90: its remote stores and split barriers neither fault nor hang, with 1 and 16 clusters.
+/// sm_90: its remote stores and split barriers, and its st.async all-gather, neither fault nor
+/// hang, with 1 and 16 clusters.
 #[test]
 fn newton_cluster_probe_runs() {
     let Some((rt, stream, _)) = device("newton cluster probe") else {
@@ -185,7 +186,14 @@ fn newton_cluster_probe_runs() {
         let p = sofa::bench::probe::newton_cluster_step(&rt, &stream, clusters, 3).unwrap();
         if rt.info().compute_capability.0 >= 9 {
             let p = p.expect("the probe runs on sm_90");
-            let all = [p.sync_alone, p.fmas_alone, p.arrive_early, p.arrive_late];
+            let all = [
+                p.sync_alone,
+                p.fmas_alone,
+                p.arrive_early,
+                p.arrive_late,
+                p.gather_alone,
+                p.gather_overlap,
+            ];
             assert!(all.iter().all(|t| t.is_finite() && *t >= 0.0), "{p:?}");
             println!("newton cluster probe, {clusters} clusters: {p:?}");
         } else {

@@ -1,8 +1,9 @@
 //! What a step of SOFT's Newton cluster kernel pays beyond its arithmetic: kernels/newton.cu's
 //! `newton_cluster_probe` runs the step's synchronization (the all-gather of new rows into the 8
 //! CTAs of a cluster, the split cluster barrier, two CTA barriers) around a fixed number of FMAs
-//! that stand in for a product. Each figure is the time of a launch of many steps minus that of
-//! a launch of none, per step.
+//! that stand in for a product; and the same for `newton_pinv_cl_async_f32`'s all-gather
+//! (`st.async` into mbarriers, no cluster barrier). Each figure is the time of a launch of many
+//! steps minus that of a launch of none, per step.
 
 use crate::bench::time_on_stream;
 use crate::error::Result;
@@ -40,6 +41,11 @@ pub struct ClusterStep {
     pub arrive_early: f64,
     /// The FMAs between the stores and the arrive.
     pub arrive_late: f64,
+    /// The `st.async` all-gather and its mbarrier wait alone.
+    pub gather_alone: f64,
+    /// The FMAs between the sends and the next wait, where `newton_cluster_async` runs its first
+    /// product.
+    pub gather_overlap: f64,
 }
 
 /// The probe with `clusters` clusters running together (one per matrix, as the Newton kernel
@@ -59,7 +65,8 @@ pub fn newton_cluster_step(
     };
     let grid = ((clusters.clamp(1, 1 << 16) * CLUSTER) as u32, 1, 1);
     let steps = i32::from(steps.max(1));
-    // µs per step of `mode` (bit 0: no cluster part; bit 1: arrive after the FMAs).
+    // µs per step of `mode` (bit 0: no cluster part; bit 1: arrive after the FMAs; bit 2: the
+    // st.async all-gather instead of stores and the cluster barrier).
     let per_step = |work: i32, mode: i32| -> Result<f64> {
         let time = |iters: i32| {
             time_on_stream(stream, 3, 21, || {
@@ -77,5 +84,7 @@ pub fn newton_cluster_step(
         fmas_alone: per_step(PROBE_FMAS, 1)?,
         arrive_early: per_step(PROBE_FMAS, 0)?,
         arrive_late: per_step(PROBE_FMAS, 2)?,
+        gather_alone: per_step(0, 4)?,
+        gather_overlap: per_step(PROBE_FMAS, 4)?,
     }))
 }

@@ -484,14 +484,21 @@ impl Sweep<'_> {
         self.note(format!(
             "Newton cluster step, {batch} clusters of 8 CTAs (µs per step): all-gather + barriers \
              alone {:.3}; {fmas} FMAs per thread alone {:.3}; both, FMAs between arrive and wait \
-             (as newton_pinv_cl_f32) {:.3}; FMAs before the arrive {:.3}",
-            p.sync_alone, p.fmas_alone, p.arrive_early, p.arrive_late
+             (as newton_pinv_cl_f32) {:.3}; FMAs before the arrive {:.3}; st.async all-gather \
+             alone {:.3}; with the FMAs between sends and wait (as newton_pinv_cl_async_f32) {:.3}",
+            p.sync_alone,
+            p.fmas_alone,
+            p.arrive_early,
+            p.arrive_late,
+            p.gather_alone,
+            p.gather_overlap
         ));
         if let Some(path) = &self.a.out {
             let mut line = serde_json::json!({
                 "op": "newton_cluster_probe", "clusters": batch, "fmas_per_thread": fmas,
                 "sync_alone_us": p.sync_alone, "fmas_alone_us": p.fmas_alone,
                 "arrive_early_us": p.arrive_early, "arrive_late_us": p.arrive_late,
+                "gather_alone_us": p.gather_alone, "gather_overlap_us": p.gather_overlap,
             });
             Record::add_device_fields(&mut line, &Record::device(&self.rt, "newton"));
             super::append_line(path, &line.to_string())?;
