@@ -607,12 +607,9 @@ extern "C" __global__ void __launch_bounds__(NEWTON_CL_THREADS, 1) __cluster_dim
     if (iters >= 3) mbar_arrive_expect_tx(bar0, fill);
   }
   u32 parity = 0;
-  // f(byte offset, value) for each of the thread's two rows in step it's new buffer.
-  auto each_row = [&](int it, auto&& f) {
-    const float* nxt = &buf[(it + 1) % 2][0][0];
-#pragma unroll
-    for (int r = 0; r < 2; ++r)
-      f((u32)((nxt + (row0 + r) * NEWTON_CL_MAX_M + j0) - &buf[0][0][0]) * 4, __float_as_uint((float)(it + r)));
+  // Byte offset of the thread's row row0 + r in step it's new buffer.
+  auto row_off = [&](int it, int r) {
+    return (u32)((&buf[(it + 1) % 2][0][0] + (row0 + r) * NEWTON_CL_MAX_M + j0) - &buf[0][0][0]) * 4;
   };
   cluster_sync();  // every CTA has started before any remote store
   for (int it = 0; it < iters; ++it) {
@@ -625,20 +622,20 @@ extern "C" __global__ void __launch_bounds__(NEWTON_CL_THREADS, 1) __cluster_dim
         if (threadIdx.x == 0 && it + 2 < iters) mbar_arrive_expect_tx(bar0 + 8 * b, fill);
       }
       __syncthreads();  // as the kernel's barrier between its own stores and the sends
+      const u32 bar = bar0 - base + 8 * ((it + 1) % 2);
       if (it + 1 < iters)
-        each_row(it, [&](u32 off, u32 v) {
-          const u32 bar = bar0 - base + 8 * ((it + 1) % 2);
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
 #pragma unroll
           for (int c = 0; c < NEWTON_CL; ++c)
-            if (c != rank) st_async_v2(peer[c] + off, v, v, peer[c] + bar);
-        });
+            if (c != rank) st_async_v2(peer[c] + row_off(it, r), it + r, it + r, peer[c] + bar);
     }
     if (sync) {
       if (it > 0) cluster_wait();
-      each_row(it, [&](u32 off, u32 v) {
 #pragma unroll
-        for (int c = 0; c < NEWTON_CL; ++c) st_cluster_v2_at(peer[c] + off, v, v);
-      });
+      for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int c = 0; c < NEWTON_CL; ++c) st_cluster_v2_at(peer[c] + row_off(it, r), it + r, it + r);
       if (!late) cluster_arrive();
     }
     fmas();
