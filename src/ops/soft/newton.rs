@@ -57,13 +57,7 @@ impl NewtonPath {
 
     /// All T steps in one launch, the matrices in shared memory (a cluster or one CTA each).
     fn is_one_launch(self) -> bool {
-        matches!(
-            self,
-            NewtonPath::OneLaunch
-                | NewtonPath::OneLaunchCta
-                | NewtonPath::ClusterLateArrive
-                | NewtonPath::ClusterAsync
-        )
+        !matches!(self, NewtonPath::Auto | NewtonPath::MultiLaunch)
     }
 }
 
