@@ -48,6 +48,12 @@ run --op aft_conv --shape 1,2,300,64 --window 17 --dtype f16
 run --op aft_conv --shape 1,2,300,48 --window 64 --dtype bf16 --causal
 run --op aft_full --shape 1,2,200,64 --dtype bf16
 run --op sima --shape 1,3,129,80 --dtype bf16
+# The simulator takes each kernel's registers, static shared memory and launch bound from the
+# fatbin, as a driver does, and refuses or sizes launches by them (sim/image.cpp): every kernel's
+# must equal the build's ptxas report, and its occupancy the H100's rules.
+SOFA_REQUIRE_GPU=1 cargo test -q --test gpu_kernels >/dev/null 2>&1 ||
+  { echo "sim-smoke: FAILED: cargo test --test gpu_kernels on the simulator"; exit 1; }
+printf '%-70s %s\n' "cargo test --test gpu_kernels" "driver attributes = ptxas report"
 # The instrument end to end: every op, its cuBLAS-composed baseline (the simulator's cuBLAS) and
 # softmax, each captured as a CUDA graph and replayed. Times mean nothing here; the records must.
 records=$("$sofa" bench --op all --seq 300 --heads 2 --iters 1 --warmup 0 --no-peaks --baseline --graph \

@@ -17,7 +17,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 if [[ ${#files[@]} -eq 0 ]]; then
-  files=(gpu_aft gpu_cosformer gpu_soft gpu_sima gpu_non_finite gpu_determinism gpu_embedding gpu_oom
+  files=(gpu_kernels gpu_aft gpu_cosformer gpu_soft gpu_sima gpu_non_finite gpu_determinism gpu_embedding gpu_oom
     gpu_baseline gpu_bench gpu_large)
 fi
 target="${CARGO_TARGET_DIR:-target}"

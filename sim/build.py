@@ -8,7 +8,7 @@ Each kernel file is preprocessed as C++ with sim/cuda_sim.h force-included, then
   * every __shared__ declaration becomes a slot of the running block's arena, every extern
     (dynamic) one the arena's dynamic region;
   * every extern "C" __global__ entry gets a registrar (name, argument unpacking, cluster shape).
-Then the files, sim/exec.cpp and sim/driver.cpp are compiled into one shared library.
+Then the files, sim/exec.cpp, sim/driver.cpp and sim/image.cpp are compiled into one shared library.
 
 usage: sim/build.py [--out DIR] [--asan] [--jobs N]
 """
@@ -296,7 +296,7 @@ def main():
     kernels = sorted(os.path.join(kdir, f) for f in os.listdir(kdir) if f.endswith(".cu"))
     with concurrent.futures.ThreadPoolExecutor(a.jobs) as ex:
         jobs = [ex.submit(build_kernel, cu, out, a.cxx, kflags, kdir) for cu in kernels]
-        jobs += [ex.submit(build_runtime, src, out, a.cxx, flags) for src in ("exec.cpp", "driver.cpp")]
+        jobs += [ex.submit(build_runtime, src, out, a.cxx, flags) for src in ("exec.cpp", "driver.cpp", "image.cpp")]
         results = [j.result() for j in jobs]
     with concurrent.futures.ThreadPoolExecutor(a.jobs) as ex:
         extra = {src: ex.submit(build_runtime, src, out, a.cxx, flags) for src in ("cublas.cpp", "cudart.cpp")}

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "exec.h"
+#include "image.h"
 
 typedef int CUresult;
 typedef int CUdevice;
@@ -37,6 +38,7 @@ enum : int {
   INVALID_CONTEXT = 201,
   INVALID_HANDLE = 400,
   NOT_FOUND = 500,
+  LAUNCH_OUT_OF_RESOURCES = 701,
   LAUNCH_FAILED = 719,
   NOT_SUPPORTED = 801,
   CAPTURE_UNSUPPORTED = 900,
@@ -48,8 +50,44 @@ namespace {
 std::mutex mu;  // one launch or allocation change at a time
 std::unordered_map<uintptr_t, size_t> allocs;
 size_t allocated = 0;
-std::unordered_map<CUfunction, int> max_dyn_smem;  // opt-in per function (default 48 KiB)
+std::unordered_map<CUfunction, int> max_dyn_smem;  // opt-in per function (default 48 KiB − static)
 int module_token;
+// Per kernel name, what the last module image loaded said (image.h); a kernel without an entry
+// (its module was PTX text) gets no per-kernel limits.
+std::unordered_map<std::string, sim::KernelImage> images;
+
+// The H100's register file and shared memory, as the occupancy rules use them.
+constexpr int kRegsPerSm = 65536, kSubPartitions = 4, kRegUnit = 256, kMaxWarpsPerSm = 64, kMaxBlocksPerSm = 32;
+constexpr size_t kSmemPerSm = 228 * 1024, kReservedSmem = 1024, kSmemUnit = 128, kDefaultSmem = 48 * 1024;
+
+int round_up(int x, int unit) { return (x + unit - 1) / unit * unit; }
+int warps_of(unsigned threads) { return int((threads + 31) / 32); }
+// Registers a warp of `f` is allocated.
+int warp_regs(const sim::KernelImage& k) { return round_up(k.regs * 32, kRegUnit); }
+// Whether a block of `threads` threads fits the register file (warps are placed on the four
+// sub-partitions in turn, so the hardware assumes a multiple of four).
+bool regs_fit(const sim::KernelImage& k, unsigned threads) {
+  return k.regs <= 255 && warp_regs(k) * round_up(warps_of(threads), kSubPartitions) <= kRegsPerSm;
+}
+const sim::KernelImage* image_of(CUfunction f) {  // caller holds mu
+  auto it = images.find(f->name);
+  return it == images.end() ? nullptr : &it->second;
+}
+// The most threads a block of `f` may have: its launch bound, and what its registers allow.
+int max_threads_of(const sim::KernelImage* k) {
+  if (!k) return 1024;
+  int t = k->max_threads > 0 ? std::min(k->max_threads, 1024) : 1024;
+  while (t > 0 && !regs_fit(*k, unsigned(t))) t -= 32;
+  return t;
+}
+size_t static_smem_of(const sim::KernelImage* k) { return k ? k->static_smem : 0; }
+// The dynamic shared memory `f` may launch with: its opt-in, else 48 KiB less its static memory.
+size_t max_dyn_smem_of(CUfunction f, const sim::KernelImage* k) {  // caller holds mu
+  auto it = max_dyn_smem.find(f);
+  if (it != max_dyn_smem.end()) return size_t(it->second);
+  const size_t st = static_smem_of(k);
+  return st < kDefaultSmem ? kDefaultSmem - st : 0;
+}
 
 // Contexts are tokens: the primary one, and non-primary ones made by cuCtxCreate. A stream
 // remembers the context current when it was made (cuStreamGetCtx).
@@ -362,7 +400,16 @@ CUresult cuMemsetD32_v2(CUdeviceptr d, unsigned v, size_t n) {
 CUresult cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, CUstream st) { return submit(st, [=] { return cuMemsetD32_v2(d, v, n); }); }
 
 // Every kernel of every family is linked in; a module is only a token.
-CUresult cuModuleLoadData(CUmodule* m, const void*) { NEED_CTX; return m ? (*m = &module_token, OK) : INVALID_VALUE; }
+CUresult cuModuleLoadData(CUmodule* m, const void* image) {
+  NEED_CTX;
+  if (!m) return INVALID_VALUE;
+  {
+    std::lock_guard<std::mutex> g(mu);
+    sim::read_image(image, images);
+  }
+  *m = &module_token;
+  return OK;
+}
 CUresult cuModuleUnload(CUmodule) { return OK; }
 CUresult cuModuleGetFunction(CUfunction* f, CUmodule, const char* name) {
   if (!f || !name) return INVALID_VALUE;
@@ -373,17 +420,15 @@ CUresult cuModuleGetFunction(CUfunction* f, CUmodule, const char* name) {
 }
 CUresult cuFuncGetAttribute(int* v, int attr, CUfunction f) {
   if (!v || !f) return INVALID_VALUE;
+  std::lock_guard<std::mutex> g(mu);
+  const sim::KernelImage* k = image_of(f);
   switch (attr) {
-    case 0: *v = 1024; break;  // max threads per block
-    case 4: *v = 64; break;    // registers (nominal)
-    case 8: {                  // max dynamic shared memory
-      std::lock_guard<std::mutex> g(mu);
-      auto it = max_dyn_smem.find(f);
-      *v = it == max_dyn_smem.end() ? 48 * 1024 : it->second;
-      break;
-    }
-    case 5: *v = 90; break;    // PTX version
-    case 6: *v = 90; break;    // binary version
+    case 0: *v = max_threads_of(k); break;                  // max threads per block
+    case 1: *v = int(static_smem_of(k)); break;             // static shared memory
+    case 4: *v = k ? k->regs : 64; break;                   // registers (64: unknown, PTX module)
+    case 8: *v = int(max_dyn_smem_of(f, k)); break;         // max dynamic shared memory
+    case 5: *v = 90; break;                                 // PTX version
+    case 6: *v = 90; break;                                 // binary version
     default: *v = 0; break;
   }
   return OK;
@@ -391,18 +436,27 @@ CUresult cuFuncGetAttribute(int* v, int attr, CUfunction f) {
 CUresult cuFuncSetAttribute(CUfunction f, int attr, int v) {
   if (!f) return INVALID_HANDLE;
   if (attr == 8) {
-    if (v < 0 || (size_t)v > sim::kMaxSmem) return INVALID_VALUE;
     std::lock_guard<std::mutex> g(mu);
+    if (v < 0 || (size_t)v + static_smem_of(image_of(f)) > sim::kMaxSmem) return INVALID_VALUE;
     max_dyn_smem[f] = v;
   }
   return OK;
 }
 CUresult cuFuncSetCacheConfig(CUfunction, int) { return OK; }
 
+// The H100's rules: warp slots, the register file per sub-partition (when the image gave the
+// registers), and shared memory with the per-block reservation in 128-byte units.
 CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int* n, CUfunction f, int threads, size_t smem) {
   if (!n || !f || threads <= 0) return INVALID_VALUE;
-  int by_threads = 2048 / threads, by_smem = (int)((228 * 1024) / (smem + 1024));
-  *n = std::max(0, std::min(std::min(by_threads, by_smem), 32));
+  std::lock_guard<std::mutex> g(mu);
+  const sim::KernelImage* k = image_of(f);
+  const int warps = warps_of(unsigned(threads));
+  if (threads > max_threads_of(k) || smem > max_dyn_smem_of(f, k)) return (*n = 0, OK);
+  int blocks = std::min(kMaxBlocksPerSm, kMaxWarpsPerSm / warps);
+  if (k) blocks = std::min(blocks, (kRegsPerSm / kSubPartitions / warp_regs(*k)) * kSubPartitions / warps);
+  const size_t per_block = (static_smem_of(k) + smem + kReservedSmem + kSmemUnit - 1) / kSmemUnit * kSmemUnit;
+  blocks = std::min(blocks, int(kSmemPerSm / per_block));
+  *n = std::max(0, blocks);
   return OK;
 }
 CUresult cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int* n, CUfunction f, int t, size_t s, unsigned) {
@@ -418,16 +472,21 @@ CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, uns
   if (!gx || !gy || !gz || !bx || !by || !bz || threads > 1024 || bz > 64 || gy > 65535 || gz > 65535 ||
       gx > 0x7fffffffu)
     return INVALID_VALUE;
-  int limit = 48 * 1024;
   {
     std::lock_guard<std::mutex> g(mu);
-    auto it = max_dyn_smem.find(f);
-    if (it != max_dyn_smem.end()) limit = std::max(limit, it->second);
-  }
-  if (smem > (unsigned)limit) {
-    std::fprintf(stderr, "sofa-sim: %s: %u bytes of dynamic shared memory without the opt-in (%d)\n", f->name,
-                 smem, limit);
-    return INVALID_VALUE;
+    const sim::KernelImage* k = image_of(f);
+    const size_t limit = max_dyn_smem_of(f, k);
+    if (smem > limit) {
+      std::fprintf(stderr, "sofa-sim: %s: %u bytes of dynamic shared memory above its limit (%zu; static %zu)\n",
+                   f->name, smem, limit, static_smem_of(k));
+      return INVALID_VALUE;
+    }
+    // What the hardware refuses as "too many resources requested for launch".
+    if (threads > (unsigned long long)max_threads_of(k)) {
+      std::fprintf(stderr, "sofa-sim: %s: %llu threads per block, above its limit of %d (%d registers, bound %d)\n",
+                   f->name, threads, max_threads_of(k), k ? k->regs : 0, k ? k->max_threads : 0);
+      return LAUNCH_OUT_OF_RESOURCES;
+    }
   }
   const unsigned csize = std::max(1u, f->cluster[0]) * std::max(1u, f->cluster[1]) * std::max(1u, f->cluster[2]);
   if (csize > 8) return INVALID_VALUE;

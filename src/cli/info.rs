@@ -54,12 +54,10 @@ pub fn info(args: &InfoArgs) -> Result<i32> {
     for (family, path) in rt.load_all()? {
         println!("kernels       {family}: loaded from {path}");
     }
-    let (major, minor) = i.compute_capability;
-    let arch = match (major, minor) {
-        (9, 0) => "sm_90a",
-        _ => "sm_80",
-    };
-    print_resources(Some(arch));
+    match i.sass_arch() {
+        Some(arch) => print_resources(Some(arch)),
+        None => println!("\n(no SASS for this device is embedded: the driver compiles the PTX)"),
+    }
     Ok(0)
 }
 

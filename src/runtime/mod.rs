@@ -75,6 +75,17 @@ impl DeviceInfo {
         self.name.contains("sofa-sim")
     }
 
+    /// The architecture of the embedded SASS this device runs: `sm_90a` on compute capability 9.0,
+    /// `sm_80` on 8.x; `None` elsewhere, where the driver compiles the embedded PTX itself (so the
+    /// build's ptxas report does not describe the code that runs).
+    pub fn sass_arch(&self) -> Option<&'static str> {
+        match self.compute_capability {
+            (9, 0) => Some("sm_90a"),
+            (8, _) => Some("sm_80"),
+            _ => None,
+        }
+    }
+
     /// Datasheet-style DRAM bandwidth from clock and bus width (bytes/s); a lead, not a measure.
     pub fn theoretical_bandwidth(&self) -> f64 {
         2.0 * self.mem_clock_khz as f64 * 1e3 * self.mem_bus_bits as f64 / 8.0

@@ -1,0 +1,110 @@
+//! The kernels the driver runs are the ones the build analyzed: for every kernel of the device's
+//! SASS architecture, the driver's register count and static shared memory equal the embedded
+//! `-Xptxas -v` report (so the SASS read offline is what runs, not a JIT of the PTX), and its
+//! occupancy is what the H100's register-file and shared-memory rules give for them. On sofa-sim
+//! the same assertions check that the simulator reads the fatbin as a driver does and applies the
+//! same limits (sim/image.cpp, sim/driver.cpp).
+mod common;
+
+use cudarc::driver::sys::CUfunction_attribute as Attr;
+use sofa::runtime::embedded::{self, KernelResources};
+use sofa::{LoadPath, LoadPolicy};
+
+/// Blocks of `threads` threads per SM on an sm_80 / sm_90 part (65536 registers in four
+/// sub-partitions, allocated per warp in units of 256; 64 warps and 32 blocks per SM; shared
+/// memory per block rounded up to 128 bytes after the 1 KiB the system reserves), with the
+/// largest shared-memory carveout, which sofa asks for when it loads a kernel.
+fn expected_blocks_per_sm(r: &KernelResources, threads: u32, smem_per_sm: usize) -> u32 {
+    let warps = threads.div_ceil(32);
+    let warp_regs = (r.registers * 32).div_ceil(256) * 256;
+    let by_regs = (65536 / 4 / warp_regs) * 4 / warps;
+    let per_block = (r.smem_bytes as usize + 1024).div_ceil(128) * 128;
+    let by_smem = (smem_per_sm / per_block) as u32;
+    (64 / warps).min(32).min(by_regs).min(by_smem)
+}
+
+#[test]
+fn the_driver_runs_the_analyzed_sass() {
+    let Some(rt) = common::gpu_with(
+        "kernels: driver vs ptxas",
+        LoadPolicy::Only(LoadPath::Fatbin),
+    ) else {
+        return;
+    };
+    let Some(arch) = rt.info().sass_arch() else {
+        eprintln!(
+            "SKIP kernels: driver vs ptxas: no SASS embedded for compute capability {:?}",
+            rt.info().compute_capability
+        );
+        return;
+    };
+    // Shared memory per SM as the occupancy rules see it: 228 KiB on sm_90, 164 KiB on sm_80.
+    // The rules below are those of compute capability 8.0 and 9.0 (8.6 and 8.9 have fewer warp
+    // and block slots per SM): elsewhere only the registers and shared memory are compared.
+    let smem_per_sm = rt.info().smem_per_block_optin + 1024;
+    let rules_apply = matches!(rt.info().compute_capability, (8, 0) | (9, 0));
+    let mut checked = 0;
+    let mut mismatches = Vec::new();
+    for family in embedded::FAMILIES {
+        for r in family.resources.iter().filter(|r| r.arch == arch) {
+            let f = rt.function(family.name, r.kernel).unwrap();
+            let regs = f.get_attribute(Attr::CU_FUNC_ATTRIBUTE_NUM_REGS).unwrap();
+            let smem = f
+                .get_attribute(Attr::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+                .unwrap();
+            if (regs, smem) != (r.registers as i32, r.smem_bytes as i32) {
+                mismatches.push(format!(
+                    "{}: driver {regs} registers, {smem} B static smem; ptxas {} and {}",
+                    r.kernel, r.registers, r.smem_bytes
+                ));
+                continue;
+            }
+            if !rules_apply {
+                checked += 1;
+                continue;
+            }
+            let max_threads = f
+                .get_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)
+                .unwrap() as u32;
+            let threads = 128.min(max_threads);
+            // Kernels compiled with a cluster shape may be refused here (their occupancy is a
+            // question of clusters per GPC); they are listed, not failed.
+            match f.occupancy_max_active_blocks_per_multiprocessor(threads, 0, None) {
+                Ok(blocks) => {
+                    let want = expected_blocks_per_sm(r, threads, smem_per_sm);
+                    if blocks != want {
+                        mismatches.push(format!(
+                            "{}: {blocks} blocks of {threads} threads per SM, the rules give {want}",
+                            r.kernel
+                        ));
+                    }
+                    checked += 1;
+                }
+                Err(e) => eprintln!("kernels: {}: no occupancy from the driver ({e})", r.kernel),
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    assert!(checked > 100, "only {checked} kernels of {arch} compared");
+}
+
+/// Launch bounds and registers cap a kernel's block: 256 threads for the Newton CTA kernel
+/// (`__launch_bounds__(256, 1)`), 1024 for a small kernel without a bound.
+#[test]
+fn thread_limits_follow_launch_bounds_and_registers() {
+    let Some(rt) = common::gpu_with("kernels: thread limits", LoadPolicy::Only(LoadPath::Fatbin))
+    else {
+        return;
+    };
+    if rt.info().sass_arch().is_none() {
+        return;
+    }
+    let max_threads = |family, kernel| {
+        rt.function(family, kernel)
+            .unwrap()
+            .get_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)
+            .unwrap()
+    };
+    assert_eq!(max_threads("newton", "newton_pinv_t64_f32"), 256);
+    assert_eq!(max_threads("fill", "fill_uniform_f32"), 1024);
+}
