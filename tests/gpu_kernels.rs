@@ -1,7 +1,8 @@
 //! The kernels the driver runs are the ones the build analyzed: for every kernel of the device's
 //! SASS architecture, the driver's register count and static shared memory equal the embedded
-//! `-Xptxas -v` report (so the SASS read offline is what runs, not a JIT of the PTX), and its
-//! occupancy is what the H100's register-file and shared-memory rules give for them. On sofa-sim
+//! `-Xptxas -v` report (so the SASS read offline is what runs, not a JIT of the PTX), its
+//! occupancy is what the H100's register-file and shared-memory rules give for them, and it may
+//! use all the dynamic shared memory the device allows from the moment it is loaded. On sofa-sim
 //! the same assertions check that the simulator reads the fatbin as a driver does and applies the
 //! same limits (sim/image.cpp, sim/driver.cpp).
 mod common;
@@ -58,6 +59,18 @@ fn the_driver_runs_the_analyzed_sass() {
                     r.kernel, r.registers, r.smem_bytes
                 ));
                 continue;
+            }
+            // Set once at load to all the room the device allows, never per launch (a per-launch
+            // setting races between threads launching one kernel with different sizes).
+            let room = f
+                .get_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)
+                .unwrap();
+            let want_room = rt.info().smem_per_block_optin as i32 - smem;
+            if room != want_room {
+                mismatches.push(format!(
+                    "{}: may use {room} B of dynamic smem, the device allows {want_room}",
+                    r.kernel
+                ));
             }
             if !rules_apply {
                 checked += 1;

@@ -558,14 +558,14 @@ pub unsafe fn forward_raw(
                 return Ok(());
             }
             let product = rt.function(FAMILY, &format!("aft_full_tc_{dt}"))?;
-            rt.allow_dynamic_smem(&product, FG_SMEM)?;
+            rt.check_dynamic_smem(&product, FG_SMEM)?;
             launch_smem(stream, &product, grid, FG_THREADS, FG_SMEM, &p)?;
             return Ok(());
         }
         if let Some(w) = window {
             let f = rt.function(FAMILY, &w.name)?;
             if w.smem > 0 {
-                rt.allow_dynamic_smem(&f, w.smem)?;
+                rt.check_dynamic_smem(&f, w.smem)?;
             }
             launch_smem(stream, &f, w.grid, w.threads, w.smem, &p)?;
         }
@@ -661,7 +661,7 @@ unsafe fn queue_full_cluster(
     let Ok(f) = rt.function(FAMILY, &format!("aft_full_tc_cl_{}", dtype.name())) else {
         return Ok(false);
     };
-    rt.allow_dynamic_smem(&f, FG_CL_SMEM)?;
+    rt.check_dynamic_smem(&f, FG_CL_SMEM)?;
     // SAFETY: forwarded contract; the grid's x is a whole number of clusters.
     unsafe { try_launch_smem(stream, &f, grid, FG_THREADS, FG_CL_SMEM, p) }
 }

@@ -99,7 +99,7 @@ pub(crate) unsafe fn launch<P: cudarc::driver::DeviceRepr>(
     unsafe { launch_smem(stream, f, grid, block, 0, params) }
 }
 
-/// [`launch`] with `smem` bytes of dynamic shared memory (see `Runtime::allow_dynamic_smem`).
+/// [`launch`] with `smem` bytes of dynamic shared memory (see `Runtime::check_dynamic_smem`).
 ///
 /// # Safety
 /// As for [`launch`].

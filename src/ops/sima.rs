@@ -266,8 +266,8 @@ pub unsafe fn forward_raw(
                 let map = rt.function(FAMILY, &format!("sima_map_tc{d}_{dt}"))?;
                 // Persistent map CTAs: one wave, shared among the (b,h) slices.
                 let (rsmem, msmem) = (tc_reduce_smem(d), tc_map_smem(d));
-                rt.allow_dynamic_smem(&reduce, rsmem)?;
-                rt.allow_dynamic_smem(&map, msmem)?;
+                rt.check_dynamic_smem(&reduce, rsmem)?;
+                rt.check_dynamic_smem(&map, msmem)?;
                 // The reduce in one wave: fewer partials to write and sum (one_wave_rows).
                 let rthreads = (d / 16 * 32) as u32;
                 let rslots = rt.resident_ctas(&reduce, rthreads, rsmem)?;

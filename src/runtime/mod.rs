@@ -223,6 +223,19 @@ impl Runtime {
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
                 100,
             )?;
+            // Dynamic shared memory up to the device's opt-in limit, set once here. Setting it
+            // per launch to the launch's size would race: another thread could lower it for the
+            // same kernel between this thread's setting and its launch.
+            let static_smem =
+                f.get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)?;
+            let room = self
+                .info
+                .smem_per_block_optin
+                .saturating_sub(static_smem.max(0) as usize);
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                room.min(i32::MAX as usize) as i32,
+            )?;
             m.functions.insert(name.to_string(), f.clone());
             Ok(f)
         })?
@@ -236,23 +249,22 @@ impl Runtime {
         Ok(per_sm.max(1) as usize * self.info.multiprocessors as usize)
     }
 
-    /// Lets `f` launch with `bytes` of dynamic shared memory (above 48 KiB needs an opt-in).
-    pub fn allow_dynamic_smem(&self, f: &CudaFunction, bytes: u32) -> Result<()> {
-        if bytes as usize > self.info.smem_per_block_optin {
+    /// Whether `f` may launch with `bytes` of dynamic shared memory: at most the device's opt-in
+    /// limit less its static shared memory (the limit [`Runtime::function`] set when it loaded
+    /// `f`); a typed error naming the sizes otherwise.
+    pub fn check_dynamic_smem(&self, f: &CudaFunction, bytes: u32) -> Result<()> {
+        let room =
+            f.get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)?;
+        if i64::from(bytes) > i64::from(room) {
             return Err(Error::param(
                 "shared memory",
                 bytes,
                 format!(
-                    "device allows {} bytes per block",
+                    "the kernel may use {room} bytes of dynamic shared memory (device opt-in {} \
+                     bytes per block, less its static shared memory)",
                     self.info.smem_per_block_optin
                 ),
             ));
-        }
-        if bytes > 48 * 1024 {
-            f.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                bytes as i32,
-            )?;
         }
         Ok(())
     }

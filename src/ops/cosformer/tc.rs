@@ -154,7 +154,7 @@ unsafe fn queue_chained(
     )?;
     // The reduce's staging and the causal pass's buffers share the dynamic shared memory.
     let smem = short_causal_smem(d);
-    rt.allow_dynamic_smem(&f, smem)?;
+    rt.check_dynamic_smem(&f, smem)?;
     // The flags (one per chunk state and share) and the ticket counter follow the partials.
     let flags = p.partial + (states * state_len(d, d) * 4) as u64;
     // SAFETY: the workspace holds the plan's slots' states and slots·shares flags + 1 after them;
@@ -201,7 +201,7 @@ unsafe fn queue_one_launch(
     let Ok(f) = rt.function(FAMILY, &name) else {
         return Ok(false);
     };
-    rt.allow_dynamic_smem(&f, smem)?;
+    rt.check_dynamic_smem(&f, smem)?;
     p.chunks = SHORT_CL as i32;
     p.rows_per_chunk = rows as i32;
     let grid = (
@@ -240,7 +240,7 @@ pub(super) unsafe fn queue_tc(
     let elem_blocks = grid_dim(per.div_ceil(THREADS as usize));
     let reduce = rt.function(FAMILY, &format!("cosformer_reduce_tc{d}_{dt}"))?;
     let rsmem = reduce_smem(d);
-    rt.allow_dynamic_smem(&reduce, rsmem)?;
+    rt.check_dynamic_smem(&reduce, rsmem)?;
     if plan.causal {
         let rows = tc_causal_rows(plan);
         p.rows_per_chunk = rows as i32;
@@ -252,7 +252,7 @@ pub(super) unsafe fn queue_tc(
         let scan = rt.function(FAMILY, "cosformer_scan_f32")?;
         let causal = rt.function(FAMILY, &format!("cosformer_causal_tc{d}_{dt}"))?;
         let csmem = causal_smem(d);
-        rt.allow_dynamic_smem(&causal, csmem)?;
+        rt.check_dynamic_smem(&causal, csmem)?;
         let chunks = p.chunks as u32;
         // The causal pass: one CTA per chunk and share of the value columns (cos_causal_block).
         let shares = causal_shares(d) as u32;
@@ -269,7 +269,7 @@ pub(super) unsafe fn queue_tc(
         let finalize = rt.function(FAMILY, "cosformer_finalize_f32")?;
         let map = rt.function(FAMILY, &format!("cosformer_map_tc{d}_{dt}"))?;
         let msmem = map_smem(d);
-        rt.allow_dynamic_smem(&map, msmem)?;
+        rt.check_dynamic_smem(&map, msmem)?;
         let rows = tc_reduce_rows(plan, rt.resident_ctas(&reduce, reduce_threads(d), rsmem)?);
         p.rows_per_chunk = rows as i32;
         p.chunks = plan.s.div_ceil(rows) as i32;

@@ -313,8 +313,8 @@ pub unsafe fn attention_raw(
         let (s1, s2) = (tc::pass1_smem(d) as u32, tc::pass2_smem(d, m) as u32);
         let f1 = rt.function(FAMILY, &format!("soft_pass1_tc{d}_{dt}"))?;
         let f2 = rt.function(FAMILY, &format!("soft_pass2_tc{d}_{dt}"))?;
-        rt.allow_dynamic_smem(&f1, s1)?;
-        rt.allow_dynamic_smem(&f2, s2)?;
+        rt.check_dynamic_smem(&f1, s1)?;
+        rt.check_dynamic_smem(&f2, s2)?;
         // Pass 1 in one wave: the CTAs resident on an idle device, less Newton's (below).
         let slots1 = rt.resident_ctas(&f1, TC_THREADS, s1)?;
         // Pass 2 is persistent: one wave of CTAs shared among the (b,h) slices, each splitting

@@ -287,7 +287,7 @@ impl NewtonPlan {
                 Ok(f) => {
                     let ctas = self.batch.min(self.in_flight) * NEWTON_CL;
                     let grid = (ctas as u32, 1, 1);
-                    let smem = match rt.allow_dynamic_smem(&f, NEWTON_CL_SMEM) {
+                    let smem = match rt.check_dynamic_smem(&f, NEWTON_CL_SMEM) {
                         Err(e) if strict => return Err(e),
                         r => r.is_ok(),
                     };
@@ -319,7 +319,7 @@ impl NewtonPlan {
                 .unwrap_or(NEWTON_SMEM_MAX_M);
             let f = rt.function(NEWTON_FAMILY, &format!("newton_pinv_t{tile}_f32"))?;
             let smem = newton_smem_bytes(m) as u32;
-            rt.allow_dynamic_smem(&f, smem)?;
+            rt.check_dynamic_smem(&f, smem)?;
             // SAFETY: the caller's contract; m ≤ tile and the shared memory was sized for m.
             let grid = grid_dim(self.batch.min(self.in_flight));
             return unsafe { launch_smem(stream, &f, (grid, 1, 1), THREADS, smem, &p) }
