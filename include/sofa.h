@@ -37,7 +37,8 @@
  *   are SOFA_STATUS_INVALID_SHAPE (or INVALID_ARGUMENT for a parameter). Offsets are 64-bit.
  * Threads. A sofa_runtime is thread-safe: calls from several threads on different streams may
  *   run concurrently. A decode state may be used by one stream at a time (calls are serialized
- *   internally, but device ordering between streams is the caller's).
+ *   internally, but device ordering between streams is the caller's). Kernel attributes are set
+ *   once, when a kernel is first loaded, never per call.
  * CUDA graphs. Ops do no allocation or synchronization once given their workspace, so they can be
  *   captured (cudaStreamBeginCapture) and replayed. Call sofa_runtime_load_kernels (or run each op
  *   once) before capturing: loading a kernel module is not a stream operation.
