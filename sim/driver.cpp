@@ -427,6 +427,7 @@ CUresult cuFuncGetAttribute(int* v, int attr, CUfunction f) {
     case 1: *v = int(static_smem_of(k)); break;             // static shared memory
     case 4: *v = k ? k->regs : 64; break;                   // registers (64: unknown, PTX module)
     case 8: *v = int(max_dyn_smem_of(f, k)); break;         // max dynamic shared memory
+    case 11: case 12: case 13: *v = int(f->cluster[attr - 11]); break;  // __cluster_dims__ (0: none)
     case 5: *v = 90; break;                                 // PTX version
     case 6: *v = 90; break;                                 // binary version
     default: *v = 0; break;
