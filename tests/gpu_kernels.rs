@@ -127,3 +127,62 @@ fn thread_limits_follow_launch_bounds_and_registers() {
     assert_eq!(max_threads("newton", "newton_pinv_t64_f32"), 256);
     assert_eq!(max_threads("fill", "fill_uniform_f32"), 1024);
 }
+
+/// sofa-sim refuses the launches the hardware refuses (checked on the simulator only: on a GPU a
+/// launch the driver accepted would run the kernel on zeroed parameters). A block above the
+/// kernel's launch bound is out of resources; dynamic shared memory above the kernel's limit, or
+/// a limit above the device's opt-in less the static part, is an invalid value.
+#[test]
+fn the_simulator_refuses_what_the_hardware_refuses() {
+    use cudarc::driver::sys::{self, CUresult};
+    let Some(rt) = common::gpu_with(
+        "kernels: refused launches",
+        LoadPolicy::Only(LoadPath::Fatbin),
+    ) else {
+        return;
+    };
+    if !rt.info().is_simulator() {
+        eprintln!("SKIP kernels: refused launches: simulator only");
+        return;
+    }
+    let f = rt.function("newton", "newton_pinv_t64_f32").unwrap();
+    let stream = rt.default_stream();
+    let launch = |block: u32, smem: u32| {
+        let mut params = [0u8; 512];
+        let mut args = [params.as_mut_ptr() as *mut std::ffi::c_void];
+        // SAFETY: every launch here is one the driver refuses before running anything.
+        unsafe {
+            sys::cuLaunchKernel(
+                f.cu_function(),
+                1,
+                1,
+                1,
+                block,
+                1,
+                1,
+                smem,
+                stream.cu_stream(),
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+    };
+    assert_eq!(launch(512, 0), CUresult::CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES);
+    let fixed = f
+        .get_attribute(Attr::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+        .unwrap() as u32;
+    let room = rt.info().smem_per_block_optin as u32 - fixed;
+    assert_eq!(launch(256, room + 1), CUresult::CUDA_ERROR_INVALID_VALUE);
+    let set =
+        |bytes: i32| f.set_attribute(Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes);
+    assert!(
+        set(room as i32 + 1).is_err(),
+        "an opt-in beyond the device's room"
+    );
+    set((48 * 1024 - fixed) as i32).unwrap();
+    assert_eq!(
+        launch(256, 48 * 1024 - fixed + 1),
+        CUresult::CUDA_ERROR_INVALID_VALUE
+    );
+    set(room as i32).unwrap(); // as `Runtime::function` left it
+}
