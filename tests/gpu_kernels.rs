@@ -128,6 +128,24 @@ fn thread_limits_follow_launch_bounds_and_registers() {
     assert_eq!(max_threads("fill", "fill_uniform_f32"), 1024);
 }
 
+/// `check_dynamic_smem` accepts up to the device's opt-in less the kernel's static shared memory
+/// and names the argument beyond it.
+#[test]
+fn dynamic_shared_memory_beyond_the_device_is_a_typed_error() {
+    let Some(rt) = common::gpu_with("kernels: smem check", LoadPolicy::Only(LoadPath::Fatbin))
+    else {
+        return;
+    };
+    let f = rt.function("newton", "newton_pinv_t128_f32").unwrap();
+    let fixed = f
+        .get_attribute(Attr::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+        .unwrap() as u32;
+    let room = rt.info().smem_per_block_optin as u32 - fixed;
+    rt.check_dynamic_smem(&f, room).unwrap();
+    let e = rt.check_dynamic_smem(&f, room + 1).unwrap_err();
+    assert!(e.to_string().contains("shared memory"), "{e}");
+}
+
 /// sofa-sim refuses the launches the hardware refuses (checked on the simulator only: on a GPU a
 /// launch the driver accepted would run the kernel on zeroed parameters). A block above the
 /// kernel's launch bound is out of resources; dynamic shared memory above the kernel's limit, or
