@@ -9,7 +9,8 @@ mod common;
 
 use cudarc::driver::sys::CUfunction_attribute as Attr;
 use sofa::runtime::embedded::{self, KernelResources};
-use sofa::{LoadPath, LoadPolicy};
+use sofa::{LoadPath, LoadPolicy, Runtime};
+use std::sync::Arc;
 
 /// Blocks of `threads` threads per SM on an sm_80 / sm_90 part (65536 registers in four
 /// sub-partitions, allocated per warp in units of 256; 64 warps and 32 blocks per SM; shared
@@ -24,12 +25,14 @@ fn expected_blocks_per_sm(r: &KernelResources, threads: u32, smem_per_sm: usize)
     (64 / warps).min(32).min(by_regs).min(by_smem)
 }
 
+/// The device with the fatbin's kernels (the code ptxas reported on), or `None` after a SKIP.
+fn device(test: &str) -> Option<Arc<Runtime>> {
+    common::gpu_with(test, LoadPolicy::Only(LoadPath::Fatbin))
+}
+
 #[test]
 fn the_driver_runs_the_analyzed_sass() {
-    let Some(rt) = common::gpu_with(
-        "kernels: driver vs ptxas",
-        LoadPolicy::Only(LoadPath::Fatbin),
-    ) else {
+    let Some(rt) = device("kernels: driver vs ptxas") else {
         return;
     };
     let Some(arch) = rt.info().sass_arch() else {
@@ -111,8 +114,7 @@ fn the_driver_runs_the_analyzed_sass() {
 /// (`__launch_bounds__(256, 1)`), 1024 for a small kernel without a bound.
 #[test]
 fn thread_limits_follow_launch_bounds_and_registers() {
-    let Some(rt) = common::gpu_with("kernels: thread limits", LoadPolicy::Only(LoadPath::Fatbin))
-    else {
+    let Some(rt) = device("kernels: thread limits") else {
         return;
     };
     if rt.info().sass_arch().is_none() {
@@ -132,8 +134,7 @@ fn thread_limits_follow_launch_bounds_and_registers() {
 /// and names the argument beyond it.
 #[test]
 fn dynamic_shared_memory_beyond_the_device_is_a_typed_error() {
-    let Some(rt) = common::gpu_with("kernels: smem check", LoadPolicy::Only(LoadPath::Fatbin))
-    else {
+    let Some(rt) = device("kernels: smem check") else {
         return;
     };
     let f = rt.function("newton", "newton_pinv_t128_f32").unwrap();
@@ -153,10 +154,7 @@ fn dynamic_shared_memory_beyond_the_device_is_a_typed_error() {
 #[test]
 fn the_simulator_refuses_what_the_hardware_refuses() {
     use cudarc::driver::sys::{self, CUresult};
-    let Some(rt) = common::gpu_with(
-        "kernels: refused launches",
-        LoadPolicy::Only(LoadPath::Fatbin),
-    ) else {
+    let Some(rt) = device("kernels: refused launches") else {
         return;
     };
     if !rt.info().is_simulator() {
