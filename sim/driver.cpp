@@ -52,8 +52,9 @@ std::unordered_map<uintptr_t, size_t> allocs;
 size_t allocated = 0;
 std::unordered_map<CUfunction, int> max_dyn_smem;  // opt-in per function (default 48 KiB − static)
 int module_token;
-// Per kernel name, what the last module image loaded said (image.h); a kernel without an entry
-// (its module was PTX text) gets no per-kernel limits.
+// Per kernel name, what the last fatbin that held it said (image.h). A kernel never loaded from a
+// fatbin (only from PTX text) has no entry and gets no per-kernel limits; one loaded from both
+// keeps its fatbin's.
 std::unordered_map<std::string, sim::KernelImage> images;
 
 // The H100's register file and shared memory, as the occupancy rules use them.
