@@ -25,8 +25,9 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] != ["bin"]:
         print(m["target"]["name"], m["executable"])
 ' | while read -r name exe; do
-    # tests/cli runs the sofa binary at its build path: a CPU test for CI, not for the bundle.
-    [[ $kind == tests && $name == cli ]] || cp "$exe" "$bundle/$kind/$name"
+    # tests/cli runs the sofa binary at its build path and capi_header reads the source tree:
+    # CPU tests for CI, not for the bundle.
+    [[ $kind == tests && ($name == cli || $name == capi_header) ]] || cp "$exe" "$bundle/$kind/$name"
   done
 done
 # The C example (prints "ok" on a GPU) and the Rust embedding example.

@@ -7,6 +7,10 @@
 #   (cd gpu-bundle && ./gpu-verify.sh /path/to/out)
 # SANITIZE_FILTER: optional test-name filter passed to every test executable (gpu_large runs
 # only its small-scale harness unless one is given).
+# SANITIZE_TOOLS: the tools to run (default "memcheck racecheck initcheck synccheck").
+# SANITIZE_JOBS: tool × test runs at once (default 1). The sanitizers are mostly host-bound, so a
+# lent machine's cores run several side by side; the summary is in tool × test order regardless.
+# SANITIZE_TIMEOUT: seconds per tool × test run (default none); a run so stopped is CUT, a failure.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="${1:-${OUT:+$OUT/verify}}"
@@ -37,31 +41,51 @@ if [[ ${#tests[@]} -eq 0 ]]; then
 fi
 # A missing device fails instead of skipping.
 export SOFA_REQUIRE_GPU=1
-failed=()
-for t in "${tests[@]}"; do
+# gpu_bench runs the CLI: the bundle's binary, not cargo's build path.
+export SOFA_BIN="$here/sofa"
+export sanitizer out
+
+one() { # one TOOL TEST: runs it, writes $out/TOOL-NAME.log and its summary line to .status
+  local tool=$1 t=$2 name extra=() limit=() filter rc reports hazards errors status t0=$SECONDS
   name=$(basename "$t")
-  for tool in memcheck racecheck initcheck synccheck; do
-    extra=()
-    [[ $tool == memcheck ]] && extra=(--leak-check full)
-    log="$out/$tool-$name.log"
-    t0=$SECONDS
-    # gpu_large's 2^31-element cases (minutes each even unsanitized) run as their harness: the
-    # same code over every operator at a small scale.
-    filter=${SANITIZE_FILTER:-}
-    [[ $name == gpu_large ]] && filter=${SANITIZE_FILTER:-harness}
-    "$sanitizer" --tool "$tool" --error-exitcode 99 "${extra[@]}" \
-      "$t" --test-threads=1 $filter >"$log" 2>&1
-    rc=$?
-    # Belt and braces: a report line fails the run even if the exit status did not.
-    reports=$(grep -cE '^========= (Invalid|Race|Uninitialized|Barrier|Error|Program hit|Leaked|ERROR)' "$log")
-    errors=$(grep -oE 'ERROR SUMMARY: [0-9]+' "$log" | tail -1)
-    status=ok
-    if [[ $rc -ne 0 || $reports -ne 0 || ( -n "$errors" && "$errors" != "ERROR SUMMARY: 0" ) ]]; then
-      status=FAIL
-      failed+=("$tool-$name")
-    fi
-    printf '%-5s %-10s %-28s rc=%-3s %s (%d s)\n' "$status" "$tool" "$name" "$rc" \
-      "${errors:-no summary}" $((SECONDS - t0)) | tee -a "$summary"
+  [[ $tool == memcheck ]] && extra=(--leak-check full)
+  [[ -n ${SANITIZE_TIMEOUT:-} ]] && limit=(timeout --signal=INT --kill-after=20 "$SANITIZE_TIMEOUT")
+  local log="$out/$tool-$name.log"
+  # gpu_large's 2^31-element cases (minutes each even unsanitized) run as their harness: the
+  # same code over every operator at a small scale.
+  filter=${SANITIZE_FILTER:-}
+  [[ $name == gpu_large ]] && filter=${SANITIZE_FILTER:-harness}
+  "${limit[@]}" "$sanitizer" --tool "$tool" --error-exitcode 99 "${extra[@]}" \
+    "$t" --test-threads=1 $filter >"$log" 2>&1
+  rc=$?
+  # Belt and braces: a report line fails the run even if the exit status did not, and so do
+  # racecheck's warnings (hazards it does not count as errors, e.g. a missing __syncwarp).
+  reports=$(grep -E '^========= (Invalid|Race|Uninitialized|Barrier|Error|Warning|Program hit|Leaked)' "$log" |
+    grep -vc 'SUMMARY')
+  hazards=$(grep -oE 'RACECHECK SUMMARY: [0-9]+' "$log" | grep -oE '[0-9]+$' | sort -n | tail -1)
+  errors=$(grep -oE 'ERROR SUMMARY: [0-9]+' "$log" | tail -1)
+  [[ -n $hazards ]] && errors="${errors:+$errors, }$hazards hazards"
+  status=ok
+  if [[ $rc -ne 0 || $reports -ne 0 || ${hazards:-0} -ne 0 ||
+    (-n "$errors" && "$errors" != "ERROR SUMMARY: 0"*) ]]; then
+    status=FAIL
+    [[ $rc -eq 124 || $rc -eq 137 ]] && status=CUT
+  fi
+  printf '%-5s %-10s %-28s rc=%-3s %s (%d s)\n' "$status" "$tool" "$name" "$rc" \
+    "${errors:-no summary}" $((SECONDS - t0)) | tee "$out/$tool-$name.status"
+}
+export -f one
+
+for tool in ${SANITIZE_TOOLS:-memcheck racecheck initcheck synccheck}; do
+  for t in "${tests[@]}"; do echo "$tool $t"; done
+done | xargs -P "${SANITIZE_JOBS:-1}" -L 1 bash -c 'one "$@"' _
+failed=()
+for tool in ${SANITIZE_TOOLS:-memcheck racecheck initcheck synccheck}; do
+  for t in "${tests[@]}"; do
+    s="$out/$tool-$(basename "$t").status"
+    if [[ -f $s ]]; then cat "$s" >>"$summary"; else echo "MISS  $tool $(basename "$t")" >>"$summary"; fi
+    [[ -f $s ]] && grep -q '^ok ' "$s" || failed+=("$tool-$(basename "$t")")
+    rm -f "$s"
   done
 done
 echo "=== failed: ${failed[*]:-none}" | tee -a "$summary"

@@ -26,6 +26,8 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
 done
 sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
 export SOFA_REQUIRE_GPU=1
+# gpu_bench runs the CLI: the bundle's binary, not cargo's build path.
+export SOFA_BIN="$here/sofa"
 failed=()
 phases=" ${SOFA_PHASES:-info targets tests sanitize examples runs bench sweep torch plot profile} "
 want() { [[ $phases == *" $1 "* ]]; }

@@ -142,7 +142,10 @@ fn bench_cli_writes_references_and_speedups() {
         "--format",
         "json",
     ];
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sofa"))
+    // SOFA_BIN: the binary beside a moved test executable (gpu-bundle on a GPU machine), since
+    // cargo's build path does not exist there.
+    let sofa = std::env::var_os("SOFA_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_sofa").into());
+    let out = std::process::Command::new(sofa)
         .args(args)
         .output()
         .unwrap();

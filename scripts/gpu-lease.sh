@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One command of a lent GPU machine's session (bench/RUNBOOK.md), run from the repo's root there:
+#   scripts/gpu-lease.sh PLAN [SECONDS]
+# Unpacks the carried gpu-bundle.tar.xz into /tmp/b (once per machine), takes the repo's
+# scripts over the bundle's (a fix made after the bundle was built still applies), runs PLAN's
+# steps within SECONDS (default 560, under the tool's 600 s limit), and packs everything written
+# into $OUT/PLAN.tgz: the tool returns at most 8 files from $OUT, and a step cut at the deadline
+# still leaves its logs. Timed steps run alone; correctness steps run side by side.
+# Plans: verdicts (info, issue targets, then the GPU tests beside all four sanitizers),
+# sweep (SPEC §6 sweeps, plot, report), torch (PyTorch/SDPA/fla references), rest (runs,
+# examples, ncu profiles).
+set -uo pipefail
+plan=$1 budget=${2:-560}
+end=$((SECONDS + budget))
+repo=$PWD b=/tmp/b o=/tmp/lease/$plan
+if [[ ! -x $b/sofa ]]; then
+  mkdir -p $b && tar xJf gpu-bundle.tar.xz -C $b || exit 2
+fi
+cp scripts/run-gpu-checks.sh scripts/gpu-verify.sh scripts/torch_reference.py scripts/torch_ops.py $b/
+rm -rf "$o" && mkdir -p "$o"
+cd $b
+left() { echo $((end - SECONDS - ${1:-0})); }
+checks() { # checks NAME "PHASES" SECONDS: run-gpu-checks.sh's phases into $o/NAME
+  local s=$3
+  ((s > $(left 15))) && s=$(left 15)
+  ((s > 10)) || return 0
+  STEP_TIMEOUT=$s SOFA_PHASES=$2 timeout --signal=INT --kill-after=10 "$s" ./run-gpu-checks.sh "$o/$1" >"$o/$1.out" 2>&1
+}
+verify() { # verify NAME "TOOLS" JOBS: gpu-verify.sh until the deadline
+  local s
+  s=$(left 20)
+  ((s > 10)) || return 0
+  SANITIZE_TOOLS=$2 SANITIZE_JOBS=$3 SANITIZE_TIMEOUT=$((s - 5)) timeout --kill-after=10 "$s" \
+    ./gpu-verify.sh "$o/$1" >"$o/$1.out" 2>&1
+}
+case $plan in
+verdicts)
+  checks targets "info targets" 300
+  checks tests tests 9999 &
+  verify verify "memcheck racecheck initcheck synccheck" 6 &
+  wait
+  ;;
+sweep) checks sweep "sweep plot" 9999 ;;
+torch) checks torch "torch" 9999 ;;
+rest)
+  checks runs "runs examples" 9999 &
+  wait
+  checks profile profile 9999
+  ;;
+*) echo "unknown plan $plan" >&2 && exit 2 ;;
+esac
+# What did not finish still says how far it got.
+cat "$o"/verify/*.status >>"$o/verify/summary.log" 2>/dev/null
+tar czf "$OUT/$plan.tgz" -C /tmp/lease "$plan"
+for f in "$o"/*/summary.log; do echo "## $f" && cat "$f"; done
+[[ -f $o/targets/targets.md ]] && cat "$o/targets/targets.md"
+exit 0
