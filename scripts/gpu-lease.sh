@@ -16,6 +16,8 @@ repo=$PWD b=/tmp/b o=/tmp/lease/$plan
 if [[ ! -x $b/sofa ]]; then
   mkdir -p $b && tar xJf gpu-bundle.tar.xz -C $b || exit 2
 fi
+# SOFA_COMMIT: the commit the bundle was built from, when it was built before the commit was made.
+[[ -n ${SOFA_COMMIT:-} ]] && echo "$SOFA_COMMIT" >$b/COMMIT
 cp scripts/run-gpu-checks.sh scripts/gpu-verify.sh scripts/torch_reference.py scripts/torch_ops.py $b/
 rm -rf "$o" && mkdir -p "$o"
 cd $b
