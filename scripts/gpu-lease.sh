@@ -6,7 +6,8 @@
 # steps within SECONDS (default 560, under the tool's 600 s limit), and packs everything written
 # into $OUT/PLAN.tgz: the tool returns at most 8 files from $OUT, and a step cut at the deadline
 # still leaves its logs. Timed steps run alone; correctness steps run side by side.
-# Plans: verdicts (info, issue targets, then the GPU tests beside all four sanitizers),
+# Plans: verdicts (info, issue targets, then the GPU tests beside all four sanitizers), recheck
+# (the GPU test files at once beside chosen sanitizers),
 # sweep (SPEC §6 sweeps, plot, report), torch (PyTorch/SDPA/fla references), rest (runs,
 # examples, ncu profiles).
 set -uo pipefail
@@ -21,6 +22,11 @@ fi
 cp scripts/run-gpu-checks.sh scripts/gpu-verify.sh scripts/torch_reference.py scripts/torch_ops.py $b/
 rm -rf "$o" && mkdir -p "$o"
 cd $b
+# What run-gpu-checks.sh sets for its steps, for the steps run here directly.
+export SOFA_REQUIRE_GPU=1 SOFA_BIN=$b/sofa
+for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
+  [[ -d "$d" ]] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+done
 left() { echo $((end - SECONDS - ${1:-0})); }
 checks() { # checks NAME "PHASES" SECONDS: run-gpu-checks.sh's phases into $o/NAME
   local s=$3
@@ -42,6 +48,25 @@ verdicts)
   verify verify "memcheck racecheck initcheck synccheck" 6 &
   wait
   ;;
+recheck) # after fixes: every GPU test file at once (gpu_large, the memory-heavy one, apart from
+  # RECHECK_LARGE=1), gpu_embedding three times, beside the sanitizers (RECHECK_TOOLS).
+  mkdir -p "$o/tests"
+  for t in tests/gpu_*; do
+    n=$(basename "$t")
+    [[ $n == gpu_large && ${RECHECK_LARGE:-0} != 1 ]] && continue
+    reps=1
+    [[ $n == gpu_embedding ]] && reps=3
+    for r in $(seq $reps); do
+      (
+        t0=$SECONDS
+        timeout --signal=INT --kill-after=10 "$(left 30)" "$t" --test-threads=4 --nocapture >"$o/tests/$n-$r.log" 2>&1
+        echo "$n #$r rc=$? ($((SECONDS - t0)) s) $(grep -h '^test result' "$o/tests/$n-$r.log" | tail -1)" >>"$o/tests/summary.log"
+      ) &
+    done
+  done
+  verify verify "${RECHECK_TOOLS:-memcheck initcheck synccheck}" 8 &
+  wait
+  ;;
 sweep) checks sweep "sweep plot" 9999 ;;
 torch) checks torch "torch" 9999 ;;
 rest)
@@ -54,6 +79,6 @@ esac
 # What did not finish still says how far it got.
 cat "$o"/verify/*.status >>"$o/verify/summary.log" 2>/dev/null
 tar czf "$OUT/$plan.tgz" -C /tmp/lease "$plan"
-for f in "$o"/*/summary.log; do echo "## $f" && cat "$f"; done
+for f in "$o"/*/summary.log; do echo "## $f" && sort "$f"; done
 [[ -f $o/targets/targets.md ]] && cat "$o/targets/targets.md"
 exit 0

@@ -20,7 +20,11 @@ use sofa::verify::compare;
 use sofa::{DType, Dims, Element, Layout, LayoutKind, Runtime};
 use std::sync::Arc;
 
-/// Device memory the "engine" owns: plain `cuMemAlloc`, freed on drop.
+/// Device memory the "engine" owns: plain `cuMemAlloc`, freed on drop. Its writes go through
+/// the legacy default stream, with which the engine's non-blocking streams do not synchronize,
+/// and a "synchronous" memset or pageable upload may return before the device has it: each write
+/// ends with a context synchronization, as an engine makes its inputs ready before queuing an op
+/// (the H100 run of 7900c6c read half-written inputs and poisoned outputs without it).
 struct EngineBuf {
     ptr: u64,
     bytes: usize,
@@ -33,6 +37,7 @@ impl EngineBuf {
         let ptr = unsafe { result::malloc_sync(bytes.max(1)) }.unwrap();
         // SAFETY: `ptr` holds `bytes` bytes.
         unsafe { result::memset_d8_sync(ptr, 0, bytes.max(1)) }.unwrap();
+        result::ctx::synchronize().unwrap();
         EngineBuf { ptr, bytes }
     }
 
@@ -46,6 +51,7 @@ impl EngineBuf {
         assert_eq!(std::mem::size_of_val(host), self.bytes);
         // SAFETY: the buffer holds exactly `host`'s bytes; synchronous copy.
         unsafe { result::memcpy_htod_sync(self.ptr, host) }.unwrap();
+        result::ctx::synchronize().unwrap();
     }
 
     fn read<T: Element>(&self) -> Vec<T> {

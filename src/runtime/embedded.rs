@@ -28,3 +28,13 @@ include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 pub fn family(name: &str) -> Option<&'static KernelFamily> {
     FAMILIES.iter().find(|f| f.name == name)
 }
+
+/// Whether `family`'s `arch` machine code has the kernel `name`; true where the build reported
+/// nothing for `arch` (the driver then decides).
+pub fn built_for(family: &str, name: &str, arch: &str) -> bool {
+    let Some(f) = self::family(family) else {
+        return true;
+    };
+    let mut built = f.resources.iter().filter(|r| r.arch == arch).peekable();
+    built.peek().is_none() || built.any(|r| r.kernel == name)
+}

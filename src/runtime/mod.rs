@@ -210,6 +210,17 @@ impl Runtime {
             if let Some(f) = m.functions.get(name) {
                 return Ok(f.clone());
             }
+            // A kernel the build's machine code for this device lacks (a probe for an optional
+            // kernel) is answered here: asked of the driver, the miss is an API error that
+            // compute-sanitizer reports.
+            if let (LoadPath::Fatbin, Some(arch)) = (m.path, self.info.sass_arch()) {
+                if !embedded::built_for(family, name, arch) {
+                    return Err(Error::KernelLoad {
+                        family: family.into(),
+                        reason: format!("kernel {name}: not in the {arch} build"),
+                    });
+                }
+            }
             let f = m
                 .module
                 .load_function(name)
