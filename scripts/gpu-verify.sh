@@ -92,10 +92,19 @@ one() { # one TOOL TEST [MODE]: runs it, writes $out/TOOL-NAME[-MODE].log and it
 }
 export -f one
 
+# The longest runs first (memcheck on the H100, 7900c6c: gpu_soft > 400 s, gpu_cosformer 143,
+# gpu_aft 88, gpu_sima 70, gpu_baseline 61, the rest ≤ 15), each test's tools together, so that
+# side-by-side jobs do not end on one long tail.
+slow="gpu_soft gpu_cosformer gpu_aft gpu_sima gpu_baseline"
+ordered=()
+for n in $slow; do [[ -x tests/$n ]] && ordered+=("tests/$n"); done
+for t in "${tests[@]}"; do [[ " $slow " == *" $(basename "$t") "* ]] || ordered+=("$t"); done
+tests=("${ordered[@]}")
+
 jobs() { # the runs, one line each: TOOL TEST [MODE]
   local tool t e
-  for tool in ${SANITIZE_TOOLS:-memcheck racecheck initcheck synccheck}; do
-    for t in "${tests[@]}"; do
+  for t in "${tests[@]}"; do
+    for tool in ${SANITIZE_TOOLS:-memcheck racecheck initcheck synccheck}; do
       local name modes=("")
       name=$(basename "$t")
       for e in $expected_api_errors; do

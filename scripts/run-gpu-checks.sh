@@ -57,7 +57,7 @@ if want targets; then
   tj="$out/targets.jsonl"
   step target-soft ./sofa bench --baseline --op soft --landmarks 64 --seq 64k,256k,1M --out "$tj"
   # Newton: the plain call's path (the target) and each path by name, to place the cluster barrier.
-  step target-newton ./sofa bench --baseline --op soft_newton --landmarks 64 --newton-path auto,one-launch,cluster-late,cluster-async,cta,multi --out "$tj"
+  step target-newton ./sofa bench --baseline --op soft_newton --landmarks 64 --newton-path auto,one-launch,cluster-early,cluster-late,cluster-async,cta,multi --out "$tj"
   step target-cosformer ./sofa bench --baseline --op cosformer --causal --seq 1k,8k,64k,256k --out "$tj"
   step target-decode ./sofa bench --op cosformer_decode --batch 8 --heads 16 --head-dim 64 --iters 200 --out "$tj"
   step target-decode-large ./sofa bench --op cosformer_decode --batch 64 --heads 32 --head-dim 128 --iters 100 --out "$tj"
@@ -128,7 +128,7 @@ want sweep && step sweep-full ./sofa bench --baseline --op aft_full --causal --s
 want sweep && step sweep-newton ./sofa bench --baseline --op soft_newton --landmarks 49,64,100,128,256 --out "$out/bench.jsonl"
 # Each Newton path by name (a path that cannot run an m is skipped with a note): the cluster of 8
 # CTAs against one CTA per matrix gives the cluster barrier's cost per step (bench/NOTES.md).
-want sweep && step sweep-newton-paths ./sofa bench --op soft_newton --landmarks 16,32,49,64,100,128 --newton-path one-launch,cluster-late,cluster-async,cta,multi --out "$out/bench.jsonl"
+want sweep && step sweep-newton-paths ./sofa bench --op soft_newton --landmarks 16,32,49,64,100,128 --newton-path one-launch,cluster-early,cluster-late,cluster-async,cta,multi --out "$out/bench.jsonl"
 # Issue 5's decode targets: B = 8, H = 16, D = 64 in ≤ 10 µs a step, launch included (eager calls:
 # the events bracket each launch), and B = 64, H = 32, D = 128 at ≥ 70 % of the copy rate over
 # the fp32 state (µs per step and % of the copy rate on stderr). Graph launches beside them.

@@ -606,6 +606,7 @@ fn paths_for(rt: &Runtime, m: usize) -> Vec<NewtonPath> {
         // The cluster-only kernels where they run (else a typed error, tested without a GPU).
         let cluster = (soft::NEWTON_CLUSTER_MIN_M..=soft::NEWTON_CLUSTER_MAX_M).contains(&m);
         if cluster && rt.info().compute_capability.0 >= 9 {
+            paths.push(NewtonPath::ClusterEarlyArrive);
             paths.push(NewtonPath::ClusterLateArrive);
             paths.push(NewtonPath::ClusterAsync);
         }

@@ -216,7 +216,11 @@ fn newton_paths() {
     let forced = NewtonPlan::new(3, 200, &p, NewtonPath::OneLaunchCta, H100_SMEM).unwrap_err();
     assert_eq!(arg_of(forced), "path");
     // The cluster-only paths name the cluster kernel's m range instead of falling back.
-    for path in [NewtonPath::ClusterLateArrive, NewtonPath::ClusterAsync] {
+    for path in [
+        NewtonPath::ClusterEarlyArrive,
+        NewtonPath::ClusterLateArrive,
+        NewtonPath::ClusterAsync,
+    ] {
         let (lo, hi) = (NEWTON_CLUSTER_MIN_M, NEWTON_CLUSTER_MAX_M);
         for m in [lo, 49, hi] {
             assert_eq!(

@@ -334,7 +334,7 @@ fn check_newton(u: &mut Unstructured) -> AResult<()> {
             (want, got) => assert_eq!(want, got),
         }
         assert!(plan.path == NewtonPath::MultiLaunch || fits);
-        if matches!(plan.path, NewtonPath::ClusterLateArrive | NewtonPath::ClusterAsync) {
+        if matches!(plan.path, NewtonPath::ClusterEarlyArrive | NewtonPath::ClusterLateArrive | NewtonPath::ClusterAsync) {
             assert!((gsoft::NEWTON_CLUSTER_MIN_M..=gsoft::NEWTON_CLUSTER_MAX_M).contains(&m));
         }
         let ws = plan.workspace_bytes();

@@ -489,6 +489,7 @@ impl NewtonBuffers {
 pub const NEWTON_PATHS: [(&str, NewtonPath); 6] = [
     ("auto", NewtonPath::Auto),
     ("one-launch", NewtonPath::OneLaunch),
+    ("cluster-early", NewtonPath::ClusterEarlyArrive),
     ("cluster-late", NewtonPath::ClusterLateArrive),
     ("cluster-async", NewtonPath::ClusterAsync),
     ("cta", NewtonPath::OneLaunchCta),

@@ -85,9 +85,10 @@ pub struct BenchArgs {
     #[arg(long)]
     chunk_rows: Option<usize>,
     /// soft_newton: the Newton paths to time, comma-separated: auto (the plain call's), one-launch
-    /// (the cluster of 8 CTAs per matrix where it applies, else one CTA), cluster-late (the same,
-    /// arriving on the cluster barrier one product later), cluster-async (the same, all-gathering
-    /// with st.async into mbarriers, no cluster barrier per step), cta (one CTA per matrix), multi
+    /// (the cluster of 8 CTAs per matrix where it applies, as cluster-async, else one CTA),
+    /// cluster-early (the cluster with remote stores and a cluster barrier per step), cluster-late
+    /// (the same, arriving on the barrier one product later), cluster-async (all-gathering with
+    /// st.async into mbarriers, no cluster barrier per step), cta (one CTA per matrix), multi
     /// (one launch per GEMM). Records other than auto's are labelled `path=…`.
     #[arg(long, default_value = "auto")]
     newton_path: String,

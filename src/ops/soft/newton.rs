@@ -22,12 +22,20 @@ pub enum NewtonPath {
     Auto,
     /// All T steps in one launch, matrices in shared memory (m ≤ [`NEWTON_SMEM_MAX_M`]); for
     /// [`NEWTON_CLUSTER_MIN_M`] ≤ m ≤ [`NEWTON_CLUSTER_MAX_M`] on sm_90 a cluster of 8 CTAs per
-    /// matrix (bit-identical to one CTA, which runs where the cluster kernel is absent or its
-    /// launch is refused).
+    /// matrix, all-gathering with `st.async` (the kernel of [`NewtonPath::ClusterAsync`], the
+    /// fastest of the three cluster forms on the H100: 4.15 µs per matrix at m = 64, B·H = 16,
+    /// against 4.52 for [`NewtonPath::ClusterEarlyArrive`] and 5.02 for
+    /// [`NewtonPath::ClusterLateArrive`]); bit-identical to one CTA, which runs where the cluster
+    /// kernel is absent or its launch is refused.
     OneLaunch,
     /// As [`NewtonPath::OneLaunch`], always one CTA per matrix (no cluster).
     OneLaunchCta,
-    /// The cluster kernel of [`NewtonPath::OneLaunch`] with its CTAs arriving on the cluster
+    /// The cluster of 8 CTAs per matrix with remote stores and a cluster barrier per step, each
+    /// CTA arriving right after its stores and waiting before its next read (the one-launch
+    /// default until the H100 measured [`NewtonPath::ClusterAsync`] faster). Bit-identical to
+    /// [`NewtonPath::OneLaunch`]; cluster only, as [`NewtonPath::ClusterLateArrive`].
+    ClusterEarlyArrive,
+    /// The cluster kernel of [`NewtonPath::ClusterEarlyArrive`] with its CTAs arriving on the cluster
     /// barrier one product later in each step (after the next step's first product, not right
     /// after their stores). The same operations in the same order: bit-identical to
     /// `OneLaunch`. Which order is faster is measured, not assumed
@@ -51,7 +59,9 @@ impl NewtonPath {
     fn is_cluster_only(self) -> bool {
         matches!(
             self,
-            NewtonPath::ClusterLateArrive | NewtonPath::ClusterAsync
+            NewtonPath::ClusterEarlyArrive
+                | NewtonPath::ClusterLateArrive
+                | NewtonPath::ClusterAsync
         )
     }
 
@@ -270,9 +280,9 @@ impl NewtonPlan {
             ..Default::default()
         };
         let cluster = match self.path {
-            NewtonPath::OneLaunch => Some("newton_pinv_cl_f32"),
+            NewtonPath::OneLaunch | NewtonPath::ClusterAsync => Some("newton_pinv_cl_async_f32"),
+            NewtonPath::ClusterEarlyArrive => Some("newton_pinv_cl_f32"),
             NewtonPath::ClusterLateArrive => Some("newton_pinv_cl_late_f32"),
-            NewtonPath::ClusterAsync => Some("newton_pinv_cl_async_f32"),
             _ => None,
         };
         let strict = self.path.is_cluster_only();
