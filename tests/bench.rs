@@ -397,6 +397,7 @@ fn soft_newton_counts_its_matrices() {
         [
             "m=64,T=20",
             "m=64,T=20,path=one-launch",
+            "m=64,T=20,path=cluster-early",
             "m=64,T=20,path=cluster-late",
             "m=64,T=20,path=cluster-async",
             "m=64,T=20,path=cta",

@@ -486,7 +486,7 @@ impl NewtonBuffers {
 
 /// The names `sofa bench --newton-path` takes, and the record labels (`None`: the plain call's
 /// path, unlabelled).
-pub const NEWTON_PATHS: [(&str, NewtonPath); 6] = [
+pub const NEWTON_PATHS: [(&str, NewtonPath); 7] = [
     ("auto", NewtonPath::Auto),
     ("one-launch", NewtonPath::OneLaunch),
     ("cluster-early", NewtonPath::ClusterEarlyArrive),
