@@ -51,6 +51,10 @@ verdicts)
 recheck) # after fixes: every GPU test file at once (gpu_large, the memory-heavy one, apart from
   # RECHECK_LARGE=1), gpu_embedding three times, beside the sanitizers (RECHECK_TOOLS).
   mkdir -p "$o/tests"
+  # The Newton and SOFT targets again first, alone (the one-launch path changed kernel).
+  ./sofa bench --baseline --op soft_newton --landmarks 64 \
+    --newton-path auto,one-launch,cluster-early,cluster-late,cluster-async --out "$o/targets.jsonl" >"$o/newton.log" 2>&1
+  ./sofa bench --baseline --op soft --landmarks 64 --seq 64k,256k,1M --out "$o/targets.jsonl" >"$o/soft.log" 2>&1
   for t in tests/gpu_*; do
     n=$(basename "$t")
     [[ $n == gpu_large && ${RECHECK_LARGE:-0} != 1 ]] && continue
@@ -64,7 +68,10 @@ recheck) # after fixes: every GPU test file at once (gpu_large, the memory-heavy
       ) &
     done
   done
-  verify verify "${RECHECK_TOOLS:-memcheck initcheck synccheck}" 8 &
+  verify verify "${RECHECK_TOOLS:-memcheck initcheck synccheck}" 6 &
+  # racecheck (the slowest) on the files it finished quickest, in its own folder.
+  SANITIZE_TESTS=${RECHECK_RACE:-gpu_determinism gpu_kernels gpu_oom gpu_non_finite gpu_large gpu_embedding gpu_bench} \
+    verify race racecheck 2 &
   wait
   ;;
 sweep) checks sweep "sweep plot" 9999 ;;
@@ -77,8 +84,9 @@ rest)
 *) echo "unknown plan $plan" >&2 && exit 2 ;;
 esac
 # What did not finish still says how far it got.
-cat "$o"/verify/*.status >>"$o/verify/summary.log" 2>/dev/null
+for d in verify race; do cat "$o/$d"/*.status >>"$o/$d/summary.log" 2>/dev/null; done
 tar czf "$OUT/$plan.tgz" -C /tmp/lease "$plan"
 for f in "$o"/*/summary.log; do echo "## $f" && sort "$f"; done
 [[ -f $o/targets/targets.md ]] && cat "$o/targets/targets.md"
+grep -h "µs per matrix\|^soft " "$o"/newton.log "$o"/soft.log 2>/dev/null
 exit 0

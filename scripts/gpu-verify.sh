@@ -7,6 +7,7 @@
 #   (cd gpu-bundle && ./gpu-verify.sh /path/to/out)
 # SANITIZE_FILTER: optional test-name filter passed to every test executable (gpu_large runs
 # only its small-scale harness unless one is given).
+# SANITIZE_TESTS: the test files (names; default every tests/gpu_*).
 # SANITIZE_TOOLS: the tools to run (default "memcheck racecheck initcheck synccheck").
 # SANITIZE_JOBS: tool × test runs at once (default 1). The sanitizers are mostly host-bound, so a
 # lent machine's cores run several side by side; the summary is in tool × test order regardless.
@@ -35,6 +36,8 @@ if [[ -z "$sanitizer" ]]; then
 fi
 shopt -s nullglob
 tests=(tests/gpu_*)
+# SANITIZE_TESTS: the test files to run (names, default every tests/gpu_*).
+[[ -n ${SANITIZE_TESTS:-} ]] && tests=($(for n in $SANITIZE_TESTS; do echo "tests/$n"; done))
 if [[ ${#tests[@]} -eq 0 ]]; then
   echo "FAIL: no tests/gpu_* executables (run scripts/gpu-bundle.sh)" | tee -a "$summary"
   exit 2
