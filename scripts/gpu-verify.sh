@@ -100,7 +100,7 @@ export -f one
 # side-by-side jobs do not end on one long tail.
 slow="gpu_soft gpu_cosformer gpu_aft gpu_sima gpu_baseline"
 ordered=()
-for n in $slow; do [[ -x tests/$n ]] && ordered+=("tests/$n"); done
+for n in $slow; do [[ " ${tests[*]} " == *" tests/$n "* ]] && ordered+=("tests/$n"); done
 for t in "${tests[@]}"; do [[ " $slow " == *" $(basename "$t") "* ]] || ordered+=("$t"); done
 tests=("${ordered[@]}")
 

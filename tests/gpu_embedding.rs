@@ -8,7 +8,7 @@
 mod common;
 
 use cudarc::driver::sys::{self, CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::{result, CudaStream};
+use cudarc::driver::{result, CudaStream, DriverError};
 use half::f16;
 use sofa::ops::aft::{self, AftParams, Variant};
 use sofa::ops::cosformer::{self, CosformerParams};
@@ -20,14 +20,27 @@ use sofa::verify::compare;
 use sofa::{DType, Dims, Element, Layout, LayoutKind, Runtime};
 use std::sync::Arc;
 
-/// Device memory the "engine" owns: plain `cuMemAlloc`, freed on drop. Its writes go through
-/// the legacy default stream, with which the engine's non-blocking streams do not synchronize,
-/// and a "synchronous" memset or pageable upload may return before the device has it: each write
-/// ends with a context synchronization, as an engine makes its inputs ready before queuing an op
-/// (the H100 run of 7900c6c read half-written inputs and poisoned outputs without it).
+/// Device memory the "engine" owns: plain `cuMemAlloc`, freed on drop. Its writes and reads go
+/// through a private non-blocking stream that is synchronized before they return, as an engine
+/// makes its inputs ready before queuing an op. (The legacy default stream would not do: the
+/// engine's non-blocking streams do not wait for it, and a "synchronous" memset or pageable
+/// upload there may return before the device has it, which the H100 run of 7900c6c caught.
+/// Nor would a context synchronization: it is refused while another test thread captures a
+/// graph.)
 struct EngineBuf {
     ptr: u64,
     bytes: usize,
+}
+
+/// Runs `f` on a private non-blocking stream and waits for its work.
+fn on_private_stream(f: impl FnOnce(sys::CUstream) -> Result<(), DriverError>) {
+    let s = result::stream::create(result::stream::StreamKind::NonBlocking).unwrap();
+    f(s).unwrap();
+    // SAFETY: our own stream, destroyed once its work is done.
+    unsafe {
+        result::stream::synchronize(s).unwrap();
+        result::stream::destroy(s).unwrap();
+    }
 }
 
 impl EngineBuf {
@@ -36,8 +49,7 @@ impl EngineBuf {
         // SAFETY: plain allocation in the current (primary) context.
         let ptr = unsafe { result::malloc_sync(bytes.max(1)) }.unwrap();
         // SAFETY: `ptr` holds `bytes` bytes.
-        unsafe { result::memset_d8_sync(ptr, 0, bytes.max(1)) }.unwrap();
-        result::ctx::synchronize().unwrap();
+        on_private_stream(|s| unsafe { result::memset_d8_async(ptr, 0, bytes.max(1), s) });
         EngineBuf { ptr, bytes }
     }
 
@@ -49,15 +61,14 @@ impl EngineBuf {
 
     fn write<T: Element>(&self, host: &[T]) {
         assert_eq!(std::mem::size_of_val(host), self.bytes);
-        // SAFETY: the buffer holds exactly `host`'s bytes; synchronous copy.
-        unsafe { result::memcpy_htod_sync(self.ptr, host) }.unwrap();
-        result::ctx::synchronize().unwrap();
+        // SAFETY: the buffer holds exactly `host`'s bytes; `host` outlives the synchronization.
+        on_private_stream(|s| unsafe { result::memcpy_htod_async(self.ptr, host, s) });
     }
 
     fn read<T: Element>(&self) -> Vec<T> {
         let mut host = vec![T::default(); self.bytes / std::mem::size_of::<T>()];
-        // SAFETY: the buffer holds `host`'s bytes; synchronous copy.
-        unsafe { result::memcpy_dtoh_sync(&mut host, self.ptr) }.unwrap();
+        // SAFETY: the buffer holds `host`'s bytes; `host` outlives the synchronization.
+        on_private_stream(|s| unsafe { result::memcpy_dtoh_async(&mut host, self.ptr, s) });
         host
     }
 }
