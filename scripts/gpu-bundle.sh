@@ -35,7 +35,9 @@ CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}" scripts/build-c-example.sh --rele
 cp "${CARGO_TARGET_DIR:-target}/c-example/sofa_example_static" "$bundle/sofa_example"
 cargo build --release --example embed_two_layer
 cp "${CARGO_TARGET_DIR:-target}/release/examples/embed_two_layer" "$bundle/"
-strip "$bundle/sofa" "$bundle/sofa_example" "$bundle/embed_two_layer" "$bundle"/tests/* "$bundle"/benches/* 2>/dev/null || true
+# Minimal forms of the synchronization patterns racecheck reported on (bench/NOTES.md).
+nvcc -arch=sm_90a -std=c++17 -O2 -I kernels -L"$CUDA_HOME/lib" -o "$bundle/sanitizer_repro" scripts/sanitizer_repro.cu
+strip "$bundle/sofa" "$bundle/sofa_example" "$bundle/sanitizer_repro" "$bundle/embed_two_layer" "$bundle"/tests/* "$bundle"/benches/* 2>/dev/null || true
 cp scripts/run-gpu-checks.sh scripts/gpu-verify.sh scripts/torch_reference.py scripts/torch_ops.py "$bundle/"
 # flash-linear-attention (pure Python + Triton) and what it imports, for torch_reference.py's
 # cosformer_fla timings on a GPU machine that cannot reach PyPI (~1.2 MB).

@@ -9,7 +9,7 @@
 # Plans: verdicts (info, issue targets, then the GPU tests beside all four sanitizers), recheck
 # (the GPU test files at once beside chosen sanitizers),
 # sweep (SPEC §6 sweeps, plot, report), torch (PyTorch/SDPA/fla references), rest (runs,
-# examples, ncu profiles).
+# examples, ncu profiles), repro (scripts/sanitizer_repro.cu under racecheck).
 set -uo pipefail
 plan=$1 budget=${2:-560}
 end=$((SECONDS + budget))
@@ -74,6 +74,13 @@ recheck) # after fixes: every GPU test file at once (gpu_large, the memory-heavy
     verify race racecheck 2 &
   wait
   ;;
+repro) # the minimal synchronization patterns (scripts/sanitizer_repro.cu) plain and under racecheck
+  for mode in mbar split; do
+    ./sanitizer_repro $mode >"$o/repro-$mode.log" 2>&1
+    compute-sanitizer --tool racecheck --error-exitcode 99 ./sanitizer_repro $mode >"$o/racecheck-$mode.log" 2>&1
+    echo "$mode: $(tail -1 "$o/repro-$mode.log"); racecheck: $(grep -E "RACECHECK SUMMARY|ERROR SUMMARY" "$o/racecheck-$mode.log" | tr "\n" " ")" >>"$o/summary.log"
+  done
+  ;;
 sweep) checks sweep "sweep plot" 9999 ;;
 torch) checks torch "torch" 9999 ;;
 rest)
@@ -86,7 +93,7 @@ esac
 # What did not finish still says how far it got.
 for d in verify race; do cat "$o/$d"/*.status >>"$o/$d/summary.log" 2>/dev/null; done
 tar czf "$OUT/$plan.tgz" -C /tmp/lease "$plan"
-for f in "$o"/*/summary.log; do echo "## $f" && sort "$f"; done
+for f in "$o"/summary.log "$o"/*/summary.log; do [[ -f $f ]] && echo "## $f" && sort "$f"; done
 [[ -f $o/targets/targets.md ]] && cat "$o/targets/targets.md"
 grep -h "µs per matrix\|^soft " "$o"/newton.log "$o"/soft.log 2>/dev/null
 exit 0
