@@ -81,3 +81,20 @@ fn no_kernel_spills_registers() {
     let reports: usize = embedded::FAMILIES.iter().map(|f| f.resources.len()).sum();
     println!("{reports} kernel reports, no spills");
 }
+
+/// `built_for` (which `Runtime::function` asks before the driver): every reported kernel is built
+/// for its architecture, an unknown name is not, and an architecture without a report defers to
+/// the driver.
+#[test]
+fn built_for_answers_from_the_ptxas_report() {
+    for family in embedded::FAMILIES {
+        for r in family.resources {
+            assert!(embedded::built_for(family.name, r.kernel, r.arch));
+        }
+        if let Some(r) = family.resources.first() {
+            assert!(!embedded::built_for(family.name, "no_such_kernel", r.arch));
+        }
+        assert!(embedded::built_for(family.name, "no_such_kernel", "sm_999"));
+    }
+    assert!(embedded::built_for("no_such_family", "any", "sm_90a"));
+}
