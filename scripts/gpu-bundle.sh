@@ -38,7 +38,7 @@ cp "${CARGO_TARGET_DIR:-target}/release/examples/embed_two_layer" "$bundle/"
 # Minimal forms of the synchronization patterns racecheck reported on (bench/NOTES.md).
 nvcc -arch=sm_90a -std=c++17 -O2 -I kernels -L"$CUDA_HOME/lib" -o "$bundle/sanitizer_repro" scripts/sanitizer_repro.cu
 strip "$bundle/sofa" "$bundle/sofa_example" "$bundle/sanitizer_repro" "$bundle/embed_two_layer" "$bundle"/tests/* "$bundle"/benches/* 2>/dev/null || true
-cp scripts/run-gpu-checks.sh scripts/gpu-verify.sh scripts/torch_reference.py scripts/torch_ops.py "$bundle/"
+cp scripts/run-gpu-checks.sh scripts/gpu-verify.sh scripts/gpu-env.sh scripts/torch_reference.py scripts/torch_ops.py "$bundle/"
 # flash-linear-attention (pure Python + Triton) and what it imports, for torch_reference.py's
 # cosformer_fla timings on a GPU machine that cannot reach PyPI (~1.2 MB).
 python3 -m pip download --quiet --no-deps -d "$bundle/wheels" fla-core==0.6.0 einops==0.8.2 packaging==26.3 ||

@@ -13,20 +13,17 @@
 set -uo pipefail
 plan=$1 budget=${2:-560}
 end=$((SECONDS + budget))
-repo=$PWD b=/tmp/b o=/tmp/lease/$plan
+b=/tmp/b o=/tmp/lease/$plan
 if [[ ! -x $b/sofa ]]; then
   mkdir -p $b && tar xJf gpu-bundle.tar.xz -C $b || exit 2
 fi
 # SOFA_COMMIT: the commit the bundle was built from, when it was built before the commit was made.
 [[ -n ${SOFA_COMMIT:-} ]] && echo "$SOFA_COMMIT" >$b/COMMIT
-cp scripts/run-gpu-checks.sh scripts/gpu-verify.sh scripts/torch_reference.py scripts/torch_ops.py $b/
+cp scripts/run-gpu-checks.sh scripts/gpu-verify.sh scripts/gpu-env.sh scripts/torch_reference.py scripts/torch_ops.py $b/
 rm -rf "$o" && mkdir -p "$o"
 cd $b
-# What run-gpu-checks.sh sets for its steps, for the steps run here directly.
-export SOFA_REQUIRE_GPU=1 SOFA_BIN=$b/sofa
-for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
-  [[ -d "$d" ]] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
-done
+here=$b
+source ./gpu-env.sh  # the steps run here directly get what run-gpu-checks.sh gives its own
 left() { echo $((end - SECONDS - ${1:-0})); }
 checks() { # checks NAME "PHASES" SECONDS: run-gpu-checks.sh's phases into $o/NAME
   local s=$3
@@ -51,7 +48,7 @@ verdicts)
 recheck) # after fixes: every GPU test file at once (gpu_large, the memory-heavy one, apart from
   # RECHECK_LARGE=1), gpu_embedding three times, beside the sanitizers (RECHECK_TOOLS).
   mkdir -p "$o/tests"
-  # The Newton and SOFT targets again first, alone (the one-launch path changed kernel).
+  # The Newton and SOFT targets again first, alone (the ones a kernel change of 2026-11-24 moved).
   ./sofa bench --baseline --op soft_newton --landmarks 64 \
     --newton-path auto,one-launch,cluster-early,cluster-late,cluster-async --out "$o/targets.jsonl" >"$o/newton.log" 2>&1
   ./sofa bench --baseline --op soft --landmarks 64 --seq 64k,256k,1M --out "$o/targets.jsonl" >"$o/soft.log" 2>&1
@@ -77,15 +74,14 @@ recheck) # after fixes: every GPU test file at once (gpu_large, the memory-heavy
 repro) # the minimal synchronization patterns (scripts/sanitizer_repro.cu) plain and under racecheck
   for mode in mbar split; do
     ./sanitizer_repro $mode >"$o/repro-$mode.log" 2>&1
-    compute-sanitizer --tool racecheck --error-exitcode 99 ./sanitizer_repro $mode >"$o/racecheck-$mode.log" 2>&1
+    "$sanitizer" --tool racecheck --error-exitcode 99 ./sanitizer_repro $mode >"$o/racecheck-$mode.log" 2>&1
     echo "$mode: $(tail -1 "$o/repro-$mode.log"); racecheck: $(grep -E "RACECHECK SUMMARY|ERROR SUMMARY" "$o/racecheck-$mode.log" | tr "\n" " ")" >>"$o/summary.log"
   done
   ;;
 sweep) checks sweep "sweep plot" 9999 ;;
 torch) checks torch "torch" 9999 ;;
 rest)
-  checks runs "runs examples" 9999 &
-  wait
+  checks runs "runs examples" 9999
   checks profile profile 9999
   ;;
 *) echo "unknown plan $plan" >&2 && exit 2 ;;

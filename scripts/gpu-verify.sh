@@ -19,11 +19,7 @@ out="${out:-$here/gpu-verify-out}"
 mkdir -p "$out"
 cd "$here"
 
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
-  $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
-  [[ -d "$d" ]] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
-done
-sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
+source "$here/gpu-env.sh"  # LD_LIBRARY_PATH, $sanitizer, SOFA_REQUIRE_GPU, SOFA_BIN
 summary="$out/summary.log"
 {
   echo "gpu-verify: commit $(cat COMMIT 2>/dev/null || echo unknown), $(date -u +%FT%TZ)"
@@ -42,10 +38,6 @@ if [[ ${#tests[@]} -eq 0 ]]; then
   echo "FAIL: no tests/gpu_* executables (run scripts/gpu-bundle.sh)" | tee -a "$summary"
   exit 2
 fi
-# A missing device fails instead of skipping.
-export SOFA_REQUIRE_GPU=1
-# gpu_bench runs the CLI: the bundle's binary, not cargo's build path.
-export SOFA_BIN="$here/sofa"
 export sanitizer out
 
 # Tests whose point is a failing driver call (an allocation larger than the device): the

@@ -19,15 +19,7 @@ out="${1:-${OUT:-$here/gpu-out}}"
 mkdir -p "$out"
 cd "$here"
 
-# NVRTC and its builtins: the toolkit's lib dir, or the pip wheel beside a Python install.
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
-  $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
-  [[ -d "$d" ]] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
-done
-sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
-export SOFA_REQUIRE_GPU=1
-# gpu_bench runs the CLI: the bundle's binary, not cargo's build path.
-export SOFA_BIN="$here/sofa"
+source "$here/gpu-env.sh"  # LD_LIBRARY_PATH, $sanitizer, SOFA_REQUIRE_GPU, SOFA_BIN
 failed=()
 phases=" ${SOFA_PHASES:-info targets tests sanitize examples runs bench sweep torch plot profile} "
 want() { [[ $phases == *" $1 "* ]]; }
