@@ -1,11 +1,12 @@
 // AFT — attention free transformer (SPEC §3), fp32 kernels. Per channel c,
 //   Y_t = σ(Q_t) · Σ_{t'} exp(K_{t'} + w_{t,t'}) V_{t'} / Σ_{t'} exp(K_{t'} + w_{t,t'}).
-// Launches (every variant, causal or not, but causal AFT-simple):
+// Launches (every variant, causal or not, but AFT-simple):
 //   aft_chunk   per (chunk of 64 rows, bh, channel tile): max of K and Σ e·V, Σ e with e = exp(K − max)
 //   aft_scan    per (channel group, bh): statistics of every prefix [0, i) and suffix [i, end) of chunks
-//   aft_map     AFT-simple non-causal: Y = σ(Q) · a/z of the whole sequence
+//   aft_simple_reduce, aft_simple_map  AFT-simple non-causal: totals of the whole sequence, then
+//               Y = σ(Q) · a/z, two persistent streaming passes (aft_simple.cuh)
 //   aft_simple_causal  AFT-simple causal, alone in one launch (a single-pass scan with a
-//               deterministic look-back, aft_simple_causal.cuh) instead of the launches here
+//               deterministic look-back, aft_simple_causal.cuh)
 //   aft_rowmax  AFT-full, f32 storage: max of each row of w (shared by every slice; the 16-bit
 //               GEMM keeps running maxima instead)
 //   aft_window  everything else: per 64-row tile, the keys whose weight is not the same for every
@@ -367,46 +368,6 @@ template <typename T> __device__ __forceinline__ void aft_store2(T* p, bool pair
   }
 }
 
-// AFT-simple, non-causal: Y = σ(Q) · a/z with (a, z) of the whole sequence (pre[chunks]).
-// Grid: x = block of AFT_CHUNK rows (grid-stride), y = bh (grid-stride); per 64-channel tile,
-// 8 row lanes × 32 channel pairs: a thread loads its 8 rows of a channel pair first (one 4-byte
-// load per pair when aligned: 1 KB in flight per warp), then maps and stores them.
-// Traffic: Q read, Y written.
-template <typename T>
-__device__ void aft_map(const AftParams& p) {
-  constexpr int PAIRS = AFT_CT / 2, LANES = AFT_THREADS / PAIRS, PER = AFT_CHUNK / LANES;
-  __shared__ float ratio[256];
-  const int tx = threadIdx.x % PAIRS, ty = threadIdx.x / PAIRS;
-  for (int bh = blockIdx.y; bh < p.b * p.h; bh += gridDim.y) {
-    const int b = bh / p.h, h = bh % p.h;
-    const float* tot = aft_stats(p.pre, bh, p.chunks + 1, p.chunks, p.d);
-    __syncthreads();
-    for (int c = threadIdx.x; c < p.d; c += blockDim.x) ratio[c] = tot[p.d + c] / tot[2 * p.d + c];
-    __syncthreads();
-    const T* q = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh;
-    T* o = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh;
-    for (int blk = blockIdx.x; blk < p.chunks; blk += gridDim.x) {
-      const int row0 = blk * AFT_CHUNK + ty;
-      const int rows = min(PER, div_up(min(AFT_CHUNK, p.t - blk * AFT_CHUNK) - ty, LANES));
-      for (int c = 2 * tx; c < p.d; c += AFT_CT) {
-        const bool ok1 = c + 1 < p.d;
-        const T* qp = q + (i64)row0 * p.q_sn + c;
-        T* op = o + (i64)row0 * p.o_sn + c;
-        const bool pair = ok1 && ((reinterpret_cast<u64>(qp) | reinterpret_cast<u64>(op)) % (2 * sizeof(T))) == 0 &&
-                          ((p.q_sn | p.o_sn) & 1) == 0;
-        const float r0 = ratio[c], r1 = ok1 ? ratio[c + 1] : 0.f;
-        float x[2][PER];
-        aft_load_rows<T, PER>(qp, LANES * p.q_sn, rows, pair, true, ok1, x[0], x[1]);
-#pragma unroll
-        for (int i = 0; i < PER; ++i)
-          if (i < rows)
-            aft_store2<T>(op + i * LANES * p.o_sn, pair, ok1, aft_sigmoid_t<T>(x[0][i]) * r0,
-                          aft_sigmoid_t<T>(x[1][i]) * r1);
-      }
-    }
-  }
-}
-
 // AFT-full: rmax[t] = max_{t'} w[t][t'] (causal: t' ≤ t). Grid: x = block of 8 rows; warp per row.
 // Traffic: w read once.
 __device__ void aft_rowmax(const AftParams& p) {
@@ -730,26 +691,32 @@ __device__ void aft_window(const AftParams& p) {
 #include "aft_tc.cuh"
 #include "aft_full_tc.cuh"
 #include "aft_simple_causal.cuh"
+#include "aft_simple.cuh"
 
-// Entry points: aft_<step>_<dtype>. aft_map at 3 CTAs per SM (≤ 85 registers, no spills): 24 warps
-// × 8 rows × 128 B ≈ 24 KB of loads in flight per SM (at its unbounded 90 registers, 2 CTAs: 16 KB).
-#define AFT_DTYPE(T, NAME)                                                                         \
+// Entry points: aft_<step>_<dtype>; the streaming AFT-simple passes at `RED` and `MAP` CTAs per SM
+// (≤ 128 and ≤ 80 registers; f32 holds twice the registers per buffered row): 16 or 24 warps,
+// each with two blocks' loads in flight, 32 KB (map) to 64 KB (reduce) per SM.
+#define AFT_DTYPE(T, NAME, RED, MAP)                                                                   \
   extern "C" __global__ void __launch_bounds__(AFT_THREADS) aft_chunk_##NAME(                      \
       const __grid_constant__ AftParams p) {                                                       \
     aft_chunk<T>(p);                                                                               \
   }                                                                                                \
-  extern "C" __global__ void __launch_bounds__(AFT_THREADS, 3) aft_map_##NAME(                     \
+  extern "C" __global__ void __launch_bounds__(AFT_THREADS, RED) aft_simple_reduce_##NAME(        \
       const __grid_constant__ AftParams p) {                                                       \
-    aft_map<T>(p);                                                                                 \
+    aft_simple_reduce<T>(p);                                                                       \
+  }                                                                                                \
+  extern "C" __global__ void __launch_bounds__(AFT_THREADS, MAP) aft_simple_map_##NAME(           \
+      const __grid_constant__ AftParams p) {                                                       \
+    aft_simple_map<T>(p);                                                                          \
   }                                                                                                \
   extern "C" __global__ void __launch_bounds__(AFT_THREADS, 2) aft_simple_causal_##NAME(           \
       const __grid_constant__ AftParams p) {                                                       \
     aft_simple_causal<T>(p);                                                                       \
   }
 
-AFT_DTYPE(f16, f16)
-AFT_DTYPE(bf16, bf16)
-AFT_DTYPE(float, f32)
+AFT_DTYPE(f16, f16, 2, 3)
+AFT_DTYPE(bf16, bf16, 2, 3)
+AFT_DTYPE(float, f32, 2, 2)
 
 // f16/bf16 take aft_window_tc (aft_tc.cuh).
 extern "C" __global__ void __launch_bounds__(AFT_THREADS) aft_window_f32(const __grid_constant__ AftParams p) {

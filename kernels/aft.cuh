@@ -34,7 +34,7 @@ struct AftParams {
   int group;    // band kernels: slices per CTA (conv: 1)
   int strip;    // chunk pass order (aft_chunk_block): tiles per strip a window-pass CTA walks in
                 // order (chunks when the window pass goes tile by tile); 0: grid order
-  int pad;      // (flags is 8-byte aligned)
+  int parts;    // aft_simple_reduce / _map: partial statistics per slice (≤ AFT_PARTS_MAX)
   u64 flags;    // aft_simple_causal: u32 [slices][chunks of AFT_SC_ROWS] look-back flags, then a
                 // ticket counter, zeroed before the launch (or 0)
 };
@@ -44,5 +44,6 @@ struct AftParams {
 #define AFT_CHUNK 64  // rows per chunk; also the query rows of one window-kernel tile
 #define AFT_CT 64     // channels per tile
 #define AFT_KB 32     // key rows staged per step of the window kernel
+#define AFT_PARTS_MAX 128  // AftParams::parts: the workspace holds this many per slice, whatever T
 #define AFT_SEGS 8    // warps (sequence segments) of the scan kernel
 #define AFT_FG_TILE 128  // bmat columns of one 64-channel tile: E⊙V of the 64, then E

@@ -193,8 +193,8 @@ if want profile && [[ -n $ncu || $dry == 1 ]]; then
   profile aft-full aft_full_tc --op aft_full --shape 1,16,16k,64
   profile aft-full-causal aft_full_tc --op aft_full --shape 1,16,16k,64 --causal
   profile aft-local aft_window --op aft_local --window 64 --shape 1,16,64k,64
-  profile aft-simple-chunk aft_chunk --op aft_simple --shape 1,16,64k,64
-  profile aft-simple-map aft_map --op aft_simple --shape 1,16,64k,64
+  profile aft-simple-reduce aft_simple_reduce --op aft_simple --shape 1,16,64k,64
+  profile aft-simple-map aft_simple_map --op aft_simple --shape 1,16,64k,64
   profile aft-simple-causal aft_simple_causal --op aft_simple --shape 1,16,64k,64 --causal
   profile cosformer cosformer_ --op cosformer --shape 1,16,64k,64
   profile cosformer-causal cosformer_causal --op cosformer --shape 1,16,64k,64 --causal

@@ -2,10 +2,12 @@
 //! `Y_t = σ(Q_t) ⊙ Σ_{t'} exp(K_{t'} + w_{t,t'}) V_{t'} / Σ_{t'} exp(K_{t'} + w_{t,t'})`.
 //!
 //! Causal AFT-simple, a per-channel prefix sum, runs as one single-pass scan (K, V, Q read once;
-//! a look-back over per-chunk aggregates folded in chunk order: deterministic). Every other
-//! variant first summarizes K, V per 64-row chunk (max, `Σ e·V`, `Σ e`) and scans those
-//! statistics into prefixes and suffixes (fixed order: deterministic). AFT-simple non-causal then
-//! maps Q with the whole-sequence ratio; every other case runs one window kernel per 64-row tile:
+//! a look-back over per-chunk aggregates folded in chunk order: deterministic). Non-causal
+//! AFT-simple runs two persistent streaming passes: per-part totals of K, V (max, `Σ e·V`, `Σ e`)
+//! over ranges of rows, then Q mapped with the whole-sequence ratio, which every CTA folds from
+//! the parts in one fixed order (kernels/aft_simple.cuh). Every other variant first summarizes
+//! K, V per 64-row chunk and scans those statistics into prefixes and suffixes (fixed order:
+//! deterministic), then runs one window kernel per 64-row tile:
 //! a dense weight block against `[E⊙V | E]` over the keys whose weight varies inside the tile
 //! (the band for local/conv, the diagonal when causal, every key for full), plus the statistics
 //! outside it. `exp` never sees an unshifted value; a denominator that still underflows (K and w
@@ -56,6 +58,8 @@ const FG_CL_SMEM: u32 =
 
 const ROWMAX_ROWS: usize = 8; // warps per CTA of aft_rowmax
 const SC_ROWS: usize = 128; // AFT_SC_ROWS: rows per chunk of aft_simple_causal
+/// Most partial statistics per slice of non-causal AFT-simple (AFT_PARTS_MAX): its workspace.
+const PARTS_MAX: usize = 128;
 const MAX_GRID_YZ: usize = 65535;
 
 /// A grid's y or z extent for `x` units of work (the kernels grid-stride past 65535).
@@ -172,7 +176,8 @@ pub struct KernelParams {
     pub group: i32,
     /// Chunk pass order: tiles per strip of the window pass (`aft_chunk_block`; 0: grid order).
     pub strip: i32,
-    pub pad: i32,
+    /// `aft_simple_reduce` / `_map`: partial statistics per slice (≤ [`PARTS_MAX`]).
+    pub parts: i32,
     /// `aft_simple_causal`: its look-back flags and ticket counter (u32), zeroed before it runs.
     pub flags: u64,
 }
@@ -191,6 +196,7 @@ const _: () = {
     assert!(offset_of!(KernelParams, chunks) == 212);
     assert!(offset_of!(KernelParams, bcols) == 216);
     assert!(offset_of!(KernelParams, strip) == 224);
+    assert!(offset_of!(KernelParams, parts) == 228);
     assert!(offset_of!(KernelParams, flags) == 232);
 };
 
@@ -263,6 +269,12 @@ impl Plan {
         Ok(plan)
     }
 
+    /// Whether this is non-causal AFT-simple: whole-sequence totals from at most [`PARTS_MAX`]
+    /// partial statistics per slice, no chunk statistics or prefixes.
+    fn simple_totals(&self) -> bool {
+        self.variant == Variant::Simple && !self.causal
+    }
+
     /// Whether the scan also writes suffix statistics (non-causal local/conv).
     fn needs_suffix(&self) -> bool {
         !self.causal && matches!(self.variant, Variant::Local { .. } | Variant::Conv { .. })
@@ -305,6 +317,9 @@ impl Plan {
     fn arrays(&self) -> Option<[usize; 6]> {
         let Dims { b, h, n, d } = self.dims;
         let per = b.checked_mul(h)?.checked_mul(3 * d)?;
+        if self.simple_totals() {
+            return Some([per.checked_mul(self.chunks.min(PARTS_MAX))?, 0, 0, 0, 0, 0]);
+        }
         let part = per.checked_mul(self.chunks)?;
         let pre = per.checked_mul(self.chunks + 1)?;
         let suf = if self.needs_suffix() { pre } else { 0 };
@@ -326,9 +341,10 @@ impl Plan {
         sum.checked_mul(4).map(|_| sum)
     }
 
-    /// Scratch bytes: chunk statistics, their prefixes (and suffixes), max |V| per chunk
-    /// (except non-causal simple); for full also w's row maxima and the GEMM operand `[E⊙V | E]`
-    /// (2·T·128 bytes per 64-channel tile of every (b,h)).
+    /// Scratch bytes: chunk statistics, their prefixes (and suffixes), max |V| per chunk; for
+    /// full also w's row maxima and the GEMM operand `[E⊙V | E]` (2·T·128 bytes per 64-channel
+    /// tile of every (b,h)). Non-causal simple: only its partial statistics, at most
+    /// [`PARTS_MAX`] per (b,h) whatever T (1.5 MB at B·H = 16, D = 64).
     pub fn workspace_bytes(&self) -> usize {
         self.workspace_floats().unwrap_or(usize::MAX / 4) * 4
     }
@@ -378,6 +394,52 @@ fn strides(l: &Layout) -> [i64; 3] {
         l.strides.head as i64,
         l.strides.seq as i64,
     ]
+}
+
+/// Non-causal AFT-simple: `aft_simple_reduce` (about one wave of CTAs, each folding a range of
+/// 64-row blocks of one slice into a part) then `aft_simple_map` (likewise over Q, each CTA
+/// folding its slice's parts first). Parts per slice: as many as one wave holds, at most
+/// [`PARTS_MAX`] and one per block.
+///
+/// # Safety
+/// As [`forward_raw`], with `p` filled from its validated arguments.
+unsafe fn queue_simple_totals(
+    rt: &Runtime,
+    stream: &CudaStream,
+    plan: &Plan,
+    dtype: DType,
+    mut p: KernelParams,
+) -> Result<()> {
+    let Dims { b, h, d, .. } = plan.dims;
+    let slices = b * h * d.div_ceil(CT);
+    let dt = dtype.name();
+    let reduce = rt.function(FAMILY, &format!("aft_simple_reduce_{dt}"))?;
+    let map = rt.function(FAMILY, &format!("aft_simple_map_{dt}"))?;
+    let per_slice = |f| -> Result<usize> {
+        let slots = rt.resident_ctas(f, THREADS, 0)?;
+        Ok(ctas_per_slice(slots, slices).min(plan.chunks))
+    };
+    let parts = per_slice(&reduce)?.min(PARTS_MAX);
+    let map_ctas = per_slice(&map)?;
+    p.parts = parts as i32;
+    // SAFETY: parts ≤ min(chunks, PARTS_MAX) statistics per slice fit the part array; the grids
+    // cover every part and block (the kernels grid-stride over slices past 65535).
+    unsafe {
+        launch(
+            stream,
+            &reduce,
+            (parts as u32, grid_yz(slices), 1),
+            THREADS,
+            &p,
+        )?;
+        launch(
+            stream,
+            &map,
+            (map_ctas as u32, grid_yz(slices), 1),
+            THREADS,
+            &p,
+        )
+    }
 }
 
 /// Launches AFT on raw device pointers. `bias` is the fp32 `w` (local, full) or `u` (conv)
@@ -473,7 +535,7 @@ pub unsafe fn forward_raw(
         bcols: bcols as i32,
         group: 0,
         strip: 0,
-        pad: 0,
+        parts: 0,
         flags: 0,
     };
     let bh = b * h;
@@ -494,6 +556,10 @@ pub unsafe fn forward_raw(
             launch(stream, &f, (ctas as u32, 1, 1), THREADS, &p)?;
         }
         return Ok(());
+    }
+    if plan.simple_totals() {
+        // SAFETY: as above; the parts fit the workspace's part array (`Plan::arrays`).
+        return unsafe { queue_simple_totals(rt, stream, &plan, dtype, p) };
     }
     // The window pass, if one follows; the chunk pass then reads K, V in the reverse of its
     // progress, so that the window pass's first reads may still be in L2.
@@ -523,17 +589,6 @@ pub unsafe fn forward_raw(
             THREADS,
             &p,
         )?;
-        if variant == Variant::Simple && !params.causal {
-            let map = rt.function(FAMILY, &format!("aft_map_{dt}"))?;
-            launch(
-                stream,
-                &map,
-                (grid_yz(plan.chunks), grid_yz(bh), 1),
-                THREADS,
-                &p,
-            )?;
-            return Ok(());
-        }
         if variant == Variant::Full && !gemm {
             let rowmax = rt.function(FAMILY, "aft_rowmax_f32")?;
             launch(
