@@ -107,6 +107,7 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
   constexpr int OW = DV / 2, ONT = OW / 8;                    // output phase: columns per warp
   constexpr int WC = D / 16, UES = WARPS / WC, UW = DV / UES, UNT = UW / 8;  // update phase
   static_assert(D == 32 || D == 64 || D == 128, "causal tensor-core path: D in {32, 64, 128}");
+  static_assert(!CHAIN || cos_tc_reduce_smem(D, DV) <= cos_tc_causal_smem(D), "the chain's reduce stages fit");
   // Two pipeline buffers of [Q tile | K tile | V tile] (one base per buffer, so the tiles' addresses
   // differ by constants), then the output stage and the state operand.
   constexpr int BUF = 2 * BR * LD + BR * LDV;

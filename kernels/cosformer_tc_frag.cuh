@@ -7,6 +7,7 @@
 #include "mma.cuh"
 
 #define COS_TC_ROWS 32         // key rows per pipeline stage of the reduce pass
+
 #define COS_TC_MAP_WARPS 4     // warps per CTA of the map pass, 16 query rows each
 #define COS_TC_BLOCK 64        // rows per block of the causal pass
 #define COS_TC_CAUSAL_WARPS 8  // warps per CTA of the causal pass
@@ -16,7 +17,13 @@ extern __shared__ __align__(16) u16 cos_tc_smem[];
 // Row length (elements) of the state operand: [αKVc | αKVs | βzc ×8 | βzs ×8], padded by 8 so that
 // ldmatrix rows fall in distinct banks.
 __host__ __device__ constexpr int cos_tc_state_ld(int d) { return 2 * d + 24; }
-__host__ __device__ constexpr int cos_tc_reduce_smem(int d) { return 4 * COS_TC_ROWS * (d + 8) * 2; }
+// Stages of the reduce's cp.async ring (one fewer in flight): 4, but 2 at D = 80, whose reduce
+// has no registers to spare for the deeper ring at its 2 CTAs per SM (ptxas: 120 > 102).
+__host__ __device__ constexpr int cos_tc_reduce_stages(int d) { return d == 80 ? 2 : 4; }
+// K and V stages of the reduce (DV = D; the chained causal pass stages its DV value columns).
+__host__ __device__ constexpr int cos_tc_reduce_smem(int d, int dv = -1) {
+  return cos_tc_reduce_stages(d) * COS_TC_ROWS * ((d + 8) + ((dv < 0 ? d : dv) + 8)) * 2;
+}
 __host__ __device__ constexpr int cos_tc_map_smem(int d, int warps = COS_TC_MAP_WARPS) {
   return (d * cos_tc_state_ld(d) + 2 * warps * 16 * (d + 8)) * 2;
 }
@@ -166,18 +173,18 @@ __device__ __forceinline__ void cos_tc_put_state(Put put, int c, int e0, bool zw
 // c = 16ct + g (+8) × columns ep·DV/ES + 8j + 2t (+1) of KVs (as) and KVc (ac), and the ep = 0
 // warps zs, zc of rows c (+8) in every column of the ones-product (zs[0] = zs[1] = row c, zs[2] =
 // zs[3] = row c + 8; other warps 0): cos_tc_get_state's layout. The reduce pass takes all value
-// columns; the chained causal kernel its CTA's (the causal update layout). Staging: cos_tc_smem
-// (cos_tc_reduce_smem when DV = D). Ends after a barrier, with every read of the staging buffers
+// columns; the chained causal kernel its CTA's (the causal update layout). Staging: cos_tc_smem,
+// cos_tc_reduce_smem(D, DV) bytes. Ends after a barrier, with every read of the staging buffers
 // done.
 template <typename T, int D, int DV = D, int ES = cos_tc_reduce_esplit(D)>
 __device__ __forceinline__ void cos_reduce_tc_sums(const CosformerParams& p, const u16* k, const u16* v,
                                                    int row_begin, int row_end, float (&as)[DV / ES / 8][4],
                                                    float (&ac)[DV / ES / 8][4], float (&zs)[4], float (&zc)[4]) {
-  constexpr int WC = D / 16, LD = D + 8, LDV = DV + 8, ROWS = COS_TC_ROWS;
+  constexpr int WC = D / 16, LD = D + 8, LDV = DV + 8, ROWS = COS_TC_ROWS, S = cos_tc_reduce_stages(D);
   constexpr int THREADS = WC * ES * 32, EW = DV / ES, NT = DV / ES / 8;
   auto ks = reinterpret_cast<u16(*)[ROWS][LD]>(cos_tc_smem);
-  auto vs = reinterpret_cast<u16(*)[ROWS][LDV]>(cos_tc_smem + 2 * ROWS * LD);
-  __shared__ __align__(8) float ang[2][2][ROWS];
+  auto vs = reinterpret_cast<u16(*)[ROWS][LDV]>(cos_tc_smem + S * ROWS * LD);
+  __shared__ __align__(8) float ang[S][2][ROWS];
   const int warp = threadIdx.x / 32;
   const int ct = warp % WC, e0 = (warp / WC) * EW;
   const bool zw = warp < WC;
@@ -189,20 +196,24 @@ __device__ __forceinline__ void cos_reduce_tc_sums(const CosformerParams& p, con
 #pragma unroll
     for (int i = 0; i < 4; ++i) as[j][i] = ac[j][i] = 0.f;
 
-  __syncthreads();  // earlier reads of the buffers are done
-  tc_stage<D, LD, ROWS, THREADS>(ks[0], k, p.k_sn, row_begin, row_end);
-  tc_stage<DV, LDV, ROWS, THREADS>(vs[0], v, p.v_sn, row_begin, row_end);
-  cos_tc_angles<ROWS>(ang[0], p, row_begin, row_end);
-  cp_async_commit();
-  int buf = 0;
-  for (int row0 = row_begin; row0 < row_end; row0 += ROWS, buf ^= 1) {
-    if (row0 + ROWS < row_end) {
-      tc_stage<D, LD, ROWS, THREADS>(ks[buf ^ 1], k, p.k_sn, row0 + ROWS, row_end);
-      tc_stage<DV, LDV, ROWS, THREADS>(vs[buf ^ 1], v, p.v_sn, row0 + ROWS, row_end);
-      cos_tc_angles<ROWS>(ang[buf ^ 1], p, row0 + ROWS, row_end);
+  // A ring of S stages, S − 1 in flight while one is multiplied: with two (one in flight) the
+  // reduce kept 8 KB of loads out per CTA, 16 KB per SM at its 2 CTAs, below what DRAM latency
+  // needs at the copy rate (≈ 23 GB/s per SM × ≈ 1 µs), and ran at 44 % of DRAM bandwidth.
+  auto stage = [&](int s, int row0) {
+    if (row0 < row_end) {
+      tc_stage<D, LD, ROWS, THREADS>(ks[s], k, p.k_sn, row0, row_end);
+      tc_stage<DV, LDV, ROWS, THREADS>(vs[s], v, p.v_sn, row0, row_end);
+      cos_tc_angles<ROWS>(ang[s], p, row0, row_end);
     }
-    cp_async_commit();
-    cp_async_wait<1>();
+    cp_async_commit();  // (an empty group past the end keeps the wait counts uniform)
+  };
+  __syncthreads();  // earlier reads of the buffers are done
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) stage(s, row_begin + s * ROWS);
+  int buf = 0;
+  for (int row0 = row_begin; row0 < row_end; row0 += ROWS, buf = buf == S - 1 ? 0 : buf + 1) {
+    stage(buf == 0 ? S - 1 : buf - 1, row0 + (S - 1) * ROWS);  // the stage read last iteration
+    cp_async_wait<S - 1>();
     __syncthreads();
 #pragma unroll 1
     for (int n0 = 0; n0 < ROWS; n0 += 16) {
@@ -228,7 +239,7 @@ __device__ __forceinline__ void cos_reduce_tc_sums(const CosformerParams& p, con
         }
       }
     }
-    __syncthreads();  // buffer `buf` is refilled two iterations from now
+    __syncthreads();  // buffer `buf` is refilled next iteration
   }
   cp_async_wait<0>();
 }

@@ -105,6 +105,17 @@ pub struct Runtime {
     info: DeviceInfo,
     policy: LoadPolicy,
     modules: Mutex<HashMap<&'static str, Loaded>>,
+    /// What launches ask of each loaded kernel, answered without a driver call (a launch at
+    /// N = 1k takes a few µs, and the host's time before it counts).
+    kernels: Mutex<HashMap<usize, KernelLimits>>,
+}
+
+/// A loaded kernel's dynamic shared memory limit (set by [`Runtime::function`]) and its
+/// resident CTAs per SM by (threads, dynamic shared memory), as the driver answered.
+#[derive(Default)]
+struct KernelLimits {
+    smem_room: Option<i32>,
+    per_sm: HashMap<(u32, u32), usize>,
 }
 
 /// Returns `Error::NoDevice` unless a driver library and at least one device are present.
@@ -167,6 +178,7 @@ impl Runtime {
             info,
             policy,
             modules: Mutex::new(HashMap::new()),
+            kernels: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -243,10 +255,15 @@ impl Runtime {
                 .info
                 .smem_per_block_optin
                 .saturating_sub(static_smem.max(0) as usize);
+            let room = room.min(i32::MAX as usize) as i32;
             f.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                room.min(i32::MAX as usize) as i32,
+                room,
             )?;
+            self.lock_kernels()
+                .entry(f.cu_function() as usize)
+                .or_default()
+                .smem_room = Some(room);
             m.functions.insert(name.to_string(), f.clone());
             Ok(f)
         })?
@@ -255,17 +272,42 @@ impl Runtime {
     /// CTAs of `f` (`threads` threads, `smem` bytes of dynamic shared memory) that fit on the
     /// whole device at once.
     pub fn resident_ctas(&self, f: &CudaFunction, threads: u32, smem: u32) -> Result<usize> {
-        let per_sm =
-            f.occupancy_max_active_blocks_per_multiprocessor(threads, smem as usize, None)?;
-        Ok(per_sm.max(1) as usize * self.info.multiprocessors as usize)
+        let key = f.cu_function() as usize;
+        let cached = self
+            .lock_kernels()
+            .get(&key)
+            .and_then(|k| k.per_sm.get(&(threads, smem)).copied());
+        let per_sm = match cached {
+            Some(n) => n,
+            None => {
+                let n = f
+                    .occupancy_max_active_blocks_per_multiprocessor(threads, smem as usize, None)?
+                    .max(1) as usize;
+                let mut kernels = self.lock_kernels();
+                kernels
+                    .entry(key)
+                    .or_default()
+                    .per_sm
+                    .insert((threads, smem), n);
+                n
+            }
+        };
+        Ok(per_sm * self.info.multiprocessors as usize)
     }
 
     /// Whether `f` may launch with `bytes` of dynamic shared memory: at most the device's opt-in
     /// limit less its static shared memory (the limit [`Runtime::function`] set when it loaded
     /// `f`); a typed error naming the sizes otherwise.
     pub fn check_dynamic_smem(&self, f: &CudaFunction, bytes: u32) -> Result<()> {
-        let room =
-            f.get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)?;
+        let known = self
+            .lock_kernels()
+            .get(&(f.cu_function() as usize))
+            .and_then(|k| k.smem_room);
+        let room = match known {
+            Some(room) => room,
+            None => f
+                .get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)?,
+        };
         if i64::from(bytes) > i64::from(room) {
             return Err(Error::param(
                 "shared memory",
@@ -278,6 +320,11 @@ impl Runtime {
             ));
         }
         Ok(())
+    }
+
+    fn lock_kernels(&self) -> std::sync::MutexGuard<'_, HashMap<usize, KernelLimits>> {
+        // As lock_modules: every insert leaves the map consistent.
+        self.kernels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_modules(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, Loaded>> {

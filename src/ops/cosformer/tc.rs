@@ -44,8 +44,16 @@ fn state_ld(d: usize) -> usize {
 fn reduce_threads(d: usize) -> u32 {
     (d / 16 * if d >= 64 { 2 } else { 1 } * 32) as u32
 }
+/// Stages of the reduce's cp.async ring of K and V tiles (cos_tc_reduce_stages).
+fn reduce_stages(d: usize) -> usize {
+    if d == 80 {
+        2
+    } else {
+        4
+    }
+}
 fn reduce_smem(d: usize) -> u32 {
-    (4 * TC_ROWS * (d + 8) * 2) as u32
+    (reduce_stages(d) * TC_ROWS * 2 * (d + 8) * 2) as u32
 }
 fn map_smem(d: usize) -> u32 {
     ((d * state_ld(d) + 2 * TC_MAP_ROWS * (d + 8)) * 2) as u32
@@ -54,10 +62,13 @@ fn map_smem(d: usize) -> u32 {
 fn short_causal_smem(d: usize) -> u32 {
     causal_smem(d).max(reduce_smem(d))
 }
-/// The one-launch kernel: the larger of the reduce and of a map with the reduce's warps.
+/// The one-launch kernel (cos_tc_short_smem): the reduce's staging, later two query tiles of
+/// the reduce's warps; then the partials pushed by the cluster's CTAs (fp32, 8 × its share of the
+/// state), later the 16-bit state operand.
 fn short_smem(d: usize) -> u32 {
-    let map = (d * state_ld(d) + 2 * (reduce_threads(d) as usize / 32) * 16 * (d + 8)) * 2;
-    reduce_smem(d).max(map as u32)
+    let per = (2 * d * d + 2 * d).div_ceil(SHORT_CL).div_ceil(2) * 2;
+    let stage = (reduce_smem(d) as usize).max(reduce_threads(d) as usize * (d + 8) * 2);
+    (stage + (SHORT_CL * per * 4).max(d * state_ld(d) * 2)) as u32
 }
 /// Value columns per causal CTA (cos_tc_causal_dv): D = 128 splits them between two CTAs.
 fn causal_dv(d: usize) -> usize {
@@ -296,12 +307,12 @@ mod tests {
     // The values the static_assert in kernels/cosformer_tc.cuh pins.
     #[test]
     fn geometry_matches_the_kernel_header() {
-        assert_eq!(reduce_smem(64), 18432);
+        assert_eq!((reduce_smem(64), reduce_smem(80)), (36864, 22528));
         assert_eq!(map_smem(64), 37888);
         assert_eq!((causal_smem(64), causal_smem(128)), (83968, 136192));
         assert_eq!(
             (short_smem(32), short_smem(48), short_smem(64)),
-            (10752, 22272, 56320)
+            (28928, 47488, 70144)
         );
         assert_eq!(
             (reduce_threads(32), reduce_threads(64), reduce_threads(128)),
