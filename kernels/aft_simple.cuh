@@ -103,6 +103,24 @@ __device__ __forceinline__ void aft_fold(AftStat& s, const float (&k)[N], const 
   }
 }
 
+// Slice sx (bh · channel tiles + tile) as the lane sees it: channels c = c0 + 2·lane, c + 1 (ok0,
+// ok1: inside D) and the channel its loads use, cl (c0 for a lane without channels, whose values
+// are never used).
+struct AftSimpleSlice {
+  int bh, b, h, c0, c, cl;
+  bool ok0, ok1;
+  __device__ __forceinline__ AftSimpleSlice(const AftParams& p, int sx, int ctiles) {
+    bh = sx / ctiles;
+    b = bh / p.h;
+    h = bh % p.h;
+    c0 = (sx % ctiles) * AFT_CT;
+    c = c0 + 2 * ((int)threadIdx.x % 32);
+    ok0 = c < p.d;
+    ok1 = c + 1 < p.d;
+    cl = ok0 ? c : c0;
+  }
+};
+
 // Pass 1, one slice: the thread's (m, a, z) of channels c, c + 1 over its rows of blocks
 // [first, last); k and v at row 0 of the slice, channel c (a lane without channels: c0, its
 // values unused). Two buffers: block j + 1's loads go out before block j is folded and block
@@ -156,18 +174,15 @@ __device__ void aft_simple_reduce(const AftParams& p) {
   const int first = aft_range_at(blockIdx.x, p.chunks, p.parts);
   const int last = aft_range_at(blockIdx.x + 1, p.chunks, p.parts);
   for (int sx = blockIdx.y; sx < slices; sx += gridDim.y) {
-    const int bh = sx / ctiles, b = bh / p.h, h = bh % p.h, c0 = (sx % ctiles) * AFT_CT;
-    const int c = c0 + 2 * lane;
-    const bool ok0 = c < p.d, ok1 = c + 1 < p.d;
-    const int cl = ok0 ? c : c0;  // the lane's loads (unused values without channels)
-    const T* k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh + cl;
-    const T* v = reinterpret_cast<const T*>(p.v) + b * p.v_sb + h * p.v_sh + cl;
-    const bool pair = aft_pairs<T>(p, k - cl + c0, v - cl + c0, p.k_sn, p.v_sn);
+    const AftSimpleSlice x(p, sx, ctiles);
+    const int bh = x.bh, c0 = x.c0;
+    const T* k = reinterpret_cast<const T*>(p.k) + x.b * p.k_sb + x.h * p.k_sh + x.cl;
+    const T* v = reinterpret_cast<const T*>(p.v) + x.b * p.v_sb + x.h * p.v_sh + x.cl;
     AftStat s[2] = {{AFT_NEG_INF, 0.f, 0.f}, {AFT_NEG_INF, 0.f, 0.f}};
-    if (pair)
-      aft_simple_reduce_rows<T, true>(p, k, v, first, last, ok0, ok1, s);
+    if (aft_pairs<T>(p, k - x.cl + c0, v - x.cl + c0, p.k_sn, p.v_sn))
+      aft_simple_reduce_rows<T, true>(p, k, v, first, last, x.ok0, x.ok1, s);
     else
-      aft_simple_reduce_rows<T, false>(p, k, v, first, last, ok0, ok1, s);
+      aft_simple_reduce_rows<T, false>(p, k, v, first, last, x.ok0, x.ok1, s);
     red[warp][2 * lane] = s[0];
     red[warp][2 * lane + 1] = s[1];
     __syncthreads();
@@ -257,22 +272,17 @@ template <typename T>
 __device__ void aft_simple_map(const AftParams& p) {
   __shared__ AftStat quarter[AFT_THREADS / AFT_CT][AFT_CT];
   __shared__ float ratio[AFT_CT];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int ctiles = div_up(p.d, AFT_CT), slices = p.b * p.h * ctiles;
   const int first = aft_range_at(blockIdx.x, p.chunks, gridDim.x);
   const int last = aft_range_at(blockIdx.x + 1, p.chunks, gridDim.x);
   for (int sx = blockIdx.y; sx < slices; sx += gridDim.y) {
-    const int bh = sx / ctiles, b = bh / p.h, h = bh % p.h, c0 = (sx % ctiles) * AFT_CT;
-    const int c = c0 + 2 * lane;
-    const bool ok0 = c < p.d, ok1 = c + 1 < p.d;
-    const int cl = ok0 ? c : c0;  // the lane's loads (nothing stored without channels)
-    const T* q = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh + cl;
-    T* o = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh + cl;
-    const bool pair = aft_pairs<T>(p, q - cl + c0, o - cl + c0, p.q_sn, p.o_sn);
-    if (pair)
-      aft_simple_map_rows<T, true>(p, q, o, first, last, ok0, ok1, bh, c0, quarter, ratio);
+    const AftSimpleSlice x(p, sx, ctiles);
+    const T* q = reinterpret_cast<const T*>(p.q) + x.b * p.q_sb + x.h * p.q_sh + x.cl;
+    T* o = reinterpret_cast<T*>(p.o) + x.b * p.o_sb + x.h * p.o_sh + x.cl;
+    if (aft_pairs<T>(p, q - x.cl + x.c0, o - x.cl + x.c0, p.q_sn, p.o_sn))
+      aft_simple_map_rows<T, true>(p, q, o, first, last, x.ok0, x.ok1, x.bh, x.c0, quarter, ratio);
     else
-      aft_simple_map_rows<T, false>(p, q, o, first, last, ok0, ok1, bh, c0, quarter, ratio);
+      aft_simple_map_rows<T, false>(p, q, o, first, last, x.ok0, x.ok1, x.bh, x.c0, quarter, ratio);
     __syncthreads();  // quarter and ratio are rewritten for the next slice
   }
 }

@@ -21,6 +21,7 @@
 // launch.
 #pragma once
 #include "aft.cuh"
+#include "mma.cuh"  // cp.async
 
 #define AFT_SC_ROWS 128  // rows per chunk (16 per warp)
 
@@ -63,6 +64,11 @@ __device__ void aft_simple_causal(const AftParams& p) {
   __shared__ AftStat wst[WARPS][AFT_CT];  // per warp: its rows' stats, then its exclusive state
   __shared__ AftStat excl[AFT_CT];        // the chunk's exclusive prefix
   __shared__ int ticket, stop;
+  // The chunk's Q tile, copied in at the start (16-bit storage, whole aligned tiles): it lands
+  // during the look-back. Loaded at step 3 instead, it was two dependent DRAM round trips (half a
+  // warp's rows at a time, for registers) after everything else.
+  constexpr int QLD = AFT_CT + 8;
+  __shared__ __align__(16) u16 qs[AFT_SC_ROWS][QLD];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int ctiles = div_up(p.d, AFT_CT), slices = p.b * p.h * ctiles;
   const int chunks = div_up(p.t, AFT_SC_ROWS);
@@ -76,6 +82,13 @@ __device__ void aft_simple_causal(const AftParams& p) {
   const int row0 = chunk * AFT_SC_ROWS + warp * PER;
   const int rows = ok0 ? max(0, min(PER, p.t - row0)) : 0;  // this thread's valid rows
   u32* my_flags = flags + (i64)sx * chunks;
+  const T* qt = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh + c0;  // the tile's row 0
+  const bool staged = sizeof(T) == 2 && c0 + AFT_CT <= p.d && reinterpret_cast<u64>(qt) % 16 == 0 &&
+                      p.q_sn % 8 == 0;  // CTA-uniform
+  if (staged)
+    tc_stage<AFT_CT, QLD, AFT_SC_ROWS, AFT_THREADS>(qs, reinterpret_cast<const u16*>(qt), p.q_sn,
+                                                    chunk * AFT_SC_ROWS, p.t);
+  cp_async_commit();
 
   // 1. K, V into registers; the warp's stats; the chunk's aggregate.
   const T* k = reinterpret_cast<const T*>(p.k) + b * p.k_sb + h * p.k_sh + (i64)row0 * p.k_sn + c;
@@ -160,7 +173,8 @@ __device__ void aft_simple_causal(const AftParams& p) {
       s = aft_combine(s, own);
     }
   }
-  __syncthreads();
+  cp_async_wait<0>();
+  __syncthreads();  // (also publishes every thread's copies of the Q tile)
   if (rows == 0) return;
   const T* q = reinterpret_cast<const T*>(p.q) + b * p.q_sb + h * p.q_sh + (i64)row0 * p.q_sn + c;
   T* o = reinterpret_cast<T*>(p.o) + b * p.o_sb + h * p.o_sh + (i64)row0 * p.o_sn + c;
@@ -173,7 +187,16 @@ __device__ void aft_simple_causal(const AftParams& p) {
 #pragma unroll
   for (int h0 = 0; h0 < PER; h0 += HALF) {
     float qx[2][HALF];
-    aft_load_rows<T, HALF>(q + h0 * p.q_sn, p.q_sn, rows - h0, qo_pair, true, ok1, qx[0], qx[1]);
+    bool have = false;
+    if constexpr (sizeof(T) == 2) {
+      if (staged) {
+#pragma unroll
+        for (int i = 0; i < HALF; ++i)
+          unpack2<T>(*reinterpret_cast<const u32*>(&qs[warp * PER + h0 + i][2 * lane]), qx[0][i], qx[1][i]);
+        have = true;
+      }
+    }
+    if (!have) aft_load_rows<T, HALF>(q + h0 * p.q_sn, p.q_sn, rows - h0, qo_pair, true, ok1, qx[0], qx[1]);
 #pragma unroll
     for (int i = 0; i < HALF; ++i) {
       if (h0 + i >= rows) break;

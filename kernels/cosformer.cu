@@ -515,79 +515,111 @@ __device__ void cos_causal(const CosformerParams& p) {
   }
 }
 
-// Decode step: adds token pos0 + 1 (row 0 of q, k, v) of each (b,h) to `state`, then writes its
-// output from the updated state. Grid: x = bh, one CTA of COS_THREADS (d, dv ≤ 256). Every thread
-// streams state: row groups split the d rows, and within a group a thread updates VEC adjacent
-// columns of each of its rows (VEC = 4, one 16-byte load per array and row, where dv % 4 == 0 and
-// every slice's state is 16-byte aligned; else VEC = 1), loading 4 rows before it stores them: 8
-// loads (128 B with VEC = 4) in flight per thread, ≈ 64 KB per SM at 2 CTAs. The groups' partial
-// numerators are added in group order (deterministic).
-// Traffic: the state read and written once, one q, k, v row read, one O row written.
 #define COS_STEP_VEC 4
 #define COS_STEP_ROWS 4  // rows whose loads a thread issues before it updates and stores them
+
+// The thread's place in the step's row groups: VEC adjacent columns from e of rows
+// [c_begin, c_end) of KVs and KVc (none when g ≥ groups or e ≥ dv).
 template <int VEC>
-__device__ __forceinline__ void cos_step_rows(const CosformerParams& p, float* st, const float* qf, const float* kf,
-                                             const float* vr, float sn, float cs, float (*num)[COS_STEP_VEC * COS_THREADS]) {
-  constexpr int U = COS_STEP_ROWS;
-  const i64 ddv = (i64)p.d * p.dv;
-  const int lanes = p.dv / VEC;  // threads per row
-  const int t = threadIdx.x, groups = max(1, COS_THREADS / lanes), e = VEC * (t % lanes), g = t / lanes;
-  float ns[VEC] = {}, nc[VEC] = {};
-  if (g < groups && e < p.dv) {
-    const int rows = div_up(p.d, groups), c_end = min(p.d, (g + 1) * rows);
-    float ve[VEC];
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) ve[j] = vr[e + j];
-    // Batches of U rows: every load of a batch is issued before its stores (the compiler cannot
-    // move a later row's load above an earlier row's store to the same array).
-    for (int c0 = g * rows; c0 < c_end; c0 += U) {
-      float s[U][VEC], x[U][VEC];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (c0 + u >= c_end) break;
-        const float* ps = st + (i64)(c0 + u) * p.dv + e;
-        if constexpr (VEC == 4) {
-          const float4 a = *reinterpret_cast<const float4*>(ps), b = *reinterpret_cast<const float4*>(ps + ddv);
-          s[u][0] = a.x, s[u][1] = a.y, s[u][2] = a.z, s[u][3] = a.w;
-          x[u][0] = b.x, x[u][1] = b.y, x[u][2] = b.z, x[u][3] = b.w;
-        } else {
-          s[u][0] = ps[0];
-          x[u][0] = ps[ddv];
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int c = c0 + u;
-        if (c >= c_end) break;
-        const float ks = kf[c] * sn, kc = kf[c] * cs;
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) {
-          s[u][j] = fmaf(ks, ve[j], s[u][j]);
-          x[u][j] = fmaf(kc, ve[j], x[u][j]);
-          ns[j] = fmaf(qf[c], s[u][j], ns[j]);
-          nc[j] = fmaf(qf[c], x[u][j], nc[j]);
-        }
-        float* ps = st + (i64)c * p.dv + e;
-        if constexpr (VEC == 4) {
-          *reinterpret_cast<float4*>(ps) = float4{s[u][0], s[u][1], s[u][2], s[u][3]};
-          *reinterpret_cast<float4*>(ps + ddv) = float4{x[u][0], x[u][1], x[u][2], x[u][3]};
-        } else {
-          ps[0] = s[u][0];
-          ps[ddv] = x[u][0];
-        }
-      }
-    }
+struct CosStepLane {
+  int e, g, groups, c_begin, c_end;
+  __device__ __forceinline__ explicit CosStepLane(const CosformerParams& p) {
+    const int lanes = max(1, p.dv / VEC);  // threads per row (unused VEC = 4 lanes when dv < 4)
+    e = VEC * ((int)threadIdx.x % lanes);
+    g = (int)threadIdx.x / lanes;
+    groups = max(1, COS_THREADS / lanes);
+    const int rows = div_up(p.d, groups);
+    const bool live = g < groups && e < p.dv;
+    c_begin = live ? g * rows : 0;
+    c_end = live ? min(p.d, (g + 1) * rows) : 0;
   }
-  if (g < groups) {
+};
+
+// Rows [c0, c0 + COS_STEP_ROWS) ∩ [·, c_end) of KVs (s) and KVc (x) at columns e … e + VEC − 1.
+template <int VEC>
+__device__ __forceinline__ void cos_step_load(const CosformerParams& p, const float* st, int c0, int c_end, int e,
+                                              float (&s)[COS_STEP_ROWS][COS_STEP_VEC],
+                                              float (&x)[COS_STEP_ROWS][COS_STEP_VEC]) {
+  const i64 ddv = (i64)p.d * p.dv;
 #pragma unroll
-    for (int j = 0; j < VEC; ++j) {
-      if (e + j >= p.dv) break;
-      num[0][g * p.dv + e + j] = ns[j];
-      num[1][g * p.dv + e + j] = nc[j];
+  for (int u = 0; u < COS_STEP_ROWS; ++u) {
+    if (c0 + u >= c_end) break;
+    const float* ps = st + (i64)(c0 + u) * p.dv + e;
+    if constexpr (VEC == 4) {
+      const float4 a = *reinterpret_cast<const float4*>(ps), b = *reinterpret_cast<const float4*>(ps + ddv);
+      s[u][0] = a.x, s[u][1] = a.y, s[u][2] = a.z, s[u][3] = a.w;
+      x[u][0] = b.x, x[u][1] = b.y, x[u][2] = b.z, x[u][3] = b.w;
+    } else {
+      s[u][0] = ps[0];
+      x[u][0] = ps[ddv];
     }
   }
 }
 
+// The thread's rows (CosStepLane) updated by the token and stored, batch by batch (every load
+// of a batch issued before its stores: the compiler cannot move a later row's load above an
+// earlier row's store to the same array); the first batch (s0, x0) was loaded by the caller
+// before the token's features were staged. Its partial numerators go to num[·][g·dv + e …].
+template <int VEC>
+__device__ __forceinline__ void cos_step_rows(const CosformerParams& p, const CosStepLane<VEC>& l, float* st,
+                                             const float* qf, const float* kf, const float* vr, float sn, float cs,
+                                             float (&s0)[COS_STEP_ROWS][COS_STEP_VEC],
+                                             float (&x0)[COS_STEP_ROWS][COS_STEP_VEC],
+                                             float (*num)[COS_STEP_VEC * COS_THREADS]) {
+  constexpr int U = COS_STEP_ROWS;
+  const i64 ddv = (i64)p.d * p.dv;
+  const int e = l.e;
+  float ns[VEC] = {}, nc[VEC] = {};
+  if (l.c_begin < l.c_end) {
+    float ve[VEC];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) ve[j] = vr[e + j];
+    // Batch by batch in s0, x0 (the first one already loaded).
+    for (int c0 = l.c_begin; c0 < l.c_end; c0 += U) {
+      if (c0 != l.c_begin) cos_step_load<VEC>(p, st, c0, l.c_end, e, s0, x0);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int c = c0 + u;
+        if (c >= l.c_end) break;
+        const float ks = kf[c] * sn, kc = kf[c] * cs;
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          s0[u][j] = fmaf(ks, ve[j], s0[u][j]);
+          x0[u][j] = fmaf(kc, ve[j], x0[u][j]);
+          ns[j] = fmaf(qf[c], s0[u][j], ns[j]);
+          nc[j] = fmaf(qf[c], x0[u][j], nc[j]);
+        }
+        float* ps = st + (i64)c * p.dv + e;
+        if constexpr (VEC == 4) {
+          *reinterpret_cast<float4*>(ps) = float4{s0[u][0], s0[u][1], s0[u][2], s0[u][3]};
+          *reinterpret_cast<float4*>(ps + ddv) = float4{x0[u][0], x0[u][1], x0[u][2], x0[u][3]};
+        } else {
+          ps[0] = s0[u][0];
+          ps[ddv] = x0[u][0];
+        }
+      }
+    }
+  }
+  if (l.g < l.groups) {
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) {
+      if (e + j >= p.dv) break;
+      num[0][l.g * p.dv + e + j] = ns[j];
+      num[1][l.g * p.dv + e + j] = nc[j];
+    }
+  }
+}
+
+// Decode step: adds token pos0 + 1 (row 0 of q, k, v) of each (b,h) to `state`, then writes its
+// output from the updated state. Grid: x = bh, one CTA of COS_THREADS (d, dv ≤ 256). Every thread
+// streams state: row groups split the d rows, and within a group a thread updates VEC adjacent
+// columns of each of its rows (VEC = 4, one 16-byte load per array and row, where dv % 4 == 0 and
+// every slice's state is 16-byte aligned; else VEC = 1), loading COS_STEP_ROWS rows before it
+// stores them: 8 loads (128 B with VEC = 4) in flight per thread. The first batch is loaded before
+// the token's q, k, v: the two DRAM round trips overlap instead of following each other (at
+// B·H = 128, D = 64 one batch is every row a thread has). The groups' partial numerators are
+// added in group order (deterministic).
+// Traffic: the state read and written once, one q, k, v row read, one O row written.
 template <typename T>
 __device__ void cos_step(const CosformerParams& p) {
   __shared__ float qf[256], kf[256], vr[256];
@@ -598,6 +630,12 @@ __device__ void cos_step(const CosformerParams& p) {
   const int t = threadIdx.x;
   const i64 slen = cos_state_len(p), ddv = (i64)p.d * p.dv;
   float* st = reinterpret_cast<float*>(p.state) + (i64)bh * slen;
+  // Launch-uniform: 16-byte rows for every slice.
+  const bool vec = p.dv % COS_STEP_VEC == 0 && slen % COS_STEP_VEC == 0 && p.state % 16 == 0;
+  // (The VEC = 1 path, unaligned or odd dv, loads its first batch after the staging.)
+  const CosStepLane<COS_STEP_VEC> l4(p);
+  float s0[COS_STEP_ROWS][COS_STEP_VEC], x0[COS_STEP_ROWS][COS_STEP_VEC];
+  if (vec) cos_step_load<COS_STEP_VEC>(p, st, l4.c_begin, l4.c_end, l4.e, s0, x0);
   float sn, cs;
   cos_angle(p, 0, &sn, &cs);
   if (t < p.d) {
@@ -619,15 +657,15 @@ __device__ void cos_step(const CosformerParams& p) {
     dc = warp_sum(dc);
     if (t == 0) den = fmaxf(sn * ds + cs * dc, p.eps);
   }
-  // Launch-uniform: 16-byte rows for every slice.
-  const bool vec = p.dv % COS_STEP_VEC == 0 && slen % COS_STEP_VEC == 0 && p.state % 16 == 0;
   int groups;
   if (vec) {
-    cos_step_rows<COS_STEP_VEC>(p, st, qf, kf, vr, sn, cs, num);
-    groups = max(1, COS_THREADS / (p.dv / COS_STEP_VEC));
+    cos_step_rows<COS_STEP_VEC>(p, l4, st, qf, kf, vr, sn, cs, s0, x0, num);
+    groups = l4.groups;
   } else {
-    cos_step_rows<1>(p, st, qf, kf, vr, sn, cs, num);
-    groups = max(1, COS_THREADS / p.dv);
+    const CosStepLane<1> l1(p);
+    cos_step_load<1>(p, st, l1.c_begin, l1.c_end, l1.e, s0, x0);
+    cos_step_rows<1>(p, l1, st, qf, kf, vr, sn, cs, s0, x0, num);
+    groups = l1.groups;
   }
   __syncthreads();
   if (t < p.dv) {

@@ -305,8 +305,9 @@ impl Runtime {
             .and_then(|k| k.smem_room);
         let room = match known {
             Some(room) => room,
-            None => f
-                .get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)?,
+            None => f.get_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            )?,
         };
         if i64::from(bytes) > i64::from(room) {
             return Err(Error::param(
