@@ -71,8 +71,23 @@ fn workspace_is_chunk_statistics() {
     let per = 16 * 3 * 64 * 4;
     // max |V| per chunk (the f16 operand scale), for every plan that runs a window or GEMM kernel
     let vmax = 16 * 64 * (chunks + 1) * 4;
-    let simple = workspace_bytes(d, Variant::Simple, &AftParams::default()).unwrap();
-    assert_eq!(simple, per * (2 * chunks + 1));
+    // Non-causal simple: only its per-part totals, at most 128 per slice whatever T.
+    let totals = workspace_bytes(d, Variant::Simple, &AftParams::default()).unwrap();
+    assert_eq!(totals, per * 128);
+    let short = workspace_bytes(
+        Dims::new(1, 16, 1000, 64),
+        Variant::Simple,
+        &AftParams::default(),
+    );
+    assert_eq!(short.unwrap(), per * 1000usize.div_ceil(CHUNK));
+    let long = workspace_bytes(
+        Dims::new(1, 16, 1 << 20, 64),
+        Variant::Simple,
+        &AftParams::default(),
+    );
+    assert_eq!(long.unwrap(), totals);
+    // The chunk statistics and their prefixes of every other plan.
+    let simple = per * (2 * chunks + 1);
     let local = workspace_bytes(d, Variant::Local { window: 64 }, &AftParams::default()).unwrap();
     assert_eq!(local, per * (3 * chunks + 2) + vmax);
     let causal = workspace_bytes(
