@@ -292,6 +292,17 @@ fn long_sequences() {
         let mut s = Case::new(65536 + 3, 48, Variant::Simple, causal);
         s.h = 1;
         check::<bf16>(&rt, &s, 14);
+        // AFT-simple with many slices: a part (and a map CTA) walks a range of 10–20 blocks, odd
+        // and even counts, through both load paths (D = 33: one load per channel; D = 64 in the
+        // engine layout: one per channel pair).
+        for (d, kind, seed) in [(33, LayoutKind::Bhnd, 17), (64, LayoutKind::Bnhd, 18)] {
+            let mut m = Case::new(5000, d, Variant::Simple, causal);
+            m.b = 4;
+            m.h = 16;
+            m.kind = kind;
+            check::<f16>(&rt, &m, seed);
+            check::<bf16>(&rt, &m, seed + 100);
+        }
     }
 }
 
