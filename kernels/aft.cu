@@ -695,7 +695,7 @@ __device__ void aft_window(const AftParams& p) {
 
 // Entry points: aft_<step>_<dtype>; the streaming AFT-simple passes at `RED` and `MAP` CTAs per SM
 // (≤ 128 and ≤ 80 registers; f32 holds twice the registers per buffered row): 16 or 24 warps,
-// each with two blocks' loads in flight, 32 KB (map) to 64 KB (reduce) per SM.
+// each thread with one to two blocks' loads in flight, ≥ 32 KB (reduce) and ≥ 24 KB (map) per SM.
 #define AFT_DTYPE(T, NAME, RED, MAP)                                                                   \
   extern "C" __global__ void __launch_bounds__(AFT_THREADS) aft_chunk_##NAME(                      \
       const __grid_constant__ AftParams p) {                                                       \

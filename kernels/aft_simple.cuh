@@ -74,7 +74,7 @@ __device__ __forceinline__ bool aft_pairs(const AftParams& p, const void* x, con
 __device__ __forceinline__ int aft_range_at(int i, int blocks, int parts) { return (int)((i64)i * blocks / parts); }
 
 // s extended by N keys k (−inf: weight 0; padding rows are −inf) with values v: one rescale when
-// the keys raise the max, then exp(k − m) per key (aft_stat_of's terms). NaN keys make a and z
+// the keys raise the max, then the keys' terms at that max (aft_stat_of). NaN keys make a and z
 // NaN; +inf makes them NaN too (inf − inf), as aft_combine of the chunk statistics did.
 template <typename T, int N>
 __device__ __forceinline__ void aft_fold(AftStat& s, const float (&k)[N], const float (&v)[N]) {
@@ -87,20 +87,9 @@ __device__ __forceinline__ void aft_fold(AftStat& s, const float (&k)[N], const 
     s.z *= f;
     s.m = m;
   }
-  if (s.m != AFT_NEG_INF) {
-    const AftExp<T> ex(s.m);
-#pragma unroll
-    for (int i = 0; i < N; ++i) {
-      if (k[i] == AFT_NEG_INF) continue;
-      const float e = ex(k[i]);
-      s.a = fmaf(e, v[i], s.a);
-      s.z += e;
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < N; ++i)  // no finite key yet: keep a NaN key's NaN
-      if (k[i] != k[i]) s.a = s.z = k[i];
-  }
+  const AftStat t = aft_stat_of<T, N>(s.m, k, v);
+  s.a += t.a;
+  s.z += t.z;
 }
 
 // Slice sx (bh · channel tiles + tile) as the lane sees it: channels c = c0 + 2·lane, c + 1 (ok0,

@@ -344,7 +344,7 @@ impl Plan {
     /// Scratch bytes: chunk statistics, their prefixes (and suffixes), max |V| per chunk; for
     /// full also w's row maxima and the GEMM operand `[E⊙V | E]` (2·T·128 bytes per 64-channel
     /// tile of every (b,h)). Non-causal simple: only its partial statistics, at most
-    /// [`PARTS_MAX`] per (b,h) whatever T (1.5 MB at B·H = 16, D = 64).
+    /// [`PARTS_MAX`] per (b,h) whatever T (1.6 MB at B·H = 16, D = 64).
     pub fn workspace_bytes(&self) -> usize {
         self.workspace_floats().unwrap_or(usize::MAX / 4) * 4
     }
