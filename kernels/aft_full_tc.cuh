@@ -548,11 +548,20 @@ __device__ void aft_full_tc(const AftParams& p) {
 // w (was 16 + 16). Three A stages and one split cluster barrier per block: a CTA arrives after its
 // remote stores for block i + 1 and waits after its own second k-step; a stage written in block i
 // was last read in block i − 2, before every CTA's arrival of block i − 1.
+// Copies run AFT_FG_AHEAD blocks ahead of the product: block i + AHEAD's bmat and w go out (one
+// cp.async group) as block i's product starts, so each has ≈ AHEAD − 1/2 blocks of product time to
+// land (w is read from DRAM about once per row tile: with one 8-warp CTA per SM nothing else covers
+// a DRAM round trip). w goes into per-thread slots of a w stage (AftFgW), read back only by the
+// thread that copied it, so its own cp.async wait orders it.
 #define AFT_FG_CL 4
 #define AFT_FG_OWN (AFT_FG_ROWS / AFT_FG_CL)  // rows each CTA exps
-// bytes: three A and two B stages, this CTA's rows' exponent offsets, the moves (3 stages)
-#define AFT_FG_CL_SMEM \
-  (3 * AFT_FG_ROWS * AFT_FG_ALD * 2 + 2 * AFT_FG_KB * AFT_FG_BLD * 2 + AFT_FG_OWN * 4 + 3 * AFT_FG_ROWS * 8 + 3 * 8 * AFT_FG_CL * 4)
+#define AFT_FG_AHEAD 3
+#define AFT_FG_NB (AFT_FG_AHEAD + 1)                     // bmat and w stages
+#define AFT_FG_WSTAGE (AFT_FG_THREADS * 2 * 8)           // bytes: 2 row slots × a key pair per thread
+// bytes: three A stages, NB B and w stages, this CTA's rows' exponent offsets, the moves (3 stages)
+#define AFT_FG_CL_SMEM                                                                                 \
+  (3 * AFT_FG_ROWS * AFT_FG_ALD * 2 + AFT_FG_NB * (AFT_FG_KB * AFT_FG_BLD * 2 + AFT_FG_WSTAGE) + AFT_FG_OWN * 4 + \
+   3 * AFT_FG_ROWS * 8 + 3 * 8 * AFT_FG_CL * 4)
 
 // The packed operands of this CTA's rows (slot j: own row threadIdx.x / 16 + 16·j) stored into A
 // stage `as` of every CTA of the cluster.
@@ -566,13 +575,44 @@ __device__ __forceinline__ void aft_fgc_share_w(int rank, const u32 (&ap)[2], u1
   }
 }
 
+// w of keys [kb, kb + 32) of the thread's SLOTS rows (aft_fg_load_w's values, zeros past T) by
+// cp.async into the thread's own slots of the w stage at shared address `ws`: slot i at
+// ws + (i·AFT_FG_THREADS + threadIdx.x)·8 (a warp's slots are 256 contiguous bytes).
+template <int SLOTS>
+__device__ __forceinline__ void aft_fg_copy_w(const AftParams& p, const AftFgW& w, int kb, u32 ws) {
+  const int t = w.r0 + threadIdx.x / 16, tp = kb + 2 * (threadIdx.x % 16);
+  const float* none = reinterpret_cast<const float*>(p.w);  // not read
+#pragma unroll
+  for (int i = 0; i < SLOTS; ++i) {
+    const float* a = w.row + i * w.step + kb;
+    const bool row = t + 16 * i < p.t;
+    const u32 d = ws + (i * AFT_FG_THREADS + threadIdx.x) * 8;
+    if (w.pairs) {  // T even: a pair is inside or past T as a whole
+      cp_async8_at(d, row && tp < p.t ? a : none, row && tp < p.t);
+    } else {
+      cp_async4_at(d, row && tp < p.t ? a : none, row && tp < p.t);
+      cp_async4_at(d + 4, row && tp + 1 < p.t ? a + 1 : none, row && tp + 1 < p.t);
+    }
+  }
+}
+template <int SLOTS> __device__ __forceinline__ void aft_fg_read_w(u32 ws, float (&wr)[SLOTS][2]) {
+#pragma unroll
+  for (int i = 0; i < SLOTS; ++i) {
+    const float2 x = lds_f2(ws + (i * AFT_FG_THREADS + threadIdx.x) * 8);
+    wr[i][0] = x.x;
+    wr[i][1] = x.y;
+  }
+}
+
 template <typename T>
 __device__ void aft_full_tc_cl(const AftParams& p) {
   constexpr int ROWS = AFT_FG_ROWS, KB = AFT_FG_KB, ASZ = ROWS * AFT_FG_ALD, BSZ = KB * AFT_FG_BLD;
+  constexpr int AHEAD = AFT_FG_AHEAD, NB = AFT_FG_NB;
   extern __shared__ __align__(16) u16 fg_smem[];
-  u16* const abase = fg_smem;           // three A stages
-  u16* const bbase = fg_smem + 3 * ASZ;  // two B stages
-  float* rcf = reinterpret_cast<float*>(bbase + 2 * BSZ);  // exponent offsets of this CTA's own rows
+  u16* const abase = fg_smem;            // three A stages
+  u16* const bbase = fg_smem + 3 * ASZ;  // NB B stages
+  const u32 wbase = smem_addr(bbase + NB * BSZ);  // NB w stages
+  float* rcf = reinterpret_cast<float*>(bbase + NB * BSZ + NB * AFT_FG_WSTAGE / 2);  // this CTA's own rows
   const AftFgMoves mv = {reinterpret_cast<float2*>(rcf + AFT_FG_OWN),
                          reinterpret_cast<int*>(rcf + AFT_FG_OWN + 6 * ROWS)};  // 3 stages
   const int rank = cluster_rank();
@@ -597,19 +637,26 @@ __device__ void aft_full_tc_cl(const AftParams& p) {
     float wreg[2][2];
     u32 ap[2];
     AftFgB b = aft_fg_b(p, bm, bbase);
-    aft_fg_load_any(p, w, 0, wreg);
-    aft_fg_copy_b(p, b, 0, 0);
-    cp_async_commit();
-    __syncthreads();  // rcf
+    // Blocks 0 … AHEAD − 1 go out, a cp.async group each (empty past the tile's last block), so
+    // that exactly one group is committed per block and wait<AHEAD − 1> means "through block i + 1".
+#pragma unroll
+    for (int j = 0; j < AHEAD; ++j) {
+      if (j < nkb) {
+        aft_fg_copy_b(p, b, j * KB, (j % NB) * BSZ * 2);
+        aft_fg_copy_w<2>(p, w, j * KB, wbase + (j % NB) * AFT_FG_WSTAGE);
+      }
+      cp_async_commit();
+    }
+    cp_async_wait<AHEAD - 1>();
+    __syncthreads();  // rcf; block 0's bmat from every thread
+    aft_fg_read_w<2>(wbase, wreg);
     aft_fg_exp_any<T, 2, AFT_FG_CL>(p, w, rank * AFT_FG_OWN, 0, wreg, rcf, ap, mv, 0, tok0);
     aft_fgc_share_w(rank, ap, abase);
-    cp_async_wait<0>();
-    __syncthreads();
     cluster_sync();  // A stage 0 complete in every CTA
 
     for (int i = 0; i < nkb; ++i) {
       const u16* as = abase + (i % 3) * ASZ;
-      u16* bs = bbase + (i & 1) * BSZ;  // non-finite values may be zeroed
+      u16* bs = bbase + (i % NB) * BSZ;  // non-finite values may be zeroed
       const bool more = i + 1 < nkb;
       aft_fg_rescale<AFT_FG_CL>(mv, fl, i % 3, tok0 + i, wr, num, den);
       // Causal blocks past the tile's first row holding a non-finite bmat value: those values
@@ -617,23 +664,27 @@ __device__ void aft_full_tc_cl(const AftParams& p) {
       if (p.causal && i * KB + KB - 1 > t0 && __syncthreads_or(aft_fg_block_bad<T>(bs)))
         aft_tc_nonfinite_block<T, 4, AFT_FG_ALD, AFT_FG_BLD, AFT_FG_COLS, AFT_FG_THREADS>(as, bs, t0, i * KB, wr, ncol,
                                                                                     num, den);
-      if (more) {
-        aft_fg_load_any(p, w, (i + 1) * KB, wreg);
-        aft_fg_copy_b(p, b, (i + 1) * KB, ((i + 1) & 1) * BSZ * 2);
-        cp_async_commit();
+      // Block i + AHEAD into the stages block i − 1 used (every thread finished reading that B
+      // stage before the last iteration's barrier; the w stage is this thread's own).
+      if (i + AHEAD < nkb) {
+        const int s = (i + AHEAD) % NB;
+        aft_fg_copy_b(p, b, (i + AHEAD) * KB, s * BSZ * 2);
+        aft_fg_copy_w<2>(p, w, (i + AHEAD) * KB, wbase + s * AFT_FG_WSTAGE);
       }
-      const u32 sa = fa + (i % 3) * ASZ * 2, sb = fb + (i & 1) * BSZ * 2;
+      cp_async_commit();
+      const u32 sa = fa + (i % 3) * ASZ * 2, sb = fb + (i % NB) * BSZ * 2;
       aft_fg_mma16<T>(sa, sb, num, den);
       if (more) {
+        cp_async_wait<AHEAD - 1>();  // this thread's copies of block i + 1
+        aft_fg_read_w<2>(wbase + ((i + 1) % NB) * AFT_FG_WSTAGE, wreg);
         aft_fg_exp_any<T, 2, AFT_FG_CL>(p, w, rank * AFT_FG_OWN, (i + 1) * KB, wreg, rcf, ap, mv, (i + 1) % 3,
                                         tok0 + i + 1);
         aft_fgc_share_w(rank, ap, abase + ((i + 1) % 3) * ASZ);
       }
       cluster_arrive();  // this CTA's stores of block i + 1 are done
       aft_fg_mma16<T>(sa + 16 * 2, sb + 16 * AFT_FG_BLD * 2, num, den);
-      cp_async_wait<0>();
-      __syncthreads();
-      cluster_wait();  // every CTA's stores of block i + 1 are visible
+      __syncthreads();  // block i + 1's bmat from every thread; stage i % NB is free
+      cluster_wait();   // every CTA's stores of block i + 1 are visible
     }
     if (pl.live) aft_fg_epilogue<T>(p, pl.tile, t0, wr, pl.wt, num, den);
     tok0 += nkb;

@@ -21,6 +21,13 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool vali
 __device__ __forceinline__ void cp_async16_at(u32 dst, const void* src, bool valid) {  // dst: smem_addr
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
 }
+// 8- and 4-byte global→shared copies (through L1: .cg takes 16 bytes only); zeros when !valid.
+__device__ __forceinline__ void cp_async8_at(u32 dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 8 : 0));
+}
+__device__ __forceinline__ void cp_async4_at(u32 dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0));
+}
 // L2 eviction priority (sm_80+). A pass that reads or writes a stream for the last time marks its
 // accesses evict-first, so that L2 gives up those lines before the ones a later pass re-reads (the
 // L2 seams of bench/NOTES.md). Values are unaffected; only which lines L2 keeps. (volatile: made

@@ -34,6 +34,8 @@ PTX = [
      "{{ unsigned v_[4]; std::memcpy(v_, (const void*)({4}), 16); {0} = v_[0]; {1} = v_[1]; {2} = v_[2]; {3} = v_[3]; (void)({5}); }}"),
     (r"^st\.global\.L2::cache_hint\.v4\.u32 \[%0\], \{%1, %2, %3, %4\}, %5;",
      "{{ const unsigned v_[4] = {{{1}, {2}, {3}, {4}}}; std::memcpy((void*)({0}), v_, 16); (void)({5}); }}"),
+    (r"^cp\.async\.ca\.shared\.global \[%0\], \[%1\], 4, %2;", "sim::cp_async({0}, (const void*)({1}), 4, {2});"),
+    (r"^cp\.async\.ca\.shared\.global \[%0\], \[%1\], 8, %2;", "sim::cp_async({0}, (const void*)({1}), 8, {2});"),
     (r"^cp\.async\.commit_group", "sim::cp_async_commit();"),
     (r"^cp\.async\.wait_group %0", "sim::cp_async_wait({0});"),
     (r"^st\.shared\.u32 \[%0\], %1", "{{ unsigned v_ = {1}; std::memcpy(sim::smem_ptr({0}, 4, true), &v_, 4); }}"),

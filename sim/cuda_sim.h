@@ -65,6 +65,7 @@ void* smem_ptr(unsigned addr, size_t bytes, bool write = false);  // bounds-chec
 
 // cp.async: the copy lands no earlier than the wait that covers its group (the latest legal time).
 void cp_async16(unsigned dst, const void* src, unsigned src_bytes);
+void cp_async(unsigned dst, const void* src, unsigned bytes, unsigned src_bytes);  // 4, 8 or 16 bytes
 void cp_async_commit();
 void cp_async_wait(int n);
 

@@ -93,6 +93,7 @@ struct Copy {
   unsigned dst;
   const void* src;
   unsigned src_bytes;
+  unsigned bytes = 16;  // copy size: 4, 8 or 16
 };
 
 struct Shadow {
@@ -853,13 +854,16 @@ void* smem_ptr(unsigned addr, size_t bytes, bool write) {
   return b.arena + addr;
 }
 
-void cp_async16(unsigned dst, const void* src, unsigned src_bytes) {
-  if (dst % 16) fault("cp.async destination not 16-byte aligned");
-  if (src_bytes && reinterpret_cast<uintptr_t>(src) % 16) fault("cp.async source not 16-byte aligned");
-  if (dst + 16 > kArena || !cur->cta->valid[dst] || !cur->cta->valid[dst + 15])
+void cp_async(unsigned dst, const void* src, unsigned bytes, unsigned src_bytes) {
+  const std::string n = std::to_string(bytes);
+  if (dst % bytes) fault("cp.async destination not " + n + "-byte aligned");
+  if (src_bytes && reinterpret_cast<uintptr_t>(src) % bytes) fault("cp.async source not " + n + "-byte aligned");
+  if (src_bytes > bytes) fault("cp.async source size above its copy size");
+  if (dst + bytes > kArena || !cur->cta->valid[dst] || !cur->cta->valid[dst + bytes - 1])
     fault("cp.async destination outside any shared variable");
-  cur->open.push_back(Copy{dst, src, src_bytes});
+  cur->open.push_back(Copy{dst, src, src_bytes, bytes});
 }
+void cp_async16(unsigned dst, const void* src, unsigned src_bytes) { cp_async(dst, src, 16, src_bytes); }
 
 void cp_async_commit() {
   Thread* t = cur;
@@ -871,8 +875,8 @@ void cp_async_wait(int n) {
   Thread* t = cur;
   while ((int)t->groups.size() > n) {
     for (const Copy& c : t->groups.front()) {
-      unsigned char* d = static_cast<unsigned char*>(smem_ptr(c.dst, 16, true));
-      std::memset(d, 0, 16);
+      unsigned char* d = static_cast<unsigned char*>(smem_ptr(c.dst, c.bytes, true));
+      std::memset(d, 0, c.bytes);
       if (c.src_bytes) std::memcpy(d, c.src, c.src_bytes);
     }
     t->groups.erase(t->groups.begin());

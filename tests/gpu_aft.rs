@@ -356,15 +356,25 @@ fn value_range() {
 }
 
 /// AFT-full's product runs on clusters of 4 CTAs sharing each exp(w) tile (sm_90) when the
-/// column-pair count (B·H·⌈D/64⌉ / 2) is a multiple of 4, else on single CTAs: both here.
+/// column-pair count (B·H·⌈D/64⌉ / 2) is a multiple of 4, else on single CTAs: both here. The
+/// cluster kernel copies 3 key blocks ahead: odd T (w by single floats), and T of fewer blocks
+/// than that (1, 63) too.
 #[test]
 fn full_cluster_and_single_cta_products() {
     let Some(rt) = common::gpu("full_cluster_and_single_cta_products") else {
         return;
     };
-    for (b, h, d) in [(1, 8, 64), (2, 4, 128), (1, 2, 64), (1, 3, 64)] {
+    for (b, h, d, t) in [
+        (1, 8, 64, 1000),
+        (2, 4, 128, 1000),
+        (1, 2, 64, 1000),
+        (1, 3, 64, 1000),
+        (1, 8, 64, 999),
+        (1, 8, 64, 63),
+        (1, 8, 64, 1),
+    ] {
         for causal in [false, true] {
-            let mut c = Case::new(1000, d, Variant::Full, causal);
+            let mut c = Case::new(t, d, Variant::Full, causal);
             c.b = b;
             c.h = h;
             check::<f16>(&rt, &c, 51);
