@@ -211,8 +211,15 @@ __host__ __device__ constexpr int cos_tc_short_smem(int d) {
                                           : d * cos_tc_state_ld(d) * 2);
 }
 
-__host__ __device__ constexpr int cos_tc_short_causal_smem(int d) {
+// The chained causal kernel's dynamic shared memory: the reduce's staging and the causal pass's
+// buffers share it.
+__host__ __device__ constexpr int cos_tc_chain_smem(int d) {
   return cos_tc_causal_smem(d) > cos_tc_reduce_smem(d) ? cos_tc_causal_smem(d) : cos_tc_reduce_smem(d);
+}
+// The causal one-launch kernel's: that region, then the pushed partials (fp32 [CL][PER]) and the
+// CTA's exclusive prefix state (fp32, the state's length), both outside it.
+__host__ __device__ constexpr int cos_tc_short_causal_smem(int d) {
+  return cos_tc_chain_smem(d) + (COS_TC_SHORT_CL * cos_tc_short_per(d) + 2 * d * d + 2 * d) * 4;
 }
 
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
@@ -337,23 +344,89 @@ __device__ void cos_short_tc(const CosformerParams& p) {
 }
 
 // Causal short sequences (N ≤ COS_TC_SHORT_MAX, D = 64: the reduce and the causal pass both run
-// 8 warps) in one launch: CTA r reduces chunk r; barrier; CTA r scans its eighth of the state
-// elements over the chunks in chunk order (cos_scan: exclusive prefixes in place, from `state`
-// when state_in, the total into `state` when non-null); barrier; the causal pass of chunk r.
+// 8 warps) in one launch, the state never leaving the cluster (as cos_short_tc):
+//  1. CTA r reduces chunk r (p.chunks = CL; chunks past N are empty: zero sums) into registers.
+//  2. It pushes each partial element to the CTA that owns it (recv, as cos_short_tc). Barrier.
+//  3. Each owner scans its elements over the chunks in chunk order (cos_scan_element's adds in its
+//     order: from `state` when state_in, the total into `state` when non-null) and stores chunk
+//     r's exclusive prefix into CTA r's `pre`. Barrier.
+//  4. CTA r runs the causal pass of chunk r from that prefix.
+// The earlier form (partials to global, barrier, the scan through global, barrier, the prefix read
+// from global) waited out a chain of dependent L2 round trips between the reduce and the pass;
+// the values are the same, bit for bit.
+// Steps 1 and 2 of cos_short_causal_tc for slice bh, with the cluster wait matching the kernel's
+// first arrival between them when `wait`. (A function of its own: inlined into the kernel, the
+// reduce's registers and the causal pass's were allocated together, and spilled.)
+template <typename T, int D>
+__device__ __noinline__ void cos_short_causal_push(const CosformerParams& p, int bh, int rank, u32 recv_addr,
+                                                   bool wait) {
+  constexpr int WC = D / 16, EW = D / cos_tc_reduce_esplit(D), NT = cos_tc_reduce_nt(D), PER = cos_tc_short_per(D);
+  const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
+  const int ct = warp % WC, e0 = (warp / WC) * EW;
+  const bool zw = warp < WC;
+  const int b = bh / p.h, h = bh % p.h;
+  const u16* k = reinterpret_cast<const u16*>(p.k) + (b * p.k_sb + h * p.k_sh);
+  const u16* v = reinterpret_cast<const u16*>(p.v) + (b * p.v_sb + h * p.v_sh);
+  float as[NT][4], ac[NT][4], zs[4], zc[4];
+  const int row_begin = rank * p.rows_per_chunk, row_end = min(p.s, row_begin + p.rows_per_chunk);
+  cos_reduce_tc_sums<T, D>(p, k, v, row_begin, row_end, as, ac, zs, zc);
+  if (wait) cluster_wait();
+  cos_tc_put_state<D, NT>(
+      [&](i64 i, float x) {
+        const int owner = (int)i / PER, off = (int)i - owner * PER;
+        st_cluster_u32_at(cluster_map(recv_addr, owner) + (u32)(rank * PER + off) * 4, __float_as_uint(x));
+      },
+      ct * 16 + g, e0, zw, as, ac, zs, zc);
+}
+
+// Causal short sequences (N ≤ COS_TC_SHORT_MAX, D = 64: the reduce and the causal pass both run
+// 8 warps) in one launch, the state never leaving the cluster (as cos_short_tc):
+//  1. CTA r reduces chunk r (p.chunks = CL; chunks past N are empty: zero sums) into registers.
+//  2. It pushes each partial element to the CTA that owns it (recv, as cos_short_tc). Barrier.
+//  3. Each owner scans its elements over the chunks in chunk order (cos_scan_element's adds in its
+//     order: from `state` when state_in, the total into `state` when non-null) and stores chunk
+//     r's exclusive prefix into CTA r's `pre`. Barrier.
+//  4. CTA r runs the causal pass of chunk r from that prefix.
+// The earlier form (partials to global, barrier, the scan through global, barrier, the prefix read
+// from global) waited out a chain of dependent L2 round trips between the reduce and the pass;
+// the values are the same, bit for bit. recv and pre lie outside the staging and the pass's
+// buffers: the owners read a slice's recv, and the pass reads its pre, before the barriers that
+// precede the next slice's writes to them.
 template <typename T, int D>
 __device__ void cos_short_causal_tc(const CosformerParams& p) {
   constexpr int THREADS = cos_tc_reduce_threads(D), CL = COS_TC_SHORT_CL;
+  constexpr int SLEN = 2 * D * D + 2 * D, PER = cos_tc_short_per(D);  // D = Dv
   static_assert(THREADS == COS_TC_CAUSAL_WARPS * 32, "one CTA size for the reduce and the causal pass");
+  float* recv = reinterpret_cast<float*>(cos_tc_smem + cos_tc_chain_smem(D) / 2);  // [CL][PER]
+  const u32 recv_addr = smem_addr(recv), pre_addr = recv_addr + CL * PER * 4;      // pre: [SLEN]
   const int rank = cluster_rank(), bhn = p.b * p.h;
-  const i64 slen = cos_state_len(p);
+  // Every CTA of the cluster has started before any pushes into it (the wait is before step 2).
+  cluster_arrive();
+  bool arrived = true;
   for (int bh = blockIdx.x / CL; bh < bhn; bh += gridDim.x / CL) {
-    cos_reduce_tc<T, D>(p, bh, bhn, rank);
+    __syncthreads();  // the previous slice's causal pass is done with the staging
+    cos_short_causal_push<T, D>(p, bh, rank, recv_addr, arrived);  // 1, 2
+    arrived = false;
     cluster_sync();
-    for (i64 x = (i64)rank * THREADS + threadIdx.x; x < slen; x += (i64)CL * THREADS)
-      cos_scan_element(p, bh, x);
+
+    // 3. The owned elements' exclusive prefixes, chunk by chunk, into each chunk's CTA.
+    float* st = p.state ? reinterpret_cast<float*>(p.state) + (i64)bh * SLEN : nullptr;
+    for (int off = threadIdx.x; off < PER && rank * PER + off < SLEN; off += THREADS) {
+      const int x = rank * PER + off;
+      float run = (st != nullptr && p.state_in) ? st[x] : 0.f;
+#pragma unroll 1
+      for (int r = 0; r < CL; ++r) {
+        st_cluster_u32_at(cluster_map(pre_addr, r) + (u32)x * 4, __float_as_uint(run));
+        run += recv[r * PER + off];
+      }
+      if (st != nullptr) st[x] = run;
+    }
     cluster_sync();
-    cos_causal_tc<T, D>(p, bh, bhn, rank);
+
+    // 4. The causal pass of chunk `rank`.
+    cos_causal_tc<T, D, false, true>(p, bh, bhn, rank, 0, pre_addr);
   }
+  if (arrived) cluster_wait();  // (no slice: leave the arrival matched)
 }
 
 #define COS_TC_SHORT(DIM, T, NAME)                                                              \
@@ -411,7 +484,8 @@ __device__ void cos_short_causal_tc(const CosformerParams& p) {
 // Mirrored in src/ops/cosformer/tc.rs; a change here must be made there too.
 static_assert(cos_tc_reduce_smem(64) == 36864 && cos_tc_reduce_smem(80) == 22528 && cos_tc_map_smem(64) == 37888 &&
                   cos_tc_short_smem(64) == 70144 && cos_tc_short_smem(32) == 28928 &&
-                  cos_tc_short_smem(48) == 47488 && cos_tc_short_per(64) == 1040 && cos_tc_short_causal_smem(64) == 83968 &&
+                  cos_tc_short_smem(48) == 47488 && cos_tc_short_per(64) == 1040 && cos_tc_chain_smem(64) == 83968 &&
+                  cos_tc_short_causal_smem(64) == 150528 &&
                   cos_tc_causal_smem(64) == 83968 && cos_tc_causal_smem(128) == 136192 &&
                   cos_tc_reduce_threads(64) == 256 &&
                   cos_tc_reduce_threads(32) == 64 && cos_tc_reduce_threads(128) == 512 &&

@@ -99,8 +99,11 @@ __device__ __forceinline__ void cos_tc_chain_link(const CosformerParams& p, int 
 // its value columns into the state registers (cos_reduce_tc_sums in this pass's update layout),
 // then takes its exclusive prefix from the previous chunk's CTAs and publishes its inclusive one
 // (cos_tc_chain_link), so no separate reduce or scan runs.
-template <typename T, int D, bool CHAIN = false>
-__device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, int chunk, int ev = 0) {
+// SHARED_PRE (not CHAIN): the exclusive prefix from shared memory at `pre_addr` instead of
+// `partial` (cos_short_causal_tc).
+template <typename T, int D, bool CHAIN = false, bool SHARED_PRE = false>
+__device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, int chunk, int ev = 0,
+                              u32 pre_addr = 0) {
   constexpr int WARPS = COS_TC_CAUSAL_WARPS, THREADS = WARPS * 32, BR = COS_TC_BLOCK;
   constexpr int DV = cos_tc_causal_dv(D);  // value columns [ev, ev + DV) are this CTA's
   constexpr int LD = D + 8, LDV = DV + 8, LB = cos_tc_state_ld(DV), KT = D / 16;
@@ -160,7 +163,11 @@ __device__ void cos_causal_tc(const CosformerParams& p, int bh0, int bh_step, in
     if constexpr (CHAIN) {
       cos_tc_chain_link<D, UNT, D / DV>(p, bh, chunk, ev / DV, ct * 16 + g, ev + eu, zw, ss, sc, zs, zc);
     } else {
-      cos_tc_get_state<D, UNT>([&](i64 i) { return pre[i]; }, ct * 16 + g, ev + eu, zw, ss, sc, zs, zc);
+      if constexpr (SHARED_PRE)
+        cos_tc_get_state<D, UNT>([&](i64 i) { return __uint_as_float(lds_u32(pre_addr + (u32)i * 4)); }, ct * 16 + g,
+                                 ev + eu, zw, ss, sc, zs, zc);
+      else
+        cos_tc_get_state<D, UNT>([&](i64 i) { return pre[i]; }, ct * 16 + g, ev + eu, zw, ss, sc, zs, zc);
     }
 
     int buf = 0;

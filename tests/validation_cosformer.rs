@@ -138,14 +138,9 @@ fn causal_chunks_and_workspace() {
         let pl = plan(Dims::new(b, h, n, d), n, dv, &causal()).unwrap();
         assert_eq!(pl.rows_per_chunk, BLOCK);
         assert_eq!(pl.chunks, n.div_ceil(BLOCK));
-        // Short plans hold the one-launch path's 8 partial states at least.
-        let slots = if n <= 4096 {
-            pl.chunks.max(8)
-        } else {
-            pl.chunks
-        };
-        // Per slot a state and a flag of the chained launch, then its ticket counter.
-        assert_eq!(pl.workspace_bytes(), b * h * slots * (per + 1) * 4 + 4);
+        // Per chunk a state and a flag of the chained launch, then its ticket counter (short
+        // plans too: the one-launch path keeps its 8 partials in the cluster).
+        assert_eq!(pl.workspace_bytes(), b * h * pl.chunks * (per + 1) * 4 + 4);
         assert_eq!(
             workspace_bytes(Dims::new(b, h, n, d), n, dv, &causal()).unwrap(),
             pl.workspace_bytes()
@@ -278,10 +273,12 @@ fn decode_state_shape_checks() {
 }
 
 #[test]
-fn short_plans_hold_the_one_launch_partials() {
+fn short_plans_need_no_partials_of_their_own() {
     let (d, dv) = (64, 64);
     let per = state_len(d, dv);
-    // N = S = 300: fewer natural chunks than the one-launch path's 8, which the workspace holds.
+    // N = S = 300: fewer natural chunks than the one-launch path's 8. That path keeps its partials
+    // in the cluster's shared memory, so the workspace is the separate launches' (which run when
+    // the cluster launch is refused).
     let pl = plan(
         Dims::new(1, 2, 300, d),
         300,
@@ -290,9 +287,9 @@ fn short_plans_hold_the_one_launch_partials() {
     )
     .unwrap();
     assert!(pl.one_launch() && pl.chunks < 8);
-    assert_eq!(pl.workspace_bytes(), 2 * (8 + 1) * per * 4);
-    // Turning it off keeps the workspace (a plan's size never shrinks under a caller).
+    assert_eq!(pl.workspace_bytes(), 2 * (pl.chunks + 1) * per * 4);
     assert!(!pl.with_one_launch(false).one_launch());
+    assert_eq!(pl.with_one_launch(false).workspace_bytes(), pl.workspace_bytes());
     // Longer than 4096: never.
     let long = plan(
         Dims::new(1, 2, 5000, d),
@@ -304,7 +301,7 @@ fn short_plans_hold_the_one_launch_partials() {
     assert!(!long.one_launch() && !long.with_one_launch(true).one_launch());
     // Causal short plans too, unless the caller fixes the chunking.
     let c = plan(Dims::new(1, 2, 300, d), 300, dv, &causal()).unwrap();
-    assert!(c.one_launch() && c.workspace_bytes() == 2 * 8 * (per + 1) * 4 + 4);
+    assert!(c.one_launch() && c.workspace_bytes() == 2 * c.chunks * (per + 1) * 4 + 4);
     let fixed = c.with_rows_per_chunk(128).unwrap();
     assert!(!fixed.one_launch() && !fixed.with_one_launch(true).one_launch());
     assert_eq!(fixed.workspace_bytes(), 2 * 3 * (per + 1) * 4 + 4);

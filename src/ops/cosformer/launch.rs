@@ -162,7 +162,7 @@ pub(super) unsafe fn queue(
             rt.function(FAMILY, &format!("cosformer_causal_{dt}"))?,
         )
     } else {
-        p.state = workspace + (bh * plan.partials * per * 4) as u64;
+        p.state = workspace + (bh * plan.chunks * per * 4) as u64;
         (
             rt.function(FAMILY, "cosformer_finalize_f32")?,
             rt.function(FAMILY, &format!("cosformer_map_{dt}"))?,

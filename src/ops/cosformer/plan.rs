@@ -52,9 +52,6 @@ pub struct Plan {
     /// Row chunks of K/V (causal: of the sequence) and their length.
     pub chunks: usize,
     pub rows_per_chunk: usize,
-    /// Per-chunk state slots in the workspace: `chunks`, or at least [`SHORT_CL`] for a short
-    /// plan (the one-launch path reduces that many chunks).
-    pub(super) partials: usize,
     /// Short plans may run as one launch (sm_90 tensor-core path); see [`Plan::with_one_launch`].
     pub(super) one_launch: bool,
     /// Causal D ∈ {64, 128} tensor-core plans run as one chained launch; see [`Plan::with_chained`].
@@ -142,7 +139,6 @@ impl Plan {
             eps,
             chunks,
             rows_per_chunk,
-            partials: if short { chunks.max(SHORT_CL) } else { chunks },
             one_launch: short,
             chained: true,
             explicit_rows: false,
@@ -161,7 +157,7 @@ impl Plan {
     /// N, S ≤ 4096) or not (always the separate reduce, finalize or scan, and map or causal
     /// launches, e.g. to compare them).
     pub fn with_one_launch(mut self, allow: bool) -> Self {
-        self.one_launch = allow && self.partials >= SHORT_CL && short_plan(self.n, self.s);
+        self.one_launch = allow && !self.explicit_rows && short_plan(self.n, self.s);
         self
     }
 
@@ -212,7 +208,6 @@ impl Plan {
         self.explicit_rows = true;
         self.chunks = chunks;
         // An explicit chunking is what runs: no one-launch path (it chunks by 8).
-        self.partials = chunks;
         self.one_launch = false;
         Ok(self)
     }
@@ -222,7 +217,7 @@ impl Plan {
     /// counter (causal).
     pub fn workspace_bytes(&self) -> usize {
         let per = state_len(self.d, self.dv);
-        let slots = self.b * self.h * self.partials;
+        let slots = self.b * self.h * self.chunks;
         let after = if self.causal {
             slots * tc::causal_shares(self.d) + 1
         } else {

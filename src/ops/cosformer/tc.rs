@@ -58,15 +58,24 @@ fn reduce_smem(d: usize) -> u32 {
 fn map_smem(d: usize) -> u32 {
     ((d * state_ld(d) + 2 * TC_MAP_ROWS * (d + 8)) * 2) as u32
 }
-/// The one-launch causal kernel: the larger of the reduce and the causal pass.
-fn short_causal_smem(d: usize) -> u32 {
+/// The chained causal kernel (cos_tc_chain_smem): the larger of the reduce and the causal pass.
+fn chain_smem(d: usize) -> u32 {
     causal_smem(d).max(reduce_smem(d))
+}
+/// Partial-state elements each CTA of a short plan's cluster owns (cos_tc_short_per).
+fn short_per(d: usize) -> usize {
+    (2 * d * d + 2 * d).div_ceil(SHORT_CL).div_ceil(2) * 2
+}
+/// The one-launch causal kernel (cos_tc_short_causal_smem): the chained kernel's region, then the
+/// partials pushed by the cluster's CTAs and the CTA's prefix state (fp32).
+fn short_causal_smem(d: usize) -> u32 {
+    chain_smem(d) + ((SHORT_CL * short_per(d) + state_len(d, d)) * 4) as u32
 }
 /// The one-launch kernel (cos_tc_short_smem): the reduce's staging, later two query tiles of
 /// the reduce's warps; then the partials pushed by the cluster's CTAs (fp32, 8 × its share of the
 /// state), later the 16-bit state operand.
 fn short_smem(d: usize) -> u32 {
-    let per = (2 * d * d + 2 * d).div_ceil(SHORT_CL).div_ceil(2) * 2;
+    let per = short_per(d);
     let stage = (reduce_smem(d) as usize).max(reduce_threads(d) as usize * (d + 8) * 2);
     (stage + (SHORT_CL * per * 4).max(d * state_ld(d) * 2)) as u32
 }
@@ -164,7 +173,7 @@ unsafe fn queue_chained(
         &format!("cosformer_causal_chain_tc{d}_{}", dtype.name()),
     )?;
     // The reduce's staging and the causal pass's buffers share the dynamic shared memory.
-    let smem = short_causal_smem(d);
+    let smem = chain_smem(d);
     rt.check_dynamic_smem(&f, smem)?;
     // The flags (one per chunk state and share) and the ticket counter follow the partials.
     let flags = p.partial + (states * state_len(d, d) * 4) as u64;
@@ -220,7 +229,8 @@ unsafe fn queue_one_launch(
         1,
         1,
     );
-    // SAFETY: SHORT_CL ≤ plan.partials slots before the state; one cluster per (b,h) at a time
+    // SAFETY: the one-launch kernels keep partials and state in the cluster's shared memory (the
+    // causal one writes only the caller's `state`, when set); one cluster per (b,h) at a time
     // covers every chunk, state element and query tile.
     unsafe { try_launch_smem(stream, &f, grid, threads, smem, &p) }
 }
@@ -241,7 +251,7 @@ pub(super) unsafe fn queue_tc(
     let per = state_len(d, d);
     p.partial = workspace;
     if !plan.causal {
-        p.state = workspace + (bh * plan.partials * per * 4) as u64;
+        p.state = workspace + (bh * plan.chunks * per * 4) as u64;
     }
     // SAFETY: forwarded contract (the partials and state set just above).
     if unsafe { queue_one_launch(rt, stream, plan, dtype, p)? } {
@@ -310,6 +320,8 @@ mod tests {
         assert_eq!((reduce_smem(64), reduce_smem(80)), (36864, 22528));
         assert_eq!(map_smem(64), 37888);
         assert_eq!((causal_smem(64), causal_smem(128)), (83968, 136192));
+        assert_eq!((chain_smem(64), short_per(64)), (83968, 1040));
+        assert_eq!(short_causal_smem(64), 150528);
         assert_eq!(
             (short_smem(32), short_smem(48), short_smem(64)),
             (28928, 47488, 70144)
