@@ -580,6 +580,13 @@ __device__ __forceinline__ void aft_fgc_share_w(int rank, const u32 (&ap)[2], u1
 // ws + (i·AFT_FG_THREADS + threadIdx.x)·8 (a warp's slots are 256 contiguous bytes).
 template <int SLOTS>
 __device__ __forceinline__ void aft_fg_copy_w(const AftParams& p, const AftFgW& w, int kb, u32 ws) {
+  ws += threadIdx.x * 8;
+  if (aft_fg_load_fast<SLOTS>(p, w, kb)) {  // every row and key inside, pairs aligned
+#pragma unroll
+    for (int i = 0; i < SLOTS; ++i) cp_async8_at(ws + i * AFT_FG_THREADS * 8, w.row + i * w.step + kb, true);
+    return;
+  }
+  ws -= threadIdx.x * 8;
   const int t = w.r0 + threadIdx.x / 16, tp = kb + 2 * (threadIdx.x % 16);
   const float* none = reinterpret_cast<const float*>(p.w);  // not read
 #pragma unroll

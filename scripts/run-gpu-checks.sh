@@ -174,6 +174,17 @@ profile() { # profile NAME KERNEL-REGEX SOFA-RUN-ARGS...
     --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy --section WarpStateStats \
     ./sofa run "$@" --dtype f16 --check never --iters 3
 }
+# Why the warps wait: the average number of warps stalled for each reason per issue, the breakdown
+# behind WarpStateStats' "cycles per issued instruction" (2026-11-24's profiles had only the
+# total). A step of its own, so that a metric this ncu lacks cannot cost the profile above.
+STALLS=barrier,long_scoreboard,short_scoreboard,wait,math_pipe_throttle,mio_throttle,lg_throttle,membar
+STALLS+=,not_selected,selected,dispatch_stall,no_instruction,branch_resolving,sleeping,misc
+stalls() { # stalls NAME KERNEL-REGEX SOFA-RUN-ARGS...
+  local name=$1 kernel=$2 metrics=() r; shift 2
+  for r in ${STALLS//,/ }; do metrics+=("smsp__average_warps_issue_stalled_${r}_per_issue_active.ratio"); done
+  step "ncu-stalls-$name" "$ncu" --kernel-name "regex:$kernel" --launch-count 1 \
+    --metrics "$(IFS=,; echo "${metrics[*]}")" ./sofa run "$@" --dtype f16 --check never --iters 3
+}
 # L2 seams (bench/NOTES.md): a pass that starts on the rows the previous pass read last. Application
 # replay without cache control keeps the L2 state the preceding kernels left: DRAM bytes read and
 # the L2 hit rate of the first such launch, against the pass's own K/V/Q bytes.
@@ -204,6 +215,13 @@ if want profile && [[ -n $ncu || $dry == 1 ]]; then
   profile soft-newton newton_pinv --op soft --shape 1,16,64k,64 --m 64
   profile soft-landmarks soft_landmarks --op soft --shape 1,16,64k,64 --m 64
   profile sima-map sima_map --op sima --shape 1,16,64k,64
+  stalls aft-full aft_full_tc --op aft_full --shape 1,16,16k,64
+  stalls aft-local aft_window --op aft_local --window 64 --shape 1,16,64k,64
+  stalls aft-simple-reduce aft_simple_reduce --op aft_simple --shape 1,16,64k,64
+  stalls cosformer-causal cosformer_causal --op cosformer --shape 1,16,64k,64 --causal
+  stalls cosformer-short-causal cosformer_short_causal --op cosformer --shape 1,16,1k,64 --causal
+  stalls soft-pass1 soft_pass1 --op soft --shape 1,16,64k,64 --m 64
+  stalls soft-pass2 soft_pass2 --op soft --shape 1,16,64k,64 --m 64
 fi
 echo "=== failed: ${failed[*]:-none}" | tee -a "$out/summary.log"
 [[ ${#failed[@]} -eq 0 ]]
