@@ -545,23 +545,31 @@ __device__ void aft_full_tc(const AftParams& p) {
 // pairs of one row tile, sm_90): CTA r exps rows [32r, 32r + 32) of each 32-key block and stores
 // them into the A stage of every CTA of the cluster (distributed shared memory), so w is read and
 // exp'd once per cluster instead of once per CTA: L2 → SM traffic per block 16 KB of bmat + 4 KB of
-// w (was 16 + 16). Three A stages and one split cluster barrier per block: a CTA arrives after its
-// remote stores for block i + 1 and waits after its own second k-step; a stage written in block i
-// was last read in block i − 2, before every CTA's arrival of block i − 1.
+// w (was 16 + 16).
+// The exchange runs two blocks ahead, on one split cluster barrier per block whose wait comes a
+// block after its arrival: in block i a CTA waits (after its first k-step) for the phase that
+// every CTA arrived at in block i − 1, which made A(i + 1) complete; then exps and stores A(i + 2)
+// and arrives. So the barrier's round trip (a GPU-scope fence for the remote stores, then the
+// slowest CTA's arrival) overlaps a whole block of product instead of sitting between two k-steps
+// (ptxas schedules the second k-step's HMMAs after a wait that follows them). Four A stages: A(i + 2)
+// goes into the stage of block i − 2, which every CTA finished reading before it arrived in block
+// i − 1.
 // Copies run AFT_FG_AHEAD blocks ahead of the product: block i + AHEAD's bmat and w go out (one
-// cp.async group) as block i's product starts, so each has ≈ AHEAD − 1/2 blocks of product time to
-// land (w is read from DRAM about once per row tile: with one 8-warp CTA per SM nothing else covers
-// a DRAM round trip). w goes into per-thread slots of a w stage (AftFgW), read back only by the
-// thread that copied it, so its own cp.async wait orders it.
+// cp.async group) halfway through block i's product, and block i + 2's w is read in block i, so it
+// has ≈ AHEAD − 2 blocks of product time to land (w is read from DRAM about once per row tile: with
+// one 8-warp CTA per SM nothing else covers a DRAM round trip). w goes into per-thread slots of a
+// w stage (AftFgW), read back only by the thread that copied it, so its own cp.async wait orders
+// it.
 #define AFT_FG_CL 4
 #define AFT_FG_OWN (AFT_FG_ROWS / AFT_FG_CL)  // rows each CTA exps
-#define AFT_FG_AHEAD 3
+#define AFT_FG_AST 4     // A stages (and stages of row moves)
+#define AFT_FG_AHEAD 4   // ≥ 3: block i + 2 is waited for while block i + 3 may be out
 #define AFT_FG_NB (AFT_FG_AHEAD + 1)                     // bmat and w stages
 #define AFT_FG_WSTAGE (AFT_FG_THREADS * 2 * 8)           // bytes: 2 row slots × a key pair per thread
-// bytes: three A stages, NB B and w stages, this CTA's rows' exponent offsets, the moves (3 stages)
+// bytes: AST A stages, NB B and w stages, this CTA's rows' exponent offsets, the moves (AST stages)
 #define AFT_FG_CL_SMEM                                                                                 \
-  (3 * AFT_FG_ROWS * AFT_FG_ALD * 2 + AFT_FG_NB * (AFT_FG_KB * AFT_FG_BLD * 2 + AFT_FG_WSTAGE) + AFT_FG_OWN * 4 + \
-   3 * AFT_FG_ROWS * 8 + 3 * 8 * AFT_FG_CL * 4)
+  (AFT_FG_AST * AFT_FG_ROWS * AFT_FG_ALD * 2 + AFT_FG_NB * (AFT_FG_KB * AFT_FG_BLD * 2 + AFT_FG_WSTAGE) + \
+   AFT_FG_OWN * 4 + AFT_FG_AST * (AFT_FG_ROWS * 8 + 8 * AFT_FG_CL * 4))
 
 // The packed operands of this CTA's rows (slot j: own row threadIdx.x / 16 + 16·j) stored into A
 // stage `as` of every CTA of the cluster.
@@ -614,21 +622,22 @@ template <int SLOTS> __device__ __forceinline__ void aft_fg_read_w(u32 ws, float
 template <typename T>
 __device__ void aft_full_tc_cl(const AftParams& p) {
   constexpr int ROWS = AFT_FG_ROWS, KB = AFT_FG_KB, ASZ = ROWS * AFT_FG_ALD, BSZ = KB * AFT_FG_BLD;
-  constexpr int AHEAD = AFT_FG_AHEAD, NB = AFT_FG_NB;
+  constexpr int AHEAD = AFT_FG_AHEAD, NB = AFT_FG_NB, AST = AFT_FG_AST;
+  static_assert(AHEAD >= 3 && AST >= 4, "the exchange two blocks ahead of the product");
   extern __shared__ __align__(16) u16 fg_smem[];
-  u16* const abase = fg_smem;            // three A stages
-  u16* const bbase = fg_smem + 3 * ASZ;  // NB B stages
+  u16* const abase = fg_smem;              // AST A stages
+  u16* const bbase = fg_smem + AST * ASZ;  // NB B stages
   const u32 wbase = smem_addr(bbase + NB * BSZ);  // NB w stages
   float* rcf = reinterpret_cast<float*>(bbase + NB * BSZ + NB * AFT_FG_WSTAGE / 2);  // this CTA's own rows
   const AftFgMoves mv = {reinterpret_cast<float2*>(rcf + AFT_FG_OWN),
-                         reinterpret_cast<int*>(rcf + AFT_FG_OWN + 6 * ROWS)};  // 3 stages
+                         reinterpret_cast<int*>(rcf + AFT_FG_OWN + 2 * AST * ROWS)};  // AST stages
   const int rank = cluster_rank();
   const AftFgPlace pl = aft_fg_place(p);
   const int wr = pl.wr, ncol = pl.ncol;
   const u16* bm = pl.bm;
   const u32 fa = smem_addr(abase) + aft_fg_aoff(wr), fb = smem_addr(bbase) + aft_fg_boff(ncol);  // stage 0
   const u32 fl = aft_fg_flag_at<AFT_FG_CL>(mv, wr);
-  aft_fg_moves_init(mv, 3, AFT_FG_CL);  // before the first cluster barrier: no remote store yet
+  aft_fg_moves_init(mv, AST, AFT_FG_CL);  // before the first cluster barrier: no remote store yet
   int tok0 = 1;  // token of the row tile's first block
 
   for (int it = blockIdx.y; it < div_up(p.t, ROWS); it += gridDim.y) {
@@ -645,7 +654,8 @@ __device__ void aft_full_tc_cl(const AftParams& p) {
     u32 ap[2];
     AftFgB b = aft_fg_b(p, bm, bbase);
     // Blocks 0 … AHEAD − 1 go out, a cp.async group each (empty past the tile's last block), so
-    // that exactly one group is committed per block and wait<AHEAD − 1> means "through block i + 1".
+    // that exactly one group is committed per block and wait<AHEAD − 3> in block i means
+    // "through block i + 2".
 #pragma unroll
     for (int j = 0; j < AHEAD; ++j) {
       if (j < nkb) {
@@ -654,45 +664,50 @@ __device__ void aft_full_tc_cl(const AftParams& p) {
       }
       cp_async_commit();
     }
-    cp_async_wait<AHEAD - 1>();
-    __syncthreads();  // rcf; block 0's bmat from every thread
-    aft_fg_read_w<2>(wbase, wreg);
-    aft_fg_exp_any<T, 2, AFT_FG_CL>(p, w, rank * AFT_FG_OWN, 0, wreg, rcf, ap, mv, 0, tok0);
-    aft_fgc_share_w(rank, ap, abase);
-    cluster_sync();  // A stage 0 complete in every CTA
+    // A(j) of block j into A stage j (and its row moves into stage j), for j = 0 and 1.
+    auto exchange = [&](int j) {
+      aft_fg_read_w<2>(wbase + (j % NB) * AFT_FG_WSTAGE, wreg);
+      aft_fg_exp_any<T, 2, AFT_FG_CL>(p, w, rank * AFT_FG_OWN, j * KB, wreg, rcf, ap, mv, j % AST, tok0 + j);
+      aft_fgc_share_w(rank, ap, abase + (j % AST) * ASZ);
+    };
+    cp_async_wait<AHEAD - 2>();  // blocks 0 and 1
+    __syncthreads();             // rcf; block 0's bmat from every thread
+    exchange(0);
+    cluster_sync();  // A(0) complete in every CTA
+    if (nkb > 1) exchange(1);
+    cluster_arrive();  // the phase that completes A(1), waited for in block 0
 
     for (int i = 0; i < nkb; ++i) {
-      const u16* as = abase + (i % 3) * ASZ;
+      const u16* as = abase + (i % AST) * ASZ;
       u16* bs = bbase + (i % NB) * BSZ;  // non-finite values may be zeroed
-      const bool more = i + 1 < nkb;
-      aft_fg_rescale<AFT_FG_CL>(mv, fl, i % 3, tok0 + i, wr, num, den);
+      aft_fg_rescale<AFT_FG_CL>(mv, fl, i % AST, tok0 + i, wr, num, den);
       // Causal blocks past the tile's first row holding a non-finite bmat value: those values
       // key by key.
       if (p.causal && i * KB + KB - 1 > t0 && __syncthreads_or(aft_fg_block_bad<T>(bs)))
         aft_tc_nonfinite_block<T, 4, AFT_FG_ALD, AFT_FG_BLD, AFT_FG_COLS, AFT_FG_THREADS>(as, bs, t0, i * KB, wr, ncol,
                                                                                     num, den);
+      const u32 sa = fa + (i % AST) * ASZ * 2, sb = fb + (i % NB) * BSZ * 2;
+      aft_fg_mma16<T>(sa, sb, num, den);
+      cluster_wait();  // every CTA's stores of A(i + 1), arrived at in block i − 1
+      if (i + 2 < nkb) {
+        cp_async_wait<AHEAD - 3>();  // this thread's copies of block i + 2 (i + 3's may be out)
+        exchange(i + 2);
+      }
+      cluster_arrive();  // this CTA's stores of A(i + 2) are done (waited for in block i + 1)
       // Block i + AHEAD into the stages block i − 1 used (every thread finished reading that B
-      // stage before the last iteration's barrier; the w stage is this thread's own).
+      // stage before the last block's barrier; the w stage is this thread's own). Issued after
+      // the arrive: its release is a GPU-scope fence (MEMBAR.ALL.GPU), which must not wait for
+      // copies that have only just gone out.
       if (i + AHEAD < nkb) {
         const int s = (i + AHEAD) % NB;
         aft_fg_copy_b(p, b, (i + AHEAD) * KB, s * BSZ * 2);
         aft_fg_copy_w<2>(p, w, (i + AHEAD) * KB, wbase + s * AFT_FG_WSTAGE);
       }
       cp_async_commit();
-      const u32 sa = fa + (i % 3) * ASZ * 2, sb = fb + (i % NB) * BSZ * 2;
-      aft_fg_mma16<T>(sa, sb, num, den);
-      if (more) {
-        cp_async_wait<AHEAD - 1>();  // this thread's copies of block i + 1
-        aft_fg_read_w<2>(wbase + ((i + 1) % NB) * AFT_FG_WSTAGE, wreg);
-        aft_fg_exp_any<T, 2, AFT_FG_CL>(p, w, rank * AFT_FG_OWN, (i + 1) * KB, wreg, rcf, ap, mv, (i + 1) % 3,
-                                        tok0 + i + 1);
-        aft_fgc_share_w(rank, ap, abase + ((i + 1) % 3) * ASZ);
-      }
-      cluster_arrive();  // this CTA's stores of block i + 1 are done
       aft_fg_mma16<T>(sa + 16 * 2, sb + 16 * AFT_FG_BLD * 2, num, den);
-      __syncthreads();  // block i + 1's bmat from every thread; stage i % NB is free
-      cluster_wait();   // every CTA's stores of block i + 1 are visible
+      __syncthreads();  // block i + 1's bmat from every thread (each waited for it in block i − 1)
     }
+    cluster_wait();  // the arrival of the last block
     if (pl.live) aft_fg_epilogue<T>(p, pl.tile, t0, wr, pl.wt, num, den);
     tok0 += nkb;
   }

@@ -289,7 +289,10 @@ fn short_plans_need_no_partials_of_their_own() {
     assert!(pl.one_launch() && pl.chunks < 8);
     assert_eq!(pl.workspace_bytes(), 2 * (pl.chunks + 1) * per * 4);
     assert!(!pl.with_one_launch(false).one_launch());
-    assert_eq!(pl.with_one_launch(false).workspace_bytes(), pl.workspace_bytes());
+    assert_eq!(
+        pl.with_one_launch(false).workspace_bytes(),
+        pl.workspace_bytes()
+    );
     // Longer than 4096: never.
     let long = plan(
         Dims::new(1, 2, 5000, d),

@@ -50,15 +50,16 @@ const FG_COLS: usize = 256; // AFT_FG_COLS
 const FG_THREADS: u32 = 256; // AFT_FG_THREADS
 const FG_SMEM: u32 = (2 * (128 * 40 + 32 * 264) * 2 + 128 * 4 + 2 * (128 * 8 + 8 * 4)) as u32; // AFT_FG_SMEM
 
-// aft_full_tc_cl (sm_90): clusters of FG_CL column CTAs share the exp(w) tile; three A stages
-// (and three of row moves, with 8 flags per CTA of the cluster); FG_NB stages of the bmat block
+// aft_full_tc_cl (sm_90): clusters of FG_CL column CTAs share the exp(w) tile; FG_AST A stages
+// (and as many of row moves, with 8 flags per CTA of the cluster); FG_NB stages of the bmat block
 // and of w (256 threads × 2 slots × 8 bytes), copied AFT_FG_AHEAD = FG_NB − 1 blocks ahead.
 const FG_CL: usize = 4; // AFT_FG_CL
-const FG_NB: usize = 4; // AFT_FG_NB
-const FG_CL_SMEM: u32 = (3 * 128 * 40 * 2
+const FG_AST: usize = 4; // AFT_FG_AST
+const FG_NB: usize = 5; // AFT_FG_NB
+const FG_CL_SMEM: u32 = (FG_AST * 128 * 40 * 2
     + FG_NB * (32 * 264 * 2 + 256 * 2 * 8)
     + 32 * 4
-    + 3 * (128 * 8 + 8 * FG_CL * 4)) as u32; // AFT_FG_CL_SMEM
+    + FG_AST * (128 * 8 + 8 * FG_CL * 4)) as u32; // AFT_FG_CL_SMEM
 
 const ROWMAX_ROWS: usize = 8; // warps per CTA of aft_rowmax
 const SC_ROWS: usize = 128; // AFT_SC_ROWS: rows per chunk of aft_simple_causal
@@ -815,13 +816,13 @@ mod tests {
         assert_eq!(smem, super::FG_SMEM as usize);
         let cl = define("AFT_FG_CL");
         assert_eq!(cl, super::FG_CL);
-        let nb = define("AFT_FG_AHEAD") + 1;
-        assert_eq!(nb, super::FG_NB);
+        let (nb, ast) = (define("AFT_FG_AHEAD") + 1, define("AFT_FG_AST"));
+        assert_eq!((nb, ast), (super::FG_NB, super::FG_AST));
         let wstage = define("AFT_FG_THREADS") * 2 * 8;
-        let smem_cl = 3 * rows * ald * 2
+        let smem_cl = ast * rows * ald * 2
             + nb * (kb * bld * 2 + wstage)
             + rows / cl * 4
-            + 3 * (rows * 8 + 8 * cl * 4);
+            + ast * (rows * 8 + 8 * cl * 4);
         assert_eq!(smem_cl, super::FG_CL_SMEM as usize);
     }
 }
