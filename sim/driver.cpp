@@ -83,6 +83,17 @@ int max_threads_of(const sim::KernelImage* k) {
 }
 size_t static_smem_of(const sim::KernelImage* k) { return k ? k->static_smem : 0; }
 // The dynamic shared memory `f` may launch with: its opt-in, else 48 KiB less its static memory.
+// The opt-in shared memory per block: the H100's 227 KiB, or SOFA_SIM_SMEM_OPTIN_KB (a smaller
+// device, e.g. 99 for sm_86/sm_120, to exercise the fallbacks of kernels that need more).
+size_t optin_smem() {
+  static const size_t v = [] {
+    const char* e = std::getenv("SOFA_SIM_SMEM_OPTIN_KB");
+    const size_t kb = e ? size_t(std::strtoul(e, nullptr, 10)) : 0;
+    return kb > 0 && kb * 1024 < sim::kMaxSmem ? kb * 1024 : sim::kMaxSmem;
+  }();
+  return v;
+}
+
 size_t max_dyn_smem_of(CUfunction f, const sim::KernelImage* k) {  // caller holds mu
   auto it = max_dyn_smem.find(f);
   if (it != max_dyn_smem.end()) return size_t(it->second);
@@ -248,7 +259,7 @@ CUresult cuDeviceGetAttribute(int* v, int attr, CUdevice) {
     case 76: *v = 0; break;
     case 81: *v = 228 * 1024; break;                           // shared memory per SM
     case 82: *v = 65536; break;                                // registers per SM
-    case 97: *v = (int)sim::kMaxSmem; break;                   // opt-in shared memory per block
+    case 97: *v = (int)optin_smem(); break;                    // opt-in shared memory per block
     case 106: *v = 32; break;                                  // max blocks per SM
     case 115: *v = 1; break;                                   // memory pools
     case 120: *v = 1; break;                                   // cluster launch
@@ -439,7 +450,7 @@ CUresult cuFuncSetAttribute(CUfunction f, int attr, int v) {
   if (!f) return INVALID_HANDLE;
   if (attr == 8) {
     std::lock_guard<std::mutex> g(mu);
-    if (v < 0 || (size_t)v + static_smem_of(image_of(f)) > sim::kMaxSmem) return INVALID_VALUE;
+    if (v < 0 || (size_t)v + static_smem_of(image_of(f)) > optin_smem()) return INVALID_VALUE;
     max_dyn_smem[f] = v;
   }
   return OK;

@@ -703,8 +703,8 @@ const _: () = assert!(band_smem_bytes(BAND_MAX_KEYS) == 44032); // aft_band_smem
 
 /// Queues the AFT-full product on clusters of `FG_CL` CTAs sharing each exp(w) tile (sm_90).
 /// False when it does not apply (an earlier device, a column-pair count that is not a multiple of
-/// the cluster), the build has no sm_90 image of it, or the driver refused the launch: nothing was
-/// queued, and the single-CTA kernel must run.
+/// the cluster, less shared memory per block than it needs), the build has no sm_90 image of it,
+/// or the driver refused the launch: nothing was queued, and the single-CTA kernel must run.
 ///
 /// # Safety
 /// As the launch in [`forward_raw`]: `p` describes validated buffers and workspace.
@@ -721,7 +721,10 @@ unsafe fn queue_full_cluster(
     let Ok(f) = rt.function(FAMILY, &format!("aft_full_tc_cl_{}", dtype.name())) else {
         return Ok(false);
     };
-    rt.check_dynamic_smem(&f, FG_CL_SMEM)?;
+    // 147 KB: a device with less shared memory per block takes the single-CTA kernel (54 KB).
+    if rt.check_dynamic_smem(&f, FG_CL_SMEM).is_err() {
+        return Ok(false);
+    }
     // SAFETY: forwarded contract; the grid's x is a whole number of clusters.
     unsafe { try_launch_smem(stream, &f, grid, FG_THREADS, FG_CL_SMEM, p) }
 }

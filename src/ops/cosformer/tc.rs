@@ -189,8 +189,9 @@ unsafe fn queue_chained(
 
 /// Queues the one-launch kernel of a short plan (sm_90 thread-block clusters; causal: D = 64,
 /// where the reduce and the causal pass share 8 warps). False when it does not apply, the build
-/// has no sm_90 image of it for this device, or the driver refused the launch (no room for a
-/// cluster of 8): nothing was queued, the separate launches must run.
+/// has no sm_90 image of it for this device, the device has less shared memory per block than it
+/// needs, or the driver refused the launch (no room for a cluster of 8): nothing was queued, the
+/// separate launches must run.
 ///
 /// # Safety
 /// As [`queue_tc`], with `p.partial` (and, non-causal, `p.state`) set.
@@ -221,7 +222,10 @@ unsafe fn queue_one_launch(
     let Ok(f) = rt.function(FAMILY, &name) else {
         return Ok(false);
     };
-    rt.check_dynamic_smem(&f, smem)?;
+    // (The causal kernel takes 147 KB: a device with less per block takes the separate launches.)
+    if rt.check_dynamic_smem(&f, smem).is_err() {
+        return Ok(false);
+    }
     p.chunks = SHORT_CL as i32;
     p.rows_per_chunk = rows as i32;
     let grid = (
