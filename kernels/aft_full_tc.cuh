@@ -588,13 +588,12 @@ __device__ __forceinline__ void aft_fgc_share_w(int rank, const u32 (&ap)[2], u1
 // ws + (i·AFT_FG_THREADS + threadIdx.x)·8 (a warp's slots are 256 contiguous bytes).
 template <int SLOTS>
 __device__ __forceinline__ void aft_fg_copy_w(const AftParams& p, const AftFgW& w, int kb, u32 ws) {
-  ws += threadIdx.x * 8;
   if (aft_fg_load_fast<SLOTS>(p, w, kb)) {  // every row and key inside, pairs aligned
+    const u32 own = ws + threadIdx.x * 8;
 #pragma unroll
-    for (int i = 0; i < SLOTS; ++i) cp_async8_at(ws + i * AFT_FG_THREADS * 8, w.row + i * w.step + kb, true);
+    for (int i = 0; i < SLOTS; ++i) cp_async8_at(own + i * AFT_FG_THREADS * 8, w.row + i * w.step + kb, true);
     return;
   }
-  ws -= threadIdx.x * 8;
   const int t = w.r0 + threadIdx.x / 16, tp = kb + 2 * (threadIdx.x % 16);
   const float* none = reinterpret_cast<const float*>(p.w);  // not read
 #pragma unroll
@@ -664,7 +663,8 @@ __device__ void aft_full_tc_cl(const AftParams& p) {
       }
       cp_async_commit();
     }
-    // A(j) of block j into A stage j (and its row moves into stage j), for j = 0 and 1.
+    // A(j): block j's operands of this CTA's rows into A stage j % AST of every CTA (a moved
+    // reference into row-move stage j % AST), from its w copies (complete for this thread).
     auto exchange = [&](int j) {
       aft_fg_read_w<2>(wbase + (j % NB) * AFT_FG_WSTAGE, wreg);
       aft_fg_exp_any<T, 2, AFT_FG_CL>(p, w, rank * AFT_FG_OWN, j * KB, wreg, rcf, ap, mv, j % AST, tok0 + j);
