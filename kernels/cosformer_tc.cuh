@@ -17,8 +17,8 @@
 //                  kernel (the second time mostly from L2), no separate reduce or scan launch.
 //   cos_short_tc   sm_90, N, S ≤ 4096: reduce, the fixed-order sum and map in one launch, one
 //                  thread-block cluster of 8 CTAs per (b,h), the state exchanged in distributed
-//                  shared memory; cos_short_causal_tc (D = 64) reduce, scan and the causal pass
-//                  (through global memory: a prefill returns the state).
+//                  shared memory; cos_short_causal_tc (D = 64) the same for reduce, scan and
+//                  the causal pass (only a prefill's returned state goes to global memory).
 // The state enters mma as a 16-bit operand scaled by a power of two (α for KV, β for z) chosen
 // from its maximum, so that sums over millions of rows neither overflow nor underflow; outputs
 // divide the scales out in fp32. Dynamic shared memory sizes: cos_tc_*_smem (mirrored in Rust).
@@ -223,6 +223,24 @@ __host__ __device__ constexpr int cos_tc_short_causal_smem(int d) {
 }
 
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+// Step 2 of both one-launch kernels: the reduce's registers (cos_reduce_tc_sums, all D value
+// columns), each partial element to the CTA that owns it (CTA x / PER owns elements
+// [x·PER, x·PER + PER)): into recv[rank][·] of that CTA's shared memory (recv_addr: a local shared
+// address).
+template <int D, int NT>
+__device__ __forceinline__ void cos_short_push_partials(u32 recv_addr, int rank, const float (&as)[NT][4],
+                                                        const float (&ac)[NT][4], const float (&zs)[4],
+                                                        const float (&zc)[4]) {
+  constexpr int WC = D / 16, EW = D / cos_tc_reduce_esplit(D), PER = cos_tc_short_per(D);
+  const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
+  cos_tc_put_state<D, NT>(
+      [&](i64 i, float x) {
+        const int owner = (int)i / PER, off = (int)i - owner * PER;
+        st_cluster_u32_at(cluster_map(recv_addr, owner) + (u32)(rank * PER + off) * 4, __float_as_uint(x));
+      },
+      (warp % WC) * 16 + g, (warp / WC) * EW, warp < WC, as, ac, zs, zc);
+}
+
 // Step 4 for one pair of owned elements x, x + 1 (x even, both below the state length) with sums
 // v0, v1: into every CTA's bs at `bs_addr` (a local shared address).
 template <typename T, int D>
@@ -253,7 +271,7 @@ __device__ void cos_short_tc(const CosformerParams& p) {
   constexpr int THREADS = cos_tc_reduce_threads(D), WARPS = THREADS / 32, CL = COS_TC_SHORT_CL;
   constexpr int ROWS = WARPS * 16, LD = D + 8, LB = cos_tc_state_ld(D);
   constexpr int DD = D * D, SLEN = 2 * DD + 2 * D, PER = cos_tc_short_per(D);
-  constexpr int WC = D / 16, EW = D / cos_tc_reduce_esplit(D), NT = cos_tc_reduce_nt(D);
+  constexpr int NT = cos_tc_reduce_nt(D);
   constexpr int PAIRS = (PER / 2 + THREADS - 1) / THREADS;  // owned pairs per thread
   auto qs = reinterpret_cast<u16(*)[ROWS][LD]>(cos_tc_smem);
   float* recv = reinterpret_cast<float*>(cos_tc_smem + cos_tc_short_stage(D));  // [CL][PER]
@@ -261,9 +279,6 @@ __device__ void cos_short_tc(const CosformerParams& p) {
   __shared__ float maxima[CL][2];
   __shared__ float red[2][WARPS];
   const int rank = cluster_rank(), bhn = p.b * p.h;
-  const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
-  const int ct = warp % WC, e0 = (warp / WC) * EW;
-  const bool zw = warp < WC;
   const int tiles = div_up(p.n, ROWS);
   const u32 recv_addr = smem_addr(recv), bs_addr = smem_addr(&bs[0][0]), max_addr = smem_addr(&maxima[0][0]);
   // Every CTA of the cluster has started before any pushes into it (the wait is before step 2).
@@ -286,12 +301,7 @@ __device__ void cos_short_tc(const CosformerParams& p) {
     // 2. Each partial element to its owner.
     if (arrived) cluster_wait();
     arrived = false;
-    cos_tc_put_state<D, NT>(
-        [&](i64 i, float x) {
-          const int owner = (int)i / PER, off = (int)i - owner * PER;
-          st_cluster_u32_at(cluster_map(recv_addr, owner) + (u32)(rank * PER + off) * 4, __float_as_uint(x));
-        },
-        ct * 16 + g, e0, zw, as, ac, zs, zc);
+    cos_short_push_partials<D>(recv_addr, rank, as, ac, zs, zc);
     cluster_sync();
 
     // 3. The owned elements summed in rank order; the maxima to every CTA.
@@ -343,27 +353,13 @@ __device__ void cos_short_tc(const CosformerParams& p) {
   if (arrived) cluster_wait();  // (no slice: leave the arrival matched)
 }
 
-// Causal short sequences (N ≤ COS_TC_SHORT_MAX, D = 64: the reduce and the causal pass both run
-// 8 warps) in one launch, the state never leaving the cluster (as cos_short_tc):
-//  1. CTA r reduces chunk r (p.chunks = CL; chunks past N are empty: zero sums) into registers.
-//  2. It pushes each partial element to the CTA that owns it (recv, as cos_short_tc). Barrier.
-//  3. Each owner scans its elements over the chunks in chunk order (cos_scan_element's adds in its
-//     order: from `state` when state_in, the total into `state` when non-null) and stores chunk
-//     r's exclusive prefix into CTA r's `pre`. Barrier.
-//  4. CTA r runs the causal pass of chunk r from that prefix.
-// The earlier form (partials to global, barrier, the scan through global, barrier, the prefix read
-// from global) waited out a chain of dependent L2 round trips between the reduce and the pass;
-// the values are the same, bit for bit.
 // Steps 1 and 2 of cos_short_causal_tc for slice bh, with the cluster wait matching the kernel's
 // first arrival between them when `wait`. (A function of its own: inlined into the kernel, the
 // reduce's registers and the causal pass's were allocated together, and spilled.)
 template <typename T, int D>
 __device__ __noinline__ void cos_short_causal_push(const CosformerParams& p, int bh, int rank, u32 recv_addr,
                                                    bool wait) {
-  constexpr int WC = D / 16, EW = D / cos_tc_reduce_esplit(D), NT = cos_tc_reduce_nt(D), PER = cos_tc_short_per(D);
-  const int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
-  const int ct = warp % WC, e0 = (warp / WC) * EW;
-  const bool zw = warp < WC;
+  constexpr int NT = cos_tc_reduce_nt(D);
   const int b = bh / p.h, h = bh % p.h;
   const u16* k = reinterpret_cast<const u16*>(p.k) + (b * p.k_sb + h * p.k_sh);
   const u16* v = reinterpret_cast<const u16*>(p.v) + (b * p.v_sb + h * p.v_sh);
@@ -371,12 +367,7 @@ __device__ __noinline__ void cos_short_causal_push(const CosformerParams& p, int
   const int row_begin = rank * p.rows_per_chunk, row_end = min(p.s, row_begin + p.rows_per_chunk);
   cos_reduce_tc_sums<T, D>(p, k, v, row_begin, row_end, as, ac, zs, zc);
   if (wait) cluster_wait();
-  cos_tc_put_state<D, NT>(
-      [&](i64 i, float x) {
-        const int owner = (int)i / PER, off = (int)i - owner * PER;
-        st_cluster_u32_at(cluster_map(recv_addr, owner) + (u32)(rank * PER + off) * 4, __float_as_uint(x));
-      },
-      ct * 16 + g, e0, zw, as, ac, zs, zc);
+  cos_short_push_partials<D>(recv_addr, rank, as, ac, zs, zc);
 }
 
 // Causal short sequences (N ≤ COS_TC_SHORT_MAX, D = 64: the reduce and the causal pass both run

@@ -7,7 +7,6 @@
 #include "mma.cuh"
 
 #define COS_TC_ROWS 32         // key rows per pipeline stage of the reduce pass
-
 #define COS_TC_MAP_WARPS 4     // warps per CTA of the map pass, 16 query rows each
 #define COS_TC_BLOCK 64        // rows per block of the causal pass
 #define COS_TC_CAUSAL_WARPS 8  // warps per CTA of the causal pass

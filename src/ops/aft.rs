@@ -722,7 +722,7 @@ unsafe fn queue_full_cluster(
         return Ok(false);
     };
     // 147 KB: a device with less shared memory per block takes the single-CTA kernel (54 KB).
-    if rt.check_dynamic_smem(&f, FG_CL_SMEM).is_err() {
+    if !rt.fits_dynamic_smem(&f, FG_CL_SMEM)? {
         return Ok(false);
     }
     // SAFETY: forwarded contract; the grid's x is a whole number of clusters.

@@ -295,20 +295,30 @@ impl Runtime {
         Ok(per_sm * self.info.multiprocessors as usize)
     }
 
-    /// Whether `f` may launch with `bytes` of dynamic shared memory: at most the device's opt-in
-    /// limit less its static shared memory (the limit [`Runtime::function`] set when it loaded
-    /// `f`); a typed error naming the sizes otherwise.
-    pub fn check_dynamic_smem(&self, f: &CudaFunction, bytes: u32) -> Result<()> {
+    /// The dynamic shared memory `f` may launch with: the device's opt-in limit less its static
+    /// shared memory (the limit [`Runtime::function`] set when it loaded `f`).
+    fn dynamic_smem_room(&self, f: &CudaFunction) -> Result<i32> {
         let known = self
             .lock_kernels()
             .get(&(f.cu_function() as usize))
             .and_then(|k| k.smem_room);
-        let room = match known {
+        Ok(match known {
             Some(room) => room,
             None => f.get_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             )?,
-        };
+        })
+    }
+
+    /// Whether `f` may launch with `bytes` of dynamic shared memory (for optional kernels, which
+    /// step aside on a device with less).
+    pub fn fits_dynamic_smem(&self, f: &CudaFunction, bytes: u32) -> Result<bool> {
+        Ok(i64::from(bytes) <= i64::from(self.dynamic_smem_room(f)?))
+    }
+
+    /// [`Runtime::fits_dynamic_smem`], with a typed error naming the sizes where it does not.
+    pub fn check_dynamic_smem(&self, f: &CudaFunction, bytes: u32) -> Result<()> {
+        let room = self.dynamic_smem_room(f)?;
         if i64::from(bytes) > i64::from(room) {
             return Err(Error::param(
                 "shared memory",

@@ -194,7 +194,7 @@ unsafe fn queue_chained(
 /// separate launches must run.
 ///
 /// # Safety
-/// As [`queue_tc`], with `p.partial` (and, non-causal, `p.state`) set.
+/// As [`queue_tc`] (the one-launch kernels read neither `p.partial` nor the workspace's state).
 unsafe fn queue_one_launch(
     rt: &Runtime,
     stream: &CudaStream,
@@ -223,7 +223,7 @@ unsafe fn queue_one_launch(
         return Ok(false);
     };
     // (The causal kernel takes 147 KB: a device with less per block takes the separate launches.)
-    if rt.check_dynamic_smem(&f, smem).is_err() {
+    if !rt.fits_dynamic_smem(&f, smem)? {
         return Ok(false);
     }
     p.chunks = SHORT_CL as i32;
